@@ -1,0 +1,99 @@
+"""The local agent: one background process per database that ingests every run's spool and starts
+queued runs when there is room (the scheduler).
+
+Started on demand (by ``runyard.init()``, ``finish()``, or any command that finds work), detached
+in its own session, it is SQLite's only steady writer for logged data, so that many runs logging at
+once do not contend for the database's lock. It exits after ``IDLE_EXIT`` seconds without live
+writers or records. Its death loses nothing: the spools stay, and the next agent (or
+``runyard sync``) resumes from their acknowledged offsets.
+
+    python -m runyard.agent            # uses RUNYARD_HOME, RUNYARD_DB, RUNYARD_ARTIFACTS
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from runyard.config import resolve
+from runyard.errors import RunyardError
+
+IDLE_EXIT = 10.0
+BUSY_PAUSE = 0.05
+IDLE_PAUSE = 0.25
+
+
+def stop_agents(home: Path, timeout: float = 10.0) -> None:
+    """End every agent serving ``home`` (SIGTERM) and wait for their locks to be released.
+
+    Their work is safe to interrupt: a spool is re-read from its acknowledged offsets, a queued
+    run stays queued. Benchmarks use it before removing a throwaway home.
+    """
+    from runyard.files import lock_held
+
+    agents = home / "agents"
+    for lock in sorted(agents.glob("*.lock")) if agents.is_dir() else []:
+        try:
+            pid = int(lock.read_text().strip())
+        except ValueError:
+            continue  # held by something that is not an agent (it writes no pid): leave it alone
+        if pid <= 1:
+            continue  # never kill(0) or kill(1): that would signal a whole process group, or init
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + timeout
+        while lock_held(lock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def main() -> int:
+    settings = resolve()
+    from runyard.sdk.agent_launch import agent_lock_path
+    from runyard.spool.rundir import target_key
+
+    path = agent_lock_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another agent serves this database
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+
+    from runyard.exec.local import LocalExecutor
+    from runyard.exec.scheduler import Scheduler, gpu_count
+    from runyard.ingest.tailer import Tailer
+    from runyard.store.home import open_store
+
+    opened = open_store(settings)
+    tailer = Tailer(opened.store, opened.artifacts, settings.spool_dir, target_key(settings))
+    scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count())
+    last_work = time.monotonic()
+    try:
+        while True:
+            try:
+                report = tailer.poll()
+                started, waiting = scheduler.tick()
+            except RunyardError as e:
+                print(f"runyard agent: {e}", file=sys.stderr, flush=True)
+                time.sleep(1.0)
+                continue
+            now = time.monotonic()
+            if report.alive or report.records or started or waiting:
+                last_work = now
+            elif now - last_work > IDLE_EXIT:
+                return 0
+            time.sleep(BUSY_PAUSE if report.alive else IDLE_PAUSE)
+    finally:
+        opened.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

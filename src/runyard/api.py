@@ -1,0 +1,159 @@
+"""The read API: runs, their metrics (every point, or exact envelopes), logs and artifacts.
+
+    api = runyard.Api()
+    r = api.run("12")                    # number, name or unique id prefix
+    r.history("loss")                    # History(step, time, value) of numpy arrays
+    r.history("loss", as_frame=True)     # a pandas DataFrame (pandas installed)
+    r.envelope("loss", buckets=1000)     # exact min/max/mean/last/count per bucket
+    api.runs(project="gan", labels=["baseline"], status="finished")
+
+Opening the API ingests what crashed processes left in the spool, so their runs read complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runyard.config import Settings, resolve
+from runyard.errors import ConfigError
+from runyard.types import RunStatus
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from runyard.store.api import ArtifactEntry, LogLine, Run, SeriesInfo
+    from runyard.store.home import Opened
+    from runyard.store.series import Envelope
+    from runyard.store.sql import SqlStore
+
+
+@dataclass(frozen=True)
+class History:
+    """Every point of one metric, in step order."""
+
+    step: NDArray[np.int64]
+    time: NDArray[np.float64]
+    value: NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return int(self.step.shape[0])
+
+
+class RunView:
+    """A run as the store has it. ``refresh()`` reads it again."""
+
+    def __init__(self, api: Api, run: Run) -> None:
+        self._api = api
+        self._run = run
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
+
+    def __repr__(self) -> str:
+        r = self._run
+        return f"<RunView {r.number} {r.display_name!r} {r.status.value} project={r.project!r}>"
+
+    @property
+    def record(self) -> Run:
+        return self._run
+
+    def refresh(self) -> RunView:
+        self._run = self._api.store.get_run(self._run.number)
+        return self
+
+    def metrics(self) -> list[SeriesInfo]:
+        return self._api.store.list_series(self._run.number)
+
+    def history(self, key: str, start: int | None = None, end: int | None = None,
+                as_frame: bool = False) -> Any:
+        points = self._api.store.history(self._run.number, key, start, end)
+        history = History(points.steps, points.times, points.values)
+        if not as_frame:
+            return history
+        pandas = _pandas()
+        return pandas.DataFrame({"step": history.step, "time": history.time, "value": history.value})
+
+    def envelope(self, key: str, buckets: int = 1000, start: int | None = None, end: int | None = None,
+                 as_frame: bool = False) -> Any:
+        envelope: Envelope = self._api.store.envelope(self._run.number, key, buckets, start, end)
+        if not as_frame:
+            return envelope
+        return _pandas().DataFrame(envelope.to_rows())
+
+    def logs(self, after: int = 0, limit: int = 1000) -> list[LogLine]:
+        return self._api.store.read_logs(self._run.number, after, limit)
+
+    def artifacts(self, prefix: str = "") -> list[ArtifactEntry]:
+        return self._api.store.list_artifacts(self._run.number, prefix)
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError:
+        raise ConfigError("as_frame=True needs pandas: pip install 'runyard[pandas]'") from None
+    return pandas
+
+
+class Api:
+    """Read access to the runs of the configured store (``RUNYARD_HOME`` / ``RUNYARD_DB``)."""
+
+    def __init__(self, settings: Settings | None = None, catch_up: bool = True) -> None:
+        from runyard.store.home import open_store
+
+        self.settings = settings or resolve()
+        if self.settings.server:
+            raise ConfigError("reading from a remote server (RUNYARD_SERVER) arrives with the tracking server")
+        self._opened: Opened = open_store(self.settings)
+        if catch_up:
+            self.sync(include_live=False)
+
+    @property
+    def store(self) -> SqlStore:
+        return self._opened.store
+
+    def close(self) -> None:
+        self._opened.close()
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sync(self, runs: Sequence[str] | None = None, include_live: bool = True) -> Any:
+        """Ingest pending spools now (what ``runyard sync`` does); returns the report."""
+        from runyard.ingest.tailer import Tailer
+        from runyard.spool.rundir import target_key
+
+        tailer = Tailer(self._opened.store, self._opened.artifacts, self.settings.spool_dir,
+                        target_key(self.settings))
+        return tailer.poll(include_live=include_live, run_ids=runs)
+
+    def run(self, ref: str | int) -> RunView:
+        return RunView(self, self.store.get_run(ref))
+
+    def runs(self, project: str | None = None, labels: Iterable[str] = (),
+             status: str | RunStatus | Iterable[str | RunStatus] | None = None, sort: str = "number",
+             descending: bool = True, limit: int | None = None) -> list[RunView]:
+        from runyard.store.api import RunQuery
+
+        if status is None:
+            statuses: list[RunStatus] = []
+        elif isinstance(status, str | RunStatus):
+            statuses = [RunStatus(status)]
+        else:
+            statuses = [RunStatus(s) for s in status]
+        out: list[RunView] = []
+        cursor = None
+        while True:
+            page_size = 1000 if limit is None else min(1000, limit - len(out))
+            page = self.store.list_runs(RunQuery(project=project, labels=list(labels), status=statuses, sort=sort,
+                                                 descending=descending, limit=page_size, cursor=cursor))
+            out += [RunView(self, r) for r in page.items]
+            cursor = page.next_cursor
+            if cursor is None or (limit is not None and len(out) >= limit):
+                return out

@@ -1,0 +1,271 @@
+"""The ``runyard`` command line: declarations only.
+
+Each command declares its options and help here and imports its implementation module
+(``runyard.cli.<name>``) inside its body, so ``runyard --help`` and every other command start
+without loading SQLAlchemy, numpy or rich.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runyard._version import __version__
+from runyard.errors import Ambiguous, ArtifactPathError, ConfigError, InvalidArgument, NotFound, RunyardError
+
+#: Exit code for a mistake in what the user typed (unknown reference, bad value), as click uses.
+EXIT_USAGE = 2
+#: Exit code for anything else that went wrong.
+EXIT_FAILURE = 1
+
+
+class RunyardGroup(click.Group):
+    """Turns runyard's errors into one clear line on stderr and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (InvalidArgument, NotFound, Ambiguous, ConfigError, ArtifactPathError) as e:
+            click.echo(f"runyard: error: {e}", err=True)
+            sys.exit(EXIT_USAGE)
+        except RunyardError as e:
+            click.echo(f"runyard: error: {e}", err=True)
+            sys.exit(EXIT_FAILURE)
+
+
+@click.group(cls=RunyardGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="runyard", message="%(prog)s %(version)s")
+def cli() -> None:
+    """runyard: launch machine-learning runs in the background, watch them, compare them.
+
+    \b
+    Settings come from, lowest first: defaults, $RUNYARD_HOME/config.toml, the project's
+    runyard.toml, RUNYARD_<KEY> environment variables. `runyard config` shows them all.
+
+    \b
+    Start here:
+      runyard run -- python train.py    launch in the background, print the run's number
+      runyard ps                        what is queued and running
+      runyard logs -f 12                follow a run's log
+      runyard doctor     check that the store, database and tools work
+      runyard config     show every setting and where it came from
+      runyard sync       ingest pending logged data now
+    """
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json: bool) -> None:
+    """Check the set-up: home, database and schema, artifact store, versions, PostgreSQL, Ray, GPUs.
+
+    Exits with 0 when the configured store works, 1 when it does not.
+    """
+    from runyard.cli import doctor as impl
+
+    sys.exit(impl.run(as_json=as_json))
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+def config_command(as_json: bool) -> None:
+    """Show the effective settings, each with where it came from."""
+    from runyard.cli import settings as impl
+
+    impl.run(as_json=as_json)
+
+
+@cli.command()
+@click.option("--db", metavar="URL", help="Database to migrate (default: the configured db).")
+@click.option("--check", is_flag=True, help="Only report; exit 1 if the schema needs upgrading.")
+def migrate(db: str | None, check: bool) -> None:
+    """Upgrade the database schema to this runyard's version.
+
+    A SQLite home is upgraded automatically when opened; a PostgreSQL database only by this command,
+    so that a team decides when its shared database changes.
+
+    \b
+    Example:
+      runyard migrate --db postgresql+psycopg://runyard@db.example.com/runyard
+    """
+    from runyard.cli import migrate as impl
+
+    sys.exit(impl.run(db=db, check=check))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, metavar="[RUN]...")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def sync(runs: tuple[str, ...], as_json: bool) -> None:
+    """Ingest what is waiting in the spool into the store, and say what was done.
+
+    Logged data reaches the store on its own (a background agent ingests it); `runyard sync`
+    does it now, for every run or the RUNs given (number, name or id prefix). Runs whose process
+    died without finishing are marked lost, and torn records at the end of their spool are counted.
+    """
+    from runyard.cli import sync as impl
+
+    sys.exit(impl.run(runs, as_json=as_json))
+
+
+class RunCommand(click.Command):
+    """Remembers whether the command came after ``--`` (argv, run without a shell) or as one string."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["runyard.argv_form"] = "--" in args
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=RunCommand, context_settings={"ignore_unknown_options": False})
+@click.argument("command", nargs=-1, required=True, metavar="-- COMMAND [ARGS]... | 'SHELL LINE'")
+@click.option("--project", help="Project of the run (default: the `project` setting).")
+@click.option("--name", help="A name to refer to the run by.")
+@click.option("--label", "labels", multiple=True, metavar="LABEL", help="A label (repeatable).")
+@click.option("--note", default="", help="Notes for the run, in Markdown.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter: in the run's config, in $RUNYARD_PARAM_KEY and in runyard-params.json.")
+@click.option("--pip", "pip", multiple=True, metavar="SPEC", help="A package to install for the run (repeatable).")
+@click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path), help="A requirements file.")
+@click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET",
+              help="Copy a local path, or another run's artifact (RUN:PATH), read-only into the run directory.")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="An environment variable for the command.")
+@click.option("--gpus", type=int, help="GPUs the run needs.")
+@click.option("--cpus", type=int, help="CPU cores the run needs.")
+@click.option("--memory", metavar="SIZE", help="Memory the run needs, e.g. 16G.")
+@click.option("--timeout", metavar="DURATION", help="Stop the run after this long, e.g. 90s, 2h.")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs start first.")
+@click.option("--machine", metavar="NAME", help="A resource profile from [machines.NAME] in the configuration.")
+@click.option("-f", "--follow", is_flag=True, help="Stream the run's log until it ends; exit with its exit code.")
+@click.option("--json", "as_json", is_flag=True, help="Print the queued run as JSON.")
+@click.pass_context
+def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None:
+    """Run a command in the background, on the code as it is now; print the run's number at once.
+
+    \b
+    runyard run -- python train.py --lr 0.1       argv, run without a shell
+    runyard run 'cd models; python model_12.py'   one string, run by sh -c
+    runyard run --gpus 1 --pip scikit-image --param lr=0.1 -- python train.py
+
+    The working tree is snapshotted (in git: tracked and untracked-not-ignored files; elsewhere
+    all files minus .runyardignore), so editing files afterwards does not change the run. Runs wait
+    in a queue until a slot is free (`slots` setting). Print JSON lines of numbers to get metrics
+    without the SDK; files written under outputs/ are kept and `runyard cp` brings them back.
+    """
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.run(list(command), argv_form=bool(ctx.meta.get("runyard.argv_form")), **options))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+def ps(as_json: bool) -> None:
+    """Queued and running runs: number, name, status, age, GPUs and latest metrics."""
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.ps(as_json))
+
+
+@cli.command("ls")
+@click.option("--project", help="Only runs of this project.")
+@click.option("--label", "labels", multiple=True, help="Only runs with this label (repeatable: all of them).")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["queued", "starting", "running", "finished", "failed", "stopped", "timeout", "lost"]),
+              help="Only runs in this state (repeatable).")
+@click.option("--sort", default="number", show_default=True, help="A field, config.KEY or summary.KEY.")
+@click.option("--asc", is_flag=True, help="Ascending order (default: descending).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+def ls_command(**options: Any) -> None:
+    """List runs, newest first, with filters."""
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.ls(**options))
+
+
+@cli.command()
+@click.argument("ref", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def show(ref: str, as_json: bool) -> None:
+    """Everything recorded about a run: command, params, summary, inputs, outputs, parent, children, git.
+
+    RUN is a run's number, its name, or a unique prefix of its id.
+    """
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.show(ref, as_json))
+
+
+@cli.command()
+@click.argument("ref", metavar="RUN")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.option("--tail", type=click.IntRange(0), help="Only the last N lines.")
+def logs(ref: str, follow: bool, tail: int | None) -> None:
+    """Print a run's log (stdout, stderr and runyard's own lines)."""
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.logs(ref, follow, tail))
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True, metavar="RUN...")
+def stop(refs: tuple[str, ...]) -> None:
+    """Stop runs: a queued run leaves the queue; a running one gets SIGTERM, then SIGKILL after a grace period."""
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.stop(list(refs)))
+
+
+@cli.command()
+@click.argument("source", metavar="RUN:PATH")
+@click.argument("destination", type=click.Path(path_type=Path), metavar="DEST")
+def cp(source: str, destination: Path) -> None:
+    """Copy a run's artifact (a file, or a directory of them) out of the store.
+
+    \b
+    runyard cp 62:outputs/model.pt .
+    runyard cp 62:checkpoints/ /tmp/ck
+    """
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.cp(source, destination))
+
+
+@cli.command()
+@click.argument("ref", metavar="RUN")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Change a parameter (repeatable).")
+@click.option("--name", help="A name for the new run.")
+def rerun(ref: str, params: tuple[str, ...], name: str | None) -> None:
+    """Run RUN again: same code snapshot and options, a new run whose parent is RUN."""
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.rerun(ref, list(params), name))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("ref", metavar="RUN")
+@click.argument("changes", nargs=-1, required=True, metavar="+LABEL|-LABEL...")
+def label(ref: str, changes: tuple[str, ...]) -> None:
+    """Add (+name) and remove (-name) labels: runyard label 12 +baseline -draft"""
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.label(ref, list(changes)))
+
+
+@cli.command()
+@click.argument("ref", metavar="RUN")
+@click.argument("text")
+def note(ref: str, text: str) -> None:
+    """Append a paragraph of Markdown to a run's notes."""
+    from runyard.cli import runs as impl
+
+    sys.exit(impl.note(ref, text))
+
+
+def main() -> None:
+    cli(prog_name="runyard")
+
+
+if __name__ == "__main__":
+    main()

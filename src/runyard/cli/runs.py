@@ -1,0 +1,437 @@
+"""The run commands: run, ps, ls, show, logs, stop, cp, rerun, label, note.
+
+``run`` and ``ps`` start fast on a SQLite home (no SQLAlchemy, no rich); the others open the store.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runyard.config import Settings, resolve
+from runyard.errors import InvalidArgument, NotFound
+
+TERMINAL = {"finished", "failed", "stopped", "timeout", "lost"}
+
+
+def _print_json(value: Any) -> None:
+    from runyard.store import jsonvalues
+
+    sys.stdout.write(json.dumps(json.loads(jsonvalues.dumps(value)), indent=2) + "\n")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "nan"
+    return f"{value:.4g}"
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+def run(command: list[str], argv_form: bool, **o: Any) -> int:
+    from runyard.exec import options
+    from runyard.exec.submit import Submission, submit
+
+    settings = resolve()
+    shell = not argv_form and len(command) == 1
+    params = dict(options.key_value(p, "--param") for p in o["params"])
+    env = dict(options.key_value(e, "--env") for e in o["env"])
+    sub = Submission(
+        command=command, shell=shell, cwd=Path.cwd(), project=o["project"], name=o["name"], labels=o["labels"],
+        note=o["note"], params=params, pip=o["pip"], requirements=o["requirements"], mounts=o["mounts"], env=env,
+        gpus=o["gpus"], cpus=o["cpus"], memory=o["memory"], timeout=o["timeout"], priority=o["priority"],
+        machine=o["machine"],
+    )
+    done = submit(settings, sub)
+    if o["as_json"]:
+        print(json.dumps({"number": done.number, "id": done.run_id, "status": "queued",
+                          "snapshot_files": done.files, "snapshot_new_bytes": done.new_bytes}))
+    else:
+        print(f"run {done.number} queued")
+    if o["follow"]:
+        return _follow(settings, str(done.number))
+    return 0
+
+
+# -- ps and ls ------------------------------------------------------------------------------------
+
+def ps(as_json: bool) -> int:
+    from runyard.store.lite import LiteStore
+
+    settings = resolve()
+    lite = LiteStore.open(settings.db)
+    if lite is not None:
+        try:
+            active = lite.active_runs()
+        finally:
+            lite.close()
+    else:
+        active = _active_runs_full(settings)
+    rows = [{"number": r.number, "name": r.name, "project": r.project, "status": r.status.value,
+             "created_at": r.created_at, "started_at": r.started_at,
+             "gpus": r.resources.get("assigned_gpus", []) or r.resources.get("gpus", 0),
+             "latest": r.latest} for r in active]
+    if any(r["status"] == "queued" for r in rows):
+        from runyard.sdk.agent_launch import ensure_agent
+
+        ensure_agent(settings)  # a queued run needs an agent; if the last one died, this starts another
+    if as_json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("nothing queued or running")
+        return 0
+    now = time.time()
+    table = []
+    for r in rows:
+        latest = "  ".join(f"{k}={_number(v)}" for k, v in list(r["latest"].items())[:4])
+        gpus = ",".join(map(str, r["gpus"])) if isinstance(r["gpus"], list) else str(r["gpus"] or "-")
+        table.append([str(r["number"]), r["name"] or "-", r["status"], _age(now - r["created_at"]), gpus or "-",
+                      latest])
+    print(_table(["RUN", "NAME", "STATUS", "AGE", "GPUS", "LATEST"], table))
+    return 0
+
+
+def _active_runs_full(settings: Settings) -> list[Any]:
+    """``LiteStore.active_runs`` through SqlStore, for homes the fast path cannot open."""
+    from runyard.store.home import open_store
+    from runyard.store.lite import ActiveRun
+    from runyard.types import RunStatus
+
+    opened = open_store(settings)
+    try:
+        store = opened.store
+        runs = store.runs_with_status([RunStatus.RUNNING, RunStatus.STARTING, RunStatus.QUEUED])
+        order = {RunStatus.RUNNING: 0, RunStatus.STARTING: 1, RunStatus.QUEUED: 2}
+        runs.sort(key=lambda r: (order[r.status], -r.priority, r.number))
+        return [ActiveRun(r.number, r.id, r.name, r.project, r.status, r.created_at, r.started_at, r.resources,
+                          {s.key: s.last_value for s in store.list_series(r.number) if not s.key.startswith("system/")})
+                for r in runs]
+    finally:
+        opened.close()
+
+
+def _open() -> Any:
+    from runyard.api import Api
+
+    return Api()
+
+
+def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], sort: str, asc: bool, limit: int,
+       as_json: bool) -> int:
+    from runyard.store.api import RunQuery
+    from runyard.types import RunStatus
+
+    api = _open()
+    try:
+        page = api.store.list_runs(RunQuery(project=project, labels=list(labels),
+                                            status=[RunStatus(s) for s in statuses], sort=sort,
+                                            descending=not asc, limit=limit))
+        if as_json:
+            _print_json([_run_json(r) for r in page.items])
+            return 0
+        now = time.time()
+        rows = []
+        for r in page.items:
+            duration = r.duration(now)
+            rows.append([str(r.number), r.name or "-", r.project, r.status.value, ",".join(r.labels) or "-",
+                         _age(now - r.created_at), _age(duration) if duration is not None else "-"])
+        print(_table(["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED", "DURATION"], rows)
+              if rows else "no runs match")
+        return 0
+    finally:
+        api.close()
+
+
+def _run_json(r: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(r)
+    data["status"] = r.status.value
+    return data
+
+
+# -- show -----------------------------------------------------------------------------------------
+
+def show(ref: str, as_json: bool) -> int:
+    api = _open()
+    try:
+        store = api.store
+        r = store.get_run(ref)
+        children = [c.number for c in store.children_of(r.number)]
+        inputs = store.inputs_of(r.number)
+        artifacts = store.list_artifacts(r.number)
+        series = store.list_series(r.number)
+        if as_json:
+            from dataclasses import asdict
+
+            _print_json({**_run_json(r), "children": children, "inputs": [asdict(i) for i in inputs],
+                         "artifacts": [asdict(a) for a in artifacts],
+                         "metrics": [asdict(s) for s in series]})
+            return 0
+        now = time.time()
+        duration = r.duration(now)
+        lines = [
+            f"run {r.number}  {r.name or ''}".rstrip(),
+            f"  id         {r.id}",
+            f"  project    {r.project}",
+            f"  status     {r.status.value}" + (f" ({r.status_message})" if r.status_message else "")
+            + (f", exit code {r.exit_code}" if r.exit_code is not None else ""),
+            f"  created    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.created_at))}",
+            f"  duration   {_age(duration) if duration is not None else '-'}",
+            f"  command    {' '.join(r.command or []) or '-'}",
+            f"  labels     {', '.join(r.labels) or '-'}",
+            f"  git        {r.git_commit or '-'}" + (f" ({r.git_branch})" if r.git_branch else "")
+            + (" + uncommitted diff" if r.git_diff_ref else ""),
+            f"  snapshot   {r.snapshot_id or '-'}",
+            f"  parent     {r.parent or '-'}",
+            f"  children   {', '.join(map(str, children)) or '-'}",
+        ]
+        if r.config:
+            lines.append("  params")
+            lines += [f"    {k} = {v}" for k, v in sorted(r.config.items())]
+        if r.summary:
+            lines.append("  summary")
+            lines += [f"    {k} = {v}" for k, v in sorted(r.summary.items())]
+        if inputs:
+            lines.append("  inputs")
+            lines += [f"    {i.mount or '-'} <- " + (f"run {i.source_run}:{i.source_path}" if i.source_run
+                                                     else (i.source_path or "")) + f" (sha256 {i.sha256[:12]})"
+                      for i in inputs]
+        if artifacts:
+            lines.append("  outputs")
+            lines += [f"    {a.path}  {a.size:,} bytes" for a in artifacts]
+        if r.notes:
+            lines.append("  notes")
+            lines += [f"    {line}" for line in r.notes.splitlines()]
+        print("\n".join(lines))
+        return 0
+    finally:
+        api.close()
+
+
+# -- logs -----------------------------------------------------------------------------------------
+
+def _print_lines(lines: Sequence[Any]) -> None:
+    for line in lines:
+        prefix = "[runyard] " if line.stream == "system" else ""
+        stream = sys.stderr if line.stream == "stderr" else sys.stdout
+        stream.write(f"{prefix}{line.text}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def logs(ref: str, follow: bool, tail: int | None) -> int:
+    if follow:
+        return _follow(resolve(), ref, tail)
+    api = _open()
+    try:
+        r = api.store.get_run(ref)
+        if tail is not None:
+            _print_lines(api.store.tail_logs(r.number, tail))
+            return 0
+        after = 0
+        while batch := api.store.read_logs(r.number, after, 5000):
+            _print_lines(batch)
+            after = batch[-1].id
+        return 0
+    finally:
+        api.close()
+
+
+def _follow(settings: Settings, ref: str, tail: int | None = None) -> int:
+    """Print the log as it grows until the run ends; returns the run's exit code."""
+    from runyard.api import Api
+
+    api = Api(settings)
+    try:
+        store = api.store
+        number = store.resolve(ref)
+        after = 0
+        if tail is not None:
+            first = store.tail_logs(number, tail)
+            _print_lines(first)
+            after = first[-1].id if first else 0
+        while True:
+            run = store.get_run(number)
+            batch = store.read_logs(number, after, 5000)
+            if batch:
+                _print_lines(batch)
+                after = batch[-1].id
+                continue
+            if run.status.value in TERMINAL:
+                if run.status.value != "finished":
+                    print(f"runyard: run {number} {run.status.value}"
+                          + (f": {run.status_message}" if run.status_message else ""), file=sys.stderr)
+                return run.exit_code if run.exit_code is not None and run.exit_code >= 0 else \
+                    (0 if run.status.value == "finished" else 1)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        api.close()
+
+
+# -- stop -----------------------------------------------------------------------------------------
+
+def stop(refs: list[str]) -> int:
+    from runyard.exec.local import LocalExecutor
+    from runyard.store.api import RunPatch
+    from runyard.types import RunStatus
+
+    api = _open()
+    try:
+        store = api.store
+        runs = [store.get_run(ref) for ref in refs]  # every reference checked before anything stops
+        executor = LocalExecutor(api.settings.home)
+        for r in runs:
+            if r.status.is_terminal():
+                print(f"run {r.number} already ended ({r.status.value})")
+            elif r.status is RunStatus.QUEUED:
+                store.update_run(r.number, RunPatch(status=RunStatus.STOPPED, status_message="stopped while queued"))
+                print(f"run {r.number} stopped (it was queued)")
+            elif executor.stop(r.id) or (r.status is RunStatus.STARTING and _stop_when_started(executor, r.id)):
+                print(f"run {r.number}: stopping (SIGTERM, then SIGKILL after the grace period)")
+            else:
+                store.update_run(r.number, RunPatch(status=RunStatus.STOPPED,
+                                                    status_message="stopped; no supervisor was running"))
+                print(f"run {r.number} stopped (no supervisor was running)")
+        return 0
+    finally:
+        api.close()
+
+
+def _stop_when_started(executor: Any, run_id: str, wait: float = 10.0) -> bool:
+    """A run being started has no supervisor yet: give it a moment to appear, then stop it."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if executor.stop(run_id):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# -- cp -------------------------------------------------------------------------------------------
+
+def cp(source: str, destination: Path) -> int:
+    ref, sep, path = source.partition(":")
+    if not sep or not ref:
+        raise InvalidArgument(f"{source!r}: expected RUN:PATH, e.g. 62:outputs/model.pt or 62:checkpoints/")
+    path = path.strip("/")
+    api = _open()
+    try:
+        store = api.store
+        r = store.get_run(ref)
+        api.sync(runs=[r.id])  # what the run uploaded a moment ago may still be in its spool
+        entries = store.list_artifacts(r.number)
+        exact = [a for a in entries if a.path == path]
+        under = [a for a in entries if not path or a.path.startswith(path + "/")]
+        if not exact and not under:
+            known = ", ".join(sorted({a.path.split("/")[0] for a in entries})[:10]) or "none"
+            raise NotFound(f"run {r.number} has no artifact {path or '/'} (top-level artifacts: {known})")
+        artifacts = api._opened.artifacts
+        if exact:
+            a = exact[0]
+            name = a.path.rsplit("/", 1)[-1]
+            if destination.is_dir():
+                target_dir, rel = destination, name
+            else:
+                target_dir, rel = destination.parent if str(destination.parent) else Path(), destination.name
+            files = [(a, target_dir, rel)]
+        else:
+            files = [(a, destination, a.path[len(path):].lstrip("/") if path else a.path) for a in under]
+        total = sum(a.size for a, _, _ in files)
+        _copy(artifacts, files, total)
+        print(f"copied {len(files)} file(s), {total:,} bytes, from run {r.number} to {destination}")
+        return 0
+    finally:
+        api.close()
+
+
+def _copy(artifacts: Any, files: list[tuple[Any, Path, str]], total: int) -> None:
+    if total < 8 << 20 or not sys.stderr.isatty():
+        for a, root, rel in files:
+            artifacts.export(a.content_ref, root, rel)
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), transient=True) as progress:
+        task = progress.add_task("copying", total=total)
+        for a, root, rel in files:
+            artifacts.export(a.content_ref, root, rel)
+            progress.advance(task, a.size)
+
+
+# -- rerun, label, note ---------------------------------------------------------------------------
+
+def rerun(ref: str, params: list[str], name: str | None) -> int:
+    from runyard.exec import options
+    from runyard.exec.submit import Submission, submit
+
+    api = _open()
+    try:
+        parent = api.store.get_run(ref)
+    finally:
+        api.close()
+    if parent.launch is None or parent.snapshot_id is None:
+        raise InvalidArgument(f"run {parent.number} was not launched by `runyard run`, so there is nothing to "
+                              "launch again; run its script with `runyard run`")
+    changes = dict(options.key_value(p, "--param") for p in params)
+    resources = {k: v for k, v in parent.resources.items() if k != "assigned_gpus"}
+    sub = Submission(command=list(parent.launch.get("argv") or []), shell=bool(parent.launch.get("shell")),
+                     cwd=Path.cwd(), project=parent.project, name=name, labels=parent.labels, params=changes,
+                     priority=parent.priority, parent=parent.number, launch=parent.launch, resources=resources,
+                     snapshot=(parent.snapshot_id, parent.git_commit, parent.git_branch, parent.git_diff_ref))
+    done = submit(resolve(), sub)
+    print(f"run {done.number} queued (a rerun of run {parent.number})")
+    return 0
+
+
+def label(ref: str, changes: list[str]) -> int:
+    add = [c[1:] for c in changes if c.startswith("+")]
+    remove = [c[1:] for c in changes if c.startswith("-")]
+    bad = [c for c in changes if not c.startswith(("+", "-")) or len(c) < 2]
+    if bad:
+        raise InvalidArgument(f"label change {bad[0]!r}: write +name to add a label, -name to remove one")
+    api = _open()
+    try:
+        r = api.store.set_labels(api.store.resolve(ref), add, remove)
+        print(f"run {r.number}: labels {', '.join(r.labels) or '(none)'}")
+        return 0
+    finally:
+        api.close()
+
+
+def note(ref: str, text: str) -> int:
+    api = _open()
+    try:
+        r = api.store.append_note(api.store.resolve(ref), text)
+        print(f"run {r.number}: note added")
+        return 0
+    finally:
+        api.close()

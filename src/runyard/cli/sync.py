@@ -1,0 +1,42 @@
+"""``runyard sync``: ingest pending spools now and report per run."""
+
+from __future__ import annotations
+
+import orjson
+
+from runyard.api import Api
+from runyard.errors import NotFound
+
+
+def run(refs: tuple[str, ...], as_json: bool) -> int:
+    api = Api(catch_up=False)
+    try:
+        run_ids = None
+        if refs:
+            run_ids = []
+            for ref in refs:
+                try:
+                    run_ids.append(api.store.get_run(ref).id)
+                except NotFound:
+                    if len(ref) == 26:  # a run still only in the spool: its id
+                        run_ids.append(ref.upper())
+                    else:
+                        raise
+        report = api.sync(runs=run_ids)
+        rows = []
+        for w in report.writers:
+            state = "still logging" if w.alive else ("marked lost" if w.marked_lost else "complete")
+            rows.append({"run": w.run_number, "run_id": w.run_id, "writer": w.writer, "records": w.records,
+                         "dropped_bytes": w.dropped_bytes, "state": state})
+        if as_json:
+            print(orjson.dumps({"writers": rows}, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        if not rows:
+            print("nothing to sync: every spool is in the store")
+            return 0
+        for r in rows:
+            dropped = f", dropped a torn tail of {r['dropped_bytes']} bytes" if r["dropped_bytes"] else ""
+            print(f"run {r['run'] or r['run_id']}: {r['records']:,} records ingested{dropped}; {r['state']}")
+        return 0
+    finally:
+        api.close()

@@ -1,0 +1,402 @@
+"""Settings, resolved once at the edge (the CLI or ``init()``) and passed down.
+
+Precedence, lowest first: the built-in default, ``$RUNYARD_HOME/config.toml``, the project's
+``runyard.toml`` (found at the repository root), ``RUNYARD_<KEY>`` environment variables, and
+finally explicit overrides (command-line flags). Every resolved value remembers where it came from,
+so ``runyard config`` can say why a setting has the value it has.
+
+This is the only module that reads ``os.environ``, and it does so only inside ``resolve()``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runyard.errors import ConfigError
+
+#: Where runyard keeps its database, artifacts and spools. Default ``~/.runyard``.
+ENV_HOME = "RUNYARD_HOME"
+#: Prefix of every setting's environment variable: ``RUNYARD_DB``, ``RUNYARD_ARTIFACTS`` ...
+ENV_PREFIX = "RUNYARD_"
+
+HOME_CONFIG_NAME = "config.toml"
+PROJECT_CONFIG_NAME = "runyard.toml"
+
+#: Set by `runyard run` for the process it starts: the SDK attaches to this run instead of making one.
+ENV_RUN_ID = "RUNYARD_RUN_ID"
+#: Set by the supervisor when it already captures the process's stdout and stderr.
+ENV_CAPTURED = "RUNYARD_CAPTURED"
+#: Set by tests: the SDK raises its internal errors instead of counting and reporting them.
+ENV_STRICT = "RUNYARD_STRICT"
+
+#: Top-level tables of a configuration file that belong to other features, not to settings.
+SECTIONS = frozenset({"alerts", "notify", "machines"})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: its name, help text, default and parser."""
+
+    key: str
+    help: str
+    #: Computes the default from the home directory; ``None`` means "unset".
+    default: Callable[[Path], str | None]
+    #: Turns a raw string into the stored value; ``base`` resolves relative paths.
+    parse: Callable[[str, Path], str]
+    #: Whether an empty value means "unset" (only for settings whose default is unset).
+    optional: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+
+def _parse_path(raw: str, base: Path) -> str:
+    return str((base / Path(raw).expanduser()).resolve())
+
+
+def _parse_db(raw: str, base: Path) -> str:
+    if "://" in raw:
+        return raw
+    # A bare path is a SQLite file: friendlier than spelling out sqlite:////abs/path.
+    return "sqlite:///" + _parse_path(raw, base)
+
+
+def _parse_server(raw: str, base: Path) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _parse_ray(raw: str, base: Path) -> str:
+    address = raw.strip()
+    if address == "auto":
+        return address
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError("expected host:port, ray://host:port or auto")
+    return address
+
+
+def _parse_choice(*choices: str) -> Callable[[str, Path], str]:
+    def parse(raw: str, base: Path) -> str:
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw
+
+    return parse
+
+
+def _parse_seconds(raw: str, base: Path) -> str:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not 0 <= value <= 86_400:
+        raise ValueError("expected between 0 and 86400 seconds")
+    return raw
+
+
+def _parse_count(raw: str, base: Path) -> str:
+    if not raw.isdigit() or int(raw) < 1000:
+        raise ValueError("expected a whole number of at least 1000")
+    return raw
+
+
+def _parse_slots(raw: str, base: Path) -> str:
+    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+        raise ValueError("expected a whole number from 1 to 1024")
+    return raw
+
+
+def _parse_name(raw: str, base: Path) -> str:
+    name = raw.strip()
+    if not name or len(name) > 100 or any(c in name for c in "/\\\0\n\r\t"):
+        raise ValueError("expected a name of 1-100 characters without slashes or control characters")
+    return name
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "db",
+        "SQLAlchemy URL of the metadata database (sqlite:///... or postgresql+psycopg://...); "
+        "a bare path means a SQLite file",
+        default=lambda home: "sqlite:///" + str(home / "runyard.db"),
+        parse=_parse_db,
+    ),
+    Setting(
+        "artifacts",
+        "Directory of the content-addressed artifact store",
+        default=lambda home: str(home / "artifacts"),
+        parse=_parse_path,
+    ),
+    Setting(
+        "server",
+        "URL of a remote runyard server; unset means work locally",
+        default=lambda home: None,
+        parse=_parse_server,
+        optional=True,
+    ),
+    Setting(
+        "ray",
+        "Address of a Ray cluster (host:port or ray://host:port); unset means no Ray",
+        default=lambda home: None,
+        parse=_parse_ray,
+        optional=True,
+    ),
+    Setting(
+        "project",
+        "Project that new runs belong to when none is given",
+        default=lambda home: "default",
+        parse=_parse_name,
+    ),
+    Setting(
+        "slots",
+        "How many launched runs may run at once on this machine; default: the number of GPUs, or one per "
+        "two CPU cores when there is none",
+        default=lambda home: None,
+        parse=_parse_slots,
+        optional=True,
+    ),
+    Setting(
+        "fsync",
+        "When the spool is forced to disk: always (every flush), interval (once a second) or never "
+        "(the OS decides; a killed process still loses nothing, a power cut may)",
+        default=lambda home: "interval",
+        parse=_parse_choice("always", "interval", "never"),
+    ),
+    Setting(
+        "system_interval",
+        "Seconds between samples of CPU, memory, disk, network and GPU use; 0 turns sampling off",
+        default=lambda home: "5",
+        parse=_parse_seconds,
+    ),
+    Setting(
+        "finish_timeout",
+        "Seconds finish() waits for logged data to reach the store before leaving it to `runyard sync`",
+        default=lambda home: "30",
+        parse=_parse_seconds,
+    ),
+    Setting(
+        "outputs_interval",
+        "Seconds between uploads of a launched run's outputs/ directory while it runs (it is also "
+        "uploaded when the run ends)",
+        default=lambda home: "120",
+        parse=_parse_seconds,
+    ),
+    Setting(
+        "queue_limit",
+        "Records held in memory before the logger spills them to disk",
+        default=lambda home: "100000",
+        parse=_parse_count,
+    ),
+)
+SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Value:
+    """A resolved setting and where it came from (``default``, a file, ``env RUNYARD_DB``, ``flag``)."""
+
+    value: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration. Build it with :func:`resolve`; never mutate it."""
+
+    home: Path
+    home_source: str
+    values: Mapping[str, Value] = field(repr=False)
+    #: The project configuration file in effect, if any.
+    project_file: Path | None = None
+    #: The run to attach to (``RUNYARD_RUN_ID``), set when launched by ``runyard run``.
+    run_id: str | None = None
+    #: Whether a supervisor already captures stdout and stderr (``RUNYARD_CAPTURED=1``).
+    captured: bool = False
+    #: Whether the SDK raises its internal errors (``RUNYARD_STRICT=1``, for tests).
+    strict: bool = False
+    #: Named resource profiles (``[machines.NAME]`` tables): {"gpus": 1, "cpus": 8, "memory": "32G", ...}.
+    machines: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def db(self) -> str:
+        return self._required("db")
+
+    @property
+    def artifacts(self) -> Path:
+        return Path(self._required("artifacts"))
+
+    @property
+    def server(self) -> str | None:
+        return self.values["server"].value
+
+    @property
+    def ray(self) -> str | None:
+        return self.values["ray"].value
+
+    @property
+    def project(self) -> str:
+        return self._required("project")
+
+    @property
+    def slots(self) -> int | None:
+        value = self.values["slots"].value
+        return int(value) if value is not None else None
+
+    @property
+    def fsync(self) -> str:
+        return self._required("fsync")
+
+    @property
+    def system_interval(self) -> float:
+        return float(self._required("system_interval"))
+
+    @property
+    def finish_timeout(self) -> float:
+        return float(self._required("finish_timeout"))
+
+    @property
+    def outputs_interval(self) -> float:
+        return float(self._required("outputs_interval"))
+
+    @property
+    def queue_limit(self) -> int:
+        return int(self._required("queue_limit"))
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    def source(self, key: str) -> str:
+        return self.values[key].source
+
+    def _required(self, key: str) -> str:
+        value = self.values[key].value
+        assert value is not None, f"setting {key} has no default"
+        return value
+
+
+def find_project_file(cwd: Path) -> Path | None:
+    """The ``runyard.toml`` of the project containing ``cwd``.
+
+    Walks up to the nearest directory that holds a ``runyard.toml`` or is a repository root
+    (has ``.git``); a ``runyard.toml`` there is the project's file.
+    """
+    for directory in (cwd, *cwd.parents):
+        candidate = directory / PROJECT_CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+        if (directory / ".git").exists():
+            return None
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+
+
+MACHINE_KEYS = frozenset({"gpus", "cpus", "memory", "timeout", "priority"})
+
+
+def _machines(path: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    table = data.get("machines", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: machines must be a table of [machines.NAME] tables")
+    out: dict[str, dict[str, Any]] = {}
+    for name, profile in table.items():
+        if not isinstance(profile, dict):
+            raise ConfigError(f"{path}: machines.{name} must be a table, like [machines.{name}] gpus = 1")
+        unknown = set(profile) - MACHINE_KEYS
+        if unknown:
+            raise ConfigError(f"{path}: machines.{name}: unknown key {sorted(unknown)[0]!r}; "
+                              f"known keys are: {', '.join(sorted(MACHINE_KEYS))}")
+        out[name] = dict(profile)
+    return out
+
+
+def _file_values(path: Path, data: dict[str, Any]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, raw in data.items():
+        if key in SECTIONS:
+            continue
+        if key not in SETTINGS_BY_KEY:
+            known = ", ".join(sorted([*SETTINGS_BY_KEY, *SECTIONS]))
+            raise ConfigError(f"{path}: unknown key {key!r}; known keys are: {known}")
+        if not isinstance(raw, str):
+            raise ConfigError(f"{path}: {key} must be a string, not {type(raw).__name__} ({raw!r})")
+        values[key] = raw
+    return values
+
+
+def _parse(setting: Setting, raw: str, base: Path, where: str) -> str | None:
+    if raw == "":
+        if setting.optional:
+            return None
+        raise ConfigError(f"{where}: {setting.key} is empty; remove it to use the default")
+    try:
+        return setting.parse(raw, base)
+    except ValueError as e:
+        raise ConfigError(f"{where}: invalid {setting.key} {raw!r}: {e}") from None
+
+
+def resolve(
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve the effective settings.
+
+    ``environ`` defaults to ``os.environ`` and ``cwd`` to the working directory; tests pass their own.
+    ``overrides`` are values given on the command line, keyed by setting name.
+    """
+    env = os.environ if environ is None else environ
+    here = Path.cwd() if cwd is None else cwd
+
+    if env.get(ENV_HOME):
+        home, home_source = Path(env[ENV_HOME]).expanduser().resolve(), f"env {ENV_HOME}"
+    else:
+        home, home_source = (Path.home() / ".runyard").resolve(), "default"
+
+    resolved: dict[str, Value] = {
+        s.key: Value(s.default(home), "default") for s in SETTINGS
+    }
+
+    home_file = home / HOME_CONFIG_NAME
+    project_file = find_project_file(here)
+    machines: dict[str, dict[str, Any]] = {}
+    for path in (home_file, project_file):
+        if path is None or not path.is_file():
+            continue
+        data = _read_toml(path)
+        machines.update(_machines(path, data))
+        for key, raw in _file_values(path, data).items():
+            setting = SETTINGS_BY_KEY[key]
+            resolved[key] = Value(_parse(setting, raw, path.parent, str(path)), str(path))
+
+    for setting in SETTINGS:
+        if setting.env in env:
+            raw = env[setting.env]
+            resolved[setting.key] = Value(_parse(setting, raw, here, setting.env), f"env {setting.env}")
+
+    for key, raw in (overrides or {}).items():
+        if key not in SETTINGS_BY_KEY:
+            raise ConfigError(f"unknown setting {key!r}; known settings are: {', '.join(SETTINGS_BY_KEY)}")
+        setting = SETTINGS_BY_KEY[key]
+        resolved[key] = Value(_parse(setting, raw, here, f"--{key}"), f"flag --{key}")
+
+    return Settings(home=home, home_source=home_source, values=resolved, project_file=project_file,
+                    run_id=env.get(ENV_RUN_ID) or None, captured=env.get(ENV_CAPTURED) == "1",
+                    strict=env.get(ENV_STRICT) == "1", machines=machines)

@@ -1,0 +1,1 @@
+"""Execution: snapshots, the queue and scheduler, executors, and the per-run supervisor."""

@@ -1,0 +1,61 @@
+"""LocalExecutor: runs start as supervisor processes on this machine, each in its own session.
+
+The supervisor outlives the agent that started it; its pid is in the run directory, which is how
+``runyard stop`` reaches it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from runyard.exec.spec import LaunchSpec, run_directory
+from runyard.exec.supervisor import PID_FILE
+
+SPEC_FILE = "launch.json"
+
+
+class LocalExecutor:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def submit(self, spec: LaunchSpec) -> None:
+        directory = run_directory(self.home, spec.run_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SPEC_FILE).write_text(spec.to_json())
+        with (directory / "supervisor.log").open("ab") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", "runyard.exec.supervisor", str(directory / SPEC_FILE)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=directory, start_new_session=True,
+                close_fds=True,
+            )
+
+    def _pid(self, run_id: str) -> int | None:
+        try:
+            return int((run_directory(self.home, run_id) / PID_FILE).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def alive(self, run_id: str) -> bool:
+        pid = self._pid(run_id)
+        if pid is None:
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return b"runyard.exec.supervisor" in cmdline and run_id.encode() in cmdline
+
+    def stop(self, run_id: str) -> bool:
+        """Ask the run's supervisor to stop it (SIGTERM); False if no supervisor is running."""
+        pid = self._pid(run_id)
+        if pid is None or not self.alive(run_id):
+            return False
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        return True

@@ -1,0 +1,100 @@
+"""Parsing and checking what a user passes to ``runyard run``: nothing malformed gets queued.
+
+Every value that reaches a process is passed as an argument or an environment variable, never
+interpolated into a shell string; these checks make sure each is what it says it is (an
+environment name is a name, a pip requirement is not an installer option, a mount target stays
+inside the run directory), with one clear message for what is not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from runyard.errors import ArtifactPathError, InvalidArgument
+from runyard.names import validate_relpath
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def key_value(text: str, option: str) -> tuple[str, str]:
+    """``KEY=VALUE`` with KEY a name usable as an environment variable."""
+    key, sep, value = text.partition("=")
+    if not sep or not _NAME.match(key):
+        raise InvalidArgument(f"{option} {text!r}: expected KEY=VALUE, KEY made of letters, digits and _")
+    if "\x00" in value:
+        raise InvalidArgument(f"{option} {key}: the value contains a NUL byte")
+    return key, value
+
+
+def param_value(text: str) -> Any:
+    """A parameter's value in the run's config: a number or boolean when it reads as one."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        number = json.loads(text)
+    except ValueError:
+        return text
+    return number if isinstance(number, int | float) and not isinstance(number, bool) else text
+
+
+def duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``15m``, ``2h`` or ``1h30m``."""
+    m = _DURATION.match(text.strip())
+    if not text.strip() or not m or not any(m.groups()):
+        raise InvalidArgument(f"--timeout {text!r}: expected a duration such as 90s, 15m, 2h or 1h30m")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in m.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise InvalidArgument(f"--timeout {text!r}: must be more than zero")
+    return total
+
+
+def size(text: str) -> int:
+    """Bytes in ``512M``, ``16G``, ``1.5GiB``."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise InvalidArgument(f"--memory {text!r}: expected a size such as 512M or 16G")
+    unit = (m.group(2) or "").lower()[:1]
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+_REQUIREMENT = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?"
+    r"(\s*(===|==|>=|<=|!=|~=|>|<)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(===|==|>=|<=|!=|~=|>|<)\s*[A-Za-z0-9.*+!_-]+)*)?$"
+)
+
+
+def pip_spec(text: str) -> str:
+    """A package name with optional extras and version constraints; anything else (installer options,
+    URLs, markers) belongs in a --requirements file."""
+    if not _REQUIREMENT.match(text or ""):
+        raise InvalidArgument(f"--pip {text!r}: expected a requirement such as 'scikit-image' or "
+                              "'torch>=2.1,<3' (for URLs or markers use --requirements FILE)")
+    return text
+
+
+def mount(text: str) -> tuple[str, str]:
+    """``SOURCE:TARGET``; TARGET is a path inside the run directory. SOURCE is a local path or
+    ``RUN:PATH`` (an artifact of another run)."""
+    source, sep, target = text.rpartition(":")
+    if not sep or not source or not target:
+        raise InvalidArgument(f"--mount {text!r}: expected SOURCE:TARGET, e.g. ./data:data or 12:outputs/model:model")
+    try:
+        validate_relpath(target.rstrip("/") if target != "/" else target)
+    except ArtifactPathError as e:
+        raise InvalidArgument(f"--mount {text!r}: the target must be a path inside the run directory ({e})") \
+            from None
+    return source, target.rstrip("/")
+
+
+def count(value: int | None, option: str) -> int | None:
+    if value is not None and not 0 <= value <= 4096:
+        raise InvalidArgument(f"{option} {value}: expected a number from 0 to 4096")
+    return value

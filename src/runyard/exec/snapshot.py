@@ -1,0 +1,210 @@
+"""Code snapshots: the working tree as it is at submission, content-addressed and deduplicated.
+
+In a git repository the snapshot holds the tracked files and the untracked ones git does not
+ignore; elsewhere, every file under the directory except what ``.runyardignore`` lists (one
+glob a line, as in .gitignore, without negation). Each file's bytes go into the artifact store once
+(by SHA-256); the snapshot itself is a manifest (path -> sha256, mode) stored the same way, so its
+id names exactly this tree. Submitting an unchanged tree again stores nothing new, and a cache of
+(size, mtime) per path spares re-hashing files that did not change.
+
+The run executes in a directory materialised from the manifest, never in the working tree, so
+editing or deleting files after submission changes nothing for a queued or running run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runyard.errors import InvalidArgument
+from runyard.names import validate_relpath
+from runyard.store.artifacts import DiskArtifacts
+
+IGNORE_FILE = ".runyardignore"
+#: Never part of a snapshot, git or not.
+ALWAYS_IGNORED = (".git", ".runyard", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache")
+MAX_FILES = 50_000
+MAX_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    files: int
+    bytes: int
+    new_bytes: int
+    git_commit: str | None = None
+    git_branch: str | None = None
+    git_diff_ref: str | None = None
+    root: Path = field(default=Path())
+
+
+def _git(root: Path, *args: str) -> bytes | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_root(directory: Path) -> Path | None:
+    for candidate in (directory, *directory.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
+
+
+def _ignore_patterns(root: Path) -> list[str]:
+    try:
+        lines = (root / IGNORE_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [ln.strip().rstrip("/") for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _ignored(rel: str, patterns: Iterable[str]) -> bool:
+    parts = rel.split("/")
+    for pattern in patterns:
+        if "/" in pattern.strip("/"):
+            if fnmatch.fnmatch(rel, pattern.strip("/")) or rel.startswith(pattern.strip("/") + "/"):
+                return True
+        elif any(fnmatch.fnmatch(part, pattern) for part in parts):
+            return True
+    return False
+
+
+def list_files(root: Path) -> list[str]:
+    """Relative POSIX paths of the files a snapshot of ``root`` holds, sorted."""
+    out: list[str]
+    if (root / ".git").exists() and (listed := _git(root, "ls-files", "-z", "-c", "-o", "--exclude-standard")):
+        out = [p for p in listed.decode("utf-8", "surrogateescape").split("\0") if p]
+    elif (root / ".git").exists():
+        out = []
+    else:
+        out = list(_walk(root, root, _ignore_patterns(root)))
+    base = str(root)
+    files = []
+    for rel in sorted(set(out)):
+        if any(part in ALWAYS_IGNORED for part in rel.split("/")):
+            continue
+        try:
+            mode = os.lstat(os.path.join(base, rel)).st_mode  # noqa: PTH118 - see take()
+        except OSError:
+            continue  # listed by git but deleted from the working tree
+        if stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and _inside_link(root, rel)):
+            files.append(rel)
+    return files
+
+
+def _inside_link(root: Path, rel: str) -> bool:
+    path = root / rel
+    return path.is_symlink() and path.is_file() and path.resolve().is_relative_to(root.resolve())
+
+
+def _walk(root: Path, directory: Path, patterns: list[str]) -> Iterator[str]:
+    for entry in os.scandir(directory):
+        rel = Path(entry.path).relative_to(root).as_posix()
+        if entry.name in ALWAYS_IGNORED or _ignored(rel, patterns):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(root, Path(entry.path), patterns)
+        elif entry.is_file(follow_symlinks=False) or _inside_link(root, rel):
+            yield rel
+
+
+class HashCache:
+    """(size, mtime_ns) -> sha256 per path, so an unchanged file is not read again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, list[object]] = {}
+        self.changed = False
+        try:
+            self.entries = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            self.entries = {}
+
+    def get(self, key: str, st: os.stat_result) -> str | None:
+        entry = self.entries.get(key)
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+            return str(entry[2])
+        return None
+
+    def put(self, key: str, st: os.stat_result, sha: str) -> None:
+        self.entries[key] = [st.st_size, st.st_mtime_ns, sha]
+        self.changed = True
+
+    def save(self) -> None:
+        if self.changed:
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(self.entries))
+            tmp.replace(self.path)
+
+
+def take(directory: Path, artifacts: DiskArtifacts, cache_path: Path | None = None) -> Snapshot:
+    """Snapshot the working tree that holds ``directory`` (its git root, or ``directory`` itself)."""
+    directory = directory.resolve()
+    root = git_root(directory) or directory
+    files = list_files(root)
+    if len(files) > MAX_FILES:
+        raise InvalidArgument(f"{root} has {len(files):,} files to snapshot (more than {MAX_FILES:,}); "
+                              f"list what the run does not need in {IGNORE_FILE}")
+    cache = HashCache(cache_path) if cache_path else None
+    manifest: dict[str, list[object]] = {}
+    total = new = 0
+    base = str(root)
+    missing: list[tuple[str, os.stat_result]] = []
+    for rel in files:
+        validate_relpath(rel)
+        # os.path and os.stat, not pathlib: once per file, on the path that must return in 250 ms.
+        key = os.path.join(base, rel)  # noqa: PTH118
+        st = os.stat(key)  # noqa: PTH116
+        total += st.st_size
+        if total > MAX_BYTES:
+            raise InvalidArgument(f"{root} holds more than {MAX_BYTES >> 30} GiB of files to snapshot; list data "
+                                  f"and outputs in {IGNORE_FILE} and mount them with --mount instead")
+        sha = cache.get(key, st) if cache else None
+        if sha is None or not artifacts.has(sha):
+            missing.append((rel, st))
+            continue
+        manifest[rel] = [sha, 0o755 if st.st_mode & stat.S_IXUSR else 0o644]
+    # New content goes in as one pack: one file written and synced, not one per source file.
+    if missing:
+        blobs = artifacts.put_pack([root / rel for rel, _ in missing])
+        for (rel, st), blob in zip(missing, blobs, strict=True):
+            if cache:
+                cache.put(os.path.join(base, rel), st, blob.sha256)  # noqa: PTH118
+            new += st.st_size
+            manifest[rel] = [blob.sha256, 0o755 if st.st_mode & stat.S_IXUSR else 0o644]
+    body = json.dumps({"version": 1, "files": manifest}, sort_keys=True, separators=(",", ":")).encode()
+    snapshot = artifacts.put_bytes(body)
+    if cache:
+        cache.save()
+    commit = branch = diff_ref = None
+    if (root / ".git").exists():
+        heads = (_git(root, "rev-parse", "HEAD", "--abbrev-ref", "HEAD") or b"").decode().split()
+        commit, branch = (heads[0], heads[1]) if len(heads) == 2 else (None, None)
+        diff = _git(root, "diff", "HEAD", "--binary") if commit else None
+        if diff:
+            diff_ref = artifacts.put_bytes(diff).content_ref
+    return Snapshot(snapshot.content_ref, len(files), total, new, commit, branch, diff_ref, root)
+
+
+def manifest_of(snapshot_id: str, artifacts: DiskArtifacts) -> dict[str, tuple[str, int]]:
+    doc = json.loads(artifacts.read_bytes(snapshot_id))
+    return {path: (str(sha), int(mode)) for path, (sha, mode) in doc["files"].items()}
+
+
+def materialise(snapshot_id: str, artifacts: DiskArtifacts, destination: Path) -> int:
+    """Write the snapshot's files under ``destination``; returns how many."""
+    files = manifest_of(snapshot_id, artifacts)
+    for rel, (sha, mode) in files.items():
+        target = artifacts.export(f"sha256:{sha}", destination, rel)
+        target.chmod(mode)
+    return len(files)

@@ -1,0 +1,74 @@
+"""What it takes to start a run, and the seam between the scheduler and where runs execute.
+
+A ``LaunchSpec`` is everything a supervisor needs, written as one JSON file: the supervisor reads
+nothing else (no database, no network), so a Ray executor only changes where the supervisor
+starts, not what it does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Mount:
+    #: "path" (a local file or directory) or "artifact" (files of another run).
+    kind: str
+    target: str
+    #: For a path: the absolute source path. For an artifact: the source run's number and path.
+    source: str
+    run: int | None = None
+    #: For an artifact: (path inside the source run, sha256) of each file.
+    files: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    run_id: str
+    number: int
+    argv: list[str]
+    shell: bool
+    snapshot_id: str
+    home: str
+    db: str
+    artifacts: str
+    env: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    pip: list[str] = field(default_factory=list)
+    requirements: str | None = None
+    #: Site-packages of the environment that submitted the run: a --pip environment layers over it.
+    site_packages: list[str] = field(default_factory=list)
+    python: str = ""
+    mounts: list[Mount] = field(default_factory=list)
+    timeout: float | None = None
+    gpus: list[int] = field(default_factory=list)
+    fsync: str = "interval"
+    system_interval: float = 5.0
+    outputs_interval: float = 120.0
+    grace: float = 10.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> LaunchSpec:
+        data: dict[str, Any] = json.loads(text)
+        data["mounts"] = [Mount(**{**m, "files": [tuple(f) for f in m.get("files", [])]})
+                          for m in data.get("mounts", [])]
+        return cls(**data)
+
+
+def run_directory(home: Path, run_id: str) -> Path:
+    """Where a local run executes and keeps its supervisor's files."""
+    return home / "runs" / run_id
+
+
+class Executor(Protocol):
+    """Starts supervisors somewhere, and stops them."""
+
+    def submit(self, spec: LaunchSpec) -> None: ...
+    def stop(self, run_id: str) -> bool: ...
+    def alive(self, run_id: str) -> bool: ...

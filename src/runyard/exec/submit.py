@@ -1,0 +1,196 @@
+"""Submitting a run: snapshot the code, queue the run, make sure the agent will start it.
+
+Used by ``runyard run`` and ``runyard rerun``. For a SQLite home this touches the database through
+the standard library (``store/lite.py``) so that the command returns in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runyard.config import Settings
+from runyard.errors import InvalidArgument, NotFound
+from runyard.exec import options
+from runyard.exec.spec import Mount
+from runyard.names import validate_label, validate_run_name
+from runyard.store.newrun import NewRun
+from runyard.types import RunStatus
+
+
+@dataclass
+class Submission:
+    command: list[str]
+    shell: bool
+    cwd: Path
+    project: str | None = None
+    name: str | None = None
+    labels: Sequence[str] = ()
+    note: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    pip: Sequence[str] = ()
+    requirements: Path | None = None
+    mounts: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    gpus: int | None = None
+    cpus: int | None = None
+    memory: str | None = None
+    timeout: str | None = None
+    priority: int = 0
+    machine: str | None = None
+    parent: int | None = None
+    #: A rerun reuses its parent's snapshot and launch options instead of taking new ones.
+    snapshot: tuple[str, str | None, str | None, str | None] | None = None
+    launch: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    number: int
+    run_id: str
+    files: int
+    new_bytes: int
+
+
+def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(launch, resources, config) of a submission, every value checked."""
+    if not sub.command or not all(sub.command):
+        raise InvalidArgument("no command: give one after --, e.g. runyard run -- python train.py")
+    if any("\x00" in part for part in sub.command):
+        raise InvalidArgument("the command contains a NUL byte")
+    profile: dict[str, Any] = {}
+    if sub.machine is not None:
+        if sub.machine not in settings.machines:
+            known = ", ".join(sorted(settings.machines)) or "none are configured"
+            raise InvalidArgument(f"--machine {sub.machine!r}: no such profile ([machines.NAME] in runyard.toml); "
+                                  f"known: {known}")
+        profile = dict(settings.machines[sub.machine])
+    gpus = options.count(sub.gpus if sub.gpus is not None else profile.get("gpus"), "--gpus")
+    cpus = options.count(sub.cpus if sub.cpus is not None else profile.get("cpus"), "--cpus")
+    memory_text = sub.memory if sub.memory is not None else profile.get("memory")
+    timeout_text = sub.timeout if sub.timeout is not None else profile.get("timeout")
+    resources: dict[str, Any] = {"gpus": gpus or 0}
+    if cpus:
+        resources["cpus"] = cpus
+    if memory_text is not None:
+        resources["memory"] = options.size(str(memory_text))
+    if sub.machine is not None:
+        resources["machine"] = sub.machine
+    timeout = options.duration(str(timeout_text)) if timeout_text is not None else None
+    requirements = None
+    if sub.requirements is not None:
+        try:
+            requirements = sub.requirements.read_text()
+        except OSError as e:
+            raise InvalidArgument(f"--requirements {sub.requirements}: cannot read it ({e.strerror})") from None
+        for line in requirements.splitlines():
+            stripped = line.split("#", 1)[0].strip()
+            if stripped.startswith("-") and not stripped.startswith(("-r ", "-c ")):
+                raise InvalidArgument(f"--requirements {sub.requirements}: installer options such as "
+                                      f"{stripped.split()[0]!r} are not allowed; list requirements only")
+    mounts = [asdict(m) for m in _mounts(sub, settings)]
+    launch = {
+        "argv": list(sub.command), "shell": sub.shell, "env": dict(sub.env), "params": dict(sub.params),
+        "pip": [options.pip_spec(p) for p in sub.pip], "requirements": requirements,
+        "site_packages": sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}),
+        "python": sys.executable, "mounts": mounts, "timeout": timeout,
+    }
+    config = {key: options.param_value(value) for key, value in sub.params.items()}
+    return launch, resources, config
+
+
+def _mounts(sub: Submission, settings: Settings) -> list[Mount]:
+    out: list[Mount] = []
+    targets: set[str] = set()
+    for text in sub.mounts:
+        source, target = options.mount(text)
+        if target in targets:
+            raise InvalidArgument(f"--mount {text!r}: two mounts share the target {target!r}")
+        targets.add(target)
+        local = (sub.cwd / source).expanduser()
+        if local.exists():
+            out.append(Mount("path", target, str(local.resolve())))
+            continue
+        run_ref, sep, path = source.partition(":")
+        if not sep:
+            raise InvalidArgument(f"--mount {text!r}: {source} does not exist (and is not RUN:PATH)")
+        out.append(_artifact_mount(settings, run_ref, path.strip("/"), target, text))
+    return out
+
+
+def _artifact_mount(settings: Settings, run_ref: str, path: str, target: str, text: str) -> Mount:
+    from runyard.store.home import open_store
+
+    opened = open_store(settings)
+    try:
+        run = opened.store.get_run(run_ref)
+        entries = opened.store.list_artifacts(run.number)
+        files = [(a.path, a.sha256) for a in entries if not path or a.path == path or a.path.startswith(path + "/")]
+        if not files:
+            raise NotFound(f"--mount {text!r}: run {run.number} has no artifact at {path or '/'}")
+        return Mount("artifact", target, path, run.number, files)
+    finally:
+        opened.close()
+
+
+def submit(settings: Settings, sub: Submission) -> Submitted:
+    if sub.name is not None:
+        validate_run_name(sub.name)
+    labels = [validate_label(x) for x in sub.labels]
+    if sub.launch is not None:
+        launch = dict(sub.launch)
+        launch["params"] = {**launch.get("params", {}), **sub.params}
+        resources: dict[str, Any] = dict(sub.resources or {})
+        config = {key: options.param_value(value) for key, value in launch["params"].items()}
+    else:
+        launch, resources, config = launch_options(sub, settings)
+    from runyard.store.artifacts import DiskArtifacts
+
+    artifacts = DiskArtifacts(settings.artifacts)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    artifacts.ensure()
+    files = new = 0
+    if sub.snapshot is not None:
+        snapshot_id, commit, branch, diff_ref = sub.snapshot
+    else:
+        from runyard.exec.snapshot import take
+
+        snap = take(sub.cwd, artifacts, settings.home / "snapshot-cache.json")
+        snapshot_id, commit, branch, diff_ref = snap.id, snap.git_commit, snap.git_branch, snap.git_diff_ref
+        files, new = snap.files, snap.new_bytes
+    command = ["sh", "-c", launch["argv"][0]] if launch["shell"] else list(launch["argv"])
+    new_run = NewRun(
+        project=sub.project or settings.project, status=RunStatus.QUEUED, name=sub.name, command=command,
+        config=config, labels=labels, notes=sub.note, resources=resources or {"gpus": 0},
+        priority=sub.priority, executor="local", parent=sub.parent, snapshot_id=snapshot_id,
+        git_commit=commit, git_branch=branch, git_diff_ref=diff_ref, launch=launch,
+    )
+    number, run_id = _enqueue(settings, new_run)
+    from runyard.sdk.agent_launch import ensure_agent
+
+    ensure_agent(settings)
+    return Submitted(number, run_id, files, new)
+
+
+def _enqueue(settings: Settings, new_run: NewRun) -> tuple[int, str]:
+    from runyard.store.lite import LiteStore
+
+    lite = LiteStore.open(settings.db)
+    if lite is not None:
+        try:
+            return lite.create_run(new_run)
+        finally:
+            lite.close()
+    from runyard.store.home import open_store
+
+    opened = open_store(settings)
+    try:
+        run = opened.store.create_run(new_run)
+        return run.number, run.id
+    finally:
+        opened.close()

@@ -1,0 +1,338 @@
+"""The supervisor: one detached process per launched run, the same program whatever executes it.
+
+    python -m runyard.exec.supervisor RUN_DIR/launch.json
+
+It materialises the code snapshot into the run's own directory, builds or reuses the package
+environment, copies the mounts in read-only, then starts the command in its own process group with
+``RUNYARD_RUN_ID`` set (so ``runyard.init()`` attaches), and from then on: captures stdout and
+stderr line by line, turns stdout lines that are JSON objects of numbers into metrics, samples
+the hardware of the process tree, heartbeats, enforces the timeout, uploads ``outputs/`` every few
+minutes and at the end, and records how the run ended. Everything goes to the run's spool; the
+supervisor never talks to the database or the network.
+
+SIGTERM (``runyard stop``) is passed to the command's process group, followed by SIGKILL after a
+grace period. If the supervisor itself is killed, the command dies with it (parent-death signal)
+and the run ends as lost when the agent finds the supervisor's spool lock free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from runyard.exec.spec import LaunchSpec, run_directory
+from runyard.names import validate_metric_key
+from runyard.sdk import staging
+from runyard.sdk.writer import Writer
+from runyard.spool import records
+from runyard.spool.rundir import TARGET_FILE, run_dir, target_key_of
+
+WORK = "work"
+PID_FILE = "supervisor.pid"
+OUTPUTS = "outputs"
+
+
+class Supervisor:
+    def __init__(self, spec: LaunchSpec) -> None:
+        self.spec = spec
+        self.home = Path(spec.home)
+        self.directory = run_directory(self.home, spec.run_id)
+        self.work = self.directory / WORK
+        spool = run_dir(self.home / "spool", spec.run_id)
+        spool.mkdir(parents=True, exist_ok=True)
+        (spool / TARGET_FILE).write_text(target_key_of(spec.db, spec.artifacts))
+        self.writer = Writer(spool, spec.run_id, f"sup{os.getpid()}", fsync=spec.fsync)
+        self.stop_requested = threading.Event()
+        self.child: subprocess.Popen[bytes] | None = None
+        self.uploaded: dict[str, tuple[int, int]] = {}
+        self._json_step = 0
+
+    # -- records ----------------------------------------------------------------------------------
+
+    def emit(self, kind: str, *fields: Any) -> None:
+        self.writer.queue.append((self.writer.next_seq(), kind, time.time(), *fields))
+
+    def system(self, text: str) -> None:
+        self.emit(records.LOG, "system", text)
+
+    def end(self, status: str, exit_code: int | None = None, message: str | None = None) -> None:
+        event: dict[str, Any] = {"event": "end", "status": status}
+        if exit_code is not None:
+            event["exit_code"] = exit_code
+        if message:
+            event["message"] = message
+        self.emit(records.EVENT, event)
+
+    # -- preparing --------------------------------------------------------------------------------
+
+    def prepare(self) -> dict[str, str]:
+        """Materialise code and mounts, build the environment; returns the command's environment."""
+        from runyard.exec.snapshot import materialise
+        from runyard.store.artifacts import DiskArtifacts
+
+        spec = self.spec
+        artifacts = DiskArtifacts(Path(spec.artifacts))
+        if self.work.exists():  # a previous attempt: mounts in it are read-only
+            _remove_tree(self.work)
+        self.work.mkdir(parents=True)
+        count = materialise(spec.snapshot_id, artifacts, self.work)
+        self.system(f"code: {count} files from snapshot {spec.snapshot_id[:19]}... in {self.work}")
+        (self.work / "runyard-params.json").write_text(json.dumps(spec.params, indent=1, sort_keys=True))
+        for mount in spec.mounts:
+            self._mount(mount, artifacts)
+        env = dict(os.environ)
+        for key in [k for k in env if k.startswith("RUNYARD_PARAM_")]:
+            del env[key]
+        env.update(spec.env)
+        env.update({f"RUNYARD_PARAM_{k}": v for k, v in spec.params.items()})
+        env.update({
+            "RUNYARD_RUN_ID": spec.run_id, "RUNYARD_CAPTURED": "1", "RUNYARD_HOME": spec.home,
+            "RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts, "PYTHONUNBUFFERED": "1",
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus),
+        })
+        if spec.pip or spec.requirements:
+            from runyard.exec.venvs import ensure_env
+
+            venv, _ = ensure_env(self.home, spec.pip, spec.requirements, spec.python, spec.site_packages,
+                                 self.system)
+            env["VIRTUAL_ENV"] = str(venv)
+            env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def _mount(self, mount: Any, artifacts: Any) -> None:
+        target = self.work / mount.target
+        if mount.kind == "artifact":
+            placed = []
+            for path, sha in mount.files:
+                rel = path[len(mount.source):].lstrip("/") if mount.source else path
+                artifacts.export(f"sha256:{sha}", target if rel else target.parent,
+                                 rel or target.name)
+                placed.append((rel, sha))
+            sha = mount.files[0][1] if len(mount.files) == 1 else _tree_digest(placed)
+            self.emit(records.INPUT, "artifact", sha, mount.run, mount.source, mount.target)
+            self.system(f"mounted {len(mount.files)} file(s) of run {mount.run}:{mount.source} at {mount.target}")
+        else:
+            source = Path(mount.source)
+            if not source.exists():
+                raise FileNotFoundError(f"mount source {source} no longer exists")
+            sha = _copy_read_only(source, target)
+            self.emit(records.INPUT, "path", sha, None, str(source), mount.target)
+            self.system(f"mounted {source} at {mount.target} (read-only, sha256 {sha[:12]})")
+        _read_only(target)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        spec = self.spec
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / PID_FILE).write_text(f"{os.getpid()}\n")
+        self.writer.start()
+        self.emit(records.EVENT, {"event": "start", "attach": False, "executor": "local",
+                                  "host": socket.gethostname(),
+                                  "environment": {"supervisor_pid": os.getpid(), "gpus": spec.gpus}})
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
+        try:
+            env = self.prepare()
+        except Exception as e:  # noqa: BLE001 - any failure to prepare ends the run, explained
+            self.system(f"could not start: {e}")
+            self.end("failed", message=f"could not start: {e}")
+            self.writer.close(30)
+            return 1
+        if self.stop_requested.is_set():
+            self.end("stopped", message="stopped before it started")
+            self.writer.close(30)
+            return 0
+        status, code, message = self._execute(env)
+        self._upload_outputs(final=True)
+        self.end(status, code, message)
+        self.writer.close(60)
+        return 0
+
+    def _execute(self, env: dict[str, str]) -> tuple[str, int | None, str | None]:
+        spec = self.spec
+        argv = ["sh", "-c", spec.argv[0]] if spec.shell else list(spec.argv)
+        resolved = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
+        argv = [*_parent_death_guard(), resolved, *argv[1:]]
+        try:
+            child = subprocess.Popen(argv, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as e:
+            self.system(f"could not start {spec.argv[0]!r}: {e.strerror}")
+            return "failed", None, f"could not start the command: {e.strerror}"
+        self.child = child
+        readers = [threading.Thread(target=self._read, args=(child.stdout, "stdout"), daemon=True),
+                   threading.Thread(target=self._read, args=(child.stderr, "stderr"), daemon=True)]
+        for reader in readers:
+            reader.start()
+        sampler = None
+        if spec.system_interval > 0:
+            from runyard.sdk.sampler import Sampler
+
+            sampler = Sampler(spec.system_interval, self.writer.queue.extend, self.writer.next_seq, child.pid)
+            sampler.start()
+        deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
+        next_upload = time.monotonic() + spec.outputs_interval
+        outcome: tuple[str, str | None] | None = None
+        while child.poll() is None:
+            if self.stop_requested.is_set() and outcome is None:
+                outcome = ("stopped", "stopped on request")
+                self._terminate(child)
+            elif time.monotonic() > deadline and outcome is None:
+                outcome = ("timeout", f"ended by its timeout of {spec.timeout:g} s")
+                self.system(f"timeout: {spec.timeout:g} s passed; stopping the command")
+                self._terminate(child)
+            if time.monotonic() >= next_upload:
+                self._upload_outputs(final=False)
+                next_upload = time.monotonic() + spec.outputs_interval
+            time.sleep(0.05)
+        for reader in readers:
+            reader.join(timeout=5)
+        if sampler is not None:
+            sampler.stop()
+        code = child.returncode
+        if outcome is not None:
+            return outcome[0], code, outcome[1]
+        if code == 0:
+            return "finished", 0, None
+        if code < 0:
+            return "failed", code, f"killed by signal {signal.Signals(-code).name}"
+        return "failed", code, f"exited with code {code}"
+
+    def _terminate(self, child: subprocess.Popen[bytes]) -> None:
+        """SIGTERM to the process group; SIGKILL after the grace period (in the background)."""
+        try:
+            os.killpg(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+
+        def escalate() -> None:
+            try:
+                child.wait(self.spec.grace)
+            except subprocess.TimeoutExpired:
+                self.system(f"still running {self.spec.grace:g} s after SIGTERM; sending SIGKILL")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+
+        threading.Thread(target=escalate, daemon=True).start()
+
+    def _read(self, stream: IO[bytes] | None, name: str) -> None:
+        assert stream is not None
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r")
+            now = time.time()
+            if name == "stdout" and line.startswith("{"):
+                self._maybe_metrics(line, now)
+            self.writer.queue.append((self.writer.next_seq(), records.LOG, now, name, line))
+
+    def _maybe_metrics(self, line: str, now: float) -> None:
+        """A stdout line that is a JSON object of numbers is also a metrics record (no SDK needed)."""
+        try:
+            data = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(data, dict) or not data:
+            return
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return
+            try:
+                validate_metric_key(key)
+            except ValueError:
+                return
+            values[key] = float(value)
+        step_value = values.pop("step", None)
+        step = int(step_value) if step_value is not None and float(step_value).is_integer() else self._json_step
+        self._json_step = step + 1
+        if values:
+            self.writer.queue.extend((values, self.writer.next_seq(), now, step))
+
+    def _upload_outputs(self, final: bool) -> None:
+        outputs = self.work / OUTPUTS
+        if not outputs.is_dir():
+            return
+        staged = self.writer.directory / staging.FILES_DIR
+        count = 0
+        for path in sorted(outputs.rglob("*")):
+            if not path.is_file() or path.is_symlink():
+                continue
+            st = path.stat()
+            rel = f"{OUTPUTS}/{path.relative_to(outputs).as_posix()}"
+            if self.uploaded.get(rel) == (st.st_size, st.st_mtime_ns):
+                continue
+            try:
+                sha, size = staging.stage_file(staged, path)
+            except OSError:
+                continue  # removed while we looked: the next pass sees the new state
+            self.emit(records.ARTIFACT, rel, size, sha, f"sha256:{sha}")
+            self.uploaded[rel] = (st.st_size, st.st_mtime_ns)
+            count += 1
+        if count:
+            self.system(f"uploaded {count} file(s) from outputs/" + (" (final)" if final else ""))
+
+
+def _parent_death_guard() -> list[str]:
+    """A prefix that makes the command die if the supervisor dies (Linux parent-death signal)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv and sys.platform.startswith("linux"):
+        return [setpriv, "--pdeathsig", "KILL", "--"]
+    return []
+
+
+def _copy_read_only(source: Path, target: Path) -> str:
+    """Copy a file or a tree; returns a sha256 naming its content (the file's, or the tree's)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_file():
+        shutil.copyfile(source, target)
+        return hashlib.sha256(target.read_bytes()).hexdigest()
+    shutil.copytree(source, target, symlinks=False)
+    return _tree_digest([(path.relative_to(target).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest())
+                         for path in sorted(target.rglob("*")) if path.is_file()])
+
+
+def _tree_digest(files: list[tuple[str, str]]) -> str:
+    """One sha256 naming a set of (relative path, sha256) files: a mounted directory's identity."""
+    digest = hashlib.sha256()
+    for rel, sha in sorted(files):
+        digest.update(f"{rel}\0{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def _remove_tree(path: Path) -> None:
+    for item in [path, *path.rglob("*")]:
+        if item.is_dir() and not item.is_symlink():
+            item.chmod(0o700)
+    shutil.rmtree(path)
+
+
+def _read_only(target: Path) -> None:
+    paths = [target, *target.rglob("*")] if target.is_dir() else [target]
+    for path in reversed(paths):
+        mode = path.stat().st_mode
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m runyard.exec.supervisor RUN_DIR/launch.json", file=sys.stderr)
+        return 2
+    spec = LaunchSpec.from_json(Path(sys.argv[1]).read_text())
+    return Supervisor(spec).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Ingest: spool records into the store, idempotently."""

@@ -1,0 +1,158 @@
+"""Turning spool records into one ``IngestBatch`` and applying it: idempotent by (run, writer, seq).
+
+Used by the local agent, ``runyard sync`` and (later) the server's ingest route alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from runyard.errors import Conflict
+from runyard.spool import records
+from runyard.store.api import IngestBatch, IngestResult, LogLine, RunInput, Store
+from runyard.store.artifacts import DiskArtifacts
+from runyard.store.series import Points
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+#: Metric keys that are hardware samples: not part of the run's default summary.
+SYSTEM_PREFIX = "system/"
+_STREAMS = {"stdout", "stderr", "system"}
+
+
+def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
+    """Group records (in sequence order, none applied yet) into a batch."""
+    batch = IngestBatch(run_id, writer, records.seq_of(recs[0]), records.seq_of(recs[-1]))
+    explicit_summary: dict[str, tuple[int, Any]] = {}
+    metric_recs: list[dict[str, Any]] = [r for r in recs if type(r) is dict]
+    for rec in recs:
+        if type(rec) is dict:
+            continue
+        kind, time = rec[1], rec[2]
+        if kind == records.LOG:
+            stream = rec[3] if rec[3] in _STREAMS else "stdout"
+            batch.logs.append(LogLine(time, str(rec[4]), stream))  # type: ignore[arg-type]
+        elif kind == records.EVENT:
+            _event(batch, dict(rec[3]), time)
+        elif kind == records.CONFIG:
+            batch.config.update(rec[3])
+        elif kind == records.SUMMARY:
+            for key, value in rec[3].items():
+                explicit_summary[key] = (rec[0], value)
+        elif kind == records.NOTE:
+            batch.notes.append(str(rec[3]))
+        elif kind == records.LABELS:
+            _labels(batch, rec[3], rec[4])
+        elif kind == records.ARTIFACT:
+            batch.artifacts.append((str(rec[3]), int(rec[4]), str(rec[5]), str(rec[6])))
+        elif kind == records.INPUT:
+            batch.inputs.append(RunInput(rec[3], str(rec[4]), rec[5], rec[6], rec[7]))
+        # Heartbeats, and kinds from newer writers, only say the writer was alive at ``time``.
+    last: dict[str, tuple[int, float]] = {}
+    if metric_recs:
+        batch.points, last = _series(metric_recs)
+    for key, (_, value) in last.items():
+        if not key.startswith(SYSTEM_PREFIX):
+            batch.summary[key] = value
+    last_seq = {key: seq for key, (seq, _) in last.items()}
+    for key, (seq, value) in explicit_summary.items():
+        if seq > last_seq.get(key, -1):
+            batch.summary[key] = value
+    batch.heartbeat = max(records.time_of(r) for r in recs)
+    return batch
+
+
+def _series(metric_recs: list[dict[str, Any]]) -> tuple[dict[str, Points], dict[str, tuple[int, float]]]:
+    """Columns per metric key, and each key's last logged (sequence number, value).
+
+    Records usually share their keys: grouping them by key set makes each group one 2-D array
+    built in one call (sequence number, time and step included, as reserved keys), instead of a
+    Python loop per value."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, rec in enumerate(metric_recs):
+        groups.setdefault(tuple(rec), []).append(i)
+    parts: dict[str, list[tuple[NDArray[Any], ...]]] = {}
+    for keys, members in groups.items():
+        table = np.array([tuple(metric_recs[i].values()) for i in members], dtype=np.float64).reshape(
+            len(members), len(keys))
+        column = {key: j for j, key in enumerate(keys)}
+        seqs = table[:, column[records.SEQ]].astype(np.int64)
+        times = table[:, column[records.TIME]]
+        steps = table[:, column[records.STEP]]
+        for key, j in column.items():
+            if key not in records.RESERVED:
+                parts.setdefault(key, []).append((seqs, steps, times, table[:, j]))
+    out: dict[str, Points] = {}
+    last: dict[str, tuple[int, float]] = {}
+    for key, pieces in parts.items():
+        seqs, steps, times, values = (np.concatenate([p[i] for p in pieces]) if len(pieces) > 1 else pieces[0][i]
+                                      for i in range(4))  # (sequence numbers, steps, times, values)
+        if len(pieces) > 1:  # back to arrival (sequence) order, which orders equal steps
+            order = np.argsort(seqs, kind="stable")
+            seqs, steps, times, values = seqs[order], steps[order], times[order], values[order]
+        last[key] = (int(seqs[-1]), float(values[-1]))
+        out[key] = Points.of(steps.astype(np.int64), times, values)
+    return out, last
+
+
+def _labels(batch: IngestBatch, added: Sequence[str], removed: Sequence[str]) -> None:
+    for label in added:
+        batch.labels_added.append(label)
+        if label in batch.labels_removed:
+            batch.labels_removed.remove(label)
+    for label in removed:
+        batch.labels_removed.append(label)
+        if label in batch.labels_added:
+            batch.labels_added.remove(label)
+
+
+def _event(batch: IngestBatch, event: dict[str, Any], time: float) -> None:
+    name = event.pop("event", None)
+    if name == "start":
+        batch.start = {**event, "time": time}
+    elif name == "end":
+        batch.end = {**event, "time": time}
+    elif name == "environment":
+        batch.environment.update(event)
+
+
+def stage_artifacts(batch: IngestBatch, run_dir: Path, artifacts: DiskArtifacts) -> None:
+    """Move files the SDK staged into the artifact store; drop records whose content is gone."""
+    kept = []
+    for path, size, sha256, ref in batch.artifacts:
+        staged = run_dir / "files" / sha256
+        if staged.is_file():
+            blob = artifacts.put_file(staged)
+            if blob.sha256 != sha256:
+                continue  # the staged copy was damaged: its record would lie
+            staged.unlink()
+        elif not artifacts.exists(ref):
+            continue
+        kept.append((path, size, sha256, ref))
+    batch.artifacts = kept
+
+
+def apply_records(store: Store, artifacts: DiskArtifacts, run_dir: Path, run_id: str, writer: str,
+                  recs: list[Any], cursor: int) -> tuple[IngestResult | None, int]:
+    """Apply the records after ``cursor``; returns the result and the new cursor.
+
+    If another ingester moved the cursor meanwhile, re-reads it and applies only what is left.
+    """
+    for _attempt in range(3):
+        fresh = [r for r in recs if records.seq_of(r) > cursor]
+        if not fresh:
+            return None, cursor
+        batch = build_batch(run_id, writer, fresh)
+        stage_artifacts(batch, run_dir, artifacts)
+        try:
+            result = store.ingest(batch)
+        except Conflict:
+            cursor = store.ingest_cursor(run_id, writer)
+            continue
+        return result, batch.last_seq
+    raise Conflict(f"could not apply records of writer {writer} of run {run_id}: the cursor keeps moving")

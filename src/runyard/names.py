@@ -1,0 +1,83 @@
+"""Validation of the names people give things: labels, run names, metric keys, artifact paths.
+
+Standard library only, so that the SDK can check a name in the caller, at once, and the store can
+check it again at its boundary with the same rule.
+"""
+
+from __future__ import annotations
+
+import re
+
+from runyard.errors import ArtifactPathError, InvalidArgument
+
+_LABEL = re.compile(r"^[\w.:=@][\w.:=@/+\-]{0,99}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+MAX_PATH = 1024
+
+
+def validate_label(label: str) -> str:
+    if not isinstance(label, str) or not _LABEL.match(label):
+        raise InvalidArgument(
+            f"invalid label {label!r}: use 1-100 letters, digits or . _ : = @ / + -, "
+            "not starting with + or -"
+        )
+    return label
+
+
+def validate_run_name(name: str) -> str:
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= 200
+        or _CONTROL.search(name)
+        or "/" in name
+        or "\\" in name
+        or name.isdigit()
+        or name.strip() != name
+    ):
+        raise InvalidArgument(
+            f"invalid run name {name!r}: use 1-200 characters, no slashes or control characters, "
+            "no surrounding spaces, and not only digits (numbers refer to runs)"
+        )
+    return name
+
+
+def validate_project_name(name: str) -> str:
+    if not isinstance(name, str) or not 0 < len(name) <= 100 or _CONTROL.search(name) or "/" in name \
+            or "\\" in name or name.strip() != name:
+        raise InvalidArgument(f"invalid project name {name!r}: use 1-100 characters without slashes")
+    return name
+
+
+def validate_metric_key(key: str) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= 256 or _CONTROL.search(key) or '"' in key:
+        raise InvalidArgument(
+            f"invalid metric name {key!r}: use 1-256 characters without control characters or quotes"
+        )
+    return key
+
+
+def validate_relpath(path: str) -> str:
+    """Return ``path`` if it is a safe POSIX path relative to a run, else raise ArtifactPathError."""
+    if not isinstance(path, str) or path == "":
+        raise ArtifactPathError("artifact path is empty")
+    shown = repr(path[:200])
+    if len(path) > MAX_PATH:
+        raise ArtifactPathError(f"artifact path {shown}... is longer than {MAX_PATH} characters")
+    if "\x00" in path:
+        raise ArtifactPathError(f"artifact path {shown} contains a NUL byte")
+    if _CONTROL.search(path):
+        raise ArtifactPathError(f"artifact path {shown} contains a control character")
+    if "\\" in path:
+        raise ArtifactPathError(f"artifact path {shown} contains a backslash; use / between folders")
+    if path.startswith("/") or _DRIVE.match(path):
+        raise ArtifactPathError(f"artifact path {shown} is absolute; give a path relative to the run")
+    if _SCHEME.match(path):
+        raise ArtifactPathError(f"artifact path {shown} looks like a URL; give a path relative to the run")
+    for segment in path.split("/"):
+        if segment in ("..", "."):
+            raise ArtifactPathError(f"artifact path {shown} contains a {segment!r} segment")
+        if segment == "":
+            raise ArtifactPathError(f"artifact path {shown} contains an empty segment (// or a trailing /)")
+    return path

@@ -1,0 +1,1 @@
+"""The in-process SDK: runs, the non-blocking logger and its writer thread, the hardware sampler."""

@@ -1,0 +1,54 @@
+"""Starting the local agent, the process that ingests spools into the store (one per database).
+
+The SDK never imports the store: it only starts ``python -m runyard.agent`` when none is running
+for its database, detached in its own session, and tells it where the home and database are. A
+second agent started by a race exits at once (the agent holds a lock for its lifetime).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runyard.files import lock_held
+from runyard.spool.rundir import target_key
+
+if TYPE_CHECKING:
+    from runyard.config import Settings
+
+
+
+def agent_dir(settings: Settings) -> Path:
+    return settings.home / "agents"
+
+
+def agent_lock_path(settings: Settings) -> Path:
+    return agent_dir(settings) / f"{target_key(settings)}.lock"
+
+
+def agent_running(settings: Settings) -> bool:
+    return lock_held(agent_lock_path(settings))
+
+
+def ensure_agent(settings: Settings) -> None:
+    """Start the agent for these settings' database unless one is running."""
+    if agent_running(settings):
+        return
+    directory = agent_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({"RUNYARD_HOME": str(settings.home), "RUNYARD_DB": settings.db,
+                "RUNYARD_ARTIFACTS": str(settings.artifacts)})
+    env.pop("RUNYARD_RUN_ID", None)
+    log = (directory / f"{target_key(settings)}.log").open("ab")
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "runyard.agent"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(settings.home),
+            start_new_session=True, close_fds=True,
+        )
+    finally:
+        log.close()

@@ -1,0 +1,321 @@
+"""Run: what ``runyard.init()`` returns. Logging stamps a record and queues it; it never waits on I/O.
+
+``log()`` is the hot path: it checks each value (a number, or a clear ``TypeError`` naming the key,
+in the caller), stamps the step, the wall time and a sequence number, appends one tuple to the
+writer's deque and returns. Everything else (packing, writing, ingesting) happens elsewhere.
+
+Apart from mistakes in what the caller passes (reported at once), the SDK does not raise into
+training: a failure of its own is counted in ``run.errors`` and reported on stderr once. With
+``RUNYARD_STRICT=1`` (the test suite sets it) it raises instead.
+"""
+
+from __future__ import annotations
+
+import numbers
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping, MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runyard.errors import InvalidArgument
+from runyard.names import validate_label, validate_metric_key, validate_relpath
+from runyard.spool import records
+
+if TYPE_CHECKING:
+    from runyard.config import Settings
+    from runyard.sdk.writer import Writer
+
+_time = time.time
+
+
+class _RecordedDict(MutableMapping[str, Any]):
+    """A dict whose changes are also written to the run as records of one kind."""
+
+    def __init__(self, run: Run, kind: str, initial: Mapping[str, Any] | None = None) -> None:
+        self._run = run
+        self._kind = kind
+        self._data: dict[str, Any] = dict(initial or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+        self._run._emit(self._kind, {key: None})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        change = {**dict(other), **kwargs}
+        for key in change:
+            if not isinstance(key, str) or not key:
+                raise InvalidArgument(f"{self._kind_name} keys must be non-empty strings, not {key!r}")
+        self._data.update(change)
+        self._run._emit(self._kind, change)
+
+    @property
+    def _kind_name(self) -> str:
+        return "config" if self._kind == records.CONFIG else "summary"
+
+    def __repr__(self) -> str:
+        return f"{self._kind_name}({self._data!r})"
+
+
+class Summary(_RecordedDict):
+    """The run's summary: by default each metric's last logged value; set a key to override it.
+    (In the store, a later log() of that metric replaces the override again.)"""
+
+    def _view(self) -> dict[str, Any]:
+        return {**self._run._writer.latest_metrics(), **self._data}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._view()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view())
+
+    def __len__(self) -> int:
+        return len(self._view())
+
+    def __repr__(self) -> str:
+        return f"summary({self._view()!r})"
+
+
+def _as_number(key: str, value: Any) -> float:
+    if isinstance(value, numbers.Real):  # int, bool, float subclasses, numpy scalars
+        return float(value)
+    item = getattr(value, "item", None)
+    if callable(item):  # a one-element numpy array or torch tensor
+        try:
+            inner = item()
+        except (ValueError, RuntimeError):  # more than one element
+            inner = None
+        if isinstance(inner, numbers.Real):
+            return float(inner)
+    raise TypeError(f"run.log(): metric {key!r} must be a number, not {type(value).__name__} ({value!r:.60})")
+
+
+class Run:
+    """A run being logged from this process. Create it with ``runyard.init()``."""
+
+    def __init__(self, settings: Settings, writer: Writer, run_id: str, project: str, name: str | None,
+                 attached: bool, config: Mapping[str, Any] | None = None) -> None:
+        self.id = run_id
+        self.project = project
+        self.name = name
+        self.attached = attached
+        self.settings = settings
+        #: Failures the SDK absorbed so that training could go on (see ``last_error``).
+        self.errors = 0
+        self.last_error: BaseException | None = None
+        self._writer = writer
+        self._append = writer.queue.append
+        self._extend = writer.queue.extend
+        self._next_seq = writer.next_seq
+        self._step = 0
+        self._keys: set[str] = set()
+        self._finished = False
+        self._finishing = threading.Lock()
+        self._warned_after_finish = False
+        self._on_finish: list[Any] = []
+        self.config = _RecordedDict(self, records.CONFIG, config)
+        self.summary = Summary(self, records.SUMMARY)
+        self.artifacts_pending = 0
+
+    # -- the hot path -----------------------------------------------------------------------------
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Record metric values at a step (default: one past the previous step). Returns at once."""
+        if self._finished:
+            self._after_finish()
+            return
+        if step is None:
+            step = self._step
+        elif type(step) is not int:
+            step = self._as_step(step)
+        self._step = step + 1
+        if type(metrics) is not dict:
+            metrics = self._as_dict(metrics)
+        keys = self._keys
+        for key, value in metrics.items():
+            if key not in keys:
+                self._new_key(key)
+            if type(value) is not float:
+                record = {k: v if type(v) is float else _as_number(k, v) for k, v in metrics.items()}
+                break
+        else:
+            record = metrics.copy()
+        self._extend((record, self._next_seq(), _time(), step))
+
+    def _as_step(self, step: Any) -> int:
+        if isinstance(step, numbers.Integral) and not isinstance(step, bool):
+            return int(step)
+        if isinstance(step, float) and step.is_integer():
+            return int(step)
+        raise TypeError(f"run.log(): step must be an integer, not {type(step).__name__} ({step!r:.60})")
+
+    def _as_dict(self, metrics: Any) -> dict[str, Any]:
+        if isinstance(metrics, Mapping):
+            return dict(metrics)
+        raise TypeError(f"run.log() takes a mapping of metric names to numbers, not {type(metrics).__name__}")
+
+    def _new_key(self, key: Any) -> None:
+        if not isinstance(key, str):
+            raise TypeError(f"run.log(): metric names must be strings, not {type(key).__name__} ({key!r:.60})")
+        validate_metric_key(key)
+        self._keys.add(key)
+
+    def _after_finish(self) -> None:
+        if not self._warned_after_finish:
+            self._warned_after_finish = True
+            warnings.warn(f"run {self.id} is finished; call runyard.init() for a new run. "
+                          "Values logged after finish() are not recorded.", stacklevel=3)
+
+    # -- everything else --------------------------------------------------------------------------
+
+    def _emit(self, kind: str, *fields: Any) -> None:
+        if self._finished:
+            self._after_finish()
+            return
+        self._append((self._next_seq(), kind, _time(), *fields))
+
+    def note(self, text: str) -> None:
+        """Append a paragraph of Markdown to the run's notes."""
+        if not isinstance(text, str):
+            raise TypeError(f"run.note() takes a string, not {type(text).__name__}")
+        self._emit(records.NOTE, text)
+
+    def label(self, *labels: str) -> None:
+        """Add labels to the run (``unlabel`` removes them)."""
+        self._emit(records.LABELS, [validate_label(x) for x in labels], [])
+
+    def unlabel(self, *labels: str) -> None:
+        self._emit(records.LABELS, [], [validate_label(x) for x in labels])
+
+    def log_artifact(self, path: str | Path, name: str | None = None) -> None:
+        """Copy a file or a directory into the run's artifacts, in the background.
+
+        The content is copied as it is now (later changes to the file are not taken); ``name`` is
+        the path inside the run (default: the file or directory name).
+        """
+        source = Path(path)
+        if not source.exists():
+            raise FileNotFoundError(f"run.log_artifact(): {source} does not exist")
+        target = validate_relpath(name if name is not None else source.resolve().name)
+        from runyard.sdk import staging
+
+        self.artifacts_pending += 1
+        staging.copy_in_background(self, source, target)
+
+    def _record_artifact(self, path: str, size: int, sha256: str) -> None:
+        self._emit(records.ARTIFACT, path, size, sha256, f"sha256:{sha256}")
+
+    def _absorb(self, error: BaseException, raise_strict: bool = True) -> None:
+        """A failure inside the SDK: count it, say it once, raise only in strict mode (and only in
+        the caller's thread; ``finish()`` raises what background threads absorbed)."""
+        self.errors += 1
+        self.last_error = error
+        if self.settings.strict and raise_strict:
+            raise error
+        if self.errors == 1:
+            print(f"runyard: logging problem (training continues): {error!r}", file=sys.__stderr__)
+
+    @property
+    def step(self) -> int:
+        """The step the next ``log()`` without ``step=`` will use."""
+        return self._step
+
+    @property
+    def number(self) -> int | None:
+        """The run's number in the store, once the store has taken in the run (None until then)."""
+        from runyard.spool.acks import read_ack
+
+        return read_ack(self._writer.directory, self._writer.writer_id).run_number
+
+    def wait_ingested(self, timeout: float) -> bool:
+        """Wait until everything written so far is in the store; False on timeout."""
+        from runyard.spool.acks import read_ack
+
+        target = self._writer.written_seq
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            ack = read_ack(self._writer.directory, self._writer.writer_id)
+            if ack.seq >= target:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+    def finish(self, status: str | None = None, exit_code: int | None = None, wait: bool = True) -> None:
+        """End the run: flush what is queued, record the final state, wait (up to ``finish_timeout``)
+        for the store to have it all. Called at interpreter exit if you do not."""
+        with self._finishing:
+            if self._finished:
+                return
+            for hook in reversed(self._on_finish):
+                try:
+                    hook()
+                except Exception as e:  # noqa: BLE001 - finishing must finish
+                    self._absorb(e)
+            from runyard.sdk import staging
+
+            timeout = self.settings.finish_timeout
+            deadline = time.monotonic() + timeout
+            if not staging.wait_for_copies(self, timeout):
+                self._absorb(TimeoutError("artifact copies did not finish in time"), raise_strict=False)
+            final = status or "finished"
+            event: dict[str, Any] = {"event": "detach" if self.attached else "end", "status": final}
+            if exit_code is not None:
+                event["exit_code"] = exit_code
+            self._emit(records.EVENT, event)
+            self._finished = True
+            written = self._writer.close(max(0.0, deadline - time.monotonic()))
+            if not written:
+                self._absorb(TimeoutError(f"the spool writer did not finish within {timeout:g} s; "
+                                          "`runyard sync` will ingest what reached the disk"))
+            if self._writer.failures:
+                self._absorb(self._writer.last_error or RuntimeError("spool writer failed"))
+            if wait and not self.settings.server:
+                from runyard.sdk.agent_launch import ensure_agent
+
+                ensure_agent(self.settings)
+                if not self.wait_ingested(max(0.0, deadline - time.monotonic())):
+                    print(f"runyard: run {self.id} is still being ingested; `runyard sync` finishes it",
+                          file=sys.__stderr__)
+            from runyard.sdk import current
+
+            current.clear(self)
+            if self.settings.strict and self.last_error is not None:
+                raise self.last_error
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            failed = not (exc_type is SystemExit and exc.code in (0, None))
+            if failed and exc_type is not SystemExit:
+                import traceback
+
+                text = "".join(traceback.format_exception(exc_type, exc, tb)).rstrip("\n")
+                for line in text.splitlines():
+                    self._emit(records.LOG, "stderr", line)
+            self.finish(status="failed" if failed else "finished")
+
+    def __repr__(self) -> str:
+        return f"<runyard.Run {self.id} project={self.project!r} name={self.name!r}>"
+

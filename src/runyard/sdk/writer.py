@@ -1,0 +1,288 @@
+"""The writer thread: moves records from the run's in-memory queue into spool segments.
+
+``run.log()`` extends ``Writer.queue`` (a deque: that takes no lock) by one record and returns.
+This thread wakes every ``flush_interval`` (100 ms), or sooner when ``flush_records`` records wait,
+pops the queue in frames of up to ``max_batch`` queue items (whole records; a log() call is four
+items, see spool/records.py), packs each with one C call (msgpack), and appends the checksummed
+frames to the segment with one write: a process killed after that loses nothing, because the bytes
+are in the kernel. fsync follows the policy.
+
+Memory stays bounded: if the queue grows past ``queue_limit`` (the writer is slow: a stalled disk, a
+deliberately slowed sink in tests), a spill thread moves the excess, oldest first, into spill files
+on disk; the writer later copies them into the segment in sequence order. Nothing is dropped.
+
+Order is kept by one rule: records leave the queue only under ``_drain_lock``, and each drained
+batch is appended to ``_pending`` (a FIFO of packed batches or spill files) under the same lock.
+The writer writes ``_pending`` in order. ``log()`` never takes that lock and never waits on I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runyard.spool import records
+from runyard.spool.rundir import lock_writer
+from runyard.spool.segment import SegmentWriter, encode_frame, frame_payloads
+
+SPILL_DIR = "spill"
+#: Frames drained and written together when the writer has fallen behind.
+MAX_FRAMES_PER_WRITE = 64
+#: How often the writer looks at the queue's length between flushes.
+POLL_INTERVAL = 0.01
+
+
+class Writer:
+    """Owns a run's queue, its segments and the threads that fill them."""
+
+    def __init__(
+        self,
+        directory: Path,
+        run_id: str,
+        writer_id: str,
+        fsync: str = "interval",
+        flush_interval: float = 0.1,
+        max_batch: int = 10_000,
+        flush_records: int = 10_000,
+        queue_limit: int = 100_000,
+        heartbeat_interval: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.run_id = run_id
+        self.writer_id = writer_id
+        self.fsync = fsync
+        self.flush_interval = flush_interval
+        self.max_batch = max_batch
+        self.flush_records = flush_records
+        self.queue_limit = queue_limit
+        # The queue holds items, not records: a log() call queues four (see records.py). Counting
+        # records exactly would cost log() a counter; bounding items by four per record keeps
+        # memory within the limit's intent for metrics, and within four times it for log lines.
+        self._item_limit = queue_limit * 4
+        self.heartbeat_interval = heartbeat_interval
+        self.clock = clock
+        #: Records waiting to be written (see records.py for the form). Producers only ever call
+        #: ``queue.append`` (one tuple) or ``queue.extend`` (a metrics group), each atomic.
+        self.queue: deque[Any] = deque()
+        #: The next sequence number; ``next()`` on it is atomic under the GIL.
+        self.next_seq: Callable[[], int] = itertools.count().__next__
+        #: Highest sequence number written to the segment (the kernel has it).
+        self.written_seq = -1
+        #: Each metric's last value among the records that have left the queue (for run.summary).
+        self.latest: dict[str, float] = {}
+        #: Most queue items ever waiting in memory at once (a log() call is four; for diagnostics).
+        self.peak_queued = 0
+        #: Records moved to spill files because the writer fell behind.
+        self.spilled_records = 0
+        #: Failures the writer survived (a full disk, say); the last one is kept.
+        self.failures = 0
+        self.last_error: BaseException | None = None
+        self._drain_lock = threading.Lock()
+        self._pending: deque[tuple[bytes | Path, int]] = deque()
+        self._written = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._segment = SegmentWriter(directory, run_id, writer_id)
+        self._lock_fd = -1
+        self._threads: list[threading.Thread] = []
+        self._last_sync = 0.0
+        self._last_heartbeat = 0.0
+        self._spills = itertools.count()
+        #: Called from the writer thread at every heartbeat (the SDK restarts a dead agent with it).
+        self.on_heartbeat: Callable[[], object] | None = None
+
+    # -- life -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        (self.directory / SPILL_DIR).mkdir(parents=True, exist_ok=True)
+        self._lock_fd = lock_writer(self.directory, self.writer_id)
+        self._segment.open()
+        self._last_heartbeat = self.clock()
+        for target, name in ((self._write_loop, "runyard-writer"), (self._spill_loop, "runyard-spill")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every record queued before this call is in the segment; False on timeout."""
+        target = self.last_queued_seq()
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._written:
+            while self.written_seq < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._threads[0].is_alive():
+                    return False
+                self._written.wait(min(remaining, 0.05))
+                self._wake.set()
+        return True
+
+    def close(self, timeout: float) -> bool:
+        """Write what is queued (within ``timeout``), sync, release the writer's lock."""
+        done = self.flush(timeout)
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=max(timeout, 1.0))
+        self._segment.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock: ingest now knows this writer is done
+            self._lock_fd = -1
+        return done
+
+    def latest_metrics(self) -> dict[str, float]:
+        """Each metric's last logged value, queued records included."""
+        with self._drain_lock:
+            latest = dict(self.latest)
+            for item in list(self.queue):
+                if type(item) is dict:
+                    latest.update(item)
+        return {k: v for k, v in latest.items() if not k.startswith("system/")}
+
+    def last_queued_seq(self) -> int:
+        tail = list(itertools.islice(reversed(self.queue), 4))[::-1]  # one C call: a consistent tail
+        if tail:
+            return records.last_seq(tail)
+        with self._drain_lock:
+            return self._pending[-1][1] if self._pending else self.written_seq
+
+    # -- draining ---------------------------------------------------------------------------------
+
+    def _drain(self, limit: int) -> tuple[bytes, int, int] | None:
+        """Pop up to ``limit`` records and pack them. Caller holds ``_drain_lock``."""
+        import msgpack
+
+        queue = self.queue
+        count = min(len(queue), limit)
+        if count == 0:
+            return None
+        popleft = queue.popleft
+        batch = [popleft() for _ in range(count)]
+        while queue and not records.is_record_start(queue[0]):
+            batch.append(popleft())  # finish the metrics group the count cut through
+        # Kept here rather than in log(): the summary is read rarely, log() is called all the time.
+        latest = self.latest
+        metric_records = 0
+        for item in batch:
+            if type(item) is dict:
+                latest.update(item)
+                metric_records += 1
+        record_count = len(batch) - 3 * metric_records  # a metrics record is four items, others one
+        return msgpack.packb(batch, use_bin_type=True), records.last_seq(batch), record_count
+
+    def _write_loop(self) -> None:
+        while True:
+            stopping = self._stop.is_set()
+            self._wait_for_work()
+            try:
+                self._heartbeat()
+                self._write_pending()
+                self._maybe_sync(force=stopping)
+            except Exception as e:  # noqa: BLE001 - a full disk must not end the run: retry next time
+                self.failures += 1
+                self.last_error = e
+                time.sleep(min(1.0, self.flush_interval * 5))
+            if stopping and not self.queue and not self._pending:
+                return
+
+    def _wait_for_work(self) -> None:
+        """Return after ``flush_interval``, or sooner once ``flush_records`` records are queued.
+
+        Counting is the writer's job, not log()'s: it looks at the queue's length every
+        ``POLL_INTERVAL``, which costs the training thread one GIL hand-over per look.
+        """
+        deadline = time.monotonic() + self.flush_interval
+        threshold = self.flush_records * 4  # a log() call queues four items
+        while True:
+            remaining = deadline - time.monotonic()
+            if self._wake.wait(min(POLL_INTERVAL, max(remaining, 0.0))) or remaining <= 0:
+                break
+            if len(self.queue) >= threshold:
+                break
+        self._wake.clear()
+
+    def _write_pending(self) -> None:
+        while True:
+            with self._drain_lock:
+                # Drain the whole backlog (in frames of ``max_batch`` items, so no single C call
+                # holds the GIL long) and write it with one system call: after a blocking call the
+                # training thread may keep the GIL for 5 ms, so writes per frame would let a fast
+                # loop outrun the writer.
+                for _ in range(MAX_FRAMES_PER_WRITE - len(self._pending)):
+                    drained = self._drain(self.max_batch)
+                    if drained is None:
+                        break
+                    self._pending.append(drained[:2])
+                if not self._pending:
+                    return
+                if isinstance(self._pending[0][0], Path):
+                    batch = [self._pending[0]]
+                else:
+                    batch = list(itertools.takewhile(lambda entry: not isinstance(entry[0], Path), self._pending))
+            head = batch[0][0]
+            if isinstance(head, Path):
+                payloads, _, _ = frame_payloads(head.read_bytes(), 0)
+                self._segment.append_many(payloads)
+            else:
+                self._segment.append_many([payload for payload, _ in batch if isinstance(payload, bytes)])
+            with self._drain_lock:
+                for _ in batch:
+                    self._pending.popleft()
+            if isinstance(head, Path):
+                head.unlink(missing_ok=True)
+            with self._written:
+                self.written_seq = batch[-1][1]
+                self._written.notify_all()
+            if self.fsync == "always":
+                self._segment.sync()
+
+    def _maybe_sync(self, force: bool) -> None:
+        if self.fsync == "never":
+            return
+        now = time.monotonic()
+        if force or now - self._last_sync >= 1.0:
+            self._segment.sync()
+            self._last_sync = now
+
+    def _heartbeat(self) -> None:
+        now = self.clock()
+        if now - self._last_heartbeat >= self.heartbeat_interval:
+            self._last_heartbeat = now
+            self.queue.append((self.next_seq(), records.HEARTBEAT, now))  # a tuple: rare
+            if self.on_heartbeat is not None:
+                self.on_heartbeat()
+
+    # -- spilling ---------------------------------------------------------------------------------
+
+    def _spill_loop(self) -> None:
+        while not self._stop.wait(0.02):
+            queued = len(self.queue)
+            self.peak_queued = max(self.peak_queued, queued)
+            if queued <= self._item_limit:
+                continue
+            with self._drain_lock:
+                drained = self._drain(queued)
+                if drained is None:
+                    continue
+                payload, last_seq, record_count = drained
+                path = self.directory / SPILL_DIR / f"{self.writer_id}-{next(self._spills):06d}.frame"
+                try:
+                    with path.open("wb") as f:
+                        f.write(encode_frame(payload))
+                    self._pending.append((path, last_seq))
+                    self.spilled_records += record_count
+                except OSError as e:  # cannot spill: keep the batch in memory rather than lose it
+                    self.failures += 1
+                    self.last_error = e
+                    self._pending.append((payload, last_seq))
+        with contextlib.suppress(OSError):
+            (self.directory / SPILL_DIR).rmdir()
+

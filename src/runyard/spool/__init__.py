@@ -1,0 +1,1 @@
+"""The spool: append-only, checksummed segment files, written before anything else."""

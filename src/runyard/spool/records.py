@@ -1,0 +1,89 @@
+"""The records a spool holds. Each is a msgpack array that starts with (sequence number, kind, time).
+
+Plain values, not objects, on purpose: ``run.log()`` builds one per call and the writer packs them in
+one C call per batch, so their shape is the hot path's contract.
+
+In the writer's queue and in the spool, a metrics record is four consecutive items, added with one
+``deque.extend`` (atomic under the GIL)::
+
+    {key: value, ...}, seq, time, step
+
+because a map of numbers and a few numbers are invisible to Python's cyclic garbage collector,
+where a tuple per call is not (the collector would pause log() every few hundred calls), and
+adding keys to the caller's map would make it grow. Readers turn the four items back into one map
+with reserved keys (control characters, which no metric name may contain), see ``unflatten``::
+
+    {key: value, ..., "\x00": seq, "\x01": time, "\x02": step}     metrics
+
+Every other record is a single tuple (rare, so it does not matter)::
+
+    (seq, "l", time, stream, text)                      a log line (stream: stdout, stderr, system)
+    (seq, "e", time, {"event": ..., ...})               a lifecycle event: start, end (see sdk/run.py)
+    (seq, "c", time, {key: value or None, ...})         config changes (None removes a key)
+    (seq, "s", time, {key: value or None, ...})         summary changes
+    (seq, "n", time, text)                              a note, appended to the run's notes
+    (seq, "t", time, [added], [removed])                labels
+    (seq, "a", time, path, size, sha256, content_ref)   an artifact, already in the artifact store
+    (seq, "h", time)                                    a heartbeat
+    (seq, "i", time, kind, sha256, source_run, source_path, mount)   an input the run consumed
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRICS = "m"
+LOG = "l"
+EVENT = "e"
+CONFIG = "c"
+SUMMARY = "s"
+NOTE = "n"
+LABELS = "t"
+ARTIFACT = "a"
+HEARTBEAT = "h"
+INPUT = "i"
+
+SEQ = "\x00"
+TIME = "\x01"
+STEP = "\x02"
+RESERVED = (SEQ, TIME, STEP)
+
+KINDS = frozenset({METRICS, LOG, EVENT, CONFIG, SUMMARY, NOTE, LABELS, ARTIFACT, HEARTBEAT, INPUT})
+
+
+def seq_of(record: Any) -> int:
+    """The sequence number of any record."""
+    return int(record[SEQ] if type(record) is dict else record[0])
+
+
+def kind_of(record: Any) -> str:
+    return METRICS if type(record) is dict else str(record[1])
+
+
+def time_of(record: Any) -> float:
+    return float(record[TIME] if type(record) is dict else record[2])
+
+
+def unflatten(items: list[Any]) -> list[Any]:
+    """Queue or spool items -> records: each metrics group becomes one map with reserved keys."""
+    out: list[Any] = []
+    i, n = 0, len(items)
+    while i < n:
+        item = items[i]
+        if type(item) is dict:
+            item[SEQ], item[TIME], item[STEP] = items[i + 1], items[i + 2], items[i + 3]
+            i += 4
+        else:
+            i += 1
+        out.append(item)
+    return out
+
+
+def last_seq(items: Any) -> int:
+    """The sequence number of the last record in a sequence of queue items (whole records)."""
+    last = items[-1]
+    return int(last[0]) if type(last) is tuple or type(last) is list else int(items[-3])
+
+
+def is_record_start(item: Any) -> bool:
+    return type(item) is dict or type(item) is tuple or type(item) is list

@@ -1,0 +1,55 @@
+"""JSON for config and summary values that keeps NaN and the infinities.
+
+JSON has no NaN or infinity, and orjson turns them into null, which would make a NaN loss look like
+a missing one. They are written as ``{"$float": "NaN" | "Infinity" | "-Infinity"}`` and read back as
+floats. In a sort such a value comes after every number on both engines.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+_TAG = "$float"
+_NAMES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _tag(value: float) -> dict[str, str]:
+    if math.isnan(value):
+        return {_TAG: "NaN"}
+    return {_TAG: "Infinity" if value > 0 else "-Infinity"}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return _tag(value)
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and _TAG in value and value[_TAG] in _NAMES:
+            return _NAMES[value[_TAG]]
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(_encode(value), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def loads(text: str | bytes) -> Any:
+    return _decode(orjson.loads(text))
+
+
+def sort_literal(value: Any) -> Any:
+    """The stored form of a single value, for comparisons in SQL."""
+    return _encode(value)

@@ -1,0 +1,8 @@
+"""The schema revisions this code knows, oldest first; the last is the one it needs.
+
+Kept apart from ``schema.py`` so that the fast paths can check a database's revision without
+loading SQLAlchemy. A test checks these against the Alembic scripts.
+"""
+
+REVISIONS = ("0001", "0002", "0003")
+SCHEMA_REVISION = REVISIONS[-1]

@@ -1,0 +1,208 @@
+"""Runs in SQL: references, listing with filters, sorting and keyset cursors, and changes.
+
+Sorting by a config or summary value happens in SQL on the JSON columns (``json_extract`` on SQLite,
+``->`` on JSONB in PostgreSQL), runs lacking the key last, ties broken by run number, so a cursor
+(the last row's sort value and number) continues exactly where the previous page ended.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from runyard.errors import Ambiguous, InvalidArgument, NotFound
+from runyard.store import jsonvalues
+from runyard.store.api import RUN_SORT_FIELDS, Page, Run, RunQuery
+from runyard.store.schema import projects, run_labels, runs
+from runyard.types import RunStatus
+
+_ULID_PREFIX = re.compile(r"^[0-9A-Za-z]{4,26}$")
+_R = runs.c
+
+
+def _run_columns() -> list[ColumnElement[Any]]:
+    return [*runs.c, projects.c.name.label("project_name")]
+
+
+def _base_select() -> sa.Select[Any]:
+    return sa.select(*_run_columns()).select_from(runs.join(projects, projects.c.id == _R.project_id))
+
+
+def labels_of(conn: Connection, numbers: Sequence[int]) -> dict[int, tuple[str, ...]]:
+    out: dict[int, list[str]] = {n: [] for n in numbers}
+    if numbers:
+        rows = conn.execute(
+            sa.select(run_labels.c.run_number, run_labels.c.label)
+            .where(run_labels.c.run_number.in_(numbers))
+            .order_by(run_labels.c.run_number, run_labels.c.label)
+        )
+        for number, label in rows:
+            out[number].append(label)
+    return {n: tuple(labels) for n, labels in out.items()}
+
+
+def to_run(row: sa.Row[Any], labels: tuple[str, ...]) -> Run:
+    m = row._mapping
+    return Run(
+        number=m["number"], id=m["id"], project=m["project_name"], name=m["name"],
+        status=RunStatus(m["status"]), status_message=m["status_message"], command=m["command"],
+        created_at=m["created_at"], queued_at=m["queued_at"], started_at=m["started_at"],
+        ended_at=m["ended_at"], heartbeat_at=m["heartbeat_at"], exit_code=m["exit_code"],
+        executor=m["executor"], host=m["host"], resources=dict(m["resources"] or {}),
+        priority=m["priority"], snapshot_id=m["snapshot_id"], git_commit=m["git_commit"],
+        git_branch=m["git_branch"], git_diff_ref=m["git_diff_ref"], parent=m["parent_number"],
+        notes=m["notes"], config=dict(m["config"] or {}), summary=dict(m["summary"] or {}),
+        environment=dict(m["environment"] or {}), labels=labels,
+        launch=dict(m["launch"]) if m["launch"] is not None else None,
+    )
+
+
+def fetch_runs(conn: Connection, where: ColumnElement[bool]) -> list[Run]:
+    rows = conn.execute(_base_select().where(where).order_by(_R.number)).all()
+    labels = labels_of(conn, [r.number for r in rows])
+    return [to_run(r, labels[r.number]) for r in rows]
+
+
+def resolve_ref(conn: Connection, ref: str | int) -> int:
+    """A run's number from its number, its name, or a unique prefix of its id."""
+    text = str(ref).strip()
+    if not text:
+        raise InvalidArgument("empty run reference; give a run number, name or id prefix")
+    if text.isdigit():
+        number = conn.execute(sa.select(_R.number).where(_R.number == int(text))).scalar()
+        if number is None:
+            raise NotFound(f"no run number {text}")
+        return int(number)
+    named = conn.execute(sa.select(_R.number).where(_R.name == text).order_by(_R.number)).scalars().all()
+    if len(named) == 1:
+        return int(named[0])
+    if len(named) > 1:
+        listed = ", ".join(str(n) for n in named[:10])
+        raise Ambiguous(f"{len(named)} runs are named {text!r} (numbers {listed}); use a number")
+    if _ULID_PREFIX.match(text):
+        matches = conn.execute(
+            sa.select(_R.number).where(_R.id.startswith(text.upper())).limit(11)
+        ).scalars().all()
+        if len(matches) == 1:
+            return int(matches[0])
+        if len(matches) > 1:
+            listed = ", ".join(str(n) for n in matches[:10])
+            raise Ambiguous(f"id prefix {text!r} matches several runs (numbers {listed}); give more characters")
+    raise NotFound(f"no run matches {text!r} (tried number, name and id prefix)")
+
+
+def _sort_keys(conn: Connection, sort: str) -> list[ColumnElement[Any]]:
+    """Sort keys, most significant first, before the run number that breaks ties.
+
+    Runs without the value always come last; for config and summary values, numbers come before
+    anything else (NaN, strings), whichever the direction, so "best accuracy first" shows numbers.
+    """
+    if sort in RUN_SORT_FIELDS:
+        column = _R[sort]
+        return [sa.case((column.is_(None), 1), else_=0), column]
+    prefix, _, key = sort.partition(".")
+    if prefix not in ("config", "summary") or not key:
+        choices = ", ".join(RUN_SORT_FIELDS)
+        raise InvalidArgument(f"cannot sort by {sort!r}: use one of {choices}, config.<key> or summary.<key>")
+    if '"' in key or len(key) > 256:
+        raise InvalidArgument(f"cannot sort by {sort!r}: the key may not contain quotes")
+    column = _R[prefix]
+    if conn.dialect.name == "postgresql":
+        value: ColumnElement[Any] = column.op("->", return_type=JSONB())(sa.literal(key, sa.String))
+        kind: ColumnElement[Any] = sa.func.jsonb_typeof(value)
+        numeric = kind == "number"
+    else:
+        path = f'$."{key}"'
+        value = sa.func.json_extract(column, path)
+        kind = sa.func.json_type(column, path)
+        numeric = kind.in_(["integer", "real"])
+    missing = sa.case((value.is_(None), 1), else_=0)
+    return [missing, sa.case((numeric, 0), else_=1), value]
+
+
+def _encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(jsonvalues.dumps(values).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, width: int) -> list[Any]:
+    try:
+        values = jsonvalues.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(values, list) or len(values) != width:
+            raise ValueError
+        return values
+    except Exception:  # noqa: BLE001 - whatever a malformed cursor raises
+        raise InvalidArgument(f"invalid cursor {cursor[:40]!r}; pass the next_cursor of a previous page") from None
+
+
+def _after(conn: Connection, keys: list[ColumnElement[Any]], values: list[Any],
+           descending: bool) -> ColumnElement[bool]:
+    """Rows strictly after ``values`` in the order of ``keys`` (the flags ascend, the rest as asked)."""
+    terms = []
+    for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+        if value is None:
+            continue  # among rows equal so far, none sorts strictly after a missing value
+        down = descending and i >= len(keys) - 2  # the value and the run number follow the direction
+        bound = _bound(conn, key, value)
+        equal_before = [k.is_(None) if v is None else k == _bound(conn, k, v)
+                        for k, v in zip(keys[:i], values[:i], strict=True)]
+        terms.append(sa.and_(*equal_before, key < bound if down else key > bound))
+    return sa.or_(*terms)
+
+
+def _bound(conn: Connection, key: ColumnElement[Any], value: Any) -> Any:
+    if conn.dialect.name == "postgresql" and isinstance(key.type, JSONB):
+        return sa.cast(sa.literal(jsonvalues.dumps(value)), JSONB)
+    return sa.literal(value)
+
+
+def list_runs(conn: Connection, query: RunQuery) -> Page[Run]:
+    if not 1 <= query.limit <= 10_000:
+        raise InvalidArgument(f"limit must be between 1 and 10000, not {query.limit}")
+    keys = [*_sort_keys(conn, query.sort), _R.number]
+    conditions: list[ColumnElement[bool]] = []
+    if query.project is not None:
+        conditions.append(projects.c.name == query.project)
+    for label in query.labels:
+        conditions.append(
+            sa.exists().where(run_labels.c.run_number == _R.number, run_labels.c.label == label)
+        )
+    if query.status:
+        conditions.append(_R.status.in_([RunStatus(s).value for s in query.status]))
+    if query.cursor:
+        conditions.append(_after(conn, keys, _decode_cursor(query.cursor, len(keys)), query.descending))
+    order = [k.desc() if query.descending and i >= len(keys) - 2 else k.asc() for i, k in enumerate(keys)]
+    stmt = (
+        _base_select()
+        .add_columns(*(k.label(f"sort_{i}") for i, k in enumerate(keys[:-1])))
+        .where(*conditions)
+        .order_by(*order)
+        .limit(query.limit + 1)
+    )
+    rows = conn.execute(stmt).all()
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    labels = labels_of(conn, [r.number for r in rows])
+    items = [to_run(r, labels[r.number]) for r in rows]
+    cursor = None
+    if more:
+        last = rows[-1]._mapping
+        cursor = _encode_cursor([last[f"sort_{i}"] for i in range(len(keys) - 1)] + [last["number"]])
+    return Page(items, cursor)
+
+
+def merge_json(current: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+    """``current`` updated with ``change``; keys mapped to None are removed."""
+    merged = dict(current)
+    for key, value in change.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[str(key)] = value
+    return merged

@@ -1,0 +1,43 @@
+"""Plain value types shared by every layer. Standard library only."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import NewType
+
+#: A run's unique, sortable id (a ULID, 26 characters of Crockford base32).
+RunId = NewType("RunId", str)
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life. Stored as its plain string value."""
+
+    #: Waiting in the queue for resources.
+    QUEUED = "queued"
+    #: Claimed by the scheduler; its supervisor is setting up.
+    STARTING = "starting"
+    #: The user's code is running.
+    RUNNING = "running"
+    #: Exited with code 0.
+    FINISHED = "finished"
+    #: Exited with a non-zero code, raised, or could not start.
+    FAILED = "failed"
+    #: Stopped by a person or an alert rule.
+    STOPPED = "stopped"
+    #: Ended by its ``--timeout``.
+    TIMEOUT = "timeout"
+    #: Its supervisor's heartbeat stopped (machine reboot, supervisor killed).
+    LOST = "lost"
+
+    def is_terminal(self) -> bool:
+        """True once the run can change state no more."""
+        return self in _TERMINAL
+
+    def is_active(self) -> bool:
+        """True while the run is queued, starting or running."""
+        return not self.is_terminal()
+
+
+_TERMINAL = frozenset(
+    {RunStatus.FINISHED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.TIMEOUT, RunStatus.LOST}
+)

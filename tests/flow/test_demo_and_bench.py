@@ -1,0 +1,37 @@
+"""What `make demo` runs works on a fresh home, and the store benchmark still runs (small sizes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_the_demo_launches_a_run_and_reads_it_back_in_a_fresh_home(tmp_path: Path) -> None:
+    env = {"RUNYARD_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "RUNYARD_SYSTEM_INTERVAL": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    assert "step 0: loss" in out and "done: spike at step 13337" in out  # followed live
+    assert "is kept: max 9.0" in out and "run 1: finished" in out
+    assert "outputs: code/uncommitted.diff" in out or "outputs/model.json" in out
+
+    from runyard.config import resolve
+    from runyard.store.home import open_store
+
+    opened = open_store(resolve(environ=env, cwd=tmp_path))
+    run = opened.store.get_run("1")
+    assert run.project == "demo" and run.labels == ("demo",) and run.config["steps"] == 20000
+    assert "outputs/model.json" in [a.path for a in opened.store.list_artifacts(run.number)]
+    opened.close()
+
+
+def test_the_store_benchmark_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "store.py"), "--quick", "--engines", "sqlite",
+         "--json", str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    assert "envelope, 1 series of 50,000 points" in result.stdout
+    assert (tmp_path / "out.json").read_text().startswith("[")

@@ -1,0 +1,88 @@
+"""The command line as a user meets it: exit codes, one-line errors, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from runyard.cli.main import cli
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)
+    for key in ("RUNYARD_DB", "RUNYARD_ARTIFACTS", "RUNYARD_SERVER", "RUNYARD_PROJECT", "RUNYARD_RAY"):
+        monkeypatch.delenv(key, raising=False)
+    return {"RUNYARD_HOME": str(tmp_path / "home")}
+
+
+def invoke(args: list[str], env: dict[str, str]):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+
+
+def test_version_and_help() -> None:
+    assert CliRunner().invoke(cli, ["--version"]).output.startswith("runyard 0.")
+    out = CliRunner().invoke(cli, ["--help"]).output
+    for command in ("doctor", "config", "migrate"):
+        assert command in out
+
+
+def test_doctor_creates_a_fresh_home_and_reports_it_works(env: dict[str, str], tmp_path: Path) -> None:
+    result = invoke(["doctor", "--json"], env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["database"]["status"] == "ok" and "schema 0003" in checks["database"]["detail"]
+    assert checks["artifacts"]["status"] == "ok"
+    assert {"postgresql", "ray", "gpu", "versions"} <= set(checks)
+    assert (tmp_path / "home" / "runyard.db").is_file()
+    human = invoke(["doctor"], env)
+    assert human.exit_code == 0 and "the store works" in human.output
+
+
+def test_doctor_fails_when_the_database_is_unreachable(env: dict[str, str]) -> None:
+    env = {**env, "RUNYARD_DB": "postgresql+psycopg://postgres@127.0.0.1:1/none"}
+    result = invoke(["doctor", "--json"], env)
+    assert result.exit_code == 1
+    checks = {c["name"]: c for c in json.loads(result.output)["checks"]}
+    assert checks["database"]["status"] == "fail" and "cannot reach the database" in checks["database"]["detail"]
+
+
+def test_config_says_where_each_value_came_from(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "runyard.toml").write_text('project = "gan"\n')
+    result = invoke(["config", "--json"], {**env, "RUNYARD_SERVER": "http://10.0.0.5:8765/"})
+    doc = json.loads(result.output)
+    assert doc["project"] == {"value": "gan", "source": str(tmp_path / "runyard.toml")}
+    assert doc["server"] == {"value": "http://10.0.0.5:8765", "source": "env RUNYARD_SERVER"}
+    assert doc["db"]["source"] == "default"
+    assert "env RUNYARD_SERVER" in invoke(["config"], {**env, "RUNYARD_SERVER": "http://x:1"}).output
+
+
+def test_a_bad_setting_is_one_line_and_exit_code_2(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "runyard.toml").write_text("colour = 'blue'\n")
+    result = CliRunner().invoke(cli, ["config"], env=env)
+    assert result.exit_code == 2
+    assert result.output.startswith("runyard: error: ") and "unknown key 'colour'" in result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.postgres
+def test_migrate_upgrades_a_postgres_database_explicitly(env: dict[str, str], pg_schema_url: str) -> None:
+    check = invoke(["migrate", "--db", pg_schema_url, "--check"], env)
+    assert check.exit_code == 1 and "run `runyard migrate`" in check.output
+    doctor = invoke(["doctor", "--json"], {**env, "RUNYARD_DB": pg_schema_url})
+    assert doctor.exit_code == 1 and "runyard migrate" in doctor.output
+    result = invoke(["migrate", "--db", pg_schema_url], env)
+    assert result.exit_code == 0 and "upgraded from (empty) to 0003" in result.output
+    assert "up to date" in invoke(["migrate", "--db", pg_schema_url], env).output
+    assert invoke(["doctor"], {**env, "RUNYARD_DB": pg_schema_url}).exit_code == 0
+
+
+def test_sync_with_nothing_pending_says_so(env: dict[str, str]) -> None:
+    result = invoke(["sync"], env)
+    assert result.exit_code == 0 and "nothing to sync" in result.output
+    assert json.loads(invoke(["sync", "--json"], env).output) == {"writers": []}

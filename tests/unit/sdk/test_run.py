@@ -1,0 +1,139 @@
+"""The SDK as a script uses it, in this process: validation at once, values recorded exactly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runyard
+from runyard.errors import ArtifactPathError, InvalidArgument
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RUNYARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUNYARD_STRICT", "1")
+    monkeypatch.setenv("RUNYARD_SYSTEM_INTERVAL", "0")
+    monkeypatch.chdir(tmp_path)
+    for key in ("RUNYARD_RUN_ID", "RUNYARD_DB", "RUNYARD_SERVER", "RUNYARD_CAPTURED"):
+        monkeypatch.delenv(key, raising=False)
+    return tmp_path / "home"
+
+
+def test_a_bad_value_raises_in_the_caller_naming_the_key(home: Path) -> None:
+    run = runyard.init(project="p")
+    try:
+        with pytest.raises(TypeError, match="metric 'acc' must be a number, not str"):
+            run.log({"loss": 1.0, "acc": "high"})
+        with pytest.raises(TypeError, match="mapping"):
+            run.log([1.0])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="step must be an integer"):
+            run.log({"loss": 1.0}, step=1.5)
+        with pytest.raises(InvalidArgument, match="invalid metric name"):
+            run.log({"bad\nname": 1.0})
+        with pytest.raises(InvalidArgument, match="invalid label"):
+            run.label("-x")
+        with pytest.raises(ArtifactPathError):
+            run.log_artifact(Path(__file__), name="../escape")
+    finally:
+        run.finish()
+    with pytest.raises(InvalidArgument, match="invalid run name"):
+        runyard.init(name="a/b")
+
+
+def test_what_is_logged_is_what_is_read_back(home: Path) -> None:
+    steps = 5_000
+    with runyard.init(project="exact", name="exact", config={"lr": 0.01}, labels=["baseline"], notes="first") as run:
+        rng = np.random.default_rng(0)
+        values = rng.normal(size=steps)
+        values[10], values[11], values[12] = math.nan, math.inf, -math.inf
+        for i in range(steps):
+            run.log({"loss": float(values[i]), "count": i, "np": np.float32(0.5), "t": np.array(2.0)})
+        run.log({"late": 1.0}, step=100)  # an explicit step
+        run.config["batch"] = 64
+        run.summary["best"] = 0.9
+        run.note("tried *wider* layers")
+        run.label("wide")
+        run.unlabel("baseline")
+        print("a line for the log")
+    api = runyard.Api()
+    r = api.run("exact")
+    h = r.history("loss")
+    assert h.step.tolist() == list(range(steps))
+    assert np.array_equal(h.value, values, equal_nan=True)  # NaN and infinities kept as such
+    assert np.isinf(h.value[11]) and h.value[12] < 0
+    assert r.history("count").value.tolist() == [float(i) for i in range(steps)]
+    assert r.history("late").step.tolist() == [100]
+    assert set(r.history("np").value.tolist()) == {0.5}
+    assert r.status.value == "finished" and r.project == "exact"
+    assert r.config == {"lr": 0.01, "batch": 64}
+    assert r.summary["best"] == 0.9 and r.summary["count"] == steps - 1
+    assert r.notes == "first\n\ntried *wider* layers"
+    assert r.labels == ("wide",)
+    assert "a line for the log" in [line.text for line in r.logs()]
+    env = r.envelope("loss", buckets=10)
+    assert int(env.count.sum()) == steps and int(env.nan_count.sum()) == 1
+    frame = r.history("loss", as_frame=True)
+    assert list(frame.columns) == ["step", "time", "value"] and len(frame) == steps
+    assert [v.name for v in api.runs(project="exact", labels=["wide"], status="finished")] == ["exact"]
+    api.close()
+
+
+def test_artifacts_are_copied_as_they_were(home: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.bin"
+    ckpt.write_bytes(b"weights-v1")
+    folder = tmp_path / "outputs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.txt").write_text("a")
+    with runyard.init(project="art") as run:
+        run.log_artifact(ckpt)
+        run.log_artifact(folder, name="out")
+    ckpt.write_bytes(b"weights-v2")  # changed after the run: the run keeps v1
+    api = runyard.Api()
+    r = api.run(run.id)
+    paths = {a.path: a for a in r.artifacts()}
+    assert set(paths) == {"model.bin", "out/sub/a.txt"}
+    assert api._opened.artifacts.read_bytes(paths["model.bin"].content_ref) == b"weights-v1"
+    api.close()
+
+
+def test_logging_after_finish_warns_and_records_nothing(home: Path) -> None:
+    run = runyard.init(project="p")
+    run.finish()
+    with pytest.warns(UserWarning, match="is finished"):
+        run.log({"loss": 1.0})
+    assert runyard.current_run() is None
+
+
+def test_an_exception_in_a_with_block_fails_the_run_and_keeps_the_traceback(home: Path) -> None:
+    with pytest.raises(RuntimeError, match="diverged"), runyard.init(project="p", name="boom") as run:
+        run.log({"loss": 1.0})
+        raise RuntimeError("diverged")
+    api = runyard.Api()
+    r = api.run("boom")
+    assert r.status.value == "failed"
+    assert any("RuntimeError: diverged" in line.text for line in r.logs())
+    api.close()
+
+
+def test_a_forked_child_logs_nothing_and_leaves_the_run_alone(home: Path) -> None:
+    import os
+
+    run = runyard.init(project="p", name="parent")
+    pid = os.fork()
+    if pid == 0:  # the child: logging is a no-op, not an error
+        try:
+            run.log({"from_child": 1.0})
+            os._exit(0 if runyard.current_run() is None else 3)
+        except BaseException:  # noqa: BLE001 - a child must never return into pytest
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    run.log({"from_parent": 1.0})
+    run.finish()
+    api = runyard.Api()
+    assert [s.key for s in api.run("parent").metrics()] == ["from_parent"]
+    api.close()

@@ -1,0 +1,45 @@
+"""The stdlib fast path writes and reads exactly what SqlStore does."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from runyard.store.api import NewRun, RunPatch
+from runyard.store.engine import create_engine
+from runyard.store.lite import LiteStore
+from runyard.store.migrate import upgrade
+from runyard.store.series import Points
+from runyard.store.sql import SqlStore
+from runyard.types import RunStatus
+
+
+def test_a_run_queued_through_the_fast_path_reads_back_like_any_other(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert LiteStore.open(url) is None  # no database yet: callers take the full path, which creates it
+    engine = create_engine(url)
+    upgrade(engine)
+    store = SqlStore(engine)
+    new = NewRun(project="p", status=RunStatus.QUEUED, name="fast", command=["python", "t.py"],
+                 config={"lr": 0.1, "deep": {"x": [1, 2]}, "bad": math.inf}, labels=["b", "a"], notes="n",
+                 resources={"gpus": 1}, priority=3, executor="local", snapshot_id="sha256:" + "0" * 64,
+                 git_commit="abc", launch={"argv": ["python", "t.py"], "shell": False, "env": {"A": "1"}})
+    lite = LiteStore.open(url)
+    assert lite is not None
+    number, run_id = lite.create_run(new, now=100.0)
+    slow = store.create_run(replace(new, name="slow", created_at=100.0))
+    fast = store.get_run(number)
+    assert fast.id == run_id
+    differing = {"number", "id", "name"}
+    assert {k: v for k, v in vars(fast).items() if k not in differing} == \
+           {k: v for k, v in vars(slow).items() if k not in differing}
+    store.append_points(number, {"loss": Points.of([0, 1], [0.0, 1.0], [2.0, 1.5]),
+                                 "system/cpu_percent": Points.of([0], [0.0], [50.0])})
+    store.update_run(slow.number, RunPatch(status=RunStatus.RUNNING))
+    active = lite.active_runs()
+    assert [(a.number, a.status.value) for a in active] == [(slow.number, "running"), (number, "queued")]
+    assert active[1].latest == {"loss": 1.5} and active[1].resources == {"gpus": 1}
+    assert lite.count_queued() == 1
+    lite.close()
+    store.close()
