@@ -93,7 +93,6 @@ class Writer:
         self._segment = SegmentWriter(directory, run_id, writer_id)
         self._lock_fd = -1
         self._threads: list[threading.Thread] = []
-        self._last_sync = 0.0
         self._last_heartbeat = 0.0
         self._spills = itertools.count()
         #: Called from the writer thread at every heartbeat (the SDK restarts a dead agent with it).
@@ -106,7 +105,10 @@ class Writer:
         self._lock_fd = lock_writer(self.directory, self.writer_id)
         self._segment.open()
         self._last_heartbeat = self.clock()
-        for target, name in ((self._write_loop, "runyard-writer"), (self._spill_loop, "runyard-spill")):
+        loops = [(self._write_loop, "runyard-writer"), (self._spill_loop, "runyard-spill")]
+        if self.fsync == "interval":
+            loops.append((self._sync_loop, "runyard-fsync"))
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -185,7 +187,8 @@ class Writer:
             try:
                 self._heartbeat()
                 self._write_pending()
-                self._maybe_sync(force=stopping)
+                if stopping:
+                    self._segment.sync()
             except Exception as e:  # noqa: BLE001 - a full disk must not end the run: retry next time
                 self.failures += 1
                 self.last_error = e
@@ -244,13 +247,15 @@ class Writer:
             if self.fsync == "always":
                 self._segment.sync()
 
-    def _maybe_sync(self, force: bool) -> None:
-        if self.fsync == "never":
-            return
-        now = time.monotonic()
-        if force or now - self._last_sync >= 1.0:
-            self._segment.sync()
-            self._last_sync = now
+    def _sync_loop(self) -> None:
+        """fsync once a second (policy ``interval``), apart from the writer: on a busy disk an fsync
+        can take longer than a flush interval, and the writer must keep moving records to the kernel."""
+        while not self._stop.wait(1.0):
+            try:
+                self._segment.sync()
+            except OSError as e:
+                self.failures += 1
+                self.last_error = e
 
     def _heartbeat(self) -> None:
         now = self.clock()

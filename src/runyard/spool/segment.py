@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,7 +136,12 @@ def frame_payloads(data: bytes | memoryview, start: int) -> tuple[list[memoryvie
 
 
 class SegmentWriter:
-    """Appends frames to the segments of one writer in one run directory. Not thread-safe."""
+    """Appends frames to the segments of one writer in one run directory.
+
+    One thread appends; ``sync`` may be called from another (fsync can stall for a long time on a
+    busy disk, and appending must not wait for it). A lock keeps ``sync`` off a descriptor that
+    ``_roll`` or ``close`` is closing.
+    """
 
     def __init__(self, directory: Path, run_id: str, writer: str) -> None:
         self.directory = directory
@@ -145,11 +151,16 @@ class SegmentWriter:
         self._fd = -1
         self._size = 0
         self.unsynced = False
+        self._fd_lock = threading.Lock()
 
     def open(self) -> None:
         self._roll()
 
     def _roll(self) -> None:
+        with self._fd_lock:
+            self._roll_locked()
+
+    def _roll_locked(self) -> None:
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)
@@ -182,15 +193,18 @@ class SegmentWriter:
         self.unsynced = True
 
     def sync(self) -> None:
-        if self._fd >= 0 and self.unsynced:
-            os.fsync(self._fd)
-            self.unsynced = False
+        with self._fd_lock:
+            if self._fd >= 0 and self.unsynced:
+                self.unsynced = False  # cleared first: an append during the fsync sets it again
+                os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            self.sync()
-            os.close(self._fd)
-            self._fd = -1
+        self.sync()
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
 
 
 def segments_of(directory: Path) -> dict[str, list[tuple[int, Path]]]:
