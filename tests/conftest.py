@@ -48,5 +48,8 @@ def store(db_url: str) -> Iterator[SqlStore]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Any test that uses db_url (directly or through store) runs once per engine.
+    # ``@pytest.mark.engines("sqlite")`` narrows it (for slow tests whose subject is not the engine).
     if "db_url" in metafunc.fixturenames:
-        metafunc.parametrize("db_url", ENGINES, indirect=True)
+        marker = metafunc.definition.get_closest_marker("engines")
+        engines = ENGINES if marker is None else [e for e in ENGINES if getattr(e, "values", [e])[0] in marker.args]
+        metafunc.parametrize("db_url", engines, indirect=True)

@@ -7,7 +7,10 @@ once do not contend for the database's lock. It exits after ``IDLE_EXIT`` second
 writers or records. Its death loses nothing: the spools stay, and the next agent (or
 ``runyard sync``) resumes from their acknowledged offsets.
 
-    python -m runyard.agent            # uses RUNYARD_HOME, RUNYARD_DB, RUNYARD_ARTIFACTS
+With ``RUNYARD_SERVER`` set it is the shipper instead: it sends every spool of the home to that
+server (see ingest/shipper.py), retrying with backoff while the server is away, and runs nothing.
+
+    python -m runyard.agent            # uses RUNYARD_HOME, RUNYARD_DB, RUNYARD_ARTIFACTS, RUNYARD_SERVER
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from runyard.config import resolve
+from runyard.config import Settings, resolve
 from runyard.errors import RunyardError
 
 IDLE_EXIT = 10.0
@@ -67,6 +70,8 @@ def main() -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
 
+    if settings.server:
+        return _ship(settings)
     from runyard.exec.local import LocalExecutor
     from runyard.exec.scheduler import Scheduler, gpu_count
     from runyard.ingest.tailer import Tailer
@@ -94,6 +99,38 @@ def main() -> int:
     finally:
         opened.close()
 
+
+def _ship(settings: Settings) -> int:
+    """Remote mode: ship every spool of this home to the server, retrying with backoff until it answers."""
+    from runyard.client import Client
+    from runyard.ingest.shipper import Backoff, RemoteSink
+    from runyard.ingest.tailer import Tailer
+    from runyard.spool.rundir import target_key
+
+    assert settings.server is not None
+    client = Client(settings.server, settings.token)
+    tailer = Tailer(None, None, settings.spool_dir, target_key(settings), sink=RemoteSink(client))
+    backoff = Backoff()
+    last_work = time.monotonic()
+    try:
+        while True:
+            try:
+                report = tailer.poll()
+            except RunyardError as e:
+                delay = backoff.failed()
+                print(f"runyard agent: {e}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+                last_work = time.monotonic()  # unshipped records are work: never idle out on them
+                time.sleep(delay)
+                continue
+            backoff.succeeded()
+            now = time.monotonic()
+            if report.alive or report.records:
+                last_work = now
+            elif now - last_work > IDLE_EXIT:
+                return 0
+            time.sleep(BUSY_PAUSE if report.alive else IDLE_PAUSE)
+    finally:
+        client.close()
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,9 +21,12 @@ from runyard.errors import ConfigError
 from runyard.types import RunStatus
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
     from numpy.typing import NDArray
 
+    from runyard.client import Client
     from runyard.store.api import ArtifactEntry, LogLine, Run, SeriesInfo
     from runyard.store.home import Opened
     from runyard.store.series import Envelope
@@ -99,24 +102,38 @@ def _pandas() -> Any:
 
 
 class Api:
-    """Read access to the runs of the configured store (``RUNYARD_HOME`` / ``RUNYARD_DB``)."""
+    """Runs of the configured store: the local home (``RUNYARD_HOME`` / ``RUNYARD_DB``), or the server
+    named by ``RUNYARD_SERVER`` (with ``RUNYARD_TOKEN``)."""
 
     def __init__(self, settings: Settings | None = None, catch_up: bool = True) -> None:
-        from runyard.store.home import open_store
-
         self.settings = settings or resolve()
+        self._opened: Opened | None = None
+        self._client: Client | None = None
         if self.settings.server:
-            raise ConfigError("reading from a remote server (RUNYARD_SERVER) arrives with the tracking server")
-        self._opened: Opened = open_store(self.settings)
+            from runyard.client import Client, RemoteStore
+
+            self._client = Client(self.settings.server, self.settings.token)
+            self._store: Any = RemoteStore(self._client)
+        else:
+            from runyard.store.home import open_store
+
+            self._opened = open_store(self.settings)
+            self._store = self._opened.store
         if catch_up:
             self.sync(include_live=False)
 
     @property
     def store(self) -> SqlStore:
-        return self._opened.store
+        """The store, or with a server its remote twin (same calls for reading, labels and notes)."""
+        store: SqlStore = self._store
+        return store
+
+    @property
+    def remote(self) -> bool:
+        return self._client is not None
 
     def close(self) -> None:
-        self._opened.close()
+        self._store.close()
 
     def __enter__(self) -> Api:
         return self
@@ -125,13 +142,50 @@ class Api:
         self.close()
 
     def sync(self, runs: Sequence[str] | None = None, include_live: bool = True) -> Any:
-        """Ingest pending spools now (what ``runyard sync`` does); returns the report."""
+        """Ingest (or with a server, ship) pending spools now, as ``runyard sync`` does; returns the report."""
         from runyard.ingest.tailer import Tailer
         from runyard.spool.rundir import target_key
 
-        tailer = Tailer(self._opened.store, self._opened.artifacts, self.settings.spool_dir,
-                        target_key(self.settings))
+        target = target_key(self.settings)
+        if self._client is not None:
+            from runyard.ingest.shipper import RemoteSink
+
+            tailer = Tailer(None, None, self.settings.spool_dir, target, sink=RemoteSink(self._client))
+        else:
+            assert self._opened is not None
+            tailer = Tailer(self._opened.store, self._opened.artifacts, self.settings.spool_dir, target)
         return tailer.poll(include_live=include_live, run_ids=runs)
+
+    def stop(self, run: Run) -> str:
+        """Stop a run; returns what happened, in words."""
+        if self._client is not None:
+            from runyard.client import RemoteStore
+
+            return RemoteStore(self._client).stop(run.number)
+        from runyard.exec.control import stop_run
+
+        return stop_run(self.store, self.settings.home, run)
+
+    def rerun(self, parent: Run, params: dict[str, str], name: str | None) -> int:
+        """Queue the parent's launch again with changed params; returns the new run's number."""
+        if self._client is not None:
+            from runyard.client import RemoteStore
+
+            return RemoteStore(self._client).rerun(parent.number, params, name)
+        from pathlib import Path
+
+        from runyard.exec.control import rerun
+
+        return rerun(self.settings, parent, params, name, Path.cwd())
+
+    def export(self, run: Run, entry: ArtifactEntry, dest_root: Path, relpath: str) -> Path:
+        """Write one artifact of ``run`` to ``dest_root/relpath``."""
+        if self._client is not None:
+            from runyard.client import RemoteArtifacts
+
+            return RemoteArtifacts(self._client).download(run.number, entry, dest_root, relpath)
+        assert self._opened is not None
+        return self._opened.artifacts.export(entry.content_ref, dest_root, relpath)
 
     def run(self, ref: str | int) -> RunView:
         return RunView(self, self.store.get_run(ref))

@@ -50,6 +50,8 @@ class Setting:
     parse: Callable[[str, Path], str]
     #: Whether an empty value means "unset" (only for settings whose default is unset).
     optional: bool = False
+    #: A credential: never printed (``runyard config`` shows only that it is set).
+    secret: bool = False
 
     @property
     def env(self) -> str:
@@ -71,6 +73,13 @@ def _parse_server(raw: str, base: Path) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")
     return raw.rstrip("/")
+
+
+def _parse_token(raw: str, base: Path) -> str:
+    token = raw.strip()
+    if not token or any(c.isspace() or ord(c) < 33 for c in token) or len(token) > 200:
+        raise ValueError("expected a token as printed by `runyard token create`")
+    return token
 
 
 def _parse_ray(raw: str, base: Path) -> str:
@@ -141,6 +150,15 @@ SETTINGS: tuple[Setting, ...] = (
         default=lambda home: None,
         parse=_parse_server,
         optional=True,
+    ),
+    Setting(
+        "token",
+        "API token sent to the server (see `runyard token create`); set it in the environment or the "
+        "home's config.toml, never in a project's runyard.toml that others read",
+        default=lambda home: None,
+        parse=_parse_token,
+        optional=True,
+        secret=True,
     ),
     Setting(
         "ray",
@@ -224,6 +242,10 @@ class Settings:
     strict: bool = False
     #: Named resource profiles (``[machines.NAME]`` tables): {"gpus": 1, "cpus": 8, "memory": "32G", ...}.
     machines: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str | None:
+        return self.values["token"].value
 
     @property
     def db(self) -> str:

@@ -12,7 +12,9 @@
     │   (also a LookupError)
     ├── Ambiguous            a reference matches more than one thing
     ├── Conflict             the change contradicts the current state
-    └── InvalidArgument      a value passed by a caller is malformed (also a ValueError)
+    ├── InvalidArgument      a value passed by a caller is malformed (also a ValueError)
+    └── ServerError          the runyard server cannot be reached, or failed
+        └── AccessDenied     the server refused the token (401) or its role (403)
 
 Messages name the value at fault, what was expected, and, where there is one, the command that fixes it.
 """
@@ -66,3 +68,11 @@ class Conflict(RunyardError):
 
 class InvalidArgument(RunyardError, ValueError):
     """A caller passed a malformed value."""
+
+
+class ServerError(RunyardError):
+    """The runyard server cannot be reached, or answered with an error of its own."""
+
+
+class AccessDenied(ServerError):
+    """The server refused the request's token (missing, unknown, revoked) or its role."""

@@ -114,14 +114,14 @@ def test_ingesting_twice_changes_nothing(tmp_path: Path, env: dict[str, str]) ->
 
 
 def test_a_slow_writer_spills_to_disk_and_loses_nothing(tmp_path: Path, env: dict[str, str]) -> None:
-    # 5,000,000 points (1,250,000 calls of 4 metrics) through a writer slowed to 100 ms per write.
+    # 5,000,000 points (1,250,000 calls of 4 metrics) through a writer slowed to 100 ms per frame.
     path = script(tmp_path, """
         import json, resource, sys, time
         import runyard
         from runyard.spool import segment
         slow = segment.SegmentWriter.append_many
         def slowed(self, payloads):
-            time.sleep(0.1)
+            time.sleep(0.1 * len(payloads))  # 100 ms per frame
             return slow(self, payloads)
         segment.SegmentWriter.append_many = slowed
         run = runyard.init(project="p", name="spilled")

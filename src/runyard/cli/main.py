@@ -263,6 +263,87 @@ def note(ref: str, text: str) -> None:
     sys.exit(impl.note(ref, text))
 
 
+# -- server ---------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback needs a token to exist first.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--db", metavar="URL", help="Database (default: the configured db).")
+@click.option("--artifacts", metavar="PATH", help="Artifact store directory (default: the configured one).")
+@click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A DNS name clients reach the server by (the Host header); repeatable.")
+def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...]) -> None:
+    """Run the tracking server: the HTTP API, ingest from remote runs, live events.
+
+    \b
+    Bound to loopback (the default) with no tokens, it serves this machine's user without any.
+    Bound to another address it refuses to start until a token exists; then every request
+    needs `Authorization: Bearer <token>` (clients: set RUNYARD_SERVER and RUNYARD_TOKEN).
+
+    \b
+    Examples:
+      runyard server                                  # http://127.0.0.1:8765, this home's store
+      runyard token create --role admin --name me     # before listening on the network:
+      runyard server --host 0.0.0.0 --db postgresql+psycopg://runyard@db/runyard
+    """
+    from runyard.cli import server as impl
+
+    sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts))
+
+
+@cli.command()
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the local server.")
+@click.option("--no-browser", is_flag=True, help="Only print the URL.")
+def ui(port: int, no_browser: bool) -> None:
+    """Open runyard in the browser, starting the local server if none is running."""
+    from runyard.cli import server as impl
+
+    sys.exit(impl.ui(port, no_browser))
+
+
+@cli.group()
+def token() -> None:
+    """Create, list and revoke API tokens (stored hashed; a secret is shown once).
+
+    \b
+    Roles: reader (reads), writer (also logs, launches, edits), admin (also manages tokens).
+    Works on the configured database, or through RUNYARD_SERVER with an admin token.
+    """
+
+
+@token.command("create")
+@click.option("--role", type=click.Choice(["reader", "writer", "admin"]), required=True, help="What the token may do.")
+@click.option("--project", metavar="P", help="Limit the token to one project's runs.")
+@click.option("--name", metavar="N", help="A name to tell it apart (default: token-<prefix>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the token and its details as JSON.")
+def token_create(role: str, project: str | None, name: str | None, as_json: bool) -> None:
+    """Create a token and print its secret (once: it is stored only as a hash)."""
+    from runyard.cli import tokens as impl
+
+    sys.exit(impl.create(role, project, name, as_json))
+
+
+@token.command("list")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def token_list(include_revoked: bool, as_json: bool) -> None:
+    """List tokens: id, name, role, project, prefix, last use (never secrets)."""
+    from runyard.cli import tokens as impl
+
+    sys.exit(impl.list_tokens(include_revoked, as_json))
+
+
+@token.command("revoke")
+@click.argument("ref", metavar="TOKEN")
+def token_revoke(ref: str) -> None:
+    """Revoke a token by id, name or prefix; requests carrying it get 401 from then on."""
+    from runyard.cli import tokens as impl
+
+    sys.exit(impl.revoke(ref))
+
+
 def main() -> None:
     cli(prog_name="runyard")
 

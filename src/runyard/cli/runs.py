@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.config import Settings, resolve
-from runyard.errors import InvalidArgument, NotFound
+from runyard.errors import ConfigError, InvalidArgument, NotFound
 
 TERMINAL = {"finished", "failed", "stopped", "timeout", "lost"}
 
@@ -57,6 +57,9 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
     from runyard.exec.submit import Submission, submit
 
     settings = resolve()
+    if settings.server:
+        raise ConfigError(f"launching runs through a server ({settings.server}) is not available yet: unset "
+                          "RUNYARD_SERVER to queue the run on this machine")
     shell = not argv_form and len(command) == 1
     params = dict(options.key_value(p, "--param") for p in o["params"])
     env = dict(options.key_value(e, "--env") for e in o["env"])
@@ -83,7 +86,7 @@ def ps(as_json: bool) -> int:
     from runyard.store.lite import LiteStore
 
     settings = resolve()
-    lite = LiteStore.open(settings.db)
+    lite = None if settings.server else LiteStore.open(settings.db)
     if lite is not None:
         try:
             active = lite.active_runs()
@@ -95,7 +98,7 @@ def ps(as_json: bool) -> int:
              "created_at": r.created_at, "started_at": r.started_at,
              "gpus": r.resources.get("assigned_gpus", []) or r.resources.get("gpus", 0),
              "latest": r.latest} for r in active]
-    if any(r["status"] == "queued" for r in rows):
+    if any(r["status"] == "queued" for r in rows) and not settings.server:
         from runyard.sdk.agent_launch import ensure_agent
 
         ensure_agent(settings)  # a queued run needs an agent; if the last one died, this starts another
@@ -117,14 +120,14 @@ def ps(as_json: bool) -> int:
 
 
 def _active_runs_full(settings: Settings) -> list[Any]:
-    """``LiteStore.active_runs`` through SqlStore, for homes the fast path cannot open."""
-    from runyard.store.home import open_store
+    """``LiteStore.active_runs`` through the full store (or a server), for homes the fast path cannot open."""
+    from runyard.api import Api
     from runyard.store.lite import ActiveRun
     from runyard.types import RunStatus
 
-    opened = open_store(settings)
+    api = Api(settings, catch_up=False)
     try:
-        store = opened.store
+        store = api.store
         runs = store.runs_with_status([RunStatus.RUNNING, RunStatus.STARTING, RunStatus.QUEUED])
         order = {RunStatus.RUNNING: 0, RunStatus.STARTING: 1, RunStatus.QUEUED: 2}
         runs.sort(key=lambda r: (order[r.status], -r.priority, r.number))
@@ -132,7 +135,7 @@ def _active_runs_full(settings: Settings) -> list[Any]:
                           {s.key: s.last_value for s in store.list_series(r.number) if not s.key.startswith("system/")})
                 for r in runs]
     finally:
-        opened.close()
+        api.close()
 
 
 def _open() -> Any:
@@ -299,40 +302,14 @@ def _follow(settings: Settings, ref: str, tail: int | None = None) -> int:
 # -- stop -----------------------------------------------------------------------------------------
 
 def stop(refs: list[str]) -> int:
-    from runyard.exec.local import LocalExecutor
-    from runyard.store.api import RunPatch
-    from runyard.types import RunStatus
-
     api = _open()
     try:
-        store = api.store
-        runs = [store.get_run(ref) for ref in refs]  # every reference checked before anything stops
-        executor = LocalExecutor(api.settings.home)
+        runs = [api.store.get_run(ref) for ref in refs]  # every reference checked before anything stops
         for r in runs:
-            if r.status.is_terminal():
-                print(f"run {r.number} already ended ({r.status.value})")
-            elif r.status is RunStatus.QUEUED:
-                store.update_run(r.number, RunPatch(status=RunStatus.STOPPED, status_message="stopped while queued"))
-                print(f"run {r.number} stopped (it was queued)")
-            elif executor.stop(r.id) or (r.status is RunStatus.STARTING and _stop_when_started(executor, r.id)):
-                print(f"run {r.number}: stopping (SIGTERM, then SIGKILL after the grace period)")
-            else:
-                store.update_run(r.number, RunPatch(status=RunStatus.STOPPED,
-                                                    status_message="stopped; no supervisor was running"))
-                print(f"run {r.number} stopped (no supervisor was running)")
+            print(api.stop(r))
         return 0
     finally:
         api.close()
-
-
-def _stop_when_started(executor: Any, run_id: str, wait: float = 10.0) -> bool:
-    """A run being started has no supervisor yet: give it a moment to appear, then stop it."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if executor.stop(run_id):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 # -- cp -------------------------------------------------------------------------------------------
@@ -353,7 +330,6 @@ def cp(source: str, destination: Path) -> int:
         if not exact and not under:
             known = ", ".join(sorted({a.path.split("/")[0] for a in entries})[:10]) or "none"
             raise NotFound(f"run {r.number} has no artifact {path or '/'} (top-level artifacts: {known})")
-        artifacts = api._opened.artifacts
         if exact:
             a = exact[0]
             name = a.path.rsplit("/", 1)[-1]
@@ -365,17 +341,17 @@ def cp(source: str, destination: Path) -> int:
         else:
             files = [(a, destination, a.path[len(path):].lstrip("/") if path else a.path) for a in under]
         total = sum(a.size for a, _, _ in files)
-        _copy(artifacts, files, total)
+        _copy(lambda a, root, rel: api.export(r, a, root, rel), files, total)
         print(f"copied {len(files)} file(s), {total:,} bytes, from run {r.number} to {destination}")
         return 0
     finally:
         api.close()
 
 
-def _copy(artifacts: Any, files: list[tuple[Any, Path, str]], total: int) -> None:
+def _copy(export: Any, files: list[tuple[Any, Path, str]], total: int) -> None:
     if total < 8 << 20 or not sys.stderr.isatty():
         for a, root, rel in files:
-            artifacts.export(a.content_ref, root, rel)
+            export(a, root, rel)
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
@@ -383,7 +359,7 @@ def _copy(artifacts: Any, files: list[tuple[Any, Path, str]], total: int) -> Non
                   TransferSpeedColumn(), transient=True) as progress:
         task = progress.add_task("copying", total=total)
         for a, root, rel in files:
-            artifacts.export(a.content_ref, root, rel)
+            export(a, root, rel)
             progress.advance(task, a.size)
 
 
@@ -391,24 +367,15 @@ def _copy(artifacts: Any, files: list[tuple[Any, Path, str]], total: int) -> Non
 
 def rerun(ref: str, params: list[str], name: str | None) -> int:
     from runyard.exec import options
-    from runyard.exec.submit import Submission, submit
 
+    changes = dict(options.key_value(p, "--param") for p in params)
     api = _open()
     try:
         parent = api.store.get_run(ref)
+        number = api.rerun(parent, changes, name)
     finally:
         api.close()
-    if parent.launch is None or parent.snapshot_id is None:
-        raise InvalidArgument(f"run {parent.number} was not launched by `runyard run`, so there is nothing to "
-                              "launch again; run its script with `runyard run`")
-    changes = dict(options.key_value(p, "--param") for p in params)
-    resources = {k: v for k, v in parent.resources.items() if k != "assigned_gpus"}
-    sub = Submission(command=list(parent.launch.get("argv") or []), shell=bool(parent.launch.get("shell")),
-                     cwd=Path.cwd(), project=parent.project, name=name, labels=parent.labels, params=changes,
-                     priority=parent.priority, parent=parent.number, launch=parent.launch, resources=resources,
-                     snapshot=(parent.snapshot_id, parent.git_commit, parent.git_branch, parent.git_diff_ref))
-    done = submit(resolve(), sub)
-    print(f"run {done.number} queued (a rerun of run {parent.number})")
+    print(f"run {number} queued (a rerun of run {parent.number})")
     return 0
 
 

@@ -13,7 +13,8 @@ def run(as_json: bool) -> None:
     settings = resolve()
     rows: list[tuple[str, str | None, str]] = [("home", str(settings.home), settings.home_source)]
     for s in SETTINGS:
-        rows.append((s.key, settings.values[s.key].value, settings.source(s.key)))
+        value = settings.values[s.key].value
+        rows.append((s.key, "(set, hidden)" if s.secret and value is not None else value, settings.source(s.key)))
     if as_json:
         doc = {key: {"value": value, "source": source} for key, value, source in rows}
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())

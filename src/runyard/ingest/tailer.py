@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runyard.ingest.apply import apply_records
+from runyard.ingest.sink import Sink, StoreSink
 from runyard.spool.acks import Ack, read_ack, write_ack
 from runyard.spool.records import seq_of, unflatten
 from runyard.spool.rundir import run_dirs, target_of, writer_alive
@@ -56,9 +56,13 @@ class PollReport:
 
 
 class Tailer:
-    def __init__(self, store: Store, artifacts: DiskArtifacts, spool_dir: Path, target: str | None) -> None:
-        self.store = store
-        self.artifacts = artifacts
+    def __init__(self, store: Store | None, artifacts: DiskArtifacts | None, spool_dir: Path, target: str | None,
+                 sink: Sink | None = None) -> None:
+        if sink is None:
+            if store is None or artifacts is None:
+                raise ValueError("a Tailer needs a store and artifacts, or a sink")
+            sink = StoreSink(store, artifacts)
+        self.sink = sink
         self.spool_dir = spool_dir
         self.target = target
         self._cursors: dict[tuple[str, str], int] = {}
@@ -99,7 +103,7 @@ class Tailer:
         key = (run_id, writer)
         cursor = self._cursors.get(key)
         if cursor is None:
-            cursor = self.store.ingest_cursor(run_id, writer)
+            cursor = self.sink.cursor(run_id, writer)
         pending: list[Sequence[Any]] = []
         segment, offset = ack.segment, ack.offset
         dropped = 0
@@ -147,8 +151,8 @@ class Tailer:
         self._cursors[key] = cursor
         complete = not alive
         if complete and not ended and owner and report.run_number is not None:
-            heartbeat = _iso(self._heartbeat(run_id))
-            report.marked_lost = self.store.mark_lost(
+            heartbeat = _iso(self.sink.heartbeat(run_id))
+            report.marked_lost = self.sink.mark_lost(
                 run_id, f"the process stopped without finishing the run (last heartbeat {heartbeat})")
         report.dropped_bytes = dropped
         report.completed = complete
@@ -164,20 +168,14 @@ class Tailer:
         pending.sort(key=seq_of)
         for start in range(0, len(pending), APPLY_CHUNK):
             chunk = pending[start : start + APPLY_CHUNK]
-            result, cursor = apply_records(self.store, self.artifacts, directory, run_id, writer, list(chunk), cursor)
-            if result is not None:
-                report.run_number = result.run_number
+            number, cursor = self.sink.apply(directory, run_id, writer, list(chunk), cursor)
+            if number is not None:
+                report.run_number = number
                 report.records += len(chunk)
         return cursor
 
     def _ack(self, directory: Path, writer: str, report: WriterReport, ack: Ack) -> None:
         write_ack(directory, writer, replace(ack, run_number=report.run_number or ack.run_number))
-
-    def _heartbeat(self, run_id: str) -> float | None:
-        try:
-            return self.store.get_run(run_id).heartbeat_at
-        except Exception:  # noqa: BLE001 - only for the message
-            return None
 
 
 def _read_from(path: Path, offset: int) -> bytes:

@@ -108,10 +108,9 @@ def init(
         writer._wake.set()  # the start event goes to disk now, not in 100 ms
         _start_background(run, settings)
         _current = run
-    if not settings.server:
-        ensure_agent(settings)
-        # If the agent dies during a long run, the next heartbeat starts another.
-        writer.on_heartbeat = lambda: ensure_agent(settings)
+    ensure_agent(settings)  # the local ingester, or with RUNYARD_SERVER the shipper
+    # If the agent dies during a long run, the next heartbeat starts another.
+    writer.on_heartbeat = lambda: ensure_agent(settings)
     return run
 
 

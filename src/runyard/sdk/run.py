@@ -287,13 +287,14 @@ class Run:
                                           "`runyard sync` will ingest what reached the disk"))
             if self._writer.failures:
                 self._absorb(self._writer.last_error or RuntimeError("spool writer failed"))
-            if wait and not self.settings.server:
+            if wait:
                 from runyard.sdk.agent_launch import ensure_agent
 
-                ensure_agent(self.settings)
+                ensure_agent(self.settings)  # ingests, or with RUNYARD_SERVER ships, what is left
                 if not self.wait_ingested(max(0.0, deadline - time.monotonic())):
-                    print(f"runyard: run {self.id} is still being ingested; `runyard sync` finishes it",
-                          file=sys.__stderr__)
+                    where = "shipped to the server" if self.settings.server else "ingested"
+                    print(f"runyard: run {self.id} is still being {where}; `runyard sync` finishes it (the "
+                          "records are safe in the spool)", file=sys.__stderr__)
             from runyard.sdk import current
 
             current.clear(self)

@@ -52,7 +52,9 @@ def run_dirs(spool_dir: Path) -> list[Path]:
 
 
 def target_key(settings: Settings) -> str:
-    """Names the database and artifact store a spool is ingested into: one agent serves one target."""
+    """Names where a spool goes (a database and artifact store, or a server): one agent per target."""
+    if settings.server:
+        return target_key_of(f"server {settings.server}", "")
     return target_key_of(settings.db, str(settings.artifacts))
 
 

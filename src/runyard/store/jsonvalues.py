@@ -53,3 +53,8 @@ def loads(text: str | bytes) -> Any:
 def sort_literal(value: Any) -> Any:
     """The stored form of a single value, for comparisons in SQL."""
     return _encode(value)
+
+
+def from_plain(value: Any) -> Any:
+    """The inverse of ``sort_literal``: tags back to floats, in values already parsed from JSON."""
+    return _decode(value)

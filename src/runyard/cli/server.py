@@ -1,0 +1,89 @@
+"""``runyard server`` and ``runyard ui``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from runyard.config import resolve
+from runyard.errors import ConfigError
+
+START_WAIT = 20.0
+
+
+def _public_db(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...]) -> int:
+    import uvicorn
+
+    from runyard.server.app import create_app
+    from runyard.server.security import is_loopback
+    from runyard.store.home import open_store
+    from runyard.store.tokens import Tokens
+
+    overrides = {k: v for k, v in (("db", db), ("artifacts", artifacts)) if v}
+    settings = resolve(overrides=overrides)
+    if settings.server:
+        settings = resolve(environ={k: v for k, v in os.environ.items() if k != "RUNYARD_SERVER"},
+                           overrides=overrides)  # a server serves its own store, never another server
+    opened = open_store(settings)
+    try:
+        tokens = Tokens(opened.store)
+        if not is_loopback(host) and not tokens.any_active():
+            raise ConfigError(f"refusing to listen on {host}: anyone on the network could use the server, and no "
+                              "token exists yet. Create one first (`runyard token create --role admin --name "
+                              "me`), then start the server again; clients set RUNYARD_TOKEN.")
+        app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts)
+        auth = "tokens required" if (not is_loopback(host) or tokens.any_active()) else "no tokens (single user)"
+        shown = f"[{host}]" if ":" in host else host
+        print(f"runyard server on http://{shown}:{port}  ({auth})\n  database  {_public_db(settings.db)}\n"
+              f"  artifacts {settings.artifacts}\n  API       http://{shown}:{port}/api/v1  "
+              f"(spec: /api/openapi.json)", flush=True)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=2, server_header=False)
+        uvicorn.Server(config).run()
+        return 0
+    finally:
+        opened.close()
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/api/health", timeout=1.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code in (200, 401)
+
+
+def ui(port: int, no_browser: bool) -> int:
+    settings = resolve()
+    url = settings.server or f"http://127.0.0.1:{port}"
+    if not settings.server and not _answers(url):
+        settings.home.mkdir(parents=True, exist_ok=True)
+        log_path = settings.home / "server.log"
+        with log_path.open("ab") as log:
+            subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "server", "--port", str(port)],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                             close_fds=True, cwd=str(settings.home))
+        deadline = time.monotonic() + START_WAIT
+        while not _answers(url):
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the server did not start within {START_WAIT:g} s; see {log_path}")
+            time.sleep(0.2)
+        print(f"started the local server (log: {log_path})", file=sys.stderr)
+    print(url)
+    if not no_browser and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        import webbrowser
+
+        webbrowser.open(url)
+    return 0
+
+

@@ -1,0 +1,273 @@
+"""A typed client of the runyard server (httpx), and the store and artifact views built on it.
+
+``RemoteStore`` answers the same calls as the local store for everything the CLI and the read API
+use, with the same values (see wire.py), so ``RUNYARD_SERVER`` changes where data comes from and
+nothing else. Failures raise runyard's errors: ``ServerError`` when the server cannot be reached,
+``AccessDenied`` for 401/403, ``NotFound``, ``Conflict``, ``InvalidArgument`` as the server says.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from runyard import wire
+from runyard._version import __version__
+from runyard.errors import AccessDenied, Conflict, InvalidArgument, NotFound, ServerError
+from runyard.types import RunStatus
+
+if TYPE_CHECKING:
+    import httpx
+
+    from runyard.store.api import ArtifactEntry, LogLine, Page, Project, Run, RunInput, RunPatch, RunQuery, SeriesInfo
+    from runyard.store.series import Envelope, Points
+
+_BY_STATUS: dict[int, type[Exception]] = {400: InvalidArgument, 401: AccessDenied, 403: AccessDenied,
+                                          404: NotFound, 409: Conflict, 415: InvalidArgument, 416: InvalidArgument}
+
+
+def _ref(ref: str | int) -> str:
+    return quote(str(ref), safe="")
+
+
+#: Calls that are safe to repeat: reads, content-addressed uploads, and ingest (idempotent by sequence).
+_IDEMPOTENT = ("GET", "PUT")
+#: Gateway answers that mean "try again" rather than "you asked wrongly".
+_TRANSIENT_STATUS = (502, 503, 504)
+
+
+class Client:
+    """One server, one token; connections are kept and reused.
+
+    A call that is safe to repeat is retried ``retries`` times with growing, jittered pauses when the
+    connection fails or a gateway says the server is unavailable; other calls fail at once.
+    """
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, retries: int = 4) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.retries = retries
+        headers = {"user-agent": f"runyard/{__version__}"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(base_url=self.url, headers=headers,
+                                 timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import random
+        import time
+
+        import httpx
+
+        if method in ("POST", "PUT", "PATCH", "DELETE") and "json" not in kwargs and "content" not in kwargs:
+            kwargs["json"] = {}  # the server takes only JSON or msgpack bodies on changes
+        url = wire.API_PREFIX + path if path.startswith("/") else path
+        attempts = 1 + (self.retries if method in _IDEMPOTENT or path == "/ingest" else 0)
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(random.uniform(0, 0.25 * 2 ** attempt))  # noqa: S311 - jitter, not secrecy
+            content = kwargs.get("content")
+            if content is not None and hasattr(content, "seek"):
+                content.seek(0)  # a file body is read again from its start
+            try:
+                response = self.http.request(method, url, **kwargs)
+            except httpx.TransportError as e:
+                error: Exception = ServerError(f"cannot reach the runyard server at {self.url}: "
+                                               f"{e or type(e).__name__}")
+                continue
+            if response.status_code in _TRANSIENT_STATUS:
+                error = self._error(response)
+                continue
+            if response.status_code >= 400:
+                raise self._error(response)
+            return response
+        raise error
+
+    def _error(self, response: httpx.Response) -> Exception:
+        try:
+            message = str(response.json().get("error"))
+        except Exception:  # noqa: BLE001 - a proxy's HTML page, say
+            message = response.text[:200] or response.reason_phrase
+        status = response.status_code
+        if status == 401:
+            message += " (set RUNYARD_TOKEN to a token from `runyard token create`)"
+        cls = _BY_STATUS.get(status, ServerError)
+        return cls(f"server {self.url}: {message}" if cls is ServerError else message)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs).json()
+
+    def health(self) -> dict[str, Any]:
+        response = self.request("GET", "/api/health")
+        return dict(response.json())
+
+    # -- ingest -----------------------------------------------------------------------------------
+
+    def ingest(self, run_id: str, writer: str, recs: Sequence[Any]) -> tuple[int | None, int]:
+        """Send records; returns the run's number and the server's cursor for this writer."""
+        import msgpack
+
+        body = zlib.compress(msgpack.packb({"run_id": run_id, "writer": writer, "items": list(recs)},
+                                           use_bin_type=True), 1)
+        response = self.request("POST", "/ingest", content=body,
+                                headers={"content-type": wire.MSGPACK, "content-encoding": wire.ENCODING_DEFLATE})
+        reply = msgpack.unpackb(response.content)
+        return reply.get("run_number"), int(reply["cursor"])
+
+    def ingest_cursor(self, run_id: str, writer: str) -> int:
+        return int(self.get("/ingest/cursor", params={"run": run_id, "writer": writer})["cursor"])
+
+    def put_blob(self, sha256: str, path: Path) -> None:
+        with path.open("rb") as f:
+            self.request("PUT", f"/blobs/{sha256}", content=f, headers={"content-type": "application/octet-stream"})
+
+
+class RemoteStore:
+    """The store calls the CLI and the read API make, answered by a server."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def close(self) -> None:
+        self.client.close()
+
+    def list_projects(self) -> list[Project]:
+        return [wire.project_in(p) for p in self.client.get("/projects")]
+
+    def get_run(self, ref: str | int) -> Run:
+        return wire.run_in(self.client.get(f"/runs/{_ref(ref)}"))
+
+    def resolve(self, ref: str | int) -> int:
+        return self.get_run(ref).number
+
+    def list_runs(self, query: RunQuery) -> Page[Run]:
+        params: dict[str, Any] = {"sort": query.sort, "order": "desc" if query.descending else "asc",
+                                  "limit": query.limit, "label": list(query.labels),
+                                  "status": [RunStatus(s).value for s in query.status]}
+        if query.project is not None:
+            params["project"] = query.project
+        if query.cursor is not None:
+            params["cursor"] = query.cursor
+        return wire.page_in(self.client.get("/runs", params=params))
+
+    def runs_with_status(self, statuses: Sequence[RunStatus]) -> list[Run]:
+        from runyard.store.api import RunQuery
+
+        out: list[Run] = []
+        cursor = None
+        while True:
+            page = self.list_runs(RunQuery(status=list(statuses), limit=1000, cursor=cursor))
+            out += page.items
+            if (cursor := page.next_cursor) is None:
+                return out
+
+    def children_of(self, number: int) -> list[Run]:
+        return [wire.run_in(r) for r in self.client.get(f"/runs/{number}/children")]
+
+    def inputs_of(self, number: int) -> list[RunInput]:
+        return [wire.input_in(i) for i in self.client.get(f"/runs/{number}/inputs")]
+
+    def update_run(self, number: int, patch: RunPatch) -> Run:
+        if any(getattr(patch, f) is not None for f in ("status", "status_message", "exit_code", "started_at",
+                                                        "ended_at", "heartbeat_at", "config", "summary",
+                                                        "environment")):
+            raise InvalidArgument("over the API a run's name and notes can change, not its state")
+        return self._patch(number, {"name": patch.name, "notes": patch.notes})
+
+    def _patch(self, number: int, body: Mapping[str, Any]) -> Run:
+        return wire.run_in(self.client.request("PATCH", f"/runs/{number}", json=dict(body)).json())
+
+    def set_labels(self, number: int, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Run:
+        return self._patch(number, {"add_labels": list(add), "remove_labels": list(remove)})
+
+    def append_note(self, number: int, text: str) -> Run:
+        return self._patch(number, {"append_note": text})
+
+    def stop(self, number: int) -> str:
+        return str(self.client.request("POST", f"/runs/{number}/stop").json()["message"])
+
+    def rerun(self, number: int, params: Mapping[str, str], name: str | None) -> int:
+        reply = self.client.request("POST", f"/runs/{number}/rerun", json={"params": dict(params), "name": name})
+        return int(reply.json()["number"])
+
+    def list_series(self, run: int) -> list[SeriesInfo]:
+        return [wire.series_in(s) for s in self.client.get(f"/runs/{run}/metrics")]
+
+    def history(self, run: int, key: str, start: int | None = None, end: int | None = None) -> Points:
+        import msgpack
+
+        params = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+        response = self.client.request("GET", f"/runs/{run}/points/{quote(key, safe='/')}", params=params,
+                                       headers={"accept": wire.MSGPACK})
+        return wire.points_in(msgpack.unpackb(response.content))
+
+    def envelope(self, run: int, key: str, buckets: int = 1000, start: int | None = None,
+                 end: int | None = None) -> Envelope:
+        params: dict[str, Any] = {"buckets": buckets}
+        params.update({k: v for k, v in (("start", start), ("end", end)) if v is not None})
+        return wire.envelope_in(self.client.get(f"/runs/{run}/metrics/{quote(key, safe='/')}", params=params))
+
+    def read_logs(self, run: int, after: int = 0, limit: int = 1000) -> list[LogLine]:
+        return [wire.log_in(line) for line in
+                self.client.get(f"/runs/{run}/logs", params={"after": after, "limit": min(limit, 10_000)})]
+
+    def tail_logs(self, run: int, count: int) -> list[LogLine]:
+        return [wire.log_in(line) for line in self.client.get(f"/runs/{run}/logs", params={"tail": count})]
+
+    def list_artifacts(self, run: int, prefix: str = "") -> list[ArtifactEntry]:
+        return [wire.artifact_in(a) for a in self.client.get(f"/runs/{run}/artifacts", params={"prefix": prefix})]
+
+    def ingest_cursor(self, run_id: str, writer: str) -> int:
+        return self.client.ingest_cursor(run_id, writer)
+
+    def mark_lost(self, run_id: str, message: str) -> bool:
+        reply = self.client.request("POST", f"/runs/{_ref(run_id)}/lost", json={"message": message[:2000]})
+        return bool(reply.json()["changed"])
+
+
+class RemoteArtifacts:
+    """Artifact downloads from a server, written under a destination like the local store's export."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def download(self, run: int, entry: ArtifactEntry, dest_root: Path, relpath: str) -> Path:
+        import hashlib
+        import os
+        import tempfile
+
+        from runyard.names import validate_relpath
+
+        target = dest_root / validate_relpath(relpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        import httpx
+
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, self.client.http.stream(
+                    "GET", f"{wire.API_PREFIX}/runs/{run}/artifacts/{quote(entry.path, safe='/')}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self.client._error(response)
+                for chunk in response.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except httpx.TransportError as e:
+            raise ServerError(f"downloading {entry.path} from {self.client.url} failed: {e}") from None
+        else:
+            if digest.hexdigest() != entry.sha256:
+                raise ServerError(f"{entry.path}: the downloaded content does not match its SHA-256; try again")
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+

@@ -1,0 +1,56 @@
+"""Stopping and re-launching runs: shared by the CLI (local mode) and the server's routes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runyard.errors import InvalidArgument
+from runyard.store.api import Run, RunPatch
+from runyard.types import RunStatus
+
+if TYPE_CHECKING:
+    from runyard.config import Settings
+
+
+def stop_run(store: Any, home: Path, run: Run) -> str:
+    """Stop one run (SIGTERM to its supervisor, or mark it stopped); returns what happened, for people."""
+    from runyard.exec.local import LocalExecutor
+
+    executor = LocalExecutor(home)
+    if run.status.is_terminal():
+        return f"run {run.number} already ended ({run.status.value})"
+    if run.status is RunStatus.QUEUED:
+        store.update_run(run.number, RunPatch(status=RunStatus.STOPPED, status_message="stopped while queued"))
+        return f"run {run.number} stopped (it was queued)"
+    if executor.stop(run.id) or (run.status is RunStatus.STARTING and _stop_when_started(executor, run.id)):
+        return f"run {run.number}: stopping (SIGTERM, then SIGKILL after the grace period)"
+    store.update_run(run.number, RunPatch(status=RunStatus.STOPPED,
+                                          status_message="stopped; no supervisor was running"))
+    return f"run {run.number} stopped (no supervisor was running)"
+
+
+def _stop_when_started(executor: Any, run_id: str, wait: float = 10.0) -> bool:
+    """A run being started has no supervisor yet: give it a moment to appear, then stop it."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if executor.stop(run_id):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def rerun(settings: Settings, parent: Run, params: dict[str, str], name: str | None, cwd: Path) -> int:
+    """Queue the parent's launch again (same snapshot), with changed params; returns the new number."""
+    from runyard.exec.submit import Submission, submit
+
+    if parent.launch is None or parent.snapshot_id is None:
+        raise InvalidArgument(f"run {parent.number} was not launched by `runyard run`, so there is nothing to "
+                              "launch again; run its script with `runyard run`")
+    resources = {k: v for k, v in parent.resources.items() if k != "assigned_gpus"}
+    sub = Submission(command=list(parent.launch.get("argv") or []), shell=bool(parent.launch.get("shell")),
+                     cwd=cwd, project=parent.project, name=name, labels=parent.labels, params=params,
+                     priority=parent.priority, parent=parent.number, launch=parent.launch, resources=resources,
+                     snapshot=(parent.snapshot_id, parent.git_commit, parent.git_branch, parent.git_diff_ref))
+    return submit(settings, sub).number

@@ -1,0 +1,49 @@
+"""Where a tailer delivers spool records: this machine's store, or a server (see shipper.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from runyard.ingest.apply import apply_records
+from runyard.store.api import Store
+from runyard.store.artifacts import DiskArtifacts
+
+
+class Sink(Protocol):
+    def cursor(self, run_id: str, writer: str) -> int:
+        """Highest sequence number of this writer already applied (-1: none)."""
+        ...
+
+    def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
+        """Apply records past ``cursor``; returns the run's number (None if nothing was applied) and
+        the new cursor."""
+        ...
+
+    def mark_lost(self, run_id: str, message: str) -> bool: ...
+
+    def heartbeat(self, run_id: str) -> float | None: ...
+
+
+class StoreSink:
+    """Local mode: records go straight into the store (SQLite's single writer is the agent)."""
+
+    def __init__(self, store: Store, artifacts: DiskArtifacts) -> None:
+        self.store = store
+        self.artifacts = artifacts
+
+    def cursor(self, run_id: str, writer: str) -> int:
+        return self.store.ingest_cursor(run_id, writer)
+
+    def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
+        result, cursor = apply_records(self.store, self.artifacts, run_dir, run_id, writer, recs, cursor)
+        return (result.run_number if result is not None else None), cursor
+
+    def mark_lost(self, run_id: str, message: str) -> bool:
+        return self.store.mark_lost(run_id, message)
+
+    def heartbeat(self, run_id: str) -> float | None:
+        try:
+            return self.store.get_run(run_id).heartbeat_at
+        except Exception:  # noqa: BLE001 - only for a message
+            return None

@@ -1,0 +1,530 @@
+"""The server's ASGI app: ``create_app(settings, store, artifacts, ...)``; no module-level state.
+
+Handlers are thin: parse, check the caller may see the run, call the store, answer in the forms of
+``runyard.wire``. Errors are JSON ``{"error": message, "status": code}`` from one table below, and
+never repeat request headers back.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+import msgpack
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+
+from runyard import wire
+from runyard._version import __version__
+from runyard.config import Settings
+from runyard.errors import (
+    AccessDenied,
+    Ambiguous,
+    ArtifactError,
+    ArtifactPathError,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    RunyardError,
+    StoreUnavailable,
+)
+from runyard.names import validate_relpath
+from runyard.server import events, ingest
+from runyard.server.security import Gate, Policy, Principal, is_loopback, requires
+from runyard.store.api import RunQuery
+from runyard.store.artifacts import DiskArtifacts
+from runyard.store.sql import SqlStore
+from runyard.store.tokens import Tokens
+from runyard.types import RunStatus
+
+#: HTTP status of each error a handler can raise (the first matching class wins).
+STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (AccessDenied, 403),
+    (NotFound, 404),
+    (Ambiguous, 409),
+    (Conflict, 409),
+    (ArtifactPathError, 400),
+    (InvalidArgument, 400),
+    (StoreUnavailable, 503),
+    (ArtifactError, 500),
+    (RunyardError, 400),
+)
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+#: Security headers on every response; the UI's pages get a strict Content-Security-Policy.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+class RunChange(BaseModel):
+    """Fields to change; omitted fields stay as they are."""
+
+    name: str | None = Field(None, description="New name (1-100 characters)", max_length=100)
+    notes: str | None = Field(None, description="Replace the notes (Markdown)", max_length=1_000_000)
+    append_note: str | None = Field(None, description="Append a paragraph to the notes", max_length=1_000_000)
+    add_labels: list[str] = Field(default_factory=list, max_length=100)
+    remove_labels: list[str] = Field(default_factory=list, max_length=100)
+
+
+class Rerun(BaseModel):
+    params: dict[str, str] = Field(default_factory=dict, description="Params to change, as for --param KEY=VALUE")
+    name: str | None = Field(None, max_length=100)
+
+
+class Lost(BaseModel):
+    message: str = Field(max_length=2000)
+
+
+class NewToken(BaseModel):
+    role: Literal["reader", "writer", "admin"]
+    name: str | None = Field(None, max_length=100)
+    project: str | None = Field(None, max_length=100)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status,
+                        headers={"x-content-type-options": "nosniff"})
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal = request.state.principal
+    return principal
+
+
+class Server:
+    """The app's shared parts: store, artifacts, hub. Handlers are methods bound to one of these."""
+
+    def __init__(self, settings: Settings, store: SqlStore, artifacts: DiskArtifacts) -> None:
+        self.settings = settings
+        self.store = store
+        self.artifacts = artifacts
+        self.tokens = Tokens(store)
+        self.hub = events.Hub()
+
+    def run_for(self, request: Request, ref: str) -> Any:
+        """The run ``ref`` names, if the caller may see it (a project token sees only its project)."""
+        run = self.store.get_run(ref)
+        scope = _principal(request).project
+        if scope is not None and run.project != scope:
+            raise NotFound(f"no run matches {ref!r}")
+        return run
+
+
+def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bind_host: str = "127.0.0.1",
+               port: int = 8765, allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
+    server = Server(settings, store, artifacts)
+    app = FastAPI(title="runyard", version=__version__, openapi_url="/api/openapi.json", docs_url=None,
+                  redoc_url=None,
+                  description="The runyard tracking server: runs, metrics, logs, artifacts, live events.")
+    app.state.server = server
+    _errors(app)
+    _routes(app, server)
+    policy = Policy(bind_host, port, server.tokens, tuple(h.lower() for h in allowed_hosts))
+    app.state.policy = policy
+    # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
+    app.add_middleware(Gate, policy=policy, routes=lambda: app.router.routes)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers.setdefault("x-content-type-options", "nosniff")
+        response.headers.setdefault("referrer-policy", "no-referrer")
+        if response.headers.get("content-type", "").startswith("text/html"):
+            response.headers["content-security-policy"] = CSP
+            response.headers["x-frame-options"] = "DENY"
+        return response
+
+    _declare_builtin_roles(app)
+    return app
+
+
+def _declare_builtin_roles(app: FastAPI) -> None:
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.path == "/api/openapi.json":
+            route.runyard_role = "reader"  # type: ignore[attr-defined]
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(RunyardError)
+    async def runyard_error(request: Request, exc: RunyardError) -> JSONResponse:
+        status = next(code for cls, code in STATUS if isinstance(exc, cls))
+        return _error(status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(400, "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        messages = {404: "no such endpoint (the API is under /api/v1; see /api/openapi.json)",
+                    405: "this endpoint does not accept that method"}
+        return _error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal error; the server's log has the details")
+
+
+def _artifact_path(path: str) -> str:
+    """An artifact path from a URL, decoded exactly once (by the router) and then checked."""
+    if _PERCENT.search(path) or any(c in path for c in "?#;"):
+        raise ArtifactPathError(f"artifact path {path[:200]!r} contains an encoded or reserved character")
+    return validate_relpath(path)
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One byte range ``bytes=a-b`` / ``a-`` / ``-n`` as (start, end exclusive); None if unsatisfiable."""
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        return None
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            n = int(last)
+            return (max(0, size - n), size) if n > 0 and size > 0 else None
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    end = min(end, size)
+    return (start, end) if 0 <= start < end else None
+
+
+def _routes(app: FastAPI, server: Server) -> None:
+    store = server.store
+    v1 = wire.API_PREFIX
+
+    @app.get("/api/health", tags=["server"])
+    @requires("reader")
+    def health() -> dict[str, Any]:
+        """Whether the server and its database answer."""
+        from runyard.store.revision import REVISIONS
+
+        store.list_projects()
+        return {"status": "ok", "version": __version__, "schema": REVISIONS[-1], "dialect": store.dialect}
+
+    @app.get("/", include_in_schema=False)
+    @requires("reader")
+    def index() -> Response:
+        page = ("<!doctype html><html><head><meta charset='utf-8'><title>runyard</title></head><body>"
+                "<h1>runyard server</h1><p>The API is under <code>/api/v1</code>; its description is at "
+                "<a href='/api/openapi.json'>/api/openapi.json</a>.</p></body></html>")
+        return Response(page, media_type="text/html")
+
+    @app.get(f"{v1}/projects", tags=["runs"])
+    @requires("reader")
+    def projects(request: Request) -> list[dict[str, Any]]:
+        """Every project and how many runs it holds."""
+        scope = _principal(request).project
+        return [wire.plain_out(p) for p in store.list_projects() if scope is None or p.name == scope]
+
+    @app.get(f"{v1}/runs", tags=["runs"])
+    @requires("reader")
+    def list_runs(
+        request: Request,
+        project: str | None = None,
+        label: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006 - FastAPI reads it, never mutates
+        status: Annotated[list[RunStatus], Query(max_length=8)] = [],  # noqa: B006
+        sort: Annotated[str, Query(max_length=200, description="number, name, status, created_at, started_at, "
+                                   "ended_at, priority, config.<key> or summary.<key>")] = "number",
+        order: Literal["asc", "desc"] = "desc",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Query(max_length=2000)] = None,
+    ) -> dict[str, Any]:
+        """Runs, filtered and sorted, one page at a time (pass ``next_cursor`` back as ``cursor``)."""
+        scope = _principal(request).project
+        if scope is not None:
+            if project not in (None, scope):
+                return {"items": [], "next_cursor": None}
+            project = scope
+        page = store.list_runs(RunQuery(project=project, labels=label, status=status, sort=sort,
+                                        descending=order == "desc", limit=limit, cursor=cursor))
+        return wire.page_out(page)
+
+    @app.get(f"{v1}/runs/{{ref}}", tags=["runs"])
+    @requires("reader")
+    def get_run(request: Request, ref: str) -> dict[str, Any]:
+        """One run, by number, name or a unique prefix of its id."""
+        return wire.run_out(server.run_for(request, ref))
+
+    @app.get(f"{v1}/runs/{{ref}}/children", tags=["lineage"])
+    @requires("reader")
+    def children(request: Request, ref: str) -> list[dict[str, Any]]:
+        """Runs launched as reruns of this one."""
+        run = server.run_for(request, ref)
+        return [wire.run_out(r) for r in store.children_of(run.number)]
+
+    @app.get(f"{v1}/runs/{{ref}}/inputs", tags=["lineage"])
+    @requires("reader")
+    def inputs(request: Request, ref: str) -> list[dict[str, Any]]:
+        """What the run read: artifacts of other runs, datasets and paths, by content hash."""
+        run = server.run_for(request, ref)
+        return [wire.plain_out(i) for i in store.inputs_of(run.number)]
+
+    @app.patch(f"{v1}/runs/{{ref}}", tags=["runs"])
+    @requires("writer")
+    def patch_run(request: Request, ref: str, change: RunChange) -> dict[str, Any]:
+        """Rename a run, change its labels, replace or extend its notes."""
+        from runyard.names import validate_run_name
+        from runyard.store.api import RunPatch
+
+        run = server.run_for(request, ref)
+        if change.name is not None:
+            validate_run_name(change.name)
+        if change.name is not None or change.notes is not None:
+            run = store.update_run(run.number, RunPatch(name=change.name, notes=change.notes))
+        if change.add_labels or change.remove_labels:
+            run = store.set_labels(run.number, change.add_labels, change.remove_labels)
+        if change.append_note:
+            run = store.append_note(run.number, change.append_note)
+        server.hub.publish(run.number, run.project)
+        return wire.run_out(run)
+
+    @app.post(f"{v1}/runs/{{ref}}/stop", tags=["execution"])
+    @requires("writer")
+    def stop(request: Request, ref: str) -> dict[str, Any]:
+        """Stop a queued or running run (SIGTERM to its supervisor, SIGKILL after the grace period)."""
+        from runyard.exec.control import stop_run
+
+        run = server.run_for(request, ref)
+        message = stop_run(store, server.settings.home, run)
+        server.hub.publish(run.number, run.project)
+        return {"message": message, "run": wire.run_out(store.get_run(run.number))}
+
+    @app.post(f"{v1}/runs/{{ref}}/rerun", tags=["execution"])
+    @requires("writer")
+    def rerun(request: Request, ref: str, body: Rerun | None = None) -> dict[str, Any]:
+        """Queue the run's launch again with the same code snapshot, optionally with changed params."""
+        from runyard.exec.control import rerun as queue_again
+
+        body = body or Rerun(name=None)
+        parent = server.run_for(request, ref)
+        number = queue_again(server.settings, parent, body.params, body.name, server.settings.home)
+        return {"number": number, "run": wire.run_out(store.get_run(number))}
+
+    @app.post(f"{v1}/runs/{{ref}}/lost", tags=["ingest"])
+    @requires("writer")
+    def lost(request: Request, ref: str, body: Lost) -> dict[str, Any]:
+        """Mark a run lost: its process died without saying how it ended (sent by shippers)."""
+        run = server.run_for(request, ref)
+        changed = store.mark_lost(run.id, body.message)
+        server.hub.publish(run.number, run.project)
+        return {"changed": changed}
+
+    @app.get(f"{v1}/runs/{{ref}}/metrics", tags=["metrics"])
+    @requires("reader")
+    def metrics(request: Request, ref: str) -> list[dict[str, Any]]:
+        """The run's metric series: point counts, step range and last value."""
+        run = server.run_for(request, ref)
+        return [wire.plain_out(s) for s in store.list_series(run.number)]
+
+    @app.get(f"{v1}/runs/{{ref}}/metrics/{{key:path}}", tags=["metrics"])
+    @requires("reader")
+    def envelope(request: Request, ref: str, key: str, buckets: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+                 start: int | None = None, end: int | None = None) -> dict[str, Any]:
+        """The exact envelope of a series: per bucket its step range, min, max, mean, last and counts."""
+        run = server.run_for(request, ref)
+        return {"key": key, **wire.envelope_out(store.envelope(run.number, key, buckets, start, end))}
+
+    @app.get(f"{v1}/runs/{{ref}}/points/{{key:path}}", tags=["metrics"])
+    @requires("reader")
+    def points(request: Request, ref: str, key: str, start: int | None = None, end: int | None = None) -> Response:
+        """Every point of a series in a step range: msgpack with little-endian int64/float64 arrays
+        (``step``, ``time``, ``value``), or JSON lists when the client does not accept msgpack."""
+        run = server.run_for(request, ref)
+        pts = store.history(run.number, key, start, end)
+        if wire.MSGPACK in request.headers.get("accept", ""):
+            return Response(msgpack.packb(wire.points_out(pts)), media_type=wire.MSGPACK)
+        return JSONResponse({"step": pts.steps.tolist(), "time": pts.times.tolist(),
+                             "value": wire.plain(pts.values.tolist())})
+
+    @app.get(f"{v1}/runs/{{ref}}/logs", tags=["logs"])
+    @requires("reader")
+    def logs(request: Request, ref: str, after: Annotated[int, Query(ge=0)] = 0,
+             limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+             tail: Annotated[int | None, Query(ge=1, le=10_000)] = None) -> list[dict[str, Any]]:
+        """Log lines after the line id ``after`` (or the last ``tail`` lines)."""
+        run = server.run_for(request, ref)
+        lines = store.tail_logs(run.number, tail) if tail is not None else store.read_logs(run.number, after, limit)
+        return [wire.plain_out(line) for line in lines]
+
+    @app.get(f"{v1}/runs/{{ref}}/artifacts", tags=["artifacts"])
+    @requires("reader")
+    def artifacts(request: Request, ref: str,
+                  prefix: Annotated[str, Query(max_length=1024)] = "") -> list[dict[str, Any]]:
+        """The run's artifacts (path, size, sha256)."""
+        run = server.run_for(request, ref)
+        return [wire.plain_out(a) for a in store.list_artifacts(run.number, prefix)]
+
+    @app.get(f"{v1}/runs/{{ref}}/artifacts/{{path:path}}", tags=["artifacts"])
+    @requires("reader")
+    def download(request: Request, ref: str, path: str) -> Response:
+        """An artifact's content, as an attachment; honours one ``Range: bytes=`` range."""
+        run = server.run_for(request, ref)
+        path = _artifact_path(path)
+        entry = next((a for a in store.list_artifacts(run.number, path) if a.path == path), None)
+        if entry is None:
+            raise NotFound(f"run {run.number} has no artifact {path!r}")
+        start, end, status = 0, entry.size, 200
+        headers = {"content-disposition": f"attachment; filename*=UTF-8''{_quote(path.rsplit('/', 1)[-1])}",
+                   "accept-ranges": "bytes", "etag": f'"{entry.sha256}"'}
+        if (wanted := request.headers.get("range")) is not None:
+            span = _parse_range(wanted, entry.size)
+            if span is None:
+                return Response(status_code=416, headers={"content-range": f"bytes */{entry.size}"})
+            (start, end), status = span, 206
+            headers["content-range"] = f"bytes {start}-{end - 1}/{entry.size}"
+        headers["content-length"] = str(end - start)
+        return StreamingResponse(_read_span(server.artifacts, entry.content_ref, start, end), status_code=status,
+                                 media_type="application/octet-stream", headers=headers)
+
+    @app.put(f"{v1}/runs/{{ref}}/artifacts/{{path:path}}", tags=["artifacts"],
+             openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
+                 "type": "string", "format": "binary"}}}, "required": True}})
+    @requires("writer")
+    async def upload(request: Request, ref: str, path: str) -> dict[str, Any]:
+        """Store a file as an artifact of the run (the body is its content). Where it is kept is the
+        server's choice; the path only names it within the run."""
+        run = await anyio.to_thread.run_sync(server.run_for, request, ref)
+        path = _artifact_path(path)
+        blob = await _receive_blob(request, server.artifacts)
+        entry = await anyio.to_thread.run_sync(store.record_artifact, run.number, path, blob.size, blob.sha256,
+                                               blob.content_ref)
+        return wire.plain_out(entry)
+
+    @app.put(f"{v1}/blobs/{{sha256}}", tags=["ingest"],
+             openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
+                 "type": "string", "format": "binary"}}}, "required": True}})
+    @requires("writer")
+    async def put_blob(request: Request, sha256: str) -> dict[str, Any]:
+        """Content named by its SHA-256, uploaded before the ingest batch that records it."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise InvalidArgument("a blob is named by the lowercase hex SHA-256 of its content")
+        blob = await _receive_blob(request, server.artifacts)
+        if blob.sha256 != sha256:
+            raise InvalidArgument(f"the content's SHA-256 is {blob.sha256}, not {sha256}")
+        return {"sha256": blob.sha256, "size": blob.size}
+
+    @app.get(f"{v1}/ingest/cursor", tags=["ingest"])
+    @requires("writer")
+    def cursor(run: Annotated[str, Query(max_length=64)],
+               writer: Annotated[str, Query(max_length=64)]) -> dict[str, Any]:
+        """The highest sequence number of this writer's records the server holds (-1: none)."""
+        return {"cursor": store.ingest_cursor(run, writer)}
+
+    async def ingest_route(request: Request) -> Response:
+        """Spool records from a shipper (msgpack, deflate): applied once, acknowledged by cursor."""
+        length = int(request.headers.get("content-length") or 0)
+        if length > ingest.MAX_BODY:
+            raise InvalidArgument(f"the body is larger than {ingest.MAX_BODY >> 20} MiB; send smaller batches")
+        body = await request.body()
+        if len(body) > ingest.MAX_BODY:
+            raise InvalidArgument(f"the body is larger than {ingest.MAX_BODY >> 20} MiB; send smaller batches")
+        deflated = request.headers.get("content-encoding", "") == wire.ENCODING_DEFLATE
+        run_id, writer, items = ingest.decode(body, deflated)
+        scope = _principal(request).project
+        applied = await anyio.to_thread.run_sync(ingest.apply, store, server.artifacts, run_id, writer, items, scope)
+        server.hub.publish(applied.run_number, applied.project)
+        return Response(msgpack.packb({"run_number": applied.run_number, "cursor": applied.cursor}),
+                        media_type=wire.MSGPACK)
+
+    # The hot path skips FastAPI's body parsing: a plain route, described in the OpenAPI spec by hand.
+    app.add_api_route(f"{v1}/ingest", requires("writer")(ingest_route), methods=["POST"], tags=["ingest"],
+                      openapi_extra={"requestBody": {"required": True, "content": {wire.MSGPACK: {"schema": {
+                          "type": "string", "format": "binary"}}}}})
+
+    @app.get(f"{v1}/events", tags=["events"])
+    @requires("reader")
+    async def event_stream(request: Request, run: Annotated[str | None, Query(max_length=200)] = None,
+                           project: Annotated[str | None, Query(max_length=100)] = None) -> StreamingResponse:
+        """Server-sent events: with ``run``, its metric points, log lines and status; with ``project``
+        (or neither), runs that change state."""
+        scope = _principal(request).project
+        if run is not None:
+            found = await anyio.to_thread.run_sync(server.run_for, request, run)
+            stream = events.run_stream(store, server.hub, found.number, request.is_disconnected)
+        else:
+            if scope is not None and project not in (None, scope):
+                raise NotFound(f"no project {project!r}")
+            stream = events.project_stream(store, server.hub, project or scope, request.is_disconnected)
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+    @app.get(f"{v1}/tokens", tags=["access"])
+    @requires("admin")
+    def tokens() -> list[dict[str, Any]]:
+        """Active tokens (never their secrets)."""
+        return [_token_out(t) for t in server.tokens.list()]
+
+    @app.post(f"{v1}/tokens", tags=["access"])
+    @requires("admin")
+    def create_token(body: NewToken) -> dict[str, Any]:
+        """A new token; its secret is in this response and nowhere else."""
+        info, secret = server.tokens.create(body.role, body.name, body.project)
+        return {**_token_out(info), "token": secret}
+
+    @app.delete(f"{v1}/tokens/{{ref}}", tags=["access"])
+    @requires("admin")
+    def revoke_token(ref: str) -> dict[str, Any]:
+        """Revoke a token by id, name or prefix: requests carrying it get 401 from now on."""
+        return _token_out(server.tokens.revoke(ref))
+
+
+def _token_out(t: Any) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name, "role": t.role, "project": t.project, "prefix": t.prefix,
+            "created_at": t.created_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def _read_span(artifacts: DiskArtifacts, ref: str, start: int, end: int) -> Iterator[bytes]:
+    with artifacts.open(ref) as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+async def _receive_blob(request: Request, artifacts: DiskArtifacts) -> Any:
+    """Stream the body to a temporary file in the store, then add it by content."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    tmp_dir = artifacts.root / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="upload-", delete=True) as tmp:
+        if content_type == wire.MSGPACK:
+            body = await request.body()
+            try:
+                data = msgpack.unpackb(body, raw=False)
+            except Exception:  # noqa: BLE001 - any malformed body is the client's error
+                raise InvalidArgument("a msgpack upload body must be one bin value") from None
+            if not isinstance(data, bytes):
+                raise InvalidArgument("a msgpack upload body must be one bin value")
+            tmp.write(data)
+        else:
+            async for chunk in request.stream():
+                tmp.write(chunk)
+        tmp.flush()
+        return await anyio.to_thread.run_sync(artifacts.put_file, Path(tmp.name))
+
+
+def loopback(host: str) -> bool:
+    return is_loopback(host)

@@ -1,0 +1,201 @@
+"""The server's gate: every request passes here before any handler runs.
+
+In order: the ``Host`` header must name the server (DNS rebinding), a browser's ``Origin`` must be
+the server's own (cross-site requests), state-changing requests must carry a JSON or msgpack body
+(a form or text/plain body is how a web page forges a request), the token must be valid, and the
+matched route's declared role must be within the token's. A route that declares no role is
+refused for everyone: forgetting the declaration fails closed, and a test walks every route.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+from starlette.datastructures import Headers
+from starlette.routing import Match
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from runyard.store.tokens import TokenInfo, Tokens
+
+#: The role a route needs: "public" (no token), "reader", "writer" or "admin".
+ROLE_ATTRIBUTE = "runyard_role"
+RANK = {"public": 0, "reader": 1, "writer": 2, "admin": 3}
+#: Bodies a state-changing request may carry. octet-stream is for artifact uploads: like JSON it is
+#: not a type a page can send across sites without the browser asking the server first.
+BODY_TYPES = frozenset({"application/json", "application/msgpack", "application/octet-stream"})
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def requires(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare the role a route handler needs (copied onto its route by ``declare_roles``)."""
+    if role not in RANK:
+        raise ValueError(f"unknown role {role!r}")
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, ROLE_ATTRIBUTE, role)
+        return fn
+
+    return mark
+
+
+def route_role(route: BaseRoute) -> str | None:
+    role = getattr(route, ROLE_ATTRIBUTE, None)
+    if role is None:
+        role = getattr(getattr(route, "endpoint", None), ROLE_ATTRIBUTE, None)
+    return role
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Principal:
+    """Who is asking: a token, or the single local user of a server that has none."""
+
+    role: str
+    project: str | None = None
+    token_id: int | None = None
+    name: str = "local user"
+
+
+LOCAL_USER = Principal("admin")
+
+
+@dataclass
+class Policy:
+    bind_host: str
+    port: int
+    tokens: Tokens
+    #: Extra names the Host header may carry (a DNS name the server is reached by).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Seconds a "no tokens exist" answer is trusted before asking the database again.
+    tokens_check_interval: float = 1.0
+    _tokens_exist: bool = False
+    _checked_at: float = field(default=-1e9)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.bind_host)
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if not host_header:
+            return False
+        host, _, port = host_header.rpartition(":") if not host_header.endswith("]") else (host_header, "", "")
+        if not host or (port and not port.isdigit()):
+            host, port = host_header, ""
+        host = host.strip("[]").lower()
+        if port and int(port) != self.port:
+            return False
+        if host in self.allowed_hosts:
+            return True
+        if self.loopback:
+            return host in LOOPBACK_NAMES or is_loopback(host)
+        if self.bind_host in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+            return True  # any name may reach it; every request needs a token (see auth_required)
+        return host == self.bind_host.strip("[]").lower() or host in LOOPBACK_NAMES
+
+    def auth_required(self) -> bool:
+        """Off the loopback interface always; on it, once any token exists."""
+        if not self.loopback:
+            return True
+        now = time.monotonic()
+        if self._tokens_exist or now - self._checked_at < self.tokens_check_interval:
+            return self._tokens_exist
+        self._tokens_exist = self.tokens.any_active()
+        self._checked_at = now
+        return self._tokens_exist
+
+    def authenticate(self, secret: str) -> TokenInfo | None:
+        token = self.tokens.authenticate(secret)
+        if token is not None and (token.last_used_at is None or time.time() - token.last_used_at > 60):
+            self.tokens.touch(token.id)
+        return token
+
+
+async def send_error(send: Send, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+    body = orjson.dumps({"error": message, "status": status})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"x-content-type-options", b"nosniff"), *extra_headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Gate:
+    """ASGI middleware enforcing ``Policy`` in front of the app's router."""
+
+    def __init__(self, app: ASGIApp, policy: Policy, routes: Callable[[], list[BaseRoute]]) -> None:
+        self.app = app
+        self.policy = policy
+        self.routes = routes
+
+    def _match(self, scope: Scope) -> BaseRoute | None:
+        partial = None
+        for route in self.routes():
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route
+            if match is Match.PARTIAL and partial is None:
+                partial = route
+        return partial
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        policy = self.policy
+        if not policy.host_allowed(headers.get("host")):
+            await send_error(send, 400, "the Host header does not name this server")
+            return
+        origin = headers.get("origin")
+        if origin is not None and origin != f"{scope.get('scheme', 'http')}://{headers.get('host')}":
+            await send_error(send, 403, "cross-origin requests are refused")
+            return
+        route = self._match(scope)
+        role = route_role(route) if route is not None else "public"
+        principal = LOCAL_USER
+        if await anyio.to_thread.run_sync(policy.auth_required):
+            authorization = headers.get("authorization", "")
+            scheme, _, secret = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                await send_error(send, 401, "this server needs a token: send `Authorization: Bearer <token>` "
+                                 "(set RUNYARD_TOKEN; an admin creates one with `runyard token create`)",
+                                 [(b"www-authenticate", b"Bearer")])
+                return
+            token = await anyio.to_thread.run_sync(policy.authenticate, secret.strip())
+            if token is None:
+                await send_error(send, 401, "the token is unknown or revoked", [(b"www-authenticate", b"Bearer")])
+                return
+            principal = Principal(token.role, token.project, token.id, token.name)
+        if role is None:
+            await send_error(send, 403, "this route declares no access rule, so it is closed")
+            return
+        if RANK[principal.role] < RANK[role]:
+            await send_error(send, 403, f"this needs the {role} role; the token has the {principal.role} role")
+            return
+        if scope["method"] in STATE_CHANGING:
+            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type not in BODY_TYPES:
+                await send_error(send, 415, "send the body as application/json or application/msgpack")
+                return
+        state: MutableMapping[str, Any] = scope.setdefault("state", {})
+        state["principal"] = principal
+        await self.app(scope, receive, send)
+
+

@@ -1,0 +1,138 @@
+"""The HTTP API's data forms (v1), shared by the server and the client.
+
+Store values cross the wire as JSON objects with the same field names as the store's dataclasses,
+so a client rebuilds exactly what a local store returns (the CLI prints the same either way).
+Config and summary values keep NaN and the infinities through ``jsonvalues`` tags; metric points
+travel as msgpack with raw little-endian arrays, because JSON would multiply their size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from runyard.types import RunStatus
+
+if TYPE_CHECKING:
+    from runyard.store.api import ArtifactEntry, LogLine, Page, Project, Run, RunInput, SeriesInfo
+    from runyard.store.series import Envelope, Points
+
+API_PREFIX = "/api/v1"
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+#: The ingest body: a msgpack map compressed with zlib (this header says so).
+ENCODING_DEFLATE = "deflate"
+
+
+def plain(value: Any) -> Any:
+    """JSON-safe form of a value: NaN and the infinities tagged (see store/jsonvalues.py)."""
+    from runyard.store.jsonvalues import sort_literal
+
+    return sort_literal(value)
+
+
+def _unplain(value: Any) -> Any:
+    from runyard.store.jsonvalues import from_plain
+
+    return from_plain(value)
+
+
+def run_out(run: Run) -> dict[str, Any]:
+    data = dataclasses.asdict(run)
+    data["status"] = run.status.value
+    data["labels"] = list(run.labels)
+    for key in ("config", "summary", "environment", "resources", "launch"):
+        data[key] = plain(data[key])
+    return data
+
+
+def run_in(data: dict[str, Any]) -> Run:
+    from runyard.store.api import Run
+
+    fields = {f.name for f in dataclasses.fields(Run)}
+    values = {k: v for k, v in data.items() if k in fields}
+    values["status"] = RunStatus(values["status"])
+    values["labels"] = tuple(values.get("labels") or ())
+    for key in ("config", "summary", "environment", "resources", "launch"):
+        values[key] = _unplain(values.get(key))
+    if values.get("launch") is None:
+        values["launch"] = None
+    return Run(**values)
+
+
+def page_out(page: Page[Run]) -> dict[str, Any]:
+    return {"items": [run_out(r) for r in page.items], "next_cursor": page.next_cursor}
+
+
+def page_in(data: dict[str, Any]) -> Page[Run]:
+    from runyard.store.api import Page
+
+    return Page([run_in(r) for r in data["items"]], data.get("next_cursor"))
+
+
+def plain_out(value: Project | SeriesInfo | LogLine | ArtifactEntry | RunInput) -> dict[str, Any]:
+    return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
+
+
+def project_in(data: dict[str, Any]) -> Project:
+    from runyard.store.api import Project
+
+    return Project(**data)
+
+
+def series_in(data: dict[str, Any]) -> SeriesInfo:
+    from runyard.store.api import SeriesInfo
+
+    return SeriesInfo(**{**data, "last_value": _unplain(data.get("last_value"))})
+
+
+def log_in(data: dict[str, Any]) -> LogLine:
+    from runyard.store.api import LogLine
+
+    return LogLine(**data)
+
+
+def artifact_in(data: dict[str, Any]) -> ArtifactEntry:
+    from runyard.store.api import ArtifactEntry
+
+    return ArtifactEntry(**data)
+
+
+def input_in(data: dict[str, Any]) -> RunInput:
+    from runyard.store.api import RunInput
+
+    return RunInput(**data)
+
+
+ENVELOPE_FIELDS = ("start_step", "end_step", "count", "nan_count", "min", "max", "mean", "last")
+
+
+def envelope_out(envelope: Envelope) -> dict[str, Any]:
+    """Columns, one entry per bucket; non-finite floats tagged (see jsonvalues)."""
+    return {name: plain(getattr(envelope, name).tolist()) for name in ENVELOPE_FIELDS}
+
+
+def envelope_in(data: dict[str, Any]) -> Envelope:
+    import numpy as np
+
+    from runyard.store.series import Envelope
+
+    columns: dict[str, Any] = {}
+    for name in ENVELOPE_FIELDS:
+        integral = name in ("start_step", "end_step", "count", "nan_count")
+        columns[name] = np.asarray(_unplain(data[name]), dtype=np.int64 if integral else np.float64)
+    return Envelope(**columns)
+
+
+def points_out(points: Points) -> dict[str, bytes]:
+    return {"step": points.steps.astype("<i8").tobytes(), "time": points.times.astype("<f8").tobytes(),
+            "value": points.values.astype("<f8").tobytes()}
+
+
+def points_in(data: dict[str, Any]) -> Points:
+    import numpy as np
+
+    from runyard.store.series import Points
+
+    return Points(np.frombuffer(data["step"], "<i8").astype(np.int64), np.frombuffer(data["time"], "<f8").copy(),
+                  np.frombuffer(data["value"], "<f8").copy())

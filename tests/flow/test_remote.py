@@ -1,0 +1,287 @@
+"""Remote mode end to end: scripts on a "client machine" (their own home) logging to a real server
+process, through server restarts and a network that drops and delays connections."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.unit.server.conftest import LiveServer, client_env, home_env
+from tests.unit.server.conftest import live_server as live_server
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "train.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runyard.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def steps_of(server_url: str, ref: str, key: str) -> list[int]:
+    import msgpack
+    import numpy as np
+
+    r = httpx.get(f"{server_url}/api/v1/runs/{ref}/points/{key}", headers={"accept": "application/msgpack"})
+    r.raise_for_status()
+    return np.frombuffer(msgpack.unpackb(r.content)["step"], "<i8").tolist()
+
+
+def test_a_script_logs_to_the_server_and_the_cli_reads_it_like_locally(live_server: LiveServer,
+                                                                       tmp_path: Path) -> None:
+    env = client_env(tmp_path / "laptop", live_server.url)
+    path = script(tmp_path, """
+        import runyard
+        run = runyard.init(project="remote", name="r1", config={"lr": 0.1}, labels=["baseline"])
+        for i in range(30_000):
+            run.log({"loss": 1.0 / (i + 1), "acc": float("nan") if i == 7 else 0.5}, step=i)
+        print("hello from the run")
+        path = __import__("pathlib").Path("model.bin")
+        path.write_bytes(b"weights" * 1000)
+        run.log_artifact(str(path))
+        run.finish()
+    """)
+    done = subprocess.run([sys.executable, str(path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert steps_of(live_server.url, "r1", "loss") == list(range(30_000))
+    server_env = home_env(live_server.home, live_server.db_url)
+    for command in (["show", "r1"], ["ls", "--json"], ["logs", "r1"], ["show", "r1", "--json"]):
+        remote, local = cli(env, *command), cli(server_env, *command)
+        assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
+        assert remote.stdout == local.stdout, command
+    assert "hello from the run" in cli(env, "logs", "r1").stdout
+    assert cli(env, "label", "r1", "+best").returncode == 0
+    assert cli(env, "note", "r1", "shipped").returncode == 0
+    shown = json.loads(cli(server_env, "show", "r1", "--json").stdout)
+    assert "best" in shown["labels"] and "shipped" in shown["notes"] and shown["status"] == "finished"
+    copied = cli(env, "cp", "r1:model.bin", str(tmp_path / "copy.bin"))
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "copy.bin").read_bytes() == b"weights" * 1000
+    api = subprocess.run([sys.executable, "-c", "import runyard, math; r = runyard.Api().run('r1'); "
+                          "h = r.history('acc'); print(len(h), math.isnan(h.value[7]))"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert api.stdout.split() == ["30000", "True"], api.stderr
+
+
+def test_server_killed_and_restarted_mid_run_loses_and_duplicates_nothing(live_server: LiveServer,
+                                                                          tmp_path: Path) -> None:
+    env = client_env(tmp_path / "laptop", live_server.url)
+    env["RUNYARD_FINISH_TIMEOUT"] = "60"
+    flag = tmp_path / "go-on"
+    path = script(tmp_path, f"""
+        import time, pathlib, runyard
+        run = runyard.init(project="p", name="restarts")
+        flag = pathlib.Path({str(flag)!r})
+        i = 0
+        while not flag.exists() or i < 40_000:
+            run.log({{"x": float(i)}}, step=i)
+            i += 1
+            if i % 1000 == 0:
+                time.sleep(0.02)
+        run.finish()
+        print(i)
+    """)
+    child = subprocess.Popen([sys.executable, str(path)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    live_server.kill()  # mid-batch, with no warning
+    time.sleep(3.0)  # the script keeps logging; the shipper keeps retrying
+    live_server.start()
+    time.sleep(1.0)
+    live_server.kill()
+    time.sleep(1.0)
+    live_server.start()
+    flag.touch()
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0
+    logged = int(out.strip().splitlines()[-1])
+    assert steps_of(live_server.url, "restarts", "x") == list(range(logged))  # all, once, in order
+    run = httpx.get(f"{live_server.url}/api/v1/runs/restarts").json()
+    assert run["status"] == "finished" and run["summary"]["x"] == logged - 1
+
+
+class FlakyProxy:
+    """A loopback TCP proxy that refuses some connections at once, cuts the others after a random
+    lifetime (mid-request or mid-response, whatever is in flight), and delays each, with a fixed seed.
+
+    It listens on another loopback address with the server's port, so the Host header the client
+    sends (127.0.0.2:PORT) names a loopback address and the server's port, as a forwarded port would.
+    """
+
+    HOST = "127.0.0.2"
+
+    def __init__(self, target_port: int, seed: int = 7) -> None:
+        self.port = target_port
+        self.rng = random.Random(seed)
+        self.dropped = self.cut = 0
+        self._sock = socket.create_server((self.HOST, self.port))
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            if self.rng.random() < 0.2:
+                self.dropped += 1
+                conn.close()
+                continue
+            args = (conn, self.rng.uniform(0, 0.1), self.rng.uniform(0.05, 0.6))
+            threading.Thread(target=self._pipe, args=args, daemon=True).start()
+
+    def _pipe(self, conn: socket.socket, delay: float, lifetime: float) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+        except OSError:
+            conn.close()
+            return
+        time.sleep(delay)
+        done = threading.Event()
+
+        def forward(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            done.set()
+
+        threading.Thread(target=forward, args=(conn, upstream), daemon=True).start()
+        threading.Thread(target=forward, args=(upstream, conn), daemon=True).start()
+        if not done.wait(lifetime):
+            self.cut += 1  # whatever was in flight is lost; the client must notice and re-send
+        for s in (conn, upstream):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._sock.close()
+
+
+@pytest.fixture
+def proxy(live_server: LiveServer) -> Iterator[FlakyProxy]:
+    p = FlakyProxy(live_server.port)
+    yield p
+    p.close()
+
+
+@pytest.mark.engines("sqlite")
+def test_a_network_that_drops_and_delays_connections_loses_and_duplicates_nothing(
+        live_server: LiveServer, proxy: FlakyProxy, tmp_path: Path) -> None:
+    env = client_env(tmp_path / "laptop", f"http://{proxy.HOST}:{proxy.port}")
+    env["RUNYARD_FINISH_TIMEOUT"] = "90"
+    path = script(tmp_path, """
+        import time, runyard
+        run = runyard.init(project="p", name="flaky")
+        for i in range(60_000):
+            run.log({"x": float(i)}, step=i)
+            if i % 2000 == 0:
+                time.sleep(0.05)
+        run.log_artifact(__file__)
+        run.finish()
+    """)
+    done = subprocess.run([sys.executable, str(path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    sync = cli(env, "sync")
+    assert sync.returncode == 0, sync.stderr
+    assert proxy.dropped > 0 and proxy.cut > 0  # the network really misbehaved
+    assert steps_of(live_server.url, "flaky", "x") == list(range(60_000))
+    arts = httpx.get(f"{live_server.url}/api/v1/runs/flaky/artifacts").json()
+    assert [a["path"] for a in arts] == ["train.py"]
+
+
+@pytest.mark.engines("sqlite")
+def test_a_run_started_while_the_server_is_down_gets_its_number_when_it_arrives(db_url: str,
+                                                                               tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "server-home", db_url)
+    env = client_env(tmp_path / "laptop", server.url)
+    env["RUNYARD_FINISH_TIMEOUT"] = "1"
+    path = script(tmp_path, """
+        import time, runyard
+        t0 = time.monotonic()
+        run = runyard.init(project="p", name="offline")
+        for i in range(1000):
+            run.log({"x": float(i)}, step=i)
+        run.finish()
+        print(f"{time.monotonic() - t0:.2f}")
+    """)
+    done = subprocess.run([sys.executable, str(path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip()) < 5  # training never waited for the absent server
+    assert "runyard sync" in done.stderr  # and was told where its records are
+    server.start()
+    try:
+        sync = cli(env, "sync", "--json")
+        assert sync.returncode == 0, sync.stderr
+        run = httpx.get(f"{server.url}/api/v1/runs/offline").json()
+        assert run["number"] == 1 and run["status"] == "finished"
+        assert steps_of(server.url, "offline", "x") == list(range(1000))
+    finally:
+        server.kill()
+
+
+def test_a_logged_point_reaches_an_event_subscriber_within_a_second(live_server: LiveServer,
+                                                                   tmp_path: Path) -> None:
+    env = client_env(tmp_path / "laptop", live_server.url)
+    path = script(tmp_path, """
+        import sys, time, runyard
+        run = runyard.init(project="p", name="live")
+        run.log({"t": time.time()}, step=0)
+        for line in sys.stdin:          # one point per line the test sends
+            run.log({"t": time.time()}, step=int(line))
+        run.finish()
+    """)
+    child = subprocess.Popen([sys.executable, str(path)], env=env, cwd=tmp_path, stdin=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{live_server.url}/api/v1/runs/live").status_code == 404:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        delays: list[float] = []
+        with httpx.stream("GET", f"{live_server.url}/api/v1/events", params={"run": "live"}, timeout=30) as events:
+            assert child.stdin is not None
+            kind = None
+            sent = 0
+            for line in events.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind == "run" and sent == 0:
+                    sent = 1
+                    child.stdin.write("1\n")
+                    child.stdin.flush()
+                elif line.startswith("data: ") and kind == "metric":
+                    data = json.loads(line[6:])
+                    now = time.time()
+                    delays += [now - v for s, v in zip(data["step"], data["value"], strict=True) if s >= 1]
+                    if len(delays) >= 5:
+                        break
+                    sent += 1
+                    child.stdin.write(f"{sent}\n")
+                    child.stdin.flush()
+        assert len(delays) >= 5 and max(delays) < 1.0, delays
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(60)

@@ -1,0 +1,134 @@
+"""Server fixtures: the app in-process (``api``), and a real server process (``live_server``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from runyard.config import resolve
+from runyard.server.app import create_app
+from runyard.store.home import Opened, open_store
+from runyard.store.migrate import upgrade
+
+BASE = "http://127.0.0.1:8765"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    """The app in this process, on a store of one engine."""
+
+    client: TestClient
+    opened: Opened
+    home: Path
+
+    @property
+    def store(self):  # type: ignore[no-untyped-def]
+        return self.opened.store
+
+
+def home_env(home: Path, db_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    env.update({"RUNYARD_HOME": str(home), "RUNYARD_DB": db_url, "RUNYARD_SYSTEM_INTERVAL": "0"})
+    return env
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[Served]:
+    home = tmp_path / "server-home"
+    settings = resolve(environ=home_env(home, db_url), cwd=tmp_path)
+    if db_url.startswith("postgresql"):
+        from runyard.store.engine import create_engine
+
+        engine = create_engine(db_url)
+        upgrade(engine)
+        engine.dispose()
+    opened = open_store(settings)
+    app = create_app(settings, opened.store, opened.artifacts, "127.0.0.1", 8765)
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
+        yield Served(client, opened, home)
+    opened.close()
+
+
+@dataclass
+class LiveServer:
+    """``runyard server`` in a child process; ``restart()`` kills it and starts it again on the same port."""
+
+    home: Path
+    db_url: str
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.log = self.home.parent / f"server-{self.port}.log"
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "runyard.cli.main", "server", "--host", self.host, "--port", str(self.port)],
+                env=home_env(self.home, self.db_url), stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=1.0).status_code in (200, 401):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@pytest.fixture
+def live_server(db_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    if db_url.startswith("postgresql"):
+        from runyard.store.engine import create_engine
+
+        engine = create_engine(db_url)
+        upgrade(engine)
+        engine.dispose()
+    server = LiveServer(tmp_path / "server-home", db_url)
+    server.start()
+    yield server
+    server.kill()
+
+
+def client_env(home: Path, server_url: str, token: str | None = None) -> dict[str, str]:
+    """Environment of a client machine: its own home, logging to the server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    env.update({"RUNYARD_HOME": str(home), "RUNYARD_SERVER": server_url, "RUNYARD_SYSTEM_INTERVAL": "0"})
+    if token:
+        env["RUNYARD_TOKEN"] = token
+    return env
