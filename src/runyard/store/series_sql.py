@@ -8,6 +8,7 @@ rolled up), so the number of blocks per level is derived, never stored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -135,79 +136,157 @@ def _first_ordinal_reaching(conn: Connection, series_id: int, level: int, step: 
 
 def append(conn: Connection, row: SeriesRow, new: Points, chunk_points: int = CHUNK_POINTS) -> SeriesRow:
     """Add points to a series (inside the caller's write transaction); returns the updated row."""
-    if len(new) == 0:
-        return row
-    n = row.chunk_count
-    first_new = int(new.steps[0])
-    if n == 0:
-        j = 0
-    elif row.last_step is not None and first_new >= row.last_step:
-        # Appending: rewrite the tail chunk if it has room, or if it ends with the step we continue.
-        tail = conn.execute(
-            sa.select(_B.point_count, _B.last_step).where(_B.series_id == row.id, _B.level == 0, _B.ordinal == n - 1)
-        ).one()
-        j = n - 1 if (tail.point_count < chunk_points or tail.last_step == first_new) else n
+    return append_many(conn, [(row, new)], chunk_points)[0]
+
+
+def append_many(conn: Connection, items: Sequence[tuple[SeriesRow, Points]],
+                chunk_points: int = CHUNK_POINTS) -> list[SeriesRow]:
+    """Add points to several series (inside the caller's write transaction); returns the updated rows.
+
+    The statements are the same few whatever the number of series (statements, not rows, are what
+    an append pays for, above all over a network): per series, only the suffix the new points touch
+    is rewritten, in the common case (steps increasing) the last, partly filled chunk."""
+    out = [row for row, _ in items]
+    work = [(i, row, new) for i, (row, new) in enumerate(items) if len(new)]
+    if not work:
+        return out
+    starts = _rewrite_starts(conn, [(row, new) for _, row, new in work], chunk_points)
+    old = _decode_ranges(conn, {row.id: (starts[row.id], row.chunk_count - 1) for _, row, _ in work
+                                if starts[row.id] < row.chunk_count})
+    plans = []
+    for i, row, new in work:
+        j = starts[row.id]
+        merged = old[row.id].concat(new) if row.id in old else new
+        pieces = merged.chunks(chunk_points)
+        plans.append((i, row, new, j, merged, pieces, [Stats.of(piece) for piece in pieces]))
+    wanted = [w for _, row, _, j, _, pieces, _ in plans
+              for w in _children_wanted(row.id, j, level_counts(row.chunk_count), level_counts(j + len(pieces)))]
+    old_children = _read_blocks(conn, wanted)
+    chunk_rows: list[dict[str, object]] = []
+    block_rows: list[dict[str, object]] = []
+    updates: list[dict[str, object]] = []
+    for i, row, new, j, merged, pieces, stats in plans:
+        new_n = j + len(pieces)
+        chunk_rows += [{"series_id": row.id, "ordinal": j + k, "data": encode_chunk(p)} for k, p in enumerate(pieces)]
+        block_rows += [_block_row(row.id, 0, j + k, st) for k, st in enumerate(stats)]
+        block_rows += _roll_up(row.id, j, level_counts(row.chunk_count), level_counts(new_n), stats, old_children)
+        first_step = int(new.steps[0]) if row.first_step is None else min(row.first_step, int(new.steps[0]))
+        last = len(merged) - 1
+        updates.append({"b_id": row.id, "b_count": row.count + len(new), "b_first": first_step,
+                        "b_last": int(merged.steps[last]), "b_value": _nan_to_null(float(merged.values[last])),
+                        "b_time": float(merged.times[last]), "b_chunks": new_n})
+        out[i] = SeriesRow(row.id, row.count + len(new), first_step, int(merged.steps[last]), new_n)
+    c = metric_chunks.c
+    conn.execute(sa.delete(metric_chunks).where(sa.or_(*(
+        sa.and_(c.series_id == row.id, c.ordinal >= j) for _, row, _, j, *_ in plans))))
+    conn.execute(sa.delete(metric_blocks).where(sa.or_(*(
+        sa.and_(_B.series_id == row.id, _B.level == level, _B.ordinal >= j // FANOUT**level)
+        for _, row, _, j, *_ in plans for level in range(len(level_counts(row.chunk_count)))))))
+    conn.execute(sa.insert(metric_chunks), chunk_rows)
+    conn.execute(sa.insert(metric_blocks), block_rows)
+    s = metric_series.c
+    conn.execute(
+        sa.update(metric_series).where(s.id == sa.bindparam("b_id")).values(
+            point_count=sa.bindparam("b_count"), first_step=sa.bindparam("b_first"), last_step=sa.bindparam("b_last"),
+            last_value=sa.bindparam("b_value"), last_time=sa.bindparam("b_time"), chunk_count=sa.bindparam("b_chunks")),
+        updates,
+    )
+    return out
+
+
+def _rewrite_starts(conn: Connection, work: list[tuple[SeriesRow, Points]], chunk_points: int) -> dict[int, int]:
+    """Per series, the ordinal of the first chunk to rewrite."""
+    appending = [row for row, new in work
+                 if row.chunk_count and row.last_step is not None and int(new.steps[0]) >= row.last_step]
+    tails = {}
+    if appending:
+        rows = conn.execute(sa.select(_B.series_id, _B.point_count, _B.last_step).where(_B.level == 0, sa.or_(*(
+            sa.and_(_B.series_id == row.id, _B.ordinal == row.chunk_count - 1) for row in appending))))
+        tails = {r.series_id: r for r in rows}
+    starts = {}
+    for row, new in work:
+        n, first_new = row.chunk_count, int(new.steps[0])
+        if n == 0:
+            starts[row.id] = 0
+        elif row.id in tails:
+            # Appending: rewrite the tail chunk if it has room, or if it ends with the step we continue.
+            tail = tails[row.id]
+            starts[row.id] = n - 1 if (tail.point_count < chunk_points or tail.last_step == first_new) else n
+        else:
+            reached = _first_ordinal_reaching(conn, row.id, 0, first_new)
+            starts[row.id] = n - 1 if reached is None else reached
+    return starts
+
+
+def _decode_ranges(conn: Connection, ranges: dict[int, tuple[int, int]]) -> dict[int, Points]:
+    """The points of chunks first..last of each series, read in one query."""
+    if not ranges:
+        return {}
+    blobs: dict[int, list[bytes]] = {sid: [] for sid in ranges}
+    if conn.dialect.name == "postgresql":
+        where = " OR ".join(["(series_id = %s AND ordinal >= %s AND ordinal <= %s)"] * len(ranges))
+        params = [x for sid, (first, last) in ranges.items() for x in (sid, first, last)]
+        with conn.connection.driver_connection.cursor(binary=True) as cur:  # type: ignore[union-attr]
+            cur.execute(f"SELECT series_id, data FROM metric_chunks WHERE {where} ORDER BY series_id, ordinal",
+                        params)
+            for sid, data in cur.fetchall():
+                blobs[sid].append(bytes(data))
     else:
-        reached = _first_ordinal_reaching(conn, row.id, 0, first_new)
-        j = n - 1 if reached is None else reached
-    old = _decode_range(conn, row.id, j, n - 1) if j < n else Points.empty()
-    merged = old.concat(new)
-    pieces = merged.chunks(chunk_points)
+        c = metric_chunks.c
+        rows = conn.execute(sa.select(c.series_id, c.data).where(sa.or_(*(
+            sa.and_(c.series_id == sid, c.ordinal >= first, c.ordinal <= last)
+            for sid, (first, last) in ranges.items()))).order_by(c.series_id, c.ordinal))
+        for sid, data in rows:
+            blobs[sid].append(bytes(data))
+    out = {}
+    for sid, parts in blobs.items():
+        decoded = [decode_chunk(b) for b in parts]
+        out[sid] = Points.empty() if not decoded else decoded[0] if len(decoded) == 1 else Points(
+            np.concatenate([p.steps for p in decoded]), np.concatenate([p.times for p in decoded]),
+            np.concatenate([p.values for p in decoded]))
+    return out
 
-    old_counts = level_counts(n)
-    conn.execute(sa.delete(metric_chunks).where(metric_chunks.c.series_id == row.id, metric_chunks.c.ordinal >= j))
-    for level in range(len(old_counts)):
-        conn.execute(
-            sa.delete(metric_blocks).where(
-                _B.series_id == row.id, _B.level == level, _B.ordinal >= j // FANOUT**level
-            )
-        )
-    conn.execute(
-        sa.insert(metric_chunks),
-        [{"series_id": row.id, "ordinal": j + i, "data": encode_chunk(p)} for i, p in enumerate(pieces)],
-    )
-    stats = [Stats.of(p) for p in pieces]
-    conn.execute(sa.insert(metric_blocks), [_block_row(row.id, 0, j + i, s) for i, s in enumerate(stats)])
 
-    new_n = j + len(pieces)
-    new_counts = level_counts(new_n)
+def _retained(level: int, j: int, old_counts: list[int]) -> int:
+    """Blocks of ``level`` that stay as they are when chunks from ordinal ``j`` on are rewritten."""
+    return min(old_counts[level], j // FANOUT**level) if level < len(old_counts) else 0
+
+
+def _children_wanted(series_id: int, j: int, old_counts: list[int],
+                     new_counts: list[int]) -> list[tuple[int, int, int, int]]:
+    """(series, level, from, to) of the old blocks that share a rebuilt group with new ones (fewer
+    than FANOUT per level)."""
+    wanted = []
     for level in range(1, len(new_counts)):
-        kept = min(old_counts[level] if level < len(old_counts) else 0, j // FANOUT**level)
-        if kept >= new_counts[level]:
-            continue
-        children = conn.execute(
-            sa.select(*_STAT_COLUMNS)
-            .where(
-                _B.series_id == row.id, _B.level == level - 1,
-                _B.ordinal >= kept * FANOUT, _B.ordinal < new_counts[level] * FANOUT,
-            )
-            .order_by(_B.ordinal)
-        ).all()
-        child_stats = [_stats_of_row(c) for c in children]
-        conn.execute(
-            sa.insert(metric_blocks),
-            [
-                _block_row(row.id, level, kept + g,
-                           Stats.merge(child_stats[g * FANOUT : (g + 1) * FANOUT]))
-                for g in range(new_counts[level] - kept)
-            ],
-        )
+        lo, hi = _retained(level, j, old_counts) * FANOUT, _retained(level - 1, j, old_counts)
+        if lo < hi:
+            wanted.append((series_id, level - 1, lo, hi))
+    return wanted
 
-    first_step = first_new if row.first_step is None else min(row.first_step, first_new)
-    last = len(merged) - 1
-    conn.execute(
-        sa.update(metric_series)
-        .where(metric_series.c.id == row.id)
-        .values(
-            point_count=row.count + len(new),
-            first_step=first_step,
-            last_step=int(merged.steps[last]),
-            last_value=_nan_to_null(float(merged.values[last])),
-            last_time=float(merged.times[last]),
-            chunk_count=new_n,
-        )
-    )
-    return SeriesRow(row.id, row.count + len(new), first_step, int(merged.steps[last]), new_n)
+
+def _read_blocks(conn: Connection, wanted: list[tuple[int, int, int, int]]) -> dict[tuple[int, int, int], Stats]:
+    if not wanted:
+        return {}
+    rows = conn.execute(sa.select(_B.series_id, _B.level, _B.ordinal, *_STAT_COLUMNS).where(sa.or_(*(
+        sa.and_(_B.series_id == sid, _B.level == level, _B.ordinal >= lo, _B.ordinal < hi)
+        for sid, level, lo, hi in wanted))))
+    return {(r.series_id, r.level, r.ordinal): _stats_of_row(r) for r in rows}
+
+
+def _roll_up(series_id: int, j: int, old_counts: list[int], new_counts: list[int], new_chunks: list[Stats],
+             old: dict[tuple[int, int, int], Stats]) -> list[dict[str, object]]:
+    """Rows of the level >= 1 blocks that change, computed level by level in memory."""
+    current = {j + i: s for i, s in enumerate(new_chunks)}
+    out: list[dict[str, object]] = []
+    for level in range(1, len(new_counts)):
+        below = current
+        current = {}
+        for g in range(_retained(level, j, old_counts), new_counts[level]):
+            children = [below[o] if o in below else old[(series_id, level - 1, o)]
+                        for o in range(g * FANOUT, (g + 1) * FANOUT)]
+            current[g] = Stats.merge(children)
+            out.append(_block_row(series_id, level, g, current[g]))
+    return out
 
 
 _Row = tuple[int, int, int, int, int, float | None, float | None, float | None, float | None]

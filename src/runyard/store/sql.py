@@ -254,19 +254,6 @@ class SqlStore:
 
     # -- metric series ----------------------------------------------------------------------------
 
-    def _locked_series(self, conn: Connection, run: int, key: str) -> series_sql.SeriesRow:
-        """The series row, created if new, locked until the transaction ends."""
-        self._insert_ignore(
-            conn, metric_series, {"run_number": run, "key": key, "point_count": 0, "chunk_count": 0},
-            ["run_number", "key"],
-        )
-        row = conn.execute(
-            sa.select(_S.id, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
-            .where(_S.run_number == run, _S.key == key)
-            .with_for_update()
-        ).one()
-        return series_sql.SeriesRow(row.id, row.point_count, row.first_step, row.last_step, row.chunk_count)
-
     def append_points(self, run: int, series: Mapping[str, Points]) -> None:
         """Add points to several series of a run in one transaction."""
         for key in series:
@@ -276,9 +263,29 @@ class SqlStore:
             self._append_points(conn, run, series)
 
     def _append_points(self, conn: Connection, run: int, series: Mapping[str, Points]) -> None:
-        for key in sorted(series):  # a fixed order: concurrent writers lock series alike
-            row = self._locked_series(conn, run, key)
-            series_sql.append(conn, row, series[key], self.chunk_points)
+        keys = sorted(series)  # a fixed order: concurrent writers lock series alike
+        rows = self._locked_series_many(conn, run, keys)
+        series_sql.append_many(conn, [(rows[key], series[key]) for key in keys], self.chunk_points)
+
+    def _locked_series_many(self, conn: Connection, run: int, keys: Sequence[str]) -> dict[str, series_sql.SeriesRow]:
+        """The rows of these series of a run, created if new, locked until the transaction ends."""
+        values = [{"run_number": run, "key": key, "point_count": 0, "chunk_count": 0} for key in keys]
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(metric_series).values(values).on_conflict_do_nothing(
+                index_elements=["run_number", "key"]))
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            conn.execute(sqlite_insert(metric_series).values(values).on_conflict_do_nothing(
+                index_elements=["run_number", "key"]))
+        found = conn.execute(
+            sa.select(_S.id, _S.key, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
+            .where(_S.run_number == run, _S.key.in_(keys)).order_by(_S.key).with_for_update()
+        )
+        return {r.key: series_sql.SeriesRow(r.id, r.point_count, r.first_step, r.last_step, r.chunk_count)
+                for r in found}
 
     def list_series(self, run: int) -> list[SeriesInfo]:
         with self._read() as conn:
@@ -451,6 +458,20 @@ class SqlStore:
                 .where(_R.id == run_id, c.writer == writer)
             ).scalar()
         return -1 if seq is None else int(seq)
+
+    def ingest_state(self, run_id: str, writer: str) -> tuple[int, int | None, str | None]:
+        """One query for an ingest route: (cursor of ``writer`` or -1, the run's number, its project),
+        the last two None when no run has this id."""
+        c = ingest_cursors.c
+        stmt = (sa.select(_R.number, projects.c.name, c.seq)
+                .select_from(runs.join(projects, projects.c.id == _R.project_id)
+                             .outerjoin(ingest_cursors, sa.and_(c.run_number == _R.number, c.writer == writer)))
+                .where(_R.id == run_id))
+        with self._read() as conn:
+            row = conn.execute(stmt).one_or_none()
+        if row is None:
+            return -1, None, None
+        return (-1 if row.seq is None else int(row.seq)), int(row.number), str(row.name)
 
     def ingest(self, batch: IngestBatch) -> IngestResult:
         """Apply a batch of spool records in one transaction, exactly once (see ``IngestBatch``)."""
