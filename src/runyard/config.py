@@ -87,7 +87,7 @@ def _parse_ray(raw: str, base: Path) -> str:
     if address == "auto":
         return address
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise ValueError("expected host:port, ray://host:port or auto")
     return address
 
@@ -112,13 +112,13 @@ def _parse_seconds(raw: str, base: Path) -> str:
 
 
 def _parse_count(raw: str, base: Path) -> str:
-    if not raw.isdigit() or int(raw) < 1000:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1000:
         raise ValueError("expected a whole number of at least 1000")
     return raw
 
 
 def _parse_slots(raw: str, base: Path) -> str:
-    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1024:
         raise ValueError("expected a whole number from 1 to 1024")
     return raw
 

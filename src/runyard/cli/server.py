@@ -45,8 +45,10 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
         print(f"runyard server on http://{shown}:{port}  ({auth})\n  database  {_public_db(settings.db)}\n"
               f"  artifacts {settings.artifacts}\n  API       http://{shown}:{port}/api/v1  "
               f"(spec: /api/openapi.json)", flush=True)
+        # h11, not httptools: httptools drops a "#fragment" from the request target before the app can
+        # see it, so "a#/../x" would arrive as "a"; h11 hands the target over as sent, and the app refuses it.
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=2, server_header=False)
+                                timeout_graceful_shutdown=2, server_header=False, http="h11")
         uvicorn.Server(config).run()
         return 0
     finally:

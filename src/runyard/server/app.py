@@ -382,7 +382,9 @@ def _routes(app: FastAPI, server: Server) -> None:
         if (wanted := request.headers.get("range")) is not None:
             span = _parse_range(wanted, entry.size)
             if span is None:
-                return Response(status_code=416, headers={"content-range": f"bytes */{entry.size}"})
+                refused = _error(416, f"that byte range cannot be satisfied: the artifact has {entry.size} bytes")
+                refused.headers["content-range"] = f"bytes */{entry.size}"
+                return refused
             (start, end), status = span, 206
             headers["content-range"] = f"bytes {start}-{end - 1}/{entry.size}"
         headers["content-length"] = str(end - start)
@@ -418,10 +420,12 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     @app.get(f"{v1}/ingest/cursor", tags=["ingest"])
     @requires("writer")
-    def cursor(run: Annotated[str, Query(max_length=64)],
+    def cursor(request: Request, run: Annotated[str, Query(max_length=64)],
                writer: Annotated[str, Query(max_length=64)]) -> dict[str, Any]:
         """The highest sequence number of this writer's records the server holds (-1: none)."""
-        return {"cursor": store.ingest_cursor(run, writer)}
+        cursor, _, project = store.ingest_state(run, writer)
+        scope = _principal(request).project
+        return {"cursor": -1 if scope is not None and project not in (None, scope) else cursor}
 
     async def ingest_route(request: Request) -> Response:
         """Spool records from a shipper (msgpack, deflate): applied once, acknowledged by cursor."""
@@ -432,9 +436,13 @@ def _routes(app: FastAPI, server: Server) -> None:
         if len(body) > ingest.MAX_BODY:
             raise InvalidArgument(f"the body is larger than {ingest.MAX_BODY >> 20} MiB; send smaller batches")
         deflated = request.headers.get("content-encoding", "") == wire.ENCODING_DEFLATE
-        run_id, writer, items = ingest.decode(body, deflated)
         scope = _principal(request).project
-        applied = await anyio.to_thread.run_sync(ingest.apply, store, server.artifacts, run_id, writer, items, scope)
+
+        def decode_and_apply() -> ingest.Applied:  # off the event loop: streams keep flowing meanwhile
+            run_id, writer, items = ingest.decode(body, deflated)
+            return ingest.apply(store, server.artifacts, run_id, writer, items, scope)
+
+        applied = await anyio.to_thread.run_sync(decode_and_apply)
         server.hub.publish(applied.run_number, applied.project)
         return Response(msgpack.packb({"run_number": applied.run_number, "cursor": applied.cursor}),
                         media_type=wire.MSGPACK)
@@ -463,21 +471,29 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     @app.get(f"{v1}/tokens", tags=["access"])
     @requires("admin")
-    def tokens() -> list[dict[str, Any]]:
-        """Active tokens (never their secrets)."""
-        return [_token_out(t) for t in server.tokens.list()]
+    def tokens(request: Request) -> list[dict[str, Any]]:
+        """Active tokens (never their secrets); an admin of one project sees that project's."""
+        scope = _principal(request).project
+        return [_token_out(t) for t in server.tokens.list() if scope is None or t.project == scope]
 
     @app.post(f"{v1}/tokens", tags=["access"])
     @requires("admin")
-    def create_token(body: NewToken) -> dict[str, Any]:
-        """A new token; its secret is in this response and nowhere else."""
-        info, secret = server.tokens.create(body.role, body.name, body.project)
+    def create_token(request: Request, body: NewToken) -> dict[str, Any]:
+        """A new token; its secret is in this response and nowhere else. An admin of one project
+        makes tokens of that project only."""
+        scope = _principal(request).project
+        if scope is not None and body.project not in (None, scope):
+            raise AccessDenied(f"this token administers project {scope} only")
+        info, secret = server.tokens.create(body.role, body.name, scope or body.project)
         return {**_token_out(info), "token": secret}
 
     @app.delete(f"{v1}/tokens/{{ref}}", tags=["access"])
     @requires("admin")
-    def revoke_token(ref: str) -> dict[str, Any]:
+    def revoke_token(request: Request, ref: str) -> dict[str, Any]:
         """Revoke a token by id, name or prefix: requests carrying it get 401 from now on."""
+        scope = _principal(request).project
+        if scope is not None and server.tokens.find(ref).project != scope:
+            raise NotFound(f"no token {ref!r} (see `runyard token list`)")
         return _token_out(server.tokens.revoke(ref))
 
 
@@ -493,15 +509,22 @@ def _quote(name: str) -> str:
 
 
 def _read_span(artifacts: DiskArtifacts, ref: str, start: int, end: int) -> Iterator[bytes]:
-    with artifacts.open(ref) as f:
-        f.seek(start)
-        left = end - start
-        while left > 0:
-            chunk = f.read(min(left, 1 << 20))
-            if not chunk:
-                return
-            left -= len(chunk)
-            yield chunk
+    """The bytes ``start``..``end`` of a blob. Opened here, before the response starts, so a blob that
+    is missing or refused (a symlink out of the store) is a 404 or 400, not a truncated 200."""
+    f = artifacts.open(ref)
+
+    def chunks() -> Iterator[bytes]:
+        with f:
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                yield chunk
+
+    return chunks()
 
 
 async def _receive_blob(request: Request, artifacts: DiskArtifacts) -> Any:

@@ -97,7 +97,7 @@ class Policy:
         if not host_header:
             return False
         host, _, port = host_header.rpartition(":") if not host_header.endswith("]") else (host_header, "", "")
-        if not host or (port and not port.isdigit()):
+        if not host or (port and not (port.isascii() and port.isdigit())):
             host, port = host_header, ""
         host = host.strip("[]").lower()
         if port and int(port) != self.port:

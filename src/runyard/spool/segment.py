@@ -45,7 +45,7 @@ def parse_segment_name(name: str) -> tuple[str, int] | None:
     if not name.endswith(SUFFIX):
         return None
     writer, _, index = name[: -len(SUFFIX)].rpartition("-")
-    if not writer or not index.isdigit():
+    if not writer or not (index.isascii() and index.isdigit()):
         return None
     return writer, int(index)
 

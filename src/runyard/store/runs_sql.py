@@ -75,7 +75,7 @@ def resolve_ref(conn: Connection, ref: str | int) -> int:
     text = str(ref).strip()
     if not text:
         raise InvalidArgument("empty run reference; give a run number, name or id prefix")
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "²" is a digit to isdigit(), not to int()
         number = conn.execute(sa.select(_R.number).where(_R.number == int(text))).scalar()
         if number is None:
             raise NotFound(f"no run number {text}")

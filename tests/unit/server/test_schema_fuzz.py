@@ -60,6 +60,6 @@ schema = schemathesis.openapi.from_asgi("/api/openapi.json", _seeded_app()).excl
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_request_makes_the_server_fail(case: schemathesis.Case) -> None:
     case.call_and_validate(checks=[not_a_server_error])

@@ -168,3 +168,9 @@ def test_sql_store_implements_the_store_protocol(store: SqlStore) -> None:
     assert protocol_methods <= {n for n in dir(SqlStore) if not n.startswith("_")}
     typed: Store = store  # mypy checks the structure; this checks it at run time too
     assert typed.list_projects() == []
+
+
+def test_a_reference_of_non_ascii_digits_is_not_a_number(store: SqlStore) -> None:
+    # Found by schemathesis: "²".isdigit() is true but int("²") raises.
+    with pytest.raises(NotFound):
+        store.get_run("²")
