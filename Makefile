@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/logging.py
 	$(BIN)/python bench/launch.py
+	$(BIN)/python bench/ingest.py
 
 # Side virtual environments with MLflow, wandb, Aim and tensorboardX, for bench/logging.py.
 bench-peers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,14 @@ def test_the_store_benchmark_runs(tmp_path: Path) -> None:
     )
     assert "envelope, 1 series of 50,000 points" in result.stdout
     assert (tmp_path / "out.json").read_text().startswith("[")
+
+
+def test_the_server_benchmark_runs_and_counts_every_point() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest.py"), "--quick", "--engine", "sqlite", "--json"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    report = json.loads(result.stdout[result.stdout.index("{\n"):])
+    throughput = report["figures"]["sqlite"]["throughput"]
+    assert all(r["arrived"] == r["points"] and r["cursors_short"] == 0 for r in throughput["rounds"])
+    assert report["figures"]["sqlite"]["latency"]["count"] > 0

@@ -11,6 +11,8 @@ local mode): the server keeps its own content reference, whatever the client wro
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 import zlib
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from runyard.errors import Ambiguous, Conflict, InvalidArgument, NotFound
+from runyard.errors import Conflict, InvalidArgument, NotFound
 from runyard.ingest.apply import build_batch
 from runyard.names import validate_project_name, validate_relpath
 from runyard.spool import records
@@ -65,42 +67,49 @@ def decode(body: bytes, deflated: bool) -> tuple[str, str, list[Any]]:
     return run_id, writer, items
 
 
-def _records(items: list[Any]) -> list[Any]:
-    try:
-        recs = [r if type(r) is dict else tuple(r) for r in items]
-        recs.sort(key=records.seq_of)
-        for rec in recs:
-            if type(rec) is not dict and (len(rec) < 3 or rec[1] not in records.KINDS):
-                raise InvalidArgument("a record must be a metrics map or an array [seq, kind, time, ...]")
-            seq = records.seq_of(rec)
-            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-                raise InvalidArgument("a record's sequence number must be a non-negative integer")
-    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
-        raise InvalidArgument(f"malformed spool records: {e}") from None
-    return recs
+def _records(items: list[Any]) -> tuple[list[Any], list[int]]:
+    """Records in sequence order (duplicates dropped), and their sequence numbers."""
+    recs: list[Any] = []
+    seqs: list[Any] = []
+    seq_key, kinds = records.SEQ, records.KINDS
+    for item in items:  # one pass: this runs for every record a server receives
+        if type(item) is dict:
+            seqs.append(item.get(seq_key))
+            recs.append(item)
+        elif type(item) is list and len(item) >= 3 and type(item[1]) is str and item[1] in kinds:
+            seqs.append(item[0])
+            recs.append(tuple(item))
+        else:
+            raise InvalidArgument("a record must be a metrics map or an array [seq, kind, time, ...]")
+    if not all(type(seq) is int and seq >= 0 for seq in seqs):
+        raise InvalidArgument("every record needs a sequence number, a non-negative integer")
+    if any(a >= b for a, b in itertools.pairwise(seqs)):  # shippers send them in order, once each
+        order = sorted(range(len(recs)), key=seqs.__getitem__)
+        kept = [i for n, i in enumerate(order) if n == 0 or seqs[i] != seqs[order[n - 1]]]
+        recs, seqs = [recs[i] for i in kept], [seqs[i] for i in kept]
+    return recs, seqs
 
 
 def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, items: list[Any],
           project_scope: str | None) -> Applied:
-    recs = _records(items)
-    cursor = store.ingest_cursor(run_id, writer)
-    fresh = [r for r in recs if records.seq_of(r) > cursor]
-    existing = _existing(store, run_id)
-    if existing is not None and project_scope is not None and existing.project != project_scope:
+    recs, seqs = _records(items)
+    cursor, number, project = store.ingest_state(run_id, writer)
+    if number is not None and project_scope is not None and project != project_scope:
         raise NotFound(f"no run {run_id} in project {project_scope}")
+    fresh = recs[bisect.bisect_right(seqs, cursor):]
     if not fresh:
-        return Applied(existing.number if existing else None, existing.project if existing else None, cursor)
+        return Applied(number, project, cursor)
     try:
         batch = build_batch(run_id, writer, fresh)
     except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
         raise InvalidArgument(f"malformed spool records: {e}") from None
-    if batch.start is not None:
+    if batch.start is not None and number is None:
         project = batch.start.get("project")
         if project is not None:
             validate_project_name(project)
-        if project_scope is not None and existing is None and project != project_scope:
+        if project_scope is not None and project != project_scope:
             raise NotFound(f"this token may only log to project {project_scope}")
-    elif existing is None:
+    elif number is None:
         raise Conflict(f"run {run_id} is unknown here and this batch does not start it: send its records from "
                        "the first one")
     kept = []
@@ -110,13 +119,6 @@ def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, i
             kept.append((path, int(size), sha256, Blob(sha256, int(size)).content_ref))
     batch.artifacts = kept
     result = store.ingest(batch)
-    run = store.get_run(result.run_number)
-    return Applied(result.run_number, run.project, max(cursor, batch.last_seq))
-
-
-def _existing(store: SqlStore, run_id: str) -> Any:
-    try:
-        run = store.get_run(run_id)
-    except (NotFound, Ambiguous):
-        return None
-    return run if run.id == run_id else None
+    if project is None:
+        project = store.get_run(result.run_number).project
+    return Applied(result.run_number, project, max(cursor, batch.last_seq))

@@ -1,0 +1,487 @@
+"""Server benchmark: ingest throughput over HTTP, and latency from log() to a live (SSE) subscriber.
+
+    python bench/ingest.py                    # both engines, full sizes, prints a table
+    python bench/ingest.py --quick            # small sizes: checks the benchmark itself runs
+    python bench/ingest.py --engine sqlite    # one engine (sqlite, postgresql or both)
+    python bench/ingest.py --json             # also print the figures as JSON
+
+Throughput: one `runyard server` process; 8 client processes, each with a run of its own, POST
+batches of records of 4 metrics (compressed msgpack as the shipper sends them) to /api/v1/ingest,
+one after another, for a fixed number of batches. A batch holds as many records as the shipper puts
+in one request (runyard.ingest.shipper.SHIP_CHUNK, 20,000 = 80,000 points): a server that cannot
+keep up lets every client's spool grow, so at saturation each request is that full. `--records N`
+measures smaller requests (each pays the per-request costs on fewer points). The bodies are encoded before
+the clock starts (the clients share the machine's cores with the server: what is measured is the
+server), and the figure is all points / wall time from the first send to the last acknowledgement,
+the median of 3 rounds (fresh runs each). Every run's point counts are then read back through
+/api/v1/runs/{ref}/metrics. To show where the time goes, the server process's CPU time (all its
+threads, from /proc) is reported per request and as a share of one core, with the clients' and the
+whole machine's: a server near 100% of one core is bound by its own Python code, not the clients.
+
+Latency: a client process (its own home, RUNYARD_SERVER set) logs {"t": time.time()} every 50 ms
+through the SDK: writer thread -> spool -> local agent (shipper) -> POST /ingest -> server -> SSE.
+A subscriber on /api/v1/events?run=lat records, for each point, arrival time minus the value. The
+run appears on the server with the client's first batch, and a stream sends only what arrives after
+it connects: the points of that first batch are not seen (hence "received / logged").
+
+PostgreSQL: RUNYARD_BENCH_PG (default postgresql+psycopg://postgres@127.0.0.1:5432/test); the
+benchmark works in a schema of its own and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+# This folder holds logging.py (the name the issue gives the logging benchmark), which would shadow the
+# standard library's logging module (httpx uses it) for any script run from here: take the folder off the path.
+import sys
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("RUNYARD_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+KEYS = ("loss", "acc", "lr", "grad_norm")
+CLIENTS = 8
+RECORDS_PER_BATCH = 20_000  # replaced by --records; the default is SHIP_CHUNK (checked in main)
+THROUGHPUT_TARGET = 500_000
+P50_TARGET_MS, P99_TARGET_MS = 200.0, 1000.0
+MSGPACK = "application/msgpack"
+
+
+@dataclass
+class Row:
+    benchmark: str
+    engine: str
+    target: str
+    measured: str
+    value: float | None
+    ok: bool | None
+
+
+# -- the server ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def database(engine_name: str, tmp: Path) -> Iterator[str]:
+    if engine_name == "sqlite":
+        yield f"sqlite:///{tmp / 'server-home' / 'bench.db'}"
+        return
+    from runyard.store.engine import create_engine
+    from runyard.store.migrate import upgrade
+    from runyard.store.scratch import temporary_schema
+
+    with temporary_schema(PG_URL, "runyard_bench") as url:
+        engine = create_engine(url)
+        upgrade(engine)  # the server migrates only SQLite by itself
+        engine.dispose()
+        yield url
+
+
+@dataclass
+class Served:
+    url: str
+    pid: int
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc; 0 where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(total, idle) jiffies of all cores, from /proc/stat; (0, 0) where there is none."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    return sum(values), values[3] + values[4]
+
+
+@contextmanager
+def server(db_url: str, tmp: Path, timeout: float = 30.0) -> Iterator[Served]:
+    """A `runyard server` child process in a session of its own; kills its process group afterwards."""
+    home = tmp / "server-home"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp / "server.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runyard.cli.main", "server", "--host", "127.0.0.1", "--port", str(port)],
+            env=clean_env(RUNYARD_HOME=str(home), RUNYARD_DB=db_url, RUNYARD_SYSTEM_INTERVAL="0"),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=str(tmp))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/api/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield Served(url, proc.pid)
+    finally:
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+# -- throughput ------------------------------------------------------------------------------------
+
+
+def start_record(name: str) -> list[Any]:
+    return [0, "e", time.time(), {"event": "start", "project": "ingest", "name": name, "config": {},
+                                  "labels": [], "notes": "", "command": [], "host": "h", "environment": {}}]
+
+
+def encode(run_id: str, writer: str, items: list[Any]) -> bytes:
+    """As runyard.client.Client.ingest encodes a batch."""
+    import msgpack
+
+    return zlib.compress(msgpack.packb({"run_id": run_id, "writer": writer, "items": items}, use_bin_type=True), 1)
+
+
+def batch_bodies(run_id: str, writer: str, batches: int, seed: int, records: int) -> list[bytes]:
+    """``batches`` bodies of ``records`` metrics records (4 keys each), sequence numbers from 1."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    bodies = []
+    for b in range(batches):
+        first = b * records
+        values = rng.normal(size=(records, len(KEYS))).tolist()
+        items = []
+        for i, row in enumerate(values):
+            step = first + i
+            rec: dict[str, Any] = dict(zip(KEYS, row, strict=True))
+            rec["\x00"], rec["\x01"], rec["\x02"] = step + 1, t0 + step * 0.01, step
+            items.append(rec)
+        bodies.append(encode(run_id, writer, items))
+    return bodies
+
+
+def client_worker(url: str, round_no: int, index: int, batches: int, records: int, ready: Any, go: Any,
+                  out: Any) -> None:
+    """One client process: create its run, encode its batches, wait for the start, send them in turn."""
+    try:
+        from runyard.ids import new_ulid
+
+        run_id, writer = new_ulid(), f"bench{index}"
+        http = httpx.Client(base_url=url, timeout=httpx.Timeout(300.0, connect=10.0))
+        headers = {"content-type": MSGPACK, "content-encoding": "deflate"}
+
+        def post(body: bytes) -> dict[str, Any]:
+            import msgpack
+
+            response = http.post("/api/v1/ingest", content=body, headers=headers)
+            response.raise_for_status()
+            return dict(msgpack.unpackb(response.content))
+
+        # The run exists and the connection is open before the clock starts.
+        post(encode(run_id, writer, [start_record(f"client-{round_no}-{index}")]))
+        bodies = batch_bodies(run_id, writer, batches, seed=round_no * CLIENTS + index, records=records)
+        ready.wait()
+        go.wait()
+        first, cpu = time.monotonic(), time.process_time()
+        cursor = 0
+        for body in bodies:
+            cursor = int(post(body)["cursor"])
+        last, cpu = time.monotonic(), time.process_time() - cpu
+        http.close()
+        out.put({"index": index, "run_id": run_id, "first": first, "last": last, "cursor": cursor, "cpu": cpu,
+                 "bytes": sum(len(b) for b in bodies)})
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which prints it
+        out.put({"index": index, "error": f"{type(e).__name__}: {e}"[:300]})
+
+
+def one_round(served: Served, batches: int, round_no: int) -> dict[str, Any]:
+    """One measurement: CLIENTS processes send their batches at once; every point is then counted back."""
+    ctx = mp.get_context("spawn")
+    ready, go, out = ctx.Barrier(CLIENTS + 1), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=client_worker, args=(served.url, round_no, i, batches, RECORDS_PER_BATCH, ready, go,
+                                                     out), daemon=True) for i in range(CLIENTS)]
+    for p in procs:
+        p.start()
+    results: list[dict[str, Any]] = []
+    try:
+        ready.wait(timeout=120)
+        time.sleep(0.2)
+        cpu0, machine0, t0 = process_cpu_s(served.pid), machine_cpu(), time.monotonic()
+        go.set()
+        while len(results) < CLIENTS:
+            results.append(out.get(timeout=600))
+        cpu1, machine1, t1 = process_cpu_s(served.pid), machine_cpu(), time.monotonic()
+    except Exception as e:  # noqa: BLE001 - a broken barrier or a stuck client: report, do not hang
+        results.append({"index": -1, "error": f"{type(e).__name__}: {e}"})
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        return {"error": errors[0]}
+    points = CLIENTS * batches * RECORDS_PER_BATCH * len(KEYS)
+    wall = max(r["last"] for r in results) - min(r["first"] for r in results)
+    # Did every point arrive? Count them through the read API, and check every writer's acknowledged cursor.
+    arrived, short = 0, 0
+    with httpx.Client(base_url=served.url, timeout=60) as http:
+        for r in results:
+            series = http.get(f"/api/v1/runs/{r['run_id']}/metrics").raise_for_status().json()
+            arrived += sum(int(s["count"]) for s in series if s["key"] in KEYS)
+            short += r["cursor"] != batches * RECORDS_PER_BATCH
+    # Where the time goes: the server's own CPU (all its threads), the clients' and the machine's, same window.
+    total, idle = machine1[0] - machine0[0], machine1[1] - machine0[1]
+    return {"points": points, "wall_s": wall, "points_per_s": points / wall, "arrived": arrived,
+            "cursors_short": short, "request_ms_mean": statistics.mean((r["last"] - r["first"]) / batches * 1000
+                                                                        for r in results),
+            "compressed_mib": sum(r["bytes"] for r in results) / 2**20, "requests": CLIENTS * batches,
+            "server_cpu_s": cpu1 - cpu0, "window_s": t1 - t0, "clients_cpu_s": sum(r["cpu"] for r in results),
+            "machine_busy": 1 - idle / total if total else float("nan")}
+
+
+def bench_throughput(served: Served, engine_name: str, batches: int, rounds: int) -> tuple[list[Row], dict[str, Any]]:
+    label = (f"ingest over HTTP, {CLIENTS} client processes x {batches} batches of {RECORDS_PER_BATCH:,} records "
+             f"x {len(KEYS)} metrics" + (f" (median of {rounds})" if rounds > 1 else ""))
+    target = f">= {THROUGHPUT_TARGET:,} points/s"
+    measured = [one_round(served, batches, n) for n in range(rounds)]
+    errors = [m["error"] for m in measured if "error" in m]
+    if errors:
+        return [Row(label, engine_name, target, f"error: {errors[0][:60]}", None, False)], {"errors": errors}
+    mid = sorted(measured, key=lambda m: m["points_per_s"])[len(measured) // 2]
+    rate = mid["points_per_s"]
+    points, arrived = sum(m["points"] for m in measured), sum(m["arrived"] for m in measured)
+    short = sum(m["cursors_short"] for m in measured)
+    complete = arrived == points and short == 0
+    spread = "" if rounds == 1 else f" ({min(m['points_per_s'] for m in measured) / 1000:,.0f}k-" \
+        f"{max(m['points_per_s'] for m in measured) / 1000:,.0f}k)"
+    server_cpu, requests = sum(m["server_cpu_s"] for m in measured), sum(m["requests"] for m in measured)
+    server_share = server_cpu / sum(m["window_s"] for m in measured)
+    clients_share = sum(m["clients_cpu_s"] for m in measured) / sum(m["wall_s"] for m in measured)
+    busy = statistics.mean(m["machine_busy"] for m in measured)
+    figures = {"points_per_s": rate, "rounds": measured, "server_cpu_ms_per_request": server_cpu / requests * 1000,
+               "server_cpu_share_of_one_core": server_share, "clients_cpu_share_of_one_core": clients_share,
+               "machine_busy": busy, "cores": os.cpu_count()}
+    rows = [
+        Row(label, engine_name, target, f"{rate:,.0f} points/s{spread}", rate, rate >= THROUGHPUT_TARGET and complete),
+        Row("  points read back through /runs/{ref}/metrics (all runs, all rounds)", engine_name, f"{points:,}",
+            f"{arrived:,}" + ("" if short == 0 else f" ({short} cursors short)"), arrived, complete),
+        Row(f"  wall time; mean time per {RECORDS_PER_BATCH * len(KEYS):,}-point request seen by a client "
+            f"({mid['compressed_mib']:.0f} MiB sent)", engine_name, "-",
+            f"{mid['wall_s']:.2f} s; {mid['request_ms_mean']:.0f} ms", mid["wall_s"], None),
+        Row("  server CPU per request; server, clients: share of one core; all cores busy", engine_name, "-",
+            f"{server_cpu / requests * 1000:.0f} ms; {server_share:.0%}, {clients_share:.0%}; {busy:.0%}",
+            server_cpu / requests, None),
+    ]
+    return rows, figures
+
+
+# -- latency ---------------------------------------------------------------------------------------
+
+
+def latency_client(points: int, interval: float) -> int:
+    """The logging side of the latency test (run in a child process with RUNYARD_SERVER set)."""
+    import runyard
+
+    run = runyard.init(project="lat", name="lat")
+    next_at = time.monotonic()
+    for i in range(points):
+        run.log({"t": time.time()}, step=i)
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    run.finish()
+    return 0
+
+
+class Subscriber(threading.Thread):
+    """Waits for run ``lat`` to exist, follows its event stream, notes each point's delay."""
+
+    def __init__(self, url: str, deadline: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.deadline = url, deadline
+        self.delays: list[float] = []
+        self.steps: set[int] = set()
+        self.ended = threading.Event()
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            self._follow()
+        except Exception as e:  # noqa: BLE001 - the stream ends when the server is killed: note, go on
+            if not self.ended.is_set():
+                self.error = f"{type(e).__name__}: {e}"[:200]
+
+    def _follow(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, connect=5.0)) as http:
+            while http.get("/api/v1/runs/lat").status_code == 404:
+                if time.monotonic() > self.deadline:
+                    raise TimeoutError("run lat never appeared on the server")
+                time.sleep(0.005)
+            with http.stream("GET", "/api/v1/events", params={"run": "lat"}) as response:
+                response.raise_for_status()
+                kind = ""
+                for line in response.iter_lines():
+                    now = time.time()
+                    if line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data = json.loads(line[5:])
+                        if kind == "metric" and data.get("key") == "t" and "value" in data:
+                            for step, value in zip(data["step"], data["value"], strict=True):
+                                if step not in self.steps:
+                                    self.steps.add(step)
+                                    self.delays.append(now - value)
+                        elif kind == "run" and data.get("status") not in ("queued", "starting", "running"):
+                            self.ended.set()
+                            return
+                    if time.monotonic() > self.deadline:
+                        return
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def bench_latency(url: str, engine_name: str, tmp: Path, points: int, interval: float) -> tuple[list[Row],
+                                                                                                 dict[str, Any]]:
+    from runyard.agent import stop_agents
+
+    home = tmp / "client-home"
+    env = clean_env(RUNYARD_SERVER=url, RUNYARD_HOME=str(home), RUNYARD_SYSTEM_INTERVAL="0",
+                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    budget = points * interval + 60
+    sub = Subscriber(url, time.monotonic() + budget)
+    sub.start()
+    client = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--latency-client", str(points),
+                               "--interval", str(interval)], env=env, cwd=str(tmp), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = client.communicate(timeout=budget)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        _, err = client.communicate()
+    sub.join(timeout=10)  # the run's end follows its last points on the stream
+    stop_agents(home)
+    label = f"log() to an SSE subscriber, 1 point per {interval * 1000:.0f} ms"
+    if client.returncode != 0 or not sub.delays:
+        why = (err.strip().splitlines() or [""])[-1][:80] if client.returncode else (sub.error or "no points")
+        return [Row(f"{label}: p50", engine_name, f"<= {P50_TARGET_MS:.0f} ms", f"error: {why}", None, False)], \
+            {"error": why}
+    ms = [d * 1000 for d in sub.delays]
+    p50, p99, worst = percentile(ms, 0.5), percentile(ms, 0.99), max(ms)
+    figures = {"count": len(ms), "logged": points, "p50_ms": p50, "p99_ms": p99, "max_ms": worst,
+               "mean_ms": statistics.mean(ms), "stream_error": sub.error}
+    return [
+        Row(f"{label}: p50", engine_name, f"<= {P50_TARGET_MS:.0f} ms", f"{p50:.0f} ms", p50, p50 <= P50_TARGET_MS),
+        Row(f"{label}: p99", engine_name, f"<= {P99_TARGET_MS:,.0f} ms", f"{p99:.0f} ms", p99,
+            p99 <= P99_TARGET_MS),
+        Row(f"{label}: max; points received / logged", engine_name, "-",
+            f"{worst:.0f} ms; {len(ms)}/{points}", worst, None),
+    ], figures
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: check the benchmark runs")
+    parser.add_argument("--engine", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--batches", type=int, help="batches per client (default: 160,000 records' worth, "
+                        "quick 2)")
+    parser.add_argument("--records", type=int, help="records per batch (default: the shipper's SHIP_CHUNK)")
+    parser.add_argument("--rounds", type=int, help="throughput measurements per engine, median shown (default 3, "
+                        "quick 1)")
+    parser.add_argument("--latency-client", type=int, metavar="POINTS", help=argparse.SUPPRESS)
+    parser.add_argument("--interval", type=float, default=0.05, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.latency_client is not None:
+        return latency_client(args.latency_client, args.interval)
+
+    from runyard.ingest.shipper import SHIP_CHUNK
+
+    global RECORDS_PER_BATCH
+    RECORDS_PER_BATCH = args.records or SHIP_CHUNK
+    batches = args.batches or (2 if args.quick else max(1, 160_000 // RECORDS_PER_BATCH))
+    rounds = args.rounds or (1 if args.quick else 3)
+    lat_points = 40 if args.quick else 200
+    engines = ["sqlite", "postgresql"] if args.engine == "both" else [args.engine]
+    rows: list[Row] = []
+    figures: dict[str, Any] = {}
+    for engine_name in engines:
+        print(f"measuring {engine_name} ...", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(prefix="runyard-bench-ingest-") as d:
+            tmp = Path(d)
+            try:
+                with database(engine_name, tmp) as db_url, server(db_url, tmp) as served:
+                    t_rows, t_fig = bench_throughput(served, engine_name, batches, rounds)
+                    l_rows, l_fig = bench_latency(served.url, engine_name, tmp, lat_points, 0.05)
+            except Exception as e:  # noqa: BLE001 - e.g. PostgreSQL is not running: report, measure the rest
+                t_rows = [Row("setup", engine_name, "-", f"error: {type(e).__name__}: {e}"[:120], None, False)]
+                l_rows, t_fig, l_fig = [], {"error": str(e)}, {}
+            rows += t_rows + l_rows
+            figures[engine_name] = {"throughput": t_fig, "latency": l_fig}
+            print(json.dumps({engine_name: figures[engine_name]}), file=sys.stderr, flush=True)
+
+    width = max(len(r.benchmark) for r in rows)
+    header = f"{'benchmark':<{width}}  {'engine':<10}  {'target':<22}  {'measured':<30}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.benchmark:<{width}}  {r.engine:<10}  {r.target:<22}  {r.measured:<30}")
+    print()
+    for r in rows:
+        if r.ok is not None:
+            print(f"{'met    ' if r.ok else 'MISSED '}  {r.engine:<10}  {r.benchmark.strip()}  ({r.target})")
+    if args.json:
+        print(json.dumps({"figures": figures, "rows": [asdict(r) for r in rows]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
