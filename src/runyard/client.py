@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 from runyard import wire
@@ -124,9 +124,16 @@ class Client:
     def ingest_cursor(self, run_id: str, writer: str) -> int:
         return int(self.get("/ingest/cursor", params={"run": run_id, "writer": writer})["cursor"])
 
-    def put_blob(self, sha256: str, path: Path) -> None:
-        with path.open("rb") as f:
-            self.request("PUT", f"/blobs/{sha256}", content=f, headers={"content-type": "application/octet-stream"})
+    def put_blob(self, sha256: str, source: Path | BinaryIO) -> None:
+        """Upload content named by its SHA-256 (the server checks the name)."""
+        if isinstance(source, Path):
+            with source.open("rb") as f:
+                self.put_blob(sha256, f)
+            return
+        self.request("PUT", f"/blobs/{sha256}", content=source, headers={"content-type": "application/octet-stream"})
+
+    def missing_blobs(self, shas: Sequence[str]) -> list[str]:
+        return list(self.request("POST", "/blobs/missing", json={"sha256": list(shas)}).json()["missing"])
 
 
 class RemoteStore:

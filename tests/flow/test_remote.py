@@ -285,3 +285,51 @@ def test_a_logged_point_reaches_an_event_subscriber_within_a_second(live_server:
         if child.stdin:
             child.stdin.close()
         child.wait(60)
+
+
+@pytest.mark.engines("sqlite")
+def test_runyard_run_through_a_server_runs_the_submitted_code_there(live_server: LiveServer,
+                                                                     tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(textwrap.dedent("""
+        import json, os, sys
+        print("training with", os.environ["RUNYARD_PARAM_lr"])
+        for step in range(5):
+            print(json.dumps({"step": step, "loss": 1.0 / (step + 1)}), flush=True)
+        sys.exit(3)
+    """))
+    env = client_env(tmp_path / "laptop", live_server.url)
+    follow = subprocess.run([sys.executable, "-m", "runyard.cli.main", "run", "-f", "--name", "remote-launch",
+                             "--param", "lr=0.5", "--", "python", "train.py"], env=env, cwd=project,
+                            capture_output=True, text=True, timeout=180)
+    assert follow.returncode == 3, follow.stderr  # the run's exit code, through the server
+    assert follow.stdout.startswith("run 1 queued") and "training with 0.5" in follow.stdout
+    (project / "train.py").write_text("raise SystemExit('edited after submission')\n")
+    run = httpx.get(f"{live_server.url}/api/v1/runs/remote-launch").json()
+    assert run["status"] == "failed" and run["exit_code"] == 3 and run["config"] == {"lr": 0.5}
+    assert steps_of(live_server.url, "remote-launch", "loss") == [0, 1, 2, 3, 4]
+    again = subprocess.run([sys.executable, "-m", "runyard.cli.main", "run", "--json", "--", "python", "train.py"],
+                           env=env, cwd=project, capture_output=True, text=True, timeout=60)
+    assert json.loads(again.stdout)["snapshot_new_bytes"] == len("raise SystemExit('edited after submission')\n") + \
+        len(b'{"files":{"train.py":["' + b"0" * 64 + b'",420]},"version":1}')  # only the edit and its manifest
+    refused = subprocess.run([sys.executable, "-m", "runyard.cli.main", "run", "--mount", "/etc:etc", "--",
+                              "true"], env=env, cwd=project, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "RUN:PATH" in refused.stderr
+
+
+def test_ui_starts_the_local_server_once_and_prints_its_url(tmp_path: Path) -> None:
+    from tests.unit.server.conftest import free_port
+
+    port = free_port()
+    env = home_env(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'runyard.db'}")
+    env.pop("DISPLAY", None)
+    try:
+        first = cli(env, "ui", "--port", str(port), timeout=60)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.strip() == f"http://127.0.0.1:{port}" and "started the local server" in first.stderr
+        assert httpx.get(f"{first.stdout.strip()}/api/health").json()["status"] == "ok"
+        again = cli(env, "ui", "--port", str(port), timeout=60)
+        assert again.stdout == first.stdout and "started" not in again.stderr  # found the running one
+    finally:
+        subprocess.run(["pkill", "-f", f"runyard.cli.main server --port {port}"], check=False)

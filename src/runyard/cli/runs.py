@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.config import Settings, resolve
-from runyard.errors import ConfigError, InvalidArgument, NotFound
+from runyard.errors import InvalidArgument, NotFound
 
 TERMINAL = {"finished", "failed", "stopped", "timeout", "lost"}
 
@@ -57,10 +57,9 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
     from runyard.exec.submit import Submission, submit
 
     settings = resolve()
-    if settings.server:
-        raise ConfigError(f"launching runs through a server ({settings.server}) is not available yet: unset "
-                          "RUNYARD_SERVER to queue the run on this machine")
     shell = not argv_form and len(command) == 1
+    if settings.server:
+        return _run_on_server(settings, command, shell, o)
     params = dict(options.key_value(p, "--param") for p in o["params"])
     env = dict(options.key_value(e, "--env") for e in o["env"])
     sub = Submission(
@@ -77,6 +76,61 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
         print(f"run {done.number} queued")
     if o["follow"]:
         return _follow(settings, str(done.number))
+    return 0
+
+
+def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any]) -> int:
+    """`runyard run` with RUNYARD_SERVER: snapshot here, upload what the server lacks, queue it there."""
+    from runyard.client import Client
+    from runyard.exec import options
+    from runyard.exec.snapshot import manifest_of, take
+    from runyard.store.artifacts import DiskArtifacts, sha_of_ref
+
+    for text in o["mounts"]:
+        source, _ = options.mount(text)
+        if (Path.cwd() / source).expanduser().exists():
+            raise InvalidArgument(f"--mount {text!r}: a local path cannot be mounted on a server's run; log the "
+                                  "data as an artifact of a run and mount RUN:PATH")
+    requirements = None
+    if o["requirements"] is not None:
+        try:
+            requirements = Path(o["requirements"]).read_text()
+        except OSError as e:
+            raise InvalidArgument(f"--requirements {o['requirements']}: cannot read it ({e.strerror})") from None
+    artifacts = DiskArtifacts(settings.artifacts)  # this machine's cache: unchanged files are not hashed again
+    settings.home.mkdir(parents=True, exist_ok=True)
+    artifacts.ensure()
+    snap = take(Path.cwd(), artifacts, settings.home / "snapshot-cache.json")
+    wanted = [sha_of_ref(snap.id)] + [sha for sha, _ in manifest_of(snap.id, artifacts).values()]
+    if snap.git_diff_ref:
+        wanted.append(sha_of_ref(snap.git_diff_ref))
+    client = Client(settings.server or "", settings.token)
+    try:
+        uploaded = 0
+        for sha in client.missing_blobs(wanted):
+            with artifacts.open(f"sha256:{sha}") as f:
+                uploaded += f.seek(0, 2)
+                f.seek(0)
+                client.put_blob(sha, f)
+        body = {
+            "command": list(command), "shell": shell, "snapshot": snap.id, "git_commit": snap.git_commit,
+            "git_branch": snap.git_branch, "git_diff_ref": snap.git_diff_ref, "project": o["project"],
+            "name": o["name"], "labels": list(o["labels"]), "note": o["note"] or "",
+            "params": dict(options.key_value(p, "--param") for p in o["params"]), "pip": list(o["pip"]),
+            "requirements": requirements, "mounts": list(o["mounts"]),
+            "env": dict(options.key_value(e, "--env") for e in o["env"]), "gpus": o["gpus"], "cpus": o["cpus"],
+            "memory": o["memory"], "timeout": o["timeout"], "priority": o["priority"], "machine": o["machine"],
+        }
+        queued = client.request("POST", "/runs", json=body).json()
+    finally:
+        client.close()
+    if o["as_json"]:
+        print(json.dumps({"number": queued["number"], "id": queued["id"], "status": "queued",
+                          "snapshot_files": snap.files, "snapshot_new_bytes": uploaded}))
+    else:
+        print(f"run {queued['number']} queued")
+    if o["follow"]:
+        return _follow(settings, str(queued["number"]))
     return 0
 
 

@@ -78,6 +78,36 @@ class Rerun(BaseModel):
     name: str | None = Field(None, max_length=100)
 
 
+class Launch(BaseModel):
+    """A run to queue on the server's machine, as `runyard run` sends it (see exec/remote_launch.py)."""
+
+    command: list[str] = Field(min_length=1, max_length=10_000)
+    shell: bool = False
+    snapshot: str = Field(pattern="^sha256:[0-9a-f]{64}$", description="Content reference of the snapshot manifest")
+    git_commit: str | None = Field(None, max_length=100)
+    git_branch: str | None = Field(None, max_length=300)
+    git_diff_ref: str | None = Field(None, pattern="^sha256:[0-9a-f]{64}$")
+    project: str | None = Field(None, max_length=100)
+    name: str | None = Field(None, max_length=100)
+    labels: list[str] = Field(default_factory=list, max_length=100)
+    note: str = Field("", max_length=1_000_000)
+    params: dict[str, str] = Field(default_factory=dict)
+    pip: list[str] = Field(default_factory=list, max_length=1000)
+    requirements: str | None = Field(None, max_length=1_000_000)
+    mounts: list[str] = Field(default_factory=list, max_length=100)
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus: int | None = Field(None, ge=0, le=4096)
+    cpus: int | None = Field(None, ge=0, le=4096)
+    memory: str | None = Field(None, max_length=30)
+    timeout: str | None = Field(None, max_length=30)
+    priority: int = Field(0, ge=-1_000_000, le=1_000_000)
+    machine: str | None = Field(None, max_length=100)
+
+
+class BlobList(BaseModel):
+    sha256: list[str] = Field(max_length=200_000)
+
+
 class Lost(BaseModel):
     message: str = Field(max_length=2000)
 
@@ -290,6 +320,29 @@ def _routes(app: FastAPI, server: Server) -> None:
             run = store.append_note(run.number, change.append_note)
         server.hub.publish(run.number, run.project)
         return wire.run_out(run)
+
+    @app.post(f"{v1}/runs", tags=["execution"])
+    @requires("writer")
+    def launch(request: Request, body: Launch) -> dict[str, Any]:
+        """Queue a run on the server's machine from an uploaded code snapshot (what `runyard run` does
+        with RUNYARD_SERVER set). Answers 409 with the missing blobs when the snapshot is incomplete."""
+        from runyard.exec.remote_launch import RemoteLaunch, queue
+
+        scope = _principal(request).project
+        if scope is not None and body.project not in (None, scope):
+            raise NotFound(f"this token may only launch in project {scope}")
+        done = queue(server.settings, server.artifacts,
+                     RemoteLaunch(**{**body.model_dump(), "project": body.project or scope}))
+        run = store.get_run(done.number)
+        server.hub.publish(run.number, run.project)
+        return {"number": done.number, "id": done.run_id, "status": run.status.value}
+
+    @app.post(f"{v1}/blobs/missing", tags=["ingest"])
+    @requires("writer")
+    def missing_blobs(body: BlobList) -> dict[str, list[str]]:
+        """Which of these SHA-256s the server does not hold (upload them with PUT /blobs/{sha256})."""
+        wanted = [sha for sha in dict.fromkeys(body.sha256) if re.fullmatch(r"[0-9a-f]{64}", sha)]
+        return {"missing": [sha for sha in wanted if not server.artifacts.has(sha)]}
 
     @app.post(f"{v1}/runs/{{ref}}/stop", tags=["execution"])
     @requires("writer")

@@ -14,7 +14,7 @@ from runyard.cli.main import cli
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.chdir(tmp_path)
-    for key in ("RUNYARD_DB", "RUNYARD_ARTIFACTS", "RUNYARD_SERVER", "RUNYARD_PROJECT", "RUNYARD_RAY"):
+    for key in ("RUNYARD_DB", "RUNYARD_ARTIFACTS", "RUNYARD_SERVER", "RUNYARD_PROJECT", "RUNYARD_RAY", "RUNYARD_TOKEN"):
         monkeypatch.delenv(key, raising=False)
     return {"RUNYARD_HOME": str(tmp_path / "home")}
 
@@ -86,3 +86,29 @@ def test_sync_with_nothing_pending_says_so(env: dict[str, str]) -> None:
     result = invoke(["sync"], env)
     assert result.exit_code == 0 and "nothing to sync" in result.output
     assert json.loads(invoke(["sync", "--json"], env).output) == {"writers": []}
+
+
+def test_tokens_are_shown_once_listed_without_secrets_and_revoked(env: dict[str, str]) -> None:
+    made = invoke(["token", "create", "--role", "reader", "--name", "ci", "--project", "gan", "--json"], env)
+    assert made.exit_code == 0, made.output
+    token = json.loads(made.output)
+    assert token["token"].startswith("ry_") and token["role"] == "reader" and token["project"] == "gan"
+    listed = invoke(["token", "list", "--json"], env)
+    assert [t["name"] for t in json.loads(listed.output)] == ["ci"] and token["token"] not in listed.output
+    table = invoke(["token", "list"], env)
+    assert "ci" in table.output and token["token"] not in table.output
+    assert invoke(["token", "revoke", "ci"], env).output.strip() == f"token {token['id']} (ci) revoked"
+    assert json.loads(invoke(["token", "list", "--json"], env).output) == []
+    assert invoke(["token", "revoke", "nope"], env).exit_code == 2
+
+
+def test_config_never_prints_the_token(env: dict[str, str]) -> None:
+    result = invoke(["config", "--json"], {**env, "RUNYARD_TOKEN": "ry_secret_value"})
+    assert "ry_secret_value" not in result.output
+    assert json.loads(result.output)["token"]["value"] == "(set, hidden)"
+
+
+def test_a_server_that_cannot_be_reached_is_one_clear_error(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(cli, ["ls"], env={**env, "RUNYARD_SERVER": "http://127.0.0.1:9"})
+    assert result.exit_code == 1
+    assert "cannot reach the runyard server at http://127.0.0.1:9" in result.output
