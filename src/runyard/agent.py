@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from runyard.config import Settings, resolve
-from runyard.errors import RunyardError
+from runyard.errors import AccessDenied, RunyardError
 
 IDLE_EXIT = 10.0
 BUSY_PAUSE = 0.05
@@ -104,7 +104,7 @@ def _ship(settings: Settings) -> int:
     """Remote mode: ship every spool of this home to the server, retrying with backoff until it answers."""
     from runyard.client import Client
     from runyard.ingest.shipper import Backoff, RemoteSink
-    from runyard.ingest.tailer import Tailer
+    from runyard.ingest.tailer import PollReport, Tailer
     from runyard.spool.rundir import target_key
 
     assert settings.server is not None
@@ -114,16 +114,26 @@ def _ship(settings: Settings) -> int:
     last_work = time.monotonic()
     try:
         while True:
+            report: PollReport | None = None
             try:
                 report = tailer.poll()
+            except AccessDenied as e:
+                # A revoked or wrong token: the next process that logs starts an agent with its token.
+                print(f"runyard agent: {e}; exiting until a process with a valid token needs one",
+                      file=sys.stderr, flush=True)
+                return 1
             except RunyardError as e:
+                failure = str(e)
+            else:
+                failure = "; ".join(f"run {w.run_number or w.run_id}: {w.error}" for w in report.errors)
+            now = time.monotonic()
+            if failure or report is None:
                 delay = backoff.failed()
-                print(f"runyard agent: {e}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
-                last_work = time.monotonic()  # unshipped records are work: never idle out on them
+                print(f"runyard agent: {failure}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+                last_work = now  # unshipped records are work: never idle out on them
                 time.sleep(delay)
                 continue
             backoff.succeeded()
-            now = time.monotonic()
             if report.alive or report.records:
                 last_work = now
             elif now - last_work > IDLE_EXIT:

@@ -119,7 +119,9 @@ class Api:
 
             self._opened = open_store(self.settings)
             self._store = self._opened.store
-        if catch_up:
+        if catch_up and self._client is None:
+            # Locally, what crashed processes left in the spool is ingested now, so their runs read
+            # complete. With a server the agent ships it; reading must not need a writer's token.
             self.sync(include_live=False)
 
     @property

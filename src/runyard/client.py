@@ -33,6 +33,8 @@ def _ref(ref: str | int) -> str:
     return quote(str(ref), safe="")
 
 
+#: Largest uncompressed ingest body sent (the server takes up to 64 MiB).
+MAX_INGEST_BYTES = 32 << 20
 #: Calls that are safe to repeat: reads, content-addressed uploads, and ingest (idempotent by sequence).
 _IDEMPOTENT = ("GET", "PUT")
 #: Gateway answers that mean "try again" rather than "you asked wrongly".
@@ -111,12 +113,18 @@ class Client:
     # -- ingest -----------------------------------------------------------------------------------
 
     def ingest(self, run_id: str, writer: str, recs: Sequence[Any]) -> tuple[int | None, int]:
-        """Send records; returns the run's number and the server's cursor for this writer."""
+        """Send records; returns the run's number and the server's cursor for this writer.
+
+        A batch whose encoding exceeds what the server takes (long log lines, big configs) is sent
+        in halves, in order."""
         import msgpack
 
-        body = zlib.compress(msgpack.packb({"run_id": run_id, "writer": writer, "items": list(recs)},
-                                           use_bin_type=True), 1)
-        response = self.request("POST", "/ingest", content=body,
+        packed = msgpack.packb({"run_id": run_id, "writer": writer, "items": list(recs)}, use_bin_type=True)
+        if len(packed) > MAX_INGEST_BYTES and len(recs) > 1:
+            half = len(recs) // 2
+            self.ingest(run_id, writer, recs[:half])
+            return self.ingest(run_id, writer, recs[half:])
+        response = self.request("POST", "/ingest", content=zlib.compress(packed, 1),
                                 headers={"content-type": wire.MSGPACK, "content-encoding": wire.ENCODING_DEFLATE})
         reply = msgpack.unpackb(response.content)
         return reply.get("run_number"), int(reply["cursor"])

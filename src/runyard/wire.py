@@ -46,6 +46,13 @@ def run_out(run: Run) -> dict[str, Any]:
     return data
 
 
+def hide_env(data: dict[str, Any]) -> None:
+    """Replace the values of a run's ``--env`` variables (in ``run_out`` form) by a marker."""
+    launch = data.get("launch")
+    if isinstance(launch, dict) and isinstance(launch.get("env"), dict):
+        launch["env"] = {key: "(hidden)" for key in launch["env"]}
+
+
 def run_in(data: dict[str, Any]) -> Run:
     from runyard.store.api import Run
 

@@ -28,10 +28,11 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
     from runyard.store.tokens import Tokens
 
     overrides = {k: v for k, v in (("db", db), ("artifacts", artifacts)) if v}
+    # A server serves its own store, never another server: the agents and runs it starts inherit this
+    # environment, and with RUNYARD_SERVER they would ship to a server instead of running.
+    os.environ["RUNYARD_SERVER"] = ""
+    os.environ.pop("RUNYARD_TOKEN", None)
     settings = resolve(overrides=overrides)
-    if settings.server:
-        settings = resolve(environ={k: v for k, v in os.environ.items() if k != "RUNYARD_SERVER"},
-                           overrides=overrides)  # a server serves its own store, never another server
     opened = open_store(settings)
     try:
         tokens = Tokens(opened.store)

@@ -25,18 +25,22 @@ def run(refs: tuple[str, ...], as_json: bool) -> int:
         report = api.sync(runs=run_ids)
         rows = []
         for w in report.writers:
-            state = "still logging" if w.alive else ("marked lost" if w.marked_lost else "complete")
+            if w.error is not None:
+                state = f"not delivered, kept in the spool: {w.error}"
+            else:
+                state = "still logging" if w.alive else ("marked lost" if w.marked_lost else "complete")
             rows.append({"run": w.run_number, "run_id": w.run_id, "writer": w.writer, "records": w.records,
-                         "dropped_bytes": w.dropped_bytes, "state": state})
+                         "dropped_bytes": w.dropped_bytes, "state": state, "error": w.error})
+        failed = 1 if report.errors else 0  # the records are safe; a script should still know
         if as_json:
             print(orjson.dumps({"writers": rows}, option=orjson.OPT_INDENT_2).decode())
-            return 0
+            return failed
         if not rows:
             print("nothing to sync: every spool is in the store")
             return 0
         for r in rows:
             dropped = f", dropped a torn tail of {r['dropped_bytes']} bytes" if r["dropped_bytes"] else ""
             print(f"run {r['run'] or r['run_id']}: {r['records']:,} records ingested{dropped}; {r['state']}")
-        return 0
+        return failed
     finally:
         api.close()

@@ -43,7 +43,7 @@ class _Remote:
                     .json())
 
     def list(self, include_revoked: bool) -> list[dict[str, Any]]:
-        return list(self.client.get("/tokens"))
+        return list(self.client.get("/tokens", params={"include_revoked": include_revoked}))
 
     def revoke(self, ref: str) -> dict[str, Any]:
         from urllib.parse import quote

@@ -65,7 +65,7 @@ def size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-_REQUIREMENT = re.compile(
+REQUIREMENT = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?"
     r"(\s*(===|==|>=|<=|!=|~=|>|<)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(===|==|>=|<=|!=|~=|>|<)\s*[A-Za-z0-9.*+!_-]+)*)?$"
 )
@@ -74,7 +74,7 @@ _REQUIREMENT = re.compile(
 def pip_spec(text: str) -> str:
     """A package name with optional extras and version constraints; anything else (installer options,
     URLs, markers) belongs in a --requirements file."""
-    if not _REQUIREMENT.match(text or ""):
+    if not REQUIREMENT.match(text or ""):
         raise InvalidArgument(f"--pip {text!r}: expected a requirement such as 'scikit-image' or "
                               "'torch>=2.1,<3' (for URLs or markers use --requirements FILE)")
     return text

@@ -69,6 +69,18 @@ def queue(settings: Settings, artifacts: DiskArtifacts, launch: RemoteLaunch) ->
     from runyard.exec.submit import Submission, submit
 
     sha_of_ref(launch.snapshot)
+    for key, value in launch.env.items():
+        options.key_value(f"{key}={value}", "--env")
+    for key, value in launch.params.items():
+        options.key_value(f"{key}={value}", "--param")
+    if launch.requirements is not None:
+        for line in launch.requirements.splitlines():
+            entry = line.split("#", 1)[0].strip()
+            # Requirement names and versions only: an include (-r), a URL or a path would have the
+            # installer read the server's files or fetch what the client names.
+            if entry and not options.REQUIREMENT.match(entry):
+                raise InvalidArgument(f"--requirements line {entry[:100]!r}: through a server only requirements "
+                                      "such as 'torch>=2.1' are accepted (no options, URLs or paths)")
     for text in launch.mounts:
         source, _ = options.mount(text)
         if not _ARTIFACT_SOURCE.match(source):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from runyard.errors import AccessDenied, RunyardError
 from runyard.ingest.sink import Sink, StoreSink
 from runyard.spool.acks import Ack, read_ack, write_ack
 from runyard.spool.records import seq_of, unflatten
@@ -40,6 +41,8 @@ class WriterReport:
     alive: bool = False
     completed: bool = False
     marked_lost: bool = False
+    #: Why this pass could not deliver the writer's records (they stay in the spool).
+    error: str | None = None
 
 
 @dataclass
@@ -53,6 +56,10 @@ class PollReport:
     @property
     def alive(self) -> int:
         return sum(1 for w in self.writers if w.alive)
+
+    @property
+    def errors(self) -> list[WriterReport]:
+        return [w for w in self.writers if w.error is not None]
 
 
 class Tailer:
@@ -93,7 +100,15 @@ class Tailer:
                 alive = writer_alive(directory, writer)
                 if alive and not include_live:
                     continue
-                report.writers.append(self._follow(directory, run_id, writer, files, ack, alive))
+                try:
+                    report.writers.append(self._follow(directory, run_id, writer, files, ack, alive))
+                except AccessDenied:
+                    raise  # the same for every writer: the caller decides (a new token, a new agent)
+                except RunyardError as e:
+                    # One writer the store or server refuses must not hold back every other run: it is
+                    # reported and tried again on the next pass, from its acknowledged offset.
+                    self._cursors.pop((run_id, writer), None)
+                    report.writers.append(WriterReport(run_id, writer, ack.run_number, alive=alive, error=str(e)))
         return report
 
     def _follow(self, directory: Path, run_id: str, writer: str, files: list[tuple[int, Path]], ack: Ack,

@@ -41,7 +41,9 @@ def ensure_agent(settings: Settings) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update({"RUNYARD_HOME": str(settings.home), "RUNYARD_DB": settings.db,
-                "RUNYARD_ARTIFACTS": str(settings.artifacts)})
+                "RUNYARD_ARTIFACTS": str(settings.artifacts), "RUNYARD_SERVER": settings.server or ""})
+    if settings.token:
+        env["RUNYARD_TOKEN"] = settings.token
     env.pop("RUNYARD_RUN_ID", None)
     log = (directory / f"{target_key(settings)}.log").open("ab")
     try:

@@ -36,9 +36,10 @@ from runyard.errors import (
     RunyardError,
     StoreUnavailable,
 )
+from runyard.exec import options
 from runyard.names import validate_relpath
 from runyard.server import events, ingest
-from runyard.server.security import Gate, Policy, Principal, is_loopback, requires
+from runyard.server.security import MAX_BODY, BodyTooLarge, Gate, Policy, Principal, is_loopback, requires
 from runyard.store.api import RunQuery
 from runyard.store.artifacts import DiskArtifacts
 from runyard.store.sql import SqlStore
@@ -123,6 +124,24 @@ def _error(status: int, message: str) -> JSONResponse:
                         headers={"x-content-type-options": "nosniff"})
 
 
+def _may_launch(request: Request) -> None:
+    """A launched run executes as the server's user, with access to all it can reach: a token
+    limited to one project would not stay limited, so only unlimited writers launch."""
+    scope = _principal(request).project
+    if scope is not None:
+        raise AccessDenied(f"this token is limited to project {scope}, and a launched run could reach every "
+                           "project on the server machine: launching needs a token without --project")
+
+
+def _run_view(request: Request, run: Any) -> dict[str, Any]:
+    """A run as this caller may see it: a reader does not see the values of ``--env`` (they often
+    hold secrets), only their names."""
+    data = wire.run_out(run)
+    if _principal(request).role == "reader":
+        wire.hide_env(data)
+    return data
+
+
 def _principal(request: Request) -> Principal:
     principal: Principal = request.state.principal
     return principal
@@ -201,8 +220,22 @@ def _errors(app: FastAPI) -> None:
                     405: "this endpoint does not accept that method"}
         return _error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
 
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return _error(413, f"the body is larger than {MAX_BODY >> 20} MiB; send smaller batches")
+
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
+        import sqlalchemy.exc
+
+        if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.TimeoutError):
+            # Locked, out of connections, or restarting: the client retries what is safe to repeat.
+            return _error(503, "the database is busy or unreachable; try again")
+        if isinstance(exc, sqlalchemy.exc.IntegrityError):
+            return _error(409, "a concurrent change conflicted with this one; try again")
+        import traceback
+
+        traceback.print_exception(exc)
         return _error(500, "internal error; the server's log has the details")
 
 
@@ -280,20 +313,24 @@ def _routes(app: FastAPI, server: Server) -> None:
             project = scope
         page = store.list_runs(RunQuery(project=project, labels=label, status=status, sort=sort,
                                         descending=order == "desc", limit=limit, cursor=cursor))
-        return wire.page_out(page)
+        out = wire.page_out(page)
+        if _principal(request).role == "reader":
+            for item in out["items"]:
+                wire.hide_env(item)
+        return out
 
     @app.get(f"{v1}/runs/{{ref}}", tags=["runs"])
     @requires("reader")
     def get_run(request: Request, ref: str) -> dict[str, Any]:
         """One run, by number, name or a unique prefix of its id."""
-        return wire.run_out(server.run_for(request, ref))
+        return _run_view(request, server.run_for(request, ref))
 
     @app.get(f"{v1}/runs/{{ref}}/children", tags=["lineage"])
     @requires("reader")
     def children(request: Request, ref: str) -> list[dict[str, Any]]:
         """Runs launched as reruns of this one."""
         run = server.run_for(request, ref)
-        return [wire.run_out(r) for r in store.children_of(run.number)]
+        return [_run_view(request, r) for r in store.children_of(run.number)]
 
     @app.get(f"{v1}/runs/{{ref}}/inputs", tags=["lineage"])
     @requires("reader")
@@ -328,11 +365,8 @@ def _routes(app: FastAPI, server: Server) -> None:
         with RUNYARD_SERVER set). Answers 409 with the missing blobs when the snapshot is incomplete."""
         from runyard.exec.remote_launch import RemoteLaunch, queue
 
-        scope = _principal(request).project
-        if scope is not None and body.project not in (None, scope):
-            raise NotFound(f"this token may only launch in project {scope}")
-        done = queue(server.settings, server.artifacts,
-                     RemoteLaunch(**{**body.model_dump(), "project": body.project or scope}))
+        _may_launch(request)
+        done = queue(server.settings, server.artifacts, RemoteLaunch(**body.model_dump()))
         run = store.get_run(done.number)
         server.hub.publish(run.number, run.project)
         return {"number": done.number, "id": done.run_id, "status": run.status.value}
@@ -361,8 +395,11 @@ def _routes(app: FastAPI, server: Server) -> None:
         """Queue the run's launch again with the same code snapshot, optionally with changed params."""
         from runyard.exec.control import rerun as queue_again
 
+        _may_launch(request)
         body = body or Rerun(name=None)
         parent = server.run_for(request, ref)
+        for key, value in body.params.items():
+            options.key_value(f"{key}={value}", "--param")
         number = queue_again(server.settings, parent, body.params, body.name, server.settings.home)
         return {"number": number, "run": wire.run_out(store.get_run(number))}
 
@@ -508,26 +545,30 @@ def _routes(app: FastAPI, server: Server) -> None:
     @app.get(f"{v1}/events", tags=["events"])
     @requires("reader")
     async def event_stream(request: Request, run: Annotated[str | None, Query(max_length=200)] = None,
-                           project: Annotated[str | None, Query(max_length=100)] = None) -> StreamingResponse:
+                           project: Annotated[str | None, Query(max_length=100)] = None) -> Response:
         """Server-sent events: with ``run``, its metric points, log lines and status; with ``project``
         (or neither), runs that change state."""
         scope = _principal(request).project
+        hide = _principal(request).role == "reader"
+        if server.hub.streams >= events.MAX_STREAMS:
+            return _error(503, f"{events.MAX_STREAMS} live streams are open already; try again later")
         if run is not None:
             found = await anyio.to_thread.run_sync(server.run_for, request, run)
-            stream = events.run_stream(store, server.hub, found.number, request.is_disconnected)
+            stream = events.run_stream(store, server.hub, found.number, request.is_disconnected, hide)
         else:
             if scope is not None and project not in (None, scope):
                 raise NotFound(f"no project {project!r}")
-            stream = events.project_stream(store, server.hub, project or scope, request.is_disconnected)
-        return StreamingResponse(stream, media_type="text/event-stream",
+            stream = events.project_stream(store, server.hub, project or scope, request.is_disconnected, hide)
+        return StreamingResponse(events.counted(server.hub, stream), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
     @app.get(f"{v1}/tokens", tags=["access"])
     @requires("admin")
-    def tokens(request: Request) -> list[dict[str, Any]]:
-        """Active tokens (never their secrets); an admin of one project sees that project's."""
+    def tokens(request: Request, include_revoked: bool = False) -> list[dict[str, Any]]:
+        """Active tokens, or all with ``include_revoked`` (never their secrets); an admin of one project
+        sees that project's."""
         scope = _principal(request).project
-        return [_token_out(t) for t in server.tokens.list() if scope is None or t.project == scope]
+        return [_token_out(t) for t in server.tokens.list(include_revoked) if scope is None or t.project == scope]
 
     @app.post(f"{v1}/tokens", tags=["access"])
     @requires("admin")

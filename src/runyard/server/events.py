@@ -23,6 +23,8 @@ POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 #: Points sent per series per event; a burst beyond it is announced by count (clients refetch).
 MAX_POINTS_PER_EVENT = 5_000
+#: Streams open at once: each polls the store, and they share the server's threads with ingest.
+MAX_STREAMS = 200
 
 
 class Hub:
@@ -31,6 +33,8 @@ class Hub:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Streams open now (see ``counted``).
+        self.streams = 0
 
     def publish(self, run_number: int | None, project: str | None) -> None:
         """Wake the streams of this run and project; callable from any thread."""
@@ -61,6 +65,22 @@ class Hub:
         self._waiters[topic].discard(event)
 
 
+async def counted(hub: Hub, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    hub.streams += 1
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        hub.streams -= 1
+
+
+def _run_frame(run: Any, hide: bool) -> bytes:
+    data = wire.run_out(run)
+    if hide:
+        wire.hide_env(data)
+    return frame("run", data)
+
+
 def frame(kind: str, data: Any) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -71,7 +91,8 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
     event.clear()
 
 
-async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[], Any]) -> AsyncIterator[bytes]:
+async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[], Any],
+                     hide: bool = False) -> AsyncIterator[bytes]:
     """Metric points, log lines and status changes of one run, from the moment of connecting."""
     topic = f"run:{number}"
     wake = hub.subscribe(topic)
@@ -81,7 +102,7 @@ async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[
         tail = await anyio.to_thread.run_sync(store.tail_logs, number, 1)
         after = tail[-1].id if tail else 0
         status = (run.status, run.status_message, run.exit_code)
-        yield frame("run", wire.run_out(run))
+        yield _run_frame(run, hide)
         idle = 0.0
         while not await disconnected():
             changed = False
@@ -112,7 +133,7 @@ async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[
             if (run.status, run.status_message, run.exit_code) != status:
                 status = (run.status, run.status_message, run.exit_code)
                 changed = True
-                yield frame("run", wire.run_out(run))
+                yield _run_frame(run, hide)
             if changed:
                 idle = 0.0
             else:
@@ -125,8 +146,8 @@ async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[
         hub.unsubscribe(topic, wake)
 
 
-async def project_stream(store: Any, hub: Hub, project: str | None,
-                         disconnected: Callable[[], Any]) -> AsyncIterator[bytes]:
+async def project_stream(store: Any, hub: Hub, project: str | None, disconnected: Callable[[], Any],
+                         hide: bool = False) -> AsyncIterator[bytes]:
     """Runs of a project (or of all projects) that change state: created, started, ended, renamed."""
     topic = f"project:{project or '*'}"
     wake = hub.subscribe(topic)
@@ -148,7 +169,7 @@ async def project_stream(store: Any, hub: Hub, project: str | None,
             changed = [r for n, r in now.items() if n not in known or signature(known[n]) != signature(r)]
             known = now
             for r in sorted(changed, key=lambda r: r.number):
-                yield frame("run", wire.run_out(r))
+                yield _run_frame(r, hide)
             idle = 0.0 if changed else idle + POLL_SECONDS * 2
             if idle >= KEEPALIVE_SECONDS:
                 idle = 0.0

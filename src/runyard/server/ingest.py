@@ -29,9 +29,13 @@ from runyard.store.sql import SqlStore
 
 #: Largest request body accepted, compressed and decompressed.
 MAX_BODY = 64 << 20
-MAX_INFLATED = 512 << 20
+MAX_INFLATED = 64 << 20
+#: Bounds on what one request may declare, so a small body cannot make the server allocate much.
+MAX_RECORDS = 1_000_000
+MAX_KEYS = 100_000
 _RUN_ID = re.compile(r"^[0-9A-Za-z]{10,64}$")
 _WRITER = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ def decode(body: bytes, deflated: bool) -> tuple[str, str, list[Any]]:
         if inflater.unconsumed_tail:
             raise InvalidArgument(f"the body inflates beyond {MAX_INFLATED >> 20} MiB; send smaller batches")
     try:
-        payload = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+        payload = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True, max_array_len=MAX_RECORDS,
+                                  max_map_len=MAX_KEYS, max_str_len=MAX_INFLATED, max_bin_len=MAX_INFLATED)
     except Exception as e:  # noqa: BLE001 - msgpack raises several types for malformed input
         raise InvalidArgument(f"the body is not valid msgpack: {type(e).__name__}") from None
     if not isinstance(payload, dict):
@@ -113,10 +118,13 @@ def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, i
         raise Conflict(f"run {run_id} is unknown here and this batch does not start it: send its records from "
                        "the first one")
     kept = []
-    for path, size, sha256, _client_ref in batch.artifacts:
+    for path, _size, sha256, _client_ref in batch.artifacts:
         validate_relpath(path)
-        if artifacts.has(sha256):  # as in local mode, a record whose content never arrived is dropped
-            kept.append((path, int(size), sha256, Blob(sha256, int(size)).content_ref))
+        if not isinstance(sha256, str) or not _SHA256.match(sha256):
+            raise InvalidArgument("an artifact record names its content by its SHA-256 (64 lowercase hex digits)")
+        size = artifacts.size(sha256)  # the server's own count, never the client's claim
+        if size is not None:  # as in local mode, a record whose content never arrived is dropped
+            kept.append((path, size, sha256, Blob(sha256, size).content_ref))
     batch.artifacts = kept
     result = store.ingest(batch)
     if project is None:

@@ -9,6 +9,7 @@ refused for everyone: forgetting the declaration fails closed, and a test walks 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import time
 from collections.abc import Callable, MutableMapping
@@ -34,6 +35,27 @@ RANK = {"public": 0, "reader": 1, "writer": 2, "admin": 3}
 BODY_TYPES = frozenset({"application/json", "application/msgpack", "application/octet-stream"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+#: Largest body of any request but an upload (PUT streams to disk).
+MAX_BODY = 64 << 20
+
+
+class BodyTooLarge(Exception):
+    """A body without a Content-Length grew past MAX_BODY while being read."""
+
+
+def _capped(receive: Receive) -> Receive:
+    received = 0
+
+    async def wrapped() -> MutableMapping[str, Any]:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > MAX_BODY:
+                raise BodyTooLarge
+        return message
+
+    return wrapped
 
 
 def requires(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -124,7 +146,9 @@ class Policy:
     def authenticate(self, secret: str) -> TokenInfo | None:
         token = self.tokens.authenticate(secret)
         if token is not None and (token.last_used_at is None or time.time() - token.last_used_at > 60):
-            self.tokens.touch(token.id)
+            # Last use is a convenience for `token list`: never worth failing or delaying a request.
+            with contextlib.suppress(Exception):
+                self.tokens.touch(token.id)
         return token
 
 
@@ -196,6 +220,13 @@ class Gate:
                 return
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state["principal"] = principal
-        await self.app(scope, receive, send)
+        if scope["method"] == "PUT":  # uploads stream to disk, chunk by chunk: no cap in memory
+            await self.app(scope, receive, send)
+            return
+        length = headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and int(length) > MAX_BODY:
+            await send_error(send, 413, f"the body is larger than {MAX_BODY >> 20} MiB; send smaller batches")
+            return
+        await self.app(scope, _capped(receive), send)
 
 

@@ -34,6 +34,7 @@ _CHUNK = 1 << 20
 #: The index of packed objects, at the store's root (see ``DiskArtifacts.put_pack``).
 PACK_INDEX = "packs.idx"
 _REF = re.compile(r"^sha256:([0-9a-f]{64})$")
+_SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -248,10 +249,24 @@ class DiskArtifacts:
     def has(self, sha256: str) -> bool:
         """Whether the content is stored: a cheap check (no symlink resolution) for hot loops;
         reading it still goes through ``open``'s checks."""
+        if not _SHA.match(sha256):
+            return False  # never a path component from outside: "../../etc/passwd" is no name here
         # os.path, not pathlib: called once per file of a snapshot, where pathlib's overhead shows.
         if os.path.isfile(os.path.join(self.root, "objects", sha256[:2], sha256[2:])):  # noqa: PTH113, PTH118
             return True
         return self._locate(sha256) is not None
+
+    def size(self, sha256: str) -> int | None:
+        """Bytes of stored content, or None if it is not stored (or not a SHA-256)."""
+        if not _SHA.match(sha256):
+            return None
+        where = self._locate(sha256)
+        if where is not None:
+            return where[2]
+        try:
+            return self._object_path(sha256).stat().st_size
+        except (FileNotFoundError, ArtifactPathError):
+            return None
 
     def exists(self, content_ref: str) -> bool:
         sha = sha_of_ref(content_ref)

@@ -85,9 +85,13 @@ class LiveServer:
         self.log = self.home.parent / f"server-{self.port}.log"
         self.home.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
+            # The shell that starts a server may name another server: it must serve its own store anyway,
+            # and the agents it starts for launched runs must run them, not ship them elsewhere.
+            env = {**home_env(self.home, self.db_url), "RUNYARD_SERVER": "http://127.0.0.1:9",
+                   "RUNYARD_TOKEN": "ry_not_for_this_server"}
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "runyard.cli.main", "server", "--host", self.host, "--port", str(self.port)],
-                env=home_env(self.home, self.db_url), stdout=log, stderr=log, start_new_session=True)
+                env=env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

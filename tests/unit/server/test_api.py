@@ -51,3 +51,69 @@ def test_metrics_envelope_and_points_keep_nan(api: Served) -> None:
     assert np.frombuffer(pts["step"], "<i8").tolist() == [1336, 1337, 1338] and math.isnan(values[1])
     as_json = api.client.get(f"/api/v1/runs/{number}/points/loss", params={"start": 1337, "end": 1337}).json()
     assert as_json["value"] == [{"$float": "NaN"}]
+
+
+def _ingest_body(run_id: str, items: list) -> bytes:  # type: ignore[type-arg]
+    import zlib
+
+    return zlib.compress(msgpack.packb({"run_id": run_id, "writer": "w1", "items": items}), 1)
+
+
+def _start(seq: int = 0) -> list:  # type: ignore[type-arg]
+    return [seq, "e", 1.0, {"event": "start", "project": "p", "name": "shipped", "config": {}, "labels": [],
+                            "notes": "", "command": [], "host": "h", "environment": {}}]
+
+
+INGEST_HEADERS = {"content-type": "application/msgpack", "content-encoding": "deflate"}
+
+
+def test_ingest_trusts_no_artifact_name_or_size_from_the_client(api: Served) -> None:
+    run_id = "01HZZZZZZZZZZZZZZZZZZZZZZZ"
+    blob = api.opened.artifacts.put_bytes(b"eleven byte")
+    escape = _ingest_body(run_id, [_start(), [1, "a", 1.0, "x.txt", 5, "../../../../etc/passwd", "sha256:x"]])
+    refused = api.client.post("/api/v1/ingest", content=escape, headers=INGEST_HEADERS)
+    assert refused.status_code == 400 and "SHA-256" in refused.json()["error"]
+    lying = _ingest_body(run_id, [_start(), [1, "a", 1.0, "x.txt", 1000, blob.sha256, "sha256:whatever"]])
+    assert api.client.post("/api/v1/ingest", content=lying, headers=INGEST_HEADERS).status_code == 200
+    listed = api.client.get(f"/api/v1/runs/{run_id}/artifacts").json()
+    assert listed[0]["size"] == 11 and listed[0]["content_ref"] == blob.content_ref
+    got = api.client.get(f"/api/v1/runs/{run_id}/artifacts/x.txt")
+    assert got.content == b"eleven byte" and got.headers["content-length"] == "11"
+
+
+def test_a_body_past_the_limit_is_refused_before_it_fills_memory(api: Served) -> None:
+    def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: the size is learnt while reading
+        for _ in range(65):
+            yield b"\0" * (1 << 20)
+
+    refused = api.client.post("/api/v1/ingest", content=chunks(), headers=INGEST_HEADERS)
+    assert refused.status_code == 413 and "MiB" in refused.json()["error"]
+
+
+def test_a_reader_sees_which_env_variables_a_run_had_but_not_their_values(api: Served) -> None:
+    from runyard.store.tokens import Tokens
+
+    api.store.create_run(NewRun(project="p", name="secret", status=RunStatus.QUEUED,
+                                launch={"argv": ["true"], "env": {"API_KEY": "s3cr3t"}}))
+    _, reader = Tokens(api.store).create("reader")
+    _, writer = Tokens(api.store).create("writer")
+    as_reader = api.client.get("/api/v1/runs/secret", headers={"authorization": f"Bearer {reader}"})
+    assert as_reader.json()["launch"]["env"] == {"API_KEY": "(hidden)"} and "s3cr3t" not in as_reader.text
+    listed = api.client.get("/api/v1/runs", headers={"authorization": f"Bearer {reader}"})
+    assert "s3cr3t" not in listed.text
+    as_writer = api.client.get("/api/v1/runs/secret", headers={"authorization": f"Bearer {writer}"})
+    assert as_writer.json()["launch"]["env"] == {"API_KEY": "s3cr3t"}
+
+
+def test_a_project_token_cannot_launch_and_requirements_cannot_name_server_files(api: Served) -> None:
+    from runyard.store.tokens import Tokens
+
+    _, scoped = Tokens(api.store).create("writer", project="p")
+    _, writer = Tokens(api.store).create("writer")
+    body = {"command": ["true"], "snapshot": "sha256:" + "0" * 64}
+    launched = api.client.post("/api/v1/runs", json=body, headers={"authorization": f"Bearer {scoped}"})
+    assert launched.status_code == 403 and "without --project" in launched.json()["error"]
+    for line in ("-r /etc/passwd", "file:///etc/passwd", "pkg @ https://evil.example/x.whl"):
+        refused = api.client.post("/api/v1/runs", json={**body, "requirements": line},
+                                  headers={"authorization": f"Bearer {writer}"})
+        assert refused.status_code == 400, line

@@ -1,0 +1,67 @@
+"""The tailer hands each writer's records to its sink; one writer that fails holds back no other."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runyard.errors import AccessDenied, ServerError
+from runyard.ingest.tailer import Tailer
+from runyard.sdk.writer import Writer
+from runyard.spool import records
+
+
+class RecordingSink:
+    def __init__(self, refuse: set[str], error: type[Exception] = ServerError) -> None:
+        self.refuse = refuse
+        self.error = error
+        self.applied: dict[str, list[int]] = {}
+
+    def cursor(self, run_id: str, writer: str) -> int:
+        return max(self.applied.get(run_id, [-1]))
+
+    def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
+        if run_id in self.refuse:
+            raise self.error(f"server says no to {run_id}")
+        seqs = [records.seq_of(r) for r in recs if records.seq_of(r) > cursor]
+        self.applied.setdefault(run_id, []).extend(seqs)
+        return 1, max(seqs, default=cursor)
+
+    def mark_lost(self, run_id: str, message: str) -> bool:
+        return False
+
+    def heartbeat(self, run_id: str) -> float | None:
+        return None
+
+
+def _spool(spool: Path, run_id: str, points: int) -> None:
+    writer = Writer(spool / run_id, run_id, "w1")
+    writer.start()
+    for step in range(points):
+        writer.queue.extend(({"x": float(step)}, writer.next_seq(), time.time(), step))
+    writer.queue.append((writer.next_seq(), records.EVENT, time.time(), {"event": "end", "status": "finished"}))
+    assert writer.close(10)
+
+
+def test_a_refused_writer_is_reported_and_the_others_are_delivered(tmp_path: Path) -> None:
+    for run_id in ("01AAAAAAAAAAAAAAAAAAAAAAAA", "01BBBBBBBBBBBBBBBBBBBBBBBB", "01CCCCCCCCCCCCCCCCCCCCCCCC"):
+        _spool(tmp_path, run_id, 100)
+    sink = RecordingSink(refuse={"01AAAAAAAAAAAAAAAAAAAAAAAA"})
+    report = Tailer(None, None, tmp_path, None, sink=sink).poll()
+    assert [w.run_id for w in report.errors] == ["01AAAAAAAAAAAAAAAAAAAAAAAA"]
+    assert "server says no" in (report.errors[0].error or "")
+    assert sorted(sink.applied) == ["01BBBBBBBBBBBBBBBBBBBBBBBB", "01CCCCCCCCCCCCCCCCCCCCCCCC"]
+    assert all(seqs == list(range(101)) for seqs in sink.applied.values())
+    sink.refuse.clear()  # the server relents: the refused run is delivered on the next pass, whole
+    Tailer(None, None, tmp_path, None, sink=sink).poll()
+    assert sink.applied["01AAAAAAAAAAAAAAAAAAAAAAAA"] == list(range(101))
+
+
+def test_a_refused_token_stops_the_pass_for_the_caller_to_decide(tmp_path: Path) -> None:
+    _spool(tmp_path, "01AAAAAAAAAAAAAAAAAAAAAAAA", 10)
+    sink = RecordingSink(refuse={"01AAAAAAAAAAAAAAAAAAAAAAAA"}, error=AccessDenied)
+    with pytest.raises(AccessDenied):
+        Tailer(None, None, tmp_path, None, sink=sink).poll()
