@@ -1,7 +1,7 @@
 """The writer thread: moves records from the run's in-memory queue into spool segments.
 
 ``run.log()`` extends ``Writer.queue`` (a deque: that takes no lock) by one record and returns.
-This thread wakes every ``flush_interval`` (100 ms), or sooner when ``flush_records`` records wait,
+This thread wakes every ``flush_interval`` (50 ms), or sooner when ``flush_records`` records wait,
 pops the queue in frames of up to ``max_batch`` queue items (whole records; a log() call is four
 items, see spool/records.py), packs each with one C call (msgpack), and appends the checksummed
 frames to the segment with one write: a process killed after that loses nothing, because the bytes
@@ -34,7 +34,7 @@ from runyard.spool.segment import SegmentWriter, encode_frame, frame_payloads
 
 SPILL_DIR = "spill"
 #: Frames drained and written together when the writer has fallen behind.
-MAX_FRAMES_PER_WRITE = 64
+MAX_FRAMES_PER_WRITE = 8
 #: How often the writer looks at the queue's length between flushes.
 POLL_INTERVAL = 0.01
 
@@ -48,7 +48,7 @@ class Writer:
         run_id: str,
         writer_id: str,
         fsync: str = "interval",
-        flush_interval: float = 0.1,
+        flush_interval: float = 0.05,
         max_batch: int = 10_000,
         flush_records: int = 10_000,
         queue_limit: int = 100_000,
@@ -62,6 +62,8 @@ class Writer:
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self.flush_records = flush_records
+        #: Whether records arrived fast in the last interval (then the queue is watched closely).
+        self._busy = False
         self.queue_limit = queue_limit
         # The queue holds items, not records: a log() call queues four (see records.py). Counting
         # records exactly would cost log() a counter; bounding items by four per record keeps
@@ -199,18 +201,23 @@ class Writer:
     def _wait_for_work(self) -> None:
         """Return after ``flush_interval``, or sooner once ``flush_records`` records are queued.
 
-        Counting is the writer's job, not log()'s: it looks at the queue's length every
-        ``POLL_INTERVAL``, which costs the training thread one GIL hand-over per look.
+        Counting is the writer's job, not log()'s. While records arrive fast (a busy interval
+        before), it looks at the queue's length every ``POLL_INTERVAL``; otherwise it sleeps the
+        whole interval, since each look costs the training thread a GIL hand-over.
         """
-        deadline = time.monotonic() + self.flush_interval
         threshold = self.flush_records * 4  # a log() call queues four items
-        while True:
-            remaining = deadline - time.monotonic()
-            if self._wake.wait(min(POLL_INTERVAL, max(remaining, 0.0))) or remaining <= 0:
-                break
-            if len(self.queue) >= threshold:
-                break
+        if not self._busy:
+            self._wake.wait(self.flush_interval)
+        else:
+            deadline = time.monotonic() + self.flush_interval
+            while True:
+                remaining = deadline - time.monotonic()
+                if self._wake.wait(min(POLL_INTERVAL, max(remaining, 0.0))) or remaining <= 0:
+                    break
+                if len(self.queue) >= threshold:
+                    break
         self._wake.clear()
+        self._busy = len(self.queue) >= threshold // 8
 
     def _write_pending(self) -> None:
         while True:
