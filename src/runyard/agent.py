@@ -15,17 +15,22 @@ server (see ingest/shipper.py), retrying with backoff while the server is away, 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from runyard.config import Settings, resolve
 from runyard.errors import AccessDenied, RunyardError
 
 IDLE_EXIT = 10.0
+#: Niceness of the ingest thread (and of a shipping agent): training processes come first.
+INGEST_NICENESS = 10
 BUSY_PAUSE = 0.05
 IDLE_PAUSE = 0.25
 
@@ -80,24 +85,56 @@ def main() -> int:
     opened = open_store(settings)
     tailer = Tailer(opened.store, opened.artifacts, settings.spool_dir, target_key(settings))
     scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count())
+    # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
+    # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
+    # normal priority, because the supervisors it starts inherit the priority of the starting thread.
+    ingest = _Ingest(tailer)
+    thread = threading.Thread(target=ingest.run, name="runyard-ingest", daemon=True)
+    thread.start()
     last_work = time.monotonic()
     try:
-        while True:
+        while thread.is_alive():
             try:
-                report = tailer.poll()
                 started, waiting = scheduler.tick()
             except RunyardError as e:
                 print(f"runyard agent: {e}", file=sys.stderr, flush=True)
                 time.sleep(1.0)
                 continue
             now = time.monotonic()
-            if report.alive or report.records or started or waiting:
+            if started or waiting or ingest.busy_at > now - IDLE_PAUSE * 2:
                 last_work = now
-            elif now - last_work > IDLE_EXIT:
+            elif now - last_work > IDLE_EXIT and now - ingest.busy_at > IDLE_EXIT:
                 return 0
-            time.sleep(BUSY_PAUSE if report.alive else IDLE_PAUSE)
+            time.sleep(IDLE_PAUSE)
+        return 1
     finally:
+        ingest.stop = True
+        thread.join(timeout=10)
         opened.close()
+
+
+class _Ingest:
+    """The agent's ingest loop, in its own thread (see ``main``)."""
+
+    def __init__(self, tailer: Any) -> None:
+        self.tailer = tailer
+        self.stop = False
+        #: When the last pass found live writers or records (monotonic seconds).
+        self.busy_at = time.monotonic()
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # not permitted, or not Linux: normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), INGEST_NICENESS)
+        while not self.stop:
+            try:
+                report = self.tailer.poll()
+            except RunyardError as e:
+                print(f"runyard agent: {e}", file=sys.stderr, flush=True)
+                time.sleep(1.0)
+                continue
+            if report.alive or report.records:
+                self.busy_at = time.monotonic()
+            time.sleep(BUSY_PAUSE if report.alive else IDLE_PAUSE)
 
 
 def _ship(settings: Settings) -> int:
@@ -108,6 +145,8 @@ def _ship(settings: Settings) -> int:
     from runyard.spool.rundir import target_key
 
     assert settings.server is not None
+    with contextlib.suppress(OSError):  # shipping never competes with training for the CPU
+        os.nice(INGEST_NICENESS)
     client = Client(settings.server, settings.token)
     tailer = Tailer(None, None, settings.spool_dir, target_key(settings), sink=RemoteSink(client))
     backoff = Backoff()
