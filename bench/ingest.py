@@ -49,13 +49,14 @@ import subprocess
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
+
+from runyard import wire
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("RUNYARD_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -64,7 +65,6 @@ CLIENTS = 8
 RECORDS_PER_BATCH = 20_000  # replaced by --records; the default is SHIP_CHUNK (checked in main)
 THROUGHPUT_TARGET = 500_000
 P50_TARGET_MS, P99_TARGET_MS = 200.0, 1000.0
-MSGPACK = "application/msgpack"
 
 
 @dataclass
@@ -177,9 +177,7 @@ def start_record(name: str) -> list[Any]:
 
 def encode(run_id: str, writer: str, items: list[Any]) -> bytes:
     """As runyard.client.Client.ingest encodes a batch."""
-    import msgpack
-
-    return zlib.compress(msgpack.packb({"run_id": run_id, "writer": writer, "items": items}, use_bin_type=True), 1)
+    return wire.deflate(wire.pack_ingest(run_id, writer, items))
 
 
 def batch_bodies(run_id: str, writer: str, batches: int, seed: int, records: int) -> list[bytes]:
@@ -210,7 +208,7 @@ def client_worker(url: str, round_no: int, index: int, batches: int, records: in
 
         run_id, writer = new_ulid(), f"bench{index}"
         http = httpx.Client(base_url=url, timeout=httpx.Timeout(300.0, connect=10.0))
-        headers = {"content-type": MSGPACK, "content-encoding": "deflate"}
+        headers = {"content-type": wire.MSGPACK, "content-encoding": wire.ENCODING_DEFLATE}
 
         def post(body: bytes) -> dict[str, Any]:
             import msgpack

@@ -102,6 +102,7 @@ def _ingest_in_this_process() -> None:
     import threading
 
     from runyard.config import resolve
+    from runyard.ingest.sink import StoreSink
     from runyard.ingest.tailer import Tailer
     from runyard.sdk.agent_launch import agent_lock_path
     from runyard.spool.rundir import target_key
@@ -116,7 +117,7 @@ def _ingest_in_this_process() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     _ingest_in_this_process.lock = lock  # type: ignore[attr-defined]
     opened = open_store(settings)
-    tailer = Tailer(opened.store, opened.artifacts, settings.spool_dir, target_key(settings))
+    tailer = Tailer(StoreSink(opened.store, opened.artifacts), settings.spool_dir, target_key(settings))
 
     def loop() -> None:
         while True:

@@ -79,11 +79,12 @@ def main() -> int:
         return _ship(settings)
     from runyard.exec.local import LocalExecutor
     from runyard.exec.scheduler import Scheduler, gpu_count
+    from runyard.ingest.sink import StoreSink
     from runyard.ingest.tailer import Tailer
     from runyard.store.home import open_store
 
     opened = open_store(settings)
-    tailer = Tailer(opened.store, opened.artifacts, settings.spool_dir, target_key(settings))
+    tailer = Tailer(StoreSink(opened.store, opened.artifacts), settings.spool_dir, target_key(settings))
     scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count())
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
@@ -148,7 +149,7 @@ def _ship(settings: Settings) -> int:
     with contextlib.suppress(OSError):  # shipping never competes with training for the CPU
         os.nice(INGEST_NICENESS)
     client = Client(settings.server, settings.token)
-    tailer = Tailer(None, None, settings.spool_dir, target_key(settings), sink=RemoteSink(client))
+    tailer = Tailer(RemoteSink(client), settings.spool_dir, target_key(settings))
     backoff = Backoff()
     last_work = time.monotonic()
     try:

@@ -145,6 +145,7 @@ class Api:
 
     def sync(self, runs: Sequence[str] | None = None, include_live: bool = True) -> Any:
         """Ingest (or with a server, ship) pending spools now, as ``runyard sync`` does; returns the report."""
+        from runyard.ingest.sink import StoreSink
         from runyard.ingest.tailer import Tailer
         from runyard.spool.rundir import target_key
 
@@ -152,18 +153,16 @@ class Api:
         if self._client is not None:
             from runyard.ingest.shipper import RemoteSink
 
-            tailer = Tailer(None, None, self.settings.spool_dir, target, sink=RemoteSink(self._client))
+            tailer = Tailer(RemoteSink(self._client), self.settings.spool_dir, target)
         else:
             assert self._opened is not None
-            tailer = Tailer(self._opened.store, self._opened.artifacts, self.settings.spool_dir, target)
+            tailer = Tailer(StoreSink(self._opened.store, self._opened.artifacts), self.settings.spool_dir, target)
         return tailer.poll(include_live=include_live, run_ids=runs)
 
     def stop(self, run: Run) -> str:
         """Stop a run; returns what happened, in words."""
         if self._client is not None:
-            from runyard.client import RemoteStore
-
-            return RemoteStore(self._client).stop(run.number)
+            return str(self._store.stop(run.number))
         from runyard.exec.control import stop_run
 
         return stop_run(self.store, self.settings.home, run)
@@ -171,9 +170,7 @@ class Api:
     def rerun(self, parent: Run, params: dict[str, str], name: str | None) -> int:
         """Queue the parent's launch again with changed params; returns the new run's number."""
         if self._client is not None:
-            from runyard.client import RemoteStore
-
-            return RemoteStore(self._client).rerun(parent.number, params, name)
+            return int(self._store.rerun(parent.number, params, name))
         from pathlib import Path
 
         from runyard.exec.control import rerun

@@ -8,7 +8,6 @@ nothing else. Failures raise runyard's errors: ``ServerError`` when the server c
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -119,12 +118,12 @@ class Client:
         in halves, in order."""
         import msgpack
 
-        packed = msgpack.packb({"run_id": run_id, "writer": writer, "items": list(recs)}, use_bin_type=True)
+        packed = wire.pack_ingest(run_id, writer, recs)
         if len(packed) > MAX_INGEST_BYTES and len(recs) > 1:
             half = len(recs) // 2
             self.ingest(run_id, writer, recs[:half])
             return self.ingest(run_id, writer, recs[half:])
-        response = self.request("POST", "/ingest", content=zlib.compress(packed, 1),
+        response = self.request("POST", "/ingest", content=wire.deflate(packed),
                                 headers={"content-type": wire.MSGPACK, "content-encoding": wire.ENCODING_DEFLATE})
         reply = msgpack.unpackb(response.content)
         return reply.get("run_number"), int(reply["cursor"])
@@ -258,12 +257,12 @@ class RemoteArtifacts:
         import os
         import tempfile
 
+        import httpx
+
         from runyard.names import validate_relpath
 
         target = dest_root / validate_relpath(relpath)
         target.parent.mkdir(parents=True, exist_ok=True)
-        import httpx
-
         digest = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         tmp = Path(tmp_name)

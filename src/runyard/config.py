@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.errors import ConfigError
+from runyard.names import is_number
 
 #: Where runyard keeps its database, artifacts and spools. Default ``~/.runyard``.
 ENV_HOME = "RUNYARD_HOME"
@@ -87,7 +88,7 @@ def _parse_ray(raw: str, base: Path) -> str:
     if address == "auto":
         return address
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()):
+    if not sep or not host or not is_number(port):
         raise ValueError("expected host:port, ray://host:port or auto")
     return address
 
@@ -112,13 +113,13 @@ def _parse_seconds(raw: str, base: Path) -> str:
 
 
 def _parse_count(raw: str, base: Path) -> str:
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1000:
+    if not is_number(raw) or int(raw) < 1000:
         raise ValueError("expected a whole number of at least 1000")
     return raw
 
 
 def _parse_slots(raw: str, base: Path) -> str:
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1024:
+    if not is_number(raw) or not 1 <= int(raw) <= 1024:
         raise ValueError("expected a whole number from 1 to 1024")
     return raw
 

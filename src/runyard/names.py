@@ -17,6 +17,12 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 MAX_PATH = 1024
 
 
+def is_number(text: str) -> bool:
+    """Whether ``int(text)`` reads ``text`` as a plain non-negative number. Not ``str.isdigit``:
+    that is true for "²", which ``int`` refuses (found by schemathesis in run references)."""
+    return text.isascii() and text.isdigit()
+
+
 def validate_label(label: str) -> str:
     if not isinstance(label, str) or not _LABEL.match(label):
         raise InvalidArgument(

@@ -18,10 +18,23 @@ if TYPE_CHECKING:
     from runyard.store.series import Envelope, Points
 
 API_PREFIX = "/api/v1"
-JSON = "application/json"
 MSGPACK = "application/msgpack"
 #: The ingest body: a msgpack map compressed with zlib (this header says so).
 ENCODING_DEFLATE = "deflate"
+
+
+def pack_ingest(run_id: str, writer: str, recs: Any) -> bytes:
+    """The ingest body before compression: a writer's records, as readers see them (spool/records.py)."""
+    import msgpack
+
+    return bytes(msgpack.packb({"run_id": run_id, "writer": writer, "items": list(recs)}, use_bin_type=True))
+
+
+def deflate(packed: bytes) -> bytes:
+    """Compression of an ingest body (sent with ``content-encoding: deflate``): level 1, the cheapest."""
+    import zlib
+
+    return zlib.compress(packed, 1)
 
 
 def plain(value: Any) -> Any:
@@ -65,10 +78,6 @@ def run_in(data: dict[str, Any]) -> Run:
     if values.get("launch") is None:
         values["launch"] = None
     return Run(**values)
-
-
-def page_out(page: Page[Run]) -> dict[str, Any]:
-    return {"items": [run_out(r) for r in page.items], "next_cursor": page.next_cursor}
 
 
 def page_in(data: dict[str, Any]) -> Page[Run]:

@@ -16,6 +16,7 @@ import pytest
 
 from runyard.api import Api
 from runyard.config import resolve
+from runyard.ingest.sink import StoreSink
 from runyard.ingest.tailer import Tailer
 from runyard.spool.acks import SUFFIX as ACK_SUFFIX
 from runyard.spool.rundir import run_dirs
@@ -105,7 +106,7 @@ def test_ingesting_twice_changes_nothing(tmp_path: Path, env: dict[str, str]) ->
     for directory in run_dirs(settings.spool_dir):  # forget every acknowledgement, read it all again
         for ack in directory.glob(f"*{ACK_SUFFIX}"):
             ack.unlink()
-    report = Tailer(opened.store, opened.artifacts, settings.spool_dir, None).poll()
+    report = Tailer(StoreSink(opened.store, opened.artifacts), settings.spool_dir, None).poll()
     assert report.records == 0  # every record was recognised as applied
     after = opened.store.get_run("twice")
     assert after == before and after.notes == "once"

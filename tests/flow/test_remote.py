@@ -43,6 +43,19 @@ def steps_of(server_url: str, ref: str, key: str) -> list[int]:
     return np.frombuffer(msgpack.unpackb(r.content)["step"], "<i8").tolist()
 
 
+def wait_for_points(server_url: str, ref: str, key: str, above: int, timeout: float = 60) -> int:
+    """Wait until the server holds more than ``above`` points of the series; returns how many."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{server_url}/api/v1/runs/{ref}/metrics")
+        if response.status_code == 200:
+            count = next((s["count"] for s in response.json() if s["key"] == key), 0)
+            if count > above:
+                return int(count)
+        time.sleep(0.05)
+    raise AssertionError(f"the server held no more than {above} points of {ref}:{key} after {timeout} s")
+
+
 def test_a_script_logs_to_the_server_and_the_cli_reads_it_like_locally(live_server: LiveServer,
                                                                        tmp_path: Path) -> None:
     env = client_env(tmp_path / "laptop", live_server.url)
@@ -99,13 +112,13 @@ def test_server_killed_and_restarted_mid_run_loses_and_duplicates_nothing(live_s
         print(i)
     """)
     child = subprocess.Popen([sys.executable, str(path)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    live_server.kill()  # mid-batch, with no warning
-    time.sleep(3.0)  # the script keeps logging; the shipper keeps retrying
+    arrived = wait_for_points(live_server.url, "restarts", "x", above=0)
+    live_server.kill()  # mid-run, with no warning
+    time.sleep(3.0)  # an outage of 3 s: the script keeps logging; the shipper keeps retrying
     live_server.start()
-    time.sleep(1.0)
+    wait_for_points(live_server.url, "restarts", "x", above=arrived)  # shipping has resumed
     live_server.kill()
-    time.sleep(1.0)
+    time.sleep(1.0)  # a second, shorter outage
     live_server.start()
     flag.touch()
     out, _ = child.communicate(timeout=120)

@@ -15,19 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from runyard.client import Client, RemoteStore
+from runyard.ingest.sink import StoreBacked
 from runyard.spool import records
 
 #: Records per request: about 1-3 MB compressed for metrics.
 SHIP_CHUNK = 20_000
 
 
-class RemoteSink:
+class RemoteSink(StoreBacked):
     def __init__(self, client: Client) -> None:
         self.client = client
         self.store = RemoteStore(client)
-
-    def cursor(self, run_id: str, writer: str) -> int:
-        return self.client.ingest_cursor(run_id, writer)
 
     def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
         fresh = [r for r in recs if records.seq_of(r) > cursor]
@@ -50,15 +48,6 @@ class RemoteSink:
         for rec in recs:
             if type(rec) is not dict and rec[1] == records.ARTIFACT:
                 (run_dir / "files" / str(rec[5])).unlink(missing_ok=True)
-
-    def mark_lost(self, run_id: str, message: str) -> bool:
-        return self.store.mark_lost(run_id, message)
-
-    def heartbeat(self, run_id: str) -> float | None:
-        try:
-            return self.store.get_run(run_id).heartbeat_at
-        except Exception:  # noqa: BLE001 - only for a message
-            return None
 
 
 @dataclass

@@ -25,25 +25,32 @@ class Sink(Protocol):
     def heartbeat(self, run_id: str) -> float | None: ...
 
 
-class StoreSink:
+class StoreBacked:
+    """What both sinks answer from a store, local or remote (``RemoteStore`` has the same calls)."""
+
+    store: Any
+
+    def cursor(self, run_id: str, writer: str) -> int:
+        return int(self.store.ingest_cursor(run_id, writer))
+
+    def mark_lost(self, run_id: str, message: str) -> bool:
+        return bool(self.store.mark_lost(run_id, message))
+
+    def heartbeat(self, run_id: str) -> float | None:
+        try:
+            heartbeat: float | None = self.store.get_run(run_id).heartbeat_at
+        except Exception:  # noqa: BLE001 - only for a message
+            return None
+        return heartbeat
+
+
+class StoreSink(StoreBacked):
     """Local mode: records go straight into the store (SQLite's single writer is the agent)."""
 
     def __init__(self, store: Store, artifacts: DiskArtifacts) -> None:
         self.store = store
         self.artifacts = artifacts
 
-    def cursor(self, run_id: str, writer: str) -> int:
-        return self.store.ingest_cursor(run_id, writer)
-
     def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
         result, cursor = apply_records(self.store, self.artifacts, run_dir, run_id, writer, recs, cursor)
         return (result.run_number if result is not None else None), cursor
-
-    def mark_lost(self, run_id: str, message: str) -> bool:
-        return self.store.mark_lost(run_id, message)
-
-    def heartbeat(self, run_id: str) -> float | None:
-        try:
-            return self.store.get_run(run_id).heartbeat_at
-        except Exception:  # noqa: BLE001 - only for a message
-            return None

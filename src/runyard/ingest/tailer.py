@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from runyard.errors import AccessDenied, RunyardError
-from runyard.ingest.sink import Sink, StoreSink
+from runyard.ingest.sink import Sink
 from runyard.spool.acks import Ack, read_ack, write_ack
 from runyard.spool.records import seq_of, unflatten
 from runyard.spool.rundir import run_dirs, target_of, writer_alive
 from runyard.spool.segment import read_frames, read_header, segments_of
-from runyard.store.api import Store
-from runyard.store.artifacts import DiskArtifacts
 
 #: Records applied per transaction: bounds memory and keeps transactions short.
 APPLY_CHUNK = 50_000
@@ -63,12 +61,10 @@ class PollReport:
 
 
 class Tailer:
-    def __init__(self, store: Store | None, artifacts: DiskArtifacts | None, spool_dir: Path, target: str | None,
-                 sink: Sink | None = None) -> None:
-        if sink is None:
-            if store is None or artifacts is None:
-                raise ValueError("a Tailer needs a store and artifacts, or a sink")
-            sink = StoreSink(store, artifacts)
+    """Follows the spools of ``spool_dir`` that go to ``target`` (None: all) into ``sink``: a
+    ``StoreSink`` locally, a ``shipper.RemoteSink`` with a server."""
+
+    def __init__(self, sink: Sink, spool_dir: Path, target: str | None) -> None:
         self.sink = sink
         self.spool_dir = spool_dir
         self.target = target

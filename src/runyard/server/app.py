@@ -39,7 +39,7 @@ from runyard.errors import (
 from runyard.exec import options
 from runyard.names import validate_relpath
 from runyard.server import events, ingest
-from runyard.server.security import MAX_BODY, BodyTooLarge, Gate, Policy, Principal, is_loopback, requires
+from runyard.server.security import MAX_BODY, BodyTooLarge, Gate, Policy, Principal, requires
 from runyard.store.api import RunQuery
 from runyard.store.artifacts import DiskArtifacts
 from runyard.store.sql import SqlStore
@@ -313,11 +313,7 @@ def _routes(app: FastAPI, server: Server) -> None:
             project = scope
         page = store.list_runs(RunQuery(project=project, labels=label, status=status, sort=sort,
                                         descending=order == "desc", limit=limit, cursor=cursor))
-        out = wire.page_out(page)
-        if _principal(request).role == "reader":
-            for item in out["items"]:
-                wire.hide_env(item)
-        return out
+        return {"items": [_run_view(request, r) for r in page.items], "next_cursor": page.next_cursor}
 
     @app.get(f"{v1}/runs/{{ref}}", tags=["runs"])
     @requires("reader")
@@ -363,10 +359,16 @@ def _routes(app: FastAPI, server: Server) -> None:
     def launch(request: Request, body: Launch) -> dict[str, Any]:
         """Queue a run on the server's machine from an uploaded code snapshot (what `runyard run` does
         with RUNYARD_SERVER set). Answers 409 with the missing blobs when the snapshot is incomplete."""
-        from runyard.exec.remote_launch import RemoteLaunch, queue
+        from runyard.exec.remote_launch import queue
+        from runyard.exec.submit import Submission
 
         _may_launch(request)
-        done = queue(server.settings, server.artifacts, RemoteLaunch(**body.model_dump()))
+        fields = body.model_dump()
+        snapshot = (fields.pop("snapshot"), fields.pop("git_commit"), fields.pop("git_branch"),
+                    fields.pop("git_diff_ref"))
+        requirements = fields.pop("requirements")
+        done = queue(server.settings, server.artifacts, Submission(cwd=Path(), snapshot=snapshot, **fields),
+                     requirements)
         run = store.get_run(done.number)
         server.hub.publish(run.number, run.project)
         return {"number": done.number, "id": done.run_id, "status": run.status.value}
@@ -641,7 +643,3 @@ async def _receive_blob(request: Request, artifacts: DiskArtifacts) -> Any:
                 tmp.write(chunk)
         tmp.flush()
         return await anyio.to_thread.run_sync(artifacts.put_file, Path(tmp.name))
-
-
-def loopback(host: str) -> bool:
-    return is_loopback(host)

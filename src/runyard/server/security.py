@@ -21,6 +21,8 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.routing import Match
 
+from runyard.names import is_number
+
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -119,7 +121,7 @@ class Policy:
         if not host_header:
             return False
         host, _, port = host_header.rpartition(":") if not host_header.endswith("]") else (host_header, "", "")
-        if not host or (port and not (port.isascii() and port.isdigit())):
+        if not host or (port and not is_number(port)):
             host, port = host_header, ""
         host = host.strip("[]").lower()
         if port and int(port) != self.port:
@@ -224,7 +226,7 @@ class Gate:
             await self.app(scope, receive, send)
             return
         length = headers.get("content-length", "")
-        if length.isascii() and length.isdigit() and int(length) > MAX_BODY:
+        if is_number(length) and int(length) > MAX_BODY:
             await send_error(send, 413, f"the body is larger than {MAX_BODY >> 20} MiB; send smaller batches")
             return
         await self.app(scope, _capped(receive), send)

@@ -26,6 +26,7 @@ from typing import Any
 
 from runyard.errors import SpoolError
 from runyard.files import fsync_dir
+from runyard.names import is_number
 
 MAGIC = b"RYSPOOL\x01"
 _LEN = struct.Struct("<I")
@@ -45,7 +46,7 @@ def parse_segment_name(name: str) -> tuple[str, int] | None:
     if not name.endswith(SUFFIX):
         return None
     writer, _, index = name[: -len(SUFFIX)].rpartition("-")
-    if not writer or not (index.isascii() and index.isdigit()):
+    if not writer or not is_number(index):
         return None
     return writer, int(index)
 

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from runyard.errors import Ambiguous, InvalidArgument, NotFound
+from runyard.names import is_number
 from runyard.store import jsonvalues
 from runyard.store.api import RUN_SORT_FIELDS, Page, Run, RunQuery
 from runyard.store.schema import projects, run_labels, runs
@@ -75,7 +76,7 @@ def resolve_ref(conn: Connection, ref: str | int) -> int:
     text = str(ref).strip()
     if not text:
         raise InvalidArgument("empty run reference; give a run number, name or id prefix")
-    if text.isascii() and text.isdigit():  # "²" is a digit to isdigit(), not to int()
+    if is_number(text):
         number = conn.execute(sa.select(_R.number).where(_R.number == int(text))).scalar()
         if number is None:
             raise NotFound(f"no run number {text}")

@@ -77,30 +77,36 @@ def _stats_of_row(r: sa.Row[*tuple[Any, ...]]) -> Stats:
                  f(r.vmin), f(r.vmax), f(r.vsum), f(r.vlast))
 
 
-def _chunk_blobs(conn: Connection, series_id: int, first: int, last: int) -> list[bytes]:
+def _chunk_blobs_many(conn: Connection, ranges: dict[int, tuple[int, int]]) -> dict[int, list[bytes]]:
+    """The blobs of chunks first..last of each series, in ordinal order, read in one query."""
+    blobs: dict[int, list[bytes]] = {sid: [] for sid in ranges}
+    if not ranges:
+        return blobs
     if conn.dialect.name == "postgresql":
         # psycopg sends bytea as hex text unless asked for binary: binary halves the bytes and
         # saves most of the decoding, which dominates a zoomed-in envelope.
+        where = " OR ".join(["(series_id = %s AND ordinal >= %s AND ordinal <= %s)"] * len(ranges))
+        params = [x for sid, (first, last) in ranges.items() for x in (sid, first, last)]
         with conn.connection.driver_connection.cursor(binary=True) as cur:  # type: ignore[union-attr]
-            cur.execute(
-                "SELECT data FROM metric_chunks WHERE series_id = %s AND ordinal >= %s AND ordinal <= %s"
-                " ORDER BY ordinal",
-                (series_id, first, last),
-            )
-            return [bytes(row[0]) for row in cur.fetchall()]
+            cur.execute(f"SELECT series_id, data FROM metric_chunks WHERE {where} ORDER BY series_id, ordinal",
+                        params)
+            for sid, data in cur.fetchall():
+                blobs[sid].append(bytes(data))
+        return blobs
     c = metric_chunks.c
-    return [
-        bytes(b)
-        for b in conn.execute(
-            sa.select(c.data)
-            .where(c.series_id == series_id, c.ordinal >= first, c.ordinal <= last)
-            .order_by(c.ordinal)
-        ).scalars()
-    ]
+    rows = conn.execute(sa.select(c.series_id, c.data).where(sa.or_(*(
+        sa.and_(c.series_id == sid, c.ordinal >= first, c.ordinal <= last)
+        for sid, (first, last) in ranges.items()))).order_by(c.series_id, c.ordinal))
+    for sid, data in rows:
+        blobs[sid].append(bytes(data))
+    return blobs
 
 
-def _decode_range(conn: Connection, series_id: int, first: int, last: int) -> Points:
-    parts = [decode_chunk(b) for b in _chunk_blobs(conn, series_id, first, last)]
+def _chunk_blobs(conn: Connection, series_id: int, first: int, last: int) -> list[bytes]:
+    return _chunk_blobs_many(conn, {series_id: (first, last)})[series_id]
+
+
+def _concat(parts: list[Points]) -> Points:
     if not parts:
         return Points.empty()
     if len(parts) == 1:
@@ -110,6 +116,15 @@ def _decode_range(conn: Connection, series_id: int, first: int, last: int) -> Po
         np.concatenate([p.times for p in parts]),
         np.concatenate([p.values for p in parts]),
     )
+
+
+def _decode_range(conn: Connection, series_id: int, first: int, last: int) -> Points:
+    return _concat([decode_chunk(b) for b in _chunk_blobs(conn, series_id, first, last)])
+
+
+def _decode_ranges(conn: Connection, ranges: dict[int, tuple[int, int]]) -> dict[int, Points]:
+    """The points of chunks first..last of each series, read in one query."""
+    return {sid: _concat([decode_chunk(b) for b in blobs]) for sid, blobs in _chunk_blobs_many(conn, ranges).items()}
 
 
 def _steps_values(conn: Connection, series_id: int, first: int, last: int, lo: int,
@@ -216,35 +231,6 @@ def _rewrite_starts(conn: Connection, work: list[tuple[SeriesRow, Points]], chun
             reached = _first_ordinal_reaching(conn, row.id, 0, first_new)
             starts[row.id] = n - 1 if reached is None else reached
     return starts
-
-
-def _decode_ranges(conn: Connection, ranges: dict[int, tuple[int, int]]) -> dict[int, Points]:
-    """The points of chunks first..last of each series, read in one query."""
-    if not ranges:
-        return {}
-    blobs: dict[int, list[bytes]] = {sid: [] for sid in ranges}
-    if conn.dialect.name == "postgresql":
-        where = " OR ".join(["(series_id = %s AND ordinal >= %s AND ordinal <= %s)"] * len(ranges))
-        params = [x for sid, (first, last) in ranges.items() for x in (sid, first, last)]
-        with conn.connection.driver_connection.cursor(binary=True) as cur:  # type: ignore[union-attr]
-            cur.execute(f"SELECT series_id, data FROM metric_chunks WHERE {where} ORDER BY series_id, ordinal",
-                        params)
-            for sid, data in cur.fetchall():
-                blobs[sid].append(bytes(data))
-    else:
-        c = metric_chunks.c
-        rows = conn.execute(sa.select(c.series_id, c.data).where(sa.or_(*(
-            sa.and_(c.series_id == sid, c.ordinal >= first, c.ordinal <= last)
-            for sid, (first, last) in ranges.items()))).order_by(c.series_id, c.ordinal))
-        for sid, data in rows:
-            blobs[sid].append(bytes(data))
-    out = {}
-    for sid, parts in blobs.items():
-        decoded = [decode_chunk(b) for b in parts]
-        out[sid] = Points.empty() if not decoded else decoded[0] if len(decoded) == 1 else Points(
-            np.concatenate([p.steps for p in decoded]), np.concatenate([p.times for p in decoded]),
-            np.concatenate([p.values for p in decoded]))
-    return out
 
 
 def _retained(level: int, j: int, old_counts: list[int]) -> int:

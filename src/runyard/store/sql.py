@@ -87,16 +87,17 @@ class SqlStore:
             with conn.begin():
                 yield conn
 
-    def _insert_ignore(self, conn: Connection, table: sa.Table, values: dict[str, Any],
+    def _insert_ignore(self, conn: Connection, table: sa.Table, values: dict[str, Any] | list[dict[str, Any]],
                        keys: Sequence[str]) -> None:
+        """Insert one row, or several in one statement, skipping those whose ``keys`` exist."""
         if conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            conn.execute(pg_insert(table).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+            conn.execute(pg_insert(table).values(values).on_conflict_do_nothing(index_elements=list(keys)))
         else:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            conn.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+            conn.execute(sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=list(keys)))
 
     # -- projects ---------------------------------------------------------------------------------
 
@@ -269,17 +270,9 @@ class SqlStore:
 
     def _locked_series_many(self, conn: Connection, run: int, keys: Sequence[str]) -> dict[str, series_sql.SeriesRow]:
         """The rows of these series of a run, created if new, locked until the transaction ends."""
-        values = [{"run_number": run, "key": key, "point_count": 0, "chunk_count": 0} for key in keys]
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            conn.execute(pg_insert(metric_series).values(values).on_conflict_do_nothing(
-                index_elements=["run_number", "key"]))
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            conn.execute(sqlite_insert(metric_series).values(values).on_conflict_do_nothing(
-                index_elements=["run_number", "key"]))
+        self._insert_ignore(conn, metric_series,
+                            [{"run_number": run, "key": key, "point_count": 0, "chunk_count": 0} for key in keys],
+                            ["run_number", "key"])
         found = conn.execute(
             sa.select(_S.id, _S.key, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
             .where(_S.run_number == run, _S.key.in_(keys)).order_by(_S.key).with_for_update()
@@ -451,13 +444,7 @@ class SqlStore:
 
     def ingest_cursor(self, run_id: str, writer: str) -> int:
         """Highest sequence number of ``writer`` applied to run ``run_id`` (-1: none, or no such run)."""
-        c = ingest_cursors.c
-        with self._read() as conn:
-            seq = conn.execute(
-                sa.select(c.seq).select_from(ingest_cursors.join(runs, _R.number == c.run_number))
-                .where(_R.id == run_id, c.writer == writer)
-            ).scalar()
-        return -1 if seq is None else int(seq)
+        return self.ingest_state(run_id, writer)[0]
 
     def ingest_state(self, run_id: str, writer: str) -> tuple[int, int | None, str | None]:
         """One query for an ingest route: (cursor of ``writer`` or -1, the run's number, its project),

@@ -50,13 +50,13 @@ def test_a_refused_writer_is_reported_and_the_others_are_delivered(tmp_path: Pat
     for run_id in ("01AAAAAAAAAAAAAAAAAAAAAAAA", "01BBBBBBBBBBBBBBBBBBBBBBBB", "01CCCCCCCCCCCCCCCCCCCCCCCC"):
         _spool(tmp_path, run_id, 100)
     sink = RecordingSink(refuse={"01AAAAAAAAAAAAAAAAAAAAAAAA"})
-    report = Tailer(None, None, tmp_path, None, sink=sink).poll()
+    report = Tailer(sink, tmp_path, None).poll()
     assert [w.run_id for w in report.errors] == ["01AAAAAAAAAAAAAAAAAAAAAAAA"]
     assert "server says no" in (report.errors[0].error or "")
     assert sorted(sink.applied) == ["01BBBBBBBBBBBBBBBBBBBBBBBB", "01CCCCCCCCCCCCCCCCCCCCCCCC"]
     assert all(seqs == list(range(101)) for seqs in sink.applied.values())
     sink.refuse.clear()  # the server relents: the refused run is delivered on the next pass, whole
-    Tailer(None, None, tmp_path, None, sink=sink).poll()
+    Tailer(sink, tmp_path, None).poll()
     assert sink.applied["01AAAAAAAAAAAAAAAAAAAAAAAA"] == list(range(101))
 
 
@@ -64,4 +64,4 @@ def test_a_refused_token_stops_the_pass_for_the_caller_to_decide(tmp_path: Path)
     _spool(tmp_path, "01AAAAAAAAAAAAAAAAAAAAAAAA", 10)
     sink = RecordingSink(refuse={"01AAAAAAAAAAAAAAAAAAAAAAAA"}, error=AccessDenied)
     with pytest.raises(AccessDenied):
-        Tailer(None, None, tmp_path, None, sink=sink).poll()
+        Tailer(sink, tmp_path, None).poll()

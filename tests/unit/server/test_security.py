@@ -22,10 +22,8 @@ import http.client
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -657,30 +655,6 @@ def test_unsatisfiable_range_error_is_json(api: Served) -> None:
 # -- 5. a real server process ----------------------------------------------------------------------
 
 
-def _serve(env: dict[str, str], host: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "server", "--host", host, "--port",
-                                 str(port)], env=env, stdout=out, stderr=out, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-
-
-def _wait_until_answering(process: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited: {log.read_text()[-2000:]}"
-        try:
-            httpx.get(f"{url}/api/health", timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
-
-
 def test_server_on_all_interfaces_needs_a_token_to_start_and_to_answer(db_url: str, tmp_path: Path) -> None:
     if db_url.startswith("postgresql"):
         engine = create_engine(db_url)
@@ -701,11 +675,10 @@ def test_server_on_all_interfaces_needs_a_token_to_start_and_to_answer(db_url: s
         opened.store.create_run(NewRun(project="p", name="r", status=RunStatus.RUNNING))
     finally:
         opened.close()
-    log = tmp_path / "server.log"
-    process = _serve(env, "0.0.0.0", port, log)
+    server = LiveServer(home, db_url, port=port, host="0.0.0.0")
+    server.start()
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_until_answering(process, url, log)
         anonymous = httpx.get(f"{url}/api/v1/runs", timeout=5)
         assert anonymous.status_code == 401 and "error" in anonymous.json()
         assert httpx.get(f"{url}/api/v1/runs", headers=bearer("ry_nope_nope"), timeout=5).status_code == 401
@@ -715,7 +688,7 @@ def test_server_on_all_interfaces_needs_a_token_to_start_and_to_answer(db_url: s
         assert [r["name"] for r in ok.json()["items"]] == ["r"]
         assert httpx.get(f"{url}/api/health", timeout=5).status_code == 401
     finally:
-        _stop(process)
+        server.kill()
 
 
 def _wire(port: int, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
@@ -735,20 +708,9 @@ def _wire(port: int, method: str, target: str, body: bytes = b"", headers: dict[
         conn.close()
 
 
-@pytest.fixture
-def sqlite_live_server(tmp_path: Path) -> Iterator[LiveServer]:
-    """``runyard server`` on loopback with no tokens, on SQLite only (the wire corpus does not depend on the engine)."""
-    server = LiveServer(tmp_path / "server-home", f"sqlite:///{tmp_path / 'live.db'}")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
+@pytest.mark.engines("sqlite")  # the wire corpus does not depend on the engine
 def test_loopback_server_without_tokens_needs_none_and_refuses_escapes_on_the_wire(
-        sqlite_live_server: LiveServer, outside: Path) -> None:
-    live_server = sqlite_live_server
+        live_server: LiveServer, outside: Path) -> None:
     port = live_server.port
     url = f"http://127.0.0.1:{port}"
     listed = httpx.get(f"{url}/api/v1/runs", timeout=5)
