@@ -1,7 +1,7 @@
 """The writer thread: moves records from the run's in-memory queue into spool segments.
 
 ``run.log()`` extends ``Writer.queue`` (a deque: that takes no lock) by one record and returns.
-This thread wakes every ``flush_interval`` (50 ms), or sooner when ``flush_records`` records wait,
+This thread wakes every ``flush_interval`` (100 ms), or sooner when ``flush_records`` records wait,
 pops the queue in frames of up to ``max_batch`` queue items (whole records; a log() call is four
 items, see spool/records.py), packs each with one C call (msgpack), and appends the checksummed
 frames to the segment with one write: a process killed after that loses nothing, because the bytes
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 import os
 import threading
 import time
@@ -37,6 +38,12 @@ SPILL_DIR = "spill"
 MAX_FRAMES_PER_WRITE = 8
 #: How often the writer looks at the queue's length between flushes.
 POLL_INTERVAL = 0.01
+#: Bounds on how often the spill thread looks at the queue's length (see ``Writer._spill_wait``).
+SPILL_POLL_MIN = 0.02
+SPILL_POLL_MAX = 0.25
+#: Queue items a tight log() loop adds per second at most (four per call, ~1.5 million calls/s),
+#: rounded up: the spill thread sleeps no longer than that rate needs to fill the headroom.
+FASTEST_ITEMS_PER_S = 8_000_000
 
 
 class Writer:
@@ -48,7 +55,7 @@ class Writer:
         run_id: str,
         writer_id: str,
         fsync: str = "interval",
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.1,
         max_batch: int = 10_000,
         flush_records: int = 10_000,
         queue_limit: int = 100_000,
@@ -169,17 +176,22 @@ class Writer:
         if count == 0:
             return None
         popleft = queue.popleft
-        batch = [popleft() for _ in range(count)]
+        # C-level loops throughout: the writer's Python work per record is time the training
+        # thread waits for the GIL (see the module docstring).
+        batch = list(itertools.starmap(popleft, itertools.repeat((), count)))
         while queue and not records.is_record_start(queue[0]):
             batch.append(popleft())  # finish the metrics group the count cut through
         # Kept here rather than in log(): the summary is read rarely, log() is called all the time.
-        latest = self.latest
-        metric_records = 0
-        for item in batch:
-            if type(item) is dict:
-                latest.update(item)
-                metric_records += 1
-        record_count = len(batch) - 3 * metric_records  # a metrics record is four items, others one
+        groups = batch[0::4]
+        if len(batch) % 4 == 0 and operator.countOf(map(type, groups), dict) == len(groups):
+            # Only metrics groups (the usual batch): item 0 of each is its map, and no other item
+            # of a group is a map, so counting maps at every fourth place proves the layout.
+            maps = groups
+            record_count = len(groups)
+        else:
+            maps = [item for item in batch if type(item) is dict]
+            record_count = len(batch) - 3 * len(maps)  # a metrics record is four items, others one
+        deque(map(self.latest.update, maps), maxlen=0)
         return msgpack.packb(batch, use_bin_type=True), records.last_seq(batch), record_count
 
     def _write_loop(self) -> None:
@@ -274,8 +286,18 @@ class Writer:
 
     # -- spilling ---------------------------------------------------------------------------------
 
+    def _spill_wait(self, queued: int) -> float:
+        """How long the spill thread may sleep: until a fast loop could fill the queue's headroom.
+
+        Each wake-up costs the training thread a GIL hand-over, so it looks rarely while the queue
+        is short, and every ``SPILL_POLL_MIN`` seconds once it nears its limit.
+        """
+        headroom = max(self._item_limit - queued, 0)
+        return min(max(headroom / FASTEST_ITEMS_PER_S, SPILL_POLL_MIN), SPILL_POLL_MAX)
+
     def _spill_loop(self) -> None:
-        while not self._stop.wait(0.02):
+        queued = 0
+        while not self._stop.wait(self._spill_wait(queued)):
             queued = len(self.queue)
             self.peak_queued = max(self.peak_queued, queued)
             if queued <= self._item_limit:
