@@ -4,14 +4,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit bench bench-peers clean
+UI_STAMP := src/runyard/server/static/index.html
+UI_SOURCES := $(wildcard web/src/*.ts web/src/*.tsx web/src/*.css web/src/*/*.tsx) web/index.html web/vite.config.ts web/package-lock.json
+
+.PHONY: install demo test lint typecheck unit ui bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[postgres,dev,pandas]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The dashboard: web/ built with npm into the package's static files, served by `runyard server`.
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+$(UI_STAMP): web/node_modules/.package-lock.json $(UI_SOURCES)
+	cd web && npm run --silent build
+
+ui: $(UI_STAMP)
+
+install: $(STAMP) $(UI_STAMP)
 
 demo: install
 	$(BIN)/runyard doctor
@@ -26,6 +39,7 @@ typecheck: install
 
 unit: install
 	scripts/ensure-postgres
+	scripts/ensure-chromium
 	$(BIN)/pytest
 
 test: lint typecheck unit
@@ -36,10 +50,11 @@ bench: install
 	$(BIN)/python bench/logging.py
 	$(BIN)/python bench/launch.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ui.py
 
 # Side virtual environments with MLflow, wandb, Aim and tensorboardX, for bench/logging.py.
 bench-peers:
 	PYTHON=$(PYTHON) bench/peers/install.sh
 
 clean:
-	rm -rf $(VENV) .venv-peers .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist src/*.egg-info
+	rm -rf $(VENV) .venv-peers web/node_modules src/runyard/server/static .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist src/*.egg-info

@@ -137,18 +137,22 @@ def bench_envelope(store: SqlStore, engine_name: str, points: int, repeat: int) 
     ]
 
 
-def bench_runs_table(store: SqlStore, engine_name: str, count: int, repeat: int) -> Row:
-    rng = np.random.default_rng(3)
+def insert_runs(store: SqlStore, project: str, count: int, seed: int = 3) -> None:
+    """``count`` finished runs in ``project`` at once (one INSERT): 20 config values, a summary with
+    accuracy and loss, and a label, baseline for every third run and sweep for the others."""
+    rng = np.random.default_rng(seed)
     with store.engine.begin() as conn:
         project_id = conn.execute(
-            sa.insert(projects).values(name="table", created_at=time.time()).returning(projects.c.id)
+            sa.insert(projects).values(name=project, created_at=time.time()).returning(projects.c.id)
         ).scalar_one()
         first = conn.execute(sa.select(sa.func.coalesce(sa.func.max(runs.c.number), 0))).scalar_one() + 1
         now = time.time()
         rows = [
             {
-                "number": first + i, "id": f"01BENCH{i:019d}", "project_id": project_id, "name": f"run-{i}",
-                "status": "finished", "created_at": now + i, "resources": {}, "priority": 0, "notes": "",
+                "number": first + i, "id": f"01BENCH{first + i:019d}", "project_id": project_id, "name": f"run-{i}",
+                "status": "finished", "created_at": now + i, "started_at": now + i,
+                "ended_at": now + i + 60.0 * (i % 7),
+                "resources": {}, "priority": 0, "notes": "",
                 "config": {f"param_{j}": float(rng.random()) for j in range(20)},
                 "summary": {"accuracy": float(rng.random()), "loss": float(rng.random())},
                 "environment": {},
@@ -158,8 +162,12 @@ def bench_runs_table(store: SqlStore, engine_name: str, count: int, repeat: int)
         conn.execute(sa.insert(runs), rows)
         labels = [{"run_number": first + i, "label": "baseline" if i % 3 == 0 else "sweep"} for i in range(count)]
         conn.execute(sa.insert(run_labels), labels)
-        if engine_name == "postgresql":
+        if store.dialect == "postgresql":
             conn.exec_driver_sql("ANALYZE")
+
+
+def bench_runs_table(store: SqlStore, engine_name: str, count: int, repeat: int) -> Row:
+    insert_runs(store, "table", count)
     query = RunQuery(project="table", labels=["baseline"], sort="summary.accuracy", limit=100)
     page = store.list_runs(query)
     assert len(page.items) == 100 and page.items[0].summary["accuracy"] >= page.items[-1].summary["accuracy"]

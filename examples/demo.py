@@ -1,8 +1,8 @@
 """The demo behind `make demo`: launch a training run in the background, follow it, read it back.
 
 Launches examples/train.py with `runyard run -f` (snapshot, queue, supervisor, logging SDK), then
-draws its loss curve in the terminal from the store's exact min/max envelope. The local server and
-its dashboard arrive with the next issues; `runyard ps`, `runyard show` and `runyard logs` work now.
+draws its loss curve in the terminal from the store's exact min/max envelope, and starts the local
+server (`runyard ui`) so the run can be opened in the dashboard.
 """
 
 from __future__ import annotations
@@ -46,8 +46,16 @@ def main() -> int:
     print(f"  outputs: {', '.join(a.path for a in run.artifacts()) or 'none'}")
     print(f"\nTry: runyard ps | runyard show {run.number} | runyard logs {run.number} | "
           f"runyard cp {run.number}:outputs/model.json .")
-    print("The server and its dashboard come with the next issues.")
     api.close()
+    # `runyard ui` starts the local server when none answers, and prints its address.
+    ui = subprocess.run([sys.executable, "-m", "runyard.cli.main", "ui", "--no-browser"], cwd=ROOT,
+                        capture_output=True, text=True)
+    if ui.returncode == 0:
+        base = ui.stdout.strip().splitlines()[-1]
+        print(f"\nThe dashboard: {base}/runs/{run.number} (the local server keeps running; "
+              "`runyard ui` prints this address again)")
+    else:
+        print(f"the local server did not start: {ui.stderr.strip()}", file=sys.stderr)
     return 0
 
 

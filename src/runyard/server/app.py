@@ -38,7 +38,7 @@ from runyard.errors import (
 )
 from runyard.exec import options
 from runyard.names import validate_relpath
-from runyard.server import events, ingest
+from runyard.server import events, ingest, ui
 from runyard.server.security import MAX_BODY, BodyTooLarge, Gate, Policy, Principal, requires
 from runyard.store.api import RunQuery
 from runyard.store.artifacts import DiskArtifacts
@@ -175,6 +175,7 @@ def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bi
     app.state.server = server
     _errors(app)
     _routes(app, server)
+    ui.mount(app)
     policy = Policy(bind_host, port, server.tokens, tuple(h.lower() for h in allowed_hosts))
     app.state.policy = policy
     # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
@@ -277,14 +278,6 @@ def _routes(app: FastAPI, server: Server) -> None:
         store.list_projects()
         return {"status": "ok", "version": __version__, "schema": REVISIONS[-1], "dialect": store.dialect}
 
-    @app.get("/", include_in_schema=False)
-    @requires("reader")
-    def index() -> Response:
-        page = ("<!doctype html><html><head><meta charset='utf-8'><title>runyard</title></head><body>"
-                "<h1>runyard server</h1><p>The API is under <code>/api/v1</code>; its description is at "
-                "<a href='/api/openapi.json'>/api/openapi.json</a>.</p></body></html>")
-        return Response(page, media_type="text/html")
-
     @app.get(f"{v1}/projects", tags=["runs"])
     @requires("reader")
     def projects(request: Request) -> list[dict[str, Any]]:
@@ -302,18 +295,26 @@ def _routes(app: FastAPI, server: Server) -> None:
         sort: Annotated[str, Query(max_length=200, description="number, name, status, created_at, started_at, "
                                    "ended_at, priority, config.<key> or summary.<key>")] = "number",
         order: Literal["asc", "desc"] = "desc",
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
         cursor: Annotated[str | None, Query(max_length=2000)] = None,
-    ) -> dict[str, Any]:
+        compact: Annotated[bool, Query(description="leave out environment, launch and notes (for tables)")] = False,
+    ) -> Response:
         """Runs, filtered and sorted, one page at a time (pass ``next_cursor`` back as ``cursor``)."""
+        import orjson
+
         scope = _principal(request).project
         if scope is not None:
             if project not in (None, scope):
-                return {"items": [], "next_cursor": None}
+                return Response(b'{"items":[],"next_cursor":null}', media_type="application/json")
             project = scope
         page = store.list_runs(RunQuery(project=project, labels=label, status=status, sort=sort,
                                         descending=order == "desc", limit=limit, cursor=cursor))
-        return {"items": [_run_view(request, r) for r in page.items], "next_cursor": page.next_cursor}
+        items = [_run_view(request, r) for r in page.items]
+        if compact:
+            for item in items:
+                item["environment"], item["launch"], item["notes"] = {}, None, ""
+        return Response(orjson.dumps({"items": items, "next_cursor": page.next_cursor}),
+                        media_type="application/json")
 
     @app.get(f"{v1}/runs/{{ref}}", tags=["runs"])
     @requires("reader")
@@ -450,6 +451,15 @@ def _routes(app: FastAPI, server: Server) -> None:
         run = server.run_for(request, ref)
         lines = store.tail_logs(run.number, tail) if tail is not None else store.read_logs(run.number, after, limit)
         return [wire.plain_out(line) for line in lines]
+
+    @app.get(f"{v1}/runs/{{ref}}/diff", tags=["runs"])
+    @requires("reader")
+    def diff(request: Request, ref: str) -> Response:
+        """The uncommitted changes the run's code had against its git commit, as a unified diff."""
+        run = server.run_for(request, ref)
+        if not run.git_diff_ref:
+            raise NotFound(f"run {run.number} recorded no uncommitted changes")
+        return Response(server.artifacts.read_bytes(run.git_diff_ref), media_type="text/plain; charset=utf-8")
 
     @app.get(f"{v1}/runs/{{ref}}/artifacts", tags=["artifacts"])
     @requires("reader")

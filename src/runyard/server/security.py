@@ -99,6 +99,8 @@ class Principal:
 
 
 LOCAL_USER = Principal("admin")
+#: Whoever asks for a public route (the dashboard's files): may read nothing else.
+ANONYMOUS = Principal("public", name="anonymous")
 
 
 @dataclass
@@ -196,7 +198,10 @@ class Gate:
         route = self._match(scope)
         role = route_role(route) if route is not None else "public"
         principal = LOCAL_USER
-        if await anyio.to_thread.run_sync(policy.auth_required):
+        if route is not None and role == "public" and scope["method"] in ("GET", "HEAD"):
+            # The dashboard's static shell: no data, and the browser needs it before it has a token.
+            principal = ANONYMOUS
+        elif await anyio.to_thread.run_sync(policy.auth_required):
             authorization = headers.get("authorization", "")
             scheme, _, secret = authorization.partition(" ")
             if scheme.lower() != "bearer" or not secret.strip():

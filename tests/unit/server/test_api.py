@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 from tests.unit.server.conftest import Served
 
-from runyard.store.api import NewRun
+from runyard.store.api import NewRun, RunPatch
 from runyard.store.series import Points
 from runyard.types import RunStatus
 
@@ -117,3 +117,40 @@ def test_a_project_token_cannot_launch_and_requirements_cannot_name_server_files
         refused = api.client.post("/api/v1/runs", json={**body, "requirements": line},
                                   headers={"authorization": f"Bearer {writer}"})
         assert refused.status_code == 400, line
+
+
+def test_a_compact_listing_of_ten_thousand_runs_leaves_out_what_a_table_does_not_show(api: Served) -> None:
+    number = _seed(api)
+    api.store.update_run(number, RunPatch(notes="long notes"))
+    full = api.client.get("/api/v1/runs", params={"project": "gan"}).json()["items"][0]
+    compact = api.client.get("/api/v1/runs", params={"project": "gan", "compact": "true", "limit": 10_000}).json()
+    row = compact["items"][0]
+    assert full["notes"] == "long notes" and row["notes"] == "" and row["environment"] == {} and row["launch"] is None
+    assert row["config"] == {"lr": 0.1} and row["labels"] == ["a"] and row["status"] == "running"
+    assert api.client.get("/api/v1/runs", params={"limit": 10_001}).status_code == 400
+
+
+def test_the_uncommitted_diff_of_a_run_is_served_as_text(api: Served) -> None:
+    number = _seed(api)
+    assert api.client.get(f"/api/v1/runs/{number}/diff").status_code == 404  # none recorded
+    blob = api.opened.artifacts.put_bytes(b"--- a/train.py\n+++ b/train.py\n+lr = 0.5\n")
+    with api.store.engine.begin() as conn:
+        from runyard.store.schema import runs
+
+        conn.execute(runs.update().where(runs.c.number == number).values(git_diff_ref=blob.content_ref))
+    diff = api.client.get(f"/api/v1/runs/{number}/diff")
+    assert diff.status_code == 200 and diff.text.endswith("+lr = 0.5\n")
+    assert diff.headers["content-type"].startswith("text/plain")
+
+
+def test_every_dashboard_page_is_the_same_shell_and_assets_cannot_leave_their_folder(api: Served) -> None:
+    from runyard.server import ui
+
+    pages = [api.client.get(path) for path in ("/", "/projects/gan", "/runs/1", "/compare?runs=1,2")]
+    assert all(p.status_code == 200 and p.headers["content-type"].startswith("text/html") for p in pages)
+    assert len({p.content for p in pages}) == 1
+    built = (ui.STATIC / "index.html").exists()
+    assert (b"make ui" in pages[0].content) != built  # the built app, or how to build it
+    for name in ("..%2F..%2Fconfig.py", ".hidden", "%2Fetc%2Fpasswd", "missing.js"):
+        assert api.client.get(f"/assets/{name}").status_code == 404
+    assert api.client.get("/nothing-here").status_code == 404

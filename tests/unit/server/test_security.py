@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from tests.unit.server.conftest import LiveServer, Served, free_port, home_env
 
 from runyard.config import resolve
+from runyard.server import ui
 from runyard.server.security import RANK, route_role
 from runyard.store.api import NewRun
 from runyard.store.engine import create_engine
@@ -508,7 +509,20 @@ def test_every_route_enforces_its_role(api: Served) -> None:
     no_token_cache(api)
     c = api.client
     checked = 0
+    public = sorted(template for _, template, role in _routes(api) if role == "public")
+    # Only the dashboard's shell and its assets are open, and they hold no data (see server/ui.py).
+    assert public == sorted([*ui.PAGES, "/assets/{name}"])
+    shells = set()
+    for template in ui.PAGES:
+        shell = c.get(template.replace("{rest:path}", str(number)))
+        assert shell.status_code == 200 and shell.headers["content-type"].startswith("text/html")
+        assert "content-security-policy" in shell.headers
+        assert api.store.get_run(number).id.encode() not in shell.content
+        shells.add(shell.content)
+    assert len(shells) == 1  # the same static page whatever the URL names
     for method, template, role in _routes(api):
+        if role == "public":
+            continue
         url = _concrete(template, number)
         body = {"content": b"{}", "headers": {"content-type": "application/json"}} if method in (
             "POST", "PUT", "PATCH", "DELETE") else {"headers": {}}

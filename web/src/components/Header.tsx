@@ -1,0 +1,53 @@
+// The header: where you are, and one small chip that says what is running, queued and failed.
+// Routine events change the counts quietly; a failed run stays in the chip until its page is seen.
+import { useEffect, useState } from "react";
+import { api, BAD, follow, Run } from "../api";
+import { useSeen } from "../attention";
+import { Link, projectHref, runHref } from "./Link";
+
+export function useAttention(project: string | null): Run[] {
+  const [runs, setRuns] = useState<Run[]>([]);
+  useEffect(() => {
+    const abort = new AbortController();
+    let timer: number | undefined;
+    const refresh = () => {
+      const q = new URLSearchParams({ compact: "true", limit: "2000" });
+      if (project) q.set("project", project);
+      for (const s of ["queued", "starting", "running", "failed", "lost", "timeout"]) q.append("status", s);
+      api.runs(q, abort.signal).then((p) => setRuns(p.items)).catch(() => undefined);
+    };
+    refresh();
+    follow(project ? `project=${encodeURIComponent(project)}` : "", () => {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(refresh, 300);
+    }, abort.signal);
+    return () => { abort.abort(); window.clearTimeout(timer); };
+  }, [project]);
+  return runs;
+}
+
+export function Header({ project }: { project: string | null }) {
+  const runs = useAttention(project);
+  const seen = useSeen();
+  const running = runs.filter((r) => r.status === "running" || r.status === "starting").length;
+  const queued = runs.filter((r) => r.status === "queued").length;
+  const unseen = runs.filter((r) => BAD.has(r.status) && !seen.has(r.id));
+  return (
+    <header className="top">
+      <Link href="/" className="brand">runyard</Link>
+      {project && <Link href={projectHref(project)} className="crumb">{project}</Link>}
+      <span className="spacer" />
+      <span className="chip" data-testid="status-chip">
+        <span className={running ? "dot running" : "dot"} /> {running} running · {queued} queued
+        {unseen.length > 0 && (
+          <>
+            {" · "}
+            <Link href={runHref(unseen[0].number)} className="failed" title="failed runs you have not opened yet" testid="unseen-failed">
+              {unseen.length} failed
+            </Link>
+          </>
+        )}
+      </span>
+    </header>
+  );
+}
