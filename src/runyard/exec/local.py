@@ -33,6 +33,10 @@ class LocalExecutor:
                 close_fds=True,
             )
 
+    def submitted(self, run_id: str) -> bool:
+        """Whether ``submit`` got as far as writing the run's launch spec (it does so first)."""
+        return (run_directory(self.home, run_id) / SPEC_FILE).exists()
+
     def _pid(self, run_id: str) -> int | None:
         try:
             return int((run_directory(self.home, run_id) / PID_FILE).read_text().strip())

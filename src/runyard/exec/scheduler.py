@@ -22,6 +22,8 @@ from runyard.types import RunStatus
 
 #: A run left "starting" this long without its supervisor has failed to start.
 START_TIMEOUT = 120.0
+#: A run seen "starting" but never handed to the executor for this long goes back to the queue.
+REQUEUE_GRACE = 2.0
 
 
 def default_slots(gpu_count: int) -> int:
@@ -45,11 +47,15 @@ class Scheduler:
         self.executor = executor
         self.gpus = gpus
         self.slots = settings.slots or default_slots(gpus)
+        #: Runs seen "starting" but not submitted, and when first seen so (see _requeue_unsubmitted).
+        self._unsubmitted: dict[str, float] = {}
 
     def tick(self) -> tuple[int, int]:
         """Start what fits; returns (runs started, runs still queued)."""
         active = self.store.runs_with_status([RunStatus.STARTING, RunStatus.RUNNING])
         local = [r for r in active if r.executor == "local"]
+        requeued = self._requeue_unsubmitted(local)
+        local = [r for r in local if r.id not in requeued]
         self._fail_stuck(local)
         used = len(local)
         busy = {g for r in local for g in r.resources.get("assigned_gpus", [])}
@@ -75,6 +81,28 @@ class Scheduler:
             busy.update(free[:need])
             started += 1
         return started, len(queued) - started
+
+    def _requeue_unsubmitted(self, local: list[Run]) -> set[str]:
+        """Queue again the runs an agent claimed and died before submitting (killed between the two).
+
+        This agent submits what it claims within one tick, so a run still unsubmitted after
+        ``REQUEUE_GRACE`` across ticks was claimed by an agent that is gone: no supervisor exists or
+        can appear for it, and failing it after START_TIMEOUT would lose a run nobody started.
+        """
+        now = time.monotonic()
+        waiting: dict[str, float] = {}
+        requeued: set[str] = set()
+        for run in local:
+            if run.status is not RunStatus.STARTING or run.heartbeat_at is not None \
+                    or self.executor.submitted(run.id):
+                continue
+            first = waiting[run.id] = self._unsubmitted.get(run.id, now)
+            if now - first >= REQUEUE_GRACE:
+                self.store.update_run(run.number, RunPatch(status=RunStatus.QUEUED))
+                del waiting[run.id]
+                requeued.add(run.id)
+        self._unsubmitted = waiting
+        return requeued
 
     def _fail_stuck(self, local: list[Run]) -> None:
         now = time.time()
