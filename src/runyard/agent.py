@@ -33,6 +33,8 @@ IDLE_EXIT = 10.0
 INGEST_NICENESS = 10
 BUSY_PAUSE = 0.05
 IDLE_PAUSE = 0.25
+#: How often rules about time passing (stalled) are evaluated.
+ALERT_TICK = 5.0
 
 
 def stop_agents(home: Path, timeout: float = 10.0) -> None:
@@ -84,12 +86,13 @@ def main() -> int:
     from runyard.store.home import open_store
 
     opened = open_store(settings)
-    tailer = Tailer(StoreSink(opened.store, opened.artifacts), settings.spool_dir, target_key(settings))
+    watcher = alert_watcher(opened.store, settings.home)
+    tailer = Tailer(StoreSink(opened.store, opened.artifacts, watcher), settings.spool_dir, target_key(settings))
     scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count())
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
     # normal priority, because the supervisors it starts inherit the priority of the starting thread.
-    ingest = _Ingest(tailer)
+    ingest = _Ingest(tailer, watcher)
     thread = threading.Thread(target=ingest.run, name="runyard-ingest", daemon=True)
     thread.start()
     last_work = time.monotonic()
@@ -117,8 +120,10 @@ def main() -> int:
 class _Ingest:
     """The agent's ingest loop, in its own thread (see ``main``)."""
 
-    def __init__(self, tailer: Any) -> None:
+    def __init__(self, tailer: Any, watcher: Any = None) -> None:
         self.tailer = tailer
+        self.watcher = watcher
+        self._ticked = 0.0
         self.stop = False
         #: When the last pass found live writers or records (monotonic seconds).
         self.busy_at = time.monotonic()
@@ -135,7 +140,29 @@ class _Ingest:
                 continue
             if report.alive or report.records:
                 self.busy_at = time.monotonic()
+            self._tick_alerts()
             time.sleep(BUSY_PAUSE if report.alive else IDLE_PAUSE)
+
+    def _tick_alerts(self) -> None:
+        """Rules about time passing (a stalled run), every ALERT_TICK seconds."""
+        now = time.monotonic()
+        if self.watcher is None or now - self._ticked < ALERT_TICK:
+            return
+        self._ticked = now
+        try:
+            self.watcher.tick()
+        except RunyardError as e:
+            print(f"runyard agent: alerts: {e}", file=sys.stderr, flush=True)
+
+
+def alert_watcher(store: Any, home: Path) -> Any:
+    """The ingester's alert rules, stopping a run through its supervisor when a rule says so."""
+    import functools
+
+    from runyard.exec.control import stop_for_alert
+    from runyard.ingest.alerting import Watcher
+
+    return Watcher(store, functools.partial(stop_for_alert, store, home))
 
 
 def _ship(settings: Settings) -> int:

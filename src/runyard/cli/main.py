@@ -344,6 +344,86 @@ def token_revoke(ref: str) -> None:
     sys.exit(impl.revoke(ref))
 
 
+@cli.group()
+def alert() -> None:
+    """Alert rules: notice a NaN, a drop, a plateau, a stalled or idle run, or a failure, and say so
+    (inbox, webhook, email, desktop) or stop the run.
+
+    \b
+    Rules also come from [[alerts]] tables in a project's runyard.toml, and from run.alert() in a script.
+    Examples:
+      runyard alert add --when nan --metric loss --action stop
+      runyard alert add --when drop --metric val/acc --by 5% --project gan
+      runyard alert add --when stalled --for 10m
+    """
+
+
+@alert.command("add")
+@click.option("--when", "when", required=True, metavar="KIND",
+              help="nan | above | below | drop | plateau | stalled | gpu_idle | memory | failed | finished | lost")
+@click.option("--name", help="A name for the rule (default: KIND[-METRIC]).")
+@click.option("--metric", help="The metric it watches.")
+@click.option("--value", type=float, help="The threshold (above, below, gpu_idle, memory).")
+@click.option("--by", help="How far below the best is a drop: 0.1 or 10%.")
+@click.option("--steps", type=int, help="Steps without improvement (plateau).")
+@click.option("--epsilon", type=float, help="What counts as an improvement (plateau).")
+@click.option("--for", "for_", metavar="DURATION", help="How long (stalled, gpu_idle): 30s, 10m, 2h.")
+@click.option("--mode", type=click.Choice(["min", "max"]), help="Which way is better (plateau; default min).")
+@click.option("--action", type=click.Choice(["notify", "stop"]), default="notify", show_default=True)
+@click.option("--notify", "channels", default="inbox", show_default=True, help="Channels, comma-separated.")
+@click.option("--project", metavar="P", help="Only runs of this project (default: every run).")
+@click.option("--run", "run_ref", metavar="RUN", help="Only this run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rule as JSON.")
+def alert_add(when: str, name: str | None, metric: str | None, value: float | None, by: str | None,
+              steps: int | None, epsilon: float | None, for_: str | None, mode: str | None, action: str,
+              channels: str, project: str | None, run_ref: str | None, as_json: bool) -> None:
+    """Add an alert rule."""
+    from runyard.cli import alerts as impl
+
+    fields = {"name": name or "-".join(p for p in (when, metric) if p), "when": when, "metric": metric,
+              "value": value, "by": by, "steps": steps, "epsilon": epsilon, "for": for_, "mode": mode,
+              "action": action, "notify": [c.strip() for c in channels.split(",") if c.strip()]}
+    sys.exit(impl.add(fields, project, run_ref, as_json))
+
+
+@alert.command("ls")
+@click.option("--project", metavar="P", help="Only this project's rules.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def alert_ls(project: str | None, as_json: bool) -> None:
+    """List alert rules."""
+    from runyard.cli import alerts as impl
+
+    sys.exit(impl.ls(project, as_json))
+
+
+@alert.command("rm")
+@click.argument("rule_id", type=int, metavar="ID")
+def alert_rm(rule_id: int) -> None:
+    """Remove an alert rule (its past alerts stay in the inbox)."""
+    from runyard.cli import alerts as impl
+
+    sys.exit(impl.rm(rule_id))
+
+
+@cli.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing alerts as they come (Ctrl-C to stop).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per alert.")
+@click.option("--all", "show_all", is_flag=True, help="Read alerts too, not only unread ones.")
+def inbox(follow: bool, as_json: bool, show_all: bool) -> None:
+    """Unread alerts, oldest first; printing them marks them read."""
+    from runyard.cli import alerts as impl
+
+    sys.exit(impl.inbox(follow, as_json, show_all))
+
+
+@cli.command()
+def status() -> None:
+    """One line for a shell prompt or tmux: 3 running · 2 queued · 1 failed · 1 alert."""
+    from runyard.cli import alerts as impl
+
+    sys.exit(impl.status())
+
+
 def main() -> None:
     cli(prog_name="runyard")
 

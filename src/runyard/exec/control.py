@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from runyard.config import Settings
 
 
+def stop_for_alert(store: Any, home: Path, number: int, why: str) -> str:
+    """Stop a run because an alert rule says so, noting why in its notes."""
+    store.append_note(number, f"Stopped by an alert: {why}")
+    return stop_run(store, home, store.get_run(number))
+
+
 def stop_run(store: Any, home: Path, run: Run) -> str:
     """Stop one run (SIGTERM to its supervisor, or mark it stopped); returns what happened, for people."""
     from runyard.exec.local import LocalExecutor

@@ -149,6 +149,11 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
         config = {key: options.param_value(value) for key, value in launch["params"].items()}
     else:
         launch, resources, config = launch_options(sub, settings)
+        if settings.project_file is not None:
+            # The project's [[alerts]] travel with the run; a malformed one stops the submission here.
+            from runyard.alerts.rules import load_file, travelling
+
+            launch["alerts"] = [travelling(r) for r in load_file(settings.project_file)]
     from runyard.store.artifacts import DiskArtifacts
 
     artifacts = DiskArtifacts(settings.artifacts)

@@ -20,6 +20,8 @@ from runyard.store.series import Points
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from runyard.ingest.alerting import Watcher
+
 #: Metric keys that are hardware samples: not part of the run's default summary.
 SYSTEM_PREFIX = "system/"
 _STREAMS = {"stdout", "stderr", "system"}
@@ -138,8 +140,9 @@ def stage_artifacts(batch: IngestBatch, run_dir: Path, artifacts: DiskArtifacts)
 
 
 def apply_records(store: Store, artifacts: DiskArtifacts, run_dir: Path, run_id: str, writer: str,
-                  recs: list[Any], cursor: int) -> tuple[IngestResult | None, int]:
-    """Apply the records after ``cursor``; returns the result and the new cursor.
+                  recs: list[Any], cursor: int, watcher: Watcher | None = None) -> tuple[IngestResult | None, int]:
+    """Apply the records after ``cursor``; returns the result and the new cursor. ``watcher``
+    evaluates alert rules on what was applied.
 
     If another ingester moved the cursor meanwhile, re-reads it and applies only what is left.
     """
@@ -154,5 +157,7 @@ def apply_records(store: Store, artifacts: DiskArtifacts, run_dir: Path, run_id:
         except Conflict:
             cursor = store.ingest_cursor(run_id, writer)
             continue
+        if watcher is not None and result.applied:
+            watcher.after_ingest(result.run_number, batch)
         return result, batch.last_seq
     raise Conflict(f"could not apply records of writer {writer} of run {run_id}: the cursor keeps moving")

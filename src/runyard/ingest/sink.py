@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from runyard.ingest.alerting import Watcher
 from runyard.ingest.apply import apply_records
 from runyard.store.api import Store
 from runyard.store.artifacts import DiskArtifacts
@@ -47,10 +48,19 @@ class StoreBacked:
 class StoreSink(StoreBacked):
     """Local mode: records go straight into the store (SQLite's single writer is the agent)."""
 
-    def __init__(self, store: Store, artifacts: DiskArtifacts) -> None:
+    def __init__(self, store: Store, artifacts: DiskArtifacts, watcher: Watcher | None = None) -> None:
         self.store = store
         self.artifacts = artifacts
+        #: Evaluates alert rules on what is applied (the agent's ingester has one).
+        self.watcher = watcher
 
     def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
-        result, cursor = apply_records(self.store, self.artifacts, run_dir, run_id, writer, recs, cursor)
+        result, cursor = apply_records(self.store, self.artifacts, run_dir, run_id, writer, recs, cursor,
+                                       self.watcher)
         return (result.run_number if result is not None else None), cursor
+
+    def mark_lost(self, run_id: str, message: str) -> bool:
+        changed = bool(self.store.mark_lost(run_id, message))
+        if changed and self.watcher is not None:
+            self.watcher.after_status(self.store.get_run(run_id).number, "lost", message)
+        return changed

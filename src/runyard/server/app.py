@@ -37,6 +37,7 @@ from runyard.errors import (
     StoreUnavailable,
 )
 from runyard.exec import options
+from runyard.ingest.alerting import Watcher
 from runyard.names import validate_relpath
 from runyard.server import events, ingest, ui
 from runyard.server.security import MAX_BODY, BodyTooLarge, Gate, Policy, Principal, requires
@@ -156,6 +157,7 @@ class Server:
         self.artifacts = artifacts
         self.tokens = Tokens(store)
         self.hub = events.Hub()
+        self.watcher = _alert_watcher(store, settings)
 
     def run_for(self, request: Request, ref: str) -> Any:
         """The run ``ref`` names, if the caller may see it (a project token sees only its project)."""
@@ -164,6 +166,15 @@ class Server:
         if scope is not None and run.project != scope:
             raise NotFound(f"no run matches {ref!r}")
         return run
+
+
+def _alert_watcher(store: SqlStore, settings: Settings) -> Watcher:
+    """Alert rules on the batches this server ingests; a rule's stop goes to the run's supervisor."""
+    import functools
+
+    from runyard.exec.control import stop_for_alert
+
+    return Watcher(store, functools.partial(stop_for_alert, store, settings.home))
 
 
 def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bind_host: str = "127.0.0.1",
@@ -412,6 +423,8 @@ def _routes(app: FastAPI, server: Server) -> None:
         """Mark a run lost: its process died without saying how it ended (sent by shippers)."""
         run = server.run_for(request, ref)
         changed = store.mark_lost(run.id, body.message)
+        if changed:
+            server.watcher.after_status(run.number, "lost", body.message)
         server.hub.publish(run.number, run.project)
         return {"changed": changed}
 
@@ -542,7 +555,7 @@ def _routes(app: FastAPI, server: Server) -> None:
 
         def decode_and_apply() -> ingest.Applied:  # off the event loop: streams keep flowing meanwhile
             run_id, writer, items = ingest.decode(body, deflated)
-            return ingest.apply(store, server.artifacts, run_id, writer, items, scope)
+            return ingest.apply(store, server.artifacts, run_id, writer, items, scope, server.watcher)
 
         applied = await anyio.to_thread.run_sync(decode_and_apply)
         server.hub.publish(applied.run_number, applied.project)

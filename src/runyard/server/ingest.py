@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 
 from runyard.errors import Conflict, InvalidArgument, NotFound
+from runyard.ingest.alerting import Watcher
 from runyard.ingest.apply import build_batch
 from runyard.names import validate_project_name, validate_relpath
 from runyard.spool import records
@@ -96,7 +97,7 @@ def _records(items: list[Any]) -> tuple[list[Any], list[int]]:
 
 
 def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, items: list[Any],
-          project_scope: str | None) -> Applied:
+          project_scope: str | None, watcher: Watcher | None = None) -> Applied:
     recs, seqs = _records(items)
     cursor, number, project = store.ingest_state(run_id, writer)
     if number is not None and project_scope is not None and project != project_scope:
@@ -127,6 +128,8 @@ def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, i
             kept.append((path, size, sha256, Blob(sha256, size).content_ref))
     batch.artifacts = kept
     result = store.ingest(batch)
+    if watcher is not None and result.applied:
+        watcher.after_ingest(result.run_number, batch)
     if project is None:
         project = store.get_run(result.run_number).project
     return Applied(result.run_number, project, max(cursor, batch.last_seq))

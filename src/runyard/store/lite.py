@@ -142,6 +142,18 @@ class LiteStore:
             for r in rows
         ]
 
+    def status_counts(self, since: float) -> dict[str, int]:
+        """For ``runyard status``: runs running and queued, runs that failed (or were lost or timed
+        out) since ``since``, and alerts nobody has seen."""
+        c = self.conn
+        counts = dict(c.execute("SELECT status, count(*) FROM runs WHERE status IN ('queued', 'starting', 'running')"
+                                " GROUP BY status").fetchall())
+        failed = c.execute("SELECT count(*) FROM runs WHERE status IN ('failed', 'lost', 'timeout')"
+                           " AND ended_at >= ?", (since,)).fetchone()[0]
+        alerts = c.execute("SELECT count(*) FROM alert_events WHERE seen_at IS NULL").fetchone()[0]
+        return {"running": int(counts.get("running", 0)) + int(counts.get("starting", 0)),
+                "queued": int(counts.get("queued", 0)), "failed": int(failed), "alerts": int(alerts)}
+
     def count_queued(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM runs WHERE status = 'queued'").fetchone()[0])
 

@@ -580,6 +580,11 @@ class SqlStore:
                 for r in conn.execute(stmt)
             ]
 
+    def remove_alert_rule(self, rule_id: int) -> bool:
+        """Delete a rule (its past events stay, without it); False if there was none."""
+        with self._write() as conn:
+            return bool(conn.execute(sa.delete(alert_rules).where(alert_rules.c.id == rule_id)).rowcount)
+
     def add_alert_event(self, event: AlertEvent) -> AlertEvent:
         with self._write() as conn:
             self._require_run(conn, event.run)

@@ -1,0 +1,169 @@
+"""Rules evaluated on the ingest stream: points and state changes in, fired alerts out.
+
+Pure: no I/O. The ingester calls ``on_points`` and ``on_status`` with what it has just applied and
+``on_tick`` now and then (for rules about time passing: stalled, gpu_idle). What a rule needs to
+remember (best value so far, when the GPU went idle, when it last fired) lives in this object, per
+(rule, run). A rule fires at most once per run within its cooldown (1 hour by default), so a drop
+is said once, not on every later point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from runyard.alerts.rules import STATE_KINDS
+
+GPU_UTIL = "utilization"  # system/gpu<i>/utilization, see sdk/sampler.py
+MEMORY = "system/memory_percent"
+
+
+@dataclass(frozen=True)
+class Fired:
+    """A rule that fired for a run."""
+
+    rule: Any  # store.api.AlertRule
+    run: int
+    message: str
+    time: float
+    metric: str | None = None
+    step: int | None = None
+    value: float | None = None
+
+
+@dataclass
+class _State:
+    best: float | None = None
+    best_step: int | None = None
+    since: float | None = None  # gpu_idle: when utilisation went below the value
+    fired_at: float | None = None
+
+
+@dataclass
+class Evaluator:
+    rules: Sequence[Any] = ()
+    _state: dict[tuple[int, int], _State] = field(default_factory=dict)
+    #: Last metric point or log line per run (for ``stalled``), by wall time.
+    _activity: dict[int, float] = field(default_factory=dict)
+
+    def applies(self, rule: Any, run: int, project: str) -> bool:
+        return rule.enabled and (rule.run is None or rule.run == run) and (rule.project in (None, project))
+
+    def _fire(self, rule: Any, run: int, now: float, message: str, **where: Any) -> list[Fired]:
+        state = self._state.setdefault((rule.id, run), _State())
+        if state.fired_at is not None and now - state.fired_at < float(rule.spec.get("cooldown", 3600.0)):
+            return []
+        state.fired_at = now
+        return [Fired(rule, run, f"{rule.name}: {message}", now, **where)]
+
+    def on_points(self, run: int, project: str, series: dict[str, Any], now: float) -> list[Fired]:
+        """New points of a run: ``series`` maps metric keys to objects with ``steps``, ``times`` and
+        ``values`` arrays (store.series.Points)."""
+        if series:
+            self._activity[run] = now
+        out: list[Fired] = []
+        for rule in self.rules:
+            if rule.kind in STATE_KINDS or rule.kind == "stalled" or not self.applies(rule, run, project):
+                continue
+            for key, points in series.items():
+                if not self._watches(rule, key):
+                    continue
+                out += self._check(rule, run, key, points.steps.tolist(), points.times.tolist(),
+                                   points.values.tolist(), now)
+        return out
+
+    def _watches(self, rule: Any, key: str) -> bool:
+        if rule.kind == "gpu_idle":
+            return key.startswith("system/gpu") and key.endswith("/" + GPU_UTIL)
+        if rule.kind == "memory":
+            return bool(key == rule.spec.get("metric", MEMORY))
+        metric = rule.spec.get("metric")
+        if metric is None:  # nan without a metric: any metric the user logged
+            return not key.startswith("system/")
+        return bool(key == metric)
+
+    def _check(self, rule: Any, run: int, key: str, steps: list[int], times: list[float], values: list[float],
+               now: float) -> list[Fired]:
+        spec, kind = rule.spec, rule.kind
+        state = self._state.setdefault((rule.id, run), _State())
+        for step, at, value in zip(steps, times, values, strict=True):
+            hit: str | None = None
+            if kind == "nan" and not math.isfinite(value):
+                hit = f"{key} is {value} at step {step}"
+            elif kind == "above" and value > spec["value"]:
+                hit = f"{key} = {value:g} at step {step}, above {spec['value']:g}"
+            elif kind == "below" and value < spec["value"]:
+                hit = f"{key} = {value:g} at step {step}, below {spec['value']:g}"
+            elif kind == "memory" and value > spec["value"]:
+                hit = f"memory at {value:.0f}%, above {spec['value']:g}%"
+            elif kind == "drop" and math.isfinite(value):
+                hit = self._drop(state, spec, key, step, value)
+            elif kind == "plateau" and math.isfinite(value):
+                hit = self._plateau(state, spec, key, step, value)
+            elif kind == "gpu_idle":
+                hit = self._idle(state, spec, key, at, value)
+            if hit is not None:
+                fired = self._fire(rule, run, now, hit, metric=key, step=step, value=value)
+                if fired:
+                    return fired
+        return []
+
+    @staticmethod
+    def _drop(state: _State, spec: dict[str, Any], key: str, step: int, value: float) -> str | None:
+        if state.best is None or value > state.best:
+            state.best, state.best_step = value, step
+            return None
+        allowed = abs(state.best) * spec["by"] if spec.get("percent") else spec["by"]
+        if state.best - value > allowed:
+            by = f"{spec['by'] * 100:g}%" if spec.get("percent") else f"{spec['by']:g}"
+            return (f"{key} = {value:g} at step {step}, more than {by} below its best {state.best:g} "
+                    f"(step {state.best_step})")
+        return None
+
+    @staticmethod
+    def _plateau(state: _State, spec: dict[str, Any], key: str, step: int, value: float) -> str | None:
+        epsilon = float(spec.get("epsilon", 0.0))
+        higher = spec.get("mode") == "max"
+        improved = state.best is None or (value > state.best + epsilon if higher else value < state.best - epsilon)
+        if improved:
+            state.best, state.best_step = value, step
+            return None
+        if state.best_step is not None and step - state.best_step >= spec["steps"]:
+            return (f"{key} has not improved beyond {state.best:g} (step {state.best_step}) "
+                    f"for {step - state.best_step} steps")
+        return None
+
+    @staticmethod
+    def _idle(state: _State, spec: dict[str, Any], key: str, at: float, value: float) -> str | None:
+        if value >= spec["value"]:
+            state.since = None
+            return None
+        if state.since is None:
+            state.since = at
+        if at - state.since >= spec["for"]:
+            return f"{key.split('/')[1]} below {spec['value']:g}% for {(at - state.since) / 60:.0f} min"
+        return None
+
+    def on_logs(self, run: int, now: float) -> None:
+        self._activity[run] = now
+
+    def on_status(self, run: int, project: str, status: str, now: float, message: str | None = None) -> list[Fired]:
+        """A run reached a final state (failed, finished, lost, ...)."""
+        self._activity.pop(run, None)
+        out: list[Fired] = []
+        for rule in self.rules:
+            if rule.kind == status and self.applies(rule, run, project):
+                out += self._fire(rule, run, now, f"run {run} {status}" + (f": {message}" if message else ""))
+        return out
+
+    def on_tick(self, active: Iterable[tuple[int, str]], now: float) -> list[Fired]:
+        """Rules about time passing, for the runs still running: (number, project) pairs."""
+        out: list[Fired] = []
+        for run, project in active:
+            last = self._activity.setdefault(run, now)  # first seen now: the clock starts here
+            for rule in self.rules:
+                if rule.kind == "stalled" and self.applies(rule, run, project) and now - last >= rule.spec["for"]:
+                    out += self._fire(rule, run, now, f"no metric point or log line for {(now - last) / 60:.0f} min")
+        return out

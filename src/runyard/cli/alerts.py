@@ -1,0 +1,145 @@
+"""``runyard alert add|ls|rm``, ``runyard inbox`` and ``runyard status``, on the configured database."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from runyard.config import resolve
+from runyard.errors import ConfigError
+
+#: ``runyard status`` counts failures this recent.
+FAILED_WINDOW = 24 * 3600.0
+
+
+def _local() -> Any:
+    settings = resolve()
+    if settings.server:
+        raise ConfigError("alert rules and the inbox work on the server's machine for now: unset RUNYARD_SERVER "
+                          "there, or run this command on it")
+    from runyard.store.home import open_store
+
+    return open_store(settings)
+
+
+def _rule_out(rule: Any) -> dict[str, Any]:
+    return {"id": rule.id, "name": rule.name, "when": rule.kind, **{k: v for k, v in rule.spec.items()},
+            "action": rule.action, "notify": list(rule.notify), "project": rule.project, "run": rule.run,
+            "source": rule.source}
+
+
+def add(fields: dict[str, Any], project: str | None, run: str | None, as_json: bool) -> int:
+    from runyard.alerts.rules import check
+
+    opened = _local()
+    try:
+        number = opened.store.resolve(run) if run is not None else None
+        given = {k: v for k, v in fields.items() if v is not None}
+        rule = opened.store.add_alert_rule(check(given, "runyard alert add", project, number))
+        print(orjson.dumps(_rule_out(rule)).decode() if as_json else
+              f"alert rule {rule.id} ({rule.name}) added" + (f" for run {number}" if number else
+                                                           f" for project {project}" if project else " for every run"))
+        return 0
+    finally:
+        opened.close()
+
+
+def ls(project: str | None, as_json: bool) -> int:
+    opened = _local()
+    try:
+        rules = [_rule_out(r) for r in opened.store.list_alert_rules(project)]
+    finally:
+        opened.close()
+    if as_json:
+        print(orjson.dumps(rules).decode())
+    elif not rules:
+        print("no alert rules (add one with `runyard alert add`, or [[alerts]] in runyard.toml)")
+    for r in rules if not as_json else []:
+        scope = f"run {r['run']}" if r["run"] else f"project {r['project']}" if r["project"] else "every run"
+        extra = " ".join(f"{k}={r[k]}" for k in ("metric", "value", "by", "steps", "for") if k in r)
+        channels = ",".join(r["notify"])
+        print(f"{r['id']:>4}  {r['name']:<20}  {r['when']:<9} {extra:<28} {r['action']:<6} {channels:<14} {scope}")
+    return 0
+
+
+def rm(rule_id: int) -> int:
+    opened = _local()
+    try:
+        if not opened.store.remove_alert_rule(rule_id):
+            print(f"runyard: no alert rule {rule_id} (see `runyard alert ls`)", file=sys.stderr)
+            return 1
+        print(f"alert rule {rule_id} removed")
+        return 0
+    finally:
+        opened.close()
+
+
+def _event_out(e: Any) -> dict[str, Any]:
+    return {"id": e.id, "run": e.run, "kind": e.kind, "message": e.message, "time": e.time, "metric": e.metric,
+            "step": e.step, "value": e.value, "seen": e.seen_at is not None}
+
+
+def inbox(follow: bool, as_json: bool, show_all: bool) -> int:
+    """Unread alerts (oldest first), marked read once printed; ``follow`` waits for more."""
+    opened = _local()
+    try:
+        while True:
+            events = opened.store.list_alert_events(unseen_only=not show_all)
+            for e in events:
+                if as_json:
+                    print(orjson.dumps(_event_out(e)).decode(), flush=True)
+                else:
+                    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
+                    print(f"{stamp}  run {e.run:<5} {e.kind:<9} {e.message}", flush=True)
+            opened.store.mark_alerts_seen([e.id for e in events if e.seen_at is None])
+            if not follow:
+                if not events and not as_json:
+                    print("no unread alerts")
+                return 0
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        opened.close()
+
+
+def status() -> int:
+    """One line for a prompt: ``3 running · 2 queued · 1 failed · 1 alert`` (parts at zero left out)."""
+    from runyard.store.lite import LiteStore
+
+    settings = resolve()
+    lite = LiteStore.open(settings.db)
+    if lite is not None:
+        try:
+            counts = lite.status_counts(time.time() - FAILED_WINDOW)
+        finally:
+            lite.close()
+    else:
+        counts = _counts_through_store()
+    parts = [f"{counts['running']} running", f"{counts['queued']} queued"]
+    if counts["failed"]:
+        parts.append(f"{counts['failed']} failed")
+    if counts["alerts"]:
+        parts.append(f"{counts['alerts']} alert" + ("s" if counts["alerts"] > 1 else ""))
+    print(" · ".join(parts))
+    return 0
+
+
+def _counts_through_store() -> dict[str, int]:
+    from runyard.types import RunStatus
+
+    opened = _local()
+    try:
+        store = opened.store
+        active = store.runs_with_status([RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING])
+        since = time.time() - FAILED_WINDOW
+        failed = [r for r in store.runs_with_status([RunStatus.FAILED, RunStatus.LOST, RunStatus.TIMEOUT])
+                  if (r.ended_at or 0) >= since]
+        return {"running": sum(r.status is not RunStatus.QUEUED for r in active),
+                "queued": sum(r.status is RunStatus.QUEUED for r in active), "failed": len(failed),
+                "alerts": len(store.list_alert_events(unseen_only=True))}
+    finally:
+        opened.close()

@@ -1,0 +1,78 @@
+"""Alert rules on real runs: runyard.toml and `runyard alert add`, evaluated by the agent's ingester."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from tests.flow.test_execution import RUNYARD, api_of, cli, launch, wait_for, wait_status
+from tests.flow.test_execution import env as env
+from tests.flow.test_execution import project as project
+
+pytestmark = pytest.mark.timeout(240)
+
+NAN_THEN_SLEEP = """
+import math, time, runyard
+run = runyard.init()
+for step in range(50):
+    run.log({"loss": 1.0 / (step + 1)}, step=step)
+run.log({"loss": math.nan}, step=50)
+print("logged a NaN", flush=True)
+time.sleep(120)  # an alert must end this
+"""
+
+
+def test_a_run_that_logs_nan_raises_its_alert_and_is_stopped(project: Path, env: dict[str, str]) -> None:
+    (project / "train.py").write_text(textwrap.dedent(NAN_THEN_SLEEP))
+    (project / "runyard.toml").write_text(textwrap.dedent("""
+        [[alerts]]
+        name = "loss-nan"
+        when = "nan"
+        metric = "loss"
+        action = "stop"
+    """))
+    number = launch(env, project, "--", sys.executable, "train.py")
+    assert wait_status(env, project, number, {"stopped", "failed", "finished", "lost", "timeout"}, 90) == "stopped"
+    inbox = cli(env, project, "inbox", "--json").stdout.splitlines()
+    events = [json.loads(line) for line in inbox]
+    assert [(e["run"], e["kind"], e["step"]) for e in events] == [(number, "nan", 50)]
+    assert "loss-nan: loss is nan at step 50" in events[0]["message"]
+    assert cli(env, project, "inbox").stdout.strip() == "no unread alerts"  # printing marked them read
+    api = api_of(env, project)
+    try:
+        assert "Stopped by an alert: loss-nan" in api.run(number).notes
+    finally:
+        api.close()
+
+
+def test_a_malformed_rule_stops_the_submission_with_its_line(project: Path, env: dict[str, str]) -> None:
+    (project / "runyard.toml").write_text('[[alerts]]\nname = "x"\nwhen = "drop"\nmetric = "acc"\n')
+    result = cli(env, project, "run", "--", "python", "train.py", check=False)
+    assert result.returncode != 0
+    assert f"{project / 'runyard.toml'}:1: rule 'x': when = 'drop' needs by" in result.stderr
+    assert cli(env, project, "ls", "--json").stdout.strip() in ("[]", "")  # nothing was queued
+
+
+def test_cli_rules_inbox_and_status_line(project: Path, env: dict[str, str]) -> None:
+    added = json.loads(cli(env, project, "alert", "add", "--when", "failed", "--json").stdout)
+    assert added["when"] == "failed" and added["project"] is None
+    cli(env, project, "alert", "add", "--when", "drop", "--metric", "acc", "--by", "10%", "--project", "vision")
+    listed = cli(env, project, "alert", "ls").stdout
+    assert "failed" in listed and "by=0.1" in listed and "project vision" in listed
+    refused = cli(env, project, "alert", "add", "--when", "plateau", "--metric", "loss", check=False)
+    assert refused.returncode != 0 and "needs steps" in refused.stderr
+    (project / "crash.py").write_text("import runyard\nrunyard.init()\nraise SystemExit(3)\n")
+    number = launch(env, project, "--", sys.executable, "crash.py")
+    assert wait_status(env, project, number, {"failed", "finished"}, 60) == "failed"
+    wait_for(lambda: "1 alert" in cli(env, project, "status").stdout, 30, "the failure alert")
+    line = cli(env, project, "status").stdout.strip()
+    assert line == "0 running · 0 queued · 1 failed · 1 alert"
+    assert cli(env, project, "alert", "rm", str(added["id"])).returncode == 0
+    assert cli(env, project, "alert", "rm", str(added["id"]), check=False).returncode == 1
+    follow = subprocess.run([*RUNYARD, "inbox", "--all", "--json"], env=env, cwd=project, capture_output=True,
+                            text=True, timeout=60)
+    assert [json.loads(x)["kind"] for x in follow.stdout.splitlines()] == ["failed"]
