@@ -98,7 +98,8 @@ def bench_cold(repetitions: int) -> dict[str, float]:
             "    o.store.create_run(NewRun(project='bench', name=f'r{i}', status=status, config={'lr': i}))\n"
         )
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
-        for name, argv in (("runyard --help", [RUNYARD, "--help"]), ("runyard ps", [RUNYARD, "ps"])):
+        for name, argv in (("runyard --help", [RUNYARD, "--help"]), ("runyard ps", [RUNYARD, "ps"]),
+                           ("runyard status", [RUNYARD, "status"])):
             timed(argv, env, Path(d))  # warm the OS caches, not the interpreter: every run is a new process
             out[name] = statistics.median(timed(argv, env, Path(d)) for _ in range(repetitions))
         for peer, command in (("mlflow", "mlflow"), ("wandb", "wandb"), ("guild", "guild")):
@@ -124,9 +125,11 @@ def main() -> int:
                      "met" if value <= 250 else "NOT MET"))
     for name, seconds in cold.items():
         ours = name.startswith("runyard")
-        label = f"{name} (cold start" + (", 1,000 runs in the store)" if name == "runyard ps" else ")")
-        rows.append((label, "<= 150 ms" if ours else "(peer)", f"{seconds * 1000:.0f} ms",
-                     ("met" if seconds * 1000 <= 150 else "NOT MET") if ours else ""))
+        label = f"{name} (cold start" + (", 1,000 runs in the store)" if name in ("runyard ps", "runyard status")
+                                         else ")")
+        limit = 100 if name == "runyard status" else 150  # status is for a shell prompt
+        rows.append((label, f"<= {limit} ms" if ours else "(peer)", f"{seconds * 1000:.0f} ms",
+                     ("met" if seconds * 1000 <= limit else "NOT MET") if ours else ""))
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  {'target':<10}  {'measured':<10}  result")
     for r in rows:

@@ -81,13 +81,15 @@ def main() -> int:
         return _ship(settings)
     from runyard.exec.local import LocalExecutor
     from runyard.exec.scheduler import Scheduler, gpu_count
+    from runyard.ingest.alerting import Watcher
     from runyard.ingest.sink import StoreSink
     from runyard.ingest.tailer import Tailer
     from runyard.store.home import open_store
 
     opened = open_store(settings)
-    watcher = alert_watcher(opened.store, settings.home)
+    watcher = Watcher(opened.store)
     tailer = Tailer(StoreSink(opened.store, opened.artifacts, watcher), settings.spool_dir, target_key(settings))
+    outbox = alert_outbox(opened.store, settings.home)
     scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count())
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
@@ -105,7 +107,8 @@ def main() -> int:
                 time.sleep(1.0)
                 continue
             now = time.monotonic()
-            if started or waiting or ingest.busy_at > now - IDLE_PAUSE * 2:
+            # Undelivered notices are work too: a dead webhook keeps being retried (alerts/dispatch.py).
+            if started or waiting or ingest.busy_at > now - IDLE_PAUSE * 2 or outbox.dispatcher.pending():
                 last_work = now
             elif now - last_work > IDLE_EXIT and now - ingest.busy_at > IDLE_EXIT:
                 return 0
@@ -114,6 +117,9 @@ def main() -> int:
     finally:
         ingest.stop = True
         thread.join(timeout=10)
+        outbox.poll()  # what the last batches fired: stops done, notices handed over
+        outbox.dispatcher.drain(timeout=10)
+        outbox.close()
         opened.close()
 
 
@@ -155,14 +161,17 @@ class _Ingest:
             print(f"runyard agent: alerts: {e}", file=sys.stderr, flush=True)
 
 
-def alert_watcher(store: Any, home: Path) -> Any:
-    """The ingester's alert rules, stopping a run through its supervisor when a rule says so."""
+def alert_outbox(store: Any, home: Path) -> Any:
+    """Acts on fired alerts: stops runs through their supervisors, delivers to channels."""
     import functools
 
+    from runyard.alerts.dispatch import Dispatcher, for_home
+    from runyard.config import HOME_CONFIG_NAME
     from runyard.exec.control import stop_for_alert
-    from runyard.ingest.alerting import Watcher
+    from runyard.ingest.alerting import Outbox
 
-    return Watcher(store, functools.partial(stop_for_alert, store, home))
+    dispatcher = Dispatcher(for_home(home / HOME_CONFIG_NAME))
+    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, home)).start()
 
 
 def _ship(settings: Settings) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from runyard.types import RunStatus
 
 if TYPE_CHECKING:
-    from runyard.store.api import ArtifactEntry, LogLine, Page, Project, Run, RunInput, SeriesInfo
+    from runyard.store.api import AlertEvent, ArtifactEntry, LogLine, Page, Project, Run, RunInput, SeriesInfo
     from runyard.store.series import Envelope, Points
 
 API_PREFIX = "/api/v1"
@@ -73,7 +73,9 @@ def hide_env(data: dict[str, Any]) -> None:
     """Replace the values of a run's ``--env`` variables (in ``run_out`` form) by a marker."""
     launch = data.get("launch")
     if isinstance(launch, dict) and isinstance(launch.get("env"), dict):
-        data["launch"] = {**launch, "env": {key: "(hidden)" for key in launch["env"]}}  # a copy: the run's own stays
+        launch = data["launch"] = {**launch, "env": {key: "(hidden)" for key in launch["env"]}}  # a copy
+    if isinstance(launch, dict) and "notify" in launch:  # webhook URLs and SMTP passwords are secrets too
+        data["launch"] = {**launch, "notify": "(hidden)"}
 
 
 def run_in(data: dict[str, Any]) -> Run:
@@ -96,7 +98,7 @@ def page_in(data: dict[str, Any]) -> Page[Run]:
     return Page([run_in(r) for r in data["items"]], data.get("next_cursor"))
 
 
-def plain_out(value: Project | SeriesInfo | LogLine | ArtifactEntry | RunInput) -> dict[str, Any]:
+def plain_out(value: Project | SeriesInfo | LogLine | ArtifactEntry | RunInput | AlertEvent) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
 
 

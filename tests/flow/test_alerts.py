@@ -76,3 +76,30 @@ def test_cli_rules_inbox_and_status_line(project: Path, env: dict[str, str]) -> 
     follow = subprocess.run([*RUNYARD, "inbox", "--all", "--json"], env=env, cwd=project, capture_output=True,
                             text=True, timeout=60)
     assert [json.loads(x)["kind"] for x in follow.stdout.splitlines()] == ["failed"]
+
+
+def test_a_launched_run_s_alert_reaches_the_webhook_its_project_file_names(project: Path,
+                                                                           env: dict[str, str]) -> None:
+    from tests.unit.alerts.test_dispatch import Hook
+
+    hook = Hook()
+    try:
+        (project / "train.py").write_text(textwrap.dedent(NAN_THEN_SLEEP).replace("time.sleep(120)", "pass"))
+        (project / "runyard.toml").write_text(textwrap.dedent(f"""
+            [[alerts]]
+            name = "loss-nan"
+            when = "nan"
+            metric = "loss"
+            notify = ["inbox", "webhook"]
+
+            [notify.webhook]
+            url = "{hook.url}"
+        """))
+        number = launch(env, project, "--", sys.executable, "train.py")
+        assert wait_status(env, project, number, {"finished", "failed", "stopped"}, 90) == "finished"
+        wait_for(lambda: len(hook.bodies) == 1, 30, "the webhook's message")
+        sent = hook.bodies[0]["runyard"][0]
+        assert (sent["run"], sent["kind"], sent["rule"]) == (number, "nan", "loss-nan")
+        assert hook.bodies[0]["text"].startswith(f"runyard: run {number} (default): nan")
+    finally:
+        hook.close()

@@ -59,6 +59,23 @@ def test_an_uncaught_exception_marks_the_run_failed_with_its_traceback(tmp_path:
     api.close()
 
 
+def test_a_script_that_ends_right_after_logging_without_finish_loses_nothing(tmp_path: Path,
+                                                                             env: dict[str, str]) -> None:
+    # finish() then runs from atexit, while the interpreter shuts down: it must not need an import.
+    path = script(tmp_path, """
+        import runyard
+        run = runyard.init(project="p", name="short")
+        for step in range(50):
+            run.log({"loss": 1.0 / (step + 1)}, step=step)
+    """)
+    result = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    api = api_for(env, tmp_path)
+    run = api.run("short")
+    assert run.status.value == "finished" and run.history("loss").step.tolist() == list(range(50))
+    api.close()
+
+
 def test_sigkill_mid_logging_loses_no_complete_record(tmp_path: Path, env: dict[str, str]) -> None:
     progress = tmp_path / "progress.npy"
     path = script(tmp_path, f"""

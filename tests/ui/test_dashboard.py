@@ -263,3 +263,33 @@ def test_a_failed_run_stays_marked_until_seen(page: Any, server: LiveServer, tmp
     page.wait_for_selector("[data-testid=run-row]")
     page.wait_for_timeout(300)
     assert page.locator("[data-testid=unseen-failed]").count() == 0
+
+
+def test_a_fired_alert_stays_in_the_chip_until_its_run_is_opened(page: Any, server: LiveServer,
+                                                                   tmp_path: Path) -> None:
+    from tests.unit.server.conftest import home_env
+
+    added = subprocess.run([sys.executable, "-m", "runyard.cli.main", "alert", "add", "--when", "nan", "--metric",
+                            "loss", "--project", "ui"], env=home_env(server.home, server.db_url),
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    logged = subprocess.run([sys.executable, "-c", "import math, runyard\nrun = runyard.init(project='ui', "
+                             "name='diverged')\nrun.log({'loss': math.nan})\nrun.finish()"],
+                            env=client_env(tmp_path / "d", server.url), capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
+    assert logged.returncode == 0, logged.stderr
+    wait_until(lambda: httpx.get(f"{server.url}/api/v1/alerts", params={"unseen": True}).json(), 30,
+               "the alert on the server")
+    page.goto("/projects/ui")
+    chip = page.locator("[data-testid=unseen-alerts]")
+    chip.wait_for()
+    assert chip.inner_text() == "1 alert"
+    chip.click()
+    page.wait_for_url("**/runs/*")
+    assert page.url.endswith("/runs/diverged") or "diverged" in page.inner_text("[data-testid=run-page] h1")
+    wait_until(lambda: not httpx.get(f"{server.url}/api/v1/alerts", params={"unseen": True}).json(), 10,
+               "opening the run marks its alert seen")
+    page.goto("/projects/ui")
+    page.wait_for_selector("[data-testid=run-row]")
+    page.wait_for_timeout(500)
+    assert page.locator("[data-testid=unseen-alerts]").count() == 0

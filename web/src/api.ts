@@ -68,6 +68,7 @@ export interface Points {
 export interface LogLine { id: number; time: number; text: string; stream: string }
 export interface Artifact { path: string; size: number; sha256: string; created_at: number }
 export interface Input { kind: string; sha256: string; source_run: number | null; source_path: string | null; mount: string | null }
+export interface Alert { id: number; run: number; kind: string; message: string; time: number; seen_at: number | null }
 export interface Project { name: string; run_count?: number; [k: string]: unknown }
 
 export class ApiError extends Error {
@@ -168,6 +169,9 @@ export const api = {
   patch: (ref: number, change: Record<string, unknown>) => call<Run>("PATCH", `${V1}/runs/${ref}`, change),
   stop: (ref: number) => call<{ message: string; run: Run }>("POST", `${V1}/runs/${ref}/stop`, {}),
   rerun: (ref: number) => call<{ number: number; run: Run }>("POST", `${V1}/runs/${ref}/rerun`, {}),
+  alerts: (unseen: boolean, run?: number, signal?: AbortSignal) =>
+    call<Alert[]>("GET", `${V1}/alerts?unseen=${unseen}${run !== undefined ? `&run=${run}` : ""}`, undefined, signal),
+  alertsSeen: (ids: number[]) => call<{ marked: number }>("POST", `${V1}/alerts/seen`, { ids }),
   text: async (path: string, limit = 2_000_000): Promise<string> => {
     const response = await fetch(path, { headers: headers({ range: `bytes=0-${limit - 1}` }) });
     if (!response.ok) throw new ApiError(response.status, `${response.status} ${response.statusText}`);

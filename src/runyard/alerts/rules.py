@@ -126,15 +126,32 @@ def _fields(data: Mapping[str, Any]) -> dict[str, Any]:
 def load_file(path: Path, project: str | None = None) -> list[Any]:
     """Every ``[[alerts]]`` rule of a TOML file, checked; errors name the file and the rule's line."""
     text = path.read_text(encoding="utf-8")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data = _toml(path, text)
     tables = data.get("alerts", [])
     if not isinstance(tables, list):
         raise ConfigError(f"{path}: alerts must be written as [[alerts]] tables")
     lines = _table_lines(text)
     return [check(table, f"{path}:{lines[i] if i < len(lines) else 1}", project) for i, table in enumerate(tables)]
+
+
+def _toml(path: Path, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_notify(path: Path) -> dict[str, Any] | None:
+    """The ``[notify]`` table of a TOML file, checked (see alerts/dispatch.py), or None."""
+    from runyard.alerts.dispatch import Settings
+
+    table = _toml(path, path.read_text(encoding="utf-8")).get("notify")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: notify must be a table: [notify]")
+    Settings.from_table(table, str(path))
+    return table
 
 
 def _table_lines(text: str) -> Sequence[int]:

@@ -41,6 +41,7 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
                               "token exists yet. Create one first (`runyard token create --role admin --name "
                               "me`), then start the server again; clients set RUNYARD_TOKEN.")
         app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts)
+        outbox = app.state.server.outbox.start()  # acts on fired alerts: stops runs, delivers notices
         auth = "tokens required" if (not is_loopback(host) or tokens.any_active()) else "no tokens (single user)"
         shown = f"[{host}]" if ":" in host else host
         print(f"runyard server on http://{shown}:{port}  ({auth})\n  database  {_public_db(settings.db)}\n"
@@ -50,7 +51,11 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
         # see it, so "a#/../x" would arrive as "a"; h11 hands the target over as sent, and the app refuses it.
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=2, server_header=False, http="h11")
-        uvicorn.Server(config).run()
+        try:
+            uvicorn.Server(config).run()
+        finally:
+            outbox.dispatcher.drain(timeout=5)
+            outbox.close()
         return 0
     finally:
         opened.close()

@@ -151,9 +151,12 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
         launch, resources, config = launch_options(sub, settings)
         if settings.project_file is not None:
             # The project's [[alerts]] travel with the run; a malformed one stops the submission here.
-            from runyard.alerts.rules import load_file, travelling
+            from runyard.alerts.rules import load_file, load_notify, travelling
 
             launch["alerts"] = [travelling(r) for r in load_file(settings.project_file)]
+            notify = load_notify(settings.project_file)
+            if notify is not None:
+                launch["notify"] = notify
     from runyard.store.artifacts import DiskArtifacts
 
     artifacts = DiskArtifacts(settings.artifacts)

@@ -1,10 +1,14 @@
-"""Alert rules on the ingest stream: after each applied batch, evaluate it; what fires goes to the
-store's inbox (``alert_events``) at once, and a run whose rule says ``stop`` is stopped.
+"""Alert rules on the ingest stream, and the outbox that acts on what fired.
 
-Delivery to other channels (webhook, email, desktop) is not done here: it happens apart from
-ingest, so that a dead webhook never slows it (see ``alerts/dispatch.py``). The stop itself is
-handed in by whoever runs the ingester (the agent or the server), since ingest does not launch or
-stop anything itself.
+``Watcher``: after each applied batch, whoever applied it (the agent, the server, ``runyard sync``,
+any process that catches up a dead writer's spool) evaluates the rules on it. What fires is written
+to the store's inbox (``alert_events``) with what remains to do: channels to deliver to, and
+whether the run must be stopped. Ingest itself never waits on a channel.
+
+``Outbox``: in the agent and the server, a thread that reads those events from the store and does
+what they ask: stops the run, hands the notice to the dispatcher (alerts/dispatch.py), and records
+each delivery. Working from the store, nothing is lost when the process that evaluated a rule is
+gone before the notice went out.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from runyard.alerts.dispatch import GIVE_UP_AFTER, Dispatcher, Notice
+from runyard.alerts.dispatch import Settings as NotifySettings
 from runyard.alerts.evaluate import Evaluator, Fired
+from runyard.errors import RunyardError
 from runyard.store.api import AlertEvent, IngestBatch
 from runyard.types import RunStatus
 
@@ -25,10 +32,9 @@ RULES_TTL = 2.0
 
 
 class Watcher:
-    def __init__(self, store: Any, stop: Callable[[int, str], object] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.stop = stop
+        self.clock = clock
         self.clock = clock
         self.evaluator = Evaluator()
         self._loaded = -RULES_TTL
@@ -101,13 +107,84 @@ class Watcher:
     def _record(self, fired: list[Fired]) -> None:
         for f in fired:
             rule = f.rule
-            channels = [c for c in rule.notify if c != "inbox"]
-            delivery: dict[str, Any] = {"pending": channels, "action": rule.action}
+            delivery: dict[str, Any] = {"pending": [c for c in rule.notify if c != "inbox"], "action": rule.action,
+                                        "rule": rule.name, "done": rule.action != "stop"}
             rule_id = rule.id if rule.id > 0 else None  # a rule from runyard.toml is in no table
             self.store.add_alert_event(AlertEvent(f.run, rule.kind, f.message, f.time, rule_id, f.metric, f.step,
-                                                  f.value, delivery={**delivery, "rule": rule.name}))
-            if rule.action == "stop" and self.stop is not None:
+                                                  f.value, delivery=delivery))
+
+
+class Outbox:
+    """Acts on recorded alerts: stops runs, hands notices to the dispatcher, records deliveries."""
+
+    def __init__(self, store: Any, dispatcher: Dispatcher, stop: Callable[[int, str], object],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.stop = stop
+        self.clock = clock
+        self._after = 0
+        self._started = clock()
+        self._notify: dict[int, NotifySettings | None] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+        dispatcher.on_delivered = self._delivered
+
+    def start(self, interval: float = 0.25) -> Outbox:
+        def loop() -> None:
+            while not self._closed.wait(interval):
                 try:
-                    self.stop(f.run, f.message)
-                except Exception:  # an alert must not end ingest; the event is kept
-                    log.exception("could not stop run %s for alert %s", f.run, rule.name)
+                    self.poll()
+                except RunyardError as e:
+                    log.warning("alerts: %s", e)
+
+        self._thread = threading.Thread(target=loop, name="runyard-outbox", daemon=True)
+        self._thread.start()
+        self.dispatcher.start()
+        return self
+
+    def close(self) -> None:
+        self._closed.set()
+        self.dispatcher.close()
+
+    def poll(self) -> int:
+        """Act on the events recorded since the last look (at start: those of the last day)."""
+        events = self.store.alert_events_after(self._after, self._started - GIVE_UP_AFTER)
+        for event in events:
+            self._after = max(self._after, event.id)
+            delivery = dict(event.delivery or {})
+            if not delivery.get("done"):
+                try:
+                    self.stop(event.run, event.message)
+                finally:
+                    delivery["done"] = True
+                    self.store.set_alert_delivery(event.id, delivery)
+            channels = tuple(delivery.get("pending") or ())
+            if channels:
+                run = self.store.get_run(event.run)
+                self.dispatcher.put(Notice(event.id, event.run, run.project, event.kind, event.message, event.time,
+                                           channels, delivery.get("rule"), self._settings(run)))
+        return len(events)
+
+    def _settings(self, run: Any) -> NotifySettings | None:
+        """The [notify] table the run's project file gave it, if any."""
+        if run.number not in self._notify:
+            table = (run.launch or {}).get("notify")
+            settings = None
+            if isinstance(table, dict):
+                try:
+                    settings = NotifySettings.from_table(table, f"run {run.number}")
+                except RunyardError as e:
+                    log.warning("%s", e)
+            self._notify[run.number] = settings
+        return self._notify[run.number]
+
+    def _delivered(self, channel: str, notices: list[Notice]) -> None:
+        for notice in notices:
+            event = next(iter(self.store.alert_events_after(notice.event_id - 1, limit=1)), None)
+            if event is None or event.id != notice.event_id:
+                continue
+            delivery = dict(event.delivery or {})
+            delivery["pending"] = [c for c in delivery.get("pending") or () if c != channel]
+            delivery.setdefault("delivered", {})[channel] = self.clock()
+            self.store.set_alert_delivery(event.id, delivery)

@@ -51,8 +51,8 @@ class StoreSink(StoreBacked):
     def __init__(self, store: Store, artifacts: DiskArtifacts, watcher: Watcher | None = None) -> None:
         self.store = store
         self.artifacts = artifacts
-        #: Evaluates alert rules on what is applied (the agent's ingester has one).
-        self.watcher = watcher
+        #: Evaluates alert rules on what is applied: every ingester does, whoever applies a batch.
+        self.watcher = watcher if watcher is not None else Watcher(store)
 
     def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
         result, cursor = apply_records(self.store, self.artifacts, run_dir, run_id, writer, recs, cursor,

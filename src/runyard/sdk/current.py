@@ -133,6 +133,11 @@ def _start_background(run: Run, settings: Any) -> None:
         from runyard.sdk import tee
 
         run._on_finish.append(tee.install(append, next_seq))
+    # Loaded now, not by finish(): a script that ends right after logging reaches finish() through
+    # atexit, when the interpreter refuses what staging's thread pool registers on import, and the
+    # run's records would never be flushed.
+    from runyard.sdk import environment, staging  # noqa: F401
+
     collector = threading.Thread(target=_collect_environment, args=(run,), name="runyard-environment", daemon=True)
     collector.start()
     # Finish waits a little for the environment facts (listing packages takes a moment), not forever.

@@ -37,7 +37,7 @@ from runyard.errors import (
     StoreUnavailable,
 )
 from runyard.exec import options
-from runyard.ingest.alerting import Watcher
+from runyard.ingest.alerting import Outbox, Watcher
 from runyard.names import validate_relpath
 from runyard.server import events, ingest, ui
 from runyard.server.security import MAX_BODY, BodyTooLarge, Gate, Policy, Principal, requires
@@ -110,6 +110,11 @@ class BlobList(BaseModel):
     sha256: list[str] = Field(max_length=200_000)
 
 
+class AlertIds(BaseModel):
+    ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(max_length=10_000,
+                                                             description="Alert event ids to mark seen")
+
+
 class Lost(BaseModel):
     message: str = Field(max_length=2000)
 
@@ -157,7 +162,9 @@ class Server:
         self.artifacts = artifacts
         self.tokens = Tokens(store)
         self.hub = events.Hub()
-        self.watcher = _alert_watcher(store, settings)
+        self.watcher = Watcher(store)
+        #: Started by `runyard server` (an app built in a test starts no threads).
+        self.outbox = _alert_outbox(store, settings)
 
     def run_for(self, request: Request, ref: str) -> Any:
         """The run ``ref`` names, if the caller may see it (a project token sees only its project)."""
@@ -168,13 +175,16 @@ class Server:
         return run
 
 
-def _alert_watcher(store: SqlStore, settings: Settings) -> Watcher:
-    """Alert rules on the batches this server ingests; a rule's stop goes to the run's supervisor."""
+def _alert_outbox(store: SqlStore, settings: Settings) -> Outbox:
+    """Acts on the alerts this server's ingest fires: stops runs, delivers to channels."""
     import functools
 
+    from runyard.alerts.dispatch import Dispatcher, for_home
+    from runyard.config import HOME_CONFIG_NAME
     from runyard.exec.control import stop_for_alert
 
-    return Watcher(store, functools.partial(stop_for_alert, store, settings.home))
+    dispatcher = Dispatcher(for_home(settings.home / HOME_CONFIG_NAME))
+    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, settings.home))
 
 
 def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bind_host: str = "127.0.0.1",
@@ -473,6 +483,37 @@ def _routes(app: FastAPI, server: Server) -> None:
         if not run.git_diff_ref:
             raise NotFound(f"run {run.number} recorded no uncommitted changes")
         return Response(server.artifacts.read_bytes(run.git_diff_ref), media_type="text/plain; charset=utf-8")
+
+    @app.get(f"{v1}/alerts", tags=["alerts"])
+    @requires("reader")
+    def alerts(request: Request, run: Annotated[str | None, Query(max_length=200)] = None, unseen: bool = False,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+        """Fired alerts, oldest first (the last ``limit``); ``unseen`` only those nobody has marked seen."""
+        number = server.run_for(request, run).number if run is not None else None
+        events = store.list_alert_events(number, unseen_only=unseen)[-limit:]
+        scope = _principal(request).project
+        if scope is not None:
+            visible = {n for n in {e.run for e in events} if store.get_run(n).project == scope}
+            events = [e for e in events if e.run in visible]
+        out = []
+        for e in events:
+            item = wire.plain_out(e)
+            item.pop("delivery", None)  # channel details stay on the server
+            out.append(item)
+        return out
+
+    @app.post(f"{v1}/alerts/seen", tags=["alerts"])
+    @requires("writer")
+    def alerts_seen(request: Request, body: AlertIds) -> dict[str, int]:
+        """Mark alerts seen: they stop drawing attention (the header chip, `runyard status`)."""
+        ids = body.ids
+        scope = _principal(request).project
+        if scope is not None:
+            mine = {e.id for e in store.list_alert_events(unseen_only=True)
+                    if store.get_run(e.run).project == scope}
+            ids = [i for i in ids if i in mine]
+        store.mark_alerts_seen(ids)
+        return {"marked": len(ids)}
 
     @app.get(f"{v1}/runs/{{ref}}/artifacts", tags=["artifacts"])
     @requires("reader")

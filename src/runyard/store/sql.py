@@ -612,6 +612,19 @@ class SqlStore:
                 for r in conn.execute(stmt)
             ]
 
+    def alert_events_after(self, event_id: int, since: float = 0.0, limit: int = 1000) -> list[AlertEvent]:
+        """Events with an id above ``event_id`` and a time from ``since`` on, oldest first (the outbox)."""
+        c = alert_events.c
+        stmt = sa.select(alert_events).where(c.id > event_id, c.time >= since).order_by(c.id).limit(limit)
+        with self._read() as conn:
+            return [AlertEvent(r.run_number, r.kind, r.message, r.time, r.rule_id, r.metric, r.step, r.value,
+                               r.seen_at, r.delivery, r.id) for r in conn.execute(stmt)]
+
+    def set_alert_delivery(self, event_id: int, delivery: Mapping[str, Any]) -> None:
+        """Record how an event's delivery stands (channels still pending, whether its stop was done)."""
+        with self._write() as conn:
+            conn.execute(sa.update(alert_events).where(alert_events.c.id == event_id).values(delivery=dict(delivery)))
+
     def mark_alerts_seen(self, ids: Sequence[int]) -> None:
         if not ids:
             return

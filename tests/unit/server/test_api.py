@@ -94,11 +94,13 @@ def test_a_reader_sees_which_env_variables_a_run_had_but_not_their_values(api: S
     from runyard.store.tokens import Tokens
 
     api.store.create_run(NewRun(project="p", name="secret", status=RunStatus.QUEUED,
-                                launch={"argv": ["true"], "env": {"API_KEY": "s3cr3t"}}))
+                                launch={"argv": ["true"], "env": {"API_KEY": "s3cr3t"},
+                                        "notify": {"webhook": {"url": "https://hooks.example.com/T0/s3cr3t"}}}))
     _, reader = Tokens(api.store).create("reader")
     _, writer = Tokens(api.store).create("writer")
     as_reader = api.client.get("/api/v1/runs/secret", headers={"authorization": f"Bearer {reader}"})
     assert as_reader.json()["launch"]["env"] == {"API_KEY": "(hidden)"} and "s3cr3t" not in as_reader.text
+    assert as_reader.json()["launch"]["notify"] == "(hidden)"  # a webhook URL is a secret as well
     listed = api.client.get("/api/v1/runs", headers={"authorization": f"Bearer {reader}"})
     assert "s3cr3t" not in listed.text
     as_writer = api.client.get("/api/v1/runs/secret", headers={"authorization": f"Bearer {writer}"})
@@ -154,3 +156,25 @@ def test_every_dashboard_page_is_the_same_shell_and_assets_cannot_leave_their_fo
     for name in ("..%2F..%2Fconfig.py", ".hidden", "%2Fetc%2Fpasswd", "missing.js"):
         assert api.client.get(f"/assets/{name}").status_code == 404
     assert api.client.get("/nothing-here").status_code == 404
+
+
+def test_alerts_are_listed_by_scope_and_marked_seen(api: Served) -> None:
+    from runyard.store.api import AlertEvent
+    from runyard.store.tokens import Tokens
+
+    mine = api.store.create_run(NewRun(project="gan", name="mine")).number
+    theirs = api.store.create_run(NewRun(project="other", name="theirs")).number
+    for number in (mine, theirs):
+        api.store.add_alert_event(AlertEvent(number, "nan", f"loss is nan in {number}", 1.0,
+                                             delivery={"pending": ["webhook"]}))
+    _, scoped = Tokens(api.store).create("writer", "gan-writer", "gan")
+    _, admin = Tokens(api.store).create("admin", "admin")
+    headers, everything = {"authorization": f"Bearer {scoped}"}, {"authorization": f"Bearer {admin}"}
+    listed = api.client.get("/api/v1/alerts", params={"unseen": True}, headers=headers).json()
+    assert [a["run"] for a in listed] == [mine] and "delivery" not in listed[0]
+    others = [a["id"] for a in api.client.get("/api/v1/alerts", params={"run": "theirs"}, headers=everything).json()]
+    assert api.client.post("/api/v1/alerts/seen", json={"ids": others}, headers=headers).json() == {"marked": 0}
+    assert api.client.post("/api/v1/alerts/seen", json={"ids": [listed[0]["id"]]}, headers=headers).json() == \
+        {"marked": 1}
+    unseen = api.client.get("/api/v1/alerts", params={"unseen": True}, headers=everything).json()
+    assert [a["run"] for a in unseen] == [theirs]

@@ -1,12 +1,13 @@
 // The header: where you are, and one small chip that says what is running, queued and failed.
 // Routine events change the counts quietly; a failed run stays in the chip until its page is seen.
 import { useEffect, useState } from "react";
-import { api, BAD, follow, Run } from "../api";
+import { Alert, api, BAD, follow, Run } from "../api";
 import { useSeen } from "../attention";
 import { Link, projectHref, runHref } from "./Link";
 
-export function useAttention(project: string | null): Run[] {
+export function useAttention(project: string | null): [Run[], Alert[]] {
   const [runs, setRuns] = useState<Run[]>([]);
+  const [alerts, setAlerts] = useState<Alert[]>([]);
   useEffect(() => {
     const abort = new AbortController();
     let timer: number | undefined;
@@ -15,19 +16,22 @@ export function useAttention(project: string | null): Run[] {
       if (project) q.set("project", project);
       for (const s of ["queued", "starting", "running", "failed", "lost", "timeout"]) q.append("status", s);
       api.runs(q, abort.signal).then((p) => setRuns(p.items)).catch(() => undefined);
+      api.alerts(true, undefined, abort.signal).then(setAlerts).catch(() => undefined);
     };
     refresh();
     follow(project ? `project=${encodeURIComponent(project)}` : "", () => {
       window.clearTimeout(timer);
       timer = window.setTimeout(refresh, 300);
     }, abort.signal);
-    return () => { abort.abort(); window.clearTimeout(timer); };
+    // Fired alerts are marked seen elsewhere (a run's page, `runyard inbox`): look again now and then.
+    const poll = window.setInterval(refresh, 5000);
+    return () => { abort.abort(); window.clearTimeout(timer); window.clearInterval(poll); };
   }, [project]);
-  return runs;
+  return [runs, alerts];
 }
 
 export function Header({ project }: { project: string | null }) {
-  const runs = useAttention(project);
+  const [runs, alerts] = useAttention(project);
   const seen = useSeen();
   const running = runs.filter((r) => r.status === "running" || r.status === "starting").length;
   const queued = runs.filter((r) => r.status === "queued").length;
@@ -44,6 +48,14 @@ export function Header({ project }: { project: string | null }) {
             {" · "}
             <Link href={runHref(unseen[0].number)} className="failed" title="failed runs you have not opened yet" testid="unseen-failed">
               {unseen.length} failed
+            </Link>
+          </>
+        )}
+        {alerts.length > 0 && (
+          <>
+            {" · "}
+            <Link href={runHref(alerts[0].run)} className="failed" title={alerts[0].message} testid="unseen-alerts">
+              {alerts.length} alert{alerts.length > 1 ? "s" : ""}
             </Link>
           </>
         )}

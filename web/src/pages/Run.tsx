@@ -91,6 +91,9 @@ export function RunPage({ ref_ }: { ref_: string }) {
       number = r.number;
       setRun(r);
       markSeen(r.id);
+      // Its fired alerts are seen too, now that someone has opened the run (readers may not mark).
+      api.alerts(true, r.number).then((a) => { if (a.length) return api.alertsSeen(a.map((x) => x.id)); })
+        .catch(() => undefined);
       const [s, a, c, i, l] = await Promise.all([api.series(r.number), api.artifacts(r.number), api.children(r.number),
         api.inputs(r.number), api.logs(r.number, 0, 10_000)]);
       setSeries(s); setArtifacts(a); setChildren(c); setInputs(i);

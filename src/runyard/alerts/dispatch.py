@@ -1,0 +1,314 @@
+"""Delivering alerts beyond the inbox: webhook, email, desktop; digests, quiet hours, retries.
+
+The ingester's Watcher records each fired alert in the inbox and hands it here (``put``), then goes
+on: delivery happens in this object's own thread, so a dead webhook or a refusing SMTP server never
+slows ingest. A failed delivery is retried with backoff (1 s, doubling, at most 5 minutes apart,
+for up to a day). Routine news (a run finished) is gathered into one digest per channel and
+window; alerts and failures go out at once. During quiet hours routine news waits; alerts do not.
+
+Configuration, in the home's ``config.toml`` (or a project's ``runyard.toml``)::
+
+    [notify]
+    digest = "10m"                 # window for routine news (default 10m)
+    quiet_hours = "22:00-07:00"    # local time; optional
+    [notify.webhook]
+    url = "https://hooks.example.com/T000/B000"
+    [notify.email]
+    host = "smtp.example.com"   port = 587   from = "runyard@example.com"   to = ["me@example.com"]
+    starttls = true   user = "..."   password = "..."
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from runyard.alerts.rules import seconds
+from runyard.errors import ConfigError
+
+log = logging.getLogger(__name__)
+#: Kinds that are routine news, gathered into digests and held in quiet hours.
+ROUTINE = frozenset({"finished"})
+FIRST_RETRY = 1.0
+MAX_RETRY_GAP = 300.0
+GIVE_UP_AFTER = 86400.0
+
+
+@dataclass
+class Settings:
+    webhook_url: str | None = None
+    email: Mapping[str, Any] | None = None
+    digest: float = 600.0
+    quiet: tuple[int, int] | None = None  # minutes after midnight: start, end
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str) -> Settings:
+        try:
+            webhook = table.get("webhook") or {}
+            email = table.get("email")
+            quiet = table.get("quiet_hours")
+            return cls(webhook_url=webhook.get("url"), email=email,
+                       digest=seconds(table.get("digest", "10m"), "digest"),
+                       quiet=_quiet_hours(quiet) if quiet else None)
+        except (ValueError, AttributeError, TypeError) as e:
+            raise ConfigError(f"{where}: [notify]: {e}") from None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One alert to deliver: what the Watcher recorded."""
+
+    event_id: int
+    run: int
+    project: str
+    kind: str
+    message: str
+    time: float
+    channels: tuple[str, ...]
+    rule: str | None = None
+    #: The [notify] table the run's project file gave it, if any (else the home's is used).
+    settings: Settings | None = None
+
+
+def for_home(home_config: Path) -> Callable[[Notice], Settings]:
+    """Settings for a notice: its run's project file's [notify], else the home config's (re-read
+    when the file changes)."""
+    cache: dict[str, Any] = {"mtime": None, "settings": Settings()}
+
+    def settings_for(notice: Notice) -> Settings:
+        if notice.settings is not None:
+            return notice.settings
+        try:
+            mtime = home_config.stat().st_mtime
+        except OSError:
+            return Settings()
+        if mtime != cache["mtime"]:
+            from runyard.alerts.rules import load_notify
+
+            try:
+                table = load_notify(home_config)
+                cache["settings"] = Settings.from_table(table, str(home_config)) if table else Settings()
+            except ConfigError as e:
+                log.error("%s", e)
+            cache["mtime"] = mtime
+        settings: Settings = cache["settings"]
+        return settings
+
+    return settings_for
+
+
+def _quiet_hours(text: str) -> tuple[int, int]:
+    try:
+        start, end = (datetime.strptime(part.strip(), "%H:%M") for part in str(text).split("-"))
+    except ValueError:
+        raise ValueError(f"quiet_hours must look like 22:00-07:00, not {text!r}") from None
+    return start.hour * 60 + start.minute, end.hour * 60 + end.minute
+
+
+def in_quiet_hours(quiet: tuple[int, int] | None, now: float) -> bool:
+    if quiet is None:
+        return False
+    local = time.localtime(now)
+    minute = local.tm_hour * 60 + local.tm_min
+    start, end = quiet
+    return start <= minute < end if start <= end else (minute >= start or minute < end)
+
+
+def webhook_body(title: str, lines: list[str], notices: list[Notice]) -> dict[str, Any]:
+    """JSON that Slack (``text``) and Discord (``content``) both show, with the details for scripts."""
+    text = "\n".join([title, *lines])
+    return {"text": text, "content": text[:2000], "username": "runyard",
+            "runyard": [{"run": n.run, "project": n.project, "kind": n.kind, "message": n.message, "time": n.time,
+                         "rule": n.rule, "event": n.event_id} for n in notices]}
+
+
+def send_webhook(url: str, body: Mapping[str, Any]) -> None:
+    import httpx
+
+    response = httpx.post(url, json=body, timeout=10.0)
+    if response.status_code >= 300:
+        raise OSError(f"webhook answered {response.status_code}")
+
+
+def send_email(config: Mapping[str, Any], subject: str, text: str) -> None:
+    import smtplib
+    from email.message import EmailMessage
+
+    to = config.get("to") or []
+    to = [to] if isinstance(to, str) else list(to)
+    if not config.get("host") or not to:
+        raise OSError("[notify.email] needs host and to")
+    message = EmailMessage()
+    message["Subject"], message["From"], message["To"] = subject, config.get("from", "runyard@localhost"), ", ".join(to)
+    message.set_content(text)
+    with smtplib.SMTP(str(config["host"]), int(config.get("port", 25)), timeout=10) as smtp:
+        if config.get("starttls"):
+            smtp.starttls()
+        if config.get("user"):
+            smtp.login(str(config["user"]), str(config.get("password", "")))
+        smtp.send_message(message)
+
+
+def send_desktop(title: str, text: str) -> None:
+    notify = shutil.which("notify-send")
+    if notify is None:
+        return  # no desktop here: nothing to tell, and nothing to retry
+    subprocess.run([notify, "--app-name=runyard", title, text], check=False, timeout=10, capture_output=True)
+
+
+@dataclass
+class _Pending:
+    channel: str
+    notices: list[Notice]
+    due: float
+    attempts: int = 0
+    first_try: float | None = None
+
+
+@dataclass
+class Dispatcher:
+    """Delivers notices in its own thread. ``settings_for(notice)`` gives the channels' settings."""
+
+    settings_for: Callable[[Notice], Settings] = lambda notice: notice.settings or Settings()
+    clock: Callable[[], float] = time.time
+    #: Delivered messages, for whoever wants to know (tests, the inbox's delivery column).
+    on_delivered: Callable[[str, list[Notice]], object] | None = None
+    senders: dict[str, Callable[[Settings, str, list[str], list[Notice]], None]] = field(default_factory=dict)
+    _queue: list[_Pending] = field(default_factory=list)
+    _digests: dict[tuple[str, str], _Pending] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.senders = {"webhook": _webhook, "email": _email, "desktop": _desktop, **self.senders}
+
+    def put(self, notice: Notice) -> None:
+        """Queue a notice; returns at once."""
+        now = self.clock()
+        settings = self.settings_for(notice)
+        with self._lock:
+            for channel in notice.channels:
+                if channel not in self.senders:
+                    continue
+                if notice.kind in ROUTINE:
+                    key = (channel, repr(settings.webhook_url if channel == "webhook" else channel))
+                    digest = self._digests.get(key)
+                    if digest is None:
+                        self._digests[key] = _Pending(channel, [notice], now + settings.digest)
+                    else:
+                        digest.notices.append(notice)
+                else:
+                    self._queue.append(_Pending(channel, [notice], now))
+        self._wake.set()
+
+    def start(self) -> Dispatcher:
+        self._thread = threading.Thread(target=self._run, name="runyard-alerts", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            self.deliver_due()
+
+    def deliver_due(self) -> int:
+        """Send what is due now; returns how many messages went out."""
+        now = self.clock()
+        with self._lock:
+            for key, digest in list(self._digests.items()):
+                if digest.due <= now:
+                    self._queue.append(digest)
+                    del self._digests[key]
+            due = [p for p in self._queue if p.due <= now]
+            self._queue = [p for p in self._queue if p.due > now]
+        sent = 0
+        for pending in due:
+            settings = self.settings_for(pending.notices[0])
+            if all(n.kind in ROUTINE for n in pending.notices) and in_quiet_hours(settings.quiet, now):
+                pending.due = now + 60.0  # held until the quiet hours end
+                self._requeue(pending)
+                continue
+            title, lines = _text(pending.notices)
+            try:
+                self.senders[pending.channel](settings, title, lines, pending.notices)
+            except Exception as e:  # noqa: BLE001 - any failure of a channel: retry later
+                self._retry(pending, now, e)
+                continue
+            sent += 1
+            if self.on_delivered is not None:
+                self.on_delivered(pending.channel, pending.notices)
+        return sent
+
+    def _retry(self, pending: _Pending, now: float, error: Exception) -> None:
+        pending.first_try = pending.first_try or now
+        pending.attempts += 1
+        if now - pending.first_try > GIVE_UP_AFTER:
+            log.error("giving up on %s after %d attempts: %s", pending.channel, pending.attempts, error)
+            return
+        pending.due = now + min(FIRST_RETRY * 2 ** (pending.attempts - 1), MAX_RETRY_GAP)
+        log.warning("%s delivery failed (%s); retrying in %.0f s", pending.channel, error, pending.due - now)
+        self._requeue(pending)
+
+    def _requeue(self, pending: _Pending) -> None:
+        with self._lock:
+            self._queue.append(pending)
+
+    def drain(self, timeout: float) -> None:
+        """Send what is due, digests included, for up to ``timeout`` seconds (before the process ends;
+        what is left stays pending in the store for the next one)."""
+        with self._lock:
+            for digest in self._digests.values():
+                digest.due = 0.0
+                self._queue.append(digest)
+            self._digests.clear()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.deliver_due()
+            with self._lock:
+                if not any(p.due <= self.clock() for p in self._queue):
+                    return
+            time.sleep(0.05)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue) + len(self._digests)
+
+
+def _text(notices: list[Notice]) -> tuple[str, list[str]]:
+    if len(notices) == 1:
+        n = notices[0]
+        return f"runyard: run {n.run} ({n.project}): {n.kind}", [n.message]
+    return f"runyard: {len(notices)} runs finished", [f"run {n.run} ({n.project}): {n.message}" for n in notices]
+
+
+def _webhook(settings: Settings, title: str, lines: list[str], notices: list[Notice]) -> None:
+    if not settings.webhook_url:
+        raise OSError("no [notify.webhook] url is configured")
+    send_webhook(settings.webhook_url, webhook_body(title, lines, notices))
+
+
+def _email(settings: Settings, title: str, lines: list[str], notices: list[Notice]) -> None:
+    if not settings.email:
+        raise OSError("no [notify.email] is configured")
+    send_email(settings.email, title, "\n".join(lines) + "\n")
+
+
+def _desktop(settings: Settings, title: str, lines: list[str], notices: list[Notice]) -> None:
+    send_desktop(title, "\n".join(lines))
