@@ -27,8 +27,6 @@ from runyard.store.api import AlertEvent, IngestBatch
 from runyard.types import RunStatus
 
 log = logging.getLogger(__name__)
-#: How often the rules are read again from the store (they change rarely).
-RULES_TTL = 2.0
 
 
 class Watcher:
@@ -37,7 +35,8 @@ class Watcher:
         self.clock = clock
         self.clock = clock
         self.evaluator = Evaluator()
-        self._loaded = -RULES_TTL
+        #: The store's rules as last read, and their stamp then (see SqlStore.alert_rules_stamp).
+        self._stamp: tuple[int, int] | None = None
         self._projects: dict[int, str] = {}
         self._stored: list[Any] = []
         #: Rules that came with a run's launch (its project's runyard.toml), by run number.
@@ -46,10 +45,12 @@ class Watcher:
         self._lock = threading.Lock()
 
     def _rules(self) -> None:
-        now = time.monotonic()
-        if now - self._loaded >= RULES_TTL:
+        # A rule added a moment ago applies to the very next batch: a cache by age would let the
+        # batches of its first seconds through unchecked.
+        stamp = self.store.alert_rules_stamp()
+        if stamp != self._stamp:
             self._stored = [r for r in self.store.list_alert_rules() if r.enabled]
-            self._loaded = now
+            self._stamp = stamp
         self.evaluator.rules = [*self._stored, *(r for rules in self._carried.values() for r in rules)]
 
     def _project(self, number: int) -> str:

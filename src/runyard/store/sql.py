@@ -562,6 +562,14 @@ class SqlStore:
         return AlertRule(rule.name, rule.kind, rule.spec, rule.action, rule.notify, rule.project, rule.run,
                          rule.enabled, rule.source, int(rule_id))
 
+    def alert_rules_stamp(self) -> tuple[int, int]:
+        """(how many rules, highest id): changes whenever a rule is added or removed, for readers
+        that keep the rules in memory (one cheap query instead of reading them all)."""
+        with self._read() as conn:
+            count, highest = conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(alert_rules.c.id), 0))).one()
+        return int(count), int(highest)
+
     def list_alert_rules(self, project: str | None = None, run: int | None = None) -> list[AlertRule]:
         c = alert_rules.c
         stmt = (

@@ -215,3 +215,13 @@ def test_alerts_recorded_by_a_process_that_is_gone_are_acted_on_once(store: SqlS
     second.poll()
     second.dispatcher.drain(timeout=1)
     assert stopped == [number] and len(hook.bodies) == 1
+
+
+def test_a_rule_added_between_two_batches_applies_to_the_next_one(store: SqlStore) -> None:
+    from runyard.ingest.alerting import Watcher
+
+    watcher = Watcher(store)
+    number = store.create_run(NewRun(project="p", status=RunStatus.RUNNING)).number
+    assert watcher.after_ingest(number, _nan_batch(0)) == []  # no rule yet
+    store.add_alert_rule(AlertRule("any-nan", "nan", {}))
+    assert [f.step for f in watcher.after_ingest(number, _nan_batch(1))] == [1]
