@@ -89,7 +89,7 @@ def main() -> int:
     opened = open_store(settings)
     watcher = Watcher(opened.store)
     tailer = Tailer(StoreSink(opened.store, opened.artifacts, watcher), settings.spool_dir, target_key(settings))
-    outbox = alert_outbox(opened.store, settings.home)
+    outbox = alert_outbox(opened.store, settings.home).start()
     scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count())
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
@@ -162,7 +162,8 @@ class _Ingest:
 
 
 def alert_outbox(store: Any, home: Path) -> Any:
-    """Acts on fired alerts: stops runs through their supervisors, delivers to channels."""
+    """Acts on fired alerts: stops runs through their supervisors, delivers to channels. Not started:
+    the agent and ``runyard server`` start it (an app built in a test starts no threads)."""
     import functools
 
     from runyard.alerts.dispatch import Dispatcher, for_home
@@ -171,7 +172,7 @@ def alert_outbox(store: Any, home: Path) -> Any:
     from runyard.ingest.alerting import Outbox
 
     dispatcher = Dispatcher(for_home(home / HOME_CONFIG_NAME))
-    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, home)).start()
+    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, home))
 
 
 def _ship(settings: Settings) -> int:

@@ -260,8 +260,7 @@ def test_a_failed_run_stays_marked_until_seen(page: Any, server: LiveServer, tmp
     page.locator("[data-testid=run-status]", has_text="failed").wait_for()
     page.get_by_text("diverged").first.wait_for()
     page.goto("/projects/ui")
-    page.wait_for_selector("[data-testid=run-row]")
-    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid=status-chip][data-loaded]")  # the chip has its counts
     assert page.locator("[data-testid=unseen-failed]").count() == 0
 
 
@@ -290,6 +289,5 @@ def test_a_fired_alert_stays_in_the_chip_until_its_run_is_opened(page: Any, serv
     wait_until(lambda: not httpx.get(f"{server.url}/api/v1/alerts", params={"unseen": True}).json(), 10,
                "opening the run marks its alert seen")
     page.goto("/projects/ui")
-    page.wait_for_selector("[data-testid=run-row]")
-    page.wait_for_timeout(500)
+    page.wait_for_selector("[data-testid=status-chip][data-loaded]")  # the chip has its counts
     assert page.locator("[data-testid=unseen-alerts]").count() == 0

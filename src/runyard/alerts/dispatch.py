@@ -43,14 +43,14 @@ GIVE_UP_AFTER = 86400.0
 
 
 @dataclass
-class Settings:
+class NotifySettings:
     webhook_url: str | None = None
     email: Mapping[str, Any] | None = None
     digest: float = 600.0
     quiet: tuple[int, int] | None = None  # minutes after midnight: start, end
 
     @classmethod
-    def from_table(cls, table: Mapping[str, Any], where: str) -> Settings:
+    def from_table(cls, table: Mapping[str, Any], where: str) -> NotifySettings:
         try:
             webhook = table.get("webhook") or {}
             email = table.get("email")
@@ -75,31 +75,31 @@ class Notice:
     channels: tuple[str, ...]
     rule: str | None = None
     #: The [notify] table the run's project file gave it, if any (else the home's is used).
-    settings: Settings | None = None
+    settings: NotifySettings | None = None
 
 
-def for_home(home_config: Path) -> Callable[[Notice], Settings]:
-    """Settings for a notice: its run's project file's [notify], else the home config's (re-read
+def for_home(home_config: Path) -> Callable[[Notice], NotifySettings]:
+    """NotifySettings for a notice: its run's project file's [notify], else the home config's (re-read
     when the file changes)."""
-    cache: dict[str, Any] = {"mtime": None, "settings": Settings()}
+    cache: dict[str, Any] = {"mtime": None, "settings": NotifySettings()}
 
-    def settings_for(notice: Notice) -> Settings:
+    def settings_for(notice: Notice) -> NotifySettings:
         if notice.settings is not None:
             return notice.settings
         try:
             mtime = home_config.stat().st_mtime
         except OSError:
-            return Settings()
+            return NotifySettings()
         if mtime != cache["mtime"]:
             from runyard.alerts.rules import load_notify
 
             try:
                 table = load_notify(home_config)
-                cache["settings"] = Settings.from_table(table, str(home_config)) if table else Settings()
+                cache["settings"] = NotifySettings.from_table(table, str(home_config)) if table else NotifySettings()
             except ConfigError as e:
                 log.error("%s", e)
             cache["mtime"] = mtime
-        settings: Settings = cache["settings"]
+        settings: NotifySettings = cache["settings"]
         return settings
 
     return settings_for
@@ -177,11 +177,11 @@ class _Pending:
 class Dispatcher:
     """Delivers notices in its own thread. ``settings_for(notice)`` gives the channels' settings."""
 
-    settings_for: Callable[[Notice], Settings] = lambda notice: notice.settings or Settings()
+    settings_for: Callable[[Notice], NotifySettings] = lambda notice: notice.settings or NotifySettings()
     clock: Callable[[], float] = time.time
     #: Delivered messages, for whoever wants to know (tests, the inbox's delivery column).
     on_delivered: Callable[[str, list[Notice]], object] | None = None
-    senders: dict[str, Callable[[Settings, str, list[str], list[Notice]], None]] = field(default_factory=dict)
+    senders: dict[str, Callable[[NotifySettings, str, list[str], list[Notice]], None]] = field(default_factory=dict)
     _queue: list[_Pending] = field(default_factory=list)
     _digests: dict[tuple[str, str], _Pending] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -298,17 +298,17 @@ def _text(notices: list[Notice]) -> tuple[str, list[str]]:
     return f"runyard: {len(notices)} runs finished", [f"run {n.run} ({n.project}): {n.message}" for n in notices]
 
 
-def _webhook(settings: Settings, title: str, lines: list[str], notices: list[Notice]) -> None:
+def _webhook(settings: NotifySettings, title: str, lines: list[str], notices: list[Notice]) -> None:
     if not settings.webhook_url:
         raise OSError("no [notify.webhook] url is configured")
     send_webhook(settings.webhook_url, webhook_body(title, lines, notices))
 
 
-def _email(settings: Settings, title: str, lines: list[str], notices: list[Notice]) -> None:
+def _email(settings: NotifySettings, title: str, lines: list[str], notices: list[Notice]) -> None:
     if not settings.email:
         raise OSError("no [notify.email] is configured")
     send_email(settings.email, title, "\n".join(lines) + "\n")
 
 
-def _desktop(settings: Settings, title: str, lines: list[str], notices: list[Notice]) -> None:
+def _desktop(settings: NotifySettings, title: str, lines: list[str], notices: list[Notice]) -> None:
     send_desktop(title, "\n".join(lines))

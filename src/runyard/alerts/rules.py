@@ -143,14 +143,14 @@ def _toml(path: Path, text: str) -> dict[str, Any]:
 
 def load_notify(path: Path) -> dict[str, Any] | None:
     """The ``[notify]`` table of a TOML file, checked (see alerts/dispatch.py), or None."""
-    from runyard.alerts.dispatch import Settings
+    from runyard.alerts.dispatch import NotifySettings
 
     table = _toml(path, path.read_text(encoding="utf-8")).get("notify")
     if table is None:
         return None
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: notify must be a table: [notify]")
-    Settings.from_table(table, str(path))
+    NotifySettings.from_table(table, str(path))
     return table
 
 

@@ -19,8 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runyard.alerts.dispatch import GIVE_UP_AFTER, Dispatcher, Notice
-from runyard.alerts.dispatch import Settings as NotifySettings
+from runyard.alerts.dispatch import GIVE_UP_AFTER, Dispatcher, Notice, NotifySettings
 from runyard.alerts.evaluate import Evaluator, Fired
 from runyard.errors import RunyardError
 from runyard.store.api import AlertEvent, IngestBatch
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 class Watcher:
     def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.clock = clock
         self.clock = clock
         self.evaluator = Evaluator()
         #: The store's rules as last read, and their stamp then (see SqlStore.alert_rules_stamp).
@@ -127,6 +125,9 @@ class Outbox:
         self._after = 0
         self._started = clock()
         self._notify: dict[int, NotifySettings | None] = {}
+        #: How each event handed over stands (the outbox thread and the dispatcher's both update it).
+        self._deliveries: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
         dispatcher.on_delivered = self._delivered
@@ -162,6 +163,8 @@ class Outbox:
                     self.store.set_alert_delivery(event.id, delivery)
             channels = tuple(delivery.get("pending") or ())
             if channels:
+                with self._lock:
+                    self._deliveries[event.id] = delivery
                 run = self.store.get_run(event.run)
                 self.dispatcher.put(Notice(event.id, event.run, run.project, event.kind, event.message, event.time,
                                            channels, delivery.get("rule"), self._settings(run)))
@@ -182,10 +185,13 @@ class Outbox:
 
     def _delivered(self, channel: str, notices: list[Notice]) -> None:
         for notice in notices:
-            event = next(iter(self.store.alert_events_after(notice.event_id - 1, limit=1)), None)
-            if event is None or event.id != notice.event_id:
-                continue
-            delivery = dict(event.delivery or {})
-            delivery["pending"] = [c for c in delivery.get("pending") or () if c != channel]
-            delivery.setdefault("delivered", {})[channel] = self.clock()
-            self.store.set_alert_delivery(event.id, delivery)
+            with self._lock:
+                delivery = self._deliveries.get(notice.event_id)
+                if delivery is None:
+                    continue
+                delivery["pending"] = [c for c in delivery.get("pending") or () if c != channel]
+                delivery.setdefault("delivered", {})[channel] = self.clock()
+                if not delivery["pending"]:
+                    del self._deliveries[notice.event_id]
+                recorded = dict(delivery)
+            self.store.set_alert_delivery(notice.event_id, recorded)

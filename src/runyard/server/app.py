@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from runyard import wire
 from runyard._version import __version__
+from runyard.agent import alert_outbox
 from runyard.config import Settings
 from runyard.errors import (
     AccessDenied,
@@ -164,7 +165,7 @@ class Server:
         self.hub = events.Hub()
         self.watcher = Watcher(store)
         #: Started by `runyard server` (an app built in a test starts no threads).
-        self.outbox = _alert_outbox(store, settings)
+        self.outbox: Outbox = alert_outbox(store, settings.home)
 
     def run_for(self, request: Request, ref: str) -> Any:
         """The run ``ref`` names, if the caller may see it (a project token sees only its project)."""
@@ -173,18 +174,6 @@ class Server:
         if scope is not None and run.project != scope:
             raise NotFound(f"no run matches {ref!r}")
         return run
-
-
-def _alert_outbox(store: SqlStore, settings: Settings) -> Outbox:
-    """Acts on the alerts this server's ingest fires: stops runs, delivers to channels."""
-    import functools
-
-    from runyard.alerts.dispatch import Dispatcher, for_home
-    from runyard.config import HOME_CONFIG_NAME
-    from runyard.exec.control import stop_for_alert
-
-    dispatcher = Dispatcher(for_home(settings.home / HOME_CONFIG_NAME))
-    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, settings.home))
 
 
 def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bind_host: str = "127.0.0.1",

@@ -33,8 +33,6 @@ interface Props {
   options: ChartOptions;
   zoom: [number, number] | null;
   onZoom: (range: [number, number] | null) => void;
-  /** Bumped by the page when live points arrive; the chart refetches (when not zoomed). */
-  version?: number;
   height?: number;
 }
 
@@ -88,7 +86,7 @@ async function load(line: Line, metric: string, zoom: [number, number] | null, b
   return { xs, mean: e.mean.map(finite), min: e.min.map(finite), max: e.max.map(finite), raw: false };
 }
 
-export function Chart({ metric, lines, options, zoom, onZoom, version = 0, height = 220 }: Props) {
+export function Chart({ metric, lines, options, zoom, onZoom, height = 220 }: Props) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
   const zoomRef = useRef(onZoom);
@@ -119,7 +117,7 @@ export function Chart({ metric, lines, options, zoom, onZoom, version = 0, heigh
       .catch((e) => { if (!abort.signal.aborted) setError(String(e.message ?? e)); });
     return () => abort.abort();
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [metric, key, zoom?.[0], zoom?.[1], buckets, axis, version]);
+  }, [metric, key, zoom?.[0], zoom?.[1], buckets, axis]); // key: a new point count refetches
 
   useEffect(() => {
     const el = box.current;

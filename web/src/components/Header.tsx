@@ -5,9 +5,10 @@ import { Alert, api, BAD, follow, Run } from "../api";
 import { useSeen } from "../attention";
 import { Link, projectHref, runHref } from "./Link";
 
-export function useAttention(project: string | null): [Run[], Alert[]] {
+export function useAttention(project: string | null): [Run[], Alert[], boolean] {
   const [runs, setRuns] = useState<Run[]>([]);
   const [alerts, setAlerts] = useState<Alert[]>([]);
+  const [loaded, setLoaded] = useState(false);
   useEffect(() => {
     const abort = new AbortController();
     let timer: number | undefined;
@@ -15,8 +16,9 @@ export function useAttention(project: string | null): [Run[], Alert[]] {
       const q = new URLSearchParams({ compact: "true", limit: "2000" });
       if (project) q.set("project", project);
       for (const s of ["queued", "starting", "running", "failed", "lost", "timeout"]) q.append("status", s);
-      api.runs(q, abort.signal).then((p) => setRuns(p.items)).catch(() => undefined);
-      api.alerts(true, undefined, abort.signal).then(setAlerts).catch(() => undefined);
+      Promise.all([api.runs(q, abort.signal), api.alerts(true, undefined, abort.signal)])
+        .then(([p, a]) => { setRuns(p.items); setAlerts(a); setLoaded(true); })
+        .catch(() => undefined);
     };
     refresh();
     follow(project ? `project=${encodeURIComponent(project)}` : "", () => {
@@ -27,11 +29,11 @@ export function useAttention(project: string | null): [Run[], Alert[]] {
     const poll = window.setInterval(refresh, 5000);
     return () => { abort.abort(); window.clearTimeout(timer); window.clearInterval(poll); };
   }, [project]);
-  return [runs, alerts];
+  return [runs, alerts, loaded];
 }
 
 export function Header({ project }: { project: string | null }) {
-  const [runs, alerts] = useAttention(project);
+  const [runs, alerts, loaded] = useAttention(project);
   const seen = useSeen();
   const running = runs.filter((r) => r.status === "running" || r.status === "starting").length;
   const queued = runs.filter((r) => r.status === "queued").length;
@@ -41,7 +43,7 @@ export function Header({ project }: { project: string | null }) {
       <Link href="/" className="brand">runyard</Link>
       {project && <Link href={projectHref(project)} className="crumb">{project}</Link>}
       <span className="spacer" />
-      <span className="chip" data-testid="status-chip">
+      <span className="chip" data-testid="status-chip" data-loaded={loaded ? "" : undefined}>
         <span className={running ? "dot running" : "dot"} /> {running} running · {queued} queued
         {unseen.length > 0 && (
           <>
