@@ -14,6 +14,13 @@ on disk; the writer later copies them into the segment in sequence order. Nothin
 Order is kept by one rule: records leave the queue only under ``_drain_lock``, and each drained
 batch is appended to ``_pending`` (a FIFO of packed batches or spill files) under the same lock.
 The writer writes ``_pending`` in order. ``log()`` never takes that lock and never waits on I/O.
+
+Sequence numbers are given as records leave the queue, not as they enter it. Producers (the
+training thread, the sampler, the tee, the heartbeat) each take a ticket from ``next_seq`` and then
+append, and a thread switch can fall between the two: the queue then holds ticket 8 before ticket
+7. Ingest skips any record at or below the last sequence number it applied, so a spool in ticket
+order would lose ticket 7 whenever a frame ended at 8. Renumbering at the drain makes the spool's
+order and its sequence numbers one and the same.
 """
 
 from __future__ import annotations
@@ -85,6 +92,8 @@ class Writer:
         self.next_seq: Callable[[], int] = itertools.count().__next__
         #: Highest sequence number written to the segment (the kernel has it).
         self.written_seq = -1
+        #: The sequence number the next drained record gets in the spool (see the module docstring).
+        self._spool_seq = 0
         #: Each metric's last value among the records that have left the queue (for run.summary).
         self.latest: dict[str, float] = {}
         #: Most queue items ever waiting in memory at once (a log() call is four; for diagnostics).
@@ -159,10 +168,15 @@ class Writer:
         return {k: v for k, v in latest.items() if not k.startswith("system/")}
 
     def last_queued_seq(self) -> int:
-        tail = list(itertools.islice(reversed(self.queue), 4))[::-1]  # one C call: a consistent tail
-        if tail:
-            return records.last_seq(tail)
+        """Drain what is queued now (giving it spool sequence numbers) and return the last one.
+
+        Drained here rather than read off the queue's tail: a producer's ticket is not its spool
+        sequence number, and a ticket taken but never queued (an interrupt between the two) must not
+        leave flush() waiting for it.
+        """
         with self._drain_lock:
+            while (drained := self._drain(self.max_batch)) is not None:
+                self._pending.append(drained[:2])
             return self._pending[-1][1] if self._pending else self.written_seq
 
     # -- draining ---------------------------------------------------------------------------------
@@ -183,16 +197,20 @@ class Writer:
             batch.append(popleft())  # finish the metrics group the count cut through
         # Kept here rather than in log(): the summary is read rarely, log() is called all the time.
         groups = batch[0::4]
+        first = self._spool_seq
         if len(batch) % 4 == 0 and operator.countOf(map(type, groups), dict) == len(groups):
             # Only metrics groups (the usual batch): item 0 of each is its map, and no other item
             # of a group is a map, so counting maps at every fourth place proves the layout.
             maps = groups
             record_count = len(groups)
+            batch[1::4] = range(first, first + record_count)
         else:
             maps = [item for item in batch if type(item) is dict]
             record_count = len(batch) - 3 * len(maps)  # a metrics record is four items, others one
+            _renumber(batch, first)
+        self._spool_seq = first + record_count
         deque(map(self.latest.update, maps), maxlen=0)
-        return msgpack.packb(batch, use_bin_type=True), records.last_seq(batch), record_count
+        return msgpack.packb(batch, use_bin_type=True), first + record_count - 1, record_count
 
     def _write_loop(self) -> None:
         while True:
@@ -320,3 +338,16 @@ class Writer:
         with contextlib.suppress(OSError):
             (self.directory / SPILL_DIR).rmdir()
 
+
+
+def _renumber(batch: list[Any], first: int) -> None:
+    """Give the records in ``batch`` (queue items, whole records) the sequence numbers from ``first``."""
+    seq = first
+    for i, item in enumerate(batch):
+        if type(item) is dict:
+            batch[i + 1] = seq
+        elif type(item) is tuple or type(item) is list:
+            batch[i] = (seq, *item[1:])
+        else:
+            continue  # the seq, time or step of a metrics group
+        seq += 1

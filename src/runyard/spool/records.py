@@ -79,11 +79,5 @@ def unflatten(items: list[Any]) -> list[Any]:
     return out
 
 
-def last_seq(items: Any) -> int:
-    """The sequence number of the last record in a sequence of queue items (whole records)."""
-    last = items[-1]
-    return int(last[0]) if type(last) is tuple or type(last) is list else int(items[-3])
-
-
 def is_record_start(item: Any) -> bool:
     return type(item) is dict or type(item) is tuple or type(item) is list

@@ -1,0 +1,83 @@
+"""The writer's spool order: what producers racing each other enqueue all reaches the store."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from runyard.config import resolve
+from runyard.ingest.sink import StoreSink
+from runyard.ingest.tailer import Tailer
+from runyard.sdk.writer import Writer
+from runyard.spool import records
+from runyard.spool.segment import read_frames, read_header, segments_of
+from runyard.store.home import open_store
+from runyard.store.newrun import NewRun
+
+
+def test_a_record_enqueued_after_a_later_ticket_is_not_lost(tmp_path: Path) -> None:
+    # log() takes its ticket, then a thread switch lets the heartbeat take the next ticket and
+    # append first: the queue holds ticket 1 before ticket 0. The ingester, tailing the live spool,
+    # applies the heartbeat before ticket 0 reaches the segment; ticket 0 must still be applied.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    settings = resolve(environ={**env, "RUNYARD_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    opened = open_store(settings)
+    run = opened.store.create_run(NewRun(project="p", name="raced"))
+    tailer = Tailer(StoreSink(opened.store, opened.artifacts), settings.spool_dir, None)
+    writer = Writer(settings.spool_dir / run.id, run.id, "w1")
+    writer.start()
+    logged = writer.next_seq()
+    writer.queue.append((writer.next_seq(), records.HEARTBEAT, time.time()))
+    assert writer.flush(10)
+    tailer.poll()
+    writer.queue.extend(({"loss": 0.0}, logged, time.time(), 0))
+    for step in range(1, 5):
+        writer.queue.extend(({"loss": step / 10}, writer.next_seq(), time.time(), step))
+    assert writer.close(10)
+    tailer.poll()
+    points = opened.store.history(run.number, "loss")
+    assert points.steps.tolist() == [0, 1, 2, 3, 4]
+    assert points.values.tolist() == [0.0, 0.1, 0.2, 0.3, 0.4]
+    opened.close()
+
+
+def test_spool_sequence_numbers_follow_spool_order(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / "run", "01AAAAAAAAAAAAAAAAAAAAAAAA", "w1", max_batch=3)
+    tickets = [writer.next_seq() for _ in range(6)]
+    for ticket in reversed(tickets):  # the worst order producers could reach
+        if ticket % 2:
+            writer.queue.append((ticket, records.NOTE, time.time(), f"note {ticket}"))
+        else:
+            writer.queue.extend(({"x": float(ticket)}, ticket, time.time(), ticket))
+    writer.start()
+    assert writer.close(10)
+    spooled = _read_spool(tmp_path / "run", "w1")
+    assert [records.seq_of(r) for r in spooled] == list(range(6))
+    assert [r["x"] if type(r) is dict else r[3] for r in spooled] == [
+        "note 5", 4.0, "note 3", 2.0, "note 1", 0.0]  # spool order is queue order
+
+
+def _read_spool(directory: Path, writer: str) -> list[Any]:
+    out: list[Any] = []
+    for _, path in segments_of(directory)[writer]:
+        data = path.read_bytes()
+        header = read_header(data)
+        assert header is not None
+        for batch in read_frames(data, header.size).batches:
+            out.extend(records.unflatten(batch))
+    return out
+
+
+def test_flush_does_not_wait_for_a_ticket_that_was_never_queued(tmp_path: Path) -> None:
+    # Ctrl-C can land between a producer taking its ticket and queueing its record.
+    writer = Writer(tmp_path / "run", "01AAAAAAAAAAAAAAAAAAAAAAAA", "w1", heartbeat_interval=3600)
+    writer.start()
+    writer.next_seq()  # taken, never queued
+    writer.queue.extend(({"x": 1.0}, writer.next_seq(), time.time(), 0))
+    started = time.monotonic()
+    assert writer.flush(30)
+    assert time.monotonic() - started < 10  # not the whole timeout
+    assert writer.close(10)
+    assert [r["x"] for r in _read_spool(tmp_path / "run", "w1")] == [1.0]
