@@ -21,7 +21,19 @@ from runyard.types import RunStatus
 if TYPE_CHECKING:
     import httpx
 
-    from runyard.store.api import ArtifactEntry, LogLine, Page, Project, Run, RunInput, RunPatch, RunQuery, SeriesInfo
+    from runyard.store.api import (
+        AlertEvent,
+        AlertRule,
+        ArtifactEntry,
+        LogLine,
+        Page,
+        Project,
+        Run,
+        RunInput,
+        RunPatch,
+        RunQuery,
+        SeriesInfo,
+    )
     from runyard.store.series import Envelope, Points
 
 _BY_STATUS: dict[int, type[Exception]] = {400: InvalidArgument, 401: AccessDenied, 403: AccessDenied,
@@ -244,6 +256,42 @@ class RemoteStore:
     def mark_lost(self, run_id: str, message: str) -> bool:
         reply = self.client.request("POST", f"/runs/{_ref(run_id)}/lost", json={"message": message[:2000]})
         return bool(reply.json()["changed"])
+
+    # -- alerts -----------------------------------------------------------------------------------
+
+    def list_alert_rules(self, project: str | None = None, run: int | None = None) -> list[AlertRule]:
+        params = {"project": project} if project is not None else {}
+        rules = [wire.alert_rule_in(r) for r in self.client.get("/alert-rules", params=params)]
+        return [r for r in rules if run is None or r.run == run]
+
+    def add_alert_rule(self, rule: AlertRule) -> AlertRule:
+        """Send a checked rule (the server checks it again, in the file's keys)."""
+        from runyard.alerts.spec import file_form
+
+        body = {"rule": file_form(rule.name, rule.kind, rule.spec, rule.action, rule.notify),
+                "project": rule.project, "run": None if rule.run is None else str(rule.run)}
+        return wire.alert_rule_in(self.client.request("POST", "/alert-rules", json=body).json())
+
+    def remove_alert_rule(self, rule_id: int) -> bool:
+        try:
+            self.client.request("DELETE", f"/alert-rules/{rule_id}")
+        except NotFound:
+            return False
+        return True
+
+    def list_alert_events(self, run: int | None = None, unseen_only: bool = False) -> list[AlertEvent]:
+        params: dict[str, Any] = {"unseen": unseen_only, "limit": 1000}
+        if run is not None:
+            params["run"] = run
+        return [wire.alert_event_in(e) for e in self.client.get("/alerts", params=params)]
+
+    def mark_alerts_seen(self, ids: Sequence[int]) -> None:
+        if ids:
+            self.client.request("POST", "/alerts/seen", json={"ids": list(ids)})
+
+    def status_counts(self, since: float, project: str | None = None) -> dict[str, int]:
+        """The caller's token decides the project (``project`` is for the local store's twin)."""
+        return {k: int(v) for k, v in self.client.get("/status", params={"since": since}).items()}
 
 
 class RemoteArtifacts:

@@ -15,7 +15,17 @@ from typing import TYPE_CHECKING, Any
 from runyard.types import RunStatus
 
 if TYPE_CHECKING:
-    from runyard.store.api import AlertEvent, ArtifactEntry, LogLine, Page, Project, Run, RunInput, SeriesInfo
+    from runyard.store.api import (
+        AlertEvent,
+        AlertRule,
+        ArtifactEntry,
+        LogLine,
+        Page,
+        Project,
+        Run,
+        RunInput,
+        SeriesInfo,
+    )
     from runyard.store.series import Envelope, Points
 
 API_PREFIX = "/api/v1"
@@ -98,7 +108,8 @@ def page_in(data: dict[str, Any]) -> Page[Run]:
     return Page([run_in(r) for r in data["items"]], data.get("next_cursor"))
 
 
-def plain_out(value: Project | SeriesInfo | LogLine | ArtifactEntry | RunInput | AlertEvent) -> dict[str, Any]:
+def plain_out(value: Project | SeriesInfo | LogLine | ArtifactEntry | RunInput | AlertEvent | AlertRule
+              ) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
 
 
@@ -130,6 +141,18 @@ def input_in(data: dict[str, Any]) -> RunInput:
     from runyard.store.api import RunInput
 
     return RunInput(**data)
+
+
+def alert_rule_in(data: dict[str, Any]) -> AlertRule:
+    from runyard.store.api import AlertRule
+
+    return AlertRule(**{**data, "notify": tuple(data.get("notify") or ())})
+
+
+def alert_event_in(data: dict[str, Any]) -> AlertEvent:
+    from runyard.store.api import AlertEvent
+
+    return AlertEvent(**{"delivery": {}, **data})
 
 
 ENVELOPE_FIELDS = ("start_step", "end_step", "count", "nan_count", "min", "max", "mean", "last")

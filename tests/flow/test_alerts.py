@@ -49,6 +49,23 @@ def test_a_run_that_logs_nan_raises_its_alert_and_is_stopped(project: Path, env:
         api.close()
 
 
+def test_a_rule_the_script_declares_stops_its_run(project: Path, env: dict[str, str]) -> None:
+    (project / "train.py").write_text(textwrap.dedent("""
+        import time, runyard
+        run = runyard.init()
+        run.alert("acc-collapse", "below", metric="acc", value=0.1, action="stop")
+        for step in range(20):
+            run.log({"acc": 0.5 + step / 100}, step=step)
+        run.log({"acc": 0.05}, step=20)
+        time.sleep(120)  # the rule must end this
+    """))
+    number = launch(env, project, "--", sys.executable, "train.py")
+    assert wait_status(env, project, number, {"stopped", "failed", "finished", "lost", "timeout"}, 90) == "stopped"
+    events = [json.loads(line) for line in cli(env, project, "inbox", "--json").stdout.splitlines()]
+    assert [(e["run"], e["kind"], e["step"]) for e in events] == [(number, "below", 20)]
+    assert f"run {number}" in cli(env, project, "alert", "ls").stdout  # the rule is listed with its run
+
+
 def test_a_malformed_rule_stops_the_submission_with_its_line(project: Path, env: dict[str, str]) -> None:
     (project / "runyard.toml").write_text('[[alerts]]\nname = "x"\nwhen = "drop"\nmetric = "acc"\n')
     result = cli(env, project, "run", "--", "python", "train.py", check=False)

@@ -346,3 +346,35 @@ def test_ui_starts_the_local_server_once_and_prints_its_url(tmp_path: Path) -> N
         assert again.stdout == first.stdout and "started" not in again.stderr  # found the running one
     finally:
         subprocess.run(["pkill", "-f", f"runyard.cli.main server --port {port}"], check=False)
+
+
+def test_alert_rules_inbox_and_status_through_the_server(live_server: LiveServer, tmp_path: Path) -> None:
+    env = client_env(tmp_path / "laptop", live_server.url)
+    added = cli(env, "alert", "add", "--when", "nan", "--metric", "loss", "--project", "remote", "--json")
+    assert added.returncode == 0, added.stderr
+    rule = json.loads(added.stdout)
+    assert (rule["when"], rule["metric"], rule["project"]) == ("nan", "loss", "remote")
+    refused = cli(env, "alert", "add", "--when", "drop", "--metric", "acc")
+    assert refused.returncode != 0 and "needs by" in refused.stderr
+    path = script(tmp_path, """
+        import math, runyard
+        with runyard.init(project="remote", name="diverged") as run:
+            run.alert("acc-drop", "drop", metric="acc", by="50%")
+            run.log({"loss": 1.0, "acc": 0.9}, step=0)
+            run.log({"loss": math.nan, "acc": 0.3}, step=1)
+    """)
+    done = subprocess.run([sys.executable, str(path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(cli(env, "alert", "ls", "--json").stdout)
+    assert sorted((r["name"], r["when"]) for r in listed) == [("acc-drop", "drop"), ("nan-loss", "nan")]
+    deadline = time.monotonic() + 30
+    while "2 alerts" not in (line := cli(env, "status").stdout) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert line.strip() == "0 running · 0 queued · 2 alerts"
+    events = [json.loads(x) for x in cli(env, "inbox", "--json").stdout.splitlines()]
+    assert sorted((e["kind"], e["step"]) for e in events) == [("drop", 1), ("nan", 1)]
+    assert cli(env, "inbox").stdout.strip() == "no unread alerts"  # read once, through the server
+    assert cli(env, "status").stdout.strip() == "0 running · 0 queued"
+    assert cli(env, "alert", "rm", str(rule["id"])).returncode == 0
+    assert cli(env, "alert", "rm", str(rule["id"])).returncode == 1

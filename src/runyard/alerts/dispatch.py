@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runyard.alerts.rules import seconds
+from runyard.alerts.spec import seconds
 from runyard.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runyard.alerts.rules import STATE_KINDS
+from runyard.alerts.spec import STATE_KINDS
 
 GPU_UTIL = "utilization"  # system/gpu<i>/utilization, see sdk/sampler.py
 MEMORY = "system/memory_percent"

@@ -1,4 +1,5 @@
-"""``runyard alert add|ls|rm``, ``runyard inbox`` and ``runyard status``, on the configured database."""
+"""``runyard alert add|ls|rm``, ``runyard inbox`` and ``runyard status``: on the local home, or on the
+server ``RUNYARD_SERVER`` names (with ``RUNYARD_TOKEN``)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,16 @@ from typing import Any
 import orjson
 
 from runyard.config import resolve
-from runyard.errors import ConfigError
 
 #: ``runyard status`` counts failures this recent.
 FAILED_WINDOW = 24 * 3600.0
 
 
 def _local() -> Any:
-    settings = resolve()
-    if settings.server:
-        raise ConfigError("alert rules and the inbox work on the server's machine for now: unset RUNYARD_SERVER "
-                          "there, or run this command on it")
-    from runyard.store.home import open_store
+    """The configured store: the local home's, or with ``RUNYARD_SERVER`` the server's (same calls)."""
+    from runyard.api import Api
 
-    return open_store(settings)
+    return Api(catch_up=False)
 
 
 def _rule_out(rule: Any) -> dict[str, Any]:
@@ -34,25 +31,25 @@ def _rule_out(rule: Any) -> dict[str, Any]:
 def add(fields: dict[str, Any], project: str | None, run: str | None, as_json: bool) -> int:
     from runyard.alerts.rules import check
 
-    opened = _local()
+    api = _local()
     try:
-        number = opened.store.resolve(run) if run is not None else None
+        number = api.store.resolve(run) if run is not None else None
         given = {k: v for k, v in fields.items() if v is not None}
-        rule = opened.store.add_alert_rule(check(given, "runyard alert add", project, number))
+        rule = api.store.add_alert_rule(check(given, "runyard alert add", project, number))
         print(orjson.dumps(_rule_out(rule)).decode() if as_json else
               f"alert rule {rule.id} ({rule.name}) added" + (f" for run {number}" if number else
                                                            f" for project {project}" if project else " for every run"))
         return 0
     finally:
-        opened.close()
+        api.close()
 
 
 def ls(project: str | None, as_json: bool) -> int:
-    opened = _local()
+    api = _local()
     try:
-        rules = [_rule_out(r) for r in opened.store.list_alert_rules(project)]
+        rules = [_rule_out(r) for r in api.store.list_alert_rules(project)]
     finally:
-        opened.close()
+        api.close()
     if as_json:
         print(orjson.dumps(rules).decode())
     elif not rules:
@@ -66,15 +63,15 @@ def ls(project: str | None, as_json: bool) -> int:
 
 
 def rm(rule_id: int) -> int:
-    opened = _local()
+    api = _local()
     try:
-        if not opened.store.remove_alert_rule(rule_id):
+        if not api.store.remove_alert_rule(rule_id):
             print(f"runyard: no alert rule {rule_id} (see `runyard alert ls`)", file=sys.stderr)
             return 1
         print(f"alert rule {rule_id} removed")
         return 0
     finally:
-        opened.close()
+        api.close()
 
 
 def _event_out(e: Any) -> dict[str, Any]:
@@ -84,17 +81,17 @@ def _event_out(e: Any) -> dict[str, Any]:
 
 def inbox(follow: bool, as_json: bool, show_all: bool) -> int:
     """Unread alerts (oldest first), marked read once printed; ``follow`` waits for more."""
-    opened = _local()
+    api = _local()
     try:
         while True:
-            events = opened.store.list_alert_events(unseen_only=not show_all)
+            events = api.store.list_alert_events(unseen_only=not show_all)
             for e in events:
                 if as_json:
                     print(orjson.dumps(_event_out(e)).decode(), flush=True)
                 else:
                     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
                     print(f"{stamp}  run {e.run:<5} {e.kind:<9} {e.message}", flush=True)
-            opened.store.mark_alerts_seen([e.id for e in events if e.seen_at is None])
+            api.store.mark_alerts_seen([e.id for e in events if e.seen_at is None])
             if not follow:
                 if not events and not as_json:
                     print("no unread alerts")
@@ -103,7 +100,7 @@ def inbox(follow: bool, as_json: bool, show_all: bool) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        opened.close()
+        api.close()
 
 
 def status() -> int:
@@ -111,14 +108,19 @@ def status() -> int:
     from runyard.store.lite import LiteStore
 
     settings = resolve()
-    lite = LiteStore.open(settings.db)
-    if lite is not None:
+    lite = None if settings.server else LiteStore.open(settings.db)
+    since = time.time() - FAILED_WINDOW
+    if lite is not None:  # the fast path: the standard library's sqlite3, no SQLAlchemy
         try:
-            counts = lite.status_counts(time.time() - FAILED_WINDOW)
+            counts = lite.status_counts(since)
         finally:
             lite.close()
     else:
-        counts = _counts_through_store()
+        api = _local()
+        try:
+            counts = api.store.status_counts(since)
+        finally:
+            api.close()
     parts = [f"{counts['running']} running", f"{counts['queued']} queued"]
     if counts["failed"]:
         parts.append(f"{counts['failed']} failed")
@@ -126,20 +128,3 @@ def status() -> int:
         parts.append(f"{counts['alerts']} alert" + ("s" if counts["alerts"] > 1 else ""))
     print(" · ".join(parts))
     return 0
-
-
-def _counts_through_store() -> dict[str, int]:
-    from runyard.types import RunStatus
-
-    opened = _local()
-    try:
-        store = opened.store
-        active = store.runs_with_status([RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING])
-        since = time.time() - FAILED_WINDOW
-        failed = [r for r in store.runs_with_status([RunStatus.FAILED, RunStatus.LOST, RunStatus.TIMEOUT])
-                  if (r.ended_at or 0) >= since]
-        return {"running": sum(r.status is not RunStatus.QUEUED for r in active),
-                "queued": sum(r.status is RunStatus.QUEUED for r in active), "failed": len(failed),
-                "alerts": len(store.list_alert_events(unseen_only=True))}
-    finally:
-        opened.close()

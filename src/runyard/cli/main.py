@@ -351,6 +351,7 @@ def alert() -> None:
 
     \b
     Rules also come from [[alerts]] tables in a project's runyard.toml, and from run.alert() in a script.
+    With RUNYARD_SERVER set, these commands work on the server's rules.
     Examples:
       runyard alert add --when nan --metric loss --action stop
       runyard alert add --when drop --metric val/acc --by 5% --project gan

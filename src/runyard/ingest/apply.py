@@ -121,6 +121,22 @@ def _event(batch: IngestBatch, event: dict[str, Any], time: float) -> None:
         batch.end = {**event, "time": time}
     elif name == "environment":
         batch.environment.update(event)
+    elif name == "alert":
+        _alert_rule(batch, event.get("rule"), time)
+
+
+def _alert_rule(batch: IngestBatch, data: Any, time: float) -> None:
+    """A rule from ``run.alert``. The SDK checked it; one that fails here (a spool written by
+    another version, say) is reported in the run's log rather than dropped unseen."""
+    from runyard.alerts.rules import check
+    from runyard.errors import ConfigError
+
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError("run.alert: the rule is not a table")
+        batch.alert_rules.append(check(data, "run.alert"))
+    except ConfigError as e:
+        batch.logs.append(LogLine(time, f"alert rule refused: {e}", "system"))
 
 
 def stage_artifacts(batch: IngestBatch, run_dir: Path, artifacts: DiskArtifacts) -> None:

@@ -195,6 +195,27 @@ class Run:
             raise TypeError(f"run.note() takes a string, not {type(text).__name__}")
         self._emit(records.NOTE, text)
 
+    def alert(self, name: str, when: str, **rule: Any) -> None:
+        """Raise an alert when this run's metrics or state say so (the rules of alerts/spec.py).
+
+        ``run.alert("loss-nan", "nan", metric="loss", action="stop")`` stops the run when its loss
+        becomes NaN; ``run.alert("acc-drop", "drop", metric="acc", by="10%")`` notifies when accuracy
+        falls 10% below its best. ``for`` is a Python keyword: write ``for_="10m"``. A malformed rule
+        raises ``InvalidArgument`` here, at once; a rule of the same name replaces the earlier one.
+        """
+        from runyard.alerts.spec import validate
+
+        data = {"name": name, "when": when, **{("for" if k == "for_" else k): v for k, v in rule.items()}}
+        # As plain values: a numpy float would pass the checks but not pack into the spool.
+        data = {k: (list(v) if isinstance(v, list | tuple) else
+                    float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool | int) else v)
+                for k, v in data.items()}
+        try:
+            validate(data)
+        except ValueError as e:
+            raise InvalidArgument(f"run.alert(): {e}") from None
+        self._emit(records.EVENT, {"event": "alert", "rule": data})
+
     def label(self, *labels: str) -> None:
         """Add labels to the run (``unlabel`` removes them)."""
         self._emit(records.LABELS, [validate_label(x) for x in labels], [])

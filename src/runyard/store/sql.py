@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -536,6 +537,11 @@ class SqlStore:
         for path, size, sha256, ref in batch.artifacts:
             self._record_artifact(conn, number, path,
                                   {"size": size, "sha256": sha256, "content_ref": ref, "created_at": self.clock()})
+        for rule in batch.alert_rules:
+            # A rule the script declared (run.alert): for this run; the same name replaces it.
+            c = alert_rules.c
+            conn.execute(sa.delete(alert_rules).where(c.run_number == number, c.name == rule.name))
+            self._insert_alert_rule(conn, replace(rule, project=None, run=number))
 
     def mark_lost(self, run_id: str, message: str) -> bool:
         """Mark a run lost unless it already ended; True if it was marked."""
@@ -551,16 +557,18 @@ class SqlStore:
 
     def add_alert_rule(self, rule: AlertRule) -> AlertRule:
         with self._write() as conn:
-            project_id = self._project_id(conn, rule.project) if rule.project else None
-            rule_id = conn.execute(
-                sa.insert(alert_rules).values(
-                    project_id=project_id, run_number=rule.run, name=rule.name, kind=rule.kind,
-                    spec=dict(rule.spec), action=rule.action, notify=list(rule.notify),
-                    enabled=rule.enabled, source=rule.source, created_at=self.clock(),
-                ).returning(alert_rules.c.id)
-            ).scalar_one()
-        return AlertRule(rule.name, rule.kind, rule.spec, rule.action, rule.notify, rule.project, rule.run,
-                         rule.enabled, rule.source, int(rule_id))
+            return self._insert_alert_rule(conn, rule)
+
+    def _insert_alert_rule(self, conn: Connection, rule: AlertRule) -> AlertRule:
+        project_id = self._project_id(conn, rule.project) if rule.project else None
+        rule_id = conn.execute(
+            sa.insert(alert_rules).values(
+                project_id=project_id, run_number=rule.run, name=rule.name, kind=rule.kind,
+                spec=dict(rule.spec), action=rule.action, notify=list(rule.notify),
+                enabled=rule.enabled, source=rule.source, created_at=self.clock(),
+            ).returning(alert_rules.c.id)
+        ).scalar_one()
+        return replace(rule, id=int(rule_id))
 
     def alert_rules_stamp(self) -> tuple[int, int]:
         """(how many rules, highest id): changes whenever a rule is added or removed, for readers
@@ -642,6 +650,26 @@ class SqlStore:
                 .where(alert_events.c.id.in_(list(ids)), alert_events.c.seen_at.is_(None))
                 .values(seen_at=self.clock())
             )
+
+    def status_counts(self, since: float, project: str | None = None) -> dict[str, int]:
+        """For ``runyard status``: runs running and queued, runs that failed (or were lost or timed
+        out) since ``since``, and alerts nobody has seen; of one project if given."""
+        in_project = (_R.project_id == sa.select(projects.c.id).where(projects.c.name == project).scalar_subquery()
+                      if project is not None else sa.true())
+        active = (sa.select(_R.status, sa.func.count()).where(in_project, _R.status.in_(("queued", "starting",
+                                                                                         "running")))
+                  .group_by(_R.status))
+        failed = sa.select(sa.func.count()).where(in_project, _R.status.in_(("failed", "lost", "timeout")),
+                                                  _R.ended_at >= since)
+        e = alert_events.c
+        alerts = sa.select(sa.func.count()).select_from(alert_events).where(e.seen_at.is_(None))
+        if project is not None:
+            alerts = alerts.where(e.run_number.in_(sa.select(_R.number).where(in_project)))
+        with self._read() as conn:
+            counts = {str(status): int(n) for status, n in conn.execute(active)}
+            return {"running": counts.get("running", 0) + counts.get("starting", 0),
+                    "queued": counts.get("queued", 0), "failed": int(conn.execute(failed).scalar_one()),
+                    "alerts": int(conn.execute(alerts).scalar_one())}
 
 
 def _new_run_of(run_id: str, start: Mapping[str, Any]) -> NewRun:

@@ -137,3 +137,27 @@ def test_a_forked_child_logs_nothing_and_leaves_the_run_alone(home: Path) -> Non
     api = runyard.Api()
     assert [s.key for s in api.run("parent").metrics()] == ["from_parent"]
     api.close()
+
+
+def test_run_alert_checks_the_rule_at_once_and_the_rule_fires_on_this_run_only(home: Path) -> None:
+    with runyard.init(project="p", name="guarded") as run:
+        with pytest.raises(InvalidArgument, match=r"run\.alert\(\): rule 'dip': when = 'drop' needs by"):
+            run.alert("dip", "drop", metric="acc")
+        with pytest.raises(InvalidArgument, match="when must be one of"):
+            run.alert("x", "sometimes")
+        run.alert("loss-nan", "nan", metric="loss", notify=("inbox",))
+        run.alert("acc-low", "below", metric="acc", value=np.float64(0.2))
+        run.alert("acc-low", "below", metric="acc", value=0.5)  # replaces the rule of that name
+        run.log({"loss": 1.0, "acc": 0.4})
+        run.log({"loss": math.nan, "acc": 0.6})
+    with runyard.init(project="p", name="unguarded") as other:
+        other.log({"loss": math.nan, "acc": 0.1})
+    api = runyard.Api()
+    guarded, unguarded = api.run("guarded").number, api.run("unguarded").number
+    rules = api.store.list_alert_rules(run=guarded)
+    assert [(r.name, r.kind, r.spec.get("value"), r.source) for r in rules] == [
+        ("loss-nan", "nan", None, "run.alert"), ("acc-low", "below", 0.5, "run.alert")]
+    events = sorted((e.run, e.kind, e.step) for e in api.store.list_alert_events())
+    assert events == sorted([(guarded, "below", 0), (guarded, "nan", 1)])  # none for the other run
+    assert unguarded not in {e[0] for e in events}
+    api.close()

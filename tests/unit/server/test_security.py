@@ -39,10 +39,11 @@ import pytest
 import sqlalchemy as sa
 from tests.unit.server.conftest import LiveServer, Served, free_port, home_env
 
+from runyard.alerts.rules import check
 from runyard.config import resolve
 from runyard.server import ui
 from runyard.server.security import RANK, route_role
-from runyard.store.api import NewRun
+from runyard.store.api import AlertEvent, NewRun
 from runyard.store.engine import create_engine
 from runyard.store.home import open_store
 from runyard.store.migrate import upgrade
@@ -55,6 +56,7 @@ HOST = "127.0.0.1:8765"
 SRC = Path(__file__).resolve().parents[3] / "src" / "runyard"
 SENTINEL = b"RUNYARD-SENTINEL-" + uuid.uuid4().hex.encode()
 OCTETS = {"content-type": "application/octet-stream"}
+JSON = {"content-type": "application/json"}
 
 #: Artifact paths as they go on the wire after ``/api/v1/runs/{n}/artifacts/``. Each must be refused.
 ESCAPES = [
@@ -425,6 +427,27 @@ def test_project_token_sees_only_its_project(api: Served) -> None:
     assert c.patch(f"/api/v1/runs/{mine}", json={"name": "renamed"}, headers=w).status_code == 200
 
 
+def test_a_project_token_s_alert_rules_stay_in_its_project(api: Served) -> None:
+    mine, theirs = seed(api, "p", "mine"), seed(api, "q", "theirs")
+    _, writer = Tokens(api.store).create("writer", "p-writer", project="p")
+    no_token_cache(api)
+    c, w = api.client, bearer(writer)
+    nan = {"name": "loss-nan", "when": "nan", "metric": "loss"}
+    made = c.post("/api/v1/alert-rules", json={"rule": nan}, headers=w)
+    assert made.status_code == 201 and made.json()["project"] == "p"  # not every run on the server
+    assert c.post("/api/v1/alert-rules", json={"rule": nan, "project": "q"}, headers=w).status_code == 403
+    assert c.post("/api/v1/alert-rules", json={"rule": nan, "run": str(theirs)}, headers=w).status_code == 404
+    bad = c.post("/api/v1/alert-rules", json={"rule": {"name": "x", "when": "drop", "metric": "acc"}}, headers=w)
+    assert bad.status_code == 400 and "needs by" in bad.json()["error"]
+    other = api.store.add_alert_rule(check(nan, "test", project="q"))
+    assert [r["project"] for r in c.get("/api/v1/alert-rules", headers=w).json()] == ["p"]
+    assert c.delete(f"/api/v1/alert-rules/{other.id}", headers={**w, **JSON}).status_code == 404
+    assert len(api.store.list_alert_rules()) == 2
+    api.store.add_alert_event(AlertEvent(theirs, "nan", "q's alert", 1.0))
+    api.store.add_alert_event(AlertEvent(mine, "nan", "p's alert", 1.0))
+    assert c.get("/api/v1/status", headers=w).json() == {"running": 1, "queued": 0, "failed": 0, "alerts": 1}
+
+
 def test_project_admin_cannot_mint_a_token_beyond_its_project(api: Served) -> None:
     seed(api, "p", "mine")
     theirs = seed(api, "q", "theirs")
@@ -481,7 +504,7 @@ def _routes(api: Served) -> list[tuple[str, str, str | None]]:
 
 def _concrete(template: str, number: int) -> str:
     values = {"ref": "1" if template.startswith("/api/v1/tokens") else str(number), "key": "loss", "path": "a.txt",
-              "sha256": "0" * 64}
+              "sha256": "0" * 64, "rule_id": "1"}
     return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], template)
 
 
