@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python bench/launch.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/ui.py
+	$(BIN)/python bench/alerts.py
 
 # Side virtual environments with MLflow, wandb, Aim and tensorboardX, for bench/logging.py.
 bench-peers:

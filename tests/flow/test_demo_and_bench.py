@@ -1,4 +1,4 @@
-"""What `make demo` runs works on a fresh home, and the store benchmark still runs (small sizes)."""
+"""What `make demo` runs works on a fresh home, and the benchmarks still run (small sizes)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,16 @@ def test_the_server_benchmark_runs_and_counts_every_point() -> None:
     throughput = report["figures"]["sqlite"]["throughput"]
     assert all(r["arrived"] == r["points"] and r["cursors_short"] == 0 for r in throughput["rounds"])
     assert report["figures"]["sqlite"]["latency"]["count"] > 0
+
+
+def test_the_alerts_benchmark_runs_and_every_batch_alerts(tmp_path: Path) -> None:
+    # The speed figures are the benchmark's to judge; here only what must hold on any machine.
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "alerts.py"), "--quick", "--json",
+                             str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
+    assert "dead webhook / inbox only" in result.stdout, result.stderr
+    figures = json.loads((tmp_path / "out.json").read_text())
+    throughput = figures["throughput"]
+    assert throughput["events"] == {"no rule": 0, "inbox only": 4, "dead webhook": 4}
+    assert set(throughput["stored_points"].values()) == {throughput["points_per_run"]}
+    assert throughput["webhook_connections"] > 0 and throughput["dispatcher_pending"] > 0
+    assert figures["latency"]["alerts"] == figures["latency"]["nans"]
