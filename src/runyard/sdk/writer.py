@@ -342,12 +342,13 @@ class Writer:
 
 def _renumber(batch: list[Any], first: int) -> None:
     """Give the records in ``batch`` (queue items, whole records) the sequence numbers from ``first``."""
-    seq = first
-    for i, item in enumerate(batch):
-        if type(item) is dict:
+    i, n, seq = 0, len(batch), first
+    while i < n:
+        item = batch[i]
+        if type(item) is dict:  # a metrics group: map, seq, time, step
             batch[i + 1] = seq
-        elif type(item) is tuple or type(item) is list:
-            batch[i] = (seq, *item[1:])
+            i += 4
         else:
-            continue  # the seq, time or step of a metrics group
+            batch[i] = (seq, *item[1:])
+            i += 1
         seq += 1
