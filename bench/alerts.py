@@ -10,7 +10,7 @@ NaN loss. Three runs are fed in turn, block by block, in one process (so the mac
 on all three alike): one with no rule, one whose NaN rule notifies the inbox only, and one whose
 NaN rule (cooldown 0: it fires on every batch) also notifies a webhook that accepts connections and
 never answers. The outbox thread hands every alert to the dispatcher, which keeps retrying it; the
-figure is points per second per run, and the ratios say whether the failing channel costs ingest.
+figure is points per second per run; each ratio is the median of the blocks' ratios (2 batches a block).
 
 Time to an alert: a real script (SDK, writer thread, local agent) logs a NaN loss every 0.5 s;
 for each, the time from its log() call (the point's own timestamp) to the alert being in the inbox
@@ -111,19 +111,21 @@ def bench_throughput(home: Path, blocks: int, batches_per_block: int) -> dict[st
                                    run=runs["inbox only"].number))
     store.add_alert_rule(AlertRule("nan-hook", "nan", {"metric": "loss", "cooldown": 0.0},
                                    notify=("inbox", "webhook"), run=runs["dead webhook"].number))
-    seconds = dict.fromkeys(runs, 0.0)
+    seconds: dict[str, list[float]] = {case: [] for case in runs}
     cursors = dict.fromkeys(runs, -1)
     run_dir = home / "unused"
     for block in range(blocks):
         order = list(runs) if block % 2 == 0 else list(reversed(runs))
         for case in order:
             run = runs[case]
+            spent = 0.0
             for b in range(batches_per_block):
                 n = block * batches_per_block + b
                 recs = batch_records(n * RECORDS_PER_BATCH, n * RECORDS_PER_BATCH)
                 started = time.perf_counter()
                 _, cursors[case] = apply_records(store, artifacts, run_dir, run.id, "w1", recs, cursors[case], watcher)
-                seconds[case] += time.perf_counter() - started
+                spent += time.perf_counter() - started
+            seconds[case].append(spent)
     points = blocks * batches_per_block * RECORDS_PER_BATCH * 4
     time.sleep(1.5)  # let the outbox hand the last alerts over and the dispatcher try them
     events = {case: len(store.list_alert_events(run=run.number)) for case, run in runs.items()}
@@ -132,11 +134,17 @@ def bench_throughput(home: Path, blocks: int, batches_per_block: int) -> dict[st
     outbox.close()
     dead.close()
     opened.close()
-    rate = {case: points / s for case, s in seconds.items()}
+    rate = {case: points / sum(s) for case, s in seconds.items()}
+
+    def ratio(case: str, base: str) -> float:
+        # Median of the blocks' ratios: a pause of the machine's falls on one block, not on the figure.
+        return statistics.median(b / a for a, b in zip(seconds[case], seconds[base], strict=True))
+
     return {"points_per_run": points, "rate": rate, "events": events, "stored_points": counts,
             "webhook_connections": dead.connections, "dispatcher_pending": pending,
-            "ratio_dead_vs_inbox": rate["dead webhook"] / rate["inbox only"],
-            "ratio_dead_vs_none": rate["dead webhook"] / rate["no rule"]}
+            "ratio_dead_vs_inbox": ratio("dead webhook", "inbox only"),
+            "ratio_dead_vs_none": ratio("dead webhook", "no rule"),
+            "ratio_inbox_vs_none": ratio("inbox only", "no rule")}
 
 
 LATENCY_SCRIPT = """
@@ -181,7 +189,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()
     logging.getLogger("runyard.alerts.dispatch").setLevel(logging.ERROR)  # the retries are expected here
-    blocks, per_block, nans = (2, 2, 3) if args.quick else (10, 5, 10)
+    blocks, per_block, nans = (2, 2, 3) if args.quick else (40, 2, 10)
     with tempfile.TemporaryDirectory(prefix="runyard-bench-alerts-") as tmp:
         throughput = bench_throughput(Path(tmp) / "ingest-home", blocks, per_block)
         latency = bench_latency(Path(tmp) / "latency-home", nans)
@@ -193,8 +201,10 @@ def main() -> int:
         ("ingest, no alert rule (points/s)", "-", f"{rate['no rule']:,.0f}"),
         ("ingest, NaN rule firing every batch, inbox only", "-", f"{rate['inbox only']:,.0f}"),
         ("ingest, same rule, webhook that never answers", "-", f"{rate['dead webhook']:,.0f}"),
-        ("  dead webhook / inbox only", f">= {THROUGHPUT_TARGET}", f"{throughput['ratio_dead_vs_inbox']:.3f}"),
+        ("  dead webhook / inbox only (median of blocks)", f">= {THROUGHPUT_TARGET}",
+         f"{throughput['ratio_dead_vs_inbox']:.3f}"),
         ("  dead webhook / no rule", "-", f"{throughput['ratio_dead_vs_none']:.3f}"),
+        ("  inbox only / no rule (the rule's own cost)", "-", f"{throughput['ratio_inbox_vs_none']:.3f}"),
         ("  alerts recorded (inbox only, dead webhook)", "one per batch",
          f"{throughput['events']['inbox only']}, {throughput['events']['dead webhook']}"),
         ("  points stored per run", f"{throughput['points_per_run']:,}",

@@ -124,7 +124,7 @@ class Outbox:
         self.clock = clock
         self._after = 0
         self._started = clock()
-        self._notify: dict[int, NotifySettings | None] = {}
+        self._runs: dict[int, tuple[str, NotifySettings | None]] = {}
         #: How each event handed over stands (the outbox thread and the dispatcher's both update it).
         self._deliveries: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -165,14 +165,16 @@ class Outbox:
             if channels:
                 with self._lock:
                     self._deliveries[event.id] = delivery
-                run = self.store.get_run(event.run)
-                self.dispatcher.put(Notice(event.id, event.run, run.project, event.kind, event.message, event.time,
-                                           channels, delivery.get("rule"), self._settings(run)))
+                project, settings = self._run_of(event.run)
+                self.dispatcher.put(Notice(event.id, event.run, project, event.kind, event.message, event.time,
+                                           channels, delivery.get("rule"), settings))
         return len(events)
 
-    def _settings(self, run: Any) -> NotifySettings | None:
-        """The [notify] table the run's project file gave it, if any."""
-        if run.number not in self._notify:
+    def _run_of(self, number: int) -> tuple[str, NotifySettings | None]:
+        """The run's project, and the [notify] table its project file gave it, if any. Read once per
+        run: a rule that keeps firing must not cost ingest a run read per alert."""
+        if number not in self._runs:
+            run = self.store.get_run(number)
             table = (run.launch or {}).get("notify")
             settings = None
             if isinstance(table, dict):
@@ -180,8 +182,8 @@ class Outbox:
                     settings = NotifySettings.from_table(table, f"run {run.number}")
                 except RunyardError as e:
                     log.warning("%s", e)
-            self._notify[run.number] = settings
-        return self._notify[run.number]
+            self._runs[number] = (run.project, settings)
+        return self._runs[number]
 
     def _delivered(self, channel: str, notices: list[Notice]) -> None:
         for notice in notices:
