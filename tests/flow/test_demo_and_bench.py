@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +12,25 @@ from pathlib import Path
 ROOT = Path(__file__).parents[2]
 
 
+def _stop_servers_of(home: Path) -> None:
+    """End the `runyard server` the demo's `runyard ui` left running for this home (a user keeps it)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"server" in cmdline and b"runyard.cli.main" in cmdline and f"RUNYARD_HOME={home}".encode() in environ:
+            os.kill(int(proc.name), signal.SIGTERM)
+
+
 def test_the_demo_launches_a_run_and_reads_it_back_in_a_fresh_home(tmp_path: Path) -> None:
     env = {"RUNYARD_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "RUNYARD_SYSTEM_INTERVAL": "1"}
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], env=env, capture_output=True,
-                         text=True, timeout=300, check=True).stdout
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], env=env, capture_output=True,
+                             text=True, timeout=300, check=True).stdout
+    finally:
+        _stop_servers_of(tmp_path / "home")
     assert "step 0: loss" in out and "done: spike at step 13337" in out  # followed live
     assert "is kept: max 9.0" in out and "run 1: finished" in out
     assert "outputs: code/uncommitted.diff" in out or "outputs/model.json" in out

@@ -378,3 +378,14 @@ def test_alert_rules_inbox_and_status_through_the_server(live_server: LiveServer
     assert cli(env, "status").stdout.strip() == "0 running · 0 queued"
     assert cli(env, "alert", "rm", str(rule["id"])).returncode == 0
     assert cli(env, "alert", "rm", str(rule["id"])).returncode == 1
+
+
+def test_status_says_when_the_server_cannot_be_reached(tmp_path: Path) -> None:
+    from tests.unit.server.conftest import free_port
+
+    env = client_env(tmp_path / "laptop", f"http://127.0.0.1:{free_port()}")
+    result = cli(env, "status")
+    assert result.returncode == 1 and result.stdout == ""
+    assert "cannot reach the runyard server at http://127.0.0.1:" in result.stderr
+    bad = cli({**env, "RUNYARD_SERVER": "file:///etc/passwd"}, "status")
+    assert bad.returncode != 0 and "root:" not in bad.stdout + bad.stderr

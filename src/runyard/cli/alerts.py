@@ -7,8 +7,6 @@ import sys
 import time
 from typing import Any
 
-import orjson
-
 from runyard.config import resolve
 
 #: ``runyard status`` counts failures this recent.
@@ -36,7 +34,7 @@ def add(fields: dict[str, Any], project: str | None, run: str | None, as_json: b
         number = api.store.resolve(run) if run is not None else None
         given = {k: v for k, v in fields.items() if v is not None}
         rule = api.store.add_alert_rule(check(given, "runyard alert add", project, number))
-        print(orjson.dumps(_rule_out(rule)).decode() if as_json else
+        print(_json(_rule_out(rule)).decode() if as_json else
               f"alert rule {rule.id} ({rule.name}) added" + (f" for run {number}" if number else
                                                            f" for project {project}" if project else " for every run"))
         return 0
@@ -51,7 +49,7 @@ def ls(project: str | None, as_json: bool) -> int:
     finally:
         api.close()
     if as_json:
-        print(orjson.dumps(rules).decode())
+        print(_json(rules).decode())
     elif not rules:
         print("no alert rules (add one with `runyard alert add`, or [[alerts]] in runyard.toml)")
     for r in rules if not as_json else []:
@@ -87,7 +85,7 @@ def inbox(follow: bool, as_json: bool, show_all: bool) -> int:
             events = api.store.list_alert_events(unseen_only=not show_all)
             for e in events:
                 if as_json:
-                    print(orjson.dumps(_event_out(e)).decode(), flush=True)
+                    print(_json(_event_out(e)).decode(), flush=True)
                 else:
                     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
                     print(f"{stamp}  run {e.run:<5} {e.kind:<9} {e.message}", flush=True)
@@ -104,23 +102,32 @@ def inbox(follow: bool, as_json: bool, show_all: bool) -> int:
 
 
 def status() -> int:
-    """One line for a prompt: ``3 running · 2 queued · 1 failed · 1 alert`` (parts at zero left out)."""
-    from runyard.store.lite import LiteStore
+    """One line for a prompt: ``3 running · 2 queued · 1 failed · 1 alert`` (parts at zero left out).
 
+    Kept to the standard library where it can be: sqlite3 for a local home, urllib for a server
+    (SQLAlchemy or httpx would double the command's time).
+    """
     settings = resolve()
-    lite = None if settings.server else LiteStore.open(settings.db)
     since = time.time() - FAILED_WINDOW
-    if lite is not None:  # the fast path: the standard library's sqlite3, no SQLAlchemy
-        try:
-            counts = lite.status_counts(since)
-        finally:
-            lite.close()
+    if settings.server:
+        from runyard.client import quick_get
+
+        counts = quick_get(settings.server, settings.token, "/status", {"since": since})
     else:
-        api = _local()
-        try:
-            counts = api.store.status_counts(since)
-        finally:
-            api.close()
+        from runyard.store.lite import LiteStore
+
+        lite = LiteStore.open(settings.db)
+        if lite is not None:
+            try:
+                counts = lite.status_counts(since)
+            finally:
+                lite.close()
+        else:
+            api = _local()
+            try:
+                counts = api.store.status_counts(since)
+            finally:
+                api.close()
     parts = [f"{counts['running']} running", f"{counts['queued']} queued"]
     if counts["failed"]:
         parts.append(f"{counts['failed']} failed")
@@ -128,3 +135,9 @@ def status() -> int:
         parts.append(f"{counts['alerts']} alert" + ("s" if counts["alerts"] > 1 else ""))
     print(" · ".join(parts))
     return 0
+
+
+def _json(value: Any) -> bytes:
+    import orjson  # here, not at the top: `runyard status` prints no JSON and must start fast
+
+    return orjson.dumps(value)
