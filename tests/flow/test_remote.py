@@ -344,6 +344,10 @@ def test_ui_starts_the_local_server_once_and_prints_its_url(tmp_path: Path) -> N
         assert httpx.get(f"{first.stdout.strip()}/api/health").json()["status"] == "ok"
         again = cli(env, "ui", "--port", str(port), timeout=60)
         assert again.stdout == first.stdout and "started" not in again.stderr  # found the running one
+        other = home_env(tmp_path / "other", f"sqlite:///{tmp_path / 'other' / 'runyard.db'}")
+        taken = cli(other, "ui", "--port", str(port), timeout=60)  # another home must not be shown this one's runs
+        assert taken.returncode != 0 and taken.stdout == ""
+        assert "is a runyard server of another home or database" in taken.stderr
     finally:
         subprocess.run(["pkill", "-f", f"runyard.cli.main server --port {port}"], check=False)
 

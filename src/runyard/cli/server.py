@@ -61,20 +61,32 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
         opened.close()
 
 
-def _answers(url: str) -> bool:
+def _health(url: str) -> dict[str, object] | None:
+    """What the server at ``url`` says of itself; None if nothing answers there."""
     import httpx
 
     try:
         response = httpx.get(f"{url}/api/health", timeout=1.0)
     except httpx.HTTPError:
-        return False
-    return response.status_code in (200, 401)
+        return None
+    if response.status_code == 401:
+        return {}  # a server that wants a token: it answers, and says no more
+    if response.status_code != 200:
+        return None
+    return dict(response.json())
 
 
 def ui(port: int, no_browser: bool) -> int:
+    from runyard.spool.rundir import target_key
+
     settings = resolve()
     url = settings.server or f"http://127.0.0.1:{port}"
-    if not settings.server and not _answers(url):
+    health = None if settings.server else _health(url)
+    if health is not None and health.get("store", target_key(settings)) != target_key(settings):
+        raise ConfigError(f"{url} is a runyard server of another home or database, not of {settings.home}: "
+                          f"open that one there, or start this home's on another port (runyard ui --port "
+                          f"{port + 1})")
+    if not settings.server and health is None:
         settings.home.mkdir(parents=True, exist_ok=True)
         log_path = settings.home / "server.log"
         with log_path.open("ab") as log:
@@ -82,7 +94,7 @@ def ui(port: int, no_browser: bool) -> int:
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                              close_fds=True, cwd=str(settings.home))
         deadline = time.monotonic() + START_WAIT
-        while not _answers(url):
+        while _health(url) is None:
             if time.monotonic() > deadline:
                 raise ConfigError(f"the server did not start within {START_WAIT:g} s; see {log_path}")
             time.sleep(0.2)

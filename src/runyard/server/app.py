@@ -293,10 +293,14 @@ def _routes(app: FastAPI, server: Server) -> None:
     @requires("reader")
     def health() -> dict[str, Any]:
         """Whether the server and its database answer."""
+        from runyard.spool.rundir import target_key
         from runyard.store.revision import REVISIONS
 
         store.list_projects()
-        return {"status": "ok", "version": __version__, "schema": REVISIONS[-1], "dialect": store.dialect}
+        # "store" names the database and artifact store (a hash): `runyard ui` tells its own server
+        # from another home's on the same port.
+        return {"status": "ok", "version": __version__, "schema": REVISIONS[-1], "dialect": store.dialect,
+                "store": target_key(server.settings)}
 
     @app.get(f"{v1}/projects", tags=["runs"])
     @requires("reader")
