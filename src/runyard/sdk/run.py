@@ -1,8 +1,9 @@
 """Run: what ``runyard.init()`` returns. Logging stamps a record and queues it; it never waits on I/O.
 
 ``log()`` is the hot path: it checks each value (a number, or a clear ``TypeError`` naming the key,
-in the caller), stamps the step, the wall time and a sequence number, appends one tuple to the
-writer's deque and returns. Everything else (packing, writing, ingesting) happens elsewhere.
+in the caller), stamps the step, the wall time and a ticket (the writer gives the record its spool
+sequence number as it leaves the queue, see sdk/writer.py), appends to the writer's deque and
+returns. Everything else (packing, writing, ingesting) happens elsewhere.
 
 Apart from mistakes in what the caller passes (reported at once), the SDK does not raise into
 training: a failure of its own is counted in ``run.errors`` and reported on stderr once. With
