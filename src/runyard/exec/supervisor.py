@@ -63,7 +63,7 @@ class Supervisor:
     # -- records ----------------------------------------------------------------------------------
 
     def emit(self, kind: str, *fields: Any) -> None:
-        self.writer.queue.append((self.writer.next_seq(), kind, time.time(), *fields))
+        self.writer.queue.append((records.UNNUMBERED, kind, time.time(), *fields))
 
     def system(self, text: str) -> None:
         self.emit(records.LOG, "system", text)
@@ -182,7 +182,7 @@ class Supervisor:
         if spec.system_interval > 0:
             from runyard.sdk.sampler import Sampler
 
-            sampler = Sampler(spec.system_interval, self.writer.queue.extend, self.writer.next_seq, child.pid)
+            sampler = Sampler(spec.system_interval, self.writer.queue.extend, child.pid)
             sampler.start()
         deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
         next_upload = time.monotonic() + spec.outputs_interval
@@ -236,7 +236,7 @@ class Supervisor:
             now = time.time()
             if name == "stdout" and line.startswith("{"):
                 self._maybe_metrics(line, now)
-            self.writer.queue.append((self.writer.next_seq(), records.LOG, now, name, line))
+            self.writer.queue.append((records.UNNUMBERED, records.LOG, now, name, line))
 
     def _maybe_metrics(self, line: str, now: float) -> None:
         """A stdout line that is a JSON object of numbers is also a metrics record (no SDK needed)."""
@@ -259,7 +259,7 @@ class Supervisor:
         step = int(step_value) if step_value is not None and float(step_value).is_integer() else self._json_step
         self._json_step = step + 1
         if values:
-            self.writer.queue.extend((values, self.writer.next_seq(), now, step))
+            self.writer.queue.extend((values, records.UNNUMBERED, now, step))
 
     def _upload_outputs(self, final: bool) -> None:
         outputs = self.work / OUTPUTS

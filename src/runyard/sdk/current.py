@@ -104,7 +104,7 @@ def init(
             "config": dict(config or {}), "labels": label_list, "notes": notes or "",
             "command": env["argv"], "host": env["host"], "environment": env,
         }
-        writer.queue.append((writer.next_seq(), records.EVENT, time.time(), start))
+        writer.queue.append((records.UNNUMBERED, records.EVENT, time.time(), start))
         writer._wake.set()  # the start event goes to disk now, not in 100 ms
         _start_background(run, settings)
         _current = run
@@ -122,17 +122,17 @@ def _new_id() -> str:
 
 def _start_background(run: Run, settings: Any) -> None:
     writer = run._writer
-    append, next_seq = writer.queue.append, writer.next_seq
+    append = writer.queue.append
     if settings.system_interval > 0:
         from runyard.sdk.sampler import Sampler
 
-        sampler = Sampler(settings.system_interval, writer.queue.extend, next_seq)
+        sampler = Sampler(settings.system_interval, writer.queue.extend)
         sampler.start()
         run._on_finish.append(sampler.stop)
     if not settings.captured:
         from runyard.sdk import tee
 
-        run._on_finish.append(tee.install(append, next_seq))
+        run._on_finish.append(tee.install(append))
     # Loaded now, not by finish(): a script that ends right after logging reaches finish() through
     # atexit, when the interpreter refuses what staging's thread pool registers on import, and the
     # run's records would never be flushed.

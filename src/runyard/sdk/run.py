@@ -1,9 +1,9 @@
 """Run: what ``runyard.init()`` returns. Logging stamps a record and queues it; it never waits on I/O.
 
 ``log()`` is the hot path: it checks each value (a number, or a clear ``TypeError`` naming the key,
-in the caller), stamps the step, the wall time and a ticket (the writer gives the record its spool
-sequence number as it leaves the queue, see sdk/writer.py), appends to the writer's deque and
-returns. Everything else (packing, writing, ingesting) happens elsewhere.
+in the caller), stamps the step and the wall time, appends to the writer's deque and returns. The
+writer gives each record its sequence number as it leaves the queue (see sdk/writer.py); everything
+else (packing, writing, ingesting) happens elsewhere.
 
 Apart from mistakes in what the caller passes (reported at once), the SDK does not raise into
 training: a failure of its own is counted in ``run.errors`` and reported on stderr once. With
@@ -122,7 +122,6 @@ class Run:
         self._writer = writer
         self._append = writer.queue.append
         self._extend = writer.queue.extend
-        self._next_seq = writer.next_seq
         self._step = 0
         self._keys: set[str] = set()
         self._finished = False
@@ -156,7 +155,7 @@ class Run:
                 break
         else:
             record = metrics.copy()
-        self._extend((record, self._next_seq(), _time(), step))
+        self._extend((record, 0, _time(), step))  # 0: records.UNNUMBERED, without a global lookup
 
     def _as_step(self, step: Any) -> int:
         if isinstance(step, numbers.Integral) and not isinstance(step, bool):
@@ -188,7 +187,7 @@ class Run:
         if self._finished:
             self._after_finish()
             return
-        self._append((self._next_seq(), kind, _time(), *fields))
+        self._append((records.UNNUMBERED, kind, _time(), *fields))
 
     def note(self, text: str) -> None:
         """Append a paragraph of Markdown to the run's notes."""

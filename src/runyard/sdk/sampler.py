@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from runyard.spool import records
+
 MB = 1024 * 1024
 
 
@@ -65,11 +67,9 @@ def _percent(info: Any) -> float:
 
 
 class Sampler:
-    def __init__(self, interval: float, emit: Callable[[Any], None], next_seq: Callable[[], int],
-                 pid: int | None = None) -> None:
+    def __init__(self, interval: float, emit: Callable[[Any], None], pid: int | None = None) -> None:
         self.interval = interval
         self._emit = emit
-        self._next_seq = next_seq
         self._pid = pid or os.getpid()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runyard-sampler", daemon=True)
@@ -101,7 +101,7 @@ class Sampler:
                     ):
                         values[key] = max(now - before, 0.0) / MB / elapsed
                 previous = counters
-                self._emit((values, self._next_seq(), time.time(), self.samples))
+                self._emit((values, records.UNNUMBERED, time.time(), self.samples))
                 self.samples += 1
                 if self._stop.wait(self.interval):
                     return

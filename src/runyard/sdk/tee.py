@@ -18,12 +18,10 @@ MAX_LINE = 64 * 1024
 
 
 class Tee:
-    def __init__(self, original: TextIO, stream: str, emit: Callable[[tuple[Any, ...]], None],
-                 next_seq: Callable[[], int]) -> None:
+    def __init__(self, original: TextIO, stream: str, emit: Callable[[tuple[Any, ...]], None]) -> None:
         self._original = original
         self._stream = stream
         self._emit = emit
-        self._next_seq = next_seq
         self._partial = ""
         self._lock = threading.Lock()
 
@@ -36,9 +34,9 @@ class Tee:
             *lines, self._partial = buffer.split("\n")
             now = time.time()
             for line in lines:
-                self._emit((self._next_seq(), records.LOG, now, self._stream, _rendered(line)))
+                self._emit((records.UNNUMBERED, records.LOG, now, self._stream, _rendered(line)))
             if len(self._partial) > MAX_LINE:
-                self._emit((self._next_seq(), records.LOG, now, self._stream, _rendered(self._partial)))
+                self._emit((records.UNNUMBERED, records.LOG, now, self._stream, _rendered(self._partial)))
                 self._partial = ""
         return written
 
@@ -48,7 +46,7 @@ class Tee:
     def close_line(self) -> None:
         with self._lock:
             if self._partial:
-                self._emit((self._next_seq(), records.LOG, time.time(), self._stream, _rendered(self._partial)))
+                self._emit((records.UNNUMBERED, records.LOG, time.time(), self._stream, _rendered(self._partial)))
                 self._partial = ""
 
     def __getattr__(self, name: str) -> Any:
@@ -60,10 +58,10 @@ def _rendered(line: str) -> str:
     return line.rsplit("\r", 1)[-1] if "\r" in line else line
 
 
-def install(emit: Callable[[tuple[Any, ...]], None], next_seq: Callable[[], int]) -> Callable[[], None]:
+def install(emit: Callable[[tuple[Any, ...]], None]) -> Callable[[], None]:
     """Tee sys.stdout and sys.stderr; returns the function that undoes it."""
     out, err = sys.stdout, sys.stderr
-    tee_out, tee_err = Tee(out, "stdout", emit, next_seq), Tee(err, "stderr", emit, next_seq)
+    tee_out, tee_err = Tee(out, "stdout", emit), Tee(err, "stderr", emit)
     sys.stdout, sys.stderr = tee_out, tee_err
 
     def uninstall() -> None:

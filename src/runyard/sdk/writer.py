@@ -15,12 +15,12 @@ Order is kept by one rule: records leave the queue only under ``_drain_lock``, a
 batch is appended to ``_pending`` (a FIFO of packed batches or spill files) under the same lock.
 The writer writes ``_pending`` in order. ``log()`` never takes that lock and never waits on I/O.
 
-Sequence numbers are given as records leave the queue, not as they enter it. Producers (the
-training thread, the sampler, the tee, the heartbeat) each take a ticket from ``next_seq`` and then
-append, and a thread switch can fall between the two: the queue then holds ticket 8 before ticket
-7. Ingest skips any record at or below the last sequence number it applied, so a spool in ticket
-order would lose ticket 7 whenever a frame ended at 8. Renumbering at the drain makes the spool's
-order and its sequence numbers one and the same.
+Sequence numbers are given as records leave the queue, not as they enter it: producers (the
+training thread, the sampler, the tee, the heartbeat) queue records with ``records.UNNUMBERED``. A
+number taken by a producer before it appends could be overtaken by another thread's (a thread
+switch between the two), and ingest skips any record at or below the last sequence number it
+applied: a frame ending at 8 would lose 7. Numbering at the drain makes the spool's order and its
+sequence numbers one and the same, and costs log() nothing.
 """
 
 from __future__ import annotations
@@ -88,8 +88,6 @@ class Writer:
         #: Records waiting to be written (see records.py for the form). Producers only ever call
         #: ``queue.append`` (one tuple) or ``queue.extend`` (a metrics group), each atomic.
         self.queue: deque[Any] = deque()
-        #: The next sequence number; ``next()`` on it is atomic under the GIL.
-        self.next_seq: Callable[[], int] = itertools.count().__next__
         #: Highest sequence number written to the segment (the kernel has it).
         self.written_seq = -1
         #: The sequence number the next drained record gets in the spool (see the module docstring).
@@ -298,7 +296,7 @@ class Writer:
         now = self.clock()
         if now - self._last_heartbeat >= self.heartbeat_interval:
             self._last_heartbeat = now
-            self.queue.append((self.next_seq(), records.HEARTBEAT, now))  # a tuple: rare
+            self.queue.append((records.UNNUMBERED, records.HEARTBEAT, now))  # a tuple: rare
             if self.on_heartbeat is not None:
                 self.on_heartbeat()
 

@@ -43,6 +43,10 @@ ARTIFACT = "a"
 HEARTBEAT = "h"
 INPUT = "i"
 
+#: What a producer puts where a record's sequence number goes: the writer numbers records as they
+#: leave its queue, in queue order (see sdk/writer.py), so the spool's order and numbers agree.
+UNNUMBERED = 0
+
 SEQ = "\x00"
 TIME = "\x01"
 STEP = "\x02"

@@ -41,8 +41,8 @@ def _spool(spool: Path, run_id: str, points: int) -> None:
     writer = Writer(spool / run_id, run_id, "w1")
     writer.start()
     for step in range(points):
-        writer.queue.extend(({"x": float(step)}, writer.next_seq(), time.time(), step))
-    writer.queue.append((writer.next_seq(), records.EVENT, time.time(), {"event": "end", "status": "finished"}))
+        writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+    writer.queue.append((records.UNNUMBERED, records.EVENT, time.time(), {"event": "end", "status": "finished"}))
     assert writer.close(10)
 
 
