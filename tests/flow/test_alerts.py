@@ -120,3 +120,44 @@ def test_a_launched_run_s_alert_reaches_the_webhook_its_project_file_names(proje
         assert hook.bodies[0]["text"].startswith(f"runyard: run {number} (default): nan")
     finally:
         hook.close()
+
+
+def test_alert_test_sends_on_each_configured_channel_and_says_which_failed(project: Path,
+                                                                          env: dict[str, str]) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+    from tests.unit.alerts.test_dispatch import Hook
+    from tests.unit.server.conftest import free_port
+
+    mails: list[object] = []
+
+    class Keep(Message):
+        def handle_message(self, message: object) -> None:
+            mails.append(message)
+
+    no_desktop = {**env, "PATH": str(project)}  # no notify-send: nothing is configured at all
+    refused = cli(no_desktop, project, "alert", "test", check=False)
+    assert refused.returncode == 1 and "no channel is configured" in refused.stderr
+    hook, smtp = Hook(), Controller(Keep(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        (project / "runyard.toml").write_text(textwrap.dedent(f"""
+            [notify.webhook]
+            url = "{hook.url}"
+            [notify.email]
+            host = "127.0.0.1"
+            port = {smtp.port}
+            to = ["me@example.com"]
+        """))
+        sent = cli(env, project, "alert", "test", "--channel", "webhook", "--channel", "email")
+        assert sent.stdout.splitlines() == [f"webhook: sent to {hook.url}", "email: sent to me@example.com"]
+        assert len(hook.bodies) == 1 and hook.bodies[0]["text"].startswith("runyard: test message")
+        assert len(mails) == 1
+        (project / "runyard.toml").write_text(f'[notify.webhook]\nurl = "http://127.0.0.1:{free_port()}/gone"\n')
+        failed = cli(env, project, "alert", "test", "--json", check=False)
+        assert failed.returncode == 1
+        result = json.loads(failed.stdout.splitlines()[0])
+        assert result["channel"] == "webhook" and not result["ok"] and "ConnectError" in result["error"]
+    finally:
+        hook.close()
+        smtp.stop()

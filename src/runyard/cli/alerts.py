@@ -3,6 +3,7 @@ server ``RUNYARD_SERVER`` names (with ``RUNYARD_TOKEN``)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Any
@@ -141,3 +142,57 @@ def _json(value: Any) -> bytes:
     import orjson  # here, not at the top: `runyard status` prints no JSON and must start fast
 
     return orjson.dumps(value)
+
+
+def test_channels(channels: tuple[str, ...], as_json: bool) -> int:
+    """Send a test message on each channel now, as an alert from a run started here would go out."""
+    from runyard.alerts.dispatch import NotifySettings, send_desktop, send_email, send_webhook, webhook_body
+    from runyard.alerts.rules import load_notify
+    from runyard.config import HOME_CONFIG_NAME
+
+    settings = resolve()
+    table, source = None, None
+    for path in (settings.project_file, settings.home / HOME_CONFIG_NAME):
+        if path is not None and path.is_file():
+            table = load_notify(path)
+            if table is not None:
+                source = path
+                break
+    notify = NotifySettings.from_table(table, str(source)) if table is not None else NotifySettings()
+    configured = [c for c, on in (("webhook", notify.webhook_url), ("email", notify.email),
+                                  ("desktop", shutil.which("notify-send"))) if on]
+    wanted = list(channels) or configured
+    if not wanted:
+        print("runyard: no channel is configured: add a [notify] table to runyard.toml or to "
+              f"{settings.home / HOME_CONFIG_NAME} (see README, Alerts)", file=sys.stderr)
+        return 1
+    title = "runyard: test message"
+    text = f"This is a test of runyard's alert channels (settings from {source or 'defaults'})."
+    results = []
+    for channel in wanted:
+        try:
+            if channel == "webhook":
+                if not notify.webhook_url:
+                    raise OSError("no [notify.webhook] url is configured")
+                send_webhook(notify.webhook_url, webhook_body(title, [text], []))
+                where = notify.webhook_url
+            elif channel == "email":
+                if not notify.email:
+                    raise OSError("no [notify.email] table is configured")
+                send_email(notify.email, title, text + "\n")
+                where = ", ".join([notify.email["to"]] if isinstance(notify.email.get("to"), str)
+                                  else notify.email.get("to") or [])
+            else:
+                if not shutil.which("notify-send"):
+                    raise OSError("notify-send is not installed here")
+                send_desktop(title, text)
+                where = "notify-send"
+            results.append({"channel": channel, "ok": True, "to": where})
+        except Exception as e:  # noqa: BLE001 - whatever a channel raises is what the user must see
+            results.append({"channel": channel, "ok": False, "error": f"{type(e).__name__}: {e}"})
+    for r in results:
+        if as_json:
+            print(_json(r).decode())
+        else:
+            print(f"{r['channel']}: sent to {r['to']}" if r["ok"] else f"{r['channel']}: FAILED: {r['error']}")
+    return 0 if all(r["ok"] for r in results) else 1

@@ -406,6 +406,21 @@ def alert_rm(rule_id: int) -> None:
     sys.exit(impl.rm(rule_id))
 
 
+@alert.command("test")
+@click.option("--channel", "channels", multiple=True, type=click.Choice(["webhook", "email", "desktop"]),
+              help="Only this channel (repeatable; default: every configured one).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per channel.")
+def alert_test(channels: tuple[str, ...], as_json: bool) -> None:
+    """Send a test message on each configured channel now, and say whether it went out.
+
+    Uses the [notify] table of the project's runyard.toml, else the home's config.toml: what a run
+    launched from here would use. Exits 1 if a channel failed.
+    """
+    from runyard.cli import alerts as impl
+
+    sys.exit(impl.test_channels(channels, as_json))
+
+
 @cli.command()
 @click.option("--follow", "-f", is_flag=True, help="Keep printing alerts as they come (Ctrl-C to stop).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per alert.")
