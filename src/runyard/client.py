@@ -69,6 +69,7 @@ def _error_of(url: str, status: int, body: bytes, reason: str) -> Exception:
 def quick_get(url: str, token: str | None, path: str, params: Mapping[str, Any], timeout: float = 10.0) -> Any:
     """One GET with the standard library, for commands that must answer at once (``runyard status``
     in a shell prompt): importing httpx and building its TLS context costs about 130 ms."""
+    import http.client
     import json
     import urllib.error
     import urllib.parse
@@ -87,9 +88,11 @@ def quick_get(url: str, token: str | None, path: str, params: Mapping[str, Any],
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
         raise _error_of(url, e.code, e.read(), str(e.reason)) from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
         raise ServerError(f"cannot reach the runyard server at {url}: {reason}") from None
+    except ValueError as e:  # a 200 that is not JSON: a proxy's page, say
+        raise ServerError(f"server {url}: the answer is not runyard's JSON ({e})") from None
 
 
 class Client:

@@ -393,3 +393,31 @@ def test_status_says_when_the_server_cannot_be_reached(tmp_path: Path) -> None:
     assert "cannot reach the runyard server at http://127.0.0.1:" in result.stderr
     bad = cli({**env, "RUNYARD_SERVER": "file:///etc/passwd"}, "status")
     assert bad.returncode != 0 and "root:" not in bad.stdout + bad.stderr
+
+
+def test_ui_and_status_say_so_when_the_port_holds_something_else(tmp_path: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>a notebook server</html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    port = other.server_address[1]
+    try:
+        env = home_env(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'runyard.db'}")
+        ui = cli(env, "ui", "--no-browser", "--port", str(port), timeout=60)
+        assert ui.returncode != 0 and "is not a runyard server" in ui.stderr and "Traceback" not in ui.stderr
+        status = cli(client_env(tmp_path / "laptop", f"http://127.0.0.1:{port}"), "status")
+        assert status.returncode == 1 and "not runyard's JSON" in status.stderr and "Traceback" not in status.stderr
+    finally:
+        other.shutdown()

@@ -73,7 +73,14 @@ def _health(url: str) -> dict[str, object] | None:
         return {}  # a server that wants a token: it answers, and says no more
     if response.status_code != 200:
         return None
-    return dict(response.json())
+    try:
+        health = response.json()
+    except ValueError:
+        health = None
+    if not isinstance(health, dict) or "schema" not in health:
+        raise ConfigError(f"{url} answers, but it is not a runyard server: start this home's on another port "
+                          "(runyard ui --port N)")
+    return health
 
 
 def ui(port: int, no_browser: bool) -> int:
@@ -90,7 +97,8 @@ def ui(port: int, no_browser: bool) -> int:
         settings.home.mkdir(parents=True, exist_ok=True)
         log_path = settings.home / "server.log"
         with log_path.open("ab") as log:
-            subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "server", "--port", str(port)],
+            subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "server", "--port", str(port),
+                              "--db", settings.db, "--artifacts", str(settings.artifacts)],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                              close_fds=True, cwd=str(settings.home))
         deadline = time.monotonic() + START_WAIT

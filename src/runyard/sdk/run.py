@@ -203,18 +203,17 @@ class Run:
         falls 10% below its best. ``for`` is a Python keyword: write ``for_="10m"``. A malformed rule
         raises ``InvalidArgument`` here, at once; a rule of the same name replaces the earlier one.
         """
-        from runyard.alerts.spec import validate
+        from runyard.alerts.spec import file_form, validate
 
         data = {"name": name, "when": when, **{("for" if k == "for_" else k): v for k, v in rule.items()}}
-        # As plain values: a numpy float would pass the checks but not pack into the spool.
-        data = {k: (list(v) if isinstance(v, list | tuple) else
-                    float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool | int) else v)
-                for k, v in data.items()}
+        data = {k: (int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else
+                    list(v) if isinstance(v, tuple) else v) for k, v in data.items()}  # numpy ints, tuples
         try:
-            validate(data)
+            checked = validate(data)
         except ValueError as e:
             raise InvalidArgument(f"run.alert(): {e}") from None
-        self._emit(records.EVENT, {"event": "alert", "rule": data})
+        # The checked rule, in the file's keys: plain numbers and strings, whatever the caller passed.
+        self._emit(records.EVENT, {"event": "alert", "rule": file_form(**checked)})
 
     def label(self, *labels: str) -> None:
         """Add labels to the run (``unlabel`` removes them)."""

@@ -172,15 +172,20 @@ class Writer:
         sequence number, and a ticket taken but never queued (an interrupt between the two) must not
         leave flush() waiting for it.
         """
-        with self._drain_lock:
-            while (drained := self._drain(self.max_batch)) is not None:
+        remaining = len(self.queue)  # what was queued at the call: producers may go on meanwhile
+        while True:
+            with self._drain_lock:  # released between frames: the writer and the spiller go on
+                drained = self._drain(min(self.max_batch, remaining)) if remaining > 0 else None
+                if drained is None:
+                    return self._pending[-1][1] if self._pending else self.written_seq
                 self._pending.append(drained[:2])
-            return self._pending[-1][1] if self._pending else self.written_seq
+                remaining -= drained[3]
 
     # -- draining ---------------------------------------------------------------------------------
 
-    def _drain(self, limit: int) -> tuple[bytes, int, int] | None:
-        """Pop up to ``limit`` records and pack them. Caller holds ``_drain_lock``."""
+    def _drain(self, limit: int) -> tuple[bytes, int, int, int] | None:
+        """Pop up to ``limit`` queue items (whole records) and pack them: (payload, last sequence
+        number, records, items). Caller holds ``_drain_lock``."""
         import msgpack
 
         queue = self.queue
@@ -208,7 +213,10 @@ class Writer:
             _renumber(batch, first)
         self._spool_seq = first + record_count
         deque(map(self.latest.update, maps), maxlen=0)
-        return msgpack.packb(batch, use_bin_type=True), first + record_count - 1, record_count
+        # ``_plain`` is called only for a value msgpack cannot pack (a numpy scalar in a config, say):
+        # it is kept in a plain form rather than the whole batch lost.
+        payload = msgpack.packb(batch, use_bin_type=True, default=_plain)
+        return payload, first + record_count - 1, record_count, len(batch)
 
     def _write_loop(self) -> None:
         while True:
@@ -322,7 +330,7 @@ class Writer:
                 drained = self._drain(queued)
                 if drained is None:
                     continue
-                payload, last_seq, record_count = drained
+                payload, last_seq, record_count, _ = drained
                 path = self.directory / SPILL_DIR / f"{self.writer_id}-{next(self._spills):06d}.frame"
                 try:
                     with path.open("wb") as f:
@@ -350,3 +358,17 @@ def _renumber(batch: list[Any], first: int) -> None:
             batch[i] = (seq, *item[1:])
             i += 1
         seq += 1
+
+
+def _plain(value: Any) -> Any:
+    """A value msgpack does not know, as one it does: a numpy scalar or 0-d array as its Python
+    number, anything else as its text."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            plain = item()
+        except (TypeError, ValueError):
+            return str(value)
+        if isinstance(plain, bool | int | float | str | bytes) or plain is None:
+            return plain
+    return str(value)

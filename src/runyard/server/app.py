@@ -557,7 +557,13 @@ def _routes(app: FastAPI, server: Server) -> None:
     def remove_alert_rule(request: Request, rule_id: int) -> dict[str, Any]:
         """Remove a rule; the alerts it raised stay in the inbox."""
         rule = next((r for r in store.list_alert_rules() if r.id == rule_id), None)
-        if rule is None or not rule_visible(request, rule) or not store.remove_alert_rule(rule_id):
+        if rule is None or not rule_visible(request, rule):
+            raise NotFound(f"no alert rule {rule_id}")
+        if _principal(request).project is not None and rule.project is None and rule.run is None:
+            # A limited token reads the rules for every run, but does not remove them for everyone.
+            raise AccessDenied(f"alert rule {rule_id} covers every project: removing it needs a token without "
+                               "--project")
+        if not store.remove_alert_rule(rule_id):
             raise NotFound(f"no alert rule {rule_id}")
         return {"removed": rule_id}
 

@@ -146,6 +146,7 @@ def test_run_alert_checks_the_rule_at_once_and_the_rule_fires_on_this_run_only(h
         with pytest.raises(InvalidArgument, match="when must be one of"):
             run.alert("x", "sometimes")
         run.alert("loss-nan", "nan", metric="loss", notify=("inbox",))
+        run.alert("flat", "plateau", metric="loss", steps=np.int64(500), epsilon=np.array(1e-4))
         run.alert("acc-low", "below", metric="acc", value=np.float64(0.2))
         run.alert("acc-low", "below", metric="acc", value=0.5)  # replaces the rule of that name
         run.log({"loss": 1.0, "acc": 0.4})
@@ -156,7 +157,9 @@ def test_run_alert_checks_the_rule_at_once_and_the_rule_fires_on_this_run_only(h
     guarded, unguarded = api.run("guarded").number, api.run("unguarded").number
     rules = api.store.list_alert_rules(run=guarded)
     assert [(r.name, r.kind, r.spec.get("value"), r.source) for r in rules] == [
-        ("loss-nan", "nan", None, "run.alert"), ("acc-low", "below", 0.5, "run.alert")]
+        ("loss-nan", "nan", None, "run.alert"), ("flat", "plateau", None, "run.alert"),
+        ("acc-low", "below", 0.5, "run.alert")]
+    assert (rules[1].spec["steps"], rules[1].spec["epsilon"]) == (500, 1e-4)  # numpy values, kept as numbers
     events = sorted((e.run, e.kind, e.step) for e in api.store.list_alert_events())
     assert events == sorted([(guarded, "below", 0), (guarded, "nan", 1)])  # none for the other run
     assert unguarded not in {e[0] for e in events}

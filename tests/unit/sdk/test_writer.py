@@ -4,6 +4,7 @@ every record reaches the store."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,42 @@ def _read_spool(directory: Path, writer: str) -> list[Any]:
         for batch in read_frames(data, header.size).batches:
             out.extend(records.unflatten(batch))
     return out
+
+
+def test_a_value_msgpack_cannot_pack_costs_neither_its_batch_nor_finish(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    import numpy as np
+
+    writer = Writer(tmp_path / "run", "01AAAAAAAAAAAAAAAAAAAAAAAA", "w1")
+    writer.start()
+    writer.queue.extend(({"x": 1.0}, records.UNNUMBERED, time.time(), 0))
+    writer.queue.append((records.UNNUMBERED, records.CONFIG, time.time(), {"lr": Decimal("0.1"), "n": np.array(3)}))
+    writer.queue.extend(({"x": 2.0}, records.UNNUMBERED, time.time(), 1))
+    assert writer.close(10)
+    spooled = _read_spool(tmp_path / "run", "w1")
+    assert [r["x"] for r in spooled if type(r) is dict] == [1.0, 2.0]
+    assert [r[3] for r in spooled if type(r) is not dict] == [{"lr": "0.1", "n": 3}]
+
+
+def test_flush_waits_for_what_was_queued_not_for_producers_that_never_stop(tmp_path: Path) -> None:
+    # A supervisor's pipe reader fed by a daemon the script left behind keeps queueing log lines.
+    writer = Writer(tmp_path / "run", "01AAAAAAAAAAAAAAAAAAAAAAAA", "w1")
+    writer.start()
+    writer.queue.extend(({"x": 1.0}, records.UNNUMBERED, time.time(), 0))
+    stop = threading.Event()
+
+    def chatter() -> None:
+        while not stop.is_set():
+            writer.queue.append((records.UNNUMBERED, records.LOG, time.time(), "stdout", "still here"))
+
+    producer = threading.Thread(target=chatter, daemon=True)
+    producer.start()
+    try:
+        assert writer.flush(30)
+        assert producer.is_alive()  # flush returned while the producer still ran
+    finally:
+        stop.set()
+        producer.join()
+    assert writer.close(30)
+    assert [r["x"] for r in _read_spool(tmp_path / "run", "w1") if type(r) is dict] == [1.0]

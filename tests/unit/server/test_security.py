@@ -442,6 +442,10 @@ def test_a_project_token_s_alert_rules_stay_in_its_project(api: Served) -> None:
     other = api.store.add_alert_rule(check(nan, "test", project="q"))
     assert [r["project"] for r in c.get("/api/v1/alert-rules", headers=w).json()] == ["p"]
     assert c.delete(f"/api/v1/alert-rules/{other.id}", headers={**w, **JSON}).status_code == 404
+    everyone = api.store.add_alert_rule(check({"name": "any-failure", "when": "failed"}, "test"))
+    assert c.delete(f"/api/v1/alert-rules/{everyone.id}", headers={**w, **JSON}).status_code == 403
+    assert len(api.store.list_alert_rules()) == 3
+    assert c.delete(f"/api/v1/alert-rules/{made.json()['id']}", headers={**w, **JSON}).status_code == 200
     assert len(api.store.list_alert_rules()) == 2
     api.store.add_alert_event(AlertEvent(theirs, "nan", "q's alert", 1.0))
     api.store.add_alert_event(AlertEvent(mine, "nan", "p's alert", 1.0))
