@@ -131,7 +131,7 @@ class Writer:
 
     def flush(self, timeout: float) -> bool:
         """Wait until every record queued before this call is in the segment; False on timeout."""
-        target = self.last_queued_seq()
+        target = self._drain_queued()
         deadline = time.monotonic() + timeout
         self._wake.set()
         with self._written:
@@ -165,12 +165,9 @@ class Writer:
                     latest.update(item)
         return {k: v for k, v in latest.items() if not k.startswith("system/")}
 
-    def last_queued_seq(self) -> int:
-        """Drain what is queued now (giving it spool sequence numbers) and return the last one.
-
-        Drained here rather than read off the queue's tail: a producer's ticket is not its spool
-        sequence number, and a ticket taken but never queued (an interrupt between the two) must not
-        leave flush() waiting for it.
+    def _drain_queued(self) -> int:
+        """Move what is queued now into ``_pending`` (numbering it) and return its last sequence number:
+        the number flush() waits for. Records queued after the call are left to the writer.
         """
         remaining = len(self.queue)  # what was queued at the call: producers may go on meanwhile
         while True:
@@ -343,7 +340,6 @@ class Writer:
                     self._pending.append((payload, last_seq))
         with contextlib.suppress(OSError):
             (self.directory / SPILL_DIR).rmdir()
-
 
 
 def _renumber(batch: list[Any], first: int) -> None:
