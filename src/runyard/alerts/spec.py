@@ -7,6 +7,7 @@ form of a rule, and the files, are alerts/rules.py.
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -79,9 +80,9 @@ def validate(data: Mapping[str, Any]) -> dict[str, Any]:
         spec["by"], spec["percent"] = size, percent
     if "steps" in data:
         steps = data["steps"]
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"rule {name!r}: steps must be a whole number above 0, not {steps!r}")
-        spec["steps"] = steps
+        spec["steps"] = int(steps)  # a numpy integer from a script, kept as a plain one
     if "epsilon" in data:
         spec["epsilon"] = abs(_number(data["epsilon"], "epsilon"))
     if "for" in data:
@@ -97,7 +98,7 @@ def validate(data: Mapping[str, Any]) -> dict[str, Any]:
     notify = data.get("notify", ["inbox"])
     if isinstance(notify, str):
         notify = [notify]
-    if not isinstance(notify, list) or not notify or any(c not in CHANNELS for c in notify):
+    if not isinstance(notify, list | tuple) or not notify or any(c not in CHANNELS for c in notify):
         raise ValueError(f"rule {name!r}: notify must list channels among {', '.join(sorted(CHANNELS))}, "
                          f"not {data.get('notify')!r}")
     return {"name": name.strip(), "kind": when, "spec": spec, "action": action, "notify": tuple(notify)}

@@ -206,8 +206,6 @@ class Run:
         from runyard.alerts.spec import file_form, validate
 
         data = {"name": name, "when": when, **{("for" if k == "for_" else k): v for k, v in rule.items()}}
-        data = {k: (int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else
-                    list(v) if isinstance(v, tuple) else v) for k, v in data.items()}  # numpy ints, tuples
         try:
             checked = validate(data)
         except ValueError as e:
