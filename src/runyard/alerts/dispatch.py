@@ -190,7 +190,7 @@ class Dispatcher:
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
-        self.senders = {"webhook": _webhook, "email": _email, "desktop": _desktop, **self.senders}
+        self.senders = {**SENDERS, **self.senders}
 
     def put(self, notice: Notice) -> None:
         """Queue a notice; returns at once."""
@@ -312,3 +312,20 @@ def _email(settings: NotifySettings, title: str, lines: list[str], notices: list
 
 def _desktop(settings: NotifySettings, title: str, lines: list[str], notices: list[Notice]) -> None:
     send_desktop(title, "\n".join(lines))
+
+
+#: How each channel sends: (settings, title, lines, notices).
+SENDERS: dict[str, Callable[[NotifySettings, str, list[str], list[Notice]], None]] = {
+    "webhook": _webhook, "email": _email, "desktop": _desktop}
+
+
+def destination(settings: NotifySettings, channel: str) -> str | None:
+    """Where ``channel`` would send with these settings, for people to read; None if nowhere."""
+    if channel == "webhook":
+        return settings.webhook_url
+    if channel == "email":
+        to = (settings.email or {}).get("to") or []
+        return ", ".join([to] if isinstance(to, str) else to) or None
+    if channel == "desktop":
+        return "notify-send" if shutil.which("notify-send") else None
+    return None

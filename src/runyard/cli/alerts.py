@@ -3,7 +3,6 @@ server ``RUNYARD_SERVER`` names (with ``RUNYARD_TOKEN``)."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from typing import Any
@@ -14,7 +13,7 @@ from runyard.config import resolve
 FAILED_WINDOW = 24 * 3600.0
 
 
-def _local() -> Any:
+def _api() -> Any:
     """The configured store: the local home's, or with ``RUNYARD_SERVER`` the server's (same calls)."""
     from runyard.api import Api
 
@@ -30,7 +29,7 @@ def _rule_out(rule: Any) -> dict[str, Any]:
 def add(fields: dict[str, Any], project: str | None, run: str | None, as_json: bool) -> int:
     from runyard.alerts.rules import check
 
-    api = _local()
+    api = _api()
     try:
         number = api.store.resolve(run) if run is not None else None
         given = {k: v for k, v in fields.items() if v is not None}
@@ -44,7 +43,7 @@ def add(fields: dict[str, Any], project: str | None, run: str | None, as_json: b
 
 
 def ls(project: str | None, as_json: bool) -> int:
-    api = _local()
+    api = _api()
     try:
         rules = [_rule_out(r) for r in api.store.list_alert_rules(project)]
     finally:
@@ -62,7 +61,7 @@ def ls(project: str | None, as_json: bool) -> int:
 
 
 def rm(rule_id: int) -> int:
-    api = _local()
+    api = _api()
     try:
         if not api.store.remove_alert_rule(rule_id):
             print(f"runyard: no alert rule {rule_id} (see `runyard alert ls`)", file=sys.stderr)
@@ -80,7 +79,7 @@ def _event_out(e: Any) -> dict[str, Any]:
 
 def inbox(follow: bool, as_json: bool, show_all: bool) -> int:
     """Unread alerts (oldest first), marked read once printed; ``follow`` waits for more."""
-    api = _local()
+    api = _api()
     try:
         while True:
             events = api.store.list_alert_events(unseen_only=not show_all)
@@ -124,7 +123,7 @@ def status() -> int:
             finally:
                 lite.close()
         else:
-            api = _local()
+            api = _api()
             try:
                 counts = api.store.status_counts(since)
             finally:
@@ -146,7 +145,7 @@ def _json(value: Any) -> bytes:
 
 def test_channels(channels: tuple[str, ...], as_json: bool) -> int:
     """Send a test message on each channel now, as an alert from a run started here would go out."""
-    from runyard.alerts.dispatch import NotifySettings, send_desktop, send_email, send_webhook, webhook_body
+    from runyard.alerts.dispatch import SENDERS, NotifySettings, destination
     from runyard.alerts.rules import load_notify
     from runyard.config import HOME_CONFIG_NAME
 
@@ -159,9 +158,7 @@ def test_channels(channels: tuple[str, ...], as_json: bool) -> int:
                 source = path
                 break
     notify = NotifySettings.from_table(table, str(source)) if table is not None else NotifySettings()
-    configured = [c for c, on in (("webhook", notify.webhook_url), ("email", notify.email),
-                                  ("desktop", shutil.which("notify-send"))) if on]
-    wanted = list(channels) or configured
+    wanted = list(channels) or [c for c in SENDERS if destination(notify, c)]
     if not wanted:
         print("runyard: no channel is configured: add a [notify] table to runyard.toml or to "
               f"{settings.home / HOME_CONFIG_NAME} (see README, Alerts)", file=sys.stderr)
@@ -170,23 +167,11 @@ def test_channels(channels: tuple[str, ...], as_json: bool) -> int:
     text = f"This is a test of runyard's alert channels (settings from {source or 'defaults'})."
     results = []
     for channel in wanted:
+        where = destination(notify, channel)
         try:
-            if channel == "webhook":
-                if not notify.webhook_url:
-                    raise OSError("no [notify.webhook] url is configured")
-                send_webhook(notify.webhook_url, webhook_body(title, [text], []))
-                where = notify.webhook_url
-            elif channel == "email":
-                if not notify.email:
-                    raise OSError("no [notify.email] table is configured")
-                send_email(notify.email, title, text + "\n")
-                where = ", ".join([notify.email["to"]] if isinstance(notify.email.get("to"), str)
-                                  else notify.email.get("to") or [])
-            else:
-                if not shutil.which("notify-send"):
-                    raise OSError("notify-send is not installed here")
-                send_desktop(title, text)
-                where = "notify-send"
+            if where is None:
+                raise OSError(f"nothing is configured for {channel} here")
+            SENDERS[channel](notify, title, [text], [])
             results.append({"channel": channel, "ok": True, "to": where})
         except Exception as e:  # noqa: BLE001 - whatever a channel raises is what the user must see
             results.append({"channel": channel, "ok": False, "error": f"{type(e).__name__}: {e}"})
