@@ -5,6 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NewType
 
+#: How recent a failure must be for ``runyard status`` (and ``/api/v1/status``) to count it, in seconds.
+RECENT_FAILURES = 24 * 3600.0
+
 #: A run's unique, sortable id (a ULID, 26 characters of Crockford base32).
 RunId = NewType("RunId", str)
 

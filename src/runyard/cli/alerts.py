@@ -8,9 +8,7 @@ import time
 from typing import Any
 
 from runyard.config import resolve
-
-#: ``runyard status`` counts failures this recent.
-FAILED_WINDOW = 24 * 3600.0
+from runyard.types import RECENT_FAILURES
 
 
 def _api() -> Any:
@@ -108,7 +106,7 @@ def status() -> int:
     (SQLAlchemy or httpx would double the command's time).
     """
     settings = resolve()
-    since = time.time() - FAILED_WINDOW
+    since = time.time() - RECENT_FAILURES
     if settings.server:
         from runyard.client import quick_get
 

@@ -47,7 +47,7 @@ from runyard.store.api import RunQuery
 from runyard.store.artifacts import DiskArtifacts
 from runyard.store.sql import SqlStore
 from runyard.store.tokens import Tokens
-from runyard.types import RunStatus
+from runyard.types import RECENT_FAILURES, RunStatus
 
 #: HTTP status of each error a handler can raise (the first matching class wins).
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
@@ -572,7 +572,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     def status(request: Request, since: Annotated[float | None, Query(ge=0)] = None) -> dict[str, int]:
         """What `runyard status` prints: runs running and queued, runs failed since ``since`` (default:
         the last 24 hours), unseen alerts."""
-        since = time.time() - 24 * 3600 if since is None else since
+        since = time.time() - RECENT_FAILURES if since is None else since
         return store.status_counts(since, _principal(request).project)
 
     @app.get(f"{v1}/runs/{{ref}}/artifacts", tags=["artifacts"])
