@@ -102,7 +102,7 @@ def bench_cold(repetitions: int) -> dict[str, float]:
                            ("runyard status", [RUNYARD, "status"])):
             timed(argv, env, Path(d))  # warm the OS caches, not the interpreter: every run is a new process
             out[name] = statistics.median(timed(argv, env, Path(d)) for _ in range(repetitions))
-        out["runyard status, through a server"] = status_through_server(env, Path(d), repetitions)
+        out["runyard status, through a server"] = status_through_server(home, Path(d), repetitions)
         for peer, command in (("mlflow", "mlflow"), ("wandb", "wandb"), ("guild", "guild")):
             binary = ROOT / ".venv-peers" / peer / "bin" / command
             if binary.exists():
@@ -112,33 +112,20 @@ def bench_cold(repetitions: int) -> dict[str, float]:
     return out
 
 
-def status_through_server(env: dict[str, str], cwd: Path, repetitions: int) -> float:
-    """`runyard status` on a laptop whose RUNYARD_SERVER is a `runyard server` on this home."""
-    import socket
-    import urllib.request
+def status_through_server(home: Path, cwd: Path, repetitions: int) -> float:
+    """`runyard status` on a laptop whose RUNYARD_SERVER is a `runyard server` on ``home``'s database
+    (started as the server benchmark starts it)."""
+    import importlib.util
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([RUNYARD, "server", "--port", str(port)], env=env, cwd=cwd,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/health", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        laptop = {**env, "RUNYARD_HOME": str(cwd / "laptop"), "RUNYARD_SERVER": url}
+    spec = importlib.util.spec_from_file_location("ingest_bench", ROOT / "bench" / "ingest.py")
+    assert spec is not None and spec.loader is not None
+    ingest_bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ingest_bench  # its dataclasses look their module up
+    spec.loader.exec_module(ingest_bench)
+    with ingest_bench.server(f"sqlite:///{home / 'runyard.db'}", cwd) as served:
+        laptop = {**os.environ, "RUNYARD_HOME": str(cwd / "laptop"), "RUNYARD_SERVER": served.url}
         timed([RUNYARD, "status"], laptop, cwd)
         return statistics.median(timed([RUNYARD, "status"], laptop, cwd) for _ in range(repetitions))
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def main() -> int:

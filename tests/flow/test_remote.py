@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.flow.test_execution import wait_for
 from tests.unit.server.conftest import LiveServer, client_env, home_env
 from tests.unit.server.conftest import live_server as live_server
 
@@ -372,10 +373,8 @@ def test_alert_rules_inbox_and_status_through_the_server(live_server: LiveServer
     assert done.returncode == 0, done.stderr
     listed = json.loads(cli(env, "alert", "ls", "--json").stdout)
     assert sorted((r["name"], r["when"]) for r in listed) == [("acc-drop", "drop"), ("nan-loss", "nan")]
-    deadline = time.monotonic() + 30
-    while "2 alerts" not in (line := cli(env, "status").stdout) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert line.strip() == "0 running · 0 queued · 2 alerts"
+    wait_for(lambda: "2 alerts" in cli(env, "status").stdout, 30, "both alerts")
+    assert cli(env, "status").stdout.strip() == "0 running · 0 queued · 2 alerts"
     events = [json.loads(x) for x in cli(env, "inbox", "--json").stdout.splitlines()]
     assert sorted((e["kind"], e["step"]) for e in events) == [("drop", 1), ("nan", 1)]
     assert cli(env, "inbox").stdout.strip() == "no unread alerts"  # read once, through the server
