@@ -184,8 +184,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "fsync",
-        "When the spool is forced to disk: always (every flush), interval (once a second) or never "
-        "(the OS decides; a killed process still loses nothing, a power cut may)",
+        "When the spool is forced to disk: always (within 100 ms), interval (once a second) or never "
+        "(the OS decides). A killed process loses nothing either way: a record is in the kernel when "
+        "log() returns; a power cut may lose what was not yet forced",
         default=lambda home: "interval",
         parse=_parse_choice("always", "interval", "never"),
     ),
@@ -210,7 +211,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "queue_limit",
-        "Records held in memory before the logger spills them to disk",
+        "Records held in memory at most while the spool's disk refuses writes (full or failing); more "
+        "are counted as lost and the run says so",
         default=lambda home: "100000",
         parse=_parse_count,
     ),

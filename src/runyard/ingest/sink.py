@@ -25,6 +25,10 @@ class Sink(Protocol):
 
     def heartbeat(self, run_id: str) -> float | None: ...
 
+    def make_durable(self) -> None:
+        """Make what was applied survive a power cut (before a spool is retired)."""
+        ...
+
 
 class StoreBacked:
     """What both sinks answer from a store, local or remote (``RemoteStore`` has the same calls)."""
@@ -44,6 +48,9 @@ class StoreBacked:
             return None
         return heartbeat
 
+    def make_durable(self) -> None:
+        """A server acknowledges what it committed; nothing to do here (StoreSink overrides)."""
+
 
 class StoreSink(StoreBacked):
     """Local mode: records go straight into the store (SQLite's single writer is the agent)."""
@@ -58,6 +65,11 @@ class StoreSink(StoreBacked):
         result, cursor = apply_records(self.store, self.artifacts, run_dir, run_id, writer, recs, cursor,
                                        self.watcher)
         return (result.run_number if result is not None else None), cursor
+
+    def make_durable(self) -> None:
+        from runyard.store.engine import make_durable
+
+        make_durable(self.store.engine)
 
     def mark_lost(self, run_id: str, message: str) -> bool:
         changed = bool(self.store.mark_lost(run_id, message))

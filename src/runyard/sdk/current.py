@@ -105,7 +105,6 @@ def init(
             "command": env["argv"], "host": env["host"], "environment": env,
         }
         writer.queue.append((records.UNNUMBERED, records.EVENT, time.time(), start))
-        writer._wake.set()  # the start event goes to disk now, not in 100 ms
         _start_background(run, settings)
         _current = run
     ensure_agent(settings)  # the local ingester, or with RUNYARD_SERVER the shipper

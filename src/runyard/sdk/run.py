@@ -1,9 +1,10 @@
-"""Run: what ``runyard.init()`` returns. Logging stamps a record and queues it; it never waits on I/O.
+"""Run: what ``runyard.init()`` returns. Logging writes a record into the spool; it never waits on I/O.
 
-``log()`` is the hot path: it checks each value (a number, or a clear ``TypeError`` naming the key,
-in the caller), stamps the step and the wall time, appends to the writer's deque and returns. The
-writer gives each record its sequence number as it leaves the queue (see sdk/writer.py); everything
-else (packing, writing, ingesting) happens elsewhere.
+``log()`` is the hot path: it checks every key and value (a clear ``TypeError`` naming the key, in
+the caller), stamps the step and the wall time, encodes the record and copies it into the spool's
+memory-mapped segment (sdk/writer.py): when it returns, the record survives the death of the
+process. A tensor is not read in the caller (on a GPU that would wait for the device): it is queued
+as it is and converted off the training thread (``Writer.defer``). Ingesting happens elsewhere.
 
 Apart from mistakes in what the caller passes (reported at once), the SDK does not raise into
 training: a failure of its own is counted in ``run.errors`` and reported on stderr once. With
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +26,19 @@ from typing import TYPE_CHECKING, Any
 from runyard.errors import InvalidArgument
 from runyard.names import validate_label, validate_metric_key, validate_relpath
 from runyard.spool import records
+from runyard.spool.segment import FRAME, MARK
 
 if TYPE_CHECKING:
     from runyard.config import Settings
     from runyard.sdk.writer import Writer
 
 _time = time.time
+_pack_frame = FRAME.pack
+_crc32 = zlib.crc32
+
+
+def _frame(payload: bytes) -> bytes:
+    return _pack_frame(MARK, len(payload), _crc32(payload)) + payload
 
 
 class _RecordedDict(MutableMapping[str, Any]):
@@ -92,18 +101,31 @@ class Summary(_RecordedDict):
         return f"summary({self._view()!r})"
 
 
-def _as_number(key: str, value: Any) -> float:
+#: Stands for a value to be converted off the training thread (a tensor): see ``Writer.defer``.
+DEFERRED = object()
+
+
+def _as_number(key: str, value: Any) -> Any:
+    """``value`` as a float, or DEFERRED for a one-element tensor (read later, off this thread);
+    a TypeError naming ``key`` for anything else."""
     if isinstance(value, numbers.Real):  # int, bool, float subclasses, numpy scalars
         return float(value)
-    item = getattr(value, "item", None)
-    if callable(item):  # a one-element numpy array or torch tensor
-        try:
-            inner = item()
-        except (ValueError, RuntimeError):  # more than one element
-            inner = None
+    kind = type(value)
+    numel = getattr(value, "numel", None)
+    if callable(numel) and callable(getattr(value, "item", None)):  # a tensor: PyTorch's API
+        count = numel()
+        if count != 1:
+            raise TypeError(f"run.log(): metric {key!r} must be a single number, not a tensor of {count} "
+                            "elements")
+        return DEFERRED
+    if kind.__module__ == "numpy" and callable(getattr(value, "item", None)):  # an array: no device
+        if getattr(value, "size", 0) != 1:
+            raise TypeError(f"run.log(): metric {key!r} must be a single number, not an array of shape "
+                            f"{getattr(value, 'shape', '?')}")
+        inner = value.item()
         if isinstance(inner, numbers.Real):
             return float(inner)
-    raise TypeError(f"run.log(): metric {key!r} must be a number, not {type(value).__name__} ({value!r:.60})")
+    raise TypeError(f"run.log(): metric {key!r} must be a number, not {kind.__name__} ({value!r:.60})")
 
 
 class Run:
@@ -119,9 +141,12 @@ class Run:
         #: Failures the SDK absorbed so that training could go on (see ``last_error``).
         self.errors = 0
         self.last_error: BaseException | None = None
+        import msgpack
+
         self._writer = writer
-        self._append = writer.queue.append
-        self._extend = writer.queue.extend
+        # log()'s own packer: reused (making one per call costs more than packing), never shared
+        # with another producer. Its pack() is one C call, so a second thread's log() cannot mix in.
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self._step = 0
         self._keys: set[str] = set()
         self._finished = False
@@ -135,7 +160,8 @@ class Run:
     # -- the hot path -----------------------------------------------------------------------------
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Record metric values at a step (default: one past the previous step). Returns at once."""
+        """Record metric values at a step (default: one past the previous step). Returns at once,
+        with the record in the spool (a tensor value: once converted, off this thread)."""
         if self._finished:
             self._after_finish()
             return
@@ -143,19 +169,43 @@ class Run:
             step = self._step
         elif type(step) is not int:
             step = self._as_step(step)
-        self._step = step + 1
         if type(metrics) is not dict:
             metrics = self._as_dict(metrics)
-        keys = self._keys
+        writer = self._writer
+        if metrics.keys() <= self._keys and not writer.deferring:
+            for value in metrics.values():
+                if type(value) is not float:
+                    break
+            else:  # known names, plain floats: the usual call
+                self._step = step + 1
+                payload = self._pack((metrics, 0, _time(), step))  # 0: records.UNNUMBERED
+                frame = _pack_frame(MARK, len(payload), _crc32(payload)) + payload
+                try:
+                    writer.put(frame)
+                except ValueError:  # the segment is full: the writer goes on in the next one
+                    writer.full(frame)
+                return
+        self._log_checked(metrics, step)
+
+    def _log_checked(self, metrics: dict[Any, Any], step: int) -> None:
+        """log() for anything but known names with float values: every key and value checked."""
+        record: dict[str, Any] = {}
+        defer = False
         for key, value in metrics.items():
-            if key not in keys:
+            if key not in self._keys:
                 self._new_key(key)
-            if type(value) is not float:
-                record = {k: v if type(v) is float else _as_number(k, v) for k, v in metrics.items()}
-                break
-        else:
-            record = metrics.copy()
-        self._extend((record, 0, _time(), step))  # 0: records.UNNUMBERED, without a global lookup
+            number = value if type(value) is float else _as_number(key, value)
+            if number is DEFERRED:
+                defer = True
+                detach = getattr(value, "detach", None)
+                number = detach() if callable(detach) else value  # no autograd graph kept alive
+            record[key] = number
+        self._step = step + 1
+        writer = self._writer
+        if defer or writer.deferring:
+            writer.defer(record, _time(), step)
+            return
+        writer.write(_frame(self._pack((record, 0, _time(), step))))
 
     def _as_step(self, step: Any) -> int:
         if isinstance(step, numbers.Integral) and not isinstance(step, bool):
@@ -187,7 +237,7 @@ class Run:
         if self._finished:
             self._after_finish()
             return
-        self._append((records.UNNUMBERED, kind, _time(), *fields))
+        self._writer.queue.append((records.UNNUMBERED, kind, _time(), *fields))
 
     def note(self, text: str) -> None:
         """Append a paragraph of Markdown to the run's notes."""
@@ -264,12 +314,12 @@ class Run:
         """Wait until everything written so far is in the store; False on timeout."""
         from runyard.spool.acks import read_ack
 
-        target = self._writer.written_seq
+        target = self._writer.position()
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
             ack = read_ack(self._writer.directory, self._writer.writer_id)
-            if ack.seq >= target:
+            if ack.position >= target or ack.complete:
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -277,11 +327,13 @@ class Run:
             delay = min(delay * 1.5, 0.05)
 
     def finish(self, status: str | None = None, exit_code: int | None = None, wait: bool = True) -> None:
-        """End the run: flush what is queued, record the final state, wait (up to ``finish_timeout``)
-        for the store to have it all. Called at interpreter exit if you do not."""
+        """End the run: write what waits, record the final state, wait (up to ``finish_timeout`` in
+        all) for the store to have it all. Called at interpreter exit if you do not."""
         with self._finishing:
             if self._finished:
                 return
+            timeout = self.settings.finish_timeout
+            deadline = time.monotonic() + timeout
             for hook in reversed(self._on_finish):
                 try:
                     hook()
@@ -289,9 +341,7 @@ class Run:
                     self._absorb(e)
             from runyard.sdk import staging
 
-            timeout = self.settings.finish_timeout
-            deadline = time.monotonic() + timeout
-            if not staging.wait_for_copies(self, timeout):
+            if not staging.wait_for_copies(self, max(0.0, deadline - time.monotonic())):
                 self._absorb(TimeoutError("artifact copies did not finish in time"), raise_strict=False)
             final = status or "finished"
             event: dict[str, Any] = {"event": "detach" if self.attached else "end", "status": final}
@@ -299,20 +349,23 @@ class Run:
                 event["exit_code"] = exit_code
             self._emit(records.EVENT, event)
             self._finished = True
-            written = self._writer.close(max(0.0, deadline - time.monotonic()))
+            writer = self._writer
+            written = writer.close(max(0.0, deadline - time.monotonic()))
             if not written:
-                self._absorb(TimeoutError(f"the spool writer did not finish within {timeout:g} s; "
-                                          "`runyard sync` will ingest what reached the disk"))
-            if self._writer.failures:
-                self._absorb(self._writer.last_error or RuntimeError("spool writer failed"))
+                self._absorb(OSError(f"{writer.pending():,} records of run {self.id} could not be written to its spool "
+                                     f"in {writer.directory} and are lost" +
+                                     (f", besides {writer.lost_records:,} lost earlier while memory was full"
+                                      if writer.lost_records else "") +
+                                     (f" ({writer.last_error})" if writer.last_error else "")), raise_strict=False)
             if wait:
                 from runyard.sdk.agent_launch import ensure_agent
 
                 ensure_agent(self.settings)  # ingests, or with RUNYARD_SERVER ships, what is left
                 if not self.wait_ingested(max(0.0, deadline - time.monotonic())):
                     where = "shipped to the server" if self.settings.server else "ingested"
-                    print(f"runyard: run {self.id} is still being {where}; `runyard sync` finishes it (the "
-                          "records are safe in the spool)", file=sys.__stderr__)
+                    print(f"runyard: run {self.id} is still being {where} after finish_timeout ({timeout:g} s); "
+                          f"what was logged is in its spool ({writer.directory}) and `runyard sync` finishes it",
+                          file=sys.__stderr__)
             from runyard.sdk import current
 
             current.clear(self)

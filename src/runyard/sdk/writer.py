@@ -1,36 +1,35 @@
-"""The writer thread: moves records from the run's in-memory queue into spool segments.
+"""The spool writer: every record goes straight into a memory-mapped spool segment.
 
-``run.log()`` extends ``Writer.queue`` (a deque: that takes no lock) by one record and returns.
-This thread wakes every ``flush_interval`` (100 ms), or sooner when ``flush_records`` records wait,
-pops the queue in frames of up to ``max_batch`` queue items (whole records; a log() call is four
-items, see spool/records.py), packs each with one C call (msgpack), and appends the checksummed
-frames to the segment with one write: a process killed after that loses nothing, because the bytes
-are in the kernel. fsync follows the policy.
+A producer (``run.log()``, the tee, the sampler, a supervisor's pipe readers) encodes its record as
+one checksummed frame and copies it into the current segment's shared mapping with ``put`` (the
+mapping's own ``write``: one C call, atomic with respect to other Python threads, so no lock). When
+``put`` returns, the record is in the kernel's page cache: a process killed a moment later loses
+nothing, whatever else the machine is doing, and no writer thread stands between ``log()`` and the
+file. See spool/segment.py for the format.
 
-Memory stays bounded: if the queue grows past ``queue_limit`` (the writer is slow: a stalled disk, a
-deliberately slowed sink in tests), a spill thread moves the excess, oldest first, into spill files
-on disk; the writer later copies them into the segment in sequence order. Nothing is dropped.
+``put`` raises ValueError when the frame does not fit; the producer then calls ``full``, which
+seals the segment and goes on in the spare. The **keeper** thread does what must never happen
+inside ``log()``: it keeps a spare segment ready (creating one reserves disk blocks, which can wait
+on the disk), faults in the pages ahead of the write position (so ``log()`` rarely takes a page
+fault), closes full segments, converts tensors that were logged as values (``defer``), and writes
+the heartbeat. A second thread fsyncs, per the ``fsync`` policy.
 
-Order is kept by one rule: records leave the queue only under ``_drain_lock``, and each drained
-batch is appended to ``_pending`` (a FIFO of packed batches or spill files) under the same lock.
-The writer writes ``_pending`` in order. ``log()`` never takes that lock and never waits on I/O.
-
-Sequence numbers are given as records leave the queue, not as they enter it: producers (the
-training thread, the sampler, the tee, the heartbeat) queue records with ``records.UNNUMBERED``. A
-number taken by a producer before it appends could be overtaken by another thread's (a thread
-switch between the two), and ingest skips any record at or below the last sequence number it
-applied: a frame ending at 8 would lose 7. Numbering at the drain makes the spool's order and its
-sequence numbers one and the same, and costs log() nothing.
+When no segment can be made (a full or failing disk), records wait in memory, up to
+``queue_limit``, and the keeper writes them, in order, as soon as the disk takes a new segment;
+records beyond the limit are counted in ``lost_records`` and the run says so. The run's stderr
+gets one line when the trouble starts and one when it ends; nothing is said to be safe unless it is
+in a segment.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import operator
 import os
+import sys
 import threading
 import time
+import weakref
+import zlib
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -38,23 +37,59 @@ from typing import Any
 
 from runyard.spool import records
 from runyard.spool.rundir import lock_writer
-from runyard.spool.segment import SegmentWriter, encode_frame, frame_payloads
+from runyard.spool.segment import (
+    FRAME,
+    MARK,
+    MappedSegment,
+    address,
+    create_segment,
+    scan,
+    segment_capacity,
+)
 
-SPILL_DIR = "spill"
-#: Frames drained and written together when the writer has fallen behind.
-MAX_FRAMES_PER_WRITE = 8
-#: How often the writer looks at the queue's length between flushes.
-POLL_INTERVAL = 0.01
-#: Bounds on how often the spill thread looks at the queue's length (see ``Writer._spill_wait``).
-SPILL_POLL_MIN = 0.02
-SPILL_POLL_MAX = 0.25
-#: Queue items a tight log() loop adds per second at most (four per call, ~1.5 million calls/s),
-#: rounded up: the spill thread sleeps no longer than that rate needs to fill the headroom.
-FASTEST_ITEMS_PER_S = 8_000_000
+#: How often the keeper looks at the segment. Each look costs the training thread a GIL hand-over,
+#: so it is rare; the prefault window is sized to last longer than this at full speed.
+KEEPER_TICK = 0.05
+#: Bytes ahead of the write position that the keeper faults in (at least; see ``_prefault``).
+PREFAULT_BYTES = 1 << 20
+#: Deferred values (tensors) waiting longer than this are converted and written.
+DEFER_INTERVAL = 0.1
+#: Seconds between fsyncs under the policies that sync.
+SYNC_EVERY = {"always": 0.1, "interval": 1.0}
+#: Linux's MADV_POPULATE_WRITE (5.14+): fault pages in writable, as a write would.
+_MADV_POPULATE_WRITE = 23
+
+_pack_frame = FRAME.pack
+_crc32 = zlib.crc32
+
+
+def frame_of(payload: bytes) -> bytes:
+    return _pack_frame(MARK, len(payload), _crc32(payload)) + payload
+
+
+def encode(record: Any) -> bytes:
+    """One record as a frame. Not the hot path (``Run.log`` encodes metrics itself)."""
+    import msgpack
+
+    return frame_of(msgpack.packb(record, use_bin_type=True, default=_plain))
+
+
+class _Producer:
+    """What producers other than ``log()`` write through: ``append`` takes a record tuple, ``extend``
+    a metrics group (map, seq, time, step) as spool/records.py describes them."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+
+    def append(self, record: tuple[Any, ...]) -> None:
+        self._writer.write(encode(record))
+
+    def extend(self, group: tuple[Any, ...] | list[Any]) -> None:
+        self._writer.write(encode(tuple(group)))
 
 
 class Writer:
-    """Owns a run's queue, its segments and the threads that fill them."""
+    """Owns a run's spool segments (one writer id) and the threads that keep them."""
 
     def __init__(
         self,
@@ -62,298 +97,522 @@ class Writer:
         run_id: str,
         writer_id: str,
         fsync: str = "interval",
-        flush_interval: float = 0.1,
-        max_batch: int = 10_000,
-        flush_records: int = 10_000,
         queue_limit: int = 100_000,
         heartbeat_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
+        tick: float = KEEPER_TICK,
     ) -> None:
         self.directory = directory
         self.run_id = run_id
         self.writer_id = writer_id
         self.fsync = fsync
-        self.flush_interval = flush_interval
-        self.max_batch = max_batch
-        self.flush_records = flush_records
-        #: Whether records arrived fast in the last interval (then the queue is watched closely).
-        self._busy = False
+        #: Records held in memory at most while no segment can be written.
         self.queue_limit = queue_limit
-        # The queue holds items, not records: a log() call queues four (see records.py). Counting
-        # records exactly would cost log() a counter; bounding items by four per record keeps
-        # memory within the limit's intent for metrics, and within four times it for log lines.
-        self._item_limit = queue_limit * 4
         self.heartbeat_interval = heartbeat_interval
         self.clock = clock
-        #: Records waiting to be written (see records.py for the form). Producers only ever call
-        #: ``queue.append`` (one tuple) or ``queue.extend`` (a metrics group), each atomic.
-        self.queue: deque[Any] = deque()
-        #: Highest sequence number written to the segment (the kernel has it).
-        self.written_seq = -1
-        #: The sequence number the next drained record gets in the spool (see the module docstring).
-        self._spool_seq = 0
-        #: Each metric's last value among the records that have left the queue (for run.summary).
-        self.latest: dict[str, float] = {}
-        #: Most queue items ever waiting in memory at once (a log() call is four; for diagnostics).
-        self.peak_queued = 0
-        #: Records moved to spill files because the writer fell behind.
-        self.spilled_records = 0
+        self.tick = tick
+        #: Write one frame: the current segment's ``write`` (raises ValueError when full: call
+        #: ``full``), or while no segment can be written, the method that holds frames in memory.
+        self.put: Callable[[bytes], object] = self._hold
+        #: Producers' surface for record tuples and metrics groups (see ``_Producer``).
+        self.queue = _Producer(self)
+        #: Tensors logged as values wait here to be converted off the training thread (``defer``).
+        self.deferring = False
+        self._deferred: deque[tuple[dict[str, Any], float, int]] = deque()
+        self._deferred_since = 0.0
+        self._held: deque[bytes] = deque()
+        #: Records given up because memory was full while the disk refused them.
+        self.lost_records = 0
+        #: Records held in memory at most at once (diagnostics).
+        self.peak_held = 0
+        #: Records producers wrote after close() (they go nowhere).
+        self.late_records = 0
         #: Failures the writer survived (a full disk, say); the last one is kept.
         self.failures = 0
         self.last_error: BaseException | None = None
-        self._drain_lock = threading.Lock()
-        self._pending: deque[tuple[bytes | Path, int]] = deque()
-        self._written = threading.Condition()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._segment = SegmentWriter(directory, run_id, writer_id)
-        self._lock_fd = -1
-        self._threads: list[threading.Thread] = []
-        self._last_heartbeat = 0.0
-        self._spills = itertools.count()
-        #: Called from the writer thread at every heartbeat (the SDK restarts a dead agent with it).
+        #: Called with a sentence for the user when writing runs into trouble and when it recovers.
+        self.on_problem: Callable[[str], object] = _to_stderr
+        #: Called from the keeper at every heartbeat (the SDK restarts a dead agent with it).
         self.on_heartbeat: Callable[[], object] | None = None
+        self._lock = threading.Lock()  # roll, hold, resume, close: never taken by ``put``
+        self._fd_lock = threading.Lock()  # keeps fsync of the current segment apart from its closing
+        self._segment: MappedSegment | None = None
+        self._spare: MappedSegment | None = None
+        self._next_index = 0
+        self._need = 0
+        self._retired: list[MappedSegment] = []
+        self._closed_at: int | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock_fd = -1
+        self._last_heartbeat = 0.0
+        self._prefaulted = 0
+        self._madvise: Callable[[MappedSegment, int, int], None] | None = None
+        self._trouble_since: float | None = None
+        self._announced = False
+        self._flush_requested = False
+        self._latest: dict[str, float] = {}
+        self._latest_at = (0, -1)
 
     # -- life -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        (self.directory / SPILL_DIR).mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock_writer(self.directory, self.writer_id)
-        self._segment.open()
         self._last_heartbeat = self.clock()
-        loops = [(self._write_loop, "runyard-writer"), (self._spill_loop, "runyard-spill")]
-        if self.fsync == "interval":
-            loops.append((self._sync_loop, "runyard-fsync"))
+        try:
+            segment = self._new_segment()
+        except OSError as e:
+            self._failed(e, "cannot create a spool segment")
+            self._trouble_since = time.monotonic()
+        else:
+            with self._lock:
+                self._switch_to(segment)  # there is no segment to seal yet: cannot fail
+        loops = [(self._keep, "runyard-keeper"), (self._sync_loop, "runyard-fsync")]
         for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget(ref))
+
+    def write(self, frame: bytes) -> None:
+        """Write one frame (any thread)."""
+        try:
+            self.put(frame)
+        except ValueError:
+            self.full(frame)
+
+    def full(self, frame: bytes) -> None:
+        """The current segment has no room for ``frame``: seal it and go on in the spare, or hold
+        the frame in memory until the keeper can make a segment."""
+        with self._lock:
+            self._write_locked(frame)  # another thread may have rolled meanwhile: then it just fits
+        self._wake.set()
+
+    def _write_locked(self, frame: bytes) -> None:
+        put = self.put
+        if put == self._hold:
+            self._hold_locked(frame)
+            return
+        if put == self._after_close:
+            put(frame)
+            return
+        try:
+            put(frame)
+            return
+        except ValueError:
+            pass
+        spare = self._spare
+        if spare is not None and spare.capacity >= len(frame) and self._switch_to(spare):
+            self._spare = None
+            spare.write(frame)
+        else:
+            self._need = max(self._need, len(frame))
+            self._hold_locked(frame)
+
+    def defer(self, metrics: dict[str, Any], when: float, step: int) -> None:
+        """Queue a metrics map holding tensors; the keeper converts them in batches (one device
+        synchronisation per batch, off the training thread) and writes the record. While any wait,
+        ``log()`` defers every record, so the spool keeps the order in which they were logged."""
+        with self._lock:
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
+            self._deferred.append((metrics, when, step))
+            self.deferring = True
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every record queued before this call is in the segment; False on timeout."""
-        target = self._drain_queued()
+        """Write what waits (deferred tensors, records held while the disk refused them) within
+        ``timeout``; True if everything logged so far is in a segment."""
         deadline = time.monotonic() + timeout
-        self._wake.set()
-        with self._written:
-            while self.written_seq < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._threads[0].is_alive():
-                    return False
-                self._written.wait(min(remaining, 0.05))
-                self._wake.set()
-        return True
+        self._flush_requested = True
+        while True:
+            if not self._deferred and not self._held:
+                return self.lost_records == 0
+            if time.monotonic() >= deadline or not any(t.is_alive() for t in self._threads[:1]):
+                return False
+            self._wake.set()
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
     def close(self, timeout: float) -> bool:
-        """Write what is queued (within ``timeout``), sync, release the writer's lock."""
+        """Write what waits (within ``timeout``), close the segments, release the writer's lock.
+        True if every record logged is in the spool."""
         done = self.flush(timeout)
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=max(timeout, 1.0))
-        self._segment.close()
+        with self._lock:
+            self.put = self._after_close
+            done = done and not self._held and self.lost_records == 0
+            segment, spare, retired = self._segment, self._spare, self._retired
+            self._segment, self._spare, self._retired = None, None, []
+            if segment is not None:
+                self._closed_at = address(segment.index, segment.used)
+            else:
+                self._closed_at = 0
+        for old in [*retired, *([segment] if segment is not None else [])]:
+            try:
+                old.close(sync=self.fsync != "never")
+            except (OSError, BufferError) as e:  # the records are in the page cache all the same
+                self._record(e)
+        if spare is not None:
+            with contextlib.suppress(OSError, BufferError):
+                spare.discard()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock: ingest now knows this writer is done
             self._lock_fd = -1
         return done
 
+    # -- what the run reads -------------------------------------------------------------------------
+
+    def position(self) -> int:
+        """Where the spool ends now, as an address (spool/segment.py): ingest has everything logged
+        so far once its acknowledged position reaches this."""
+        with self._lock:
+            if self._closed_at is not None:
+                return self._closed_at
+            segment = self._segment
+            return address(segment.index, segment.used) if segment is not None else 0
+
+    def pending(self) -> int:
+        """Records logged but not in a segment yet (held or deferred)."""
+        return len(self._held) + len(self._deferred)
+
     def latest_metrics(self) -> dict[str, float]:
-        """Each metric's last logged value, queued records included."""
-        with self._drain_lock:
-            latest = dict(self.latest)
-            for item in list(self.queue):
-                if type(item) is dict:
-                    latest.update(item)
-        return {k: v for k, v in latest.items() if not k.startswith("system/")}
-
-    def _drain_queued(self) -> int:
-        """Move what is queued now into ``_pending`` (numbering it) and return its last sequence number:
-        the number flush() waits for. Records queued after the call are left to the writer.
-        """
-        remaining = len(self.queue)  # what was queued at the call: producers may go on meanwhile
-        while True:
-            with self._drain_lock:  # released between frames: the writer and the spiller go on
-                drained = self._drain(min(self.max_batch, remaining)) if remaining > 0 else None
-                if drained is None:
-                    return self._pending[-1][1] if self._pending else self.written_seq
-                self._pending.append(drained[:2])
-                remaining -= drained[3]
-
-    # -- draining ---------------------------------------------------------------------------------
-
-    def _drain(self, limit: int) -> tuple[bytes, int, int, int] | None:
-        """Pop up to ``limit`` queue items (whole records) and pack them: (payload, last sequence
-        number, records, items). Caller holds ``_drain_lock``."""
+        """Each metric's last logged value (read back from this writer's own segments, so that
+        ``log()`` pays nothing for it), deferred records included."""
         import msgpack
 
-        queue = self.queue
-        count = min(len(queue), limit)
-        if count == 0:
-            return None
-        popleft = queue.popleft
-        # C-level loops throughout: the writer's Python work per record is time the training
-        # thread waits for the GIL (see the module docstring).
-        batch = list(itertools.starmap(popleft, itertools.repeat((), count)))
-        while queue and not records.is_record_start(queue[0]):
-            batch.append(popleft())  # finish the metrics group the count cut through
-        # Kept here rather than in log(): the summary is read rarely, log() is called all the time.
-        groups = batch[0::4]
-        first = self._spool_seq
-        if len(batch) % 4 == 0 and operator.countOf(map(type, groups), dict) == len(groups):
-            # Only metrics groups (the usual batch): item 0 of each is its map, and no other item
-            # of a group is a map, so counting maps at every fourth place proves the layout.
-            maps = groups
-            record_count = len(groups)
-            batch[1::4] = range(first, first + record_count)
-        else:
-            maps = [item for item in batch if type(item) is dict]
-            record_count = len(batch) - 3 * len(maps)  # a metrics record is four items, others one
-            _renumber(batch, first)
-        self._spool_seq = first + record_count
-        deque(map(self.latest.update, maps), maxlen=0)
-        # ``_plain`` is called only for a value msgpack cannot pack (a numpy scalar in a config, say):
-        # it is kept in a plain form rather than the whole batch lost.
-        payload = msgpack.packb(batch, use_bin_type=True, default=_plain)
-        return payload, first + record_count - 1, record_count, len(batch)
+        from runyard.spool.segment import segment_name
 
-    def _write_loop(self) -> None:
+        with self._lock:
+            index, offset = self._latest_at
+            last = self._segment.index if self._segment is not None else index
+            while index <= last:
+                path = self.directory / segment_name(self.writer_id, index)
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    break
+                if offset < 0:
+                    from runyard.spool.segment import read_header
+
+                    header = read_header(data)
+                    if header is None:
+                        break
+                    offset = header.size
+                found = scan(memoryview(data)[offset:], offset, 2, final=False, eof=True)
+                for _, payload in found.frames:
+                    record = msgpack.unpackb(payload, strict_map_key=False)
+                    if type(record[0]) is dict:
+                        self._latest.update(record[0])
+                offset = found.end
+                if not found.closed:
+                    break
+                index, offset = index + 1, -1
+            self._latest_at = (index, offset)
+            latest = dict(self._latest)
+            for metrics, _, _ in self._deferred:
+                latest.update(metrics)
+        return {k: v for k, v in latest.items() if not k.startswith("system/")}
+
+    # -- segments -----------------------------------------------------------------------------------
+
+    def _new_segment(self) -> MappedSegment:
+        """The next segment (keeper, or ``start`` before the keeper runs: one thread makes them, so
+        indexes have no gaps, and the reader's chain from END to the next index never breaks)."""
+        index = self._next_index
+        segment = create_segment(self.directory, self.run_id, self.writer_id, index,
+                                 segment_capacity(index, self._need + FRAME.size))
+        self._next_index = index + 1
+        return segment
+
+    def _switch_to(self, segment: MappedSegment) -> bool:
+        """Seal the current segment and write into ``segment`` from now on; False (nothing changed
+        but the old segment refusing writes) if the seal failed. Caller holds the lock."""
+        old = self._segment
+        if old is not None:
+            try:
+                old.seal()
+            except OSError as e:  # without its END frame, the reader would never reach ``segment``
+                self._failed(e, "cannot close a full spool segment")
+                return False
+            self._retired.append(old)
+        self._segment = segment
+        self._prefaulted = segment.start
+        self.put = segment.write
+        return True
+
+    def _hold(self, frame: bytes) -> None:
+        with self._lock:
+            self._hold_locked(frame)
+
+    def _hold_locked(self, frame: bytes) -> None:
+        if self.put != self._hold:
+            self.put = self._hold
+            if self._trouble_since is None:
+                self._trouble_since = time.monotonic()
+        if len(self._held) >= self.queue_limit:
+            if self.lost_records == 0:
+                self.on_problem(f"the spool of run {self.run_id} cannot be written and {self.queue_limit:,} records "
+                                "wait in memory (queue_limit): further records are being lost until space is "
+                                f"freed in {self.directory}")
+            self.lost_records += 1
+            return
+        self._held.append(frame)
+        self.peak_held = max(self.peak_held, len(self._held))
+
+    def _resume(self) -> None:
+        """Keeper only: write the held frames into a new segment and go back to writing directly."""
+        if self.put != self._hold:
+            return
+        with self._lock:
+            segment, self._spare = self._spare, None
+        if segment is None:
+            try:
+                segment = self._new_segment()
+            except OSError as e:
+                self._failed(e, "cannot create a spool segment")
+                return
+        with self._lock:
+            if self._closed_at is not None:
+                segment.discard()
+                return
+            if not self._switch_to(segment):
+                self._spare = segment  # kept for when the seal goes through
+                return
+            held = self._held
+            while held:
+                try:
+                    segment.write(held[0])
+                except ValueError:
+                    self._need = max(self._need, len(held[0]))
+                    self.put = self._hold  # the rest waits for the next segment
+                    return
+                held.popleft()
+            if self._trouble_since is not None and self._announced:
+                lost = f"; {self.lost_records:,} records were lost while memory was full" if self.lost_records else ""
+                self.on_problem(f"the spool of run {self.run_id} is written again; every record held in memory "
+                                f"is in it now{lost}")
+            self._trouble_since = None
+            self._announced = False
+
+    def _failed(self, error: OSError, what: str) -> None:
+        self._record(error)
+        if not self._announced:
+            self._announced = True
+            self.on_problem(f"{what} in {self.directory} ({error.strerror or error}); records wait in memory "
+                            f"(up to {self.queue_limit:,}) until the disk takes them; training continues")
+
+    def _record(self, error: BaseException) -> None:
+        self.failures += 1
+        self.last_error = error
+
+    def _after_close(self, frame: bytes) -> None:
+        self.late_records += 1  # a producer still writing after close() (a daemon's output, say)
+
+    # -- the keeper ---------------------------------------------------------------------------------
+
+    def _keep(self) -> None:
         while True:
             stopping = self._stop.is_set()
-            self._wait_for_work()
             try:
-                self._heartbeat()
-                self._write_pending()
-                if stopping:
-                    self._segment.sync()
-            except Exception as e:  # noqa: BLE001 - a full disk must not end the run: retry next time
-                self.failures += 1
-                self.last_error = e
-                time.sleep(min(1.0, self.flush_interval * 5))
-            if stopping and not self.queue and not self._pending:
+                self._keep_once()
+            except Exception as e:  # noqa: BLE001 - the keeper must outlive any one failure
+                self._record(e)
+            if stopping:
                 return
+            self._wake.wait(self.tick)
+            self._wake.clear()
 
-    def _wait_for_work(self) -> None:
-        """Return after ``flush_interval``, or sooner once ``flush_records`` records are queued.
-
-        Counting is the writer's job, not log()'s. While records arrive fast (a busy interval
-        before), it looks at the queue's length every ``POLL_INTERVAL``; otherwise it sleeps the
-        whole interval, since each look costs the training thread a GIL hand-over.
-        """
-        threshold = self.flush_records * 4  # a log() call queues four items
-        if not self._busy:
-            self._wake.wait(self.flush_interval)
-        else:
-            deadline = time.monotonic() + self.flush_interval
-            while True:
-                remaining = deadline - time.monotonic()
-                if self._wake.wait(min(POLL_INTERVAL, max(remaining, 0.0))) or remaining <= 0:
-                    break
-                if len(self.queue) >= threshold:
-                    break
-        self._wake.clear()
-        self._busy = len(self.queue) >= threshold // 8
-
-    def _write_pending(self) -> None:
-        while True:
-            with self._drain_lock:
-                # Drain the whole backlog (in frames of ``max_batch`` items, so no single C call
-                # holds the GIL long) and write it with one system call: after a blocking call the
-                # training thread may keep the GIL for 5 ms, so writes per frame would let a fast
-                # loop outrun the writer.
-                for _ in range(MAX_FRAMES_PER_WRITE - len(self._pending)):
-                    drained = self._drain(self.max_batch)
-                    if drained is None:
-                        break
-                    self._pending.append(drained[:2])
-                if not self._pending:
-                    return
-                if isinstance(self._pending[0][0], Path):
-                    batch = [self._pending[0]]
-                else:
-                    batch = list(itertools.takewhile(lambda entry: not isinstance(entry[0], Path), self._pending))
-            head = batch[0][0]
-            if isinstance(head, Path):
-                payloads, _, _ = frame_payloads(head.read_bytes(), 0)
-                self._segment.append_many(payloads)
-            else:
-                self._segment.append_many([payload for payload, _ in batch if isinstance(payload, bytes)])
-            with self._drain_lock:
-                for _ in batch:
-                    self._pending.popleft()
-            if isinstance(head, Path):
-                head.unlink(missing_ok=True)
-            with self._written:
-                self.written_seq = batch[-1][1]
-                self._written.notify_all()
-            if self.fsync == "always":
-                self._segment.sync()
-
-    def _sync_loop(self) -> None:
-        """fsync once a second (policy ``interval``), apart from the writer: on a busy disk an fsync
-        can take longer than a flush interval, and the writer must keep moving records to the kernel."""
-        while not self._stop.wait(1.0):
+    def _keep_once(self) -> None:
+        self._resume()
+        if self._spare is None and self._closed_at is None and self.put != self._hold:
             try:
-                self._segment.sync()
+                spare = self._new_segment()
             except OSError as e:
-                self.failures += 1
-                self.last_error = e
+                self._record(e)  # tried again next tick; log() holds frames only if this persists
+            else:
+                with self._lock:
+                    if self._spare is None and self._closed_at is None:
+                        self._spare = spare
+                    else:
+                        spare.discard()
+        self._prefault()
+        flush, self._flush_requested = self._flush_requested, False
+        self._convert_deferred(only_if_due=not flush)
+        self._heartbeat()
+
+    def _prefault(self) -> None:
+        """Fault in the pages just ahead of the write position, so that ``log()`` does not take the
+        page faults itself (a fault on a new page of a file mapping costs microseconds)."""
+        segment = self._segment
+        if segment is None:
+            return
+        try:
+            position = segment.tell()
+            window = max(PREFAULT_BYTES, 2 * (position - self._prefaulted))
+            start = max(self._prefaulted, position) & ~(mmap_page() - 1)
+            end = min(len(segment.mapping), position + window)
+        except ValueError:
+            return  # closed under us: the next tick sees the new segment
+        if end <= start:
+            return
+        if self._madvise is None:
+            self._madvise = _madvise_function()
+        try:
+            self._madvise(segment, start, end - start)
+        except OSError:
+            self._madvise = _no_madvise  # not supported here: log() takes its own faults
+        self._prefaulted = end
 
     def _heartbeat(self) -> None:
         now = self.clock()
         if now - self._last_heartbeat >= self.heartbeat_interval:
             self._last_heartbeat = now
-            self.queue.append((records.UNNUMBERED, records.HEARTBEAT, now))  # a tuple: rare
+            self.write(encode((records.UNNUMBERED, records.HEARTBEAT, now)))
             if self.on_heartbeat is not None:
                 self.on_heartbeat()
 
-    # -- spilling ---------------------------------------------------------------------------------
+    def _convert_deferred(self, only_if_due: bool = False) -> None:
+        """Turn tensors into numbers, in one batch, and write their records in the order logged."""
+        import msgpack
 
-    def _spill_wait(self, queued: int) -> float:
-        """How long the spill thread may sleep: until a fast loop could fill the queue's headroom.
-
-        Each wake-up costs the training thread a GIL hand-over, so it looks rarely while the queue
-        is short, and every ``SPILL_POLL_MIN`` seconds once it nears its limit.
-        """
-        headroom = max(self._item_limit - queued, 0)
-        return min(max(headroom / FASTEST_ITEMS_PER_S, SPILL_POLL_MIN), SPILL_POLL_MAX)
-
-    def _spill_loop(self) -> None:
-        queued = 0
-        while not self._stop.wait(self._spill_wait(queued)):
-            queued = len(self.queue)
-            self.peak_queued = max(self.peak_queued, queued)
-            if queued <= self._item_limit:
-                continue
-            with self._drain_lock:
-                drained = self._drain(queued)
-                if drained is None:
+        with self._lock:
+            if not self._deferred:
+                self.deferring = False
+                return
+            if only_if_due and time.monotonic() - self._deferred_since < DEFER_INTERVAL:
+                return
+            batch = list(self._deferred)
+            self._deferred.clear()
+        values = to_floats([v for metrics, _, _ in batch for v in metrics.values() if type(v) is not float])
+        frames = []
+        for metrics, when, step in batch:
+            record = {}
+            for key, value in metrics.items():
+                if type(value) is float:
+                    record[key] = value
                     continue
-                payload, last_seq, record_count, _ = drained
-                path = self.directory / SPILL_DIR / f"{self.writer_id}-{next(self._spills):06d}.frame"
+                number = values.get(id(value))
+                if number is None:
+                    self._record(TypeError(f"run.log(): metric {key!r} could not be read as a number"))
+                    continue
+                record[key] = number
+            if record:
+                frames.append(frame_of(msgpack.packb((record, 0, when, step), use_bin_type=True)))
+        with self._lock:
+            # Written under the lock that log() takes while deferring: nothing logged after these
+            # can reach the spool before them.
+            for frame in frames:
+                self._write_locked(frame)
+            if not self._deferred:
+                self.deferring = False
+
+    # -- fsync ----------------------------------------------------------------------------------------
+
+    def _sync_loop(self) -> None:
+        """fsync per the policy, and close sealed segments, apart from the keeper: on a busy disk
+        an fsync can take seconds, and the keeper must keep a spare segment ready meanwhile."""
+        every = SYNC_EVERY.get(self.fsync, 1.0)
+        sync = self.fsync != "never"
+        warned = False
+        while not self._stop.wait(every):
+            with self._lock:
+                retired, self._retired = self._retired, []
+                current = self._segment
+            for segment in retired:
                 try:
-                    with path.open("wb") as f:
-                        f.write(encode_frame(payload))
-                    self._pending.append((path, last_seq))
-                    self.spilled_records += record_count
-                except OSError as e:  # cannot spill: keep the batch in memory rather than lose it
-                    self.failures += 1
-                    self.last_error = e
-                    self._pending.append((payload, last_seq))
-        with contextlib.suppress(OSError):
-            (self.directory / SPILL_DIR).rmdir()
+                    segment.close(sync=sync)
+                except BufferError:
+                    with self._lock:
+                        self._retired.append(segment)  # the keeper is faulting pages in: next time
+                except OSError as e:
+                    self._record(e)
+            if sync and current is not None:
+                try:
+                    with self._fd_lock:
+                        if self._segment is current:
+                            current.sync()
+                except OSError as e:
+                    self._record(e)
+                    if not warned:
+                        warned = True
+                        self.on_problem(f"the disk reported an error syncing the spool of run {self.run_id} "
+                                        f"({e.strerror or e}): a power cut could lose recent records")
 
 
-def _renumber(batch: list[Any], first: int) -> None:
-    """Give the records in ``batch`` (queue items, whole records) the sequence numbers from ``first``."""
-    i, n, seq = 0, len(batch), first
-    while i < n:
-        item = batch[i]
-        if type(item) is dict:  # a metrics group: map, seq, time, step
-            batch[i + 1] = seq
-            i += 4
-        else:
-            batch[i] = (seq, *item[1:])
-            i += 1
-        seq += 1
+def to_floats(values: list[Any]) -> dict[int, float]:
+    """Numbers for values logged as tensors, keyed by ``id``: PyTorch tensors on one device in one
+    ``stack`` (one synchronisation), anything else with ``.item()`` one by one."""
+    out: dict[int, float] = {}
+    torch_values = [v for v in values if type(v).__module__.startswith("torch")]
+    if torch_values:
+        with contextlib.suppress(Exception):
+            import torch  # type: ignore[import-not-found]
+
+            stacked = torch.stack([v.reshape(()) for v in torch_values]).double().cpu().tolist()
+            out.update({id(v): float(x) for v, x in zip(torch_values, stacked, strict=True)})
+    for value in values:
+        if id(value) in out:
+            continue
+        try:
+            out[id(value)] = float(value.item())
+        except Exception:  # noqa: BLE001, S112 - the caller records what could not be read
+            continue
+    return out
+
+
+def mmap_page() -> int:
+    import mmap
+
+    return mmap.PAGESIZE
+
+
+def _madvise_function() -> Callable[[MappedSegment, int, int], None]:
+    """madvise(MADV_POPULATE_WRITE) through ctypes, which releases the GIL while the kernel faults
+    the pages in (the mapping's own madvise method holds it)."""
+    if not sys.platform.startswith("linux"):
+        return _no_madvise
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        madvise.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return _no_madvise
+
+    def populate(segment: MappedSegment, start: int, length: int) -> None:
+        anchor = ctypes.c_char.from_buffer(segment.mapping)  # an export: the mapping stays put meanwhile
+        try:
+            if madvise(ctypes.addressof(anchor) + start, length, _MADV_POPULATE_WRITE) != 0:
+                error = ctypes.get_errno()
+                raise OSError(error, os.strerror(error))
+        finally:
+            del anchor
+
+    return populate
+
+
+def _no_madvise(segment: MappedSegment, start: int, length: int) -> None:
+    return None
+
+
+def _forget(ref: weakref.ReferenceType[Writer]) -> None:
+    """In a forked child, the parent's mappings are shared: nothing the child writes may land in
+    them (it would overwrite the parent's records at the child's stale position)."""
+    writer = ref()
+    if writer is not None:
+        writer.put = writer._after_close
+        writer._threads = []
+
+
+def _to_stderr(message: str) -> None:
+    print(f"runyard: {message}", file=sys.__stderr__, flush=True)
 
 
 def _plain(value: Any) -> Any:

@@ -34,17 +34,29 @@ class Ack:
     #: The writer owns the run's life (an SDK run, not one attached to a `runyard run` launch).
     owner: bool = True
 
+    @property
+    def position(self) -> int:
+        """Where reading resumes, as an address (spool/segment.py): everything before it is applied."""
+        return (self.segment << 32) | self.offset
+
 
 def ack_path(run_dir: Path, writer: str) -> Path:
     return run_dir / f"{writer}{SUFFIX}"
 
 
 def read_ack(run_dir: Path, writer: str) -> Ack:
-    try:
-        data = json.loads(ack_path(run_dir, writer).read_text())
-        return Ack(**data)
-    except (FileNotFoundError, ValueError, TypeError):
-        return Ack()
+    """The writer's ack, in its run directory or, once the run is retired, in spool/retired/."""
+    from runyard.spool.rundir import retired_dir
+
+    for directory in (run_dir, retired_dir(run_dir)):
+        try:
+            data = json.loads(ack_path(directory, writer).read_text())
+            return Ack(**data)
+        except FileNotFoundError:
+            continue
+        except (ValueError, TypeError):
+            return Ack()
+    return Ack()
 
 
 def write_ack(run_dir: Path, writer: str, ack: Ack) -> None:

@@ -24,12 +24,20 @@ TARGET_FILE = "target"
 
 _RUN_ID = re.compile(r"^[0-9A-Z]{26}$")
 LOCK_SUFFIX = ".lock"
+#: Where a finished run's spool directory goes once the store holds it all (spool/retired/<id>):
+#: kept, since the spool is the durable record, but out of the way of every ingest pass.
+RETIRED = "retired"
 
 
 def run_dir(spool_dir: Path, run_id: str) -> Path:
     if not _RUN_ID.match(run_id):
         raise ValueError(f"not a run id: {run_id!r}")
     return spool_dir / run_id
+
+
+def retired_dir(directory: Path) -> Path:
+    """Where ``directory`` (spool/<run id>) is once retired."""
+    return directory.parent / RETIRED / directory.name
 
 
 def lock_writer(directory: Path, writer: str) -> int:

