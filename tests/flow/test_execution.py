@@ -345,3 +345,76 @@ def test_ls_ps_label_note_and_follow(project: Path, env: dict[str, str]) -> None
     shell = launch(env, project, "echo one; echo two")
     assert wait_status(env, project, shell, TERMINAL) == "finished"
     assert cli(env, project, "logs", str(shell)).stdout.split("\n")[-3:-1] == ["one", "two"]
+
+
+# -- line capture, outputs, the run's environment (issue 12, items 9-11) ---------------------------
+
+def run_directory_of(env: dict[str, str], cwd: Path, number: int) -> Path:
+    api = api_of(env, cwd)
+    try:
+        run_id = api.run(number).id
+    finally:
+        api.close()
+    return resolve(environ=env, cwd=cwd).home / "runs" / run_id
+
+
+def supervisor_pid(env: dict[str, str], cwd: Path, number: int) -> int:
+    pid_file = run_directory_of(env, cwd, number) / "supervisor.pid"
+    wait_for(pid_file.exists, 30, f"run {number}'s supervisor to start")
+    return int(pid_file.read_text())
+
+
+def log_of(env: dict[str, str], cwd: Path, number: int) -> list[tuple[str, str]]:
+    api = api_of(env, cwd)
+    try:
+        return [(line.stream, line.text) for line in api.run(number).logs(limit=100_000)]
+    finally:
+        api.close()
+
+
+def test_a_progress_bar_is_logged_as_its_final_state_and_a_huge_line_is_cut_without_being_held(
+        project: Path, env: dict[str, str]) -> None:
+    from runyard.sdk.tee import MAX_LINE
+
+    huge = 256 << 20
+    (project / "train.py").write_text(
+        "import os, sys, time\n"
+        "for i in range(2001):  # a tqdm-like bar: one line, redrawn 2,001 times\n"
+        "    sys.stdout.write(f'\\repoch 1: {i * 100 // 2000:3d}%|{\"#\" * (i // 100):<20}| {i}/2000')\n"
+        "    sys.stdout.flush()\n"
+        "print()\n"
+        "print('after the bar', flush=True)\n"
+        f"sys.stderr.write('x' * {huge})  # one line of 256 MiB, its newline still to come\n"
+        "sys.stderr.flush()\n"
+        "open('written', 'w').close()\n"
+        "while not os.path.exists('release'):\n"
+        "    time.sleep(0.05)\n"
+        "sys.stderr.write('\\n')\n"
+        "print('done', flush=True)\n"
+    )
+    number = launch(env, project, "--", "python", "train.py")
+    pid = supervisor_pid(env, project, number)
+    work = run_directory_of(env, project, number) / "work"
+    wait_for((work / "written").exists, 60, "the script to write its huge line")
+    # Peak memory of the supervisor once the script's 256 MiB went through its pipe.
+    status_lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    peak = int(next(line for line in status_lines if line.startswith("VmHWM:")).split()[1]) * 1024
+    try:
+        wait_for(lambda: ("stdout", "after the bar") in log_of(env, project, number), 30, "the bar to be logged")
+        bar = [text for stream, text in log_of(env, project, number) if stream == "stdout" and "epoch 1" in text]
+        problems = []
+        if bar != ["epoch 1: 100%|####################| 2000/2000"]:
+            problems.append(f"the bar was logged as {len(bar)} line(s) of {[len(t) for t in bar]} characters, "
+                            f"starting {bar[0][:60]!r}" if bar else "the bar was not logged")
+        if peak >= 128 << 20:
+            problems.append(f"the supervisor held {peak / 2**20:.0f} MiB for a 256 MiB line")
+        assert not problems, problems
+    finally:
+        (work / "release").write_text("")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    lines = log_of(env, project, number)
+    assert ("stdout", "done") in lines
+    cut = [text for stream, text in lines if stream == "stderr"]
+    assert len(cut) == 1 and cut[0].startswith("x" * MAX_LINE) and len(cut[0]) < MAX_LINE + 100
+    assert f"{huge - MAX_LINE:,}" in cut[0]  # says how much of the line was not kept
+    assert max(len(text) for _, text in lines) < MAX_LINE + 100

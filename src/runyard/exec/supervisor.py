@@ -5,9 +5,10 @@
 It materialises the code snapshot into the run's own directory, builds or reuses the package
 environment, copies the mounts in read-only, then starts the command in its own process group with
 ``RUNYARD_RUN_ID`` set (so ``runyard.init()`` attaches), and from then on: captures stdout and
-stderr line by line, turns stdout lines that are JSON objects of numbers into metrics, samples
-the hardware of the process tree, heartbeats, enforces the timeout, uploads ``outputs/`` every few
-minutes and at the end, and records how the run ended. Everything goes to the run's spool; the
+stderr line by line (as the SDK's tee does: ``runyard.sdk.lines``), turns stdout lines that are
+JSON objects of numbers into metrics, samples the hardware of the process tree, heartbeats,
+enforces the timeout, uploads ``outputs/`` every few minutes and at the end, and records how the
+run ended. Everything goes to the run's spool; the
 supervisor never talks to the database or the network.
 
 SIGTERM (``runyard stop``) is passed to the command's process group, followed by SIGKILL after a
@@ -36,6 +37,7 @@ from typing import IO, Any
 from runyard.exec.spec import LaunchSpec, run_directory
 from runyard.names import validate_metric_key
 from runyard.sdk import staging
+from runyard.sdk.lines import Lines, pump
 from runyard.sdk.writer import Writer
 from runyard.spool import records
 from runyard.spool.rundir import TARGET_FILE, run_dir, target_key_of
@@ -230,13 +232,16 @@ class Supervisor:
         threading.Thread(target=escalate, daemon=True).start()
 
     def _read(self, stream: IO[bytes] | None, name: str) -> None:
+        """Capture one pipe line by line, as the SDK's tee does (see ``runyard.sdk.lines``)."""
         assert stream is not None
-        for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r")
-            now = time.time()
-            if name == "stdout" and line.startswith("{"):
-                self._maybe_metrics(line, now)
-            self.writer.queue.append((records.UNNUMBERED, records.LOG, now, name, line))
+        append = self.writer.queue.append
+
+        def line(now: float, text: str) -> None:
+            if name == "stdout" and text.startswith("{"):
+                self._maybe_metrics(text, now)
+            append((records.UNNUMBERED, records.LOG, now, name, text))
+
+        pump(stream, Lines(line))
 
     def _maybe_metrics(self, line: str, now: float) -> None:
         """A stdout line that is a JSON object of numbers is also a metrics record (no SDK needed)."""
