@@ -418,3 +418,82 @@ def test_a_progress_bar_is_logged_as_its_final_state_and_a_huge_line_is_cut_with
     assert len(cut) == 1 and cut[0].startswith("x" * MAX_LINE) and len(cut[0]) < MAX_LINE + 100
     assert f"{huge - MAX_LINE:,}" in cut[0]  # says how much of the line was not kept
     assert max(len(text) for _, text in lines) < MAX_LINE + 100
+
+
+UPLOADING = (
+    "import os, signal, sys, time\n"
+    "def stop(*_):\n"
+    "    print('got SIGTERM', flush=True)\n"
+    "    sys.exit(143)\n"
+    "signal.signal(signal.SIGTERM, stop)\n"
+    "os.makedirs('outputs', exist_ok=True)\n"
+    "for i in range(4):  # 1 GiB in an instant (sparse files), seconds of uploading\n"
+    "    with open(f'outputs/part-{i}.bin', 'wb') as f:\n"
+    "        f.write(bytes([i]))\n"
+    "        f.truncate(256 << 20)\n"
+    "print('written', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def uploading(pid: int) -> bool:
+    """Whether the supervisor has a file of the run's outputs/ open (it is uploading it)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if "/work/outputs/" in os.readlink(fd):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_stop_and_timeout_reach_the_command_while_outputs_are_uploading(
+        project: Path, env: dict[str, str]) -> None:
+    (project / "train.py").write_text(UPLOADING)
+    timed = launch(env, project, "--timeout", "3s", "--", "python", "train.py")
+    stopped = launch(env, project, "--", "python", "train.py")
+    pid = supervisor_pid(env, project, stopped)
+    wait_for(lambda: uploading(pid), 30, f"run {stopped} to upload its outputs")
+    cli(env, project, "stop", str(stopped))
+    for number, wanted in ((timed, "timeout"), (stopped, "stopped")):
+        assert wait_status(env, project, number, TERMINAL, 60) == wanted
+        lines = log_of(env, project, number)
+        got = lines.index(("stdout", "got SIGTERM"))
+        upload = next(i for i, (stream, text) in enumerate(lines) if stream == "system" and text.startswith("uploaded"))
+        assert got < upload, f"run {number}: the command got SIGTERM only after an upload ended: {lines}"
+        api = api_of(env, project)
+        kept = sorted(a.path for a in api.run(number).artifacts())
+        api.close()
+        assert kept == [f"outputs/part-{i}.bin" for i in range(4)]  # stopping lost no output
+
+
+def test_a_checkpoint_written_over_two_seconds_is_stored_once_and_whole(
+        project: Path, env: dict[str, str], tmp_path: Path) -> None:
+    import hashlib
+
+    (project / "train.py").write_text(
+        "import os, time\n"
+        "os.makedirs('outputs', exist_ok=True)\n"
+        "with open('outputs/ckpt.bin', 'wb') as f:  # written a MiB at a time, as a checkpoint is\n"
+        "    for i in range(40):\n"
+        "        f.write(bytes([i]) * (1 << 20))\n"
+        "        f.flush()\n"
+        "        time.sleep(0.05)\n"
+        "time.sleep(2)\n"
+    )
+    expected = b"".join(bytes([i]) * (1 << 20) for i in range(40))
+    sha = hashlib.sha256(expected).hexdigest()
+    number = launch(env, project, "--", "python", "train.py")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    copied = tmp_path / "ckpt.bin"
+    cli(env, project, "cp", f"{number}:outputs/ckpt.bin", str(copied))
+    assert copied.read_bytes() == expected
+    home = resolve(environ=env, cwd=project).home
+    work = run_directory_of(env, project, number) / "work"
+    copies = []  # every file in the home, but the script's own, holding the checkpoint or a piece of it
+    for path in home.rglob("*"):
+        if path.is_file() and not path.is_relative_to(work) and path.stat().st_size >= 1 << 20:
+            with path.open("rb") as f:
+                if f.read(1 << 20) == expected[: 1 << 20]:
+                    copies.append(str(path.relative_to(home)))
+    assert copies == [f"artifacts/objects/{sha[:2]}/{sha[2:]}"]

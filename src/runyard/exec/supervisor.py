@@ -7,9 +7,10 @@ environment, copies the mounts in read-only, then starts the command in its own 
 ``RUNYARD_RUN_ID`` set (so ``runyard.init()`` attaches), and from then on: captures stdout and
 stderr line by line (as the SDK's tee does: ``runyard.sdk.lines``), turns stdout lines that are
 JSON objects of numbers into metrics, samples the hardware of the process tree, heartbeats,
-enforces the timeout, uploads ``outputs/`` every few minutes and at the end, and records how the
-run ended. Everything goes to the run's spool; the
-supervisor never talks to the database or the network.
+enforces the timeout, stores ``outputs/`` from a thread of its own (``runyard.exec.outputs``) every
+few minutes and at the end, and records how the run ended. Every record goes to the run's spool;
+output files go straight into the artifact store the code came from. The supervisor never talks
+to the database or the network.
 
 SIGTERM (``runyard stop``) is passed to the command's process group, followed by SIGKILL after a
 grace period. If the supervisor itself is killed, the command dies with it (parent-death signal)
@@ -34,17 +35,17 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from runyard.exec.outputs import OUTPUTS, Outputs, written_by
 from runyard.exec.spec import LaunchSpec, run_directory
 from runyard.names import validate_metric_key
-from runyard.sdk import staging
 from runyard.sdk.lines import Lines, pump
 from runyard.sdk.writer import Writer
 from runyard.spool import records
 from runyard.spool.rundir import TARGET_FILE, run_dir, target_key_of
+from runyard.store.artifacts import DiskArtifacts
 
 WORK = "work"
 PID_FILE = "supervisor.pid"
-OUTPUTS = "outputs"
 
 
 class Supervisor:
@@ -57,9 +58,11 @@ class Supervisor:
         spool.mkdir(parents=True, exist_ok=True)
         (spool / TARGET_FILE).write_text(target_key_of(spec.db, spec.artifacts))
         self.writer = Writer(spool, spec.run_id, f"sup{os.getpid()}", fsync=spec.fsync)
+        self.artifacts = DiskArtifacts(Path(spec.artifacts))
+        self.outputs = Outputs(self.work / OUTPUTS, self.artifacts, self._record_output, self.system,
+                               self._written_by_command)
         self.stop_requested = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
-        self.uploaded: dict[str, tuple[int, int]] = {}
         self._json_step = 0
 
     # -- records ----------------------------------------------------------------------------------
@@ -83,10 +86,9 @@ class Supervisor:
     def prepare(self) -> dict[str, str]:
         """Materialise code and mounts, build the environment; returns the command's environment."""
         from runyard.exec.snapshot import materialise
-        from runyard.store.artifacts import DiskArtifacts
 
         spec = self.spec
-        artifacts = DiskArtifacts(Path(spec.artifacts))
+        artifacts = self.artifacts
         if self.work.exists():  # a previous attempt: mounts in it are read-only
             _remove_tree(self.work)
         self.work.mkdir(parents=True)
@@ -159,7 +161,7 @@ class Supervisor:
             self.writer.close(30)
             return 0
         status, code, message = self._execute(env)
-        self._upload_outputs(final=True)
+        self.outputs.finish()
         self.end(status, code, message)
         self.writer.close(60)
         return 0
@@ -187,8 +189,10 @@ class Supervisor:
             sampler = Sampler(spec.system_interval, self.writer.queue.extend, child.pid)
             sampler.start()
         deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
-        next_upload = time.monotonic() + spec.outputs_interval
+        if spec.outputs_interval > 0:
+            self.outputs.start(spec.outputs_interval)
         outcome: tuple[str, str | None] | None = None
+        # Nothing in this loop may take long: a stop or a timeout is acted on within 50 ms.
         while child.poll() is None:
             if self.stop_requested.is_set() and outcome is None:
                 outcome = ("stopped", "stopped on request")
@@ -197,9 +201,6 @@ class Supervisor:
                 outcome = ("timeout", f"ended by its timeout of {spec.timeout:g} s")
                 self.system(f"timeout: {spec.timeout:g} s passed; stopping the command")
                 self._terminate(child)
-            if time.monotonic() >= next_upload:
-                self._upload_outputs(final=False)
-                next_upload = time.monotonic() + spec.outputs_interval
             time.sleep(0.05)
         for reader in readers:
             reader.join(timeout=5)
@@ -266,28 +267,12 @@ class Supervisor:
         if values:
             self.writer.queue.extend((values, records.UNNUMBERED, now, step))
 
-    def _upload_outputs(self, final: bool) -> None:
-        outputs = self.work / OUTPUTS
-        if not outputs.is_dir():
-            return
-        staged = self.writer.directory / staging.FILES_DIR
-        count = 0
-        for path in sorted(outputs.rglob("*")):
-            if not path.is_file() or path.is_symlink():
-                continue
-            st = path.stat()
-            rel = f"{OUTPUTS}/{path.relative_to(outputs).as_posix()}"
-            if self.uploaded.get(rel) == (st.st_size, st.st_mtime_ns):
-                continue
-            try:
-                sha, size = staging.stage_file(staged, path)
-            except OSError:
-                continue  # removed while we looked: the next pass sees the new state
-            self.emit(records.ARTIFACT, rel, size, sha, f"sha256:{sha}")
-            self.uploaded[rel] = (st.st_size, st.st_mtime_ns)
-            count += 1
-        if count:
-            self.system(f"uploaded {count} file(s) from outputs/" + (" (final)" if final else ""))
+    def _record_output(self, path: str, size: int, sha: str) -> None:
+        self.emit(records.ARTIFACT, path, size, sha, f"sha256:{sha}")
+
+    def _written_by_command(self) -> set[str]:
+        child = self.child
+        return written_by(child.pid) if child is not None and child.poll() is None else set()
 
 
 def _parent_death_guard() -> list[str]:
