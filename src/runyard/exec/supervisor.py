@@ -189,8 +189,7 @@ class Supervisor:
             sampler = Sampler(spec.system_interval, self.writer.queue.extend, child.pid)
             sampler.start()
         deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
-        if spec.outputs_interval > 0:
-            self.outputs.start(spec.outputs_interval)
+        self.outputs.start(max(spec.outputs_interval, 0.05))
         outcome: tuple[str, str | None] | None = None
         # Nothing in this loop may take long: a stop or a timeout is acted on within 50 ms.
         while child.poll() is None:
