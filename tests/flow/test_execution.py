@@ -497,3 +497,65 @@ def test_a_checkpoint_written_over_two_seconds_is_stored_once_and_whole(
                 if f.read(1 << 20) == expected[: 1 << 20]:
                     copies.append(str(path.relative_to(home)))
     assert copies == [f"artifacts/objects/{sha[:2]}/{sha[2:]}"]
+
+
+def test_each_run_sees_the_environment_of_the_shell_that_submitted_it(
+        project: Path, env: dict[str, str], tmp_path: Path) -> None:
+    shells = {}
+    for name in ("agent", "a", "b"):
+        venv = tmp_path / f"venv-{name}"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+        shells[name] = {**env, "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}", "VIRTUAL_ENV": str(venv)}
+    # The first submission starts the agent: its shell has a variable no run may see.
+    shells["agent"]["ONLY_IN_THE_AGENTS_SHELL"] = "leaked"
+    blocker = launch(shells["agent"], project, "--", "python", "-c", "import time; time.sleep(60)")
+    wait_status(env, project, blocker, {"running"}, 30)
+    (project / "probe.py").write_text(
+        "import json, os, sys\n"
+        "print(json.dumps({'python': sys.executable, 'env': dict(os.environ)}))\n"
+    )
+    a = launch(shells["a"], project, "--env", "GREETING=hello from a", "--", "python", "probe.py")
+    b = launch(shells["b"], project, "--env", "GREETING=hello from b", "--", "python", "probe.py")
+    seen = {}
+    for name, number in (("a", a), ("b", b)):
+        assert wait_status(env, project, number, TERMINAL) == "finished"
+        seen[name] = json.loads(next(text for stream, text in log_of(env, project, number)
+                                     if stream == "stdout" and text.startswith("{")))
+    cli(env, project, "stop", str(blocker))
+    for name in ("a", "b"):
+        venv = shells[name]["VIRTUAL_ENV"]
+        assert seen[name]["python"] == f"{venv}/bin/python", f"run {name} ran {seen[name]['python']}"
+        run_env = seen[name]["env"]
+        assert run_env["PATH"] == shells[name]["PATH"] and run_env["VIRTUAL_ENV"] == venv
+        assert run_env["GREETING"] == f"hello from {name}"
+        assert "ONLY_IN_THE_AGENTS_SHELL" not in run_env
+        assert "RUNYARD_SLOTS" not in run_env  # the agent's own settings stay the agent's
+    shown = cli(env, project, "show", str(a)).stdout
+    assert f"    VIRTUAL_ENV={shells['a']['VIRTUAL_ENV']}" in shown and "    GREETING=hello from a" in shown
+    launch_json = json.loads(cli(env, project, "show", str(a), "--json").stdout)["launch"]
+    assert launch_json["environment"]["PATH"] == shells["a"]["PATH"]
+
+
+def test_a_param_reaches_the_command_in_the_variable_run_help_names(project: Path, env: dict[str, str]) -> None:
+    import re
+
+    text = " ".join(cli(env, project, "run", "--help").stdout.split())
+    example = re.search(r"--param (\w+)=(\S+) sets (RUNYARD_PARAM_\w+)", text)
+    assert example, f"`runyard run --help` shows no --param example naming its variable: {text}"
+    key, value, variable = example.groups()
+    (project / "train.py").write_text(f"import os\nprint('value:', os.environ.get({variable!r}))\n"
+                                      "print('token:', os.environ.get('HF_TOKEN'))\n")
+    # `--env NAME` passes this shell's value, as docker run -e NAME does.
+    number = launch({**env, "HF_TOKEN": "hf_123"}, project, "--param", f"{key}={value}", "--env", "HF_TOKEN",
+                    "--", "python", "train.py")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    assert ("stdout", f"value: {value}") in log_of(env, project, number)
+    assert ("stdout", "token: hf_123") in log_of(env, project, number)
+    unset = cli(env, project, "run", "--env", "NOT_SET_ANYWHERE_42", "--", "true", check=False)
+    assert unset.returncode == 2 and "NOT_SET_ANYWHERE_42" in unset.stderr
+    missing = launch({**env, "PATH": "/usr/bin:/bin"}, project, "--", "no-such-program-42")
+    assert wait_status(env, project, missing, TERMINAL) == "failed"
+    api = api_of(env, project)
+    message = api.run(missing).status_message or ""
+    api.close()
+    assert "'no-such-program-42' is not on the PATH of the shell that submitted the run (/usr/bin:/bin)" in message

@@ -3,7 +3,8 @@
     python -m runyard.exec.supervisor RUN_DIR/launch.json
 
 It materialises the code snapshot into the run's own directory, builds or reuses the package
-environment, copies the mounts in read-only, then starts the command in its own process group with
+environment, copies the mounts in read-only, then starts the command in its own process group, in the
+environment recorded from the shell that submitted it (``runyard.exec.environment``) with
 ``RUNYARD_RUN_ID`` set (so ``runyard.init()`` attaches), and from then on: captures stdout and
 stderr line by line (as the SDK's tee does: ``runyard.sdk.lines``), turns stdout lines that are
 JSON objects of numbers into metrics, samples the hardware of the process tree, heartbeats,
@@ -24,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from runyard.exec.environment import command_environment, describe, inherited
 from runyard.exec.outputs import OUTPUTS, Outputs, written_by
 from runyard.exec.spec import LaunchSpec, run_directory
 from runyard.names import validate_metric_key
@@ -97,24 +100,40 @@ class Supervisor:
         (self.work / "runyard-params.json").write_text(json.dumps(spec.params, indent=1, sort_keys=True))
         for mount in spec.mounts:
             self._mount(mount, artifacts)
-        env = dict(os.environ)
-        for key in [k for k in env if k.startswith("RUNYARD_PARAM_")]:
-            del env[key]
-        env.update(spec.env)
-        env.update({f"RUNYARD_PARAM_{k}": v for k, v in spec.params.items()})
-        env.update({
+        environment = spec.environment
+        if environment is None:
+            environment = inherited(os.environ)
+            self.system("this run was queued by an older runyard, which did not record the submitting shell's "
+                        "environment: it runs with the agent's PATH")
+        env = command_environment(environment, spec.env, {
+            **{f"RUNYARD_PARAM_{k}": v for k, v in spec.params.items()},
             "RUNYARD_RUN_ID": spec.run_id, "RUNYARD_CAPTURED": "1", "RUNYARD_HOME": spec.home,
-            "RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts, "PYTHONUNBUFFERED": "1",
+            "RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts, "RUNYARD_FSYNC": spec.fsync,
+            "RUNYARD_SYSTEM_INTERVAL": f"{spec.system_interval:g}", "PYTHONUNBUFFERED": "1",
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus),
         })
         if spec.pip or spec.requirements:
             from runyard.exec.venvs import ensure_env
 
-            venv, _ = ensure_env(self.home, spec.pip, spec.requirements, spec.python, spec.site_packages,
-                                 self.system)
+            python, site_packages = self._base_python(env)
+            venv, _ = ensure_env(self.home, spec.pip, spec.requirements, python, site_packages, self.system)
             env["VIRTUAL_ENV"] = str(venv)
-            env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+            env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
         return env
+
+    def _base_python(self, env: dict[str, str]) -> tuple[str, list[str]]:
+        """The Python the command would find, and its site-packages: a --pip environment is built
+        with it and layered over it, so the run keeps the packages of the submitter's environment."""
+        found = shutil.which("python3", path=env["PATH"]) or shutil.which("python", path=env["PATH"])
+        if found:
+            ask = "import json, sysconfig; p = sysconfig.get_paths(); print(json.dumps([p['purelib'], p['platlib']]))"
+            try:
+                answer = subprocess.run([found, "-c", ask], env=env, capture_output=True, text=True, timeout=60,
+                                        check=True, stdin=subprocess.DEVNULL)
+                return found, sorted(set(json.loads(answer.stdout)))
+            except (OSError, subprocess.SubprocessError, ValueError):
+                pass  # not a Python that answers: the one that submitted the run will do
+        return self.spec.python, list(self.spec.site_packages)
 
     def _mount(self, mount: Any, artifacts: Any) -> None:
         target = self.work / mount.target
@@ -169,8 +188,14 @@ class Supervisor:
     def _execute(self, env: dict[str, str]) -> tuple[str, int | None, str | None]:
         spec = self.spec
         argv = ["sh", "-c", spec.argv[0]] if spec.shell else list(spec.argv)
-        resolved = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
-        argv = [*_parent_death_guard(), resolved, *argv[1:]]
+        # Looked up on the run's PATH (the submitting shell's), not the supervisor's.
+        resolved = shutil.which(argv[0], path=env["PATH"])
+        if resolved is None and "/" not in argv[0]:
+            message = f"{argv[0]!r} is not on the PATH of the shell that submitted the run ({env['PATH']})"
+            self.system(f"could not start the command: {message}")
+            return "failed", None, f"could not start the command: {message}"
+        self.system(f"command: {shlex.join([resolved or argv[0], *argv[1:]])} ({describe(env)})")
+        argv = [*_parent_death_guard(), resolved or argv[0], *argv[1:]]
         try:
             child = subprocess.Popen(argv, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
