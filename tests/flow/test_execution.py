@@ -450,7 +450,9 @@ def uploading(pid: int) -> bool:
 def test_stop_and_timeout_reach_the_command_while_outputs_are_uploading(
         project: Path, env: dict[str, str]) -> None:
     (project / "train.py").write_text(UPLOADING)
-    timed = launch(env, project, "--timeout", "3s", "--", "python", "train.py")
+    # Storing 1 GiB takes seconds (hashing alone is bounded by the CPU), and starts once the files
+    # have settled, about a second in: the 2 s timeout falls while it goes on.
+    timed = launch(env, project, "--timeout", "2s", "--", "python", "train.py")
     stopped = launch(env, project, "--", "python", "train.py")
     pid = supervisor_pid(env, project, stopped)
     wait_for(lambda: uploading(pid), 30, f"run {stopped} to upload its outputs")
