@@ -92,7 +92,11 @@ def _env_options(texts: Sequence[str]) -> dict[str, str]:
         if "=" in text:
             key, value = options.key_value(text, "--env")
         else:
-            key, _ = options.key_value(f"{text}=", "--env")
+            try:
+                key, _ = options.key_value(f"{text}=", "--env")
+            except InvalidArgument:
+                raise InvalidArgument(f"--env {text!r}: expected KEY=VALUE, or KEY alone for this shell's value; "
+                                      "KEY made of letters, digits and _") from None
             if key not in os.environ:
                 raise InvalidArgument(f"--env {key}: {key} is not set in this shell; give its value with "
                                       f"--env {key}=VALUE")

@@ -3,13 +3,13 @@
     python -m runyard.exec.supervisor RUN_DIR/launch.json
 
 It materialises the code snapshot into the run's own directory, builds or reuses the package
-environment, copies the mounts in read-only, then starts the command in its own process group, in the
-environment recorded from the shell that submitted it (``runyard.exec.environment``) with
-``RUNYARD_RUN_ID`` set (so ``runyard.init()`` attaches), and from then on: captures stdout and
-stderr line by line (as the SDK's tee does: ``runyard.sdk.lines``), turns stdout lines that are
-JSON objects of numbers into metrics, samples the hardware of the process tree, heartbeats,
-enforces the timeout, stores ``outputs/`` from a thread of its own (``runyard.exec.outputs``) every
-few minutes and at the end, and records how the run ended. Every record goes to the run's spool;
+environment, copies the mounts in read-only, then starts the command in its own process group, in
+the environment recorded from the shell that submitted it (``runyard.exec.environment``) with
+``RUNYARD_RUN_ID`` set (so ``runyard.init()`` attaches). From then on it captures stdout and stderr
+line by line (as the SDK's tee does: ``runyard.sdk.lines``), turns stdout lines that are JSON
+objects of numbers into metrics, samples the hardware of the process tree, heartbeats, enforces the
+timeout, stores ``outputs/`` from a thread of its own (``runyard.exec.outputs``) every few minutes
+and at the end, and records how the run ended. Every record goes to the run's spool;
 output files go straight into the artifact store the code came from. The supervisor never talks
 to the database or the network.
 
@@ -191,7 +191,8 @@ class Supervisor:
         # Looked up on the run's PATH (the submitting shell's), not the supervisor's.
         resolved = shutil.which(argv[0], path=env["PATH"])
         if resolved is None and "/" not in argv[0]:
-            message = f"{argv[0]!r} is not on the PATH of the shell that submitted the run ({env['PATH']})"
+            message = (f"{argv[0]!r} is not on the run's PATH ({env['PATH']}): the PATH of the shell that "
+                       "submitted it, unless --env PATH=... gave another")
             self.system(f"could not start the command: {message}")
             return "failed", None, f"could not start the command: {message}"
         self.system(f"command: {shlex.join([resolved or argv[0], *argv[1:]])} ({describe(env)})")
