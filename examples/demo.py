@@ -8,6 +8,7 @@ server (`runyard ui`) so the run can be opened in the dashboard.
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,29 @@ def sparkline(values: list[float]) -> str:
     return "".join(BARS[int((v - lo) / (hi - lo or 1) * (len(BARS) - 1))] for v in values)
 
 
+def typed(program: str) -> str:
+    """How to type this installation's ``program`` in a new shell, where no virtual environment is
+    active: its bare name only when the PATH finds it without activation (a link in ~/.local/bin,
+    say), else its path, relative in the checkout where `make demo` runs (.venv/bin/runyard)."""
+    installed = Path(sys.executable).parent / program
+    found = shutil.which(program)
+    if found and Path(found).resolve() == installed.resolve() and Path(found).parent != installed.parent:
+        return program
+    try:
+        return str(installed.relative_to(Path.cwd()))
+    except ValueError:
+        return str(installed)
+
+
 def main() -> int:
+    runyard_cli = typed("runyard")
     launch = [sys.executable, "-m", "runyard.cli.main", "run", "--project", "demo", "--label", "demo", "-f",
               "--note", "A synthetic run launched by `make demo`.", "--", sys.executable, "examples/train.py"]
-    print("$ runyard run --project demo --label demo -f -- python examples/train.py", flush=True)
+    # The run uses the Python this shell would find; the demo names the one with runyard installed.
+    print(f"$ {runyard_cli} run --project demo --label demo -f -- {typed('python')} examples/train.py", flush=True)
     code = subprocess.call(launch, cwd=ROOT)
     if code != 0:
-        print(f"the demo run failed (exit code {code}); `runyard logs` shows why", file=sys.stderr)
+        print(f"the demo run failed (exit code {code}); `{runyard_cli} logs 1` shows why", file=sys.stderr)
         return code
     api = runyard.Api()
     run = api.runs(project="demo", limit=1)[0]
@@ -44,8 +61,10 @@ def main() -> int:
           f"max {env.max[peak]:.1f}, mean {env.mean[peak]:.3f}")
     print(f"  summary: {', '.join(f'{k} {v:.3f}' for k, v in sorted(run.summary.items()))}")
     print(f"  outputs: {', '.join(a.path for a in run.artifacts()) or 'none'}")
-    print(f"\nTry: runyard ps | runyard show {run.number} | runyard logs {run.number} | "
-          f"runyard cp {run.number}:outputs/model.json .")
+    r, n = runyard_cli, run.number
+    print(f"\nTry: {r} ps | {r} show {n} | {r} logs {n} | {r} cp {n}:outputs/model.json .")
+    if r != "runyard":
+        print("(after `source .venv/bin/activate` plain `runyard` works; README.md, \"Daily use\", has other ways)")
     api.close()
     # `runyard ui` starts the local server when none answers, and prints its address.
     ui = subprocess.run([sys.executable, "-m", "runyard.cli.main", "ui", "--no-browser"], cwd=ROOT,
@@ -53,7 +72,7 @@ def main() -> int:
     if ui.returncode == 0:
         base = ui.stdout.strip().splitlines()[-1]
         print(f"\nThe dashboard: {base}/runs/{run.number} (the local server keeps running; "
-              "`runyard ui` prints this address again)")
+              f"`{runyard_cli} ui` prints this address again)")
     else:
         print(f"the local server did not start: {ui.stderr.strip()}", file=sys.stderr)
     return 0

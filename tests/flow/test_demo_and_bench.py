@@ -25,15 +25,30 @@ def _stop_servers_of(home: Path) -> None:
 
 
 def test_the_demo_launches_a_run_and_reads_it_back_in_a_fresh_home(tmp_path: Path) -> None:
+    # A fresh shell: no virtual environment active, so `runyard` is not on its PATH.
     env = {"RUNYARD_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "RUNYARD_SYSTEM_INTERVAL": "1"}
     try:
-        out = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], env=env, capture_output=True,
-                             text=True, timeout=300, check=True).stdout
+        # `make demo` runs it from the repository's root, where the newcomer typed `make demo`.
+        out = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=300, check=True).stdout
     finally:
         _stop_servers_of(tmp_path / "home")
     assert "step 0: loss" in out and "done: spike at step 13337" in out  # followed live
     assert "is kept: max 9.0" in out and "run 1: finished" in out
     assert "outputs: code/uncommitted.diff" in out or "outputs/model.json" in out
+
+    # Every hint works as printed, typed into a new shell in the same directory.
+    hints = next(line for line in out.splitlines() if line.startswith("Try: ")).removeprefix("Try: ").split(" | ")
+    copied = ROOT / "model.json"
+    assert not copied.exists()
+    try:
+        for hint in hints:
+            result = subprocess.run(["sh", "-c", hint], env=env, cwd=ROOT, capture_output=True, text=True,
+                                    timeout=60)
+            assert result.returncode == 0, (hint, result.stdout, result.stderr)
+        assert json.loads(copied.read_text())
+    finally:
+        copied.unlink(missing_ok=True)
 
     from runyard.config import resolve
     from runyard.store.home import open_store

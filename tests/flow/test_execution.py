@@ -345,3 +345,219 @@ def test_ls_ps_label_note_and_follow(project: Path, env: dict[str, str]) -> None
     shell = launch(env, project, "echo one; echo two")
     assert wait_status(env, project, shell, TERMINAL) == "finished"
     assert cli(env, project, "logs", str(shell)).stdout.split("\n")[-3:-1] == ["one", "two"]
+
+
+# -- line capture, outputs, the run's environment (issue 12, items 9-11) ---------------------------
+
+def run_directory_of(env: dict[str, str], cwd: Path, number: int) -> Path:
+    api = api_of(env, cwd)
+    try:
+        run_id = api.run(number).id
+    finally:
+        api.close()
+    return resolve(environ=env, cwd=cwd).home / "runs" / run_id
+
+
+def supervisor_pid(env: dict[str, str], cwd: Path, number: int) -> int:
+    pid_file = run_directory_of(env, cwd, number) / "supervisor.pid"
+    wait_for(pid_file.exists, 30, f"run {number}'s supervisor to start")
+    return int(pid_file.read_text())
+
+
+def log_of(env: dict[str, str], cwd: Path, number: int) -> list[tuple[str, str]]:
+    api = api_of(env, cwd)
+    try:
+        return [(line.stream, line.text) for line in api.run(number).logs(limit=100_000)]
+    finally:
+        api.close()
+
+
+def test_a_progress_bar_is_logged_as_its_final_state_and_a_huge_line_is_cut_without_being_held(
+        project: Path, env: dict[str, str]) -> None:
+    from runyard.sdk.tee import MAX_LINE
+
+    huge = 256 << 20
+    (project / "train.py").write_text(
+        "import os, sys, time\n"
+        "for i in range(2001):  # a tqdm-like bar: one line, redrawn 2,001 times\n"
+        "    sys.stdout.write(f'\\repoch 1: {i * 100 // 2000:3d}%|{\"#\" * (i // 100):<20}| {i}/2000')\n"
+        "    sys.stdout.flush()\n"
+        "print()\n"
+        "print('after the bar', flush=True)\n"
+        f"sys.stderr.write('x' * {huge})  # one line of 256 MiB, its newline still to come\n"
+        "sys.stderr.flush()\n"
+        "open('written', 'w').close()\n"
+        "while not os.path.exists('release'):\n"
+        "    time.sleep(0.05)\n"
+        "sys.stderr.write('\\n')\n"
+        "print('done', flush=True)\n"
+    )
+    number = launch(env, project, "--", "python", "train.py")
+    pid = supervisor_pid(env, project, number)
+    work = run_directory_of(env, project, number) / "work"
+    wait_for((work / "written").exists, 60, "the script to write its huge line")
+    # Peak memory of the supervisor once the script's 256 MiB went through its pipe.
+    status_lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    peak = int(next(line for line in status_lines if line.startswith("VmHWM:")).split()[1]) * 1024
+    try:
+        wait_for(lambda: ("stdout", "after the bar") in log_of(env, project, number), 30, "the bar to be logged")
+        bar = [text for stream, text in log_of(env, project, number) if stream == "stdout" and "epoch 1" in text]
+        problems = []
+        if bar != ["epoch 1: 100%|####################| 2000/2000"]:
+            problems.append(f"the bar was logged as {len(bar)} line(s) of {[len(t) for t in bar]} characters, "
+                            f"starting {bar[0][:60]!r}" if bar else "the bar was not logged")
+        if peak >= 128 << 20:
+            problems.append(f"the supervisor held {peak / 2**20:.0f} MiB for a 256 MiB line")
+        assert not problems, problems
+    finally:
+        (work / "release").write_text("")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    lines = log_of(env, project, number)
+    assert ("stdout", "done") in lines
+    cut = [text for stream, text in lines if stream == "stderr"]
+    assert len(cut) == 1 and cut[0].startswith("x" * MAX_LINE) and len(cut[0]) < MAX_LINE + 100
+    assert f"{huge - MAX_LINE:,}" in cut[0]  # says how much of the line was not kept
+    assert max(len(text) for _, text in lines) < MAX_LINE + 100
+
+
+UPLOADING = (
+    "import os, signal, sys, time\n"
+    "def stop(*_):\n"
+    "    print('got SIGTERM', flush=True)\n"
+    "    sys.exit(143)\n"
+    "signal.signal(signal.SIGTERM, stop)\n"
+    "os.makedirs('outputs', exist_ok=True)\n"
+    "for i in range(4):  # 1 GiB in an instant (sparse files), seconds of uploading\n"
+    "    with open(f'outputs/part-{i}.bin', 'wb') as f:\n"
+    "        f.write(bytes([i]))\n"
+    "        f.truncate(256 << 20)\n"
+    "print('written', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def uploading(pid: int) -> bool:
+    """Whether the supervisor has a file of the run's outputs/ open (it is uploading it)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if "/work/outputs/" in os.readlink(fd):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_stop_and_timeout_reach_the_command_while_outputs_are_uploading(
+        project: Path, env: dict[str, str]) -> None:
+    (project / "train.py").write_text(UPLOADING)
+    # Storing 1 GiB takes seconds (hashing alone is bounded by the CPU), and starts once the files
+    # have settled, about a second in: the 2 s timeout falls while it goes on.
+    timed = launch(env, project, "--timeout", "2s", "--", "python", "train.py")
+    stopped = launch(env, project, "--", "python", "train.py")
+    pid = supervisor_pid(env, project, stopped)
+    wait_for(lambda: uploading(pid), 30, f"run {stopped} to upload its outputs")
+    cli(env, project, "stop", str(stopped))
+    for number, wanted in ((timed, "timeout"), (stopped, "stopped")):
+        assert wait_status(env, project, number, TERMINAL, 60) == wanted
+        lines = log_of(env, project, number)
+        got = lines.index(("stdout", "got SIGTERM"))
+        upload = next(i for i, (stream, text) in enumerate(lines) if stream == "system" and text.startswith("uploaded"))
+        assert got < upload, f"run {number}: the command got SIGTERM only after an upload ended: {lines}"
+        api = api_of(env, project)
+        kept = sorted(a.path for a in api.run(number).artifacts())
+        api.close()
+        assert kept == [f"outputs/part-{i}.bin" for i in range(4)]  # stopping lost no output
+
+
+def test_a_checkpoint_written_over_two_seconds_is_stored_once_and_whole(
+        project: Path, env: dict[str, str], tmp_path: Path) -> None:
+    import hashlib
+
+    (project / "train.py").write_text(
+        "import os, time\n"
+        "os.makedirs('outputs', exist_ok=True)\n"
+        "with open('outputs/ckpt.bin', 'wb') as f:  # written a MiB at a time, as a checkpoint is\n"
+        "    for i in range(40):\n"
+        "        f.write(bytes([i]) * (1 << 20))\n"
+        "        f.flush()\n"
+        "        time.sleep(0.05)\n"
+        "time.sleep(2)\n"
+    )
+    expected = b"".join(bytes([i]) * (1 << 20) for i in range(40))
+    sha = hashlib.sha256(expected).hexdigest()
+    number = launch(env, project, "--", "python", "train.py")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    copied = tmp_path / "ckpt.bin"
+    cli(env, project, "cp", f"{number}:outputs/ckpt.bin", str(copied))
+    assert copied.read_bytes() == expected
+    home = resolve(environ=env, cwd=project).home
+    work = run_directory_of(env, project, number) / "work"
+    copies = []  # every file in the home, but the script's own, holding the checkpoint or a piece of it
+    for path in home.rglob("*"):
+        if path.is_file() and not path.is_relative_to(work) and path.stat().st_size >= 1 << 20:
+            with path.open("rb") as f:
+                if f.read(1 << 20) == expected[: 1 << 20]:
+                    copies.append(str(path.relative_to(home)))
+    assert copies == [f"artifacts/objects/{sha[:2]}/{sha[2:]}"]
+
+
+def test_each_run_sees_the_environment_of_the_shell_that_submitted_it(
+        project: Path, env: dict[str, str], tmp_path: Path) -> None:
+    shells = {}
+    for name in ("agent", "a", "b"):
+        venv = tmp_path / f"venv-{name}"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+        shells[name] = {**env, "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}", "VIRTUAL_ENV": str(venv)}
+    # The first submission starts the agent: its shell has a variable no run may see.
+    shells["agent"]["ONLY_IN_THE_AGENTS_SHELL"] = "leaked"
+    blocker = launch(shells["agent"], project, "--", "python", "-c", "import time; time.sleep(60)")
+    wait_status(env, project, blocker, {"running"}, 30)
+    (project / "probe.py").write_text(
+        "import json, os, sys\n"
+        "print(json.dumps({'python': sys.executable, 'env': dict(os.environ)}))\n"
+    )
+    a = launch(shells["a"], project, "--env", "GREETING=hello from a", "--", "python", "probe.py")
+    b = launch(shells["b"], project, "--env", "GREETING=hello from b", "--", "python", "probe.py")
+    seen = {}
+    for name, number in (("a", a), ("b", b)):
+        assert wait_status(env, project, number, TERMINAL) == "finished"
+        seen[name] = json.loads(next(text for stream, text in log_of(env, project, number)
+                                     if stream == "stdout" and text.startswith("{")))
+    cli(env, project, "stop", str(blocker))
+    for name in ("a", "b"):
+        venv = shells[name]["VIRTUAL_ENV"]
+        assert seen[name]["python"] == f"{venv}/bin/python", f"run {name} ran {seen[name]['python']}"
+        run_env = seen[name]["env"]
+        assert run_env["PATH"] == shells[name]["PATH"] and run_env["VIRTUAL_ENV"] == venv
+        assert run_env["GREETING"] == f"hello from {name}"
+        assert "ONLY_IN_THE_AGENTS_SHELL" not in run_env
+        assert "RUNYARD_SLOTS" not in run_env  # the agent's own settings stay the agent's
+    shown = cli(env, project, "show", str(a)).stdout
+    assert f"    VIRTUAL_ENV={shells['a']['VIRTUAL_ENV']}" in shown and "    GREETING=hello from a" in shown
+    launch_json = json.loads(cli(env, project, "show", str(a), "--json").stdout)["launch"]
+    assert launch_json["environment"]["PATH"] == shells["a"]["PATH"]
+
+
+def test_a_param_reaches_the_command_in_the_variable_run_help_names(project: Path, env: dict[str, str]) -> None:
+    import re
+
+    text = " ".join(cli(env, project, "run", "--help").stdout.split())
+    example = re.search(r"--param (\w+)=(\S+) sets (RUNYARD_PARAM_\w+)", text)
+    assert example, f"`runyard run --help` shows no --param example naming its variable: {text}"
+    key, value, variable = example.groups()
+    (project / "train.py").write_text(f"import os\nprint('value:', os.environ.get({variable!r}))\n"
+                                      "print('token:', os.environ.get('HF_TOKEN'))\n")
+    # `--env NAME` passes this shell's value, as docker run -e NAME does.
+    number = launch({**env, "HF_TOKEN": "hf_123"}, project, "--param", f"{key}={value}", "--env", "HF_TOKEN",
+                    "--", "python", "train.py")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    assert ("stdout", f"value: {value}") in log_of(env, project, number)
+    assert ("stdout", "token: hf_123") in log_of(env, project, number)
+    unset = cli(env, project, "run", "--env", "NOT_SET_ANYWHERE_42", "--", "true", check=False)
+    assert unset.returncode == 2 and "NOT_SET_ANYWHERE_42" in unset.stderr
+    missing = launch({**env, "PATH": "/usr/bin:/bin"}, project, "--", "no-such-program-42")
+    assert wait_status(env, project, missing, TERMINAL) == "failed"
+    api = api_of(env, project)
+    message = api.run(missing).status_message or ""
+    api.close()
+    assert "'no-such-program-42' is not on the run's PATH (/usr/bin:/bin): the PATH of the shell that" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import socket
 import subprocess
@@ -313,7 +314,7 @@ def test_runyard_run_through_a_server_runs_the_submitted_code_there(live_server:
             print(json.dumps({"step": step, "loss": 1.0 / (step + 1)}), flush=True)
         sys.exit(3)
     """))
-    env = client_env(tmp_path / "laptop", live_server.url)
+    env = {**client_env(tmp_path / "laptop", live_server.url), "VIRTUAL_ENV": "/only/on/the/laptop"}
     follow = subprocess.run([sys.executable, "-m", "runyard.cli.main", "run", "-f", "--name", "remote-launch",
                              "--param", "lr=0.5", "--", "python", "train.py"], env=env, cwd=project,
                             capture_output=True, text=True, timeout=180)
@@ -322,6 +323,9 @@ def test_runyard_run_through_a_server_runs_the_submitted_code_there(live_server:
     (project / "train.py").write_text("raise SystemExit('edited after submission')\n")
     run = httpx.get(f"{live_server.url}/api/v1/runs/remote-launch").json()
     assert run["status"] == "failed" and run["exit_code"] == 3 and run["config"] == {"lr": 0.5}
+    # It ran in the server's environment: the laptop's paths mean nothing on the server's machine.
+    assert run["launch"]["environment"]["PATH"] == os.environ["PATH"]
+    assert run["launch"]["environment"].get("VIRTUAL_ENV") != "/only/on/the/laptop"
     assert steps_of(live_server.url, "remote-launch", "loss") == [0, 1, 2, 3, 4]
     again = subprocess.run([sys.executable, "-m", "runyard.cli.main", "run", "--json", "--", "python", "train.py"],
                            env=env, cwd=project, capture_output=True, text=True, timeout=60)

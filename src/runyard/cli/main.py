@@ -125,12 +125,14 @@ class RunCommand(click.Command):
 @click.option("--label", "labels", multiple=True, metavar="LABEL", help="A label (repeatable).")
 @click.option("--note", default="", help="Notes for the run, in Markdown.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="A parameter: in the run's config, in $RUNYARD_PARAM_KEY and in runyard-params.json.")
+              help="A parameter (repeatable): in the run's config, in runyard-params.json and in the variable "
+                   "RUNYARD_PARAM_<KEY>, KEY as written.")
 @click.option("--pip", "pip", multiple=True, metavar="SPEC", help="A package to install for the run (repeatable).")
 @click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path), help="A requirements file.")
 @click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET",
               help="Copy a local path, or another run's artifact (RUN:PATH), read-only into the run directory.")
-@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="An environment variable for the command.")
+@click.option("--env", "env", multiple=True, metavar="KEY[=VALUE]",
+              help="An environment variable for the command (repeatable); KEY alone passes this shell's value.")
 @click.option("--gpus", type=int, help="GPUs the run needs.")
 @click.option("--cpus", type=int, help="CPU cores the run needs.")
 @click.option("--memory", metavar="SIZE", help="Memory the run needs, e.g. 16G.")
@@ -152,6 +154,21 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None
     all files minus .runyardignore), so editing files afterwards does not change the run. Runs wait
     in a queue until a slot is free (`slots` setting). Print JSON lines of numbers to get metrics
     without the SDK; files written under outputs/ are kept and `runyard cp` brings them back.
+
+    \b
+    The command's environment (recorded with the run: `runyard show RUN`):
+      from this shell   PATH, VIRTUAL_ENV, CONDA_PREFIX, CONDA_DEFAULT_ENV, PYENV_VERSION,
+                        PYENV_ROOT, LD_LIBRARY_PATH, HOME, USER, LOGNAME, TMPDIR, LANG,
+                        LANGUAGE, TZ and LC_*: so `python` is the one this shell would run
+      then --env        KEY=VALUE, or KEY for this shell's value of KEY
+      then runyard's    RUNYARD_RUN_ID, RUNYARD_HOME, RUNYARD_DB, RUNYARD_ARTIFACTS,
+                        RUNYARD_CAPTURED, RUNYARD_FSYNC, RUNYARD_SYSTEM_INTERVAL,
+                        PYTHONUNBUFFERED=1, CUDA_VISIBLE_DEVICES, and RUNYARD_PARAM_<KEY>
+                        per --param: --param lr=0.1 sets RUNYARD_PARAM_lr=0.1
+
+    Nothing else of this shell, and nothing of runyard's background agent, reaches the command.
+    A rerun keeps its parent's environment. Through a server (RUNYARD_SERVER) the run gets the
+    environment `runyard server` was started with, on the server's machine.
     """
     from runyard.cli import runs as impl
 

@@ -53,7 +53,10 @@ def _number(value: float | None) -> str:
 # -- run ------------------------------------------------------------------------------------------
 
 def run(command: list[str], argv_form: bool, **o: Any) -> int:
+    import os
+
     from runyard.exec import options
+    from runyard.exec.environment import inherited
     from runyard.exec.submit import Submission, submit
 
     settings = resolve()
@@ -61,12 +64,11 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
     if settings.server:
         return _run_on_server(settings, command, shell, o)
     params = dict(options.key_value(p, "--param") for p in o["params"])
-    env = dict(options.key_value(e, "--env") for e in o["env"])
     sub = Submission(
         command=command, shell=shell, cwd=Path.cwd(), project=o["project"], name=o["name"], labels=o["labels"],
-        note=o["note"], params=params, pip=o["pip"], requirements=o["requirements"], mounts=o["mounts"], env=env,
-        gpus=o["gpus"], cpus=o["cpus"], memory=o["memory"], timeout=o["timeout"], priority=o["priority"],
-        machine=o["machine"],
+        note=o["note"], params=params, pip=o["pip"], requirements=o["requirements"], mounts=o["mounts"],
+        env=_env_options(o["env"]), environment=inherited(os.environ), gpus=o["gpus"], cpus=o["cpus"],
+        memory=o["memory"], timeout=o["timeout"], priority=o["priority"], machine=o["machine"],
     )
     done = submit(settings, sub)
     if o["as_json"]:
@@ -77,6 +79,30 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
     if o["follow"]:
         return _follow(settings, str(done.number))
     return 0
+
+
+def _env_options(texts: Sequence[str]) -> dict[str, str]:
+    """``--env KEY=VALUE``, or ``--env KEY`` for this shell's value of KEY (as ``docker run -e KEY``)."""
+    import os
+
+    from runyard.exec import options
+
+    env = {}
+    for text in texts:
+        if "=" in text:
+            key, value = options.key_value(text, "--env")
+        else:
+            try:
+                key, _ = options.key_value(f"{text}=", "--env")
+            except InvalidArgument:
+                raise InvalidArgument(f"--env {text!r}: expected KEY=VALUE, or KEY alone for this shell's value; "
+                                      "KEY made of letters, digits and _") from None
+            if key not in os.environ:
+                raise InvalidArgument(f"--env {key}: {key} is not set in this shell; give its value with "
+                                      f"--env {key}=VALUE")
+            value = os.environ[key]
+        env[key] = value
+    return env
 
 
 def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any]) -> int:
@@ -118,7 +144,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
             "name": o["name"], "labels": list(o["labels"]), "note": o["note"] or "",
             "params": dict(options.key_value(p, "--param") for p in o["params"]), "pip": list(o["pip"]),
             "requirements": requirements, "mounts": list(o["mounts"]),
-            "env": dict(options.key_value(e, "--env") for e in o["env"]), "gpus": o["gpus"], "cpus": o["cpus"],
+            "env": _env_options(o["env"]), "gpus": o["gpus"], "cpus": o["cpus"],
             "memory": o["memory"], "timeout": o["timeout"], "priority": o["priority"], "machine": o["machine"],
         }
         queued = client.request("POST", "/runs", json=body).json()
@@ -271,6 +297,7 @@ def show(ref: str, as_json: bool) -> int:
         if r.config:
             lines.append("  params")
             lines += [f"    {k} = {v}" for k, v in sorted(r.config.items())]
+        lines += _launch_environment(r.launch)
         if r.summary:
             lines.append("  summary")
             lines += [f"    {k} = {v}" for k, v in sorted(r.summary.items())]
@@ -289,6 +316,23 @@ def show(ref: str, as_json: bool) -> int:
         return 0
     finally:
         api.close()
+
+
+def _launch_environment(launch: dict[str, Any] | None) -> list[str]:
+    """What a launched run inherited from the shell that submitted it, and its --env."""
+    from runyard.exec.environment import describe
+
+    if not launch:
+        return []
+    lines = []
+    environment = launch.get("environment")
+    if environment is not None:
+        lines.append(f"  inherits   from the shell that launched it ({describe(environment)})")
+        lines += [f"    {k}={v}" for k, v in sorted(environment.items())]
+    if launch.get("env"):
+        lines.append("  --env")
+        lines += [f"    {k}={v}" for k, v in sorted(launch["env"].items())]
+    return lines
 
 
 # -- logs -----------------------------------------------------------------------------------------

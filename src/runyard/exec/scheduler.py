@@ -120,6 +120,7 @@ class Scheduler:
             shell=bool(launch.get("shell")), snapshot_id=run.snapshot_id or "", home=str(settings.home),
             db=settings.db, artifacts=str(settings.artifacts), env=dict(launch.get("env") or {}),
             params={k: str(v) for k, v in (launch.get("params") or {}).items()},
+            environment=dict(launch["environment"]) if launch.get("environment") is not None else None,
             pip=list(launch.get("pip") or []), requirements=launch.get("requirements"),
             site_packages=list(launch.get("site_packages") or []), python=launch.get("python") or "python3",
             mounts=[Mount(**{**m, "files": [tuple(f) for f in m.get("files", [])]}) for m in launch.get("mounts", [])],

@@ -35,8 +35,12 @@ class LaunchSpec:
     home: str
     db: str
     artifacts: str
+    #: ``--env``: set over ``environment``.
     env: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
+    #: What the run inherits from the shell that submitted it (``runyard.exec.environment``);
+    #: None for a run queued by a runyard that did not record it.
+    environment: dict[str, str] | None = None
     pip: list[str] = field(default_factory=list)
     requirements: str | None = None
     #: Site-packages of the environment that submitted the run: a --pip environment layers over it.

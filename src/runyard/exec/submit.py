@@ -6,6 +6,7 @@ the standard library (``store/lite.py``) so that the command returns in a fracti
 
 from __future__ import annotations
 
+import os
 import sys
 import sysconfig
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any
 from runyard.config import Settings
 from runyard.errors import InvalidArgument, NotFound
 from runyard.exec import options
+from runyard.exec.environment import inherited
 from runyard.exec.spec import Mount
 from runyard.names import validate_label, validate_run_name
 from runyard.store.newrun import NewRun
@@ -36,6 +38,8 @@ class Submission:
     requirements: Path | None = None
     mounts: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
+    #: What the run inherits (``runyard.exec.environment.inherited``); None: this process's.
+    environment: dict[str, str] | None = None
     gpus: int | None = None
     cpus: int | None = None
     memory: str | None = None
@@ -99,6 +103,7 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
         "pip": [options.pip_spec(p) for p in sub.pip], "requirements": requirements,
         "site_packages": sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}),
         "python": sys.executable, "mounts": mounts, "timeout": timeout,
+        "environment": sub.environment if sub.environment is not None else inherited(os.environ),
     }
     config = {key: options.param_value(value) for key, value in sub.params.items()}
     return launch, resources, config
@@ -145,6 +150,8 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     if sub.launch is not None:
         launch = dict(sub.launch)
         launch["params"] = {**launch.get("params", {}), **sub.params}
+        if launch.get("environment") is None:  # a parent queued before runs recorded it: the rerunner's
+            launch["environment"] = sub.environment if sub.environment is not None else inherited(os.environ)
         resources: dict[str, Any] = dict(sub.resources or {})
         config = {key: options.param_value(value) for key, value in launch["params"].items()}
     else:

@@ -3,12 +3,15 @@
     python -m runyard.exec.supervisor RUN_DIR/launch.json
 
 It materialises the code snapshot into the run's own directory, builds or reuses the package
-environment, copies the mounts in read-only, then starts the command in its own process group with
-``RUNYARD_RUN_ID`` set (so ``runyard.init()`` attaches), and from then on: captures stdout and
-stderr line by line, turns stdout lines that are JSON objects of numbers into metrics, samples
-the hardware of the process tree, heartbeats, enforces the timeout, uploads ``outputs/`` every few
-minutes and at the end, and records how the run ended. Everything goes to the run's spool; the
-supervisor never talks to the database or the network.
+environment, copies the mounts in read-only, then starts the command in its own process group, in
+the environment recorded from the shell that submitted it (``runyard.exec.environment``) with
+``RUNYARD_RUN_ID`` set (so ``runyard.init()`` attaches). From then on it captures stdout and stderr
+line by line (as the SDK's tee does: ``runyard.sdk.lines``), turns stdout lines that are JSON
+objects of numbers into metrics, samples the hardware of the process tree, heartbeats, enforces the
+timeout, stores ``outputs/`` from a thread of its own (``runyard.exec.outputs``) every few minutes
+and at the end, and records how the run ended. Every record goes to the run's spool;
+output files go straight into the artifact store the code came from. The supervisor never talks
+to the database or the network.
 
 SIGTERM (``runyard stop``) is passed to the command's process group, followed by SIGKILL after a
 grace period. If the supervisor itself is killed, the command dies with it (parent-death signal)
@@ -22,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -33,16 +37,18 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from runyard.exec.environment import command_environment, describe, inherited
+from runyard.exec.outputs import OUTPUTS, Outputs, written_by
 from runyard.exec.spec import LaunchSpec, run_directory
 from runyard.names import validate_metric_key
-from runyard.sdk import staging
+from runyard.sdk.lines import Lines, pump
 from runyard.sdk.writer import Writer
 from runyard.spool import records
 from runyard.spool.rundir import TARGET_FILE, run_dir, target_key_of
+from runyard.store.artifacts import DiskArtifacts
 
 WORK = "work"
 PID_FILE = "supervisor.pid"
-OUTPUTS = "outputs"
 
 
 class Supervisor:
@@ -55,9 +61,11 @@ class Supervisor:
         spool.mkdir(parents=True, exist_ok=True)
         (spool / TARGET_FILE).write_text(target_key_of(spec.db, spec.artifacts))
         self.writer = Writer(spool, spec.run_id, f"sup{os.getpid()}", fsync=spec.fsync)
+        self.artifacts = DiskArtifacts(Path(spec.artifacts))
+        self.outputs = Outputs(self.work / OUTPUTS, self.artifacts, self._record_output, self.system,
+                               self._written_by_command)
         self.stop_requested = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
-        self.uploaded: dict[str, tuple[int, int]] = {}
         self._json_step = 0
 
     # -- records ----------------------------------------------------------------------------------
@@ -81,10 +89,9 @@ class Supervisor:
     def prepare(self) -> dict[str, str]:
         """Materialise code and mounts, build the environment; returns the command's environment."""
         from runyard.exec.snapshot import materialise
-        from runyard.store.artifacts import DiskArtifacts
 
         spec = self.spec
-        artifacts = DiskArtifacts(Path(spec.artifacts))
+        artifacts = self.artifacts
         if self.work.exists():  # a previous attempt: mounts in it are read-only
             _remove_tree(self.work)
         self.work.mkdir(parents=True)
@@ -93,24 +100,40 @@ class Supervisor:
         (self.work / "runyard-params.json").write_text(json.dumps(spec.params, indent=1, sort_keys=True))
         for mount in spec.mounts:
             self._mount(mount, artifacts)
-        env = dict(os.environ)
-        for key in [k for k in env if k.startswith("RUNYARD_PARAM_")]:
-            del env[key]
-        env.update(spec.env)
-        env.update({f"RUNYARD_PARAM_{k}": v for k, v in spec.params.items()})
-        env.update({
+        environment = spec.environment
+        if environment is None:
+            environment = inherited(os.environ)
+            self.system("this run was queued by an older runyard, which did not record the submitting shell's "
+                        "environment: it runs with the agent's PATH")
+        env = command_environment(environment, spec.env, {
+            **{f"RUNYARD_PARAM_{k}": v for k, v in spec.params.items()},
             "RUNYARD_RUN_ID": spec.run_id, "RUNYARD_CAPTURED": "1", "RUNYARD_HOME": spec.home,
-            "RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts, "PYTHONUNBUFFERED": "1",
+            "RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts, "RUNYARD_FSYNC": spec.fsync,
+            "RUNYARD_SYSTEM_INTERVAL": f"{spec.system_interval:g}", "PYTHONUNBUFFERED": "1",
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus),
         })
         if spec.pip or spec.requirements:
             from runyard.exec.venvs import ensure_env
 
-            venv, _ = ensure_env(self.home, spec.pip, spec.requirements, spec.python, spec.site_packages,
-                                 self.system)
+            python, site_packages = self._base_python(env)
+            venv, _ = ensure_env(self.home, spec.pip, spec.requirements, python, site_packages, self.system)
             env["VIRTUAL_ENV"] = str(venv)
-            env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+            env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
         return env
+
+    def _base_python(self, env: dict[str, str]) -> tuple[str, list[str]]:
+        """The Python the command would find, and its site-packages: a --pip environment is built
+        with it and layered over it, so the run keeps the packages of the submitter's environment."""
+        found = shutil.which("python3", path=env["PATH"]) or shutil.which("python", path=env["PATH"])
+        if found:
+            ask = "import json, sysconfig; p = sysconfig.get_paths(); print(json.dumps([p['purelib'], p['platlib']]))"
+            try:
+                answer = subprocess.run([found, "-c", ask], env=env, capture_output=True, text=True, timeout=60,
+                                        check=True, stdin=subprocess.DEVNULL)
+                return found, sorted(set(json.loads(answer.stdout)))
+            except (OSError, subprocess.SubprocessError, ValueError):
+                pass  # not a Python that answers: the one that submitted the run will do
+        return self.spec.python, list(self.spec.site_packages)
 
     def _mount(self, mount: Any, artifacts: Any) -> None:
         target = self.work / mount.target
@@ -157,7 +180,7 @@ class Supervisor:
             self.writer.close(30)
             return 0
         status, code, message = self._execute(env)
-        self._upload_outputs(final=True)
+        self.outputs.finish()
         self.end(status, code, message)
         self.writer.close(60)
         return 0
@@ -165,8 +188,15 @@ class Supervisor:
     def _execute(self, env: dict[str, str]) -> tuple[str, int | None, str | None]:
         spec = self.spec
         argv = ["sh", "-c", spec.argv[0]] if spec.shell else list(spec.argv)
-        resolved = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
-        argv = [*_parent_death_guard(), resolved, *argv[1:]]
+        # Looked up on the run's PATH (the submitting shell's), not the supervisor's.
+        resolved = shutil.which(argv[0], path=env["PATH"])
+        if resolved is None and "/" not in argv[0]:
+            message = (f"{argv[0]!r} is not on the run's PATH ({env['PATH']}): the PATH of the shell that "
+                       "submitted it, unless --env PATH=... gave another")
+            self.system(f"could not start the command: {message}")
+            return "failed", None, f"could not start the command: {message}"
+        self.system(f"command: {shlex.join([resolved or argv[0], *argv[1:]])} ({describe(env)})")
+        argv = [*_parent_death_guard(), resolved or argv[0], *argv[1:]]
         try:
             child = subprocess.Popen(argv, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -185,8 +215,9 @@ class Supervisor:
             sampler = Sampler(spec.system_interval, self.writer.queue.extend, child.pid)
             sampler.start()
         deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
-        next_upload = time.monotonic() + spec.outputs_interval
+        self.outputs.start(max(spec.outputs_interval, 0.05))
         outcome: tuple[str, str | None] | None = None
+        # Nothing in this loop may take long: a stop or a timeout is acted on within 50 ms.
         while child.poll() is None:
             if self.stop_requested.is_set() and outcome is None:
                 outcome = ("stopped", "stopped on request")
@@ -195,9 +226,6 @@ class Supervisor:
                 outcome = ("timeout", f"ended by its timeout of {spec.timeout:g} s")
                 self.system(f"timeout: {spec.timeout:g} s passed; stopping the command")
                 self._terminate(child)
-            if time.monotonic() >= next_upload:
-                self._upload_outputs(final=False)
-                next_upload = time.monotonic() + spec.outputs_interval
             time.sleep(0.05)
         for reader in readers:
             reader.join(timeout=5)
@@ -230,13 +258,16 @@ class Supervisor:
         threading.Thread(target=escalate, daemon=True).start()
 
     def _read(self, stream: IO[bytes] | None, name: str) -> None:
+        """Capture one pipe line by line, as the SDK's tee does (see ``runyard.sdk.lines``)."""
         assert stream is not None
-        for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r")
-            now = time.time()
-            if name == "stdout" and line.startswith("{"):
-                self._maybe_metrics(line, now)
-            self.writer.queue.append((records.UNNUMBERED, records.LOG, now, name, line))
+        append = self.writer.queue.append
+
+        def line(now: float, text: str) -> None:
+            if name == "stdout" and text.startswith("{"):
+                self._maybe_metrics(text, now)
+            append((records.UNNUMBERED, records.LOG, now, name, text))
+
+        pump(stream, Lines(line))
 
     def _maybe_metrics(self, line: str, now: float) -> None:
         """A stdout line that is a JSON object of numbers is also a metrics record (no SDK needed)."""
@@ -261,28 +292,12 @@ class Supervisor:
         if values:
             self.writer.queue.extend((values, records.UNNUMBERED, now, step))
 
-    def _upload_outputs(self, final: bool) -> None:
-        outputs = self.work / OUTPUTS
-        if not outputs.is_dir():
-            return
-        staged = self.writer.directory / staging.FILES_DIR
-        count = 0
-        for path in sorted(outputs.rglob("*")):
-            if not path.is_file() or path.is_symlink():
-                continue
-            st = path.stat()
-            rel = f"{OUTPUTS}/{path.relative_to(outputs).as_posix()}"
-            if self.uploaded.get(rel) == (st.st_size, st.st_mtime_ns):
-                continue
-            try:
-                sha, size = staging.stage_file(staged, path)
-            except OSError:
-                continue  # removed while we looked: the next pass sees the new state
-            self.emit(records.ARTIFACT, rel, size, sha, f"sha256:{sha}")
-            self.uploaded[rel] = (st.st_size, st.st_mtime_ns)
-            count += 1
-        if count:
-            self.system(f"uploaded {count} file(s) from outputs/" + (" (final)" if final else ""))
+    def _record_output(self, path: str, size: int, sha: str) -> None:
+        self.emit(records.ARTIFACT, path, size, sha, f"sha256:{sha}")
+
+    def _written_by_command(self) -> set[str]:
+        child = self.child
+        return written_by(child.pid) if child is not None and child.poll() is None else set()
 
 
 def _parent_death_guard() -> list[str]:

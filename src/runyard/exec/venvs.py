@@ -2,9 +2,10 @@
 
 One virtual environment per distinct requirement set (and Python version), under
 ``$RUNYARD_HOME/envs/<key>``, built with uv when it is installed, else with venv and pip, under a
-file lock so that runs needing the same set build it once. It is layered over the environment that
-submitted the run: a ``.pth`` file adds that environment's site-packages after its own, so the run
-sees everything it had plus what it asked for.
+file lock so that runs needing the same set build it once. It is built with the Python the command
+would have run (found on the PATH of the shell that submitted it) and layered over it: a ``.pth``
+file adds that Python's site-packages after its own, so the run sees everything it had plus what it
+asked for.
 """
 
 from __future__ import annotations

@@ -1,43 +1,33 @@
 """Teeing stdout and stderr into the run's log: the user still sees everything.
 
-Each complete line becomes a log record. A carriage return starts the line over, as a terminal
-shows it, so a progress bar yields its final state rather than a thousand updates.
+The log keeps lines as a terminal shows them (``runyard.sdk.lines``: a carriage return redraws the
+line, an overlong line is cut), the same way the supervisor captures a launched command's output.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from runyard.sdk.lines import MAX_LINE, Lines
 from runyard.spool import records
 
-MAX_LINE = 64 * 1024
+__all__ = ["MAX_LINE", "Tee", "install"]
 
 
 class Tee:
     def __init__(self, original: TextIO, stream: str, emit: Callable[[tuple[Any, ...]], None]) -> None:
         self._original = original
-        self._stream = stream
-        self._emit = emit
-        self._partial = ""
+        self._lines = Lines(lambda now, text: emit((records.UNNUMBERED, records.LOG, now, stream, text)))
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
         written = self._original.write(text)
-        if not isinstance(text, str):
-            return written
-        with self._lock:
-            buffer = self._partial + text
-            *lines, self._partial = buffer.split("\n")
-            now = time.time()
-            for line in lines:
-                self._emit((records.UNNUMBERED, records.LOG, now, self._stream, _rendered(line)))
-            if len(self._partial) > MAX_LINE:
-                self._emit((records.UNNUMBERED, records.LOG, now, self._stream, _rendered(self._partial)))
-                self._partial = ""
+        if isinstance(text, str):
+            with self._lock:
+                self._lines.feed(text)
         return written
 
     def flush(self) -> None:
@@ -45,17 +35,10 @@ class Tee:
 
     def close_line(self) -> None:
         with self._lock:
-            if self._partial:
-                self._emit((records.UNNUMBERED, records.LOG, time.time(), self._stream, _rendered(self._partial)))
-                self._partial = ""
+            self._lines.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
-
-
-def _rendered(line: str) -> str:
-    line = line.rstrip("\r")
-    return line.rsplit("\r", 1)[-1] if "\r" in line else line
 
 
 def install(emit: Callable[[tuple[Any, ...]], None]) -> Callable[[], None]:
