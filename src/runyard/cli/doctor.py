@@ -77,6 +77,37 @@ def check_store(settings: Settings) -> list[Check]:
         opened.close()
 
 
+def check_spool(settings: Settings) -> list[Check]:
+    """Room on the spool's disk, runs whose spool waits for ingest, and records set aside."""
+    import os
+
+    from runyard.ingest import quarantine
+    from runyard.spool.rundir import RETIRED, run_dirs
+
+    spool = settings.spool_dir
+    checks = []
+    try:
+        stats = os.statvfs(spool if spool.exists() else settings.home if settings.home.exists() else "/")
+        free = stats.f_bavail * stats.f_frsize
+        total = stats.f_blocks * stats.f_frsize or 1
+        status: Status = "ok" if free >= 1 << 30 and free / total >= 0.05 else "warn"
+        note = "" if status == "ok" else "; when it fills, runs hold records in memory (queue_limit), then lose them"
+        checks.append(Check("spool disk", status, f"{free / (1 << 30):.1f} GiB free of {total / (1 << 30):.1f} GiB "
+                                                  f"at {spool}{note}"))
+    except OSError as e:
+        checks.append(Check("spool disk", "warn", f"{spool}: {e.strerror or e}"))
+    active = len(run_dirs(spool))
+    retired = sum(1 for _ in (spool / RETIRED).iterdir()) if (spool / RETIRED).is_dir() else 0
+    checks.append(Check("spool", "info", f"{active} run(s) not yet retired, {retired} retired (spool/{RETIRED})"))
+    held = quarantine.listing(spool)
+    if held:
+        last = held[-1]
+        checks.append(Check("quarantine", "warn", f"{len(held)} record(s) the store refused are set aside in "
+                                                  f"{spool / quarantine.DIR}; the last, of run {last.run_id}: "
+                                                  f"{last.reason}"))
+    return checks
+
+
 def check_postgres(settings: Settings) -> Check:
     driver = _version("psycopg")
     if settings.db.startswith("postgresql"):
@@ -151,6 +182,7 @@ def gather(settings: Settings) -> list[Check]:
     checks = [home, Check("config", "info", _config_files(settings))]
     if home.status == "ok":
         checks += check_store(settings)
+        checks += check_spool(settings)
     checks += [check_versions(), check_postgres(settings), check_ray(settings), check_gpu()]
     return checks
 

@@ -7,6 +7,7 @@ without loading SQLAlchemy, numpy or rich.
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,16 @@ class RunyardGroup(click.Group):
         except RunyardError as e:
             click.echo(f"runyard: error: {e}", err=True)
             sys.exit(EXIT_FAILURE)
+        except OSError as e:  # a full disk, a file gone: the system's words, and where
+            where = f": {e.filename}" if e.filename else ""
+            hint = "; free space there and try again" if e.errno == errno.ENOSPC else ""
+            click.echo(f"runyard: error: {e.strerror or e}{where}{hint}", err=True)
+            sys.exit(EXIT_FAILURE)
+        except Exception as e:
+            if type(e).__module__.startswith("sqlalchemy") and hasattr(e, "orig"):  # the database refused
+                click.echo(f"runyard: error: the database cannot be used now: {e.orig}", err=True)
+                sys.exit(EXIT_FAILURE)
+            raise
 
 
 @click.group(cls=RunyardGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runyard.errors import Conflict
+from runyard.errors import Conflict, InvalidArgument
+from runyard.names import validate_metric_key
 from runyard.spool import records
 from runyard.store.api import IngestBatch, IngestResult, LogLine, RunInput, Store
 from runyard.store.artifacts import DiskArtifacts
@@ -80,8 +81,17 @@ def _series(metric_recs: list[dict[str, Any]]) -> tuple[dict[str, Points], dict[
         groups.setdefault(tuple(rec), []).append(i)
     parts: dict[str, list[tuple[NDArray[Any], ...]]] = {}
     for keys, members in groups.items():
-        table = np.array([tuple(metric_recs[i].values()) for i in members], dtype=np.float64).reshape(
-            len(members), len(keys))
+        for key in keys:  # checked again here: a spool may come from another version, or a bug
+            if key not in records.RESERVED:
+                if not isinstance(key, str):
+                    raise InvalidArgument(f"metric name {key!r} is not a string")
+                validate_metric_key(key)
+        try:
+            table = np.array([tuple(metric_recs[i].values()) for i in members], dtype=np.float64).reshape(
+                len(members), len(keys))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"a value of metrics {[k for k in keys if k not in records.RESERVED]} is not a "
+                                  f"number ({e})") from None
         column = {key: j for j, key in enumerate(keys)}
         seqs = table[:, column[records.SEQ]].astype(np.int64)
         times = table[:, column[records.TIME]]
@@ -148,7 +158,7 @@ def stage_artifacts(batch: IngestBatch, run_dir: Path, artifacts: DiskArtifacts)
             blob = artifacts.put_file(staged)
             if blob.sha256 != sha256:
                 continue  # the staged copy was damaged: its record would lie
-            staged.unlink()
+            staged.unlink(missing_ok=True)  # another ingester (a CLI catching up) may have moved it too
         elif not artifacts.exists(ref):
             continue
         kept.append((path, size, sha256, ref))

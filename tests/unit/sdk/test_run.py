@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -163,4 +164,73 @@ def test_run_alert_checks_the_rule_at_once_and_the_rule_fires_on_this_run_only(h
     events = sorted((e.run, e.kind, e.step) for e in api.store.list_alert_events())
     assert events == sorted([(guarded, "below", 0), (guarded, "nan", 1)])  # none for the other run
     assert unguarded not in {e[0] for e in events}
+    api.close()
+
+
+def test_every_key_and_value_is_checked_whatever_comes_first(home: Path) -> None:
+    # Validation used to stop at the first value that was not a float: the bad key after it got in,
+    # and the ingester then failed on it for the whole home.
+    run = runyard.init(project="p", name="checked")
+    try:
+        with pytest.raises(TypeError, match="metric names must be strings, not int"):
+            run.log({"a": 1, 5: 2.0})  # type: ignore[dict-item]
+        with pytest.raises(TypeError, match="metric 'b' must be a number, not str"):
+            run.log({"a": 1.0, "b": "x"})
+        with pytest.raises(TypeError, match="metric 'c' must be a number"):
+            run.log({"a": 1, "c": [1.0]})
+        with pytest.raises(TypeError, match="metric 'd' must be a single number, not an array"):
+            run.log({"d": np.zeros(3)})
+        run.log({"a": 1.0})
+    finally:
+        run.finish()
+    api = runyard.Api()
+    r = api.run("checked")
+    assert [s.key for s in r.metrics()] == ["a"]
+    assert r.history("a").step.tolist() == [0]  # refused calls took no step
+    api.close()
+
+
+class StandInTensor:
+    """A 0-d tensor as a GPU gives it: reading its value waits (here 1 ms) for the device."""
+
+    reads: ClassVar[list[int]] = []
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def numel(self) -> int:
+        return 1
+
+    def detach(self) -> StandInTensor:
+        return self
+
+    def item(self) -> float:
+        import threading
+        import time
+
+        StandInTensor.reads.append(threading.get_ident())
+        time.sleep(0.001)
+        return self.value
+
+
+def test_a_tensor_is_read_off_the_training_thread_and_lands_in_order(home: Path) -> None:
+    import threading
+
+    StandInTensor.reads.clear()
+    with runyard.init(project="p", name="tensors") as run:
+        for step in range(200):
+            if step % 50 == 49:
+                run.log({"loss": float(step), "lr": 0.1})  # floats between tensors keep their place
+            else:
+                run.log({"loss": StandInTensor(float(step)), "lr": 0.1})
+        assert run.summary["loss"] == 199.0  # the summary waits for nothing and sees them all
+    assert StandInTensor.reads and threading.get_ident() not in StandInTensor.reads
+    api = runyard.Api()
+    h = api.run("tensors").history("loss")
+    assert h.step.tolist() == list(range(200)) and h.value.tolist() == [float(s) for s in range(200)]
+    with pytest.raises(TypeError, match="single number, not a tensor of 3 elements"):
+        bad = StandInTensor(1.0)
+        bad.numel = lambda: 3  # type: ignore[method-assign]
+        runyard.init(project="p").log({"x": bad})
+    runyard.finish()
     api.close()
