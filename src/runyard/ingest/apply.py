@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from runyard.errors import Conflict, InvalidArgument
+from runyard.ingest import columns
+from runyard.ingest.columns import MetricColumns
 from runyard.names import validate_metric_key
 from runyard.spool import records
 from runyard.store.api import IngestBatch, IngestResult, LogLine, RunInput, Store
@@ -29,9 +31,13 @@ _STREAMS = {"stdout", "stderr", "system"}
 
 
 def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
-    """Group records (in sequence order, none applied yet) into a batch."""
-    batch = IngestBatch(run_id, writer, records.seq_of(recs[0]), records.seq_of(recs[-1]))
+    """Group records (in sequence order, none applied yet) into a batch. Runs of metrics records
+    may come as ``MetricColumns`` (ingest/columns.py) among them."""
+    batch = IngestBatch(run_id, writer, columns.first_seq(recs[0]), columns.last_seq(recs[-1]))
     explicit_summary: dict[str, tuple[int, Any]] = {}
+    blocks = [r for r in recs if type(r) is MetricColumns]
+    if blocks:
+        recs = [r for r in recs if type(r) is not MetricColumns]
     metric_recs: list[dict[str, Any]] = [r for r in recs if type(r) is dict]
     for rec in recs:
         if type(rec) is dict:
@@ -57,8 +63,8 @@ def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
             batch.inputs.append(RunInput(rec[3], str(rec[4]), rec[5], rec[6], rec[7]))
         # Heartbeats, and kinds from newer writers, only say the writer was alive at ``time``.
     last: dict[str, tuple[int, float]] = {}
-    if metric_recs:
-        batch.points, last = _series(metric_recs)
+    if metric_recs or blocks:
+        batch.points, last = _series(metric_recs, blocks)
     for key, (_, value) in last.items():
         if not key.startswith(SYSTEM_PREFIX):
             batch.summary[key] = value
@@ -66,11 +72,13 @@ def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
     for key, (seq, value) in explicit_summary.items():
         if seq > last_seq.get(key, -1):
             batch.summary[key] = value
-    batch.heartbeat = max(records.time_of(r) for r in recs)
+    times = [records.time_of(r) for r in recs] + [float(b.times.max()) for b in blocks]
+    batch.heartbeat = max(times)
     return batch
 
 
-def _series(metric_recs: list[dict[str, Any]]) -> tuple[dict[str, Points], dict[str, tuple[int, float]]]:
+def _series(metric_recs: list[dict[str, Any]],
+            blocks: Sequence[MetricColumns] = ()) -> tuple[dict[str, Points], dict[str, tuple[int, float]]]:
     """Columns per metric key, and each key's last logged (sequence number, value).
 
     Records usually share their keys: grouping them by key set makes each group one 2-D array
@@ -99,6 +107,10 @@ def _series(metric_recs: list[dict[str, Any]]) -> tuple[dict[str, Points], dict[
         for key, j in column.items():
             if key not in records.RESERVED:
                 parts.setdefault(key, []).append((seqs, steps, times, table[:, j]))
+    for block in blocks:
+        for j, key in enumerate(block.keys):
+            validate_metric_key(key)
+            parts.setdefault(key, []).append((block.seqs, block.steps, block.times, block.values[:, j]))
     out: dict[str, Points] = {}
     last: dict[str, tuple[int, float]] = {}
     for key, pieces in parts.items():
@@ -173,7 +185,7 @@ def apply_records(store: Store, artifacts: DiskArtifacts, run_dir: Path, run_id:
     If another ingester moved the cursor meanwhile, re-reads it and applies only what is left.
     """
     for _attempt in range(3):
-        fresh = [r for r in recs if records.seq_of(r) > cursor]
+        fresh = columns.after(recs, cursor)
         if not fresh:
             return None, cursor
         batch = build_batch(run_id, writer, fresh)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.client import Client, RemoteStore
+from runyard.ingest import columns
 from runyard.ingest.sink import StoreBacked
 from runyard.spool import records
 
@@ -28,7 +29,8 @@ class RemoteSink(StoreBacked):
         self.store = RemoteStore(client)
 
     def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
-        fresh = [r for r in recs if records.seq_of(r) > cursor]
+        # The server's ingest route takes records; runs decoded as columns go as the maps they were.
+        fresh = columns.to_records(columns.after(recs, cursor))
         number = None
         for start in range(0, len(fresh), SHIP_CHUNK):
             chunk = fresh[start : start + SHIP_CHUNK]

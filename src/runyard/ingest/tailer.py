@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from runyard.errors import AccessDenied, RunyardError
-from runyard.ingest import quarantine
+from runyard.ingest import columns, quarantine
+from runyard.ingest.columns import MetricColumns
 from runyard.ingest.sink import Sink
 from runyard.spool.acks import Ack, read_ack, write_ack
 from runyard.spool.records import SEQ, STEP, TIME, seq_of, unflatten
 from runyard.spool.rundir import retired_dir, run_dirs, target_of, writer_alive
-from runyard.spool.segment import OFFSET_BITS, Scan, read_header, scan, segments_of
+from runyard.spool.segment import OFFSET_BITS, Block, Scan, read_header, scan, segments_of
 
 #: Records applied per transaction: bounds memory and keeps transactions short.
 APPLY_CHUNK = 50_000
@@ -210,7 +211,8 @@ class Tailer:
                 data = memoryview(_pread(path, offset, -1))
                 start = offset
                 while True:
-                    found = scan(data[offset - start :], offset, version, final=True, eof=True, limit=SCAN_FRAMES)
+                    found = scan(data[offset - start :], offset, version, final=True, eof=True, limit=SCAN_FRAMES,
+                                 check_run=columns.good_run)
                     offset = self._took(state, found, segment, version)
                     if not found.short:
                         break
@@ -220,7 +222,8 @@ class Tailer:
                 want = FIRST_READ
                 while True:
                     data = memoryview(_pread(path, offset, want))
-                    found = scan(data, offset, version, final=False, eof=len(data) < want, limit=SCAN_FRAMES)
+                    found = scan(data, offset, version, final=False, eof=len(data) < want, limit=SCAN_FRAMES,
+                                 check_run=columns.good_run)
                     offset = self._took(state, found, segment, version)
                     if not found.short:
                         break
@@ -260,30 +263,31 @@ class Tailer:
         state.apply_if_full(segment, found.end, self)
         return found.end
 
-    def _apply(self, state: _State, recs: list[Any]) -> None:
+    def _apply(self, state: _State, parts: list[Any]) -> None:
         """Apply records past the cursor; a record the store refuses for what it is goes to the
         quarantine, found by halving the batch, and the rest is applied."""
         try:
-            number, state.cursor = self.sink.apply(state.directory, state.run_id, state.writer, recs, state.cursor)
+            number, state.cursor = self.sink.apply(state.directory, state.run_id, state.writer, parts, state.cursor)
         except Exception as e:
             if not quarantine.quarantinable(e):
                 raise
-            if len(recs) == 1:
+            total = sum(columns.rows(p) for p in parts)
+            if total == 1:
                 if state.report.quarantined >= MAX_QUARANTINE_PER_PASS:
                     raise RunyardError(f"the store refused {state.report.quarantined} records of writer "
                                        f"{state.writer} in a row (last: {e}); stopping this writer: is the store "
                                        "broken?") from e
-                quarantine.put(self.spool_dir, state.run_id, state.writer, seq_of(recs[0]),
-                               f"{type(e).__name__}: {e}", recs[0])
+                record = columns.to_records(parts)[0]
+                quarantine.put(self.spool_dir, state.run_id, state.writer, seq_of(record),
+                               f"{type(e).__name__}: {e}", record)
                 state.report.quarantined += 1
                 return
-            middle = len(recs) // 2
-            self._apply(state, recs[:middle])
-            self._apply(state, recs[middle:])
+            for half in columns.chunks(parts, (total + 1) // 2):
+                self._apply(state, half)
             return
         if number is not None:
             state.report.run_number = number
-            state.report.records += len(recs)
+            state.report.records += sum(columns.rows(p) for p in parts)
 
 
 class _State:
@@ -302,11 +306,12 @@ class _State:
         self.owner = ack.owner
 
     def take(self, found: Scan, index: int, version: int) -> None:
-        if not found.frames:
+        if not found.blocks:
             return
         recs = _decode(found, index, version, self)
         for rec in recs:
-            if type(rec) is not dict and rec[1] == "e" and isinstance(rec[3], dict):
+            if type(rec) is not dict and type(rec) is not MetricColumns and rec[1] == "e" \
+                    and isinstance(rec[3], dict):
                 name = rec[3].get("event")
                 self.ended = self.ended or name in ("end", "detach")
                 if name == "start":
@@ -314,7 +319,7 @@ class _State:
         self.pending.extend(recs)
 
     def apply_if_full(self, segment: int, offset: int, tailer: Tailer) -> None:
-        if len(self.pending) >= APPLY_CHUNK:
+        if sum(columns.rows(p) for p in self.pending) >= APPLY_CHUNK:
             self.apply_all(segment, offset, tailer)
             write_ack(self.directory, self.writer,
                       Ack(self.cursor, segment, offset, False, self.ack.dropped_bytes,
@@ -322,18 +327,23 @@ class _State:
 
     def apply_all(self, segment: int, offset: int, tailer: Tailer) -> None:
         pending, self.pending = self.pending, []
-        fresh = [r for r in pending if seq_of(r) > self.cursor]
+        fresh = columns.after(pending, self.cursor)
         if not fresh:
             return
-        if any(seq_of(a) > seq_of(b) for a, b in itertools.pairwise(fresh)):
-            fresh.sort(key=seq_of)  # format 1 from older writers could interleave; format 2 never does
-        for start in range(0, len(fresh), APPLY_CHUNK):
-            tailer._apply(self, fresh[start : start + APPLY_CHUNK])
+        if any(columns.last_seq(a) > columns.first_seq(b) for a, b in itertools.pairwise(fresh)):
+            fresh = sorted(columns.to_records(fresh), key=seq_of)  # format 1 from older writers could interleave
+        for chunk in columns.chunks(fresh, APPLY_CHUNK):
+            tailer._apply(self, chunk)
+
+
+#: Equal frames in a row from which the tailer tries to read them as columns (ingest/columns.py).
+COLUMNS_MIN = 4
 
 
 def _decode(found: Scan, index: int, version: int, state: _State) -> list[Any]:
-    """Records of the frames found. Format 2: each record gets its address as its sequence number.
-    A payload that does not decode is quarantined (its checksum held, so it was written so)."""
+    """Records of the frames found, and runs of same-shape metrics records as columns. Format 2:
+    each record gets its address as its sequence number. A payload that does not decode is
+    quarantined (its checksum held, so it was written so)."""
     import msgpack
 
     out: list[Any] = []
@@ -344,10 +354,33 @@ def _decode(found: Scan, index: int, version: int, state: _State) -> list[Any]:
             except Exception as e:  # noqa: BLE001 - a bad frame is set aside, not fatal
                 _quarantine_frame(state, (index << OFFSET_BITS) | offset, e, payload)
         return out
+    single: list[tuple[int, memoryview]] = []
+    for block in found.blocks:
+        if block.count >= COLUMNS_MIN:
+            decoded = columns.decode(block, OFFSET_BITS, index)
+            if decoded is not None:
+                _unpack(single, index, state, out)
+                part, taken = decoded
+                out.append(part)
+                if taken == block.count:
+                    continue
+                block = Block(block.offset + taken * block.size, block.size, block.count - taken,
+                              block.data[taken * block.size :], block.header)
+        single.extend(block.frames())
+    _unpack(single, index, state, out)
+    return out
+
+
+def _unpack(frames: list[tuple[int, memoryview]], index: int, state: _State, out: list[Any]) -> None:
+    """Decode frames one record each, in one msgpack stream; empties ``frames``."""
+    if not frames:
+        return
+    import msgpack
+
     unpacker = msgpack.Unpacker(use_list=True, strict_map_key=False, max_buffer_size=0)
-    unpacker.feed(b"".join([payload for _, payload in found.frames]))
+    unpacker.feed(b"".join([payload for _, payload in frames]))
     base = index << OFFSET_BITS
-    for offset, payload in found.frames:
+    for n, (offset, payload) in enumerate(frames):
         try:
             rec = unpacker.unpack()
             first = rec[0]
@@ -361,8 +394,8 @@ def _decode(found: Scan, index: int, version: int, state: _State) -> list[Any]:
         except Exception as e:  # noqa: BLE001 - a bad frame is set aside, not fatal
             _quarantine_frame(state, base | offset, e, payload)
             unpacker = msgpack.Unpacker(use_list=True, strict_map_key=False, max_buffer_size=0)
-            unpacker.feed(b"".join([p for o, p in found.frames if o > offset]))
-    return out
+            unpacker.feed(b"".join([p for _, p in frames[n + 1 :]]))
+    frames.clear()
 
 
 def _quarantine_frame(state: _State, seq: int, error: BaseException, payload: Any) -> None:

@@ -34,11 +34,11 @@ if TYPE_CHECKING:
 
 _time = time.time
 _pack_frame = FRAME.pack
-_crc32 = zlib.crc32
+_adler32 = zlib.adler32
 
 
 def _frame(payload: bytes) -> bytes:
-    return _pack_frame(MARK, len(payload), _crc32(payload)) + payload
+    return _pack_frame(MARK, len(payload), _adler32(payload)) + payload
 
 
 class _RecordedDict(MutableMapping[str, Any]):
@@ -179,7 +179,7 @@ class Run:
             else:  # known names, plain floats: the usual call
                 self._step = step + 1
                 payload = self._pack((metrics, 0, _time(), step))  # 0: records.UNNUMBERED
-                frame = _pack_frame(MARK, len(payload), _crc32(payload)) + payload
+                frame = _pack_frame(MARK, len(payload), _adler32(payload)) + payload
                 try:
                     writer.put(frame)
                 except ValueError:  # the segment is full: the writer goes on in the next one

@@ -60,11 +60,11 @@ SYNC_EVERY = {"always": 0.1, "interval": 1.0}
 _MADV_POPULATE_WRITE = 23
 
 _pack_frame = FRAME.pack
-_crc32 = zlib.crc32
+_adler32 = zlib.adler32
 
 
 def frame_of(payload: bytes) -> bytes:
-    return _pack_frame(MARK, len(payload), _crc32(payload)) + payload
+    return _pack_frame(MARK, len(payload), _adler32(payload)) + payload
 
 
 def encode(record: Any) -> bytes:

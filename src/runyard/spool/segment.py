@@ -7,7 +7,7 @@ map naming the run, the writer and the segment index) and continues with frames.
 record is one frame, copied into the mapping by the call that made it, so a record is in the
 kernel's page cache (and survives the death of its process) when ``log()`` returns::
 
-    b"RYfr" | u32 length | u32 crc32(payload) | payload (msgpack array: one record)
+    b"RYfr" | u32 length | u32 adler32(payload) | payload (msgpack array: one record)
 
 Bytes not written yet are zero. A frame of length ``END`` closes the segment: the writer went on in
 the next one. Records carry no sequence number of their own: a record's number is its address,
@@ -16,6 +16,11 @@ records reached the file, whichever thread wrote them, and free to give.
 
 **Format 1** (earlier runyard): no mark; each frame holds a batch of records that the writer
 numbered, and a segment ends where a later one begins. Still read, never written.
+
+The checksum is Adler-32, as cheap as CRC32 to compute in ``log()``, and a sum of the bytes and of
+their running sums: for a run of frames of one length (a training loop logs the same keys every
+step) the ingester checks them all at once with numpy (``scan``'s ``check_run``) instead of one
+Python call per frame.
 
 Reading never misreads. A frame counts only if its checksum matches. While the writer lives, the
 first frame that does not check out ends the read (it may be a write in progress; the next pass
@@ -32,7 +37,7 @@ import mmap
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +51,7 @@ MAGIC = b"RYSPOOL\x02"
 _MAGICS = {MAGIC_V1: 1, MAGIC: 2}
 _LEN = struct.Struct("<I")
 _FRAME_V1 = struct.Struct("<II")
-#: A format-2 frame's header: mark, payload length, crc32 of the payload.
+#: A format-2 frame's header: mark, payload length, adler32 of the payload.
 FRAME = struct.Struct("<4sII")
 MARK = b"RYfr"
 #: The length that closes a segment (format 2).
@@ -99,7 +104,7 @@ def encode_frame_v1(payload: bytes | memoryview) -> bytes:
 
 
 def encode_frame(payload: bytes | memoryview) -> bytes:
-    return FRAME.pack(MARK, len(payload), zlib.crc32(payload)) + payload
+    return FRAME.pack(MARK, len(payload), zlib.adler32(payload)) + payload
 
 
 @dataclass(frozen=True)
@@ -132,12 +137,31 @@ def read_header(data: bytes | memoryview) -> Header | None:
     return Header(meta["run_id"], meta["writer"], int(meta["index"]), end, version)
 
 
+@dataclass(frozen=True)
+class Block:
+    """``count`` consecutive good frames of ``size`` bytes each (headers included), starting at file
+    offset ``offset``; ``data`` holds their bytes. A lone frame is a block of one."""
+
+    offset: int
+    size: int
+    count: int
+    data: memoryview
+    #: Bytes of each frame's header (format 1's frames have no mark).
+    header: int = FRAME.size
+
+    def frames(self) -> list[tuple[int, memoryview]]:
+        """(offset, payload) of each frame of the block."""
+        header = self.header
+        return [(self.offset + i * self.size, self.data[i * self.size + header : (i + 1) * self.size])
+                for i in range(self.count)]
+
+
 @dataclass
 class Scan:
     """What one read of part of a segment found. Offsets are the file's."""
 
-    #: (offset of the frame, payload) of each good frame, in order.
-    frames: list[tuple[int, memoryview]] = field(default_factory=list)
+    #: The good frames, in order, grouped in blocks of equal frames (see ``Block``).
+    blocks: list[Block] = field(default_factory=list)
     #: Where the next read starts: past the last good frame (and past skipped corruption).
     end: int = 0
     #: Bytes skipped as corruption between good frames (only once the writer is gone).
@@ -156,31 +180,54 @@ class Scan:
     def corrupt(self) -> bool:
         return self.skipped > 0
 
+    @property
+    def count(self) -> int:
+        return sum(block.count for block in self.blocks)
+
+    @property
+    def frames(self) -> list[tuple[int, memoryview]]:
+        """(offset, payload) of every good frame."""
+        return [frame for block in self.blocks for frame in block.frames()]
+
+
+#: Checks a run of equal frames at once: (data, offset, frame size, frames) -> how many from the
+#: first have its mark and length and a checksum that holds. The ingester passes one made with numpy
+#: (ingest/columns.py ``good_run``); the spool itself stays free of it.
+RunCheck = Callable[[memoryview, int, int, int], int]
+
 
 def scan(data: bytes | memoryview, base: int, version: int, final: bool, eof: bool,
-         limit: int = 1 << 62) -> Scan:
+         limit: int = 1 << 62, check_run: RunCheck | None = None) -> Scan:
     """Frames in ``data``, which holds the segment's bytes from file offset ``base``.
 
     ``final``: the writer is gone, so what is on disk will not change: a bad frame is skipped (the
     reader resynchronises on the next good one) instead of ending the read. ``eof``: ``data`` runs to
     the end of the file (otherwise a frame cut by the end of ``data`` is only a short read).
-    ``limit``: at most this many frames (then ``short``: scan again from ``end``), so that a reader
-    holds a bounded number of records however much is waiting.
+    ``limit``: about this many frames at most (then ``short``: scan again from ``end``), so that a
+    reader holds a bounded number of records however much is waiting. ``check_run``: checks runs of
+    equal frames at once (otherwise each frame is checked on its own).
     """
     if version == 1:
         return _scan_v1(memoryview(data), base, final, eof, limit)
-    return _scan_v2(memoryview(data), base, final, eof, limit)
+    return _scan_v2(memoryview(data), base, final, eof, limit, check_run)
 
 
-def _scan_v2(view: memoryview, base: int, final: bool, eof: bool, limit: int) -> Scan:
+#: Frames of one length in a row from which ``check_run`` is asked, and the largest frame it is
+#: asked for.
+RUN_MIN = 8
+RUN_MAX_FRAME = 4096
+
+
+def _scan_v2(view: memoryview, base: int, final: bool, eof: bool, limit: int, check_run: RunCheck | None) -> Scan:
     out = Scan(end=base)
-    frames = out.frames
+    blocks = out.blocks
     size = len(view)
     settled = final and eof  # what is here is all there will ever be
     at = 0
-    unpack_from, crc32, header = FRAME.unpack_from, zlib.crc32, FRAME.size
+    count = 0
+    unpack_from, adler32, header = FRAME.unpack_from, zlib.adler32, FRAME.size
     while at + header <= size:
-        mark, length, crc = unpack_from(view, at)
+        mark, length, check = unpack_from(view, at)
         if mark == MARK:
             if length == END:
                 out.closed = True
@@ -189,11 +236,24 @@ def _scan_v2(view: memoryview, base: int, final: bool, eof: bool, limit: int) ->
             if 0 < length <= MAX_FRAME:
                 end = at + header + length
                 if end <= size:
-                    payload = view[at + header : end]
-                    if crc32(payload) == crc:
-                        frames.append((base + at, payload))
+                    frame_size = header + length
+                    rows = min((size - at) // frame_size, limit - count)
+                    if (check_run is not None and rows >= RUN_MIN and frame_size <= RUN_MAX_FRAME
+                            and view[end : end + 8] == view[at : at + 8]):  # the next frame alike: a run
+                        good = check_run(view, at, frame_size, rows)
+                        if good > 1:
+                            blocks.append(Block(base + at, frame_size, good, view[at : at + good * frame_size]))
+                            at += good * frame_size
+                            count += good
+                            if count >= limit:
+                                out.short = True
+                                break
+                            continue
+                    if adler32(view[at + header : end]) == check:
+                        blocks.append(Block(base + at, frame_size, 1, view[at:end]))
                         at = end
-                        if len(frames) >= limit:
+                        count += 1
+                        if count >= limit:
                             out.short = True
                             break
                         continue
@@ -232,7 +292,7 @@ def _resync_v2(view: memoryview, start: int) -> int:
         if length == END:
             return at
         end = at + FRAME.size + length
-        if 0 < length <= MAX_FRAME and end <= size and zlib.crc32(view[at + FRAME.size : end]) == crc:
+        if 0 < length <= MAX_FRAME and end <= size and zlib.adler32(view[at + FRAME.size : end]) == crc:
             return at
         at += 1
 
@@ -251,9 +311,9 @@ def _scan_v1(view: memoryview, base: int, final: bool, eof: bool, limit: int) ->
             if end <= size:
                 payload = view[at + _FRAME_V1.size : end]
                 if zlib.crc32(payload) == crc:
-                    out.frames.append((base + at, payload))
+                    out.blocks.append(Block(base + at, end - at, 1, view[at:end], _FRAME_V1.size))
                     at = end
-                    if len(out.frames) >= limit:
+                    if len(out.blocks) >= limit:
                         out.short = True
                         break
                     continue
@@ -291,11 +351,12 @@ class Frames:
     skipped: int = 0
 
 
-def read_frames(data: bytes | memoryview, start: int, version: int = 2, final: bool = False) -> Frames:
+def read_frames(data: bytes | memoryview, start: int, version: int = 2, final: bool = False,
+                check_run: RunCheck | None = None) -> Frames:
     """Every good frame of ``data`` from offset ``start``, decoded (a format-2 payload is one record)."""
     import msgpack
 
-    found = scan(memoryview(data)[start:], start, version, final, eof=True)
+    found = scan(memoryview(data)[start:], start, version, final, eof=True, check_run=check_run)
     batches = [msgpack.unpackb(p, use_list=True, strict_map_key=False) for _, p in found.frames]
     return Frames(batches, found.end, found.tail, found.corrupt, found.skipped)
 

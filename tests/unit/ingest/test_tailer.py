@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from runyard.errors import AccessDenied, ServerError
+from runyard.ingest import columns
 from runyard.ingest.tailer import Tailer
 from runyard.sdk.writer import Writer
 from runyard.spool import records
@@ -26,7 +27,7 @@ class RecordingSink:
     def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
         if run_id in self.refuse:
             raise self.error(f"server says no to {run_id}")
-        seqs = [records.seq_of(r) for r in recs if records.seq_of(r) > cursor]
+        seqs = [records.seq_of(r) for r in columns.to_records(recs) if records.seq_of(r) > cursor]
         self.applied.setdefault(run_id, []).extend(seqs)
         return 1, max(seqs, default=cursor)
 

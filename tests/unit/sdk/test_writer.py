@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from tests.flow.test_execution import wait_for
 
+from runyard.ingest import columns
 from runyard.ingest.tailer import Tailer
 from runyard.sdk.writer import Writer
 from runyard.spool import records, segment
@@ -35,7 +36,7 @@ class CollectingSink:
         return records.seq_of(self.records[-1]) if self.records else -1
 
     def apply(self, run_dir: Path, run_id: str, writer: str, recs: list[Any], cursor: int) -> tuple[int | None, int]:
-        fresh = [r for r in recs if records.seq_of(r) > cursor]
+        fresh = [r for r in columns.to_records(recs) if records.seq_of(r) > cursor]
         self.records.extend(fresh)
         return 1, records.seq_of(fresh[-1]) if fresh else cursor
 

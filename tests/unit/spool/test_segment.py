@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from runyard.errors import SpoolError
+from runyard.ingest.columns import good_run
 from runyard.spool.segment import (
     MAGIC_V1,
     create_segment,
@@ -127,3 +128,21 @@ def test_a_header_cut_short_is_not_an_error_and_a_foreign_file_is() -> None:
         read_header(b"NOTASPOOL-------")
     with pytest.raises(SpoolError, match="newer"):
         read_header(b"RYSPOOL\x09" + data[8:])
+
+
+def test_a_flipped_byte_anywhere_in_a_run_of_equal_frames_costs_only_its_frame() -> None:
+    # Runs of frames of one length are checked together (numpy's Adler-32): every byte of every
+    # frame must count there exactly as in the frame-by-frame check.
+    records = [[{"loss": float(i), "acc": 0.25}, 0, 1.0 + i, 100 + i] for i in range(40)]
+    data, offsets = segment_bytes(records)
+    ends = [*offsets[1:], len(data)]
+    for position in range(offsets[0], len(data)):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x01
+        hit = max(i for i, o in enumerate(offsets) if o <= position)
+        found = read_frames(bytes(damaged), offsets[0], final=True, check_run=good_run)
+        assert found.batches == records[:hit] + records[hit + 1 :], position
+        if hit < len(records) - 1:
+            assert found.skipped == ends[hit] - offsets[hit]
+        else:  # nothing after it: a damaged tail, dropped and counted
+            assert found.skipped == 0 and found.tail == ends[hit] - offsets[hit]
