@@ -3,10 +3,13 @@
     python workload.py LIBRARY MODE DIR [STEPS]
 
 LIBRARY: runyard | mlflow-sync | mlflow-async | wandb-offline | aim | tensorboardX
-MODE:    latency  log() per call (p50/p99/p99.9), then finish() and (runyard) the read-back
-         loop     a training loop of ~100 µs of numpy work per step, with and without logging
-         kill     log at full speed, recording progress, until killed (the parent kills it)
-         recover  after a kill: which steps can be read back
+MODE:    latency    log() per call (p50/p99/p99.9), then finish() and (runyard) the read-back
+         loop       a training loop of ~100 µs of numpy work per step: phases of at least a second
+                    with and without logging, alternated, repeated
+         kill       log at full speed, recording progress, until killed (the parent kills it)
+         recover    after a kill: which steps can be read back
+         tensor     (runyard) log() of a stand-in tensor whose .item() takes 1 ms
+         sustained  (runyard) log flat out for SECONDS, then leave (the parent times the read-back)
 
 Run with each library's own virtual environment; this file imports nothing but numpy and the
 library under test. The workload is the same for every library: each step logs a dict of 4 floats
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +40,7 @@ RUN_NAME = f"bench-{os.getpid()}"
 
 def adapter(library: str, directory: str) -> tuple[Callable[[dict[str, float], int], Any], Callable[[], Any]]:
     """(log(metrics, step), finish()) for a library, logging into ``directory``."""
-    if library in ("runyard", "runyard-inproc"):
+    if library in ("runyard", "runyard-inproc", "runyard-before"):
         import runyard
 
         if library == "runyard-inproc":
@@ -245,46 +249,73 @@ def calibrate() -> Callable[[], None]:
     return work
 
 
+def background_cpu_s() -> float:
+    """CPU seconds of this process's threads other than the calling (training) one: the logger's
+    own threads (runyard's keeper and fsync; the old writer). Call it from the main thread."""
+    import resource
+
+    process, thread = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
+    return (process.ru_utime + process.ru_stime) - (thread.ru_utime + thread.ru_stime)
+
+
+#: Each phase of the loop lasts at least this long: ten times the longest interval at which a
+#: logger does background work (runyard's old writer flushed every 100 ms), so that the work a
+#: phase causes lands on that phase.
+PHASE_S = 1.0
+
+
 def loop(library: str, directory: str, steps: int) -> dict[str, Any]:
-    """Blocks of steps with and without logging, alternated so that noise falls on both alike.
-
-    Order: values only, logged, bare. The values-only block follows a bare one, so no library's
-    leftover background work lands on the baseline of ``slowdown``.
-
-    "The same loop without logging" computes the same metric values (a training loop has its loss
-    whether or not it logs it) and drops the log() call: ``slowdown``. ``slowdown_with_values``
-    also counts computing the values against the logged loop, as if they existed only to be logged.
+    """Phases of training steps, alternated: bare (the step alone), logged (the step, computing
+    the 4 values and log()), and values only (the step and computing the values). The headline is
+    logged / bare, per repetition: computing the values counts as logging, as a user comparing
+    "with runyard" against "without" would count it. ``steps`` bounds the logged steps in all.
     """
     work = calibrate()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        work()
+    per_step = (time.perf_counter() - t0) / 200
+    phase = max(1000, int(PHASE_S / per_step))
+    reps = max(3, steps // phase)
     log, finish = adapter(library, directory)
-    # Long blocks: background work a library still does on the logged block after it ends (runyard
-    # flushes every 100 ms) falls on the next block, and must be a small part of any block.
-    block = 2000
-    bare = plain = logged = 0.0
-    deadline = time.monotonic() + 2 * BUDGET_S
+    ratios, values_ratios = [], []
+    bare_total = logged_total = 0.0
+    deadline = time.monotonic() + 4 * BUDGET_S
+    cpu0 = background_cpu_s()
     done = 0
-    for start in range(0, steps, block):
-        t0 = time.perf_counter()
-        for i in range(start, start + block):
-            work()
-            metrics(i)
-        t1 = time.perf_counter()
-        for i in range(start, start + block):
-            work()
-            log(metrics(i), i)
-        t2 = time.perf_counter()
-        for _ in range(block):
-            work()
-        t3 = time.perf_counter()
-        plain += t1 - t0
-        logged += t2 - t1
-        bare += t3 - t2
-        done = start + block
+    for rep in range(reps):
+        order = ("bare", "logged", "values") if rep % 2 == 0 else ("values", "logged", "bare")
+        spent: dict[str, float] = {}
+        for kind in order:
+            start = done
+            t0 = time.perf_counter()
+            if kind == "bare":
+                for _ in range(phase):
+                    work()
+            elif kind == "values":
+                for i in range(start, start + phase):
+                    work()
+                    metrics(i)
+            else:
+                for i in range(start, start + phase):
+                    work()
+                    log(metrics(i), i)
+                done += phase
+            spent[kind] = time.perf_counter() - t0
+        ratios.append(spent["logged"] / spent["bare"])
+        values_ratios.append(spent["logged"] / spent["values"])
+        bare_total += spent["bare"]
+        logged_total += spent["logged"]
         if time.monotonic() > deadline:
             break
+    writer_cpu = background_cpu_s() - cpu0
     bounded_finish(finish)
-    return {"steps": done, "step_us": bare / done * 1e6, "slowdown": logged / plain,
-            "slowdown_with_values": logged / bare}
+    return {"steps": done, "phase_steps": phase, "reps": len(ratios),
+            "step_us": bare_total / (phase * len(ratios)) * 1e6,
+            "slowdown": statistics.median(ratios), "slowdown_min": min(ratios), "slowdown_max": max(ratios),
+            "slowdown_values_free": statistics.median(values_ratios), "ratios": ratios,
+            "overall": logged_total / bare_total,
+            "writer_cpu_s_per_m_points": writer_cpu / (done * len(KEYS)) * 1e6 if done else None}
 
 
 def kill_child(library: str, directory: str, progress_path: str) -> None:
@@ -302,9 +333,9 @@ def kill_child(library: str, directory: str, progress_path: str) -> None:
 
 def recover(library: str, directory: str, progress_path: str, killed_at: float) -> dict[str, Any]:
     progress = np.load(progress_path, mmap_mode="r")
-    logged = int(np.count_nonzero(progress))
+    logged = int(np.count_nonzero(progress))  # progress[i] is written after log() returned for step i
     due = int(np.count_nonzero((progress > 0) & (progress < killed_at - 0.2)))
-    if library == "runyard":
+    if library.startswith("runyard"):
         import runyard
 
         api = runyard.Api()  # opening the home ingests what the killed process left in its spool
@@ -320,8 +351,86 @@ def recover(library: str, directory: str, progress_path: str, killed_at: float) 
         steps = np.array(sorted(m.step for m in client.get_metric_history(run_id, "loss")))
     else:
         return {"logged": logged, "due": due, "recovered": None}
-    recovered_due = int(np.count_nonzero(steps < due))
-    return {"logged": logged, "due": due, "recovered": int(steps.shape[0]), "recovered_due": recovered_due}
+    return {"logged": logged, "due": due, "recovered": int(steps.shape[0]),
+            "recovered_due": int(np.count_nonzero(steps < due)),
+            "recovered_logged": int(np.count_nonzero(steps < logged))}
+
+
+class StandInTensor:
+    """A 0-d tensor as a GPU gives it: reading its value (.item()) waits 1 ms for the device."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def numel(self) -> int:
+        return 1
+
+    def detach(self) -> StandInTensor:
+        return self
+
+    def item(self) -> float:
+        time.sleep(0.001)
+        return self.value
+
+
+def tensor(library: str, directory: str, steps: int) -> dict[str, Any]:
+    import runyard
+
+    run = runyard.init(project="bench", name=RUN_NAME)
+    clock = time.perf_counter_ns
+    samples = np.zeros(steps, np.int64)
+    values = [StandInTensor(float(i)) for i in range(1000)]
+    for i in range(steps):
+        value = values[i % 1000]
+        t0 = clock()
+        run.log({"loss": value}, i)
+        samples[i] = clock() - t0
+    t0 = time.perf_counter()
+    run.finish()
+    return {"steps": steps, "p50_us": float(np.percentile(samples, 50)) / 1000,
+            "p99_us": float(np.percentile(samples, 99)) / 1000, "finish_s": time.perf_counter() - t0}
+
+
+def readable(steps: int, timeout: float) -> dict[str, Any]:
+    """Wait until every key of the run has ``steps`` points in the store; when it happened."""
+    import runyard
+
+    api = runyard.Api(catch_up=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):  # the run may not be in the store yet
+            number = api.run(RUN_NAME_OF_SUSTAINED).number
+            counts = {s.key: s.count for s in api.store.list_series(number)}
+            if all(counts.get(k, 0) >= steps for k in KEYS):
+                return {"at": time.time(), "counts": counts}
+        if time.monotonic() > deadline:
+            return {"at": None}
+        time.sleep(0.02)
+
+
+#: The sustained run's name: the read-back runs in another process, which cannot use its pid.
+RUN_NAME_OF_SUSTAINED = "bench-sustained"
+
+
+def sustained(library: str, directory: str, seconds: float) -> dict[str, Any]:
+    """Log flat out for ``seconds``; the parent measures how soon it is all readable."""
+    import runyard
+
+    run = runyard.init(project="bench", name=RUN_NAME_OF_SUSTAINED)
+    log = run.log
+    start = time.time()
+    end = start + seconds
+    i = 0
+    now = time.time
+    while True:
+        for _ in range(1000):
+            log(metrics(i), i)
+            i += 1
+        if now() >= end:
+            break
+    logged_at = time.time()
+    run.finish(wait=False)
+    return {"steps": i, "points": i * len(KEYS), "start": start, "end": logged_at}
 
 
 def main() -> None:
@@ -334,6 +443,12 @@ def main() -> None:
         kill_child(library, directory, sys.argv[4])
     elif mode == "recover":
         emit(recover(library, directory, sys.argv[4], float(sys.argv[5])))
+    elif mode == "tensor":
+        emit(tensor(library, directory, int(sys.argv[4])))
+    elif mode == "sustained":
+        emit(sustained(library, directory, float(sys.argv[4])))
+    elif mode == "readable":
+        emit(readable(int(sys.argv[4]), float(sys.argv[5])))
 
 
 if __name__ == "__main__":
