@@ -29,12 +29,32 @@ from runyard.config import Settings, resolve
 from runyard.errors import AccessDenied, RunyardError
 
 IDLE_EXIT = 10.0
+#: Pause after an unexpected error in a loop, so that a persistent one does not spin.
+ERROR_PAUSE = 1.0
 #: Niceness of the ingest thread (and of a shipping agent): training processes come first.
 INGEST_NICENESS = 10
 BUSY_PAUSE = 0.05
 IDLE_PAUSE = 0.25
 #: How often rules about time passing (stalled) are evaluated.
 ALERT_TICK = 5.0
+
+
+def describe(error: BaseException) -> str:
+    """An exception in one line: its type and message, and where it was raised (the traceback's last
+    frame), so that a bug report from an agent's log points at the code."""
+    import traceback
+
+    text = f"{type(error).__name__}: {error}" if not isinstance(error, RunyardError) else str(error)
+    frames = traceback.extract_tb(error.__traceback__)
+    if frames and not isinstance(error, RunyardError):
+        last = frames[-1]
+        text += f" (at {last.filename}:{last.lineno} in {last.name})"
+    return text
+
+
+def report_error(where: str, error: BaseException) -> None:
+    """Print an error a loop survived to the agent's stderr (its log, home/agents/<key>.log)."""
+    print(f"runyard agent: {where}: {describe(error)}", file=sys.stderr, flush=True)
 
 
 def stop_agents(home: Path, timeout: float = 10.0) -> None:
@@ -102,9 +122,9 @@ def main() -> int:
         while thread.is_alive():
             try:
                 started, waiting = scheduler.tick()
-            except RunyardError as e:
-                print(f"runyard agent: {e}", file=sys.stderr, flush=True)
-                time.sleep(1.0)
+            except Exception as e:  # noqa: BLE001 - the queue waits for the next tick, the agent goes on
+                report_error("scheduler", e)
+                time.sleep(ERROR_PAUSE)
                 continue
             now = time.monotonic()
             # Undelivered notices are work too: a dead webhook keeps being retried (alerts/dispatch.py).
@@ -140,9 +160,9 @@ class _Ingest:
         while not self.stop:
             try:
                 report = self.tailer.poll()
-            except RunyardError as e:
-                print(f"runyard agent: {e}", file=sys.stderr, flush=True)
-                time.sleep(1.0)
+            except Exception as e:  # noqa: BLE001 - nothing may end ingest for the whole home
+                report_error("ingest", e)
+                time.sleep(ERROR_PAUSE)
                 continue
             if report.alive or report.records:
                 self.busy_at = time.monotonic()
@@ -157,8 +177,8 @@ class _Ingest:
         self._ticked = now
         try:
             self.watcher.tick()
-        except RunyardError as e:
-            print(f"runyard agent: alerts: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - a failing rule must not end ingest
+            report_error("alerts", e)
 
 
 def alert_outbox(store: Any, home: Path) -> Any:
@@ -201,6 +221,8 @@ def _ship(settings: Settings) -> int:
                 return 1
             except RunyardError as e:
                 failure = str(e)
+            except Exception as e:  # noqa: BLE001 - nothing may end shipping: report it, back off, go on
+                failure = f"shipping: {describe(e)}"
             else:
                 failure = "; ".join(f"run {w.run_number or w.run_id}: {w.error}" for w in report.errors)
             now = time.monotonic()
