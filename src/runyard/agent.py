@@ -109,8 +109,9 @@ def main() -> int:
     opened = open_store(settings)
     watcher = Watcher(opened.store)
     tailer = Tailer(StoreSink(opened.store, opened.artifacts, watcher), settings.spool_dir, target_key(settings))
+    scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count(),
+                          on_status=watcher.after_status)
     outbox = alert_outbox(opened.store, settings.home).start()
-    scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count())
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
     # normal priority, because the supervisors it starts inherit the priority of the starting thread.
@@ -140,6 +141,7 @@ def main() -> int:
         outbox.poll()  # what the last batches fired: stops done, notices handed over
         outbox.dispatcher.drain(timeout=10)
         outbox.close()
+        scheduler.close()
         opened.close()
 
 
