@@ -111,7 +111,7 @@ def main() -> int:
     tailer = Tailer(StoreSink(opened.store, opened.artifacts, watcher), settings.spool_dir, target_key(settings))
     scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count(),
                           on_status=watcher.after_status)
-    outbox = alert_outbox(opened.store, settings.home).start()
+    outbox = alert_outbox(opened.store, settings.home, settings.lease, holder=scheduler.agent).start()
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
     # normal priority, because the supervisors it starts inherit the priority of the starting thread.
@@ -138,8 +138,11 @@ def main() -> int:
     finally:
         ingest.stop = True
         thread.join(timeout=10)
-        outbox.poll()  # what the last batches fired: stops done, notices handed over
-        outbox.dispatcher.drain(timeout=10)
+        try:
+            outbox.poll()  # what the last batches fired: stops done, notices handed over
+            outbox.dispatcher.drain(timeout=10)
+        except Exception as e:  # noqa: BLE001 - exiting: what is left stays pending in the store
+            report_error("alerts", e)
         outbox.close()
         scheduler.close()
         opened.close()
@@ -183,9 +186,10 @@ class _Ingest:
             report_error("alerts", e)
 
 
-def alert_outbox(store: Any, home: Path) -> Any:
-    """Acts on fired alerts: stops runs through their supervisors, delivers to channels. Not started:
-    the agent and ``runyard server`` start it (an app built in a test starts no threads)."""
+def alert_outbox(store: Any, home: Path, lease: float, holder: str | None = None) -> Any:
+    """Acts on fired alerts: stops runs through their supervisors, delivers to channels, while it
+    holds the database's outbox lease (``lease`` seconds, renewed). Not started: the agent and
+    ``runyard server`` start it (an app built in a test starts no threads)."""
     import functools
 
     from runyard.alerts.dispatch import Dispatcher, for_home
@@ -194,7 +198,7 @@ def alert_outbox(store: Any, home: Path) -> Any:
     from runyard.ingest.alerting import Outbox
 
     dispatcher = Dispatcher(for_home(home / HOME_CONFIG_NAME))
-    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, home))
+    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, home), holder=holder, lease=lease)
 
 
 def _ship(settings: Settings) -> int:

@@ -181,6 +181,9 @@ class Dispatcher:
     clock: Callable[[], float] = time.time
     #: Delivered messages, for whoever wants to know (tests, the inbox's delivery column).
     on_delivered: Callable[[str, list[Notice]], object] | None = None
+    #: Whether this process may still deliver (the outbox's lease); when not, what waits is dropped:
+    #: the process that took over delivers it from the store.
+    holding: Callable[[], bool] | None = None
     senders: dict[str, Callable[[NotifySettings, str, list[str], list[Notice]], None]] = field(default_factory=dict)
     _queue: list[_Pending] = field(default_factory=list)
     _digests: dict[tuple[str, str], _Pending] = field(default_factory=dict)
@@ -240,6 +243,9 @@ class Dispatcher:
             self._queue = [p for p in self._queue if p.due > now]
         sent = 0
         for pending in due:
+            if self.holding is not None and not self.holding():
+                self.clear()
+                return sent
             settings = self.settings_for(pending.notices[0])
             if all(n.kind in ROUTINE for n in pending.notices) and in_quiet_hours(settings.quiet, now):
                 pending.due = now + 60.0  # held until the quiet hours end
@@ -285,6 +291,12 @@ class Dispatcher:
                 if not any(p.due <= self.clock() for p in self._queue):
                     return
             time.sleep(0.05)
+
+    def clear(self) -> None:
+        """Forget every notice waiting (another process delivers them now)."""
+        with self._lock:
+            self._queue.clear()
+            self._digests.clear()
 
     def pending(self) -> int:
         with self._lock:

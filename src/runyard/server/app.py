@@ -175,7 +175,7 @@ class Server:
         self.hub = events.Hub()
         self.watcher = Watcher(store)
         #: Started by `runyard server` (an app built in a test starts no threads).
-        self.outbox: Outbox = alert_outbox(store, settings.home)
+        self.outbox: Outbox = alert_outbox(store, settings.home, settings.lease)
 
     def run_for(self, request: Request, ref: str) -> Any:
         """The run ``ref`` names, if the caller may see it (a project token sees only its project)."""
