@@ -181,8 +181,8 @@ class Dispatcher:
     clock: Callable[[], float] = time.time
     #: Delivered messages, for whoever wants to know (tests, the inbox's delivery column).
     on_delivered: Callable[[str, list[Notice]], object] | None = None
-    #: Whether this process may still deliver (the outbox's lease); when not, what waits is dropped:
-    #: the process that took over delivers it from the store.
+    #: Whether this process may deliver now (the outbox's lease); while not, nothing is sent. The
+    #: outbox ``clear()``s what waits when another process has taken the lease over.
     holding: Callable[[], bool] | None = None
     senders: dict[str, Callable[[NotifySettings, str, list[str], list[Notice]], None]] = field(default_factory=dict)
     _queue: list[_Pending] = field(default_factory=list)
@@ -233,6 +233,8 @@ class Dispatcher:
 
     def deliver_due(self) -> int:
         """Send what is due now; returns how many messages went out."""
+        if self.holding is not None and not self.holding():
+            return 0  # not ours to send now: kept until the lease is renewed, or dropped if it was lost
         now = self.clock()
         with self._lock:
             for key, digest in list(self._digests.items()):
@@ -244,8 +246,8 @@ class Dispatcher:
         sent = 0
         for pending in due:
             if self.holding is not None and not self.holding():
-                self.clear()
-                return sent
+                self._requeue(pending)
+                continue
             settings = self.settings_for(pending.notices[0])
             if all(n.kind in ROUTINE for n in pending.notices) and in_quiet_hours(settings.quiet, now):
                 pending.due = now + 60.0  # held until the quiet hours end
