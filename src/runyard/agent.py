@@ -121,15 +121,19 @@ def main() -> int:
     last_work = time.monotonic()
     try:
         while thread.is_alive():
+            started = waiting = 0
             try:
                 started, waiting = scheduler.tick()
             except Exception as e:  # noqa: BLE001 - the queue waits for the next tick, the agent goes on
                 report_error("scheduler", e)
+                # Failing is not working: an agent whose database is gone still leaves when idle (the
+                # next process that needs one starts another).
                 time.sleep(ERROR_PAUSE)
-                continue
             now = time.monotonic()
-            # Undelivered notices are work too: a dead webhook keeps being retried (alerts/dispatch.py).
-            if started or waiting or ingest.busy_at > now - IDLE_PAUSE * 2 or outbox.dispatcher.pending():
+            # Undelivered notices are work too: a dead webhook keeps being retried (alerts/dispatch.py),
+            # as long as this agent is the one sending them.
+            sending = outbox.holding() and outbox.dispatcher.pending()
+            if started or waiting or ingest.busy_at > now - IDLE_PAUSE * 2 or sending:
                 last_work = now
             elif now - last_work > IDLE_EXIT and now - ingest.busy_at > IDLE_EXIT:
                 return 0

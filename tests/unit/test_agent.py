@@ -76,3 +76,44 @@ def test_the_shipping_loop_reports_an_unexpected_exception_and_goes_on(
     assert agent._ship(settings) == 0
     assert tailer.polls >= 2
     assert "runyard agent: shipping: KeyError: 'boom'" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_an_agent_whose_database_is_gone_still_leaves_when_idle(pg_schema_url: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    from urllib.parse import parse_qs, urlsplit
+
+    import sqlalchemy as sa
+
+    from runyard.store.engine import create_engine
+    from runyard.store.migrate import upgrade
+
+    engine = create_engine(pg_schema_url)
+    upgrade(engine)
+    engine.dispose()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")},
+           "RUNYARD_HOME": str(tmp_path / "home"), "RUNYARD_DB": pg_schema_url}
+    (tmp_path / "home").mkdir()
+    log = tmp_path / "agent.log"
+    with log.open("ab") as out:
+        agent_process = subprocess.Popen([sys.executable, "-m", "runyard.agent"], env=env, stdout=out, stderr=out,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        from runyard.store.sql import SqlStore
+
+        store = SqlStore(create_engine(pg_schema_url))
+        wait_for(lambda: bool(store.leases("agent:")), 30, "the agent to start scheduling")  # its first tick
+        store.close()
+        schema = parse_qs(urlsplit(pg_schema_url).query)["options"][0].split("=", 1)[1]
+        admin = sa.create_engine(pg_schema_url.split("?")[0])
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+        assert agent_process.wait(60) == 0  # every tick fails; failing is not working, so it leaves
+        assert "runyard agent: scheduler:" in log.read_text()
+    finally:
+        if agent_process.poll() is None:
+            agent_process.kill()
+            agent_process.wait(10)
