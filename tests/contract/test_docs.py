@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from runyard.agent import stop_agents
 from runyard.cli.main import cli
 from runyard.config import SETTINGS, Settings, resolve
 
@@ -381,7 +382,11 @@ SETTING_CHECKS: dict[str, Callable[[Home], None]] = {
 
 @pytest.mark.parametrize("key", sorted(SETTING_CHECKS))
 def test_each_setting_changes_what_it_says(key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    SETTING_CHECKS[key](Home(tmp_path, monkeypatch))
+    home = Home(tmp_path, monkeypatch)
+    try:
+        SETTING_CHECKS[key](home)
+    finally:
+        stop_agents(home.home)
 
 
 # -- options of `runyard run` ----------------------------------------------------------------------
@@ -564,4 +569,8 @@ def test_every_setting_and_run_option_has_a_behaviour_check() -> None:
 
 @pytest.mark.parametrize("option", sorted(RUN_OPTION_CHECKS))
 def test_each_run_option_changes_what_it_says(option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    RUN_OPTION_CHECKS[option](Home(tmp_path, monkeypatch))
+    home = Home(tmp_path, monkeypatch)
+    try:
+        RUN_OPTION_CHECKS[option](home)
+    finally:
+        stop_agents(home.home)

@@ -90,6 +90,8 @@ def test_an_agent_restarted_mid_run_does_not_say_an_alert_again(tmp_path: Path) 
         assert [(e.kind, e.step) for e in events] == [("below", 0), ("above", 20)], f"webhook got {kinds(hook)}"
         assert kinds(hook) == ["below", "above"]
     finally:
+        (tmp_path / "gate").touch()
+        stop_agents(home)
         hook.close()
 
 

@@ -4,6 +4,7 @@ machine profile's priority orders the queue. Real agent, real supervisors."""
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -24,25 +25,28 @@ def test_a_run_waits_for_cpu_cores_and_one_that_can_never_fit_fails_at_once(proj
     gate = tmp_path / "gate"
     wait = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
     (project / "wait.py").write_text(wait)
-    big = launch(env, project, "--cpus", str(cores), "--", sys.executable, "wait.py")  # every core here
-    wait_status(env, project, big, {"running"}, 30)
-    small = launch(env, project, "--cpus", "1", "--", sys.executable, "-c", "pass")  # a slot is free, cores not
-    never = launch(env, project, "--cpus", "4096", "--", sys.executable, "-c", "pass")
-    assert wait_status(env, project, never, TERMINAL, 30) == "failed"
-    api = api_of(env, project)
     try:
-        assert f"asks for 4096 CPU cores; {__import__('socket').gethostname()} has {cores}" in (
-            api.run(never).status_message or "")
+        big = launch(env, project, "--cpus", str(cores), "--", sys.executable, "wait.py")  # every core here
+        wait_status(env, project, big, {"running"}, 30)
+        small = launch(env, project, "--cpus", "1", "--", sys.executable, "-c", "pass")  # a slot is free, cores not
+        never = launch(env, project, "--cpus", "4096", "--", sys.executable, "-c", "pass")
+        assert wait_status(env, project, never, TERMINAL, 30) == "failed"
+        api = api_of(env, project)
+        try:
+            assert f"asks for 4096 CPU cores; {socket.gethostname()} has {cores}" in (
+                api.run(never).status_message or "")
+        finally:
+            api.close()
+        assert status(env, project, small) == "queued"  # the same tick that failed `never` left it waiting
+        gate.touch()
+        assert wait_status(env, project, small, TERMINAL, 60) == "finished"
+        api = api_of(env, project)
+        try:
+            assert api.run(small).started_at >= api.run(big).ended_at
+        finally:
+            api.close()
     finally:
-        api.close()
-    assert status(env, project, small) == "queued"  # the same tick that failed `never` left it waiting
-    gate.touch()
-    assert wait_status(env, project, small, TERMINAL, 60) == "finished"
-    api = api_of(env, project)
-    try:
-        assert api.run(small).started_at >= api.run(big).ended_at
-    finally:
-        api.close()
+        gate.touch()  # never leave the run waiting
 
 
 def test_a_machine_profile_gives_a_run_its_priority_unless_the_flag_says_otherwise(project: Path,

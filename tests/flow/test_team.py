@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from tests.flow.test_execution import wait_for
 
+from runyard.agent import stop_agents
 from runyard.config import Settings, resolve
 from runyard.exec.submit import Submission, submit
 from runyard.files import lock_held
@@ -149,6 +150,7 @@ def team(pg_schema_url: str, tmp_path: Path) -> Iterator[Team]:
         team.gate.touch()
         for agent in agents:
             agent.stop()
+            stop_agents(agent.home)  # any a command started (`runyard stop` in a's home starts a's)
         store.close()
 
 
