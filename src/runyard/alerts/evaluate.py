@@ -75,11 +75,16 @@ class Evaluator:
     def _state_of(self, rule: Any, run: int) -> _State:
         return self._state.setdefault(run, {}).setdefault(rule.id, _State())
 
-    def _fire(self, rule: Any, run: int, now: float, message: str, **where: Any) -> list[Fired]:
+    def _fire(self, rule: Any, run: int, now: float, message: str, at: float | None = None,
+              **where: Any) -> list[Fired]:
+        """Fire unless within the cooldown. ``at``: the point's own time, for rules on points: the
+        cooldown is then measured in the run's time, so how records happen to be batched (an ingester
+        catching up, two points in one batch) changes nothing."""
         state = self._state_of(rule, run)
-        if state.fired_at is not None and now - state.fired_at < float(rule.spec.get("cooldown", 3600.0)):
+        clock = now if at is None else at
+        if state.fired_at is not None and clock - state.fired_at < float(rule.spec.get("cooldown", 3600.0)):
             return []
-        state.fired_at = now
+        state.fired_at = clock
         return [Fired(rule, run, f"{rule.name}: {message}", now, **where)]
 
     def on_points(self, run: int, project: str, series: dict[str, Any], now: float) -> list[Fired]:
@@ -112,6 +117,7 @@ class Evaluator:
                now: float) -> list[Fired]:
         spec, kind = rule.spec, rule.kind
         state = self._state_of(rule, run)
+        fired: list[Fired] = []
         for step, at, value in zip(steps, times, values, strict=True):
             hit: str | None = None
             if kind == "nan" and not math.isfinite(value):
@@ -129,10 +135,9 @@ class Evaluator:
             elif kind == "gpu_idle":
                 hit = self._idle(state, spec, key, at, value)
             if hit is not None:
-                fired = self._fire(rule, run, now, hit, metric=key, step=step, value=value)
-                if fired:
-                    return fired
-        return []
+                # Read on after a fire: later points still move the rule's memory (a new best).
+                fired += self._fire(rule, run, now, hit, at=at, metric=key, step=step, value=value)
+        return fired
 
     @staticmethod
     def _drop(state: _State, spec: dict[str, Any], key: str, step: int, value: float) -> str | None:
