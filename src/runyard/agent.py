@@ -29,12 +29,32 @@ from runyard.config import Settings, resolve
 from runyard.errors import AccessDenied, RunyardError
 
 IDLE_EXIT = 10.0
+#: Pause after an unexpected error in a loop, so that a persistent one does not spin.
+ERROR_PAUSE = 1.0
 #: Niceness of the ingest thread (and of a shipping agent): training processes come first.
 INGEST_NICENESS = 10
 BUSY_PAUSE = 0.05
 IDLE_PAUSE = 0.25
 #: How often rules about time passing (stalled) are evaluated.
 ALERT_TICK = 5.0
+
+
+def describe(error: BaseException) -> str:
+    """An exception in one line: its type and message, and where it was raised (the traceback's last
+    frame), so that a bug report from an agent's log points at the code."""
+    import traceback
+
+    text = f"{type(error).__name__}: {error}" if not isinstance(error, RunyardError) else str(error)
+    frames = traceback.extract_tb(error.__traceback__)
+    if frames and not isinstance(error, RunyardError):
+        last = frames[-1]
+        text += f" (at {last.filename}:{last.lineno} in {last.name})"
+    return text
+
+
+def report_error(where: str, error: BaseException) -> None:
+    """Print an error a loop survived to the agent's stderr (its log, home/agents/<key>.log)."""
+    print(f"runyard agent: {where}: {describe(error)}", file=sys.stderr, flush=True)
 
 
 def stop_agents(home: Path, timeout: float = 10.0) -> None:
@@ -89,8 +109,9 @@ def main() -> int:
     opened = open_store(settings)
     watcher = Watcher(opened.store)
     tailer = Tailer(StoreSink(opened.store, opened.artifacts, watcher), settings.spool_dir, target_key(settings))
-    outbox = alert_outbox(opened.store, settings.home).start()
-    scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count())
+    scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count(),
+                          on_status=watcher.after_status)
+    outbox = alert_outbox(opened.store, settings.home, settings.lease, holder=scheduler.agent).start()
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
     # normal priority, because the supervisors it starts inherit the priority of the starting thread.
@@ -100,15 +121,19 @@ def main() -> int:
     last_work = time.monotonic()
     try:
         while thread.is_alive():
+            started = waiting = 0
             try:
                 started, waiting = scheduler.tick()
-            except RunyardError as e:
-                print(f"runyard agent: {e}", file=sys.stderr, flush=True)
-                time.sleep(1.0)
-                continue
+            except Exception as e:  # noqa: BLE001 - the queue waits for the next tick, the agent goes on
+                report_error("scheduler", e)
+                # Failing is not working: an agent whose database is gone still leaves when idle (the
+                # next process that needs one starts another).
+                time.sleep(ERROR_PAUSE)
             now = time.monotonic()
-            # Undelivered notices are work too: a dead webhook keeps being retried (alerts/dispatch.py).
-            if started or waiting or ingest.busy_at > now - IDLE_PAUSE * 2 or outbox.dispatcher.pending():
+            # Undelivered notices are work too: a dead webhook keeps being retried (alerts/dispatch.py),
+            # as long as this agent is the one sending them.
+            sending = outbox.holding() and outbox.dispatcher.pending()
+            if started or waiting or ingest.busy_at > now - IDLE_PAUSE * 2 or sending:
                 last_work = now
             elif now - last_work > IDLE_EXIT and now - ingest.busy_at > IDLE_EXIT:
                 return 0
@@ -117,9 +142,13 @@ def main() -> int:
     finally:
         ingest.stop = True
         thread.join(timeout=10)
-        outbox.poll()  # what the last batches fired: stops done, notices handed over
-        outbox.dispatcher.drain(timeout=10)
+        try:
+            outbox.poll()  # what the last batches fired: stops done, notices handed over
+            outbox.dispatcher.drain(timeout=10)
+        except Exception as e:  # noqa: BLE001 - exiting: what is left stays pending in the store
+            report_error("alerts", e)
         outbox.close()
+        scheduler.close()
         opened.close()
 
 
@@ -140,9 +169,9 @@ class _Ingest:
         while not self.stop:
             try:
                 report = self.tailer.poll()
-            except RunyardError as e:
-                print(f"runyard agent: {e}", file=sys.stderr, flush=True)
-                time.sleep(1.0)
+            except Exception as e:  # noqa: BLE001 - nothing may end ingest for the whole home
+                report_error("ingest", e)
+                time.sleep(ERROR_PAUSE)
                 continue
             if report.alive or report.records:
                 self.busy_at = time.monotonic()
@@ -157,13 +186,14 @@ class _Ingest:
         self._ticked = now
         try:
             self.watcher.tick()
-        except RunyardError as e:
-            print(f"runyard agent: alerts: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - a failing rule must not end ingest
+            report_error("alerts", e)
 
 
-def alert_outbox(store: Any, home: Path) -> Any:
-    """Acts on fired alerts: stops runs through their supervisors, delivers to channels. Not started:
-    the agent and ``runyard server`` start it (an app built in a test starts no threads)."""
+def alert_outbox(store: Any, home: Path, lease: float, holder: str | None = None) -> Any:
+    """Acts on fired alerts: stops runs through their supervisors, delivers to channels, while it
+    holds the database's outbox lease (``lease`` seconds, renewed). Not started: the agent and
+    ``runyard server`` start it (an app built in a test starts no threads)."""
     import functools
 
     from runyard.alerts.dispatch import Dispatcher, for_home
@@ -172,7 +202,7 @@ def alert_outbox(store: Any, home: Path) -> Any:
     from runyard.ingest.alerting import Outbox
 
     dispatcher = Dispatcher(for_home(home / HOME_CONFIG_NAME))
-    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, home))
+    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, home), holder=holder, lease=lease)
 
 
 def _ship(settings: Settings) -> int:
@@ -201,6 +231,8 @@ def _ship(settings: Settings) -> int:
                 return 1
             except RunyardError as e:
                 failure = str(e)
+            except Exception as e:  # noqa: BLE001 - nothing may end shipping: report it, back off, go on
+                failure = f"shipping: {describe(e)}"
             else:
                 failure = "; ".join(f"run {w.run_number or w.run_id}: {w.error}" for w in report.errors)
             now = time.monotonic()

@@ -124,6 +124,16 @@ def _parse_slots(raw: str, base: Path) -> str:
     return raw
 
 
+def _parse_lease(raw: str, base: Path) -> str:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not 1 <= value <= 3600:
+        raise ValueError("expected between 1 and 3600 seconds")
+    return raw
+
+
 def _parse_name(raw: str, base: Path) -> str:
     name = raw.strip()
     if not name or len(name) > 100 or any(c in name for c in "/\\\0\n\r\t"):
@@ -181,6 +191,14 @@ SETTINGS: tuple[Setting, ...] = (
         default=lambda home: None,
         parse=_parse_slots,
         optional=True,
+    ),
+    Setting(
+        "lease",
+        "Seconds an agent's hold on its launched runs (and on the alert outbox) lasts unless renewed; "
+        "when it lapses, another agent on the same database marks its runs lost, or queues again those "
+        "it never started",
+        default=lambda home: "30",
+        parse=_parse_lease,
     ),
     Setting(
         "fsync",
@@ -274,6 +292,10 @@ class Settings:
     def slots(self) -> int | None:
         value = self.values["slots"].value
         return int(value) if value is not None else None
+
+    @property
+    def lease(self) -> float:
+        return float(self._required("lease"))
 
     @property
     def fsync(self) -> str:

@@ -181,6 +181,9 @@ class Dispatcher:
     clock: Callable[[], float] = time.time
     #: Delivered messages, for whoever wants to know (tests, the inbox's delivery column).
     on_delivered: Callable[[str, list[Notice]], object] | None = None
+    #: Whether this process may deliver now (the outbox's lease); while not, nothing is sent. The
+    #: outbox ``clear()``s what waits when another process has taken the lease over.
+    holding: Callable[[], bool] | None = None
     senders: dict[str, Callable[[NotifySettings, str, list[str], list[Notice]], None]] = field(default_factory=dict)
     _queue: list[_Pending] = field(default_factory=list)
     _digests: dict[tuple[str, str], _Pending] = field(default_factory=dict)
@@ -230,6 +233,8 @@ class Dispatcher:
 
     def deliver_due(self) -> int:
         """Send what is due now; returns how many messages went out."""
+        if self.holding is not None and not self.holding():
+            return 0  # not ours to send now: kept until the lease is renewed, or dropped if it was lost
         now = self.clock()
         with self._lock:
             for key, digest in list(self._digests.items()):
@@ -240,6 +245,9 @@ class Dispatcher:
             self._queue = [p for p in self._queue if p.due > now]
         sent = 0
         for pending in due:
+            if self.holding is not None and not self.holding():
+                self._requeue(pending)
+                continue
             settings = self.settings_for(pending.notices[0])
             if all(n.kind in ROUTINE for n in pending.notices) and in_quiet_hours(settings.quiet, now):
                 pending.due = now + 60.0  # held until the quiet hours end
@@ -285,6 +293,12 @@ class Dispatcher:
                 if not any(p.due <= self.clock() for p in self._queue):
                     return
             time.sleep(0.05)
+
+    def clear(self) -> None:
+        """Forget every notice waiting (another process delivers them now)."""
+        with self._lock:
+            self._queue.clear()
+            self._digests.clear()
 
     def pending(self) -> int:
         with self._lock:

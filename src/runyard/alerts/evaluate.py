@@ -3,15 +3,17 @@
 Pure: no I/O. The ingester calls ``on_points`` and ``on_status`` with what it has just applied and
 ``on_tick`` now and then (for rules about time passing: stalled, gpu_idle). What a rule needs to
 remember (best value so far, when the GPU went idle, when it last fired) lives in this object, per
-(rule, run). A rule fires at most once per run within its cooldown (1 hour by default), so a drop
-is said once, not on every later point.
+(rule, run), as plain values (``states_of``, ``set_states``) that the ingester keeps in the store,
+so that a restart or another ingester continues from them (ingest/alerting.py). A rule fires at
+most once per run within its cooldown (1 hour by default), so a drop is said once, not on every
+later point.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from runyard.alerts.spec import STATE_KINDS
@@ -40,22 +42,49 @@ class _State:
     since: float | None = None  # gpu_idle: when utilisation went below the value
     fired_at: float | None = None
 
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> _State:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 @dataclass
 class Evaluator:
     rules: Sequence[Any] = ()
-    _state: dict[tuple[int, int], _State] = field(default_factory=dict)
+    #: What each rule remembers, per run: run -> rule id -> state.
+    _state: dict[int, dict[int, _State]] = field(default_factory=dict)
     #: Last metric point or log line per run (for ``stalled``), by wall time.
     _activity: dict[int, float] = field(default_factory=dict)
 
     def applies(self, rule: Any, run: int, project: str) -> bool:
         return rule.enabled and (rule.run is None or rule.run == run) and (rule.project in (None, project))
 
-    def _fire(self, rule: Any, run: int, now: float, message: str, **where: Any) -> list[Fired]:
-        state = self._state.setdefault((rule.id, run), _State())
-        if state.fired_at is not None and now - state.fired_at < float(rule.spec.get("cooldown", 3600.0)):
+    def states_of(self, run: int) -> dict[int, dict[str, Any]]:
+        """What the rules remember about ``run``, as plain values (a copy): rule id -> state."""
+        return {rule_id: asdict(state) for rule_id, state in self._state.get(run, {}).items()}
+
+    @staticmethod
+    def blank() -> dict[str, Any]:
+        """A rule's memory before it has seen anything (``states_of``'s form)."""
+        return asdict(_State())
+
+    def set_states(self, run: int, states: Mapping[int, Mapping[str, Any]]) -> None:
+        """Replace what the rules remember about ``run`` (``states_of``'s form; a rule absent starts afresh)."""
+        self._state[run] = {rule_id: _State.of(data) for rule_id, data in states.items()}
+
+    def _state_of(self, rule: Any, run: int) -> _State:
+        return self._state.setdefault(run, {}).setdefault(rule.id, _State())
+
+    def _fire(self, rule: Any, run: int, now: float, message: str, at: float | None = None,
+              **where: Any) -> list[Fired]:
+        """Fire unless within the cooldown. ``at``: the point's own time, for rules on points: the
+        cooldown is then measured in the run's time, so how records happen to be batched (an ingester
+        catching up, two points in one batch) changes nothing."""
+        state = self._state_of(rule, run)
+        clock = now if at is None else at
+        if state.fired_at is not None and clock - state.fired_at < float(rule.spec.get("cooldown", 3600.0)):
             return []
-        state.fired_at = now
+        state.fired_at = clock
         return [Fired(rule, run, f"{rule.name}: {message}", now, **where)]
 
     def on_points(self, run: int, project: str, series: dict[str, Any], now: float) -> list[Fired]:
@@ -87,7 +116,8 @@ class Evaluator:
     def _check(self, rule: Any, run: int, key: str, steps: list[int], times: list[float], values: list[float],
                now: float) -> list[Fired]:
         spec, kind = rule.spec, rule.kind
-        state = self._state.setdefault((rule.id, run), _State())
+        state = self._state_of(rule, run)
+        fired: list[Fired] = []
         for step, at, value in zip(steps, times, values, strict=True):
             hit: str | None = None
             if kind == "nan" and not math.isfinite(value):
@@ -105,10 +135,9 @@ class Evaluator:
             elif kind == "gpu_idle":
                 hit = self._idle(state, spec, key, at, value)
             if hit is not None:
-                fired = self._fire(rule, run, now, hit, metric=key, step=step, value=value)
-                if fired:
-                    return fired
-        return []
+                # Read on after a fire: later points still move the rule's memory (a new best).
+                fired += self._fire(rule, run, now, hit, at=at, metric=key, step=step, value=value)
+        return fired
 
     @staticmethod
     def _drop(state: _State, spec: dict[str, Any], key: str, step: int, value: float) -> str | None:
@@ -158,10 +187,15 @@ class Evaluator:
                 out += self._fire(rule, run, now, f"run {run} {status}" + (f": {message}" if message else ""))
         return out
 
-    def on_tick(self, active: Iterable[tuple[int, str]], now: float) -> list[Fired]:
-        """Rules about time passing, for the runs still running: (number, project) pairs."""
+    def on_tick(self, active: Iterable[tuple[int, str]], now: float,
+                seen: Mapping[int, float] | None = None) -> list[Fired]:
+        """Rules about time passing, for the runs still running: (number, project) pairs. ``seen``:
+        when each run last logged, as the store knows it (another process may have applied it)."""
         out: list[Fired] = []
         for run, project in active:
+            stored = (seen or {}).get(run)
+            if stored is not None and stored > self._activity.get(run, -math.inf):
+                self._activity[run] = stored
             last = self._activity.setdefault(run, now)  # first seen now: the clock starts here
             for rule in self.rules:
                 if rule.kind == "stalled" and self.applies(rule, run, project) and now - last >= rule.spec["for"]:

@@ -131,6 +131,9 @@ def check_ray(settings: Settings) -> Check:
     version = _version("ray")
     address = settings.ray
     if version is None:
+        if address is not None:
+            return Check("ray", "warn", f"not installed, so the cluster at {address} (RUNYARD_RAY) is not "
+                                        "used: pip install ray")
         return Check("ray", "info", "not installed: Ray runs arrive with the Ray executor")
     if address is None:
         return Check("ray", "info", f"ray {version} installed; no cluster configured (set RUNYARD_RAY)")

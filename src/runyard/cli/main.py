@@ -145,10 +145,13 @@ class RunCommand(click.Command):
 @click.option("--env", "env", multiple=True, metavar="KEY[=VALUE]",
               help="An environment variable for the command (repeatable); KEY alone passes this shell's value.")
 @click.option("--gpus", type=int, help="GPUs the run needs.")
-@click.option("--cpus", type=int, help="CPU cores the run needs.")
-@click.option("--memory", metavar="SIZE", help="Memory the run needs, e.g. 16G.")
+@click.option("--cpus", type=int, help="CPU cores the run needs: it waits until that many are not held by other "
+                                      "runs here.")
+@click.option("--memory", metavar="SIZE", help="Memory the run needs, e.g. 16G: it waits until that much is not "
+                                               "held by other runs here.")
 @click.option("--timeout", metavar="DURATION", help="Stop the run after this long, e.g. 90s, 2h.")
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs start first.")
+@click.option("--priority", type=int, help="Higher runs start first (default: the --machine profile's priority, "
+                                          "else 0).")
 @click.option("--machine", metavar="NAME", help="A resource profile from [machines.NAME] in the configuration.")
 @click.option("-f", "--follow", is_flag=True, help="Stream the run's log until it ends; exit with its exit code.")
 @click.option("--json", "as_json", is_flag=True, help="Print the queued run as JSON.")

@@ -68,7 +68,9 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
         command=command, shell=shell, cwd=Path.cwd(), project=o["project"], name=o["name"], labels=o["labels"],
         note=o["note"], params=params, pip=o["pip"], requirements=o["requirements"], mounts=o["mounts"],
         env=_env_options(o["env"]), environment=inherited(os.environ), gpus=o["gpus"], cpus=o["cpus"],
-        memory=o["memory"], timeout=o["timeout"], priority=o["priority"], machine=o["machine"],
+        memory=o["memory"], timeout=o["timeout"], priority=options.priority(o["priority"], o["machine"],
+                                                                            settings.machines),
+        machine=o["machine"],
     )
     done = submit(settings, sub)
     if o["as_json"]:

@@ -1,4 +1,10 @@
-"""Stopping and re-launching runs: shared by the CLI (local mode) and the server's routes."""
+"""Stopping and re-launching runs: shared by the CLI (local mode) and the server's routes.
+
+Only the agent that holds a launched run acts on it. A run held by this home's agent is stopped
+here and now (SIGTERM to its supervisor); one held by another agent (a teammate's machine on the
+same database) gets a stop request in the store, which its holder carries out on its next tick.
+Either way the run's final state is what its supervisor records, not what the requester assumes.
+"""
 
 from __future__ import annotations
 
@@ -21,20 +27,42 @@ def stop_for_alert(store: Any, home: Path, number: int, why: str) -> str:
 
 
 def stop_run(store: Any, home: Path, run: Run) -> str:
-    """Stop one run (SIGTERM to its supervisor, or mark it stopped); returns what happened, for people."""
+    """Stop one run (SIGTERM to its supervisor, a request to its holder, or mark it stopped); returns
+    what happened, for people. ``store`` is a SqlStore, ``home`` the home this process serves."""
     from runyard.exec.local import LocalExecutor
+    from runyard.exec.scheduler import home_agents
 
     executor = LocalExecutor(home)
     if run.status.is_terminal():
         return f"run {run.number} already ended ({run.status.value})"
     if run.status is RunStatus.QUEUED:
-        store.update_run(run.number, RunPatch(status=RunStatus.STOPPED, status_message="stopped while queued"))
-        return f"run {run.number} stopped (it was queued)"
+        if store.stop_if_queued(run.number, "stopped while queued"):
+            return f"run {run.number} stopped (it was queued)"
+        run = store.get_run(run.number)  # an agent claimed it meanwhile
+        if run.status.is_terminal():
+            return f"run {run.number} already ended ({run.status.value})"
+    claim = store.get_claim(run.number)
+    if claim is not None and claim.agent not in home_agents(home):
+        return _request_stop(store, home, run)
     if executor.stop(run.id) or (run.status is RunStatus.STARTING and _stop_when_started(executor, run.id)):
         return f"run {run.number}: stopping (SIGTERM, then SIGKILL after the grace period)"
     store.update_run(run.number, RunPatch(status=RunStatus.STOPPED,
                                           status_message="stopped; no supervisor was running"))
     return f"run {run.number} stopped (no supervisor was running)"
+
+
+def _request_stop(store: Any, home: Path, run: Run) -> str:
+    from runyard.store.claims_sql import agent_lease
+
+    claim = store.request_stop(run.number)
+    if claim is None:  # its holder was judged gone meanwhile and the run queued again
+        return stop_run(store, home, store.get_run(run.number))
+    where = f"its agent on {claim.host or 'another machine'}"
+    leases = store.leases(agent_lease(claim.agent))
+    if not any(live for _, live in leases):
+        return (f"run {run.number}: stop requested, but {where} has not renewed its lease; if it does not "
+                "come back, the run is marked lost")
+    return f"run {run.number}: stop requested from {where}, which stops it within seconds"
 
 
 def _stop_when_started(executor: Any, run_id: str, wait: float = 10.0) -> bool:

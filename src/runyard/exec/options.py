@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from runyard.errors import ArtifactPathError, InvalidArgument
@@ -94,7 +95,24 @@ def mount(text: str) -> tuple[str, str]:
     return source, target.rstrip("/")
 
 
-def count(value: int | None, option: str) -> int | None:
-    if value is not None and not 0 <= value <= 4096:
-        raise InvalidArgument(f"{option} {value}: expected a number from 0 to 4096")
+def count(value: Any, option: str) -> int | None:
+    """A number of GPUs or CPU cores (from a flag or a machine profile), 0 to 4096."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4096):
+        raise InvalidArgument(f"{option} {value!r}: expected a whole number from 0 to 4096")
+    return value
+
+
+PRIORITY_LIMIT = 1_000_000
+
+
+def priority(value: int | None, machine: str | None, machines: Mapping[str, Mapping[str, Any]]) -> int:
+    """A run's priority: ``--priority`` if given, else its machine profile's ``priority``, else 0."""
+    option = "--priority"
+    if value is None and machine is not None and "priority" in machines.get(machine, {}):
+        value, option = machines[machine]["priority"], f"[machines.{machine}] priority"
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not -PRIORITY_LIMIT <= value <= PRIORITY_LIMIT:
+        raise InvalidArgument(f"{option} {value!r}: expected a whole number from {-PRIORITY_LIMIT} to "
+                              f"{PRIORITY_LIMIT} (higher starts first)")
     return value

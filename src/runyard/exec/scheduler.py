@@ -1,29 +1,42 @@
 """The scheduler: starts queued runs when this machine has room for them.
 
-Runs wait as ``queued`` in the store. On each tick, the scheduler counts the runs that hold a slot
-(starting or running here), and claims queued runs in order (higher priority first, then older
-first) while slots and GPUs are free, handing each to the executor with its GPUs in
-``CUDA_VISIBLE_DEVICES``. A run asking for more GPUs than the machine has fails at once, with the
-reason. Claiming is a conditional update, so two agents never start the same run; the queue lives
-in the store, so an agent's death loses nothing.
+Runs wait as ``queued`` in the store. Each agent (one per home and database) runs a scheduler, and
+many agents may share one database (a team on PostgreSQL). On each tick, the scheduler:
+
+- renews its agent's lease (``agent:<id>``, for ``lease`` seconds; it also says what this machine
+  offers), and acts on the runs of agents whose lease expired: a run claimed and never handed to a
+  supervisor goes back to the queue, one that was is marked lost;
+- carries out the stop requests written for the runs it holds (SIGTERM to their supervisors);
+- counts the runs it holds (and only those) against this machine: slots, GPUs, CPU cores, memory;
+- claims queued runs in order (higher priority first, then older first) while they fit, and hands
+  each to the executor with its GPUs in ``CUDA_VISIBLE_DEVICES``. A run that waits for room does not
+  hold back a later one that fits. A run that asks for more than this machine has, and more than any
+  other machine serving the database has, fails at once with the reason.
+
+Claiming is a conditional update that records the holder, so two agents never start the same run;
+the queue lives in the store, so an agent's death loses nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from runyard.config import Settings
 from runyard.exec.spec import Executor, LaunchSpec, Mount
-from runyard.store.api import Run, RunPatch
+from runyard.store.api import Claim, Run, RunPatch
+from runyard.store.claims_sql import AGENT_LEASE, agent_lease
 from runyard.store.sql import SqlStore
 from runyard.types import RunStatus
 
 #: A run left "starting" this long without its supervisor has failed to start.
 START_TIMEOUT = 120.0
-#: A run seen "starting" but never handed to the executor for this long goes back to the queue.
-REQUEUE_GRACE = 2.0
 
 
 def default_slots(gpu_count: int) -> int:
@@ -40,73 +53,231 @@ def gpu_count() -> int:
         gpus.close()
 
 
+def agent_id(home: Path, key: str) -> str:
+    """The id of this home's agent for one database (``key``: see ``spool.rundir.target_key``).
+
+    Kept in the home, so that an agent restarted on it still holds the runs the last one claimed
+    (and runs their stop requests); a new home is a new agent.
+    """
+    from runyard.ids import new_ulid
+
+    path = home / "agents" / f"{key}.id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with path.open("x") as f:
+            f.write(new_ulid() + "\n")
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    return path.read_text().strip()
+
+
+def home_agents(home: Path) -> set[str]:
+    """The ids of the agents this home has had (one per database it served)."""
+    directory = home / "agents"
+    return {p.read_text().strip() for p in directory.glob("*.id")} if directory.is_dir() else set()
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a machine offers launched runs; an agent's lease carries it, so that other agents know."""
+
+    host: str
+    slots: int
+    gpus: int
+    cpus: int
+    #: Bytes of memory.
+    memory: int
+
+    @classmethod
+    def here(cls, settings: Settings, gpus: int) -> Machine:
+        import psutil
+
+        return cls(socket.gethostname(), settings.slots or default_slots(gpus), gpus,
+                   psutil.cpu_count(logical=True) or 1, int(psutil.virtual_memory().total))
+
+    @classmethod
+    def of(cls, info: Mapping[str, Any]) -> Machine | None:
+        try:
+            return cls(str(info["host"]), int(info["slots"]), int(info["gpus"]), int(info["cpus"]),
+                       int(info["memory"]))
+        except (KeyError, TypeError, ValueError):
+            return None  # written by another version: not a machine we can judge
+
+    def info(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lacks(self, need: Need) -> str | None:
+        """What this machine lacks for ``need`` even when idle, in words; None if it could run it."""
+        if need.gpus > self.gpus:
+            return f"{need.gpus} GPU(s); {self.host} has {self.gpus}"
+        if need.cpus > self.cpus:
+            return f"{need.cpus} CPU cores; {self.host} has {self.cpus}"
+        if need.memory > self.memory:
+            return f"{_size(need.memory)} of memory; {self.host} has {_size(self.memory)}"
+        return None
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a run asks for (``runyard run --gpus/--cpus/--memory``, or its machine profile)."""
+
+    gpus: int = 0
+    cpus: int = 0
+    memory: int = 0
+
+    @classmethod
+    def of(cls, run: Run) -> Need:
+        r = run.resources
+        return cls(int(r.get("gpus") or 0), int(r.get("cpus") or 0), int(r.get("memory") or 0))
+
+
+def _size(n: int) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
 class Scheduler:
-    def __init__(self, store: SqlStore, settings: Settings, executor: Executor, gpus: int) -> None:
+    def __init__(self, store: SqlStore, settings: Settings, executor: Executor, gpus: int, *,
+                 agent: str | None = None, machine: Machine | None = None,
+                 on_status: Callable[[int, str, str], object] | None = None) -> None:
+        from runyard.spool.rundir import target_key
+
         self.store = store
         self.settings = settings
         self.executor = executor
-        self.gpus = gpus
-        self.slots = settings.slots or default_slots(gpus)
-        #: Runs seen "starting" but not submitted, and when first seen so (see _requeue_unsubmitted).
-        self._unsubmitted: dict[str, float] = {}
+        self.machine = machine if machine is not None else Machine.here(settings, gpus)
+        self.gpus = self.machine.gpus
+        self.slots = self.machine.slots
+        self.agent = agent if agent is not None else agent_id(settings.home, target_key(settings))
+        self.lease = settings.lease
+        #: Told when this scheduler ends a run (number, status, message): the agent's alert rules.
+        self.on_status = on_status
+        self._renewed = -float("inf")
 
     def tick(self) -> tuple[int, int]:
         """Start what fits; returns (runs started, runs still queued)."""
-        active = self.store.runs_with_status([RunStatus.STARTING, RunStatus.RUNNING])
-        local = [r for r in active if r.executor == "local"]
-        requeued = self._requeue_unsubmitted(local)
-        local = [r for r in local if r.id not in requeued]
-        self._fail_stuck(local)
+        if time.monotonic() - self._renewed >= self.lease / 3:
+            # Renewed well before it lapses, so that a slow tick never lets another agent judge us gone.
+            self.store.take_lease(agent_lease(self.agent), self.agent, self.lease, self.machine.host,
+                                  self.machine.info())
+            self._renewed = time.monotonic()
+            self._adopt()
+            self._release_orphans()
+        mine = self._carry_out_stops(self.store.held_by(self.agent))
+        mine = self._requeue_unsubmitted(mine)
+        self._fail_stuck(mine)
+        local = [run for run, _ in mine]
         used = len(local)
         busy = {g for r in local for g in r.resources.get("assigned_gpus", [])}
+        cpus = sum(Need.of(r).cpus for r in local)
+        memory = sum(Need.of(r).memory for r in local)
         queued = self.store.runs_with_status([RunStatus.QUEUED])
-        started = 0
+        started = failed = 0
+        others: list[Machine] | None = None
         for run in queued:
+            need = Need.of(run)
+            lacking = self.machine.lacks(need)
+            if lacking is not None:
+                others = self._others() if others is None else others
+                if not any(m.lacks(need) is None for m in others):
+                    elsewhere = "; no other machine serving this database has that either" if others else ""
+                    self.store.update_run(run.number, RunPatch(
+                        status=RunStatus.FAILED, status_message=f"asks for {lacking}{elsewhere}"))
+                    failed += 1
+                continue  # another machine serving this database could run it: leave it to that agent
             if used >= self.slots:
-                break
-            need = int(run.resources.get("gpus", 0) or 0)
-            if need > self.gpus:
-                self.store.update_run(run.number, RunPatch(
-                    status=RunStatus.FAILED,
-                    status_message=f"asks for {need} GPU(s); this machine has {self.gpus}"))
-                continue
+                continue  # still read on: a run that can never fit must fail now, not when a slot frees
             free = [g for g in range(self.gpus) if g not in busy]
-            if need > len(free):
-                continue  # waits for GPUs; a later run that fits may start meanwhile
-            claimed = self.store.claim_run(run.number, free[:need])
+            if need.gpus > len(free) or cpus + need.cpus > self.machine.cpus \
+                    or memory + need.memory > self.machine.memory:
+                continue  # waits for room; a later run that fits may start meanwhile
+            gpus = free[:need.gpus]
+            claimed = self.store.claim(run.number, gpus, self.agent, self.machine.host)
             if claimed is None:
+                continue  # another agent was first
+            if not self.store.mark_submitted(claimed.number, self.agent):
+                # Asked to stop between our claim and now: it never starts.
+                self.store.update_run(claimed.number, RunPatch(status=RunStatus.STOPPED,
+                                                               status_message="stopped before it started"))
                 continue
-            self.executor.submit(self.spec_of(claimed, free[:need]))
+            self.executor.submit(self.spec_of(claimed, gpus))
             used += 1
-            busy.update(free[:need])
+            busy.update(gpus)
+            cpus += need.cpus
+            memory += need.memory
             started += 1
-        return started, len(queued) - started
+        return started, len(queued) - started - failed
 
-    def _requeue_unsubmitted(self, local: list[Run]) -> set[str]:
-        """Queue again the runs an agent claimed and died before submitting (killed between the two).
+    def close(self) -> None:
+        """The agent is leaving: if it holds no run, say so at once (its lease expires now, and what
+        it said of its machine stays known); otherwise its lease lapses by itself."""
+        with contextlib.suppress(Exception):  # leaving anyway: the lease lapses by itself
+            if not self.store.held_by(self.agent):
+                self.store.release_lease(agent_lease(self.agent), self.agent, keep=True)
 
-        This agent submits what it claims within one tick, so a run still unsubmitted after
-        ``REQUEUE_GRACE`` across ticks was claimed by an agent that is gone: no supervisor exists or
-        can appear for it, and failing it after START_TIMEOUT would lose a run nobody started.
-        """
-        now = time.monotonic()
-        waiting: dict[str, float] = {}
-        requeued: set[str] = set()
-        for run in local:
-            if run.status is not RunStatus.STARTING or run.heartbeat_at is not None \
-                    or self.executor.submitted(run.id):
+    def _others(self) -> list[Machine]:
+        """The other machines serving this database (their agents' leases, live or lapsed)."""
+        found = [Machine.of(lease.info) for lease, _ in self.store.leases(AGENT_LEASE)
+                 if lease.holder != self.agent]
+        return [m for m in found if m is not None]
+
+    def _release_orphans(self) -> None:
+        """Act on the runs of agents whose lease expired: they will never report on them again."""
+        for run, claim in self.store.orphaned_runs():
+            if claim.agent == self.agent:
                 continue
-            first = waiting[run.id] = self._unsubmitted.get(run.id, now)
-            if now - first >= REQUEUE_GRACE:
-                self.store.update_run(run.number, RunPatch(status=RunStatus.QUEUED))
-                del waiting[run.id]
-                requeued.add(run.id)
-        self._unsubmitted = waiting
-        return requeued
+            message = (f"its agent on {claim.host or 'another machine'} stopped renewing its lease "
+                       f"(lease: {self.lease:g} s); the agent or its machine went away")
+            status = self.store.release_orphan(run.number, claim.agent, message)
+            if status is RunStatus.LOST and self.on_status is not None:
+                self.on_status(run.number, status.value, message)
 
-    def _fail_stuck(self, local: list[Run]) -> None:
+    def _adopt(self) -> None:
+        """Hold the runs this home launched before claims were recorded (an upgraded database)."""
+        for run in self.store.unclaimed_runs("local"):
+            if self.executor.submitted(run.id):
+                self.store.adopt_run(run.number, self.agent, self.machine.host, submitted=True)
+
+    def _carry_out_stops(self, mine: list[tuple[Run, Claim]]) -> list[tuple[Run, Claim]]:
+        """Stop requests others wrote for our runs (`runyard stop` elsewhere): SIGTERM to the
+        supervisor, which records how the run ended."""
+        for run, claim in mine:
+            if claim.stop_requested_at is None or claim.stop_sent_at is not None:
+                continue
+            if self.executor.stop(run.id):
+                self.store.stop_sent(run.number)
+            elif run.status is RunStatus.STARTING and run.heartbeat_at is None \
+                    and time.time() - (claim.submitted_at or claim.claimed_at) < START_TIMEOUT:
+                continue  # its supervisor has not written its pid yet: next tick
+            else:
+                self.store.update_run(run.number, RunPatch(status=RunStatus.STOPPED,
+                                                           status_message="stopped; no supervisor was running"))
+                self.store.stop_sent(run.number)
+        return mine
+
+    def _requeue_unsubmitted(self, mine: list[tuple[Run, Claim]]) -> list[tuple[Run, Claim]]:
+        """Queue again our runs that were claimed and never handed to a supervisor.
+
+        This agent hands a run over in the tick that claims it, so one still unsubmitted at the start
+        of a tick was claimed by this agent's previous life (killed in between, restarted since).
+        """
+        kept = []
+        for run, claim in mine:
+            if claim.submitted_at is None and run.status is RunStatus.STARTING:
+                self.store.release_orphan(run.number, self.agent, "", holder_gone=False)
+                continue
+            kept.append((run, claim))
+        return kept
+
+    def _fail_stuck(self, mine: list[tuple[Run, Claim]]) -> None:
         now = time.time()
-        for run in local:
+        for run, _ in mine:
             if run.status is RunStatus.STARTING and now - (run.queued_at or run.created_at) > START_TIMEOUT \
                     and not self.executor.alive(run.id) and run.heartbeat_at is None:
                 message = "its supervisor did not start (see runs/<id>/supervisor.log in the home)"

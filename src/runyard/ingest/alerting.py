@@ -5,15 +5,30 @@ any process that catches up a dead writer's spool) evaluates the rules on it. Wh
 to the store's inbox (``alert_events``) with what remains to do: channels to deliver to, and
 whether the run must be stopped. Ingest itself never waits on a channel.
 
+What the rules remember about a run (cooldowns, best values, plateau and idle windows) lives in the
+store (``alert_state``), so that a restarted agent, or a second ingester on the same database,
+continues from it rather than saying an alert again. A watcher reads a run's states when it first
+evaluates the run and keeps them; after each evaluation it writes the states that changed and the
+alerts that fired in one transaction, as a compare-and-set on each state's version. If another
+process changed a state meanwhile, nothing is written: the watcher reads the states again and
+evaluates the batch anew, so each alert is recorded once. The write follows the batch's own
+transaction rather than joining it: ingest stays free of rule evaluation (and of its failures),
+and a crash between the two can at worst leave that one batch unevaluated, never evaluated twice.
+
 ``Outbox``: in the agent and the server, a thread that reads those events from the store and does
 what they ask: stops the run, hands the notice to the dispatcher (alerts/dispatch.py), and records
-each delivery. Working from the store, nothing is lost when the process that evaluated a rule is
-gone before the notice went out.
+each delivery. Exactly one outbox acts per database: the one holding the store's ``outbox`` lease
+(renewed while it lives; taken over by another when it lapses, and given up at once on exit).
+Working from the store, nothing is lost when the process that evaluated a rule is gone before the
+notice went out.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +36,7 @@ from typing import Any
 
 from runyard.alerts.dispatch import GIVE_UP_AFTER, Dispatcher, Notice, NotifySettings
 from runyard.alerts.evaluate import Evaluator, Fired
-from runyard.errors import RunyardError
+from runyard.errors import Conflict, RunyardError
 from runyard.store.api import AlertEvent, IngestBatch
 from runyard.types import RunStatus
 
@@ -29,6 +44,9 @@ log = logging.getLogger(__name__)
 
 
 class Watcher:
+    #: Evaluations of one batch retried when other ingesters keep changing the same run's states.
+    RETRIES = 8
+
     def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
@@ -39,6 +57,9 @@ class Watcher:
         self._stored: list[Any] = []
         #: Rules that came with a run's launch (its project's runyard.toml), by run number.
         self._carried: dict[int, list[Any]] = {}
+        #: Runs whose rule states were read from the store, and the version of each state read.
+        self._loaded: set[int] = set()
+        self._versions: dict[tuple[int, int], int] = {}
         # The server applies batches from several threads at once; the rules' memory is shared.
         self._lock = threading.Lock()
 
@@ -75,22 +96,24 @@ class Watcher:
         if not self.evaluator.rules:
             return []
         now = self.clock()
-        fired = self.evaluator.on_points(number, project, batch.points, now) if batch.points else []
-        if batch.logs:
-            self.evaluator.on_logs(number, now)
-        if batch.end is not None:
-            status = str(batch.end.get("status", "finished"))
-            fired += self.evaluator.on_status(number, project, status, now, batch.end.get("message"))
-        self._record(fired)
-        return fired
+
+        def evaluate() -> list[Fired]:
+            fired = self.evaluator.on_points(number, project, batch.points, now) if batch.points else []
+            if batch.logs:
+                self.evaluator.on_logs(number, now)
+            if batch.end is not None:
+                status = str(batch.end.get("status", "finished"))
+                fired += self.evaluator.on_status(number, project, status, now, batch.end.get("message"))
+            return fired
+
+        return self._evaluate(number, evaluate)
 
     def after_status(self, number: int, status: str, message: str | None = None) -> list[Fired]:
         """A run changed state outside a batch (marked lost, stopped)."""
         with self._lock:
             self._rules()
-            fired = self.evaluator.on_status(number, self._project(number), status, self.clock(), message)
-            self._record(fired)
-            return fired
+            project, now = self._project(number), self.clock()
+            return self._evaluate(number, lambda: self.evaluator.on_status(number, project, status, now, message))
 
     def tick(self) -> list[Fired]:
         """Rules about time passing (stalled), for the runs running now."""
@@ -99,29 +122,80 @@ class Watcher:
             if not any(r.kind == "stalled" for r in self.evaluator.rules):
                 return []
             active = [(r.number, r.project) for r in self.store.runs_with_status([RunStatus.RUNNING])]
-            fired = self.evaluator.on_tick(active, self.clock())
-            self._record(fired)
+            # Whichever process applied a run's records, the store knows when it last logged.
+            seen = self.store.last_activity([number for number, _ in active])
+            now = self.clock()
+            fired: list[Fired] = []
+            for number, project in active:
+                tick = functools.partial(self.evaluator.on_tick, [(number, project)], now, seen)
+                fired += self._evaluate(number, tick)
             return fired
 
-    def _record(self, fired: list[Fired]) -> None:
-        for f in fired:
-            rule = f.rule
-            delivery: dict[str, Any] = {"pending": [c for c in rule.notify if c != "inbox"], "action": rule.action,
-                                        "rule": rule.name, "done": rule.action != "stop"}
-            rule_id = rule.id if rule.id > 0 else None  # a rule from runyard.toml is in no table
-            self.store.add_alert_event(AlertEvent(f.run, rule.kind, f.message, f.time, rule_id, f.metric, f.step,
-                                                  f.value, delivery=delivery))
+    def _load(self, number: int) -> None:
+        """Read what the rules remember about run ``number`` from the store."""
+        stored = self.store.alert_states(number)
+        self.evaluator.set_states(number, {rule_id: state for rule_id, (state, _) in stored.items()})
+        for key in [k for k in self._versions if k[1] == number]:
+            del self._versions[key]
+        self._versions.update({(rule_id, number): version for rule_id, (_, version) in stored.items()})
+        self._loaded.add(number)
+
+    def _evaluate(self, number: int, evaluate: Callable[[], list[Fired]]) -> list[Fired]:
+        """Run ``evaluate`` (it changes the rules' memory of run ``number`` and returns what fired),
+        then record what changed and what fired in one compare-and-set (see the module's doc)."""
+        if number not in self._loaded:
+            self._load(number)
+        try:
+            for _attempt in range(self.RETRIES):
+                before = self.evaluator.states_of(number)
+                fired = evaluate()
+                blank = self.evaluator.blank()
+                changed = {rule_id: (state, self._versions.get((rule_id, number)))
+                           for rule_id, state in self.evaluator.states_of(number).items()
+                           if before.get(rule_id, blank) != state}
+                if not changed:
+                    return fired  # nothing fired either: firing always records when
+                stale = self.store.save_alert_states(number, changed, [self._event(f) for f in fired])
+                if not stale:
+                    for rule_id, (_, version) in changed.items():
+                        self._versions[(rule_id, number)] = (version or 0) + 1
+                    return fired
+                self._load(number)  # another ingester evaluated this run meanwhile: continue from its state
+        except BaseException:
+            self._loaded.discard(number)  # memory may be ahead of the store now: read it again next time
+            raise
+        self._loaded.discard(number)
+        raise Conflict(f"alert rules of run {number}: other ingesters kept changing their state; "
+                       "this batch was not evaluated")
+
+    @staticmethod
+    def _event(f: Fired) -> AlertEvent:
+        rule = f.rule
+        delivery: dict[str, Any] = {"pending": [c for c in rule.notify if c != "inbox"], "action": rule.action,
+                                    "rule": rule.name, "done": rule.action != "stop"}
+        rule_id = rule.id if rule.id > 0 else None  # a rule from runyard.toml is in no table
+        return AlertEvent(f.run, rule.kind, f.message, f.time, rule_id, f.metric, f.step, f.value, delivery=delivery)
 
 
 class Outbox:
-    """Acts on recorded alerts: stops runs, hands notices to the dispatcher, records deliveries."""
+    """Acts on recorded alerts: stops runs, hands notices to the dispatcher, records deliveries.
+
+    Only while it holds the store's ``outbox`` lease (see the module's doc); ``holder`` names this
+    process in it.
+    """
+
+    LEASE = "outbox"
 
     def __init__(self, store: Any, dispatcher: Dispatcher, stop: Callable[[int, str], object],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, holder: str | None = None, lease: float = 30.0) -> None:
+        from runyard.ids import new_ulid
+
         self.store = store
         self.dispatcher = dispatcher
         self.stop = stop
         self.clock = clock
+        self.holder = holder or new_ulid()
+        self.lease = lease
         self._after = 0
         self._started = clock()
         self._runs: dict[int, tuple[str, NotifySettings | None]] = {}
@@ -130,15 +204,19 @@ class Outbox:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
+        #: Until when (monotonic) this outbox holds the lease, and when it next renews or asks for it.
+        self._held_until = 0.0
+        self._ask_at = 0.0
         dispatcher.on_delivered = self._delivered
+        dispatcher.holding = self.holding
 
     def start(self, interval: float = 0.25) -> Outbox:
         def loop() -> None:
             while not self._closed.wait(interval):
                 try:
                     self.poll()
-                except RunyardError as e:
-                    log.warning("alerts: %s", e)
+                except Exception as e:  # noqa: BLE001 - the outbox thread must outlive any one failure
+                    log.warning("alerts: %s: %s", type(e).__name__, e)
 
         self._thread = threading.Thread(target=loop, name="runyard-outbox", daemon=True)
         self._thread.start()
@@ -148,9 +226,46 @@ class Outbox:
     def close(self) -> None:
         self._closed.set()
         self.dispatcher.close()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._held_until > 0:
+            # Handed over at once: another process on this database need not wait for the lease to lapse.
+            self._held_until = 0.0
+            try:
+                self.store.release_lease(self.LEASE, self.holder)
+            except Exception as e:  # noqa: BLE001 - closing: the lease lapses by itself anyway
+                log.warning("alerts: could not give up the outbox lease: %s", e)
+
+    def holding(self) -> bool:
+        """Whether this outbox may act now (it holds the lease, as far as it knows)."""
+        return time.monotonic() < self._held_until
+
+    def _hold(self) -> bool:
+        now = time.monotonic()
+        if now >= self._ask_at:
+            if self.store.take_lease(self.LEASE, self.holder, self.lease, socket.gethostname(),
+                                     {"pid": os.getpid()}):
+                self._held_until, self._ask_at = now + self.lease, now + self.lease / 3
+            else:
+                if self._held_until > 0:
+                    self._let_go()
+                self._held_until, self._ask_at = 0.0, now + min(1.0, self.lease / 3)
+        return self.holding()
+
+    def _let_go(self) -> None:
+        """Another process holds the lease now: it acts on every event from the store's state, so
+        this one forgets what it had in hand."""
+        self.dispatcher.clear()
+        with self._lock:
+            self._deliveries.clear()
+        self._after = 0
 
     def poll(self) -> int:
-        """Act on the events recorded since the last look (at start: those of the last day)."""
+        """Act on the events recorded since the last look (on taking the lease: those of the last day)."""
+        if not self._hold():
+            return 0
+        if self._after == 0:
+            self._started = self.clock()
         events = self.store.alert_events_after(self._after, self._started - GIVE_UP_AFTER)
         for event in events:
             self._after = max(self._after, event.id)

@@ -104,7 +104,8 @@ class Launch(BaseModel):
     cpus: int | None = Field(None, ge=0, le=4096)
     memory: str | None = Field(None, max_length=30)
     timeout: str | None = Field(None, max_length=30)
-    priority: int = Field(0, ge=-1_000_000, le=1_000_000)
+    priority: int | None = Field(None, ge=-1_000_000, le=1_000_000,
+                                 description="Higher starts first; default: the machine profile's, else 0")
     machine: str | None = Field(None, max_length=100)
 
 
@@ -175,7 +176,7 @@ class Server:
         self.hub = events.Hub()
         self.watcher = Watcher(store)
         #: Started by `runyard server` (an app built in a test starts no threads).
-        self.outbox: Outbox = alert_outbox(store, settings.home)
+        self.outbox: Outbox = alert_outbox(store, settings.home, settings.lease)
 
     def run_for(self, request: Request, ref: str) -> Any:
         """The run ``ref`` names, if the caller may see it (a project token sees only its project)."""
@@ -384,6 +385,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     def launch(request: Request, body: Launch) -> dict[str, Any]:
         """Queue a run on the server's machine from an uploaded code snapshot (what `runyard run` does
         with RUNYARD_SERVER set). Answers 409 with the missing blobs when the snapshot is incomplete."""
+        from runyard.exec import options
         from runyard.exec.remote_launch import queue
         from runyard.exec.submit import Submission
 
@@ -392,6 +394,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         snapshot = (fields.pop("snapshot"), fields.pop("git_commit"), fields.pop("git_branch"),
                     fields.pop("git_diff_ref"))
         requirements = fields.pop("requirements")
+        fields["priority"] = options.priority(fields["priority"], fields["machine"], server.settings.machines)
         done = queue(server.settings, server.artifacts, Submission(cwd=Path(), snapshot=snapshot, **fields),
                      requirements)
         run = store.get_run(done.number)

@@ -181,6 +181,34 @@ class AlertEvent:
     id: int = 0
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A named role held by one process until ``expires_at`` (the database's clock) unless renewed:
+    ``agent:<id>`` (an agent is alive; ``info`` describes its machine) or ``outbox``."""
+
+    name: str
+    holder: str
+    host: str | None
+    acquired_at: float
+    expires_at: float
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Which agent holds a launched run, and what it was asked to do with it."""
+
+    run: int
+    agent: str
+    host: str | None
+    claimed_at: float
+    #: When the holder handed the run to a supervisor (None: claimed, never started).
+    submitted_at: float | None = None
+    #: When someone asked for the run to stop, and when its holder signalled the supervisor.
+    stop_requested_at: float | None = None
+    stop_sent_at: float | None = None
+
+
 class Store(Protocol):
     """Metadata, metric series, logs and the artifact index of runs."""
 

@@ -260,6 +260,48 @@ alert_events = Table(
 Index("ix_alert_events_run", alert_events.c.run_number, alert_events.c.id)
 Index("ix_alert_events_unseen", alert_events.c.seen_at)
 
+# Team mode (many agents, one database). A lease is held by one holder until ``expires_at`` (the
+# database's clock) unless renewed: ``agent:<id>`` says an agent is alive (its ``info`` is its
+# machine: host, slots, GPUs, CPUs, memory); ``outbox`` says which process acts on fired alerts.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("host", String(255), nullable=True),
+    Column("acquired_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("info", Json, nullable=False),
+)
+
+# Which agent holds a launched run: only it acts on the run, until its ``agent:<id>`` lease expires.
+# ``submitted_at``: handed to a supervisor (a run claimed and never submitted goes back to the queue).
+# ``stop_requested_at``: someone asked to stop it; its holder carries that out (``stop_sent_at``).
+run_claims = Table(
+    "run_claims",
+    metadata,
+    Column("run_number", Integer, ForeignKey("runs.number", ondelete="CASCADE"), primary_key=True),
+    Column("agent", String(64), nullable=False),
+    Column("host", String(255), nullable=True),
+    Column("claimed_at", Double, nullable=False),
+    Column("submitted_at", Double, nullable=True),
+    Column("stop_requested_at", Double, nullable=True),
+    Column("stop_sent_at", Double, nullable=True),
+)
+Index("ix_run_claims_agent", run_claims.c.agent)
+
+# What an alert rule remembers about a run (best value, idle since, last fired), so that restarts
+# and several ingesters on one database say each alert once. ``rule_id`` is negative for the rules
+# a run's launch carried (they are in no table); ``version`` makes each write a compare-and-set.
+alert_state = Table(
+    "alert_state",
+    metadata,
+    Column("rule_id", Integer, primary_key=True, autoincrement=False),
+    Column("run_number", Integer, ForeignKey("runs.number", ondelete="CASCADE"), primary_key=True),
+    Column("state", Json, nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
 api_tokens = Table(
     "api_tokens",
     metadata,

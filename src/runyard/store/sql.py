@@ -19,13 +19,15 @@ from sqlalchemy.engine import Connection, Engine
 from runyard.errors import Conflict, InvalidArgument, NotFound
 from runyard.ids import new_ulid
 from runyard.names import validate_label, validate_metric_key, validate_relpath, validate_run_name
-from runyard.store import runs_sql, series_sql
+from runyard.store import alert_state_sql, claims_sql, runs_sql, series_sql
 from runyard.store.api import (
     AlertEvent,
     AlertRule,
     ArtifactEntry,
+    Claim,
     IngestBatch,
     IngestResult,
+    Lease,
     LogLine,
     NewRun,
     Page,
@@ -441,6 +443,69 @@ class SqlStore:
                          .values(status=RunStatus.STARTING.value, resources=resources))
             return runs_sql.fetch_runs(conn, _R.number == number)[0]
 
+    # -- team mode: leases, claims, stop requests (see claims_sql) ---------------------------------
+
+    def lease_clock(self, conn: Connection) -> float:
+        """Now, for leases: the database's clock on PostgreSQL, so that agents on machines whose clocks
+        disagree judge a lease alike; this store's own clock on SQLite (one machine), or when a test
+        gave the store a clock of its own."""
+        if conn.dialect.name == "postgresql" and self.clock is time.time:
+            return float(conn.execute(sa.select(sa.func.extract("epoch", sa.func.clock_timestamp()))).scalar_one())
+        return self.clock()
+
+    def take_lease(self, name: str, holder: str, seconds: float, host: str | None = None,
+                   info: Mapping[str, Any] | None = None) -> bool:
+        """Take or renew the lease ``name`` for ``seconds``; False while another holder has it."""
+        return claims_sql.take_lease(self, name, holder, seconds, host, info or {})
+
+    def release_lease(self, name: str, holder: str, keep: bool = False) -> None:
+        """Give the lease up now (``keep``: leave its row, expired, so what it says stays known)."""
+        claims_sql.release_lease(self, name, holder, keep)
+
+    def leases(self, prefix: str) -> list[tuple[Lease, bool]]:
+        """Leases named ``prefix...``, each with whether it is live."""
+        return claims_sql.list_leases(self, prefix)
+
+    def claim(self, number: int, gpus: Sequence[int], agent: str, host: str | None) -> Run | None:
+        """Claim a queued run for ``agent`` (starting, its GPUs recorded); None if it was taken."""
+        return claims_sql.claim(self, number, gpus, agent, host)
+
+    def mark_submitted(self, number: int, agent: str) -> bool:
+        """Record that ``agent`` hands its run to a supervisor; False means: do not (see claims_sql)."""
+        return claims_sql.mark_submitted(self, number, agent)
+
+    def get_claim(self, number: int) -> Claim | None:
+        return claims_sql.get_claim(self, number)
+
+    def held_by(self, agent: str) -> list[tuple[Run, Claim]]:
+        """Starting and running runs that ``agent`` holds."""
+        return claims_sql.held_by(self, agent)
+
+    def orphaned_runs(self) -> list[tuple[Run, Claim]]:
+        """Starting and running runs whose holder's lease has expired."""
+        return claims_sql.orphaned(self)
+
+    def release_orphan(self, number: int, agent: str, lost_message: str,
+                       holder_gone: bool = True) -> RunStatus | None:
+        """Queue again, stop or mark lost a run whose holder ``agent`` is gone (see claims_sql)."""
+        return claims_sql.release_orphan(self, number, agent, lost_message, holder_gone)
+
+    def adopt_run(self, number: int, agent: str, host: str | None, submitted: bool) -> bool:
+        return claims_sql.adopt(self, number, agent, host, submitted)
+
+    def unclaimed_runs(self, executor: str) -> list[Run]:
+        return claims_sql.unclaimed(self, executor)
+
+    def stop_if_queued(self, number: int, message: str) -> bool:
+        return claims_sql.stop_if_queued(self, number, message)
+
+    def request_stop(self, number: int) -> Claim | None:
+        """Ask the run's holder to stop it; its claim, or None if no agent holds it."""
+        return claims_sql.request_stop(self, number)
+
+    def stop_sent(self, number: int) -> None:
+        claims_sql.stop_sent(self, number)
+
     # -- ingest ---------------------------------------------------------------------------------
 
     def ingest_cursor(self, run_id: str, writer: str) -> int:
@@ -604,15 +669,32 @@ class SqlStore:
     def add_alert_event(self, event: AlertEvent) -> AlertEvent:
         with self._write() as conn:
             self._require_run(conn, event.run)
-            event_id = conn.execute(
-                sa.insert(alert_events).values(
-                    rule_id=event.rule_id, run_number=event.run, time=event.time, kind=event.kind,
-                    message=event.message, metric=event.metric, step=event.step, value=event.value,
-                    seen_at=event.seen_at, delivery=dict(event.delivery),
-                ).returning(alert_events.c.id)
-            ).scalar_one()
+            return self._insert_alert_event(conn, event)
+
+    def _insert_alert_event(self, conn: Connection, event: AlertEvent) -> AlertEvent:
+        event_id = conn.execute(
+            sa.insert(alert_events).values(
+                rule_id=event.rule_id, run_number=event.run, time=event.time, kind=event.kind,
+                message=event.message, metric=event.metric, step=event.step, value=event.value,
+                seen_at=event.seen_at, delivery=dict(event.delivery),
+            ).returning(alert_events.c.id)
+        ).scalar_one()
         return AlertEvent(event.run, event.kind, event.message, event.time, event.rule_id, event.metric,
                           event.step, event.value, event.seen_at, event.delivery, int(event_id))
+
+    def alert_states(self, run: int) -> dict[int, tuple[dict[str, Any], int]]:
+        """What each rule remembers about ``run``: rule id -> (state, version). See alert_state_sql."""
+        return alert_state_sql.read(self, run)
+
+    def save_alert_states(self, run: int, states: Mapping[int, tuple[Mapping[str, Any], int | None]],
+                          events: Sequence[AlertEvent]) -> list[int]:
+        """Write changed rule states (compare-and-set on the version read) and the alerts that fired,
+        all or nothing; returns the rules another process changed meanwhile ([] when written)."""
+        return alert_state_sql.write(self, run, states, events)
+
+    def last_activity(self, runs: Sequence[int]) -> dict[int, float]:
+        """When each run last logged a metric point or a log line."""
+        return claims_sql.last_activity(self, runs)
 
     def list_alert_events(self, run: int | None = None, unseen_only: bool = False) -> list[AlertEvent]:
         c = alert_events.c

@@ -104,3 +104,19 @@ def test_stalled_state_and_scope() -> None:
     assert [f.rule.id for f in ev.on_status(1, "p", "failed", now=902.0, message="exit 3")] == [2]
     assert ev.on_status(1, "p", "finished", now=903.0) == []  # the finished rule is for project gan only
     assert len(ev.on_status(2, "gan", "finished", now=904.0)) == 1
+
+
+def test_the_cooldown_runs_in_the_run_s_time_so_batching_changes_nothing() -> None:
+    nan = math.nan
+    together = Evaluator([rule(when="nan", metric="loss", cooldown="1s")])
+    fired = together.on_points(1, "p", {"loss": pts([0, 1, 2, 3], [nan, 1.0, nan, 1.0])}, now=5000.0)
+    apart = Evaluator([rule(when="nan", metric="loss", cooldown="1s")])
+    one_by_one = [*apart.on_points(1, "p", {"loss": pts([0, 1], [nan, 1.0])}, now=5000.0),
+                  *apart.on_points(1, "p", {"loss": pts([2, 3], [nan, 1.0])}, now=5000.0)]
+    assert [f.step for f in fired] == [f.step for f in one_by_one] == [0, 2]  # points 2 s apart
+
+
+def test_a_rule_reads_the_whole_batch_after_it_fires() -> None:
+    ev = Evaluator([rule(when="drop", metric="acc", by=0.2, cooldown="1s")])
+    fired = ev.on_points(1, "p", {"acc": pts([0, 1, 2, 3], [0.9, 0.5, 0.95, 0.7])}, now=0.0)
+    assert [f.step for f in fired] == [1, 3] and "below its best 0.95 (step 2)" in fired[1].message

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from runyard.cli.main import cli
+from runyard.store.revision import SCHEMA_REVISION
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_doctor_creates_a_fresh_home_and_reports_it_works(env: dict[str, str], t
     report = json.loads(result.output)
     assert report["ok"] is True
     checks = {c["name"]: c for c in report["checks"]}
-    assert checks["database"]["status"] == "ok" and "schema 0003" in checks["database"]["detail"]
+    assert checks["database"]["status"] == "ok" and f"schema {SCHEMA_REVISION}" in checks["database"]["detail"]
     assert checks["artifacts"]["status"] == "ok"
     assert {"postgresql", "ray", "gpu", "versions"} <= set(checks)
     assert (tmp_path / "home" / "runyard.db").is_file()
@@ -77,7 +78,7 @@ def test_migrate_upgrades_a_postgres_database_explicitly(env: dict[str, str], pg
     doctor = invoke(["doctor", "--json"], {**env, "RUNYARD_DB": pg_schema_url})
     assert doctor.exit_code == 1 and "runyard migrate" in doctor.output
     result = invoke(["migrate", "--db", pg_schema_url], env)
-    assert result.exit_code == 0 and "upgraded from (empty) to 0003" in result.output
+    assert result.exit_code == 0 and f"upgraded from (empty) to {SCHEMA_REVISION}" in result.output
     assert "up to date" in invoke(["migrate", "--db", pg_schema_url], env).output
     assert invoke(["doctor"], {**env, "RUNYARD_DB": pg_schema_url}).exit_code == 0
 

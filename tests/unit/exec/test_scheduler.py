@@ -1,4 +1,5 @@
-"""The scheduler's recovery of runs an agent claimed and never started (it was killed in between)."""
+"""The scheduler on a real store: what it claims, what it leaves to other agents, and what it does
+with the runs of an agent that went away (each tick is what the agent's loop does)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from runyard.config import resolve
-from runyard.exec import scheduler as scheduling
-from runyard.exec.scheduler import Scheduler
+from runyard.config import Settings, resolve
+from runyard.exec.scheduler import Machine, Scheduler
 from runyard.exec.spec import LaunchSpec
 from runyard.store.newrun import NewRun
 from runyard.store.sql import SqlStore
 from runyard.types import RunStatus
+
+GIB = 1 << 30
 
 
 class RecordingExecutor:
@@ -20,53 +22,148 @@ class RecordingExecutor:
 
     def __init__(self) -> None:
         self.specs: list[LaunchSpec] = []
+        self.stopped: list[str] = []
+        self.running: set[str] = set()
 
     def submit(self, spec: LaunchSpec) -> None:
         self.specs.append(spec)
+        self.running.add(spec.run_id)
 
     def stop(self, run_id: str) -> bool:
-        return False
+        if run_id not in self.running:
+            return False
+        self.stopped.append(run_id)
+        return True
 
     def alive(self, run_id: str) -> bool:
-        return False
+        return run_id in self.running
 
     def submitted(self, run_id: str) -> bool:
         return any(s.run_id == run_id for s in self.specs)
 
 
-def test_a_run_claimed_by_an_agent_that_died_before_starting_it_is_queued_again(
-        store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = resolve(environ={"RUNYARD_HOME": str(tmp_path / "home"), "RUNYARD_SLOTS": "1"}, cwd=tmp_path)
-    number = store.create_run(NewRun(project="p", status=RunStatus.QUEUED, executor="local", command=["true"])).number
-    assert store.claim_run(number, []) is not None  # the dead agent's claim: starting, never submitted
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return resolve(environ={"RUNYARD_HOME": str(tmp_path / "home"), "RUNYARD_LEASE": "30"}, cwd=tmp_path)
+
+
+def agent(store: SqlStore, settings: Settings, name: str = "a", slots: int = 4, gpus: int = 0, cpus: int = 8,
+          memory: int = 16 * GIB) -> tuple[Scheduler, RecordingExecutor]:
     executor = RecordingExecutor()
-    clock = [1000.0]
-    monkeypatch.setattr(scheduling.time, "monotonic", lambda: clock[0])
-    agent = Scheduler(store, settings, executor, gpus=0)
-
-    assert agent.tick() == (0, 0)  # seen once: it might still be on its way to an executor
-    assert store.get_run(number).status is RunStatus.STARTING
-    clock[0] += scheduling.REQUEUE_GRACE
-    started, _ = agent.tick()  # still unsubmitted after the grace: queued again, and started now
-    assert started == 1 and [s.number for s in executor.specs] == [number]
-    assert store.get_run(number).status is RunStatus.STARTING
-
-    clock[0] += 10 * scheduling.REQUEUE_GRACE  # submitted: left alone however long it takes to start
-    assert agent.tick() == (0, 0) and len(executor.specs) == 1
+    machine = Machine(f"host-{name}", slots, gpus, cpus, memory)
+    return Scheduler(store, settings, executor, gpus, agent=name, machine=machine), executor
 
 
-def test_a_run_that_has_heartbeated_is_never_queued_again(store: SqlStore, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def queue(store: SqlStore, priority: int = 0, **resources: int) -> int:
+    return store.create_run(NewRun(project="p", status=RunStatus.QUEUED, executor="local", command=["true"],
+                                   resources={"gpus": 0, **resources}, priority=priority)).number
+
+
+def started(executor: RecordingExecutor) -> list[int]:
+    return [s.number for s in executor.specs]
+
+
+def test_runs_wait_for_cpus_and_memory_and_one_that_can_never_fit_fails_at_once(
+        store: SqlStore, settings: Settings) -> None:
+    a, executor = agent(store, settings, cpus=8, memory=16 * GIB)
+    big = queue(store, cpus=6)
+    waits_for_cpus = queue(store, cpus=4)
+    fits_beside = queue(store, cpus=2, memory=4 * GIB)
+    waits_for_memory = queue(store, memory=14 * GIB)
+    too_many_cores = queue(store, cpus=64)
+    too_much_memory = queue(store, memory=1 << 50)
+    assert a.tick() == (2, 2)  # two started, two waiting (two failed)
+    assert started(executor) == [big, fits_beside]
+    assert store.get_run(waits_for_cpus).status is RunStatus.QUEUED
+    assert store.get_run(waits_for_memory).status is RunStatus.QUEUED
+    for number, why in ((too_many_cores, "asks for 64 CPU cores; host-a has 8"),
+                        (too_much_memory, "asks for 1024.0 TiB of memory; host-a has 16.0 GiB")):
+        run = store.get_run(number)
+        assert (run.status, run.status_message) == (RunStatus.FAILED, why)
+    store.update_run(big, _finished())  # cores come back: the 4-core run fits now, memory still does not
+    assert a.tick() == (1, 1) and started(executor)[-1] == waits_for_cpus
+    store.update_run(fits_beside, _finished())
+    assert a.tick() == (1, 0) and started(executor)[-1] == waits_for_memory
+
+
+def _finished():  # type: ignore[no-untyped-def]
     from runyard.store.api import RunPatch
 
-    settings = resolve(environ={"RUNYARD_HOME": str(tmp_path / "home")}, cwd=tmp_path)
-    number = store.create_run(NewRun(project="p", status=RunStatus.QUEUED, executor="local", command=["true"])).number
-    store.claim_run(number, [])
-    store.update_run(number, RunPatch(heartbeat_at=1.0))  # its supervisor exists somewhere
-    clock = [0.0]
+    return RunPatch(status=RunStatus.FINISHED)
+
+
+def test_each_agent_counts_only_its_own_runs_and_leaves_what_only_another_machine_fits(
+        store: SqlStore, settings: Settings) -> None:
+    a, on_a = agent(store, settings, "a", slots=1)
+    b, on_b = agent(store, settings, "b", slots=1, gpus=2)
+    b.tick()  # b's lease says what its machine has
+    first, second, needs_gpus, needs_four = queue(store), queue(store), queue(store, gpus=2), queue(store, gpus=4)
+    a.tick()
+    b.tick()
+    assert started(on_a) == [first] and started(on_b) == [second]  # one slot each, not one slot in all
+    run = store.get_run(needs_four)
+    assert run.status is RunStatus.FAILED
+    assert run.status_message == ("asks for 4 GPU(s); host-a has 0; "
+                                  "no other machine serving this database has that either")
+    assert store.get_run(needs_gpus).status is RunStatus.QUEUED  # left to b, which is busy now
+    store.update_run(second, _finished())
+    a.tick()
+    b.tick()
+    assert started(on_b) == [second, needs_gpus] and on_b.specs[-1].gpus == [0, 1]
+
+
+def test_the_runs_of_an_agent_whose_lease_expired_are_queued_again_or_lost(
+        store: SqlStore, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runyard.exec import scheduler as scheduling
+
+    clock = [1000.0]
+    store.clock = lambda: clock[0]  # leases follow the store's clock
     monkeypatch.setattr(scheduling.time, "monotonic", lambda: clock[0])
-    agent = Scheduler(store, settings, RecordingExecutor(), gpus=0)
-    for _ in range(3):
-        agent.tick()
-        clock[0] += scheduling.REQUEUE_GRACE
+    gone, _ = agent(store, settings, "gone", slots=2)
+    running = queue(store)
+    gone.tick()  # claims and submits `running`, then dies before handing over its next claim:
+    never_submitted = queue(store)
+    assert store.claim(never_submitted, [], "gone", "host-gone") is not None
+    heard: list[tuple[int, str]] = []
+    b, on_b = agent(store, settings, "b", slots=1)
+    b.on_status = lambda number, status, message: heard.append((number, status))
+    clock[0] += 29
+    b.tick()
+    assert on_b.specs == [] and store.get_run(running).status is RunStatus.STARTING  # the lease still holds
+    clock[0] += settings.lease / 3  # past the lease, and time for b's next look
+    b.tick()
+    lost = store.get_run(running)
+    assert lost.status is RunStatus.LOST and "host-gone stopped renewing its lease" in (lost.status_message or "")
+    assert heard == [(running, "lost")]
+    assert started(on_b) == [never_submitted]  # queued again, and started by b in the same tick
+
+
+def test_a_restarted_agent_queues_again_what_it_claimed_and_never_started(store: SqlStore,
+                                                                          settings: Settings) -> None:
+    number = queue(store)
+    store.take_lease("agent:a", "a", 30)
+    assert store.claim(number, [], "a", "host-a") is not None  # then the agent was killed
+    again, executor = agent(store, settings, "a")  # same home, same id
+    assert again.tick() == (1, 0) and started(executor) == [number]
     assert store.get_run(number).status is RunStatus.STARTING
+
+
+def test_a_stop_request_is_carried_out_by_the_holder(store: SqlStore, settings: Settings) -> None:
+    a, executor = agent(store, settings, "a")
+    number = queue(store)
+    a.tick()
+    claim = store.request_stop(number)  # what `runyard stop` on another machine writes
+    assert claim is not None and claim.agent == "a"
+    a.tick()
+    assert executor.stopped == [store.get_run(number).id]
+    assert store.get_run(number).status is RunStatus.STARTING  # its supervisor records how it ended
+    a.tick()
+    assert len(executor.stopped) == 1  # signalled once
+
+
+def test_higher_priority_starts_first(store: SqlStore, settings: Settings) -> None:
+    a, executor = agent(store, settings, slots=1)
+    low, high = queue(store, priority=0), queue(store, priority=5)
+    a.tick()
+    assert started(executor) == [high]
+    assert store.get_run(low).status is RunStatus.QUEUED

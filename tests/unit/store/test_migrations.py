@@ -105,4 +105,4 @@ def test_processes_opening_a_new_home_at_once_migrate_it_once(tmp_path: Path) ->
     home = str(tmp_path / "home")
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         results = pool.map(_open_home, [home] * 4)
-    assert sorted(results) == ["(None, '0003')", "None", "None", "None"]
+    assert sorted(results) == [str((None, SCHEMA_REVISION)), "None", "None", "None"]
