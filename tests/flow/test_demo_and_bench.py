@@ -92,3 +92,14 @@ def test_the_alerts_benchmark_runs_and_every_batch_alerts(tmp_path: Path) -> Non
     assert set(throughput["stored_points"].values()) == {throughput["points_per_run"]}
     assert throughput["webhook_connections"] > 0 and throughput["dispatcher_pending"] > 0
     assert figures["latency"]["alerts"] == figures["latency"]["nans"]
+
+
+def test_the_logging_benchmark_runs_and_a_killed_process_keeps_what_log_returned(tmp_path: Path) -> None:
+    # The speed figures are the benchmark's to judge; here only what must hold on any machine.
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "logging.py"), "--quick", "--json",
+                             str(tmp_path / "out.json")], capture_output=True, text=True, timeout=600)
+    assert "loop: logged / bare step" in result.stdout, result.stderr
+    figures = json.loads((tmp_path / "out.json").read_text())
+    kill = figures["runyard"]["kill"]["alone"]
+    assert kill["logged"] > 0 and kill["recovered_logged"] == kill["logged"]
+    assert figures["end_to_end"]["runyard"]["points"] > 0 and "error" not in figures["end_to_end"]["runyard"]
