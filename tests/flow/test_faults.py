@@ -351,6 +351,8 @@ def test_a_full_disk_keeps_training_alive_says_what_is_at_risk_and_loses_nothing
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert child.stdout is not None and child.stdin is not None and child.stderr is not None
         assert child.stdout.readline().strip() == "full now"
+        synced = cli(env, "sync", cwd=tmp_path)  # with the spool's disk full: said in a line, not a traceback
+        assert "Traceback" not in synced.stderr + synced.stdout
         (spool / "filler").unlink()
         child.stdin.write("go\n")
         child.stdin.flush()
@@ -360,8 +362,11 @@ def test_a_full_disk_keeps_training_alive_says_what_is_at_risk_and_loses_nothing
         assert "safe" not in err
         wait_for(lambda: cli(env, "sync", cwd=tmp_path).returncode == 0, 60, "sync to succeed")
         api = Api(resolve(environ=env, cwd=tmp_path))
-        steps = api.run("full").history("loss").step
+        run = api.run("full")
+        steps = run.history("loss").step
+        said = [line.text for line in run.logs(limit=100_000) if line.stream == "system"]
         api.close()
         assert steps.tolist() == list(range(200_000))
+        assert any("training continues" in line for line in said) and any("written again" in line for line in said)
     finally:
         subprocess.run(["umount", "-l", str(spool)], check=False)

@@ -150,6 +150,7 @@ class Writer:
         self._prefaulted = 0
         self._madvise: Callable[[MappedSegment, int, int], None] | None = None
         self._trouble_since: float | None = None
+        self._notices: list[tuple[float, str]] = []
         self._announced = False
         self._flush_requested = False
         self._latest: dict[str, float] = {}
@@ -356,7 +357,7 @@ class Writer:
                 self._trouble_since = time.monotonic()
         if len(self._held) >= self.queue_limit:
             if self.lost_records == 0:
-                self.on_problem(f"the spool of run {self.run_id} cannot be written and {self.queue_limit:,} records "
+                self._problem(f"the spool of run {self.run_id} cannot be written and {self.queue_limit:,} records "
                                 "wait in memory (queue_limit): further records are being lost until space is "
                                 f"freed in {self.directory}")
             self.lost_records += 1
@@ -394,7 +395,7 @@ class Writer:
                 held.popleft()
             if self._trouble_since is not None and self._announced:
                 lost = f"; {self.lost_records:,} records were lost while memory was full" if self.lost_records else ""
-                self.on_problem(f"the spool of run {self.run_id} is written again; every record held in memory "
+                self._problem(f"the spool of run {self.run_id} is written again; every record held in memory "
                                 f"is in it now{lost}")
             self._trouble_since = None
             self._announced = False
@@ -403,12 +404,18 @@ class Writer:
         self._record(error)
         if not self._announced:
             self._announced = True
-            self.on_problem(f"{what} in {self.directory} ({error.strerror or error}); records wait in memory "
+            self._problem(f"{what} in {self.directory} ({error.strerror or error}); records wait in memory "
                             f"(up to {self.queue_limit:,}) until the disk takes them; training continues")
 
     def _record(self, error: BaseException) -> None:
         self.failures += 1
         self.last_error = error
+
+    def _problem(self, message: str) -> None:
+        """Say it now (stderr), and in the run's log once the spool takes it (the keeper writes it:
+        this may be called with the lock held, or while the disk refuses everything)."""
+        self.on_problem(message)
+        self._notices.append((time.time(), f"runyard: {message}"))
 
     def _after_close(self, frame: bytes) -> None:
         self.late_records += 1  # a producer still writing after close() (a daemon's output, say)
@@ -444,6 +451,9 @@ class Writer:
         flush, self._flush_requested = self._flush_requested, False
         self._convert_deferred(only_if_due=not flush)
         self._heartbeat()
+        while self._notices and self.put != self._hold:  # not into memory meant for records
+            when, text = self._notices.pop(0)
+            self.write(encode((records.UNNUMBERED, records.LOG, when, "system", text)))
 
     def _prefault(self) -> None:
         """Fault in the pages just ahead of the write position, so that ``log()`` does not take the
@@ -540,7 +550,7 @@ class Writer:
                     self._record(e)
                     if not warned:
                         warned = True
-                        self.on_problem(f"the disk reported an error syncing the spool of run {self.run_id} "
+                        self._problem(f"the disk reported an error syncing the spool of run {self.run_id} "
                                         f"({e.strerror or e}): a power cut could lose recent records")
 
 
