@@ -149,6 +149,8 @@ class Run:
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._step = 0
         self._keys: set[str] = set()
+        #: Types seen to be tensors (a ``numel`` and an ``item``): read off the training thread.
+        self._tensor_types: set[type] = set()
         self._finished = False
         self._finishing = threading.Lock()
         self._warned_after_finish = False
@@ -191,15 +193,27 @@ class Run:
         """log() for anything but known names with float values: every key and value checked."""
         record: dict[str, Any] = {}
         defer = False
+        keys, tensors = self._keys, self._tensor_types
         for key, value in metrics.items():
-            if key not in self._keys:
+            if key not in keys:
                 self._new_key(key)
-            number = value if type(value) is float else _as_number(key, value)
-            if number is DEFERRED:
-                defer = True
-                detach = getattr(value, "detach", None)
-                number = detach() if callable(detach) else value  # no autograd graph kept alive
-            record[key] = number
+            kind = type(value)
+            if kind is float:
+                record[key] = value
+                continue
+            if kind not in tensors:
+                number = _as_number(key, value)
+                if number is not DEFERRED:
+                    record[key] = number
+                    continue
+                tensors.add(kind)  # the next one of this type skips the questions above
+            count = value.numel()  # metadata: no device synchronisation
+            if count != 1:
+                raise TypeError(f"run.log(): metric {key!r} must be a single number, not a tensor of {count} "
+                                "elements")
+            detach = getattr(value, "detach", None)
+            record[key] = detach() if detach is not None else value  # no autograd graph kept alive
+            defer = True
         self._step = step + 1
         writer = self._writer
         if defer or writer.deferring:

@@ -135,6 +135,7 @@ class Writer:
         #: Called from the keeper at every heartbeat (the SDK restarts a dead agent with it).
         self.on_heartbeat: Callable[[], object] | None = None
         self._lock = threading.Lock()  # roll, hold, resume, close: never taken by ``put``
+        self._converting = threading.Lock()
         self._fd_lock = threading.Lock()  # keeps fsync of the current segment apart from its closing
         self._segment: MappedSegment | None = None
         self._spare: MappedSegment | None = None
@@ -218,10 +219,14 @@ class Writer:
         synchronisation per batch, off the training thread) and writes the record. While any wait,
         ``log()`` defers every record, so the spool keeps the order in which they were logged."""
         with self._lock:
-            if not self._deferred:
+            deferred = self._deferred
+            if not deferred:
                 self._deferred_since = time.monotonic()
-            self._deferred.append((metrics, when, step))
+            deferred.append((metrics, when, step))
             self.deferring = True
+            full = len(deferred) >= self.queue_limit
+        if full:  # conversion cannot keep up: memory stays bounded, the caller waits for it this once
+            self._convert_deferred()
 
     def flush(self, timeout: float) -> bool:
         """Write what waits (deferred tensors, records held while the disk refused them) within
@@ -488,6 +493,10 @@ class Writer:
 
     def _convert_deferred(self, only_if_due: bool = False) -> None:
         """Turn tensors into numbers, in one batch, and write their records in the order logged."""
+        with self._converting:  # one converter at a time (the keeper, or a caller over the limit)
+            self._convert_deferred_now(only_if_due)
+
+    def _convert_deferred_now(self, only_if_due: bool) -> None:
         import msgpack
 
         with self._lock:

@@ -234,3 +234,18 @@ def test_a_tensor_is_read_off_the_training_thread_and_lands_in_order(home: Path)
         runyard.init(project="p").log({"x": bad})
     runyard.finish()
     api.close()
+
+
+def test_tensors_waiting_to_be_read_are_bounded_by_queue_limit(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A device slower than the loop: the values waiting stay within queue_limit (the caller reads
+    # them itself when conversion falls that far behind), and every one reaches the store.
+    monkeypatch.setenv("RUNYARD_QUEUE_LIMIT", "1000")
+    most = 0
+    with runyard.init(project="p", name="slow-device") as run:
+        for step in range(3000):
+            run.log({"loss": StandInTensor(float(step))})
+            most = max(most, run._writer.pending())
+    assert most <= 1000
+    api = runyard.Api()
+    assert api.run("slow-device").history("loss").value.tolist() == [float(s) for s in range(3000)]
+    api.close()
