@@ -1,0 +1,104 @@
+"""What one SQL statement may carry, and ``batches``, which cuts caller-sized lists to fit.
+
+Statements built from lists a caller sizes (IN lists, multi-row VALUES, OR chains of per-series
+ranges) meet two walls. Bind parameters: PostgreSQL's protocol counts them in 16 bits (65,535 per
+statement); SQLite allows what its build says (999 before 3.32, 32,766 since, Debian 250,000), read
+from the connection. Expression depth, on SQLite only: ``a OR b OR c ...`` parses as a left-deep
+tree, so an OR chain of n terms is n levels deep, and SQLite refuses 1,000. PostgreSQL flattens OR
+lists but plans a long one slowly (an OR of 10,000 ranges ran for over 20 minutes, deaf to cancel
+requests), so no statement carries more than ``MAX_ITEMS`` items. Every such statement runs once per
+slice that ``batches`` yields, inside the caller's transaction, so the result is the same as one
+statement's.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+T = TypeVar("T")
+
+#: PostgreSQL's wire protocol: a 16-bit count of parameters per statement.
+POSTGRES_PARAMS = 65_535
+#: Parameters and OR levels kept for the rest of a statement (its fixed conditions, subqueries).
+_HEADROOM = 32
+#: Items per statement, whatever the limits allow: planning and compiling a statement grow faster
+#: than its size, and past a few hundred terms fewer round trips no longer pay for it.
+MAX_ITEMS = 500
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one statement may carry on a connection."""
+
+    #: Bind parameters in one statement.
+    params: int
+    #: Depth of one expression (None: no limit that an OR chain could reach).
+    depth: int | None
+
+    def per_statement(self, params: int = 1, terms: int = 0) -> int:
+        """How many items fit in one statement when each takes ``params`` bind parameters and
+        ``terms`` terms of one OR chain (each term nests one level deeper on SQLite)."""
+        fit = min(MAX_ITEMS, (self.params - _HEADROOM) // max(params, 1))
+        if terms and self.depth is not None:
+            fit = min(fit, (self.depth - _HEADROOM) // (2 * terms))  # half: room for each term's own depth
+        return max(fit, 1)
+
+
+def sqlite_limits(raw: sqlite3.Connection) -> Limits:
+    return Limits(raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), raw.getlimit(sqlite3.SQLITE_LIMIT_EXPR_DEPTH))
+
+
+def limits_of(conn: Connection) -> Limits:
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        return sqlite_limits(raw)
+    return Limits(POSTGRES_PARAMS, None)
+
+
+def batches(limits: Limits | Connection, items: Sequence[T], params: int = 1, terms: int = 0) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``items``, each small enough for one statement (see ``Limits.per_statement``);
+    none when ``items`` is empty."""
+    if not isinstance(limits, Limits):
+        limits = limits_of(limits)
+    size = limits.per_statement(params, terms)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def any_of(conn: Connection, items: Sequence[tuple[Any, ...]],
+           term: Callable[..., ColumnElement[bool]]) -> Iterator[tuple[ColumnElement[bool], dict[str, Any]]]:
+    """``term(*item) OR term(*next item) OR ...`` with its parameters, one condition per slice of
+    ``items`` that one statement can carry; none when ``items`` is empty. Run the statement once
+    per condition: its rows are the union of what one statement would find.
+
+    ``term`` receives bind parameters, one per field of an item, and must build the same condition
+    from any (a module-level function): each shape is built once and kept, because building
+    thousands of SQLAlchemy terms costs far more than running the statement."""
+    if not items:
+        return
+    width = len(items[0])
+    most = limits_of(conn).per_statement(width, terms=1)
+    for part in batches(conn, items, params=width, terms=1):
+        size = min(_shape(len(part)), most)
+        padded = [*part, *[part[-1]] * (size - len(part))]  # a repeated term changes no OR's result
+        yield _or_chain(term, width, size), {f"p{i}_{j}": v for i, item in enumerate(padded)
+                                             for j, v in enumerate(item)}
+
+
+def _shape(n: int) -> int:
+    """The next power of two: a handful of statement shapes, whatever the list sizes."""
+    return 1 << (n - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=256)
+def _or_chain(term: Callable[..., ColumnElement[bool]], width: int, size: int) -> ColumnElement[bool]:
+    return sa.or_(*(term(*(sa.bindparam(f"p{i}_{j}") for j in range(width))) for i in range(size)))
