@@ -37,6 +37,7 @@ from runyard.errors import (
     NotFound,
     RunyardError,
     StoreUnavailable,
+    Unstorable,
 )
 from runyard.exec import options
 from runyard.ingest.alerting import Outbox, Watcher
@@ -56,6 +57,7 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (Ambiguous, 409),
     (Conflict, 409),
     (ArtifactPathError, 400),
+    (Unstorable, 422),
     (InvalidArgument, 400),
     (StoreUnavailable, 503),
     (ArtifactError, 500),

@@ -9,6 +9,10 @@ lists but plans a long one slowly (an OR of 10,000 ranges ran for over 20 minute
 requests), so no statement carries more than ``MAX_ITEMS`` items. Every such statement runs once per
 slice that ``batches`` yields, inside the caller's transaction, so the result is the same as one
 statement's.
+
+``refusal`` tells a database's deterministic refusal of a value (a NUL character in PostgreSQL text,
+an integer beyond a column's range, a statement over a limit) from a transient failure (locked,
+unreachable), so a batch that can never be stored is reported as such, not retried forever.
 """
 
 from __future__ import annotations
@@ -102,3 +106,33 @@ def _shape(n: int) -> int:
 @functools.lru_cache(maxsize=256)
 def _or_chain(term: Callable[..., ColumnElement[bool]], width: int, size: int) -> ColumnElement[bool]:
     return sa.or_(*(term(*(sa.bindparam(f"p{i}_{j}") for j in range(width))) for i in range(size)))
+
+
+# Messages of refusals that depend on the statement, not on the moment: sending it again fails again.
+_SQLITE_REFUSALS = ("too many sql variables", "expression tree is too large", "string or blob too big",
+                    "too many terms in compound select")
+_POSTGRES_CLIENT_REFUSALS = ("number of parameters must be between",)
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The reason, if ``exc`` is the database refusing this statement's content (it would fail
+    again, whenever sent); None for anything else (locked, unreachable, a bug)."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, OverflowError):  # sqlite3: "Python int too large to convert to SQLite INTEGER"
+        return str(exc) if "SQLite" in str(exc) else None
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return None
+    orig = exc.orig
+    reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if isinstance(exc, sqlalchemy.exc.DataError):  # PostgreSQL class 22: a value the column cannot hold
+        return reason
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith("54"):  # PostgreSQL: program limit exceeded
+        return reason
+    lowered = reason.lower()
+    if isinstance(orig, sqlite3.Error) and any(m in lowered for m in _SQLITE_REFUSALS):
+        return reason
+    if any(m in lowered for m in _POSTGRES_CLIENT_REFUSALS):
+        return reason
+    return None

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from runyard.errors import Conflict, InvalidArgument, NotFound
+from runyard.errors import Conflict, InvalidArgument, NotFound, Unstorable
 from runyard.ids import new_ulid
 from runyard.names import validate_label, validate_metric_key, validate_relpath, validate_run_name
 from runyard.store import alert_state_sql, claims_sql, limits, runs_sql, series_sql
@@ -85,10 +85,18 @@ class SqlStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(**{IMMEDIATE: True})
-            with conn.begin():
-                yield conn
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(**{IMMEDIATE: True})
+                with conn.begin():
+                    yield conn
+        except (sa.exc.DBAPIError, OverflowError) as e:
+            # A value or statement the database refuses whenever it is sent is the caller's to
+            # know about (the server answers 422), not a failure to retry.
+            reason = limits.refusal(e)
+            if reason is None:
+                raise
+            raise Unstorable(f"the database cannot store this: {reason}") from e
 
     def _insert_ignore(self, conn: Connection, table: sa.Table, values: dict[str, Any] | list[dict[str, Any]],
                        keys: Sequence[str]) -> None:
@@ -530,6 +538,13 @@ class SqlStore:
 
     def ingest(self, batch: IngestBatch) -> IngestResult:
         """Apply a batch of spool records in one transaction, exactly once (see ``IngestBatch``)."""
+        try:
+            return self._ingest(batch)
+        except Unstorable as e:
+            raise Unstorable(f"records {batch.first_seq}..{batch.last_seq} of writer {batch.writer} of run "
+                             f"{batch.run_id} can never be applied: {e}") from e
+
+    def _ingest(self, batch: IngestBatch) -> IngestResult:
         c = ingest_cursors.c
         with self._write() as conn:
             number = conn.execute(sa.select(_R.number).where(_R.id == batch.run_id)).scalar()
