@@ -21,11 +21,11 @@ import functools
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
+if TYPE_CHECKING:  # SQLAlchemy loads where statements are built: lite.py's fast path stays without it
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.sql.elements import ColumnElement
 
 T = TypeVar("T")
 
@@ -105,6 +105,8 @@ def _shape(n: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _or_chain(term: Callable[..., ColumnElement[bool]], width: int, size: int) -> ColumnElement[bool]:
+    import sqlalchemy as sa
+
     return sa.or_(*(term(*(sa.bindparam(f"p{i}_{j}") for j in range(width))) for i in range(size)))
 
 

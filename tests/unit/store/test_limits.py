@@ -20,6 +20,7 @@ from sqlalchemy import event
 from runyard.ids import new_ulid
 from runyard.store.api import IngestBatch, NewRun, RunQuery
 from runyard.store.engine import create_engine
+from runyard.store.lite import LiteStore
 from runyard.store.migrate import upgrade
 from runyard.store.series import Points
 from runyard.store.sql import SqlStore
@@ -93,6 +94,12 @@ def test_a_sqlite_build_with_999_variables_takes_wide_batches_labels_and_queues(
               for _ in range(1100)]
     in_queue = store.runs_with_status([RunStatus.QUEUED])
     assert [r.number for r in in_queue] == queued and all(r.labels == ("nightly",) for r in in_queue)
+    lite = LiteStore.open(str(store.engine.url))  # `runyard ps`: the standard library's path
+    assert lite is not None
+    lite.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    active = lite.active_runs()
+    assert [r.number for r in active] == [number, *queued] and len(active[0].latest) == 1200
+    lite.close()
 
 
 @pytest.mark.engines("postgresql")
