@@ -4,16 +4,16 @@ runs, on SQLite and PostgreSQL.
     python bench/store.py                 # full sizes, both engines, prints a table
     python bench/store.py --quick         # small sizes, to check the benchmark itself runs
     python bench/store.py --json out.json # also write the figures as JSON
+    python bench/store.py --home-runs 5000  # the home's size (seeding 10,000 runs takes minutes)
 
 Runs carry the environment ``runyard.init`` records: its basic facts, git state and about 100
-installed packages (``ENVIRONMENT``), since every listing reads that record with the run.
+installed packages (``environment``), since every listing reads that record with the run.
 
-The home: 10,000 finished SDK runs (300 with --quick), each as a finished run leaves it. On disk,
-its spool directory with the run's segment (start and environment events, 200 steps of 4 metrics,
-a few printed lines, the end event, in frames as the writer cuts them), the ack file the agent
-wrote when it completed the writer, the released lock file and the target file; in the store, what
-ingesting those very records gave (seeded with the store's own ``ingest``, not the agent, so that
-10,000 runs take a minute rather than an hour). Measured on it:
+The home: 10,000 finished SDK runs (300 with --quick), each as a finished run leaves it: the SDK's
+own spool writer writes what runyard.init, log(), print() and finish() give it (start and
+environment events, 200 steps of 4 metrics, a few printed lines, the end event) and closes, then
+the agent's tailer ingests them all in one pass, writing the acks (and retiring the spools, where
+the code does), so that disk and store hold exactly what 10,000 real runs leave. Measured on it:
   - idle ingest pass: one ``Tailer.poll()`` as the agent makes it (nothing new to ingest; median of
     a few passes after a first one);
   - ``runyard ls``: the real CLI in a child process on that home, wall time from start to exit (it
@@ -44,12 +44,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import sqlalchemy as sa
 
@@ -251,78 +251,65 @@ def bench_runs_table(store: SqlStore, engine_name: str, count: int, repeat: int)
 
 HOME_STEPS = 200
 HOME_KEYS = ("loss", "acc", "lr", "grad_norm")
-#: Queue items per frame: about what the writer drains in one 100 ms flush of a modest loop.
-FRAME_ITEMS = 200
+#: Runs whose writers are open at once while seeding (each closes in its own time: overlapping them
+#: makes seeding 10,000 runs take a minute or two, not an hour).
+SEED_TOGETHER = 100
 
 
-def finished_run_records(i: int, rng: np.random.Generator) -> list[list[Any]]:
-    """What the writer of a finished SDK run numbered and wrote, record by record, in the queue's form
-    (spool/records.py): a metrics record as four items, every other record as one tuple."""
+def finished_run_records(i: int, rng: np.random.Generator) -> list[tuple[Any, ...]]:
+    """What runyard.init, log(), print() and finish() hand the spool writer in a short finished run,
+    in the producers' form (spool/records.py): record tuples, and metrics groups (map, 0, time, step)."""
     env = environment(i)
     basics = {k: env[k] for k in ("argv", "python", "executable", "platform", "host", "pid", "cwd")}
-    t0 = 1.7e9 + i * 600.0
-    out: list[list[Any]] = []
-
-    def record(kind: str, *fields: Any) -> None:
-        seq = len(out) + 1
-        out.append([(seq, kind, t0 + seq * 0.01, *fields)])
-
-    record("e", {"event": "start", "attach": False, "project": "home", "name": f"run-{i}",
-                 "config": {f"param_{j}": float(rng.random()) for j in range(20)},
-                 "labels": ["baseline" if i % 3 == 0 else "sweep"], "notes": "", "command": basics["argv"],
-                 "host": basics["host"], "environment": basics})
-    record("e", {"event": "environment", "git_commit": f"{i:040x}", "git_branch": "main",
-                 "git_remote": env["git_remote"], "packages": env["packages"]})
-    values = rng.normal(size=(HOME_STEPS, len(HOME_KEYS))).tolist()
-    for step, row in enumerate(values):
+    t = 1.7e9 + i * 600.0
+    out: list[tuple[Any, ...]] = [
+        (0, "e", t, {"event": "start", "attach": False, "project": "home", "name": f"run-{i}",
+                     "config": {f"param_{j}": float(rng.random()) for j in range(20)},
+                     "labels": ["baseline" if i % 3 == 0 else "sweep"], "notes": "", "command": basics["argv"],
+                     "host": basics["host"], "environment": basics}),
+        (0, "e", t + 0.4, {"event": "environment", "git_commit": f"{i:040x}", "git_branch": "main",
+                           "git_remote": env["git_remote"], "packages": env["packages"]}),
+    ]
+    for step, row in enumerate(rng.normal(size=(HOME_STEPS, len(HOME_KEYS))).tolist()):
+        t += 0.05
         if step % 50 == 0:
-            record("l", "stdout", f"epoch {step // 50}: {HOME_STEPS // 4} steps, loss {row[0]:.4f}")
-        seq = len(out) + 1
-        out.append([dict(zip(HOME_KEYS, row, strict=True)), seq, t0 + seq * 0.01, step])
-    record("e", {"event": "end", "status": "finished", "exit_code": 0})
+            out.append((0, "l", t, "stdout", f"epoch {step // 50}: loss {row[0]:.4f}"))
+        out.append((dict(zip(HOME_KEYS, row, strict=True)), 0, t, step))
+    out.append((0, "e", t + 0.1, {"event": "end", "status": "finished"}))
     return out
 
 
-def segment_bytes(run_id: str, writer: str, records: list[list[Any]]) -> bytes:
-    """The writer's segment for these records: its header, then frames of whole records."""
-    from runyard.spool.segment import encode_frame, encode_header
-
-    frames, batch = [], []
-    for items in records:
-        batch += items
-        if len(batch) >= FRAME_ITEMS:
-            frames.append(encode_frame(msgpack.packb(batch, use_bin_type=True)))
-            batch = []
-    if batch:
-        frames.append(encode_frame(msgpack.packb(batch, use_bin_type=True)))
-    return encode_header(run_id, writer, 0) + b"".join(frames)
-
-
-def seed_finished_run(store: SqlStore, spool_dir: Path, target: str, i: int, rng: np.random.Generator) -> None:
-    """One finished SDK run, on disk and in the store, as the writer and the agent leave it."""
+def seed_finished_runs(spool_dir: Path, target: str, runs: int) -> int:
+    """``runs`` finished SDK runs in ``spool_dir``, each written by the SDK's own spool writer as
+    runyard.init and finish() drive it (its segment format, its lock, closed at the end); returns
+    how many records they hold. The agent's tailer then ingests them as it would."""
     from runyard.ids import new_ulid
-    from runyard.ingest.apply import build_batch
-    from runyard.spool.acks import Ack, ack_path
-    from runyard.spool.records import unflatten
-    from runyard.spool.rundir import LOCK_SUFFIX, TARGET_FILE
-    from runyard.spool.segment import read_frames, read_header, segment_name
+    from runyard.sdk.writer import Writer
+    from runyard.spool.rundir import TARGET_FILE
 
-    run_id, writer = new_ulid(), secrets.token_hex(6)
-    directory = spool_dir / run_id
-    directory.mkdir(parents=True)
-    (directory / TARGET_FILE).write_text(target)
-    (directory / f"{writer}{LOCK_SUFFIX}").touch()  # released when the process ended
-    data = segment_bytes(run_id, writer, finished_run_records(i, rng))
-    (directory / segment_name(writer, 0)).write_bytes(data)
-    # Ingested as the tailer does: the segment's frames read back, records in sequence order, one batch.
-    header = read_header(data)
-    assert header is not None
-    frames = read_frames(data[header.size:], 0)
-    records = [r for batch in frames.batches for r in unflatten(batch)]
-    number = store.ingest(build_batch(run_id, writer, records)).run_number
-    # The ack the tailer writes when it completes a writer (written without its fsync: seeding speed).
-    ack = Ack(seq=len(records), segment=0, offset=len(data), complete=True, run_number=number, ended=True)
-    ack_path(directory, writer).write_text(json.dumps(asdict(ack)))
+    rng = np.random.default_rng(5)
+    records = 0
+    for first in range(0, runs, SEED_TOGETHER):
+        writers = []
+        for i in range(first, min(first + SEED_TOGETHER, runs)):
+            run_id = new_ulid()
+            directory = spool_dir / run_id
+            directory.mkdir(parents=True)
+            (directory / TARGET_FILE).write_text(target)
+            writer = Writer(directory, run_id, secrets.token_hex(6), fsync="never")
+            writer.start()
+            for record in finished_run_records(i, rng):
+                if isinstance(record[0], dict):
+                    writer.queue.extend(record)
+                else:
+                    writer.queue.append(record)
+                records += 1
+            writers.append(writer)
+        with ThreadPoolExecutor(max_workers=len(writers)) as pool:  # each close waits on its own threads
+            closed = list(pool.map(lambda w: w.close(60.0), writers))
+        if not all(closed):
+            raise RuntimeError("a spool writer did not write every record")
+    return records
 
 
 def cli_ms(env: dict[str, str], cwd: Path, args: list[str], repeat: int) -> float:
@@ -357,14 +344,18 @@ def bench_home(engine_name: str, url: str, runs: int, repeat: int) -> list[Row]:
         settings = resolve(environ=env, cwd=Path(d))
         opened = open_home(settings)
         target = target_key(settings)
-        rng = np.random.default_rng(5)
         t0 = time.perf_counter()
-        for i in range(runs):
-            seed_finished_run(opened.store, settings.spool_dir, target, i, rng)
+        records = seed_finished_runs(settings.spool_dir, target, runs)
+        written = time.perf_counter() - t0
+        # The agent ingests them, completes their writers (and, where it does, retires their spools).
+        ingested = Tailer(StoreSink(opened.store, opened.artifacts), settings.spool_dir, target).poll()
+        if ingested.records < records or ingested.errors:  # (a writer may add heartbeats of its own)
+            raise RuntimeError(f"the agent ingested {ingested.records:,} of the {records:,} records seeded"
+                               + (f": {ingested.errors[0].error}" if ingested.errors else ""))
         analyze(opened.store)
-        print(f"  {engine_name}: seeded {runs:,} finished runs in {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr, flush=True)
-        # The agent's pass, as agent.py builds it (its watcher only acts on what is applied: nothing).
+        print(f"  {engine_name}: {runs:,} finished runs written in {written:.0f} s, ingested in "
+              f"{time.perf_counter() - t0 - written:.0f} s", file=sys.stderr, flush=True)
+        # A pass as the agent makes it, over and over (its watcher acts only on what is applied: nothing).
         tailer = Tailer(StoreSink(opened.store, opened.artifacts), settings.spool_dir, target)
         first = tailer.poll()
         assert first.records == 0 and not first.errors, "the seeded home had records left to ingest"
@@ -399,9 +390,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: check the benchmark runs")
     parser.add_argument("--engines", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    parser.add_argument("--home-runs", type=int, help="finished runs in the home (default 10,000; quick 300)")
     args = parser.parse_args()
     steps, points, count, repeat = (2_000, 50_000, 300, 3) if args.quick else (250_000, 10_000_000, 10_000, 20)
-    home_runs = 300 if args.quick else 10_000
+    args.home_runs = args.home_runs or (300 if args.quick else 10_000)
 
     results: list[Row] = []
     for engine_name in args.engines.split(","):
@@ -412,7 +404,11 @@ def main() -> int:
             results.append(bench_runs_table(store, engine_name, count, repeat))
             store.close()
         with database(engine_name) as url:
-            results += bench_home(engine_name, url, home_runs, repeat)
+            try:
+                results += bench_home(engine_name, url, args.home_runs, repeat)
+            except Exception as e:  # noqa: BLE001 - report it beside the other figures
+                results.append(Row(f"home of {args.home_runs:,} finished runs", engine_name, "-",
+                                   f"error: {type(e).__name__}: {e}"[:120], float("nan"), False))
 
     width = max(len(r.benchmark) for r in results)
     header = f"{'benchmark':<{width}}  {'engine':<10}  {'target':<22}  {'measured':<20}  result"
