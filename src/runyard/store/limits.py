@@ -2,13 +2,13 @@
 
 Statements built from lists a caller sizes (IN lists, multi-row VALUES, OR chains of per-series
 ranges) meet two walls. Bind parameters: PostgreSQL's protocol counts them in 16 bits (65,535 per
-statement); SQLite allows what its build says (999 before 3.32, 32,766 since, Debian 250,000), read
-from the connection. Expression depth, on SQLite only: ``a OR b OR c ...`` parses as a left-deep
-tree, so an OR chain of n terms is n levels deep, and SQLite refuses 1,000. PostgreSQL flattens OR
-lists but plans a long one slowly (an OR of 10,000 ranges ran for over 20 minutes, deaf to cancel
-requests), so no statement carries more than ``MAX_ITEMS`` items. Every such statement runs once per
-slice that ``batches`` yields, inside the caller's transaction, so the result is the same as one
-statement's.
+statement); SQLite allows what its build says (999 before 3.32, 32,766 since, 250,000 in Debian's),
+read from the connection. Expression depth, on SQLite only: ``a OR b OR c ...`` parses as a
+left-deep tree, so an OR chain of n terms is n levels deep, and SQLite refuses 1,000. PostgreSQL
+flattens OR lists, but a long one makes a plan costly enough for its JIT to compile the condition,
+and LLVM took over an hour on 10,000 terms, deaf to cancel requests: so no statement carries more
+than ``MAX_ITEMS`` items. Every statement built from such a list runs once per slice that
+``batches`` yields, inside the caller's transaction, so the result is the same as one statement's.
 
 ``refusal`` tells a database's deterministic refusal of a value (a NUL character in PostgreSQL text,
 an integer beyond a column's range, a statement over a limit) from a transient failure (locked,
@@ -68,12 +68,10 @@ def limits_of(conn: Connection) -> Limits:
     return Limits(POSTGRES_PARAMS, None)
 
 
-def batches(limits: Limits | Connection, items: Sequence[T], params: int = 1, terms: int = 0) -> Iterator[Sequence[T]]:
-    """Consecutive slices of ``items``, each small enough for one statement (see ``Limits.per_statement``);
-    none when ``items`` is empty."""
-    if not isinstance(limits, Limits):
-        limits = limits_of(limits)
-    size = limits.per_statement(params, terms)
+def batches(on: Limits | Connection, items: Sequence[T], params: int = 1, terms: int = 0) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``items``, each small enough for one statement on ``on`` (a connection,
+    or its limits; see ``Limits.per_statement``); none when ``items`` is empty."""
+    size = (on if isinstance(on, Limits) else limits_of(on)).per_statement(params, terms)
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
