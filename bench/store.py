@@ -5,6 +5,7 @@ runs, on SQLite and PostgreSQL.
     python bench/store.py --quick         # small sizes, to check the benchmark itself runs
     python bench/store.py --json out.json # also write the figures as JSON
     python bench/store.py --home-runs 5000  # the home's size (seeding 10,000 runs takes minutes)
+    python bench/store.py --only home       # only the home's figures (or --only store: the others)
 
 Runs carry the environment ``runyard.init`` records: its basic facts, git state and about 100
 installed packages (``environment``), since every listing reads that record with the run.
@@ -391,24 +392,27 @@ def main() -> int:
     parser.add_argument("--engines", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.add_argument("--home-runs", type=int, help="finished runs in the home (default 10,000; quick 300)")
+    parser.add_argument("--only", choices=("store", "home"), help="only the store's figures, or only the home's")
     args = parser.parse_args()
     steps, points, count, repeat = (2_000, 50_000, 300, 3) if args.quick else (250_000, 10_000_000, 10_000, 20)
     args.home_runs = args.home_runs or (300 if args.quick else 10_000)
 
     results: list[Row] = []
     for engine_name in args.engines.split(","):
-        with database(engine_name) as url:
-            store = open_store(url)
-            results.append(bench_ingest(store, engine_name, steps, batch=min(10_000, steps)))
-            results += bench_envelope(store, engine_name, points, repeat)
-            results.append(bench_runs_table(store, engine_name, count, repeat))
-            store.close()
-        with database(engine_name) as url:
-            try:
-                results += bench_home(engine_name, url, args.home_runs, repeat)
-            except Exception as e:  # noqa: BLE001 - report it beside the other figures
-                results.append(Row(f"home of {args.home_runs:,} finished runs", engine_name, "-",
-                                   f"error: {type(e).__name__}: {e}"[:120], float("nan"), False))
+        if args.only != "home":
+            with database(engine_name) as url:
+                store = open_store(url)
+                results.append(bench_ingest(store, engine_name, steps, batch=min(10_000, steps)))
+                results += bench_envelope(store, engine_name, points, repeat)
+                results.append(bench_runs_table(store, engine_name, count, repeat))
+                store.close()
+        if args.only != "store":
+            with database(engine_name) as url:
+                try:
+                    results += bench_home(engine_name, url, args.home_runs, repeat)
+                except Exception as e:  # noqa: BLE001 - report it beside the other figures
+                    results.append(Row(f"home of {args.home_runs:,} finished runs", engine_name, "-",
+                                       f"error: {type(e).__name__}: {e}"[:120], float("nan"), False))
 
     width = max(len(r.benchmark) for r in results)
     header = f"{'benchmark':<{width}}  {'engine':<10}  {'target':<22}  {'measured':<20}  result"
