@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import event
 
 from runyard.ids import new_ulid
-from runyard.store.api import IngestBatch, NewRun, RunQuery
+from runyard.store.api import IngestBatch, LogLine, NewRun, RunQuery
 from runyard.store.engine import create_engine
 from runyard.store.lite import LiteStore
 from runyard.store.migrate import upgrade
@@ -94,6 +94,7 @@ def test_a_sqlite_build_with_999_variables_takes_wide_batches_labels_and_queues(
               for _ in range(1100)]
     in_queue = store.runs_with_status([RunStatus.QUEUED])
     assert [r.number for r in in_queue] == queued and all(r.labels == ("nightly",) for r in in_queue)
+    assert set(store.last_activity([number, *queued])) == {number}  # alert rules about runs going quiet
     lite = LiteStore.open(str(store.engine.url))  # `runyard ps`: the standard library's path
     assert lite is not None
     lite.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
@@ -119,3 +120,13 @@ def test_a_listing_may_ask_for_many_labels_at_once(store: SqlStore) -> None:
     both = store.create_run(NewRun(project="p", labels=wanted))
     store.create_run(NewRun(project="p", labels=wanted[:-1]))
     assert [r.number for r in store.list_runs(RunQuery(labels=wanted)).items] == [both.number]
+
+
+def test_when_runs_last_logged_is_read_for_many_runs(store: SqlStore) -> None:
+    # What a "stalled" alert rule reads on every tick, for every running run: a point's time or a
+    # line's, whichever is later.
+    quiet = [store.create_run(NewRun(project="p")).number for _ in range(3)]
+    store.append_points(quiet[0], {"loss": Points.of([0, 1], [5.0, 6.0], [1.0, 0.5])})
+    store.append_logs(quiet[1], [LogLine(7.0, "epoch 1", "stdout"), LogLine(8.0, "epoch 2", "stdout")])
+    store.append_points(quiet[1], {"loss": Points.of([0], [4.0], [1.0])})
+    assert store.last_activity(quiet) == {quiet[0]: 6.0, quiet[1]: 8.0}
