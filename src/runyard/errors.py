@@ -13,6 +13,7 @@
     ├── Ambiguous            a reference matches more than one thing
     ├── Conflict             the change contradicts the current state
     ├── InvalidArgument      a value passed by a caller is malformed (also a ValueError)
+    │   └── Unstorable       well formed, but the database refuses it, however often it is sent
     └── ServerError          the runyard server cannot be reached, or failed
         └── AccessDenied     the server refused the token (401) or its role (403)
 
@@ -68,6 +69,11 @@ class Conflict(RunyardError):
 
 class InvalidArgument(RunyardError, ValueError):
     """A caller passed a malformed value."""
+
+
+class Unstorable(InvalidArgument):
+    """The database refuses this value, whenever it is sent (a NUL character in PostgreSQL text, a
+    number beyond its column's range): the server answers 422, and retrying cannot help."""
 
 
 class ServerError(RunyardError):

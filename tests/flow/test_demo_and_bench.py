@@ -67,7 +67,9 @@ def test_the_store_benchmark_runs(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, check=True,
     )
     assert "envelope, 1 series of 50,000 points" in result.stdout
-    assert (tmp_path / "out.json").read_text().startswith("[")
+    rows = json.loads((tmp_path / "out.json").read_text())
+    home = [r for r in rows if r["benchmark"].startswith("home of 300 finished runs")]
+    assert len(home) == 2 and all(r["value"] > 0 for r in home)  # the idle pass and `runyard ls`
 
 
 def test_the_server_benchmark_runs_and_counts_every_point() -> None:
@@ -77,8 +79,13 @@ def test_the_server_benchmark_runs_and_counts_every_point() -> None:
     )
     report = json.loads(result.stdout[result.stdout.index("{\n"):])
     throughput = report["figures"]["sqlite"]["throughput"]
-    assert all(r["arrived"] == r["points"] and r["cursors_short"] == 0 for r in throughput["rounds"])
+    assert all(r["arrived"] == r["points"] and r["lines_arrived"] == r["lines"] and r["cursors_short"] == 0
+               for r in throughput["rounds"])
     assert report["figures"]["sqlite"]["latency"]["count"] > 0
+    # The two open dashboards (reader token) saw the clients' runs appear and the latency run's points.
+    table = throughput["runs_table"]
+    assert table["runs_shown"] == table["runs_created"] == 8 and not table["errors"]
+    assert report["figures"]["sqlite"]["latency"]["run_page"]["count"] > 0
 
 
 def test_the_alerts_benchmark_runs_and_every_batch_alerts(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from runyard.errors import (
     NotFound,
     RunyardError,
     StoreUnavailable,
+    Unstorable,
 )
 from runyard.exec import options
 from runyard.ingest.alerting import Outbox, Watcher
@@ -56,6 +57,7 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (Ambiguous, 409),
     (Conflict, 409),
     (ArtifactPathError, 400),
+    (Unstorable, 422),
     (InvalidArgument, 400),
     (StoreUnavailable, 503),
     (ArtifactError, 500),
@@ -667,7 +669,15 @@ def _routes(app: FastAPI, server: Server) -> None:
                         media_type=wire.MSGPACK)
 
     # The hot path skips FastAPI's body parsing: a plain route, described in the OpenAPI spec by hand.
+    # What a shipper does with each answer: retry a 503; set aside a batch refused with a 4xx, which
+    # sending again cannot change (see server/ingest.py).
+    refusals: dict[int | str, dict[str, Any]] = {
+        400: {"description": "The records are malformed, or too many for one request"},
+        422: {"description": "The records are well formed, but the database cannot store them"},
+        503: {"description": "The database is busy or unreachable: send the batch again later"},
+    }
     app.add_api_route(f"{v1}/ingest", requires("writer")(ingest_route), methods=["POST"], tags=["ingest"],
+                      responses=refusals,
                       openapi_extra={"requestBody": {"required": True, "content": {wire.MSGPACK: {"schema": {
                           "type": "string", "format": "binary"}}}}})
 

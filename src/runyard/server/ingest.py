@@ -7,6 +7,13 @@ anything but plain values; records are applied only past the store's cursor for 
 a batch sent twice changes nothing. Artifact records must name content already uploaded to
 ``/blobs`` (the shipper uploads it first; a record whose content never arrived is dropped, as in
 local mode): the server keeps its own content reference, whatever the client wrote.
+
+A batch the server can never apply is refused with a 4xx naming the reason, so a shipper stops
+sending it rather than retrying forever: 400 when the records are malformed (or too many for one
+request), 422 when they are well formed but the database refuses to store them (a NUL character in
+PostgreSQL text, a number beyond its column's range), 404 or 409 when they name a run this token
+may not log to, or that does not exist here. 503 means only that the database is busy or
+unreachable: the same batch may succeed later.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from runyard.errors import Conflict, InvalidArgument, NotFound
+from runyard.errors import Conflict, InvalidArgument, NotFound, RunyardError
 from runyard.ingest.alerting import Watcher
 from runyard.ingest.apply import build_batch
 from runyard.names import validate_project_name, validate_relpath
@@ -127,7 +134,15 @@ def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, i
         if size is not None:  # as in local mode, a record whose content never arrived is dropped
             kept.append((path, size, sha256, Blob(sha256, size).content_ref))
     batch.artifacts = kept
-    result = store.ingest(batch)
+    try:
+        result = store.ingest(batch)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        if isinstance(e, RunyardError):  # refused with its own status (InvalidArgument, Unstorable, NotFound)
+            raise
+        # Records that decode but say something the store cannot apply (a status no run can have):
+        # as malformed as those build_batch refuses, and no more applicable when sent again.
+        raise InvalidArgument(f"records {batch.first_seq}..{batch.last_seq} of writer {writer} cannot be "
+                              f"applied: {type(e).__name__}: {e}") from None
     if watcher is not None and result.applied:
         watcher.after_ingest(result.run_number, batch)
     if project is None:

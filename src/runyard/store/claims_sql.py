@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from runyard.store import runs_sql
+from runyard.store import limits, runs_sql
 from runyard.store.api import Claim, Lease, Run, RunPatch
 from runyard.store.schema import leases, log_lines, metric_series, run_claims, runs
 from runyard.types import RunStatus
@@ -127,7 +127,8 @@ def _claimed_runs(conn: Connection, where: sa.ColumnElement[bool]) -> list[tuple
                         .where(_R.status.in_(_ACTIVE), where).order_by(_R.number)).all()
     if not rows:
         return []
-    found = {r.number: r for r in runs_sql.fetch_runs(conn, _R.number.in_([r.run_number for r in rows]))}
+    found = {r.number: r for part in limits.batches(conn, [r.run_number for r in rows])
+             for r in runs_sql.fetch_runs(conn, _R.number.in_(part))}
     return [(found[r.run_number], _claim_of(r)) for r in rows if r.run_number in found]
 
 
@@ -230,16 +231,18 @@ def last_activity(store: SqlStore, numbers: Sequence[int]) -> dict[int, float]:
     if not numbers:
         return {}
     s, g = metric_series.c, log_lines.c
-    last_line = sa.select(sa.func.max(g.id)).where(g.run_number == _R.number).scalar_subquery()
+    # Two levels down: correlated to the outer runs by name (auto-correlation looks one level up only).
+    last_line = sa.select(sa.func.max(g.id)).where(g.run_number == _R.number).correlate(runs).scalar_subquery()
     stmt = sa.select(
         _R.number,
         sa.select(sa.func.max(s.last_time)).where(s.run_number == _R.number).scalar_subquery(),
         sa.select(g.time).where(g.id == last_line).scalar_subquery(),
-    ).where(_R.number.in_(list(numbers)))
+    )
     with store._read() as conn:
         out: dict[int, float] = {}
-        for number, point, line in conn.execute(stmt):
-            times = [t for t in (point, line) if t is not None]
-            if times:
-                out[int(number)] = float(max(times))
+        for part in limits.batches(conn, list(numbers)):  # every active run: a long list in a big team
+            for number, point, line in conn.execute(stmt.where(_R.number.in_(part))):
+                times = [t for t in (point, line) if t is not None]
+                if times:
+                    out[int(number)] = float(max(times))
         return out

@@ -20,6 +20,7 @@ from typing import Any
 
 from runyard.errors import NotFound
 from runyard.store import jsonvalues
+from runyard.store.limits import batches, sqlite_limits
 from runyard.store.newrun import NewRun
 from runyard.store.revision import SCHEMA_REVISION
 from runyard.types import RunStatus
@@ -128,8 +129,7 @@ class LiteStore:
             " r.priority DESC, r.number"
         ).fetchall()
         latest: dict[int, dict[str, float | None]] = {}
-        numbers = [r[0] for r in rows]
-        if numbers:
+        for numbers in batches(sqlite_limits(self.conn), [r[0] for r in rows]):  # a long queue: many runs
             marks = ",".join("?" * len(numbers))
             for number, key, value in self.conn.execute(
                 f"SELECT run_number, key, last_value FROM metric_series WHERE run_number IN ({marks})"

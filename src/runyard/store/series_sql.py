@@ -16,6 +16,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from runyard.store import limits
 from runyard.store.schema import metric_blocks, metric_chunks, metric_series
 from runyard.store.series import (
     CHUNK_POINTS,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 _B = metric_blocks.c
+_C = metric_chunks.c
 _STAT_COLUMNS = (_B.first_step, _B.last_step, _B.point_count, _B.nan_count, _B.vmin, _B.vmax, _B.vsum, _B.vlast)
 
 
@@ -78,28 +80,51 @@ def _stats_of_row(r: sa.Row[*tuple[Any, ...]]) -> Stats:
 
 
 def _chunk_blobs_many(conn: Connection, ranges: dict[int, tuple[int, int]]) -> dict[int, list[bytes]]:
-    """The blobs of chunks first..last of each series, in ordinal order, read in one query."""
+    """The blobs of chunks first..last of each series, in ordinal order."""
     blobs: dict[int, list[bytes]] = {sid: [] for sid in ranges}
-    if not ranges:
-        return blobs
+    items = [(sid, first, last) for sid, (first, last) in sorted(ranges.items())]
     if conn.dialect.name == "postgresql":
         # psycopg sends bytea as hex text unless asked for binary: binary halves the bytes and
         # saves most of the decoding, which dominates a zoomed-in envelope.
-        where = " OR ".join(["(series_id = %s AND ordinal >= %s AND ordinal <= %s)"] * len(ranges))
-        params = [x for sid, (first, last) in ranges.items() for x in (sid, first, last)]
         with conn.connection.driver_connection.cursor(binary=True) as cur:  # type: ignore[union-attr]
-            cur.execute(f"SELECT series_id, data FROM metric_chunks WHERE {where} ORDER BY series_id, ordinal",
-                        params)
-            for sid, data in cur.fetchall():
-                blobs[sid].append(bytes(data))
+            for part in limits.batches(conn, items, params=3, terms=1):
+                where = " OR ".join(["(series_id = %s AND ordinal >= %s AND ordinal <= %s)"] * len(part))
+                cur.execute(f"SELECT series_id, data FROM metric_chunks WHERE {where} ORDER BY series_id, ordinal",
+                            [x for item in part for x in item])
+                for sid, data in cur.fetchall():
+                    blobs[sid].append(bytes(data))
         return blobs
-    c = metric_chunks.c
-    rows = conn.execute(sa.select(c.series_id, c.data).where(sa.or_(*(
-        sa.and_(c.series_id == sid, c.ordinal >= first, c.ordinal <= last)
-        for sid, (first, last) in ranges.items()))).order_by(c.series_id, c.ordinal))
-    for sid, data in rows:
-        blobs[sid].append(bytes(data))
+    for cond, params in limits.any_of(conn, items, _chunks_between):
+        for sid, data in conn.execute(sa.select(_C.series_id, _C.data).where(cond).order_by(_C.series_id, _C.ordinal),
+                                      params):
+            blobs[sid].append(bytes(data))
     return blobs
+
+
+# The terms of the OR chains below (see limits.any_of): one per series, or per series and level.
+
+def _chunks_between(series_id: Any, first: Any, last: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(_C.series_id == series_id, _C.ordinal >= first, _C.ordinal <= last)
+
+
+def _chunks_from(series_id: Any, first: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(_C.series_id == series_id, _C.ordinal >= first)
+
+
+def _blocks_from(series_id: Any, level: Any, first: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(_B.series_id == series_id, _B.level == level, _B.ordinal >= first)
+
+
+def _blocks_between(series_id: Any, level: Any, first: Any, end: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(_B.series_id == series_id, _B.level == level, _B.ordinal >= first, _B.ordinal < end)
+
+
+def _blocks_reaching(series_id: Any, step: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(_B.series_id == series_id, _B.last_step >= step)
+
+
+def _block_at(series_id: Any, ordinal: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(_B.series_id == series_id, _B.ordinal == ordinal)
 
 
 def _chunk_blobs(conn: Connection, series_id: int, first: int, last: int) -> list[bytes]:
@@ -158,9 +183,10 @@ def append_many(conn: Connection, items: Sequence[tuple[SeriesRow, Points]],
                 chunk_points: int = CHUNK_POINTS) -> list[SeriesRow]:
     """Add points to several series (inside the caller's write transaction); returns the updated rows.
 
-    The statements are the same few whatever the number of series (statements, not rows, are what
-    an append pays for, above all over a network): per series, only the suffix the new points touch
-    is rewritten, in the common case (steps increasing) the last, partly filled chunk."""
+    The statements are the same few for up to several hundred series, then a few more per slice
+    the database's limits allow (statements, not rows, are what an append pays for, above all over
+    a network): per series, only the suffix the new points touch is rewritten, in the common case
+    (steps increasing) the last, partly filled chunk."""
     out = [row for row, _ in items]
     work = [(i, row, new) for i, (row, new) in enumerate(items) if len(new)]
     if not work:
@@ -191,12 +217,12 @@ def append_many(conn: Connection, items: Sequence[tuple[SeriesRow, Points]],
                         "b_last": int(merged.steps[last]), "b_value": _nan_to_null(float(merged.values[last])),
                         "b_time": float(merged.times[last]), "b_chunks": new_n})
         out[i] = SeriesRow(row.id, row.count + len(new), first_step, int(merged.steps[last]), new_n)
-    c = metric_chunks.c
-    conn.execute(sa.delete(metric_chunks).where(sa.or_(*(
-        sa.and_(c.series_id == row.id, c.ordinal >= j) for _, row, _, j, *_ in plans))))
-    conn.execute(sa.delete(metric_blocks).where(sa.or_(*(
-        sa.and_(_B.series_id == row.id, _B.level == level, _B.ordinal >= j // FANOUT**level)
-        for _, row, _, j, *_ in plans for level in range(len(level_counts(row.chunk_count)))))))
+    for cond, params in limits.any_of(conn, [(row.id, j) for _, row, _, j, *_ in plans], _chunks_from):
+        conn.execute(sa.delete(metric_chunks).where(cond), params)
+    stale = [(row.id, level, j // FANOUT**level) for _, row, _, j, *_ in plans
+             for level in range(len(level_counts(row.chunk_count)))]
+    for cond, params in limits.any_of(conn, stale, _blocks_from):
+        conn.execute(sa.delete(metric_blocks).where(cond), params)
     conn.execute(sa.insert(metric_chunks), chunk_rows)
     conn.execute(sa.insert(metric_blocks), block_rows)
     s = metric_series.c
@@ -213,11 +239,18 @@ def _rewrite_starts(conn: Connection, work: list[tuple[SeriesRow, Points]], chun
     """Per series, the ordinal of the first chunk to rewrite."""
     appending = [row for row, new in work
                  if row.chunk_count and row.last_step is not None and int(new.steps[0]) >= row.last_step]
-    tails = {}
-    if appending:
-        rows = conn.execute(sa.select(_B.series_id, _B.point_count, _B.last_step).where(_B.level == 0, sa.or_(*(
-            sa.and_(_B.series_id == row.id, _B.ordinal == row.chunk_count - 1) for row in appending))))
-        tails = {r.series_id: r for r in rows}
+    tails: dict[int, Any] = {}
+    for cond, params in limits.any_of(conn, [(row.id, row.chunk_count - 1) for row in appending], _block_at):
+        rows = conn.execute(sa.select(_B.series_id, _B.point_count, _B.last_step).where(_B.level == 0, cond), params)
+        tails.update((r.series_id, r) for r in rows)
+    # The others go back in steps (a run resumed from a checkpoint): the first chunk reaching their
+    # first new step. Blocks of a level are sorted by step, so it is the lowest such ordinal.
+    reached: dict[int, int] = {}
+    rewinding = [(row.id, int(new.steps[0])) for row, new in work if row.chunk_count and row.id not in tails]
+    for cond, params in limits.any_of(conn, rewinding, _blocks_reaching):
+        firsts = conn.execute(sa.select(_B.series_id, sa.func.min(_B.ordinal)).where(_B.level == 0, cond)
+                              .group_by(_B.series_id), params)
+        reached.update((int(sid), int(ordinal)) for sid, ordinal in firsts)
     starts = {}
     for row, new in work:
         n, first_new = row.chunk_count, int(new.steps[0])
@@ -228,8 +261,7 @@ def _rewrite_starts(conn: Connection, work: list[tuple[SeriesRow, Points]], chun
             tail = tails[row.id]
             starts[row.id] = n - 1 if (tail.point_count < chunk_points or tail.last_step == first_new) else n
         else:
-            reached = _first_ordinal_reaching(conn, row.id, 0, first_new)
-            starts[row.id] = n - 1 if reached is None else reached
+            starts[row.id] = reached.get(row.id, n - 1)
     return starts
 
 
@@ -251,12 +283,11 @@ def _children_wanted(series_id: int, j: int, old_counts: list[int],
 
 
 def _read_blocks(conn: Connection, wanted: list[tuple[int, int, int, int]]) -> dict[tuple[int, int, int], Stats]:
-    if not wanted:
-        return {}
-    rows = conn.execute(sa.select(_B.series_id, _B.level, _B.ordinal, *_STAT_COLUMNS).where(sa.or_(*(
-        sa.and_(_B.series_id == sid, _B.level == level, _B.ordinal >= lo, _B.ordinal < hi)
-        for sid, level, lo, hi in wanted))))
-    return {(r.series_id, r.level, r.ordinal): _stats_of_row(r) for r in rows}
+    out: dict[tuple[int, int, int], Stats] = {}
+    for cond, params in limits.any_of(conn, wanted, _blocks_between):
+        rows = conn.execute(sa.select(_B.series_id, _B.level, _B.ordinal, *_STAT_COLUMNS).where(cond), params)
+        out.update(((r.series_id, r.level, r.ordinal), _stats_of_row(r)) for r in rows)
+    return out
 
 
 def _roll_up(series_id: int, j: int, old_counts: list[int], new_counts: list[int], new_chunks: list[Stats],

@@ -16,10 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from runyard.errors import Conflict, InvalidArgument, NotFound
+from runyard.errors import Conflict, InvalidArgument, NotFound, Unstorable
 from runyard.ids import new_ulid
 from runyard.names import validate_label, validate_metric_key, validate_relpath, validate_run_name
-from runyard.store import alert_state_sql, claims_sql, runs_sql, series_sql
+from runyard.store import alert_state_sql, claims_sql, limits, runs_sql, series_sql
 from runyard.store.api import (
     AlertEvent,
     AlertRule,
@@ -85,22 +85,30 @@ class SqlStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(**{IMMEDIATE: True})
-            with conn.begin():
-                yield conn
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(**{IMMEDIATE: True})
+                with conn.begin():
+                    yield conn
+        except (sa.exc.DBAPIError, OverflowError) as e:
+            # A value or statement the database refuses whenever it is sent is the caller's to
+            # know about (the server answers 422), not a failure to retry.
+            reason = limits.refusal(e)
+            if reason is None:
+                raise
+            raise Unstorable(f"the database cannot store this: {reason}") from e
 
     def _insert_ignore(self, conn: Connection, table: sa.Table, values: dict[str, Any] | list[dict[str, Any]],
                        keys: Sequence[str]) -> None:
-        """Insert one row, or several in one statement, skipping those whose ``keys`` exist."""
+        """Insert one row, or several (in as few statements as the database's limits allow),
+        skipping those whose ``keys`` exist."""
         if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            conn.execute(pg_insert(table).values(values).on_conflict_do_nothing(index_elements=list(keys)))
+            from sqlalchemy.dialects.postgresql import insert
         else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            conn.execute(sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=list(keys)))
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        rows = [values] if isinstance(values, dict) else values
+        for part in limits.batches(conn, rows, params=len(rows[0]) if rows else 1):
+            conn.execute(insert(table).values(list(part)).on_conflict_do_nothing(index_elements=list(keys)))
 
     # -- projects ---------------------------------------------------------------------------------
 
@@ -245,12 +253,11 @@ class SqlStore:
     def _set_labels(self, conn: Connection, number: int, add: Sequence[str], remove: Sequence[str]) -> None:
         adding = sorted({validate_label(label) for label in add})
         removing = sorted({validate_label(label) for label in remove})
-        for label in adding:
-            self._insert_ignore(conn, run_labels, {"run_number": number, "label": label}, ["run_number", "label"])
-        if removing:
-            conn.execute(
-                sa.delete(run_labels).where(run_labels.c.run_number == number, run_labels.c.label.in_(removing))
-            )
+        if adding:
+            self._insert_ignore(conn, run_labels, [{"run_number": number, "label": label} for label in adding],
+                                ["run_number", "label"])
+        for part in limits.batches(conn, removing):
+            conn.execute(sa.delete(run_labels).where(run_labels.c.run_number == number, run_labels.c.label.in_(part)))
 
     def _require_run(self, conn: Connection, number: int) -> None:
         if conn.execute(sa.select(_R.number).where(_R.number == number)).scalar() is None:
@@ -276,12 +283,15 @@ class SqlStore:
         self._insert_ignore(conn, metric_series,
                             [{"run_number": run, "key": key, "point_count": 0, "chunk_count": 0} for key in keys],
                             ["run_number", "key"])
-        found = conn.execute(
-            sa.select(_S.id, _S.key, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
-            .where(_S.run_number == run, _S.key.in_(keys)).order_by(_S.key).with_for_update()
-        )
-        return {r.key: series_sql.SeriesRow(r.id, r.point_count, r.first_step, r.last_step, r.chunk_count)
-                for r in found}
+        rows: dict[str, series_sql.SeriesRow] = {}
+        for part in limits.batches(conn, keys):  # in key order, as every writer locks them
+            found = conn.execute(
+                sa.select(_S.id, _S.key, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
+                .where(_S.run_number == run, _S.key.in_(part)).order_by(_S.key).with_for_update()
+            )
+            rows.update((r.key, series_sql.SeriesRow(r.id, r.point_count, r.first_step, r.last_step, r.chunk_count))
+                        for r in found)
+        return rows
 
     def list_series(self, run: int) -> list[SeriesInfo]:
         with self._read() as conn:
@@ -528,6 +538,13 @@ class SqlStore:
 
     def ingest(self, batch: IngestBatch) -> IngestResult:
         """Apply a batch of spool records in one transaction, exactly once (see ``IngestBatch``)."""
+        try:
+            return self._ingest(batch)
+        except Unstorable as e:
+            raise Unstorable(f"records {batch.first_seq}..{batch.last_seq} of writer {batch.writer} of run "
+                             f"{batch.run_id} can never be applied: {e}") from e
+
+    def _ingest(self, batch: IngestBatch) -> IngestResult:
         c = ingest_cursors.c
         with self._write() as conn:
             number = conn.execute(sa.select(_R.number).where(_R.id == batch.run_id)).scalar()
@@ -726,12 +743,14 @@ class SqlStore:
     def mark_alerts_seen(self, ids: Sequence[int]) -> None:
         if not ids:
             return
+        now = self.clock()
         with self._write() as conn:
-            conn.execute(
-                sa.update(alert_events)
-                .where(alert_events.c.id.in_(list(ids)), alert_events.c.seen_at.is_(None))
-                .values(seen_at=self.clock())
-            )
+            for part in limits.batches(conn, list(ids)):
+                conn.execute(
+                    sa.update(alert_events)
+                    .where(alert_events.c.id.in_(part), alert_events.c.seen_at.is_(None))
+                    .values(seen_at=now)
+                )
 
     def status_counts(self, since: float, project: str | None = None) -> dict[str, int]:
         """For ``runyard status``: runs running and queued, runs that failed (or were lost or timed
