@@ -370,3 +370,22 @@ def test_a_full_disk_keeps_training_alive_says_what_is_at_risk_and_loses_nothing
         assert any("training continues" in line for line in said) and any("written again" in line for line in said)
     finally:
         subprocess.run(["umount", "-l", str(spool)], check=False)
+
+
+def test_runyard_ls_still_takes_in_what_a_dead_process_left(tmp_path: Path, env: dict[str, str]) -> None:
+    # ls answers through the standard library when nothing waits; when a dead writer left records,
+    # it ingests them first, as every command that opens the home does.
+    died = script(tmp_path, "died.py", """
+        import os, runyard
+        run = runyard.init(project="p", name="died")
+        for i in range(10):
+            run.log({"x": float(i)})
+        os._exit(1)
+    """)
+    with no_agent(env, tmp_path):
+        subprocess.run([sys.executable, str(died)], env=env, timeout=60)
+        listed = cli(env, "ls", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "died" in listed.stdout and "lost" in listed.stdout
+    again = cli(env, "ls", "--status", "lost", cwd=tmp_path)  # nothing waits now: the fast path
+    assert again.stdout.split("\n")[1].split()[1:4] == ["died", "p", "lost"]

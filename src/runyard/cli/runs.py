@@ -228,6 +228,8 @@ def _open() -> Any:
 
 def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], sort: str, asc: bool, limit: int,
        as_json: bool) -> int:
+    if not as_json and sort == "number" and _ls_fast(project, labels, statuses, asc, limit):
+        return 0
     from runyard.store.api import RunQuery
     from runyard.types import RunStatus
 
@@ -239,17 +241,43 @@ def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], 
         if as_json:
             _print_json([_run_json(r) for r in page.items])
             return 0
-        now = time.time()
-        rows = []
-        for r in page.items:
-            duration = r.duration(now)
-            rows.append([str(r.number), r.name or "-", r.project, r.status.value, ",".join(r.labels) or "-",
-                         _age(now - r.created_at), _age(duration) if duration is not None else "-"])
-        print(_table(["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED", "DURATION"], rows)
-              if rows else "no runs match")
+        _print_runs(page.items)
         return 0
     finally:
         api.close()
+
+
+def _ls_fast(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], asc: bool,
+             limit: int) -> bool:
+    """``runyard ls`` on a SQLite home through the standard library, as ``runyard ps`` is (importing
+    SQLAlchemy alone costs more than the whole listing); False when the full path must answer (a
+    server, another database, or records left by a dead writer to ingest first)."""
+    from runyard.spool.rundir import target_key, waiting_for_catch_up
+    from runyard.store.lite import LiteStore
+
+    settings = resolve()
+    if settings.server or waiting_for_catch_up(settings.spool_dir, target_key(settings)):
+        return False
+    lite = LiteStore.open(settings.db)
+    if lite is None:
+        return False
+    try:
+        listed = lite.list_runs(project, labels, statuses, not asc, limit)
+    finally:
+        lite.close()
+    _print_runs(listed)
+    return True
+
+
+def _print_runs(listed: Sequence[Any]) -> None:
+    now = time.time()
+    rows = []
+    for r in listed:
+        duration = r.duration(now)
+        rows.append([str(r.number), r.name or "-", r.project, r.status.value, ",".join(r.labels) or "-",
+                     _age(now - r.created_at), _age(duration) if duration is not None else "-"])
+    print(_table(["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED", "DURATION"], rows)
+          if rows else "no runs match")
 
 
 def _run_json(r: Any) -> dict[str, Any]:

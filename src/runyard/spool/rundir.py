@@ -75,3 +75,18 @@ def target_of(directory: Path) -> str | None:
         return (directory / TARGET_FILE).read_text().strip()
     except FileNotFoundError:
         return None
+
+
+def waiting_for_catch_up(spool_dir: Path, target: str | None) -> bool:
+    """Whether a writer that is gone left records not yet in the store (what a command opening the
+    home ingests first): cheap, standard library only, so that a fast command can ask."""
+    from runyard.spool.acks import read_ack
+    from runyard.spool.segment import segments_of
+
+    for directory in run_dirs(spool_dir):
+        if target is not None and target_of(directory) not in (target, None):
+            continue
+        for writer in segments_of(directory):
+            if not read_ack(directory, writer).complete and not writer_alive(directory, writer):
+                return True
+    return False

@@ -50,6 +50,25 @@ class ActiveRun:
     latest: dict[str, float | None]
 
 
+@dataclass(frozen=True)
+class ListedRun:
+    """A line of ``runyard ls``."""
+
+    number: int
+    name: str | None
+    project: str
+    status: RunStatus
+    labels: tuple[str, ...]
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+
+    def duration(self, now: float) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.ended_at if self.ended_at is not None else now) - self.started_at
+
+
 class LiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -141,6 +160,37 @@ class LiteStore:
                       latest.get(r[0], {}))
             for r in rows
         ]
+
+    def list_runs(self, project: str | None, labels: Sequence[str], statuses: Sequence[str], descending: bool,
+                  limit: int) -> list[ListedRun]:
+        """``runyard ls`` in its usual form (ordered by number): as ``SqlStore.list_runs`` lists them."""
+        where: list[str] = []
+        args: list[Any] = []
+        if project is not None:
+            where.append("p.name = ?")
+            args.append(project)
+        wanted = sorted(set(labels))
+        if wanted:
+            marks = ",".join("?" * len(wanted))
+            where.append(f"r.number IN (SELECT run_number FROM run_labels WHERE label IN ({marks})"
+                         " GROUP BY run_number HAVING count(*) = ?)")
+            args += [*wanted, len(wanted)]
+        if statuses:
+            where.append(f"r.status IN ({','.join('?' * len(statuses))})")
+            args += [RunStatus(s).value for s in statuses]
+        rows = self.conn.execute(
+            "SELECT r.number, r.name, p.name, r.status, r.created_at, r.started_at, r.ended_at"
+            " FROM runs r JOIN projects p ON p.id = r.project_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY r.number {'DESC' if descending else 'ASC'} LIMIT ?", [*args, limit]).fetchall()
+        tags: dict[int, list[str]] = {}
+        for numbers in batches(sqlite_limits(self.conn), [r[0] for r in rows]):
+            marks = ",".join("?" * len(numbers))
+            for number, label in self.conn.execute(
+                    f"SELECT run_number, label FROM run_labels WHERE run_number IN ({marks}) ORDER BY label", numbers):
+                tags.setdefault(number, []).append(label)
+        return [ListedRun(r[0], r[1], r[2], RunStatus(r[3]), tuple(tags.get(r[0], ())), r[4], r[5], r[6])
+                for r in rows]
 
     def status_counts(self, since: float) -> dict[str, int]:
         """For ``runyard status``: runs running and queued, runs that failed (or were lost or timed

@@ -43,3 +43,30 @@ def test_a_run_queued_through_the_fast_path_reads_back_like_any_other(tmp_path: 
     assert lite.count_queued() == 1
     lite.close()
     store.close()
+
+
+def test_runyard_ls_through_the_fast_path_lists_what_the_store_lists(tmp_path: Path) -> None:
+    from runyard.store.api import RunQuery
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = create_engine(url)
+    upgrade(engine)
+    store = SqlStore(engine)
+    for n in range(12):
+        run = store.create_run(NewRun(project="p" if n % 3 else "q", name=f"r{n}", labels=["a", "b"][: n % 3],
+                                      status=RunStatus.RUNNING if n % 4 else RunStatus.QUEUED))
+        if n % 5 == 0:
+            store.update_run(run.number, RunPatch(status=RunStatus.FINISHED))
+    lite = LiteStore.open(url)
+    assert lite is not None
+    for project, labels, statuses, descending, limit in [
+            (None, [], [], True, 50), ("p", [], [], True, 3), (None, ["a"], [], False, 50),
+            (None, ["a", "b"], ["running", "finished"], True, 50), ("q", ["b"], ["queued"], False, 1)]:
+        full = store.list_runs(RunQuery(project=project, labels=labels, status=[RunStatus(s) for s in statuses],
+                                        descending=descending, limit=limit)).items
+        fast = lite.list_runs(project, labels, statuses, descending, limit)
+        assert [(r.number, r.name, r.project, r.status, r.labels, r.created_at, r.started_at, r.ended_at)
+                for r in fast] == [(r.number, r.name, r.project, r.status, r.labels, r.created_at, r.started_at,
+                                    r.ended_at) for r in full], (project, labels, statuses)
+    lite.close()
+    store.close()
