@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from runyard import wire
 from runyard._version import __version__
-from runyard.errors import AccessDenied, Conflict, InvalidArgument, NotFound, ServerError
+from runyard.errors import AccessDenied, Conflict, InvalidArgument, NotFound, ServerError, Unstorable
 from runyard.types import RunStatus
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ if TYPE_CHECKING:
     from runyard.store.series import Envelope, Points
 
 _BY_STATUS: dict[int, type[Exception]] = {400: InvalidArgument, 401: AccessDenied, 403: AccessDenied,
-                                          404: NotFound, 409: Conflict, 415: InvalidArgument, 416: InvalidArgument}
+                                          404: NotFound, 409: Conflict, 415: InvalidArgument, 416: InvalidArgument,
+                                          # the database refuses these records for what they are: a
+                                          # shipper sets them aside instead of retrying forever
+                                          422: Unstorable}
 
 
 def _ref(ref: str | int) -> str:

@@ -78,3 +78,38 @@ def test_a_script_logging_5000_names_per_step_reaches_a_live_server(live_server:
 
     wait_for(stored, timeout=30, what="the server to hold every series")
     check_read_back(env)
+
+
+REFUSED = """
+    import runyard
+    run = runyard.init(project="odd", name="odd")
+    run.log({"x": 1.0}, step=0)
+    print("a line with a NUL \\x00 in it", flush=True)
+    run.config["note"] = "a NUL \\x00 in a config value"
+    run.log({"x": 2.0}, step=2**63 + 5)  # fits msgpack's uint64; beyond every database's integer
+    run.log({"x": 3.0}, step=2)
+    run.finish()
+"""
+
+
+def test_records_a_server_can_never_store_are_set_aside_by_the_shipper_not_retried_forever(
+        live_server: LiveServer, tmp_path: Path) -> None:
+    env = {**client_env(tmp_path / "laptop", live_server.url), "RUNYARD_FINISH_TIMEOUT": "60"}
+    path = tmp_path / "odd.py"
+    path.write_text(textwrap.dedent(REFUSED))
+    done = subprocess.run([sys.executable, str(path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=90)
+    assert done.returncode == 0 and "still being shipped" not in done.stderr, done.stderr
+    synced = cli(env, "sync", "--json")
+    assert synced.returncode == 0, synced.stderr  # nothing left that the server keeps refusing
+    held = json.loads(synced.stdout)["quarantine"]["records"]
+    engine_refuses_nul_in_json = live_server.db_url.startswith("postgresql")
+    assert held == 1 + int(engine_refuses_nul_in_json)  # the huge step; and on PostgreSQL the config
+    read = subprocess.run([sys.executable, "-c", "import json, runyard; r = runyard.Api().run('odd'); "
+                           "print(json.dumps([r.status.value, r.history('x').step.tolist(), "
+                           "[line.text for line in r.logs()]]))"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert read.returncode == 0, read.stderr
+    status, steps, lines = json.loads(read.stdout)
+    assert status == "finished" and steps == [0, 2]
+    assert "a line with a NUL \ufffd in it" in lines  # kept on both engines alike

@@ -45,7 +45,7 @@ def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
         kind, time = rec[1], rec[2]
         if kind == records.LOG:
             stream = rec[3] if rec[3] in _STREAMS else "stdout"
-            batch.logs.append(LogLine(time, str(rec[4]), stream))  # type: ignore[arg-type]
+            batch.logs.append(LogLine(time, _text(rec[4]), stream))  # type: ignore[arg-type]
         elif kind == records.EVENT:
             _event(batch, dict(rec[3]), time)
         elif kind == records.CONFIG:
@@ -54,7 +54,7 @@ def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
             for key, value in rec[3].items():
                 explicit_summary[key] = (rec[0], value)
         elif kind == records.NOTE:
-            batch.notes.append(str(rec[3]))
+            batch.notes.append(_text(rec[3]))
         elif kind == records.LABELS:
             _labels(batch, rec[3], rec[4])
         elif kind == records.ARTIFACT:
@@ -120,8 +120,19 @@ def _series(metric_recs: list[dict[str, Any]],
             order = np.argsort(seqs, kind="stable")
             seqs, steps, times, values = seqs[order], steps[order], times[order], values[order]
         last[key] = (int(seqs[-1]), float(values[-1]))
-        out[key] = Points.of(steps.astype(np.int64), times, values)
+        if steps.dtype != np.int64:  # from the records' floats: a step beyond int64 cannot be kept
+            if not bool(np.all(np.abs(steps) < 2.0**63)):
+                raise InvalidArgument(f"metric {key!r}: a step is beyond what a 64-bit integer holds")
+            steps = steps.astype(np.int64)
+        out[key] = Points.of(steps, times, values)
     return out, last
+
+
+def _text(value: Any) -> str:
+    """Text as every database keeps it: PostgreSQL's text cannot hold NUL, so no engine gets one
+    (a program printing binary to stdout, say); U+FFFD shows where it was."""
+    text = str(value)
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _labels(batch: IngestBatch, added: Sequence[str], removed: Sequence[str]) -> None:

@@ -158,7 +158,10 @@ def decode(block: Block, index_bits: int, index: int) -> tuple[MetricColumns, in
     if shape.step_type == "fixint":
         steps = payloads[:, shape.step].astype(np.int64)
     else:
-        steps = column(shape.step, shape.step_type).astype(np.int64)
+        raw = column(shape.step, shape.step_type)
+        if shape.step_type == ">u8" and bool((raw >= 1 << 63).any()):
+            return None  # beyond int64: read record by record, where ingest refuses it by name
+        steps = raw.astype(np.int64)
     seqs = (index << index_bits) | (block.offset + np.arange(rows, dtype=np.int64) * block.size)
     return MetricColumns(shape.keys, seqs, times, steps, values), rows
 

@@ -179,8 +179,11 @@ class Run:
                 if type(value) is not float:
                     break
             else:  # known names, plain floats: the usual call
+                try:
+                    payload = self._pack((metrics, 0, _time(), step))  # 0: records.UNNUMBERED
+                except OverflowError:
+                    raise ValueError(f"run.log(): step {step} is beyond a 64-bit integer") from None
                 self._step = step + 1
-                payload = self._pack((metrics, 0, _time(), step))  # 0: records.UNNUMBERED
                 frame = _pack_frame(MARK, len(payload), _adler32(payload)) + payload
                 try:
                     writer.put(frame)
@@ -214,12 +217,17 @@ class Run:
             detach = getattr(value, "detach", None)
             record[key] = detach() if detach is not None else value  # no autograd graph kept alive
             defer = True
-        self._step = step + 1
         writer = self._writer
         if defer or writer.deferring:
+            self._step = step + 1
             writer.defer(record, _time(), step)
             return
-        writer.write(_frame(self._pack((record, 0, _time(), step))))
+        try:
+            payload = self._pack((record, 0, _time(), step))
+        except OverflowError:
+            raise ValueError(f"run.log(): step {step} is beyond a 64-bit integer") from None
+        self._step = step + 1
+        writer.write(_frame(payload))
 
     def _as_step(self, step: Any) -> int:
         if isinstance(step, numbers.Integral) and not isinstance(step, bool):
