@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from runyard.errors import InvalidArgument
 from runyard.names import validate_label, validate_metric_key, validate_relpath
+from runyard.sdk import shaped
 from runyard.spool import records
 from runyard.spool.segment import FRAME, MARK
 
@@ -101,6 +102,14 @@ class Summary(_RecordedDict):
         return f"summary({self._view()!r})"
 
 
+#: Sets of metric names that get a function of their own in one run (sdk/shaped.py).
+MAX_SHAPES = 32
+
+
+def _no_encoder(metrics: dict[str, Any], step: int) -> None:
+    return None
+
+
 #: Stands for a value to be converted off the training thread (a tensor): see ``Writer.defer``.
 DEFERRED = object()
 
@@ -149,6 +158,10 @@ class Run:
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._step = 0
         self._keys: set[str] = set()
+        #: Functions that make the frame of a record with these names, all floats (sdk/shaped.py);
+        #: ``_encode`` is the one the last call used.
+        self._encoders: dict[tuple[str, ...], shaped.Encoder] = {}
+        self._encode: shaped.Encoder = _no_encoder
         #: Types seen to be tensors (a ``numel`` and an ``item``): read off the training thread.
         self._tensor_types: set[type] = set()
         self._finished = False
@@ -174,17 +187,15 @@ class Run:
         if type(metrics) is not dict:
             metrics = self._as_dict(metrics)
         writer = self._writer
-        if metrics.keys() <= self._keys and not writer.deferring:
-            for value in metrics.values():
-                if type(value) is not float:
-                    break
-            else:  # known names, plain floats: the usual call
-                try:
-                    payload = self._pack((metrics, 0, _time(), step))  # 0: records.UNNUMBERED
-                except OverflowError:
-                    raise ValueError(f"run.log(): step {step} is beyond a 64-bit integer") from None
+        if not writer.deferring:
+            frame = self._encode(metrics, step)  # None unless the names it was made for, all floats
+            if frame is None:
+                encode = self._encoders.get(tuple(metrics))
+                if encode is not None:  # another set of names seen before: use its function
+                    self._encode = encode
+                    frame = encode(metrics, step)
+            if frame is not None:  # the usual call
                 self._step = step + 1
-                frame = _pack_frame(MARK, len(payload), _adler32(payload)) + payload
                 try:
                     writer.put(frame)
                 except ValueError:  # the segment is full: the writer goes on in the next one
@@ -196,6 +207,7 @@ class Run:
         """log() for anything but known names with float values: every key and value checked."""
         record: dict[str, Any] = {}
         defer = False
+        plain = True  # every value a float as given: the next call with these names takes the fast path
         keys, tensors = self._keys, self._tensor_types
         for key, value in metrics.items():
             if key not in keys:
@@ -204,6 +216,7 @@ class Run:
             if kind is float:
                 record[key] = value
                 continue
+            plain = False
             if kind not in tensors:
                 number = _as_number(key, value)
                 if number is not DEFERRED:
@@ -228,6 +241,17 @@ class Run:
             raise ValueError(f"run.log(): step {step} is beyond a 64-bit integer") from None
         self._step = step + 1
         writer.write(_frame(payload))
+        if plain:
+            self._learn(tuple(record))
+
+    def _learn(self, names: tuple[str, ...]) -> None:
+        """Make ``log()``'s function for these names (sdk/shaped.py), for a bounded number of sets."""
+        encode = self._encoders.get(names)
+        if encode is None:
+            if len(self._encoders) >= MAX_SHAPES or len(names) > shaped.MAX_NAMES:
+                return
+            encode = self._encoders[names] = shaped.encoder_for(names)
+        self._encode = encode
 
     def _as_step(self, step: Any) -> int:
         if isinstance(step, numbers.Integral) and not isinstance(step, bool):

@@ -1,16 +1,14 @@
 """The records a spool holds. Each is a msgpack array that starts with (sequence number, kind, time).
 
-Plain values, not objects, on purpose: ``run.log()`` builds one per call and the writer packs them in
-one C call per batch, so their shape is the hot path's contract.
+Plain values, not objects, on purpose: ``run.log()`` encodes one per call straight into the spool
+(sdk/run.py, sdk/shaped.py), so their shape is the hot path's contract.
 
-In the writer's queue and in the spool, a metrics record is four consecutive items, added with one
-``deque.extend`` (atomic under the GIL)::
+In the spool, a metrics record is one frame holding a msgpack array of four items::
 
-    {key: value, ...}, seq, time, step
+    [{key: value, ...}, seq, time, step]
 
-because a map of numbers and a few numbers are invisible to Python's cyclic garbage collector,
-where a tuple per call is not (the collector would pause log() every few hundred calls), and
-adding keys to the caller's map would make it grow. Readers turn the four items back into one map
+where ``seq`` is UNNUMBERED: a record's sequence number is its address in the spool (see
+spool/segment.py), which the reader knows. Readers turn the four items back into one map
 with reserved keys (control characters, which no metric name may contain), see ``unflatten``::
 
     {key: value, ..., "\x00": seq, "\x01": time, "\x02": step}     metrics
@@ -43,8 +41,8 @@ ARTIFACT = "a"
 HEARTBEAT = "h"
 INPUT = "i"
 
-#: What a producer puts where a record's sequence number goes: the writer numbers records as they
-#: leave its queue, in queue order (see sdk/writer.py), so the spool's order and numbers agree.
+#: What a producer puts where a record's sequence number goes: the reader numbers each record by
+#: its address in the spool (spool/segment.py), so the spool's order and numbers agree.
 UNNUMBERED = 0
 
 SEQ = "\x00"

@@ -83,6 +83,32 @@ def test_what_is_logged_is_what_is_read_back(home: Path) -> None:
     api.close()
 
 
+def test_sets_of_names_that_come_and_go_are_all_read_back_exactly(home: Path) -> None:
+    # log() makes a function per set of names (sdk/shaped.py): switching between sets, changing a
+    # value's type, going past how many sets get one, must all read back as logged.
+    wide = {f"layer{i}/grad_norm": 0.0 for i in range(80)}  # more names than a function is made for
+    expected: dict[str, list[tuple[int, float]]] = {}
+    with runyard.init(project="shapes", name="shapes") as run:
+        for step in range(400):
+            if step % 3 == 0:
+                metrics: dict[str, object] = {"loss": 1.0 / (step + 1), "acc": step * 1e-3}
+            elif step % 3 == 1:
+                metrics = {"val/loss": float(step), "loss": 0.5}
+            else:
+                metrics = {"loss": 2.0, "acc": 1 if step % 2 else 0.25}  # an int now and then
+            if step % 50 == 0:
+                metrics = {**wide, "loss": 3.0}
+            if step % 7 == 0:
+                metrics = {f"once/{step}": 1.5, "loss": 4.0}  # a new set each time: more than get one
+            run.log(metrics, step=step)
+            for key, value in metrics.items():
+                expected.setdefault(key, []).append((step, float(value)))  # type: ignore[arg-type]
+    r = runyard.Api().run("shapes")
+    for key, points in expected.items():
+        h = r.history(key)
+        assert list(zip(h.step.tolist(), h.value.tolist(), strict=True)) == points, key
+
+
 def test_artifacts_are_copied_as_they_were(home: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "model.bin"
     ckpt.write_bytes(b"weights-v1")
