@@ -335,8 +335,9 @@ class Writer:
         self._next_index = index + 1
         return segment
 
-    def _switch_to(self, segment: MappedSegment) -> bool:
-        """Seal the current segment and write into ``segment`` from now on; False (nothing changed
+    def _switch_to(self, segment: MappedSegment, live: bool = True) -> bool:
+        """Seal the current segment and make ``segment`` the current one, where ``put`` writes from
+        now on unless not ``live`` (the caller first writes what is held); False (nothing changed
         but the old segment refusing writes) if the seal failed. Caller holds the lock."""
         old = self._segment
         if old is not None:
@@ -348,12 +349,15 @@ class Writer:
             self._retired.append(old)
         self._segment = segment
         self._prefaulted = segment.start
-        self.put = segment.write
+        if live:
+            self.put = segment.write
         return True
 
     def _hold(self, frame: bytes) -> None:
         with self._lock:
-            self._hold_locked(frame)
+            # The keeper may have resumed while this caller waited for the lock (it read ``put``
+            # before): then the frame goes where ``put`` now points, not back into memory.
+            self._write_locked(frame)
 
     def _hold_locked(self, frame: bytes) -> None:
         if self.put != self._hold:
@@ -386,7 +390,9 @@ class Writer:
             if self._closed_at is not None:
                 segment.discard()
                 return
-            if not self._switch_to(segment):
+            # Held frames first, while ``put`` still holds: a producer's next frame waits for the
+            # lock and comes after them, so the spool keeps the order in which they were logged.
+            if not self._switch_to(segment, live=False):
                 self._spare = segment  # kept for when the seal goes through
                 return
             held = self._held
@@ -395,9 +401,9 @@ class Writer:
                     segment.write(held[0])
                 except ValueError:
                     self._need = max(self._need, len(held[0]))
-                    self.put = self._hold  # the rest waits for the next segment
-                    return
+                    return  # the rest waits for the next segment
                 held.popleft()
+            self.put = segment.write
             if self._trouble_since is not None and self._announced:
                 lost = f"; {self.lost_records:,} records were lost while memory was full" if self.lost_records else ""
                 self._problem(f"the spool of run {self.run_id} is written again; every record held in memory "

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from tests.flow.test_execution import wait_for
 
@@ -243,6 +244,51 @@ def test_records_wait_in_memory_while_the_disk_is_full_and_none_is_said_safe_tha
     assert len(recs) == 2000 - writer.lost_records and recs == sorted(set(recs))
     assert any("written again" in p for p in problems)
     stack.close()
+
+
+def test_records_logged_while_held_records_are_written_again_come_after_them(tmp_path: Path) -> None:
+    fake = FailingOs(fail_at=10**9)
+    with faulty_disk(fake):
+        writer = Writer(tmp_path / RUN, RUN, "w1", tick=0.002, queue_limit=300_000)
+        writer.on_problem = lambda message: None
+        writer.start()
+        fake.fail_at, fake.failures = fake.count + 1, 10**9  # the disk takes nothing now
+        held = 150_000
+        for step in range(held):  # the first segment fills, then the rest waits in memory
+            writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+        assert writer.pending() > 100_000
+        fake.fail_at = 10**9  # space again: the keeper writes the held records back meanwhile
+        for step in range(held, held + 100_000):  # training goes on during that
+            writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+        assert writer.close(20)
+    assert steps(ingested(tmp_path)) == list(range(held + 100_000))  # in the order logged
+
+
+def test_a_call_that_met_the_full_disk_does_not_put_a_recovered_writer_back_on_hold(tmp_path: Path) -> None:
+    # A producer that read where to write while the disk was full, and got the lock only after the
+    # keeper had resumed: its frame goes into the current segment, not back into memory, where it
+    # would wait for a new segment that a nearly full disk may never give.
+    fake = FailingOs(fail_at=10**9)
+    with faulty_disk(fake):
+        writer = Writer(tmp_path / RUN, RUN, "w1", tick=0.5, queue_limit=100_000)
+        writer.on_problem = lambda message: None
+        writer.start()
+        fake.fail_at, fake.failures = fake.count + 1, 10**9
+        step = 0
+        while writer.pending() == 0:  # until the first segment is full
+            writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+            step += 1
+        stale = writer.put  # where a producer writes while the disk refuses
+        fake.fail_at = 10**9
+        wait_for(lambda: writer.pending() == 0, 10, "the keeper to write the held records")
+        wait_for(lambda: writer.put != stale, 10, "the writer to write directly again")
+        fake.fail_at, fake.failures = fake.count + 1, 10**9  # no room for another segment
+        for _ in range(2):  # two producers: the first would take the spare, the second none
+            stale(segment.encode_frame(msgpack.packb(({"x": float(step)}, 0, time.time(), step))))
+            step += 1
+            assert writer.pending() == 0  # in the spool at once
+        assert writer.close(2)
+    assert steps(ingested(tmp_path)) == list(range(step))
 
 
 def test_sequence_numbers_are_addresses(tmp_path: Path) -> None:
