@@ -123,7 +123,9 @@ def status_through_server(home: Path, cwd: Path, repetitions: int) -> float:
     sys.modules[spec.name] = ingest_bench  # its dataclasses look their module up
     spec.loader.exec_module(ingest_bench)
     with ingest_bench.server(f"sqlite:///{home / 'runyard.db'}", cwd) as served:
-        laptop = {**os.environ, "RUNYARD_HOME": str(cwd / "laptop"), "RUNYARD_SERVER": served.url}
+        # The server requires tokens (as a team's does): the laptop holds a reader's.
+        laptop = {**os.environ, "RUNYARD_HOME": str(cwd / "laptop"), "RUNYARD_SERVER": served.url,
+                  "RUNYARD_TOKEN": served.reader}
         timed([RUNYARD, "status"], laptop, cwd)
         return statistics.median(timed([RUNYARD, "status"], laptop, cwd) for _ in range(repetitions))
 

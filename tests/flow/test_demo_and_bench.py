@@ -88,6 +88,14 @@ def test_the_server_benchmark_runs_and_counts_every_point() -> None:
     assert report["figures"]["sqlite"]["latency"]["run_page"]["count"] > 0
 
 
+def test_the_launch_benchmark_runs_against_a_server_that_requires_tokens() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "launch.py"), "--quick"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("runyard status, through a server"))
+    assert " ms " in row  # measured, not an error
+
+
 def test_the_alerts_benchmark_runs_and_every_batch_alerts(tmp_path: Path) -> None:
     # The speed figures are the benchmark's to judge; here only what must hold on any machine.
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "alerts.py"), "--quick", "--json",
