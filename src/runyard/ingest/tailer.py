@@ -131,6 +131,10 @@ class Tailer:
                 if alive and not include_live:
                     settled = False
                     continue
+                if not alive:
+                    # Listed before the writer was found dead: a segment it made in between would be
+                    # missed, and the run taken as complete without it. Dead now: this list is final.
+                    files = segments_of(directory).get(writer, files)
                 try:
                     found = self._follow(directory, run_id, writer, files, ack, alive)
                 except AccessDenied:

@@ -441,18 +441,6 @@ class SqlStore:
             labels = runs_sql.labels_of(conn, [r.number for r in rows])
             return [runs_sql.to_run(r, labels[r.number]) for r in rows]
 
-    def claim_run(self, number: int, gpus: Sequence[int]) -> Run | None:
-        """Move a queued run to starting, recording its GPUs; None if someone else claimed it first."""
-        with self._write() as conn:
-            row = conn.execute(sa.select(_R.status, _R.resources).where(_R.number == number)
-                               .with_for_update()).one_or_none()
-            if row is None or row.status != RunStatus.QUEUED.value:
-                return None
-            resources = {**(row.resources or {}), "assigned_gpus": list(gpus)}
-            conn.execute(sa.update(runs).where(_R.number == number)
-                         .values(status=RunStatus.STARTING.value, resources=resources))
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
-
     # -- team mode: leases, claims, stop requests (see claims_sql) ---------------------------------
 
     def lease_clock(self, conn: Connection) -> float:

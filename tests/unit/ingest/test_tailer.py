@@ -79,3 +79,34 @@ def test_an_unexpected_error_of_one_writer_is_reported_with_it_and_stops_nothing
     assert [(w.run_id, w.writer) for w in report.errors] == [("01AAAAAAAAAAAAAAAAAAAAAAAA", "w1")]
     assert (report.errors[0].error or "").startswith("ZeroDivisionError")
     assert list(sink.applied) == ["01BBBBBBBBBBBBBBBBBBBBBBBB"]
+
+
+def test_a_writer_that_made_a_segment_and_died_during_a_pass_is_read_to_its_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pass lists the segments, then finds the writer dead: a segment it made in between (and
+    # its records) must still be read, not the run taken as complete and retired without them.
+    from tests.unit.sdk.test_writer import RUN, CollectingSink, steps
+
+    from runyard.ingest import tailer as tailer_module
+    from runyard.spool import segment
+
+    monkeypatch.setattr(segment, "FIRST_SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(segment, "SEGMENT_BYTES", 16384)
+    writer = Writer(tmp_path / RUN, RUN, "w1")
+    writer.start()
+    for step in range(2000):
+        writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+    assert writer.close(10)  # the writer is gone: its flock released
+    last = max(segment.segments_of(tmp_path / RUN)["w1"])[1]
+    aside = tmp_path / "aside"
+    last.rename(aside)  # not there yet when the pass lists the segments ...
+
+    def made_then_died(directory: Path, writer_id: str) -> bool:
+        aside.rename(last)  # ... made by the writer, which then died, before the pass asks
+        return False
+
+    monkeypatch.setattr(tailer_module, "writer_alive", made_then_died)
+    sink = CollectingSink()
+    Tailer(sink, tmp_path, None, retire=True).poll()
+    assert steps(sink.records) == list(range(2000))
+    assert (tmp_path / RUN).exists() or (tmp_path / "retired" / RUN / last.name).exists()
