@@ -43,6 +43,17 @@ def test_every_command_is_documented_and_has_help() -> None:
         assert command.help and len(command.help) > 20, name
 
 
+def test_the_documentation_stands_on_its_own_and_its_links_resolve() -> None:
+    # A user of the public project has the repository only: nothing may point outside it.
+    root = Path(__file__).parents[2]
+    pages = [root / "README.md", root / "DEVELOPERS.md", *sorted((root / "docs").glob("*.md"))]
+    for page in pages:
+        text = page.read_text()
+        assert "../shared" not in text, page
+        for target in re.findall(r"\]\(([^)#]+\.md)\)", text):
+            assert (page.parent / target).is_file(), (page, target)
+
+
 def test_the_settings_table_gives_each_setting_and_its_real_default() -> None:
     rows = {m.group(1): (m.group(2), m.group(3)) for m in
             re.finditer(r"^\| `(\w+)` \| `(RUNYARD_\w+)` \| ([^|]+) \|", README, re.MULTILINE)}
