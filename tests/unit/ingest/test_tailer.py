@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.sdk.test_writer import RUN, CollectingSink, steps
 
 from runyard.errors import AccessDenied, ServerError
 from runyard.ingest import columns
@@ -15,8 +16,11 @@ from runyard.sdk.writer import Writer
 from runyard.spool import records
 
 
-class RecordingSink:
+class RecordingSink(CollectingSink):
+    """A sink that keeps the sequence numbers it applied, per run, and refuses the runs named."""
+
     def __init__(self, refuse: set[str], error: type[Exception] = ServerError) -> None:
+        super().__init__()
         self.refuse = refuse
         self.error = error
         self.applied: dict[str, list[int]] = {}
@@ -30,15 +34,6 @@ class RecordingSink:
         seqs = [records.seq_of(r) for r in columns.to_records(recs) if records.seq_of(r) > cursor]
         self.applied.setdefault(run_id, []).extend(seqs)
         return 1, max(seqs, default=cursor)
-
-    def mark_lost(self, run_id: str, message: str) -> bool:
-        return False
-
-    def heartbeat(self, run_id: str) -> float | None:
-        return None
-
-    def make_durable(self) -> None:
-        pass
 
 
 def _spool(spool: Path, run_id: str, points: int) -> None:
@@ -85,7 +80,6 @@ def test_a_writer_that_made_a_segment_and_died_during_a_pass_is_read_to_its_end(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The pass lists the segments, then finds the writer dead: a segment it made in between (and
     # its records) must still be read, not the run taken as complete and retired without them.
-    from tests.unit.sdk.test_writer import RUN, CollectingSink, steps
 
     from runyard.ingest import tailer as tailer_module
     from runyard.spool import segment

@@ -163,6 +163,16 @@ class FailingOs(types.ModuleType):
         for name in self.CALLS:
             setattr(self, name, self._wrap(getattr(os, name)))
 
+    def fill(self) -> None:
+        """From now on every call fails, as on a full disk."""
+        with self.lock:
+            self.fail_at, self.failures = self.count + 1, 10**9
+
+    def free(self) -> None:
+        """Space again: no call fails from now on."""
+        with self.lock:
+            self.fail_at = 10**9
+
     def _wrap(self, real: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
             with self.lock:
@@ -230,7 +240,7 @@ def test_records_wait_in_memory_while_the_disk_is_full_and_none_is_said_safe_tha
     problems: list[str] = []
     writer.on_problem = problems.append
     writer.start()
-    fake.fail_at, fake.failures = fake.count + 1, 10**9  # from now on the disk takes nothing
+    fake.fill()  # from now on the disk takes nothing
     for step in range(2000):
         writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
     assert writer.pending() == 500 and writer.lost_records > 0
@@ -238,7 +248,7 @@ def test_records_wait_in_memory_while_the_disk_is_full_and_none_is_said_safe_tha
     assert any("cannot create a spool segment" in p and "training continues" in p for p in problems)
     assert any("being lost" in p for p in problems)
     assert not writer.flush(0.2)  # never says everything is written while it is not
-    fake.fail_at = 10**9  # space again
+    fake.free()  # space again
     assert not writer.close(5)  # what was lost stays lost: close says so
     recs = steps(ingested(tmp_path))
     assert len(recs) == 2000 - writer.lost_records and recs == sorted(set(recs))
@@ -252,12 +262,12 @@ def test_records_logged_while_held_records_are_written_again_come_after_them(tmp
         writer = Writer(tmp_path / RUN, RUN, "w1", tick=0.002, queue_limit=300_000)
         writer.on_problem = lambda message: None
         writer.start()
-        fake.fail_at, fake.failures = fake.count + 1, 10**9  # the disk takes nothing now
+        fake.fill()  # the disk takes nothing now
         held = 150_000
         for step in range(held):  # the first segment fills, then the rest waits in memory
             writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
         assert writer.pending() > 100_000
-        fake.fail_at = 10**9  # space again: the keeper writes the held records back meanwhile
+        fake.free()  # space again: the keeper writes the held records back meanwhile
         for step in range(held, held + 100_000):  # training goes on during that
             writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
         assert writer.close(20)
@@ -273,16 +283,16 @@ def test_a_call_that_met_the_full_disk_does_not_put_a_recovered_writer_back_on_h
         writer = Writer(tmp_path / RUN, RUN, "w1", tick=0.5, queue_limit=100_000)
         writer.on_problem = lambda message: None
         writer.start()
-        fake.fail_at, fake.failures = fake.count + 1, 10**9
+        fake.fill()
         step = 0
         while writer.pending() == 0:  # until the first segment is full
             writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
             step += 1
         stale = writer.put  # where a producer writes while the disk refuses
-        fake.fail_at = 10**9
+        fake.free()
         wait_for(lambda: writer.pending() == 0, 10, "the keeper to write the held records")
         wait_for(lambda: writer.put != stale, 10, "the writer to write directly again")
-        fake.fail_at, fake.failures = fake.count + 1, 10**9  # no room for another segment
+        fake.fill()  # no room for another segment
         for _ in range(2):  # two producers: the first would take the spare, the second none
             stale(segment.encode_frame(msgpack.packb(({"x": float(step)}, 0, time.time(), step))))
             step += 1
