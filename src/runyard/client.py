@@ -63,7 +63,7 @@ def _error_of(url: str, status: int, body: bytes, reason: str) -> Exception:
         message = str(json.loads(body).get("error"))
     except Exception:  # noqa: BLE001 - a proxy's HTML page, say
         message = body[:200].decode("utf-8", "replace") or reason
-    if status == 401:
+    if status == 401 and "RUNYARD_TOKEN" not in message:  # the server's words may already say it
         message += " (set RUNYARD_TOKEN to a token from `runyard token create`)"
     cls = _BY_STATUS.get(status, ServerError)
     return cls(f"server {url}: {message}" if cls is ServerError else message)

@@ -732,6 +732,30 @@ def test_server_on_all_interfaces_needs_a_token_to_start_and_to_answer(db_url: s
         server.kill()
 
 
+@pytest.mark.engines("sqlite")  # the message does not depend on the engine
+def test_a_client_without_a_token_is_told_once_to_set_runyard_token(db_url: str, tmp_path: Path) -> None:
+    home = tmp_path / "server-home"
+    opened = open_store(resolve(environ=home_env(home, db_url), cwd=tmp_path))
+    try:
+        Tokens(opened.store).create("admin", "me")  # a token exists: every request needs one
+    finally:
+        opened.close()
+    server = LiveServer(home, db_url)
+    server.start()
+    try:
+        client_env = {**home_env(tmp_path / "client-home", db_url), "RUNYARD_SERVER": server.url}
+        missing, unknown = (subprocess.run([sys.executable, "-m", "runyard.cli.main", "ls"], env=e,
+                                           capture_output=True, text=True, timeout=60, check=False)
+                            for e in (client_env, {**client_env, "RUNYARD_TOKEN": "ry_nope_nope"}))
+    finally:
+        server.kill()
+    assert missing.returncode == 1 and unknown.returncode == 1
+    assert missing.stderr == ("runyard: error: this server needs a token: send `Authorization: Bearer <token>` "
+                              "(set RUNYARD_TOKEN; an admin creates one with `runyard token create`)\n")
+    assert unknown.stderr == ("runyard: error: the token is unknown or revoked "
+                              "(set RUNYARD_TOKEN to a token from `runyard token create`)\n")
+
+
 def _wire(port: int, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
           ) -> tuple[int, bytes]:
     """One request whose target goes on the wire exactly as given."""
