@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from runyard.client import Client
+    from runyard.exec.control import Overrides
     from runyard.store.api import ArtifactEntry, LogLine, Run, SeriesInfo
     from runyard.store.home import Opened
     from runyard.store.series import Envelope
@@ -167,15 +168,18 @@ class Api:
 
         return stop_run(self.store, self.settings.home, run)
 
-    def rerun(self, parent: Run, params: dict[str, str], name: str | None) -> int:
-        """Queue the parent's launch again with changed params; returns the new run's number."""
+    def rerun(self, parent: Run, params: dict[str, str], name: str | None, overrides: Overrides | None = None) -> int:
+        """Queue the parent's launch again with changed params (and --pip, --env, --timeout, --mount,
+        --gpus in ``overrides``); returns the new run's number."""
         if self._client is not None:
-            return int(self._store.rerun(parent.number, params, name))
+            from dataclasses import asdict
+
+            return int(self._store.rerun(parent.number, params, name, asdict(overrides) if overrides else None))
         from pathlib import Path
 
         from runyard.exec.control import rerun
 
-        return rerun(self.settings, parent, params, name, Path.cwd())
+        return rerun(self.settings, parent, params, name, Path.cwd(), overrides)
 
     def export(self, run: Run, entry: ArtifactEntry, dest_root: Path, relpath: str) -> Path:
         """Write one artifact of ``run`` to ``dest_root/relpath``."""

@@ -257,8 +257,11 @@ class RemoteStore:
     def stop(self, number: int) -> str:
         return str(self.client.request("POST", f"/runs/{number}/stop").json()["message"])
 
-    def rerun(self, number: int, params: Mapping[str, str], name: str | None) -> int:
-        reply = self.client.request("POST", f"/runs/{number}/rerun", json={"params": dict(params), "name": name})
+    def rerun(self, number: int, params: Mapping[str, str], name: str | None,
+              overrides: Mapping[str, Any] | None = None) -> int:
+        """``overrides``: the rerun's pip, env, timeout, mounts and gpus, as the route's body names them."""
+        body = {**(overrides or {}), "params": dict(params), "name": name}
+        reply = self.client.request("POST", f"/runs/{number}/rerun", json=body)
         return int(reply.json()["number"])
 
     def list_series(self, run: int) -> list[SeriesInfo]:

@@ -129,6 +129,19 @@ class RunCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+# Options `runyard run` and `runyard rerun` share: declared once, so both say and check the same.
+_pip_option = click.option("--pip", "pip", multiple=True, metavar="SPEC",
+                           help="A package to install for the run (repeatable).")
+_mount_option = click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET",
+                             help="Copy a local path, or another run's artifact (RUN:PATH), read-only into the run "
+                                  "directory.")
+_env_option = click.option("--env", "env", multiple=True, metavar="KEY[=VALUE]",
+                           help="An environment variable for the command (repeatable); KEY alone passes this "
+                                "shell's value.")
+_gpus_option = click.option("--gpus", type=int, help="GPUs the run needs.")
+_timeout_option = click.option("--timeout", metavar="DURATION", help="Stop the run after this long, e.g. 90s, 2h.")
+
+
 @cli.command(cls=RunCommand, context_settings={"ignore_unknown_options": False})
 @click.argument("command", nargs=-1, required=True, metavar="-- COMMAND [ARGS]... | 'SHELL LINE'")
 @click.option("--project", help="Project of the run (default: the `project` setting).")
@@ -136,20 +149,18 @@ class RunCommand(click.Command):
 @click.option("--label", "labels", multiple=True, metavar="LABEL", help="A label (repeatable).")
 @click.option("--note", default="", help="Notes for the run, in Markdown.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="A parameter (repeatable): in the run's config, in runyard-params.json and in the variable "
-                   "RUNYARD_PARAM_<KEY>, KEY as written.")
-@click.option("--pip", "pip", multiple=True, metavar="SPEC", help="A package to install for the run (repeatable).")
+              help="A parameter (repeatable, each KEY once): {KEY} in the command, in the run's config, in "
+                   "runyard-params.json and in the variable RUNYARD_PARAM_<KEY>, KEY as written.")
+@_pip_option
 @click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path), help="A requirements file.")
-@click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET",
-              help="Copy a local path, or another run's artifact (RUN:PATH), read-only into the run directory.")
-@click.option("--env", "env", multiple=True, metavar="KEY[=VALUE]",
-              help="An environment variable for the command (repeatable); KEY alone passes this shell's value.")
-@click.option("--gpus", type=int, help="GPUs the run needs.")
+@_mount_option
+@_env_option
+@_gpus_option
 @click.option("--cpus", type=int, help="CPU cores the run needs: it waits until that many are not held by other "
                                       "runs here.")
 @click.option("--memory", metavar="SIZE", help="Memory the run needs, e.g. 16G: it waits until that much is not "
                                                "held by other runs here.")
-@click.option("--timeout", metavar="DURATION", help="Stop the run after this long, e.g. 90s, 2h.")
+@_timeout_option
 @click.option("--priority", type=int, help="Higher runs start first (default: the --machine profile's priority, "
                                           "else 0).")
 @click.option("--machine", metavar="NAME", help="A resource profile from [machines.NAME] in the configuration.")
@@ -163,6 +174,20 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None
     runyard run -- python train.py --lr 0.1       argv, run without a shell
     runyard run 'cd models; python model_12.py'   one string, run by sh -c
     runyard run --gpus 1 --pip scikit-image --param lr=0.1 -- python train.py
+
+    \b
+    Params in the command: {KEY} is replaced by the value of --param KEY (`runyard show` prints
+    the command as it ran; `runyard rerun RUN --param KEY=VALUE` substitutes again):
+      runyard run --param lr=0.1 -- python train.py --lr {lr}
+                        runs: python train.py --lr 0.1
+      runyard run --param lr=0.1 --param epochs=3 -- python train.py {params}
+                        runs: python train.py --epochs=3 --lr=0.1
+                        ({params}, an argv entry of its own: one --KEY=VALUE per param, sorted by KEY)
+      runyard run --param name='my run' 'python train.py --name {name} | tee log.txt'
+                        runs: sh -c "python train.py --name 'my run' | tee log.txt"
+                        (in a shell line each value is one shell word, quoted by shlex.quote)
+    {KEY} naming no --param is an error; write {{ and }} for a literal { and }. ${VAR} and
+    braces around anything but a name ({1..3}, {'a': 1}) are left as written.
 
     The working tree is snapshotted (in git: tracked and untracked-not-ignored files; elsewhere
     all files minus .runyardignore), so editing files afterwards does not change the run. Runs wait
@@ -181,8 +206,9 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None
                         per --param: --param lr=0.1 sets RUNYARD_PARAM_lr=0.1
 
     Nothing else of this shell, and nothing of runyard's background agent, reaches the command.
-    A rerun keeps its parent's environment. Through a server (RUNYARD_SERVER) the run gets the
-    environment `runyard server` was started with, on the server's machine.
+    A rerun keeps its parent's environment and --env (`runyard rerun --env` changes a variable).
+    Through a server (RUNYARD_SERVER) the run gets the environment `runyard server` was started
+    with, on the server's machine.
     """
     from runyard.cli import runs as impl
 
@@ -265,13 +291,31 @@ def cp(source: str, destination: Path) -> None:
 
 @cli.command()
 @click.argument("ref", metavar="RUN")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Change a parameter (repeatable).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Change one of RUN's params (repeatable, each KEY once).")
 @click.option("--name", help="A name for the new run.")
-def rerun(ref: str, params: tuple[str, ...], name: str | None) -> None:
-    """Run RUN again: same code snapshot and options, a new run whose parent is RUN."""
+@_pip_option
+@_env_option
+@_timeout_option
+@_mount_option
+@_gpus_option
+def rerun(ref: str, **options: Any) -> None:
+    """Run RUN again: same code snapshot and options, a new run whose parent is RUN.
+
+    \b
+    runyard rerun 12 --param lr=0.05        the command's {lr} becomes 0.05 (and RUNYARD_PARAM_lr)
+    runyard rerun 12 --env SEED=2 --timeout 2h --gpus 2
+    runyard rerun 12 --pip 'torch==2.2'     replaces run 12's torch, keeps its other packages
+
+    --param changes a param RUN has: {KEY} and {params} in its command are substituted again, and
+    its config and RUNYARD_PARAM_<KEY> follow; a KEY RUN does not have is an error. --pip, --env,
+    --timeout, --mount and --gpus take the same values as for `runyard run` and replace RUN's: a
+    package replaces the same package, a variable the same variable, a mount the one at the same
+    target. Everything else is RUN's.
+    """
     from runyard.cli import runs as impl
 
-    sys.exit(impl.rerun(ref, list(params), name))
+    sys.exit(impl.rerun(ref, **options))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -63,7 +63,7 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
     shell = not argv_form and len(command) == 1
     if settings.server:
         return _run_on_server(settings, command, shell, o)
-    params = dict(options.key_value(p, "--param") for p in o["params"])
+    params = options.params(o["params"])
     sub = Submission(
         command=command, shell=shell, cwd=Path.cwd(), project=o["project"], name=o["name"], labels=o["labels"],
         note=o["note"], params=params, pip=o["pip"], requirements=o["requirements"], mounts=o["mounts"],
@@ -144,7 +144,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
             "command": list(command), "shell": shell, "snapshot": snap.id, "git_commit": snap.git_commit,
             "git_branch": snap.git_branch, "git_diff_ref": snap.git_diff_ref, "project": o["project"],
             "name": o["name"], "labels": list(o["labels"]), "note": o["note"] or "",
-            "params": dict(options.key_value(p, "--param") for p in o["params"]), "pip": list(o["pip"]),
+            "params": options.params(o["params"]), "pip": list(o["pip"]),
             "requirements": requirements, "mounts": list(o["mounts"]),
             "env": _env_options(o["env"]), "gpus": o["gpus"], "cpus": o["cpus"],
             "memory": o["memory"], "timeout": o["timeout"], "priority": o["priority"], "machine": o["machine"],
@@ -317,6 +317,7 @@ def show(ref: str, as_json: bool) -> int:
             f"  created    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.created_at))}",
             f"  duration   {_age(duration) if duration is not None else '-'}",
             f"  command    {' '.join(r.command or []) or '-'}",
+            *_template_line(r),
             f"  labels     {', '.join(r.labels) or '-'}",
             f"  git        {r.git_commit or '-'}" + (f" ({r.git_branch})" if r.git_branch else "")
             + (" + uncommitted diff" if r.git_diff_ref else ""),
@@ -346,6 +347,18 @@ def show(ref: str, as_json: bool) -> int:
         return 0
     finally:
         api.close()
+
+
+def _template_line(r: Any) -> list[str]:
+    """The command as typed, when its params made it differ from the command that ran."""
+    import shlex
+
+    launch = r.launch or {}
+    typed = launch.get("template")
+    if typed is None or typed == launch.get("argv"):
+        return []
+    return [f"  template   {typed[0] if launch.get('shell') else shlex.join(typed)}  (a rerun substitutes params "
+            "in it again)"]
 
 
 def _launch_environment(launch: dict[str, Any] | None) -> list[str]:
@@ -493,14 +506,17 @@ def _copy(export: Any, files: list[tuple[Any, Path, str]], total: int) -> None:
 
 # -- rerun, label, note ---------------------------------------------------------------------------
 
-def rerun(ref: str, params: list[str], name: str | None) -> int:
+def rerun(ref: str, params: Sequence[str], name: str | None, pip: Sequence[str], env: Sequence[str],
+          timeout: str | None, mounts: Sequence[str], gpus: int | None) -> int:
     from runyard.exec import options
+    from runyard.exec.control import Overrides
 
-    changes = dict(options.key_value(p, "--param") for p in params)
+    changes = options.params(params)
+    overrides = Overrides(pip=list(pip), env=_env_options(env), timeout=timeout, mounts=list(mounts), gpus=gpus)
     api = _open()
     try:
         parent = api.store.get_run(ref)
-        number = api.rerun(parent, changes, name)
+        number = api.rerun(parent, changes, name, overrides)
     finally:
         api.close()
     print(f"run {number} queued (a rerun of run {parent.number})")

@@ -9,6 +9,8 @@ Either way the run's final state is what its supervisor records, not what the re
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,16 +77,36 @@ def _stop_when_started(executor: Any, run_id: str, wait: float = 10.0) -> bool:
     return False
 
 
-def rerun(settings: Settings, parent: Run, params: dict[str, str], name: str | None, cwd: Path) -> int:
-    """Queue the parent's launch again (same snapshot), with changed params; returns the new number."""
+@dataclass(frozen=True)
+class Overrides:
+    """What a rerun changes besides params, written as for ``runyard run`` (``env`` already parsed)."""
+
+    pip: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: str | None = None
+    mounts: Sequence[str] = ()
+    gpus: int | None = None
+
+
+def rerun(settings: Settings, parent: Run, params: dict[str, str], name: str | None, cwd: Path,
+          overrides: Overrides | None = None) -> int:
+    """Queue the parent's launch again (same snapshot), with changed params and options; returns the
+    new number. A param the parent does not have is refused: a rerun changes params, it adds none."""
     from runyard.exec.submit import Submission, submit
 
     if parent.launch is None or parent.snapshot_id is None:
         raise InvalidArgument(f"run {parent.number} was not launched by `runyard run`, so there is nothing to "
                               "launch again; run its script with `runyard run`")
+    known = parent.launch.get("params") or {}
+    unknown = [key for key in params if key not in known]
+    if unknown:
+        raise InvalidArgument(f"--param {unknown[0]}: run {parent.number} has no param {unknown[0]!r}; its params: "
+                              f"{', '.join(sorted(known)) or 'none'} (a rerun changes params, it adds none)")
+    more = overrides or Overrides()
     resources = {k: v for k, v in parent.resources.items() if k != "assigned_gpus"}
     sub = Submission(command=list(parent.launch.get("argv") or []), shell=bool(parent.launch.get("shell")),
                      cwd=cwd, project=parent.project, name=name, labels=parent.labels, params=params,
+                     pip=more.pip, env=dict(more.env), timeout=more.timeout, mounts=more.mounts, gpus=more.gpus,
                      priority=parent.priority, parent=parent.number, launch=parent.launch, resources=resources,
                      snapshot=(parent.snapshot_id, parent.git_commit, parent.git_branch, parent.git_diff_ref))
     return submit(settings, sub).number

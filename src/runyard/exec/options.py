@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runyard.errors import ArtifactPathError, InvalidArgument
@@ -31,6 +31,18 @@ def key_value(text: str, option: str) -> tuple[str, str]:
     if "\x00" in value:
         raise InvalidArgument(f"{option} {key}: the value contains a NUL byte")
     return key, value
+
+
+def params(texts: Sequence[str], option: str = "--param") -> dict[str, str]:
+    """``KEY=VALUE`` pairs, each KEY once (a repeated key is a mistake: which value was meant?)."""
+    out: dict[str, str] = {}
+    for text in texts:
+        key, value = key_value(text, option)
+        if key in out:
+            raise InvalidArgument(f"{option} {key} is given twice ({key}={out[key]}, {key}={value}); give each "
+                                  f"key once. Keys given: {', '.join(sorted({*out, key}))}")
+        out[key] = value
+    return out
 
 
 def param_value(text: str) -> Any:
@@ -79,6 +91,12 @@ def pip_spec(text: str) -> str:
         raise InvalidArgument(f"--pip {text!r}: expected a requirement such as 'scikit-image' or "
                               "'torch>=2.1,<3' (for URLs or markers use --requirements FILE)")
     return text
+
+
+def pip_name(spec: str) -> str:
+    """The package a checked requirement names, normalised as pip compares names (PEP 503)."""
+    name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec)
+    return re.sub(r"[-_.]+", "-", name.group(0) if name else spec).lower()
 
 
 def mount(text: str) -> tuple[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,15 @@ def missing_content(artifacts: DiskArtifacts, snapshot: str, diff_ref: str | Non
     return missing + sorted({sha for sha, _ in files.values() if not artifacts.has(sha)})
 
 
+def artifact_mounts_only(mounts: Sequence[str]) -> None:
+    """Refuse a mount of a path: a client never names a file of the server's."""
+    for text in mounts:
+        source, _ = options.mount(text)
+        if not _ARTIFACT_SOURCE.match(source):
+            raise InvalidArgument(f"--mount {text!r}: through a server only artifacts of runs can be mounted "
+                                  "(RUN:PATH); log the data as an artifact first")
+
+
 def queue(settings: Settings, artifacts: DiskArtifacts, sub: Submission, requirements: str | None) -> Submitted:
     """Queue ``sub`` (whose ``snapshot`` names uploaded content; its ``cwd`` is not used) with the
     text of its requirements file, after checking what a client may ask of the server."""
@@ -60,11 +70,7 @@ def queue(settings: Settings, artifacts: DiskArtifacts, sub: Submission, require
         if entry and not options.REQUIREMENT.match(entry):
             raise InvalidArgument(f"--requirements line {entry[:100]!r}: through a server only requirements "
                                   "such as 'torch>=2.1' are accepted (no options, URLs or paths)")
-    for text in sub.mounts:
-        source, _ = options.mount(text)
-        if not _ARTIFACT_SOURCE.match(source):
-            raise InvalidArgument(f"--mount {text!r}: through a server only artifacts of runs can be mounted "
-                                  "(RUN:PATH); log the data as an artifact first")
+    artifact_mounts_only(sub.mounts)
     missing = missing_content(artifacts, snapshot, diff_ref)
     if missing:
         raise Conflict("the snapshot is incomplete; upload these blobs first: " + ",".join(missing[:50]))

@@ -16,7 +16,7 @@ from typing import Any
 
 from runyard.config import Settings
 from runyard.errors import InvalidArgument, NotFound
-from runyard.exec import options
+from runyard.exec import options, template
 from runyard.exec.environment import inherited
 from runyard.exec.spec import Mount
 from runyard.names import validate_label, validate_run_name
@@ -98,8 +98,14 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
                 raise InvalidArgument(f"--requirements {sub.requirements}: installer options such as "
                                       f"{stripped.split()[0]!r} are not allowed; list requirements only")
     mounts = [asdict(m) for m in _mounts(sub, settings)]
+    argv = template.substitute(sub.command, sub.shell, sub.params)
+    if not argv:
+        raise InvalidArgument("no command once {params} is expanded (no --param given): name the program first, "
+                              "e.g. runyard run --param lr=0.1 -- python train.py {params}")
     launch = {
-        "argv": list(sub.command), "shell": sub.shell, "env": dict(sub.env), "params": dict(sub.params),
+        # The command as typed is kept, so that a rerun with other params substitutes them again.
+        "argv": argv, "template": list(sub.command), "shell": sub.shell, "env": dict(sub.env),
+        "params": dict(sub.params),
         "pip": [options.pip_spec(p) for p in sub.pip], "requirements": requirements,
         "site_packages": sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}),
         "python": sys.executable, "mounts": mounts, "timeout": timeout,
@@ -107,6 +113,26 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
     }
     config = {key: options.param_value(value) for key, value in sub.params.items()}
     return launch, resources, config
+
+
+def _override(launch: dict[str, Any], resources: dict[str, Any], sub: Submission, settings: Settings) -> None:
+    """A rerun's --pip, --env, --timeout, --mount and --gpus over its parent's, each checked as
+    ``runyard run`` checks it: a package replaces the parent's requirement of the same package, a
+    variable the parent's of the same name, a mount the parent's at the same target."""
+    if sub.pip:
+        new = [options.pip_spec(p) for p in sub.pip]
+        replaced = {options.pip_name(p) for p in new}
+        launch["pip"] = [p for p in launch.get("pip") or [] if options.pip_name(p) not in replaced] + new
+    if sub.env:
+        launch["env"] = {**(launch.get("env") or {}), **sub.env}
+    if sub.timeout is not None:
+        launch["timeout"] = options.duration(sub.timeout)
+    if sub.mounts:
+        mounts = [asdict(m) for m in _mounts(sub, settings)]
+        targets = {m["target"] for m in mounts}
+        launch["mounts"] = [m for m in launch.get("mounts") or [] if m["target"] not in targets] + mounts
+    if sub.gpus is not None:
+        resources["gpus"] = options.count(sub.gpus, "--gpus")
 
 
 def _mounts(sub: Submission, settings: Settings) -> list[Mount]:
@@ -150,9 +176,12 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     if sub.launch is not None:
         launch = dict(sub.launch)
         launch["params"] = {**launch.get("params", {}), **sub.params}
+        if "template" in launch:  # a parent queued before templates were kept runs its argv as it was
+            launch["argv"] = template.substitute(launch["template"], bool(launch.get("shell")), launch["params"])
         if launch.get("environment") is None:  # a parent queued before runs recorded it: the rerunner's
             launch["environment"] = sub.environment if sub.environment is not None else inherited(os.environ)
         resources: dict[str, Any] = dict(sub.resources or {})
+        _override(launch, resources, sub, settings)
         config = {key: options.param_value(value) for key, value in launch["params"].items()}
     else:
         launch, resources, config = launch_options(sub, settings)

@@ -82,6 +82,11 @@ class RunChange(BaseModel):
 class Rerun(BaseModel):
     params: dict[str, str] = Field(default_factory=dict, description="Params to change, as for --param KEY=VALUE")
     name: str | None = Field(None, max_length=100)
+    pip: list[str] = Field(default_factory=list, max_length=1000, description="Packages replacing the parent's")
+    env: dict[str, str] = Field(default_factory=dict, description="Variables set over the parent's --env")
+    timeout: str | None = Field(None, max_length=30)
+    mounts: list[str] = Field(default_factory=list, max_length=100, description="RUN:PATH:TARGET artifact mounts")
+    gpus: int | None = Field(None, ge=0, le=4096)
 
 
 class Launch(BaseModel):
@@ -424,15 +429,22 @@ def _routes(app: FastAPI, server: Server) -> None:
     @app.post(f"{v1}/runs/{{ref}}/rerun", tags=["execution"])
     @requires("writer")
     def rerun(request: Request, ref: str, body: Rerun | None = None) -> dict[str, Any]:
-        """Queue the run's launch again with the same code snapshot, optionally with changed params."""
+        """Queue the run's launch again with the same code snapshot, optionally with changed params (only
+        ones it has), packages, variables, timeout, artifact mounts or GPUs."""
+        from runyard.exec.control import Overrides
         from runyard.exec.control import rerun as queue_again
+        from runyard.exec.remote_launch import artifact_mounts_only
 
         _may_launch(request)
-        body = body or Rerun(name=None)
+        body = body or Rerun(name=None, timeout=None, gpus=None)
         parent = server.run_for(request, ref)
         for key, value in body.params.items():
             options.key_value(f"{key}={value}", "--param")
-        number = queue_again(server.settings, parent, body.params, body.name, server.settings.home)
+        for key, value in body.env.items():
+            options.key_value(f"{key}={value}", "--env")
+        artifact_mounts_only(body.mounts)
+        overrides = Overrides(body.pip, body.env, body.timeout, body.mounts, body.gpus)
+        number = queue_again(server.settings, parent, body.params, body.name, server.settings.home, overrides)
         return {"number": number, "run": wire.run_out(store.get_run(number))}
 
     @app.post(f"{v1}/runs/{{ref}}/lost", tags=["ingest"])
