@@ -138,8 +138,13 @@ class RunCommand(click.Command):
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter (repeatable): in the run's config, in runyard-params.json and in the variable "
                    "RUNYARD_PARAM_<KEY>, KEY as written.")
-@click.option("--pip", "pip", multiple=True, metavar="SPEC", help="A package to install for the run (repeatable).")
-@click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path), help="A requirements file.")
+@click.option("--pip", "pip", multiple=True, metavar="SPEC",
+              help="A package to install for the run (repeatable), into a virtual environment built once per set of "
+                   "requirements and layered over the Python the command would run, so its packages (runyard "
+                   "too, however installed) stay importable.")
+@click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path),
+              help="A requirements file; the same set as --pip options (names compared as pip does, in any order, "
+                   "comments aside) reuses the same environment.")
 @click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET",
               help="Copy a local path, or another run's artifact (RUN:PATH), read-only into the run directory.")
 @click.option("--env", "env", multiple=True, metavar="KEY[=VALUE]",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import sysconfig
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from runyard.errors import InvalidArgument, NotFound
 from runyard.exec import options
 from runyard.exec.environment import inherited
 from runyard.exec.spec import Mount
+from runyard.exec.venvs import site_directories
 from runyard.names import validate_label, validate_run_name
 from runyard.store.newrun import NewRun
 from runyard.types import RunStatus
@@ -101,7 +101,7 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
     launch = {
         "argv": list(sub.command), "shell": sub.shell, "env": dict(sub.env), "params": dict(sub.params),
         "pip": [options.pip_spec(p) for p in sub.pip], "requirements": requirements,
-        "site_packages": sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}),
+        "site_packages": site_directories(),
         "python": sys.executable, "mounts": mounts, "timeout": timeout,
         "environment": sub.environment if sub.environment is not None else inherited(os.environ),
     }

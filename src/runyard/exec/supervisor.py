@@ -122,15 +122,16 @@ class Supervisor:
         return env
 
     def _base_python(self, env: dict[str, str]) -> tuple[str, list[str]]:
-        """The Python the command would find, and its site-packages: a --pip environment is built
+        """The Python the command would find, and its site directories: a --pip environment is built
         with it and layered over it, so the run keeps the packages of the submitter's environment."""
+        from runyard.exec.venvs import SITE_QUERY
+
         found = shutil.which("python3", path=env["PATH"]) or shutil.which("python", path=env["PATH"])
         if found:
-            ask = "import json, sysconfig; p = sysconfig.get_paths(); print(json.dumps([p['purelib'], p['platlib']]))"
             try:
-                answer = subprocess.run([found, "-c", ask], env=env, capture_output=True, text=True, timeout=60,
-                                        check=True, stdin=subprocess.DEVNULL)
-                return found, sorted(set(json.loads(answer.stdout)))
+                answer = subprocess.run([found, "-c", SITE_QUERY], env=env, capture_output=True, text=True,
+                                        timeout=60, check=True, stdin=subprocess.DEVNULL)
+                return found, [str(d) for d in json.loads(answer.stdout)]
             except (OSError, subprocess.SubprocessError, ValueError):
                 pass  # not a Python that answers: the one that submitted the run will do
         return self.spec.python, list(self.spec.site_packages)
