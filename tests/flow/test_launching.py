@@ -111,3 +111,42 @@ def environment_of(env: dict[str, str], project: Path, number: int) -> tuple[str
             return found.group(1), found.group(2)
     raise AssertionError(f"run {number}'s log names no package environment")
 
+
+def test_a_command_that_does_not_exist_fails_as_a_shell_says_it(project: Path, env: dict[str, str]) -> None:
+    env = {**env, "RUNYARD_SYSTEM_INTERVAL": "0.1"}  # the sampler starts on a command that is already gone
+    for program in ("no_such_command_xyz", "./no_such_command_xyz"):
+        result = cli(env, project, "run", "-f", "--json", "--", program, check=False)
+        number = int(json.loads(result.stdout.splitlines()[0])["number"])
+        assert result.returncode == 127, (program, result.stdout, result.stderr)
+        assert f"command not found: {program}" in result.stderr and "setpriv" not in result.stderr
+        shown = json.loads(cli(env, project, "show", str(number), "--json").stdout)
+        assert (shown["status"], shown["exit_code"], shown["status_message"]) == (
+            "failed", 127, f"command not found: {program}")
+        assert "command not found: " + program in " ".join(text for _, text in log_of(env, project, number))
+        assert "command not found: " + program in cli(env, project, "show", str(number)).stdout
+        supervisor_log = next(Path(env["RUNYARD_HOME"], "runs").glob(f"{shown['id']}/supervisor.log")).read_text()
+        assert "Traceback" not in supervisor_log and "setpriv" not in supervisor_log, supervisor_log
+
+
+def test_a_python_script_the_snapshot_lacks_is_refused_at_submission(project: Path, env: dict[str, str]) -> None:
+    for command in (["--", "python", "trian.py"], ["--", "python3", "-u", "trian.py", "--lr", "0.1"],
+                    ["--", "python3.11", "-X", "dev", "./trian.py"], ["python trian.py --epochs 3"]):
+        result = cli(env, project, "run", *command, check=False)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert result.stderr.startswith("runyard: error: trian.py: no such file in the snapshot of "), result.stderr
+        assert "Traceback" not in result.stderr
+    assert "nothing queued" in cli(env, project, "ps").stdout
+    # A module, code, or a script that exists: queued as before.
+    accepted = [launch(env, project, "--", "python", "-m", "json.tool", "--help"),
+                launch(env, project, "--", "python", "-c", "pass"),
+                launch(env, project, "--", "python", "-u", "train.py")]
+    for number in accepted:
+        assert wait_status(env, project, number, TERMINAL) == "finished"
+    # In a git repository the run starts at the root: a script named from a subdirectory is explained.
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    (project / "models").mkdir()
+    (project / "models" / "model_12.py").write_text("print('model 12')\n")
+    result = cli(env, project / "models", "run", "--", "python", "model_12.py", check=False)
+    assert result.returncode == 2
+    assert "a run starts at the snapshot's root" in result.stderr and "models/model_12.py" in result.stderr
+

@@ -173,6 +173,8 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None
     all files minus .runyardignore), so editing files afterwards does not change the run. Runs wait
     in a queue until a slot is free (`slots` setting). Print JSON lines of numbers to get metrics
     without the SDK; files written under outputs/ are kept and `runyard cp` brings them back.
+    `python FILE` whose FILE the snapshot lacks is refused at once (the run starts at the snapshot's
+    root); a command that is not found ends the run with exit code 127, as in a shell.
 
     \b
     The command's environment (recorded with the run: `runyard show RUN`):

@@ -170,6 +170,7 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     settings.home.mkdir(parents=True, exist_ok=True)
     artifacts.ensure()
     files = new = 0
+    root = None  # where the snapshot was taken, when this submission takes it
     if sub.snapshot is not None:
         snapshot_id, commit, branch, diff_ref = sub.snapshot
     else:
@@ -177,7 +178,8 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
 
         snap = take(sub.cwd, artifacts, settings.home / "snapshot-cache.json")
         snapshot_id, commit, branch, diff_ref = snap.id, snap.git_commit, snap.git_branch, snap.git_diff_ref
-        files, new = snap.files, snap.new_bytes
+        files, new, root = snap.files, snap.new_bytes, snap.root
+    _refuse_missing_script(launch, snapshot_id, artifacts, sub.cwd, root)
     command = ["sh", "-c", launch["argv"][0]] if launch["shell"] else list(launch["argv"])
     new_run = NewRun(
         project=sub.project or settings.project, status=RunStatus.QUEUED, name=sub.name, command=command,
@@ -190,6 +192,35 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
 
     ensure_agent(settings)
     return Submitted(number, run_id, files, new)
+
+
+def _refuse_missing_script(launch: dict[str, Any], snapshot_id: str, artifacts: Any, cwd: Path,
+                           root: Path | None) -> None:
+    """``python FILE`` whose FILE the snapshot lacks would fail once started: refuse it now."""
+    from runyard.exec.commands import script_of, words_of
+
+    words = words_of(launch["argv"], bool(launch["shell"]))
+    script = script_of(words) if words else None
+    if script is None or script.startswith("/"):
+        return  # not a Python script, or one outside the snapshot by design
+    from runyard.exec.snapshot import manifest_of
+
+    files = manifest_of(snapshot_id, artifacts)
+    if script in files or any(path.startswith(script + "/") for path in files):
+        return
+    where = f"the snapshot of {root}" if root is not None else "the run's snapshot"
+    hint = "check the name"
+    on_disk = cwd / script
+    if root is not None and on_disk.exists():
+        inside = on_disk.resolve().is_relative_to(root) and on_disk.resolve() != root
+        if inside and cwd.resolve() != root and (on_disk.resolve().relative_to(root).as_posix() in files):
+            hint = (f"a run starts at the snapshot's root, not in {cwd}: name the script from there, "
+                    f"{on_disk.resolve().relative_to(root).as_posix()}")
+        elif inside:
+            hint = "it exists here but is not in the snapshot: ignored by .gitignore or .runyardignore?"
+        else:
+            hint = f"it is outside {root}, which is what the run gets"
+    raise InvalidArgument(f"{script}: no such file in {where}, where the run starts; {hint}")
 
 
 def _enqueue(settings: Settings, new_run: NewRun) -> tuple[int, str]:
