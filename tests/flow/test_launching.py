@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.flow.test_execution import cli, launch, log_of, wait_status
+from tests.flow.test_execution import cli, launch, log_of, status, wait_status
 from tests.flow.test_execution import env as env
 from tests.flow.test_execution import project as project
 
@@ -150,3 +150,27 @@ def test_a_python_script_the_snapshot_lacks_is_refused_at_submission(project: Pa
     assert result.returncode == 2
     assert "a run starts at the snapshot's root" in result.stderr and "models/model_12.py" in result.stderr
 
+
+def test_gpus_no_machine_has_are_refused_at_submission(project: Path, env: dict[str, str]) -> None:
+    from runyard.config import resolve
+    from runyard.exec.gpus import gpu_count
+    from runyard.store.home import open_store
+
+    here = gpu_count()
+    wanted = str(here + 1)
+    result = cli(env, project, "run", "--gpus", wanted, "--", "python", "train.py", check=False)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    has = f"has {here} GPU" if here else "has no GPUs"
+    assert f"--gpus {wanted}: this machine" in result.stderr and has in result.stderr
+    assert "Ray cluster executor" in result.stderr and "Traceback" not in result.stderr
+    assert "nothing queued" in cli(env, project, "ps").stdout
+    # Another machine serving this database says (through its agent's lease) that it has enough.
+    opened = open_store(resolve(environ=env, cwd=project))
+    try:
+        opened.store.take_lease("agent:gpu-box", "gpu-box", 30, "gpu-box",
+                                {"host": "gpu-box", "slots": 1, "gpus": here + 1, "cpus": 8, "memory": 1 << 34})
+    finally:
+        opened.close()
+    number = launch(env, project, "--gpus", wanted, "--", "python", "train.py")
+    assert status(env, project, number) == "queued"  # left to gpu-box's agent
+    cli(env, project, "stop", str(number))

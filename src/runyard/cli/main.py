@@ -149,7 +149,8 @@ class RunCommand(click.Command):
               help="Copy a local path, or another run's artifact (RUN:PATH), read-only into the run directory.")
 @click.option("--env", "env", multiple=True, metavar="KEY[=VALUE]",
               help="An environment variable for the command (repeatable); KEY alone passes this shell's value.")
-@click.option("--gpus", type=int, help="GPUs the run needs.")
+@click.option("--gpus", type=int, help="GPUs the run needs; refused unless this machine, or another serving the "
+                                      "same database, has that many.")
 @click.option("--cpus", type=int, help="CPU cores the run needs: it waits until that many are not held by other "
                                       "runs here.")
 @click.option("--memory", metavar="SIZE", help="Memory the run needs, e.g. 16G: it waits until that much is not "

@@ -17,6 +17,7 @@ from runyard.config import Settings
 from runyard.errors import InvalidArgument, NotFound
 from runyard.exec import options
 from runyard.exec.environment import inherited
+from runyard.exec.gpus import refuse_unavailable
 from runyard.exec.spec import Mount
 from runyard.exec.venvs import site_directories
 from runyard.names import validate_label, validate_run_name
@@ -164,6 +165,8 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
             notify = load_notify(settings.project_file)
             if notify is not None:
                 launch["notify"] = notify
+    refuse_unavailable(settings, int(resources.get("gpus") or 0),
+                       "--gpus" if sub.gpus is not None or sub.machine is None else f"[machines.{sub.machine}] gpus")
     from runyard.store.artifacts import DiskArtifacts
 
     artifacts = DiskArtifacts(settings.artifacts)
