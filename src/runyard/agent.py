@@ -99,8 +99,9 @@ def main() -> int:
 
     if settings.server:
         return _ship(settings)
+    from runyard.exec.gpus import gpu_count
     from runyard.exec.local import LocalExecutor
-    from runyard.exec.scheduler import Scheduler, gpu_count
+    from runyard.exec.scheduler import Scheduler
     from runyard.ingest.alerting import Watcher
     from runyard.ingest.sink import StoreSink
     from runyard.ingest.tailer import Tailer

@@ -560,4 +560,6 @@ def test_a_param_reaches_the_command_in_the_variable_run_help_names(project: Pat
     api = api_of(env, project)
     message = api.run(missing).status_message or ""
     api.close()
-    assert "'no-such-program-42' is not on the run's PATH (/usr/bin:/bin): the PATH of the shell that" in message
+    assert message == "command not found: no-such-program-42"
+    assert ("system", "command not found: no-such-program-42 (not on the run's PATH, /usr/bin:/bin: the PATH of "
+            "the shell that submitted it, unless --env PATH=... gave another)") in log_of(env, project, missing)

@@ -131,14 +131,17 @@ class RunCommand(click.Command):
 
 # Options `runyard run` and `runyard rerun` share: declared once, so both say and check the same.
 _pip_option = click.option("--pip", "pip", multiple=True, metavar="SPEC",
-                           help="A package to install for the run (repeatable).")
+                           help="A package to install for the run (repeatable), into a virtual environment built once "
+                                "per set of requirements and layered over the Python the command would run, so its "
+                                "packages (runyard too, however installed) stay importable.")
 _mount_option = click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET",
                              help="Copy a local path, or another run's artifact (RUN:PATH), read-only into the run "
                                   "directory.")
 _env_option = click.option("--env", "env", multiple=True, metavar="KEY[=VALUE]",
                            help="An environment variable for the command (repeatable); KEY alone passes this "
                                 "shell's value.")
-_gpus_option = click.option("--gpus", type=int, help="GPUs the run needs.")
+_gpus_option = click.option("--gpus", type=int, help="GPUs the run needs; refused unless this machine, or another "
+                                                    "serving the same database, has that many.")
 _timeout_option = click.option("--timeout", metavar="DURATION", help="Stop the run after this long, e.g. 90s, 2h.")
 
 
@@ -152,7 +155,9 @@ _timeout_option = click.option("--timeout", metavar="DURATION", help="Stop the r
               help="A parameter (repeatable, each KEY once): {KEY} in the command, in the run's config, in "
                    "runyard-params.json and in the variable RUNYARD_PARAM_<KEY>, KEY as written.")
 @_pip_option
-@click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path), help="A requirements file.")
+@click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path),
+              help="A requirements file; the same set as --pip options (names compared as pip does, in any order, "
+                   "comments aside) reuses the same environment.")
 @_mount_option
 @_env_option
 @_gpus_option
@@ -193,6 +198,8 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None
     all files minus .runyardignore), so editing files afterwards does not change the run. Runs wait
     in a queue until a slot is free (`slots` setting). Print JSON lines of numbers to get metrics
     without the SDK; files written under outputs/ are kept and `runyard cp` brings them back.
+    `python FILE` whose FILE the snapshot lacks is refused at once (the run starts at the snapshot's
+    root); a command that is not found ends the run with exit code 127, as in a shell.
 
     \b
     The command's environment (recorded with the run: `runyard show RUN`):

@@ -43,16 +43,6 @@ def default_slots(gpu_count: int) -> int:
     return gpu_count if gpu_count > 0 else max(1, (os.cpu_count() or 2) // 2)
 
 
-def gpu_count() -> int:
-    from runyard.sdk.sampler import Gpus
-
-    gpus = Gpus()
-    try:
-        return len(gpus.handles)
-    finally:
-        gpus.close()
-
-
 def agent_id(home: Path, key: str) -> str:
     """The id of this home's agent for one database (``key``: see ``spool.rundir.target_key``).
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import sysconfig
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,9 @@ from runyard.config import Settings
 from runyard.errors import InvalidArgument, NotFound
 from runyard.exec import options, template
 from runyard.exec.environment import inherited
+from runyard.exec.gpus import refuse_unavailable
 from runyard.exec.spec import Mount
+from runyard.exec.venvs import site_directories
 from runyard.names import validate_label, validate_run_name
 from runyard.store.newrun import NewRun
 from runyard.types import RunStatus
@@ -107,7 +108,7 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
         "argv": argv, "template": list(sub.command), "shell": sub.shell, "env": dict(sub.env),
         "params": dict(sub.params),
         "pip": [options.pip_spec(p) for p in sub.pip], "requirements": requirements,
-        "site_packages": sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}),
+        "site_packages": site_directories(),
         "python": sys.executable, "mounts": mounts, "timeout": timeout,
         "environment": sub.environment if sub.environment is not None else inherited(os.environ),
     }
@@ -193,12 +194,15 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
             notify = load_notify(settings.project_file)
             if notify is not None:
                 launch["notify"] = notify
+    refuse_unavailable(settings, int(resources.get("gpus") or 0),
+                       "--gpus" if sub.gpus is not None or sub.machine is None else f"[machines.{sub.machine}] gpus")
     from runyard.store.artifacts import DiskArtifacts
 
     artifacts = DiskArtifacts(settings.artifacts)
     settings.home.mkdir(parents=True, exist_ok=True)
     artifacts.ensure()
     files = new = 0
+    root = None  # where the snapshot was taken, when this submission takes it
     if sub.snapshot is not None:
         snapshot_id, commit, branch, diff_ref = sub.snapshot
     else:
@@ -206,7 +210,8 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
 
         snap = take(sub.cwd, artifacts, settings.home / "snapshot-cache.json")
         snapshot_id, commit, branch, diff_ref = snap.id, snap.git_commit, snap.git_branch, snap.git_diff_ref
-        files, new = snap.files, snap.new_bytes
+        files, new, root = snap.files, snap.new_bytes, snap.root
+    _refuse_missing_script(launch, snapshot_id, artifacts, sub.cwd, root)
     command = ["sh", "-c", launch["argv"][0]] if launch["shell"] else list(launch["argv"])
     new_run = NewRun(
         project=sub.project or settings.project, status=RunStatus.QUEUED, name=sub.name, command=command,
@@ -219,6 +224,35 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
 
     ensure_agent(settings)
     return Submitted(number, run_id, files, new)
+
+
+def _refuse_missing_script(launch: dict[str, Any], snapshot_id: str, artifacts: Any, cwd: Path,
+                           root: Path | None) -> None:
+    """``python FILE`` whose FILE the snapshot lacks would fail once started: refuse it now."""
+    from runyard.exec.commands import script_of, words_of
+
+    words = words_of(launch["argv"], bool(launch["shell"]))
+    script = script_of(words) if words else None
+    if script is None or script.startswith("/"):
+        return  # not a Python script, or one outside the snapshot by design
+    from runyard.exec.snapshot import manifest_of
+
+    files = manifest_of(snapshot_id, artifacts)
+    if script in files or any(path.startswith(script + "/") for path in files):
+        return
+    where = f"the snapshot of {root}" if root is not None else "the run's snapshot"
+    hint = "check the name"
+    on_disk = cwd / script
+    if root is not None and on_disk.exists():
+        inside = on_disk.resolve().is_relative_to(root) and on_disk.resolve() != root
+        if inside and cwd.resolve() != root and (on_disk.resolve().relative_to(root).as_posix() in files):
+            hint = (f"a run starts at the snapshot's root, not in {cwd}: name the script from there, "
+                    f"{on_disk.resolve().relative_to(root).as_posix()}")
+        elif inside:
+            hint = "it exists here but is not in the snapshot: ignored by .gitignore or .runyardignore?"
+        else:
+            hint = f"it is outside {root}, which is what the run gets"
+    raise InvalidArgument(f"{script}: no such file in {where}, where the run starts; {hint}")
 
 
 def _enqueue(settings: Settings, new_run: NewRun) -> tuple[int, str]:

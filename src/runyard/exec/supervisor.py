@@ -49,6 +49,9 @@ from runyard.store.artifacts import DiskArtifacts
 
 WORK = "work"
 PID_FILE = "supervisor.pid"
+#: A shell's exit codes for a command it did not find, and for one it could not execute.
+NOT_FOUND = 127
+NOT_EXECUTABLE = 126
 
 
 class Supervisor:
@@ -122,15 +125,16 @@ class Supervisor:
         return env
 
     def _base_python(self, env: dict[str, str]) -> tuple[str, list[str]]:
-        """The Python the command would find, and its site-packages: a --pip environment is built
+        """The Python the command would find, and its site directories: a --pip environment is built
         with it and layered over it, so the run keeps the packages of the submitter's environment."""
+        from runyard.exec.venvs import SITE_QUERY
+
         found = shutil.which("python3", path=env["PATH"]) or shutil.which("python", path=env["PATH"])
         if found:
-            ask = "import json, sysconfig; p = sysconfig.get_paths(); print(json.dumps([p['purelib'], p['platlib']]))"
             try:
-                answer = subprocess.run([found, "-c", ask], env=env, capture_output=True, text=True, timeout=60,
-                                        check=True, stdin=subprocess.DEVNULL)
-                return found, sorted(set(json.loads(answer.stdout)))
+                answer = subprocess.run([found, "-c", SITE_QUERY], env=env, capture_output=True, text=True,
+                                        timeout=60, check=True, stdin=subprocess.DEVNULL)
+                return found, [str(d) for d in json.loads(answer.stdout)]
             except (OSError, subprocess.SubprocessError, ValueError):
                 pass  # not a Python that answers: the one that submitted the run will do
         return self.spec.python, list(self.spec.site_packages)
@@ -188,13 +192,13 @@ class Supervisor:
     def _execute(self, env: dict[str, str]) -> tuple[str, int | None, str | None]:
         spec = self.spec
         argv = ["sh", "-c", spec.argv[0]] if spec.shell else list(spec.argv)
-        # Looked up on the run's PATH (the submitting shell's), not the supervisor's.
-        resolved = shutil.which(argv[0], path=env["PATH"])
-        if resolved is None and "/" not in argv[0]:
-            message = (f"{argv[0]!r} is not on the run's PATH ({env['PATH']}): the PATH of the shell that "
-                       "submitted it, unless --env PATH=... gave another")
-            self.system(f"could not start the command: {message}")
-            return "failed", None, f"could not start the command: {message}"
+        resolved, refusal = self._find(argv[0], env["PATH"])
+        if refusal is not None:
+            # As a shell says it, and with its exit code (127 not found, 126 not executable): found
+            # here, before the parent-death guard would say it in its own words.
+            code, message, detail = refusal
+            self.system(f"{message} ({detail})")
+            return "failed", code, message
         self.system(f"command: {shlex.join([resolved or argv[0], *argv[1:]])} ({describe(env)})")
         argv = [*_parent_death_guard(), resolved or argv[0], *argv[1:]]
         try:
@@ -238,7 +242,26 @@ class Supervisor:
             return "finished", 0, None
         if code < 0:
             return "failed", code, f"killed by signal {signal.Signals(-code).name}"
+        if code == NOT_FOUND and spec.shell:
+            return "failed", code, f"exited with code {code}: the shell found no such command (see the log)"
         return "failed", code, f"exited with code {code}"
+
+    def _find(self, program: str, path: str) -> tuple[str | None, tuple[int, str, str] | None]:
+        """The program to run, or why it cannot: (exit code, message, detail), as a shell would say it."""
+        if "/" not in program:
+            # Looked up on the run's PATH (the submitting shell's), not the supervisor's.
+            resolved = shutil.which(program, path=path)
+            if resolved is None:
+                return None, (NOT_FOUND, f"command not found: {program}",
+                              f"not on the run's PATH, {path}: the PATH of the shell that submitted it, unless "
+                              "--env PATH=... gave another")
+            return resolved, None
+        target = self.work / program  # a relative path names a file of the snapshot
+        if not target.exists():
+            return None, (NOT_FOUND, f"command not found: {program}", "no such file")
+        if target.is_dir() or not os.access(target, os.X_OK):
+            return None, (NOT_EXECUTABLE, f"permission denied: {program}", "not an executable file")
+        return None, None
 
     def _terminate(self, child: subprocess.Popen[bytes]) -> None:
         """SIGTERM to the process group; SIGKILL after the grace period (in the background)."""

@@ -86,7 +86,10 @@ class Sampler:
     def _loop(self) -> None:
         import psutil
 
-        root = psutil.Process(self._pid)
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.Error:
+            return  # the process ended before its first sample (a command that could not start)
         known: dict[int, Any] = {}
         gpus = Gpus()
         previous: tuple[float, float, float, float, float] | None = None
