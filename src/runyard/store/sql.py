@@ -390,7 +390,7 @@ class SqlStore:
         c = artifacts.c
         with self._read() as conn:
             self._require_run(conn, run)
-            stmt = sa.select(c.path, c.size, c.sha256, c.content_ref, c.created_at).where(c.run_number == run)
+            stmt = sa.select(c.path, c.size, c.sha256, c.content_ref, c.created_at, c.mode).where(c.run_number == run)
             if prefix:
                 stmt = stmt.where(c.path.startswith(prefix, autoescape=True))
             return [ArtifactEntry(*r) for r in conn.execute(stmt.order_by(c.path))]
@@ -604,9 +604,9 @@ class SqlStore:
             self._append_logs(conn, number, batch.logs)
         for item in batch.inputs:
             self._add_input(conn, number, item)
-        for path, size, sha256, ref in batch.artifacts:
-            self._record_artifact(conn, number, path,
-                                  {"size": size, "sha256": sha256, "content_ref": ref, "created_at": self.clock()})
+        for path, size, sha256, ref, mode in batch.artifacts:
+            self._record_artifact(conn, number, path, {"size": size, "sha256": sha256, "content_ref": ref,
+                                                       "created_at": self.clock(), "mode": mode})
         for rule in batch.alert_rules:
             # A rule the script declared (run.alert): for this run; the same name replaces it.
             c = alert_rules.c
