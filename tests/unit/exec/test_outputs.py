@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -82,3 +83,28 @@ def test_written_by_names_files_open_for_writing(tmp_path: Path) -> None:
     read.write_text("x")
     with read.open() as f:
         assert os.path.realpath(read) not in written_by(os.getpid())
+
+
+def test_a_pass_keeps_what_the_run_wrote_and_not_code_mounts_caches_ignored_or_big_files(tmp_path: Path) -> None:
+    outputs, store, recorded, said = outputs_in(tmp_path)
+    outputs.limit = 10
+    work = outputs.directory
+    code = {"train.py": b"print(1)", "data.csv": b"a,b", ".runyardignore": b"*.tmp\n"}
+    for name, data in code.items():
+        (work / name).write_bytes(data)
+    outputs.snapshot({name: hashlib.sha256(data).hexdigest() for name, data in code.items()})
+    (work / "runyard-params.json").write_text("{}")
+    (work / "data.csv").write_bytes(b"a,b\n1,2")  # changed by the run
+    (work / "traindata.pt").write_bytes(b"tensors")
+    for cache in ("__pycache__/a.pyc", ".ipynb_checkpoints/n.ipynb", "venv/lib/x.py", "mounted/in.csv", "x.tmp"):
+        (work / cache).parent.mkdir(parents=True, exist_ok=True)
+        (work / cache).write_bytes(b"no")
+    outputs.place("mounted")
+    (work / "big.bin").write_bytes(b"0" * 11)
+    (work / "outputs" / "big.tmp").write_bytes(b"0" * 11)  # outputs/ is kept whole
+    for name, mode in (("traindata.pt", 0o750), ("data.csv", 0o644), ("outputs/big.tmp", 0o644)):
+        (work / name).chmod(mode)
+    outputs.finish()
+    assert {r[0]: r[3] for r in recorded} == {"data.csv": 0o644, "traindata.pt": 0o750, "outputs/big.tmp": 0o644}
+    assert any("not keeping big.bin as an output: 11 bytes is over the limit of 10 bytes" in s for s in said), said
+    assert store.read_bytes(f"sha256:{hashlib.sha256(b'tensors').hexdigest()}") == b"tensors"
