@@ -361,7 +361,7 @@ def check_outputs_interval(home: Home) -> None:
 
 
 def check_output_limit(home: Home) -> None:
-    """The supervisor is told, in bytes (a file over it is not kept: tests/flow/test_outputs.py's
+    """The supervisor is told, in bytes (a file over it is not kept: tests/flow/test_run_outputs.py's
     test_files_a_script_writes_anywhere_in_its_directory_are_kept_and_can_be_copied_and_mounted)."""
     home.env["RUNYARD_OUTPUT_LIMIT"] = "3"
     with home.no_agent():
