@@ -181,7 +181,8 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None
                         RUNYARD_CAPTURED, RUNYARD_FSYNC, RUNYARD_SYSTEM_INTERVAL,
                         PYTHONUNBUFFERED=1, CUDA_VISIBLE_DEVICES, and RUNYARD_PARAM_<KEY>
                         per --param: --param lr=0.1 sets RUNYARD_PARAM_lr=0.1; and
-                        MPLBACKEND=module://runyard.exec.mplbackend unless --env sets it
+                        MPLBACKEND=module://runyard_mplbackend, with PYTHONPATH
+                        extended to find it, unless --env sets MPLBACKEND
 
     Nothing else of this shell, and nothing of runyard's background agent, reaches the command.
     A rerun keeps its parent's environment. Through a server (RUNYARD_SERVER) the run gets the

@@ -1,14 +1,16 @@
 """The matplotlib backend of launched runs: ``plt.show()`` saves the figures instead of losing them.
 
 A launched run has no display, so under matplotlib's usual non-interactive backend ``plt.show()``
-does nothing and a script's figures vanish. The supervisor sets ``MPLBACKEND`` to this module
-(unless ``--env MPLBACKEND=...`` says otherwise); ``show()`` saves each open figure as
+does nothing and a script's figures vanish. The supervisor copies this file into the run's
+directory as ``runyard_mplbackend.py``, adds that directory to ``PYTHONPATH`` and sets
+``MPLBACKEND=module://runyard_mplbackend`` (unless ``--env MPLBACKEND=...`` says otherwise), so it
+loads even in a Python that has matplotlib but not runyard. ``show()`` saves each open figure as
 ``figures/figure-001.png``, ``figure-002.png``... in the working directory, numbered across calls,
 so they are kept as the run's outputs, and says so on stderr (the run's log). Then it closes them,
 as closing the windows of an interactive ``show()`` would.
 
-matplotlib imports this module only when it loads the backend, so nothing here runs without it;
-the module imports nothing of runyard's, so it costs the script nothing else.
+matplotlib imports this module only when it loads the backend, so nothing here runs without it.
+It must import nothing of runyard's: it runs where runyard may not be installed.
 """
 
 from __future__ import annotations

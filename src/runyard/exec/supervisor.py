@@ -49,8 +49,10 @@ from runyard.store.artifacts import DiskArtifacts
 
 WORK = "work"
 PID_FILE = "supervisor.pid"
-#: The matplotlib backend of launched runs: plt.show() saves figures (runyard.exec.mplbackend).
-MPL_BACKEND = "module://runyard.exec.mplbackend"
+#: The matplotlib backend of launched runs: plt.show() saves figures. runyard/exec/mplbackend.py,
+#: copied into the run's directory under this name and put on PYTHONPATH, so that it loads in a
+#: Python that has matplotlib but not runyard.
+MPL_MODULE = "runyard_mplbackend"
 
 
 class Supervisor:
@@ -120,9 +122,9 @@ class Supervisor:
             "RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts, "RUNYARD_FSYNC": spec.fsync,
             "RUNYARD_SYSTEM_INTERVAL": f"{spec.system_interval:g}", "PYTHONUNBUFFERED": "1",
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus),
-            # plt.show() saves the figures as outputs (harmless where matplotlib is not installed)
-            **({} if "MPLBACKEND" in spec.env else {"MPLBACKEND": MPL_BACKEND}),
         })
+        if "MPLBACKEND" not in spec.env:  # plt.show() saves figures (harmless without matplotlib)
+            env.update(self._matplotlib_backend(env))
         if spec.pip or spec.requirements:
             from runyard.exec.venvs import ensure_env
 
@@ -131,6 +133,14 @@ class Supervisor:
             env["VIRTUAL_ENV"] = str(venv)
             env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
         return env
+
+    def _matplotlib_backend(self, env: dict[str, str]) -> dict[str, str]:
+        """MPLBACKEND and PYTHONPATH for runyard's matplotlib backend, copied beside the work directory."""
+        directory = self.directory / "python"
+        directory.mkdir(exist_ok=True)
+        shutil.copyfile(Path(__file__).with_name("mplbackend.py"), directory / f"{MPL_MODULE}.py")
+        path = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(directory)) if p)
+        return {"MPLBACKEND": f"module://{MPL_MODULE}", "PYTHONPATH": path}
 
     def _base_python(self, env: dict[str, str]) -> tuple[str, list[str]]:
         """The Python the command would find, and its site-packages: a --pip environment is built
