@@ -372,7 +372,8 @@ class SqlStore:
     def record_artifact(self, run: int, path: str, size: int, sha256: str, content_ref: str) -> ArtifactEntry:
         validate_relpath(path)
         now = self.clock()
-        values = {"size": size, "sha256": sha256, "content_ref": content_ref, "created_at": now}
+        # An upload says no mode: a mode recorded for an earlier file at this path is not its.
+        values = {"size": size, "sha256": sha256, "content_ref": content_ref, "created_at": now, "mode": None}
         with self._write() as conn:
             self._require_run(conn, run)
             self._record_artifact(conn, run, path, values)
