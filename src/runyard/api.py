@@ -182,13 +182,18 @@ class Api:
         return rerun(self.settings, parent, params, name, Path.cwd(), overrides)
 
     def export(self, run: Run, entry: ArtifactEntry, dest_root: Path, relpath: str) -> Path:
-        """Write one artifact of ``run`` to ``dest_root/relpath``."""
+        """Write one artifact of ``run`` to ``dest_root/relpath``, with the mode it had in the run
+        when that was recorded (else the copy's own, 0600)."""
         if self._client is not None:
             from runyard.client import RemoteArtifacts
 
-            return RemoteArtifacts(self._client).download(run.number, entry, dest_root, relpath)
-        assert self._opened is not None
-        return self._opened.artifacts.export(entry.content_ref, dest_root, relpath)
+            target = RemoteArtifacts(self._client).download(run.number, entry, dest_root, relpath)
+        else:
+            assert self._opened is not None
+            target = self._opened.artifacts.export(entry.content_ref, dest_root, relpath)
+        if entry.mode is not None:
+            target.chmod(entry.mode & 0o777)
+        return target
 
     def run(self, ref: str | int) -> RunView:
         return RunView(self, self.store.get_run(ref))

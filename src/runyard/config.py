@@ -118,6 +118,12 @@ def _parse_count(raw: str, base: Path) -> str:
     return raw
 
 
+def _parse_mib(raw: str, base: Path) -> str:
+    if not is_number(raw) or int(raw) < 0:
+        raise ValueError("expected a whole number of MiB (0 or more)")
+    return raw
+
+
 def _parse_slots(raw: str, base: Path) -> str:
     if not is_number(raw) or not 1 <= int(raw) <= 1024:
         raise ValueError("expected a whole number from 1 to 1024")
@@ -228,6 +234,13 @@ SETTINGS: tuple[Setting, ...] = (
         parse=_parse_seconds,
     ),
     Setting(
+        "output_limit",
+        "MiB: a file a launched run writes outside outputs/ (such as traindata.pt next to the script) is "
+        "kept as an output up to this size; a bigger one is not, and the run's log says so",
+        default=lambda home: "1024",
+        parse=_parse_mib,
+    ),
+    Setting(
         "queue_limit",
         "Records held in memory at most while the spool's disk refuses writes (full or failing); more "
         "are counted as lost and the run says so",
@@ -312,6 +325,11 @@ class Settings:
     @property
     def outputs_interval(self) -> float:
         return float(self._required("outputs_interval"))
+
+    @property
+    def output_limit(self) -> int:
+        """Bytes (the setting is in MiB)."""
+        return int(self._required("output_limit")) << 20
 
     @property
     def queue_limit(self) -> int:

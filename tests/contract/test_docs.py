@@ -360,6 +360,21 @@ def check_outputs_interval(home: Home) -> None:
     assert recorder.specs[0].outputs_interval == 7.0
 
 
+def check_output_limit(home: Home) -> None:
+    """The supervisor is told, in bytes (a file over it is not kept: tests/flow/test_run_outputs.py's
+    test_files_a_script_writes_anywhere_in_its_directory_are_kept_and_can_be_copied_and_mounted)."""
+    home.env["RUNYARD_OUTPUT_LIMIT"] = "3"
+    with home.no_agent():
+        home.queue()
+    opened = home.store()
+    try:
+        scheduler, recorder = schedule(home, opened.store)
+        scheduler.tick()
+    finally:
+        opened.close()
+    assert recorder.specs[0].output_limit == 3 << 20
+
+
 QUEUE_BURST = """
 import errno, time, runyard
 from runyard.spool import segment
@@ -391,7 +406,8 @@ SETTING_CHECKS: dict[str, Callable[[Home], None]] = {
     "db": check_db, "artifacts": check_artifacts, "server": check_server, "token": check_token, "ray": check_ray,
     "project": check_project, "slots": check_slots, "lease": check_lease, "fsync": check_fsync,
     "system_interval": check_system_interval, "finish_timeout": check_finish_timeout,
-    "outputs_interval": check_outputs_interval, "queue_limit": check_queue_limit,
+    "outputs_interval": check_outputs_interval, "output_limit": check_output_limit,
+    "queue_limit": check_queue_limit,
 }
 
 

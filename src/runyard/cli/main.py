@@ -197,7 +197,9 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None
     The working tree is snapshotted (in git: tracked and untracked-not-ignored files; elsewhere
     all files minus .runyardignore), so editing files afterwards does not change the run. Runs wait
     in a queue until a slot is free (`slots` setting). Print JSON lines of numbers to get metrics
-    without the SDK; files written under outputs/ are kept and `runyard cp` brings them back.
+    without the SDK. Files the run creates or changes in its directory (outputs/, and any other
+    but caches, .runyardignore'd ones and those over `output_limit`) are kept under their path
+    there, and `runyard cp` brings them back; plt.show() saves figures as figures/figure-NNN.png.
     `python FILE` whose FILE the snapshot lacks is refused at once (the run starts at the snapshot's
     root); a command that is not found ends the run with exit code 127, as in a shell.
 
@@ -210,7 +212,9 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None
       then runyard's    RUNYARD_RUN_ID, RUNYARD_HOME, RUNYARD_DB, RUNYARD_ARTIFACTS,
                         RUNYARD_CAPTURED, RUNYARD_FSYNC, RUNYARD_SYSTEM_INTERVAL,
                         PYTHONUNBUFFERED=1, CUDA_VISIBLE_DEVICES, and RUNYARD_PARAM_<KEY>
-                        per --param: --param lr=0.1 sets RUNYARD_PARAM_lr=0.1
+                        per --param: --param lr=0.1 sets RUNYARD_PARAM_lr=0.1; and
+                        MPLBACKEND=module://runyard_mplbackend, with PYTHONPATH
+                        extended to find it, unless --env sets MPLBACKEND
 
     Nothing else of this shell, and nothing of runyard's background agent, reaches the command.
     A rerun keeps its parent's environment and --env (`runyard rerun --env` changes a variable).

@@ -1,4 +1,14 @@
-"""Keeping a launched run's ``outputs/``: stored while the run goes on, from a thread of its own.
+"""Keeping what a launched run wrote: stored while the run goes on, from a thread of its own.
+
+A run's outputs are the files it created or changed in its working directory: ``outputs/`` as
+ever, and also what typical scripts write next to themselves (``traindata.pt``, ``predict.pdf``,
+``checkpoints/``). A file is kept under its path relative to the working directory, so
+``outputs/model.pt`` stays ``outputs/model.pt`` and ``traindata.pt`` is ``traindata.pt``. Not kept:
+a file identical to the code snapshot's file at that path (it is code, not an output), what the
+supervisor placed there (mounts, ``runyard-params.json``), caches and environments (``NEVER_KEPT``),
+and, outside ``outputs/``, what ``.runyardignore`` lists and files above the size limit (the run's
+log says which and why). ``outputs/`` itself is kept whole, as before: it is where a script says
+"keep this", and ``.runyardignore`` often lists it to keep old outputs out of snapshots.
 
 The supervisor's loop only watches the command (stop, timeout, exit), so a pass over gigabytes of
 checkpoints never delays a stop or a timeout. A pass stores each file that changed since it was
@@ -14,44 +24,74 @@ has ended, the final pass stores whatever changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from runyard.errors import RunyardError
+from runyard.exec.snapshot import ignore_patterns, ignored
 from runyard.names import validate_relpath
 from runyard.store.artifacts import ArtifactStore
 
 OUTPUTS = "outputs"
+#: Written by the supervisor for the run's parameters: an input, not an output.
+PARAMS_FILE = "runyard-params.json"
+#: Directories never kept: caches, environments and tools' state a run leaves in its directory.
+NEVER_KEPT = frozenset({".git", ".runyard", "__pycache__", ".ipynb_checkpoints", ".venv", "venv", "site-packages",
+                        "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+#: Default size limit for a file kept from outside ``outputs/`` (setting ``output_limit``, in MiB).
+LIMIT = 1 << 30
 #: Seconds a file must stay unchanged before a pass stores it while the command runs.
 SETTLE = 1.0
 _CHUNK = 1 << 20
 
 
 class Outputs:
-    """The uploads of one run's ``outputs/`` directory.
+    """The uploads of the files one run creates or changes in its working directory ``directory``.
 
-    ``record(path, size, sha256)`` queues an artifact record for stored content; ``say`` writes a
-    line to the run's log; ``writing()`` names the files the run's processes hold open for writing.
+    ``record(path, size, sha256, mode)`` queues an artifact record for stored content; ``say``
+    writes a line to the run's log; ``writing()`` names the files the run's processes hold open for
+    writing; ``limit`` is the size above which a file outside ``outputs/`` is not kept.
     """
 
-    def __init__(self, directory: Path, store: ArtifactStore, record: Callable[[str, int, str], None],
-                 say: Callable[[str], None], writing: Callable[[], set[str]] = set) -> None:
+    def __init__(self, directory: Path, store: ArtifactStore, record: Callable[[str, int, str, int], None],
+                 say: Callable[[str], None], writing: Callable[[], set[str]] = set, limit: int = LIMIT) -> None:
         self.directory = directory
         self.store = store
         self.record = record
         self.say = say
         self.writing = writing
+        self.limit = limit
         #: (size, mtime) of each file as last stored: unchanged files are not read again.
         self.stored: dict[str, tuple[int, int]] = {}
+        #: The code snapshot's files (path -> sha256), and the (size, mtime, inode) of each as last
+        #: found identical to it: a file still identical to its snapshot is not an output.
+        self.code: dict[str, str] = {}
+        self.identical: dict[str, tuple[int, int, int]] = {}
+        #: Paths the supervisor placed (mounts, parameters): inputs, never outputs.
+        self.placed: set[str] = {PARAMS_FILE}
+        self._skipped: set[str] = set()
         self._pass = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refused: set[str] = set()
+
+    def snapshot(self, files: dict[str, str]) -> None:
+        """The code as materialised (path -> sha256): these files are outputs only once changed."""
+        self.code.update(files)
+        for rel in files:
+            with contextlib.suppress(OSError):
+                self.identical[rel] = _key(self.directory / rel)
+
+    def place(self, rel: str) -> None:
+        """A path (file or directory) the supervisor placed for the run, such as a mount."""
+        self.placed.add(rel.strip("/"))
 
     def start(self, interval: float) -> None:
         """Store what settled every ``interval`` seconds, in a background thread."""
@@ -76,7 +116,7 @@ class Outputs:
             try:
                 return self._upload(final)
             except Exception as e:  # noqa: BLE001 - a pass that fails is reported; the next one tries again
-                self.say(f"storing outputs/ failed: {type(e).__name__}: {e}")
+                self.say(f"storing outputs failed: {type(e).__name__}: {e}")
                 return 0
 
     def _upload(self, final: bool) -> int:
@@ -84,10 +124,7 @@ class Outputs:
             return 0
         writing = set() if final else self.writing()
         count = size = 0
-        for path in sorted(self.directory.rglob("*")):
-            if not path.is_file() or path.is_symlink():
-                continue
-            rel = f"{OUTPUTS}/{path.relative_to(self.directory).as_posix()}"
+        for rel, path in self._candidates():
             try:
                 st = path.stat()
             except OSError:
@@ -96,17 +133,60 @@ class Outputs:
                 continue
             if not final and (time.time() - st.st_mtime < SETTLE or os.path.realpath(path) in writing):
                 continue  # still being written: a later pass stores it whole
+            if rel in self.code and self._unchanged(rel, path, st):
+                continue
+            if st.st_size > self.limit and not rel.startswith(OUTPUTS + "/"):
+                if rel not in self._skipped:
+                    self._skipped.add(rel)
+                    self.say(f"not keeping {rel} as an output: {_size(st.st_size)} is over the limit of "
+                             f"{_size(self.limit)} for files outside {OUTPUTS}/ (setting output_limit; files "
+                             f"under {OUTPUTS}/ have no limit)")
+                continue
             stored = self._store(path, accept_changing=final)
             if stored is None:
                 continue
             sha, length, key = stored
-            self.record(rel, length, sha)
+            self.record(rel, length, sha, stat.S_IMODE(st.st_mode))
             self.stored[rel] = key
             count += 1
             size += length
         if count:
-            self.say(f"uploaded {count} file(s) from outputs/ ({_size(size)})" + (" (final)" if final else ""))
+            self.say(f"uploaded {count} output file(s) ({_size(size)})" + (" (final)" if final else ""))
         return count
+
+    def _candidates(self) -> Iterator[tuple[str, Path]]:
+        """(relative path, path) of each file a pass considers, sorted, without the directories
+        never kept and, outside ``outputs/``, what ``.runyardignore`` lists."""
+        patterns = ignore_patterns(self.directory)
+        root = str(self.directory)
+        for dirpath, dirnames, filenames in os.walk(root):
+            base = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            base = "" if base == "." else base + "/"
+            dirnames[:] = sorted(d for d in dirnames if self._kept(base + d, d, patterns))
+            for name in sorted(filenames):
+                rel = base + name
+                path = Path(dirpath, name)
+                if self._kept(rel, name, patterns) and not path.is_symlink():
+                    yield rel, path
+
+    def _kept(self, rel: str, name: str, patterns: list[str]) -> bool:
+        if name in NEVER_KEPT or any(rel == p or rel.startswith(p + "/") for p in self.placed):
+            return False
+        return rel == OUTPUTS or rel.startswith(OUTPUTS + "/") or not ignored(rel, patterns)
+
+    def _unchanged(self, rel: str, path: Path, st: os.stat_result) -> bool:
+        """Whether the file is still the snapshot's (its content hashed only when its stat changed)."""
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self.identical.get(rel) == key:
+            return True
+        try:
+            sha, _ = _hash(path)
+        except OSError:
+            return True  # unreadable or gone: nothing to keep now
+        if sha == self.code[rel]:
+            self.identical[rel] = key
+            return True
+        return False
 
     def _store(self, path: Path, accept_changing: bool) -> tuple[str, int, tuple[int, int]] | None:
         """Store the file unless the store holds its content already: (sha256, size, (size, mtime)
@@ -140,6 +220,11 @@ class Outputs:
                 self.say(f"not storing {rel!r}: {e}")
             return False
         return True
+
+
+def _key(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _hash(path: Path) -> tuple[str, int]:

@@ -287,5 +287,5 @@ class Scheduler:
             mounts=[Mount(**{**m, "files": [tuple(f) for f in m.get("files", [])]}) for m in launch.get("mounts", [])],
             timeout=launch.get("timeout"), gpus=gpus, fsync=settings.fsync,
             system_interval=settings.system_interval,
-            outputs_interval=settings.outputs_interval,
+            outputs_interval=settings.outputs_interval, output_limit=settings.output_limit,
         )

@@ -31,6 +31,9 @@ IGNORE_FILE = ".runyardignore"
 ALWAYS_IGNORED = (".git", ".runyard", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache")
 MAX_FILES = 50_000
 MAX_BYTES = 2 << 30
+#: Files this big get an object of their own instead of a place in a pack, so that runs can share
+#: them (reflink or hard link) instead of each copying them; smaller files gain little from it.
+SHARE_MIN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def git_root(directory: Path) -> Path | None:
     return None
 
 
-def _ignore_patterns(root: Path) -> list[str]:
+def ignore_patterns(root: Path) -> list[str]:
     try:
         lines = (root / IGNORE_FILE).read_text().splitlines()
     except FileNotFoundError:
@@ -68,7 +71,7 @@ def _ignore_patterns(root: Path) -> list[str]:
     return [ln.strip().rstrip("/") for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _ignored(rel: str, patterns: Iterable[str]) -> bool:
+def ignored(rel: str, patterns: Iterable[str]) -> bool:
     parts = rel.split("/")
     for pattern in patterns:
         if "/" in pattern.strip("/"):
@@ -87,7 +90,7 @@ def list_files(root: Path) -> list[str]:
     elif (root / ".git").exists():
         out = []
     else:
-        out = list(_walk(root, root, _ignore_patterns(root)))
+        out = list(_walk(root, root, ignore_patterns(root)))
     base = str(root)
     files = []
     for rel in sorted(set(out)):
@@ -110,7 +113,7 @@ def _inside_link(root: Path, rel: str) -> bool:
 def _walk(root: Path, directory: Path, patterns: list[str]) -> Iterator[str]:
     for entry in os.scandir(directory):
         rel = Path(entry.path).relative_to(root).as_posix()
-        if entry.name in ALWAYS_IGNORED or _ignored(rel, patterns):
+        if entry.name in ALWAYS_IGNORED or ignored(rel, patterns):
             continue
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(root, Path(entry.path), patterns)
@@ -174,10 +177,14 @@ def take(directory: Path, artifacts: DiskArtifacts, cache_path: Path | None = No
             missing.append((rel, st))
             continue
         manifest[rel] = [sha, 0o755 if st.st_mode & stat.S_IXUSR else 0o644]
-    # New content goes in as one pack: one file written and synced, not one per source file.
+    # New small files go in as one pack: one file written and synced, not one per source file.
+    # Big ones get an object each, which runs can share instead of copying (see materialise).
     if missing:
-        blobs = artifacts.put_pack([root / rel for rel, _ in missing])
-        for (rel, st), blob in zip(missing, blobs, strict=True):
+        small = [(rel, st) for rel, st in missing if st.st_size < SHARE_MIN]
+        big = [(rel, st) for rel, st in missing if st.st_size >= SHARE_MIN]
+        blobs = artifacts.put_pack([root / rel for rel, _ in small])
+        blobs += [artifacts.put_file(root / rel) for rel, _ in big]
+        for (rel, st), blob in zip(small + big, blobs, strict=True):
             if cache:
                 cache.put(os.path.join(base, rel), st, blob.sha256)  # noqa: PTH118
             new += st.st_size
@@ -201,10 +208,43 @@ def manifest_of(snapshot_id: str, artifacts: DiskArtifacts) -> dict[str, tuple[s
     return {path: (str(sha), int(mode)) for path, (sha, mode) in doc["files"].items()}
 
 
-def materialise(snapshot_id: str, artifacts: DiskArtifacts, destination: Path) -> int:
-    """Write the snapshot's files under ``destination``; returns how many."""
+@dataclass(frozen=True)
+class Materialised:
+    #: path -> sha256 of every file written
+    files: dict[str, str]
+    #: files placed by reflink (copy-on-write) and by hard link, and their bytes
+    reflinked: int = 0
+    linked: int = 0
+    shared_bytes: int = 0
+
+
+def materialise(snapshot_id: str, artifacts: DiskArtifacts, destination: Path,
+                hard_links: bool = False) -> Materialised:
+    """Write the snapshot's files under ``destination``.
+
+    Files of ``SHARE_MIN`` bytes or more are not copied where the file system allows: a reflink
+    shares the object's blocks copy-on-write (the run's file is its own, writable, with its mode);
+    else, with ``hard_links``, a hard link to the object: read-only (0444), so a run cannot change
+    the store through it; the caller makes sure the command cannot override that (root). An
+    executable file is never hard-linked (its mode would be the object's); anything else is copied.
+    """
     files = manifest_of(snapshot_id, artifacts)
+    reflinked = linked = shared = 0
     for rel, (sha, mode) in files.items():
-        target = artifacts.export(f"sha256:{sha}", destination, rel)
+        ref = f"sha256:{sha}"
+        how = None
+        size = artifacts.size(sha) or 0
+        if size >= SHARE_MIN:
+            how = artifacts.share(ref, destination, rel, hard_links and not mode & stat.S_IXUSR)
+        if how == "link":
+            linked += 1
+            shared += size
+            continue
+        if how == "reflink":
+            reflinked += 1
+            shared += size
+            target = destination / rel
+        else:
+            target = artifacts.export(ref, destination, rel)
         target.chmod(mode)
-    return len(files)
+    return Materialised({rel: sha for rel, (sha, _) in files.items()}, reflinked, linked, shared)

@@ -52,6 +52,8 @@ class LaunchSpec:
     fsync: str = "interval"
     system_interval: float = 5.0
     outputs_interval: float = 120.0
+    #: Bytes: files outside outputs/ bigger than this are not kept (setting output_limit).
+    output_limit: int = 1 << 30
     grace: float = 10.0
 
     def to_json(self) -> str:

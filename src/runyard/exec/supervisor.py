@@ -8,10 +8,10 @@ the environment recorded from the shell that submitted it (``runyard.exec.enviro
 ``RUNYARD_RUN_ID`` set (so ``runyard.init()`` attaches). From then on it captures stdout and stderr
 line by line (as the SDK's tee does: ``runyard.sdk.lines``), turns stdout lines that are JSON
 objects of numbers into metrics, samples the hardware of the process tree, heartbeats, enforces the
-timeout, stores ``outputs/`` from a thread of its own (``runyard.exec.outputs``) every few minutes
-and at the end, and records how the run ended. Every record goes to the run's spool;
-output files go straight into the artifact store the code came from. The supervisor never talks
-to the database or the network.
+timeout, stores the files the command writes (``outputs/`` and others) from a thread of its own
+(``runyard.exec.outputs``) every few minutes and at the end, and records how the run ended. Every
+record goes to the run's spool; output files go straight into the artifact store the code came
+from. The supervisor never talks to the database or the network.
 
 SIGTERM (``runyard stop``) is passed to the command's process group, followed by SIGKILL after a
 grace period. If the supervisor itself is killed, the command dies with it (parent-death signal)
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runyard.exec.environment import command_environment, describe, inherited
-from runyard.exec.outputs import OUTPUTS, Outputs, written_by
+from runyard.exec.outputs import PARAMS_FILE, Outputs, written_by
 from runyard.exec.spec import LaunchSpec, run_directory
 from runyard.names import validate_metric_key
 from runyard.sdk.lines import Lines, pump
@@ -52,6 +52,10 @@ PID_FILE = "supervisor.pid"
 #: A shell's exit codes for a command it did not find, and for one it could not execute.
 NOT_FOUND = 127
 NOT_EXECUTABLE = 126
+#: The matplotlib backend of launched runs: plt.show() saves figures. runyard/exec/mplbackend.py,
+#: copied into the run's directory under this name and put on PYTHONPATH, so that it loads in a
+#: Python that has matplotlib but not runyard.
+MPL_MODULE = "runyard_mplbackend"
 
 
 class Supervisor:
@@ -65,8 +69,8 @@ class Supervisor:
         (spool / TARGET_FILE).write_text(target_key_of(spec.db, spec.artifacts))
         self.writer = Writer(spool, spec.run_id, f"sup{os.getpid()}", fsync=spec.fsync)
         self.artifacts = DiskArtifacts(Path(spec.artifacts))
-        self.outputs = Outputs(self.work / OUTPUTS, self.artifacts, self._record_output, self.system,
-                               self._written_by_command)
+        self.outputs = Outputs(self.work, self.artifacts, self._record_output, self.system,
+                               self._written_by_command, spec.output_limit)
         self.stop_requested = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
         self._json_step = 0
@@ -98,11 +102,18 @@ class Supervisor:
         if self.work.exists():  # a previous attempt: mounts in it are read-only
             _remove_tree(self.work)
         self.work.mkdir(parents=True)
-        count = materialise(spec.snapshot_id, artifacts, self.work)
-        self.system(f"code: {count} files from snapshot {spec.snapshot_id[:19]}... in {self.work}")
-        (self.work / "runyard-params.json").write_text(json.dumps(spec.params, indent=1, sort_keys=True))
+        # Big files are hard-linked from the store only where the command cannot write them (see
+        # _parent_death_guard); a reflink or a copy otherwise.
+        code = materialise(spec.snapshot_id, artifacts, self.work, hard_links=_read_only_holds())
+        self.system(f"code: {len(code.files)} files from snapshot {spec.snapshot_id[:19]}... in {self.work}")
+        if code.linked:
+            self.system(f"code: {code.linked} big file(s) hard-linked from the artifact store, read-only (to "
+                        "change one, write a new file in its place)")
+        self.outputs.snapshot(code.files)
+        (self.work / PARAMS_FILE).write_text(json.dumps(spec.params, indent=1, sort_keys=True))
         for mount in spec.mounts:
             self._mount(mount, artifacts)
+            self.outputs.place(mount.target)
         environment = spec.environment
         if environment is None:
             environment = inherited(os.environ)
@@ -115,6 +126,8 @@ class Supervisor:
             "RUNYARD_SYSTEM_INTERVAL": f"{spec.system_interval:g}", "PYTHONUNBUFFERED": "1",
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus),
         })
+        if "MPLBACKEND" not in spec.env:  # plt.show() saves figures (harmless without matplotlib)
+            env.update(self._matplotlib_backend(env))
         if spec.pip or spec.requirements:
             from runyard.exec.venvs import ensure_env
 
@@ -123,6 +136,14 @@ class Supervisor:
             env["VIRTUAL_ENV"] = str(venv)
             env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
         return env
+
+    def _matplotlib_backend(self, env: dict[str, str]) -> dict[str, str]:
+        """MPLBACKEND and PYTHONPATH for runyard's matplotlib backend, copied beside the work directory."""
+        directory = self.directory / "python"
+        directory.mkdir(exist_ok=True)
+        shutil.copyfile(Path(__file__).with_name("mplbackend.py"), directory / f"{MPL_MODULE}.py")
+        path = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(directory)) if p)
+        return {"MPLBACKEND": f"module://{MPL_MODULE}", "PYTHONPATH": path}
 
     def _base_python(self, env: dict[str, str]) -> tuple[str, list[str]]:
         """The Python the command would find, and its site directories: a --pip environment is built
@@ -315,8 +336,8 @@ class Supervisor:
         if values:
             self.writer.queue.extend((values, records.UNNUMBERED, now, step))
 
-    def _record_output(self, path: str, size: int, sha: str) -> None:
-        self.emit(records.ARTIFACT, path, size, sha, f"sha256:{sha}")
+    def _record_output(self, path: str, size: int, sha: str, mode: int) -> None:
+        self.emit(records.ARTIFACT, path, size, sha, f"sha256:{sha}", mode)
 
     def _written_by_command(self) -> set[str]:
         child = self.child
@@ -324,11 +345,36 @@ class Supervisor:
 
 
 def _parent_death_guard() -> list[str]:
-    """A prefix that makes the command die if the supervisor dies (Linux parent-death signal)."""
+    """A prefix that makes the command die if the supervisor dies (Linux parent-death signal).
+
+    Run as root, the command also loses CAP_DAC_OVERRIDE, so read-only files stay read-only for it
+    as for anyone else: the code's big files are hard links to the artifact store's objects, and the
+    mounts are read-only copies."""
     setpriv = shutil.which("setpriv")
     if setpriv and sys.platform.startswith("linux"):
-        return [setpriv, "--pdeathsig", "KILL", "--"]
+        drop = ["--bounding-set", "-dac_override"] if os.geteuid() == 0 and _can_drop_capabilities() else []
+        return [setpriv, "--pdeathsig", "KILL", *drop, "--"]
     return []
+
+
+def _can_drop_capabilities() -> bool:
+    """Whether this process may drop capabilities from its children's bounding set (CAP_SETPCAP)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 8))
+    return False
+
+
+def _read_only_holds() -> bool:
+    """Whether a read-only file is read-only for the command: it does not run as root, or it runs
+    without CAP_DAC_OVERRIDE (see _parent_death_guard)."""
+    if os.geteuid() != 0:
+        return True
+    return bool(shutil.which("setpriv")) and sys.platform.startswith("linux") and _can_drop_capabilities()
 
 
 def _copy_read_only(source: Path, target: Path) -> str:

@@ -58,7 +58,9 @@ def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
         elif kind == records.LABELS:
             _labels(batch, rec[3], rec[4])
         elif kind == records.ARTIFACT:
-            batch.artifacts.append((str(rec[3]), int(rec[4]), str(rec[5]), str(rec[6])))
+            mode = rec[7] if len(rec) > 7 else None  # the supervisor says a file's mode; the SDK does not
+            batch.artifacts.append((str(rec[3]), int(rec[4]), str(rec[5]), str(rec[6]),
+                                    mode & 0o777 if type(mode) is int else None))
         elif kind == records.INPUT:
             batch.inputs.append(RunInput(rec[3], str(rec[4]), rec[5], rec[6], rec[7]))
         # Heartbeats, and kinds from newer writers, only say the writer was alive at ``time``.
@@ -175,7 +177,7 @@ def _alert_rule(batch: IngestBatch, data: Any, time: float) -> None:
 def stage_artifacts(batch: IngestBatch, run_dir: Path, artifacts: DiskArtifacts) -> None:
     """Move files the SDK staged into the artifact store; drop records whose content is gone."""
     kept = []
-    for path, size, sha256, ref in batch.artifacts:
+    for path, size, sha256, ref, mode in batch.artifacts:
         staged = run_dir / "files" / sha256
         if staged.is_file():
             blob = artifacts.put_file(staged)
@@ -184,7 +186,7 @@ def stage_artifacts(batch: IngestBatch, run_dir: Path, artifacts: DiskArtifacts)
             staged.unlink(missing_ok=True)  # another ingester (a CLI catching up) may have moved it too
         elif not artifacts.exists(ref):
             continue
-        kept.append((path, size, sha256, ref))
+        kept.append((path, size, sha256, ref, mode))
     batch.artifacts = kept
 
 

@@ -126,13 +126,13 @@ def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, i
         raise Conflict(f"run {run_id} is unknown here and this batch does not start it: send its records from "
                        "the first one")
     kept = []
-    for path, _size, sha256, _client_ref in batch.artifacts:
+    for path, _size, sha256, _client_ref, mode in batch.artifacts:
         validate_relpath(path)
         if not isinstance(sha256, str) or not _SHA256.match(sha256):
             raise InvalidArgument("an artifact record names its content by its SHA-256 (64 lowercase hex digits)")
         size = artifacts.size(sha256)  # the server's own count, never the client's claim
         if size is not None:  # as in local mode, a record whose content never arrived is dropped
-            kept.append((path, size, sha256, Blob(sha256, size).content_ref))
+            kept.append((path, size, sha256, Blob(sha256, size).content_ref, mode))
     batch.artifacts = kept
     try:
         result = store.ingest(batch)

@@ -139,6 +139,8 @@ class ArtifactEntry:
     sha256: str
     content_ref: str
     created_at: float
+    #: Permission bits the file had in the run; None when not recorded.
+    mode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,8 @@ class IngestBatch:
     labels_added: list[str] = field(default_factory=list)
     labels_removed: list[str] = field(default_factory=list)
     #: (path, size, sha256, content_ref), already in the artifact store.
-    artifacts: list[tuple[str, int, str, str]] = field(default_factory=list)
+    #: (path, size, sha256, content_ref, mode or None)
+    artifacts: list[tuple[str, int, str, str, int | None]] = field(default_factory=list)
     inputs: list[RunInput] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     heartbeat: float | None = None

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -294,21 +295,7 @@ class DiskArtifacts:
 
     def export(self, content_ref: str, dest_root: Path, relpath: str) -> Path:
         """Copy a blob to ``dest_root/relpath`` atomically, never following a symlink out of dest_root."""
-        validate_relpath(relpath)
-        root = Path(dest_root)
-        root.mkdir(parents=True, exist_ok=True)
-        real_root = root.resolve()
-        parent = root
-        for part in relpath.split("/")[:-1]:
-            parent = parent / part
-            if parent.is_symlink():
-                raise ArtifactPathError(f"{parent} is a symlink; refusing to write through it")
-            parent.mkdir(exist_ok=True)
-        target = parent / relpath.rsplit("/", 1)[-1]
-        if not _inside(target.parent.resolve(), real_root):
-            raise ArtifactPathError(f"{relpath!r} would be written outside {real_root}")
-        if target.is_symlink():
-            raise ArtifactPathError(f"{target} is a symlink; refusing to overwrite it")
+        target = _target(dest_root, relpath)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=".runyard-")
         try:
             with os.fdopen(fd, "wb") as out, self.open(content_ref) as src:
@@ -320,6 +307,86 @@ class DiskArtifacts:
             Path(name).unlink(missing_ok=True)
             raise
         return target
+
+    def share(self, content_ref: str, dest_root: Path, relpath: str, hard_link: bool) -> str | None:
+        """Place a blob at ``dest_root/relpath`` without copying its bytes, where the file system
+        allows: a reflink (a copy-on-write clone: a writable file of its own that shares blocks),
+        else, with ``hard_link``, a hard link to the stored object. Returns "reflink" or "link", or
+        None when neither was possible (a packed blob, another file system): then copy it.
+
+        A hard link IS the stored object: it is read-only (mode 0444, like every object), and the
+        caller must make sure whoever uses it cannot write it anyway (root ignores modes).
+        """
+        sha = sha_of_ref(content_ref)
+        source = self._object_path(sha)
+        if not source.is_file() or source.is_symlink():
+            return None  # packed with others, or missing: no file of its own to share
+        target = _target(dest_root, relpath)
+        if target.exists():
+            return None
+        if _reflink(source, target):
+            return "reflink"
+        if not hard_link:
+            return None
+        if source.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+            source.chmod(0o444)  # an object from before objects were read-only
+        try:
+            os.link(source, target)
+        except OSError:
+            return None  # another file system, too many links, or links refused: copy
+        return "link"
+
+
+def _target(dest_root: Path, relpath: str) -> Path:
+    """``dest_root/relpath``, its parents created, checked not to lead out of dest_root."""
+    validate_relpath(relpath)
+    root = Path(dest_root)
+    root.mkdir(parents=True, exist_ok=True)
+    real_root = root.resolve()
+    parent = root
+    for part in relpath.split("/")[:-1]:
+        parent = parent / part
+        if parent.is_symlink():
+            raise ArtifactPathError(f"{parent} is a symlink; refusing to write through it")
+        parent.mkdir(exist_ok=True)
+    target = parent / relpath.rsplit("/", 1)[-1]
+    if not _inside(target.parent.resolve(), real_root):
+        raise ArtifactPathError(f"{relpath!r} would be written outside {real_root}")
+    if target.is_symlink():
+        raise ArtifactPathError(f"{target} is a symlink; refusing to overwrite it")
+    return target
+
+
+#: Linux's FICLONE ioctl: make ``dest`` share ``source``'s blocks, copy-on-write (btrfs, XFS...).
+_FICLONE = 0x40049409
+
+
+def _reflink(source: Path, target: Path) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import fcntl
+
+    try:
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        os.close(src)
+        return False
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return True
+    except OSError:
+        os.close(dst)
+        dst = -1
+        target.unlink(missing_ok=True)  # this file system cannot share blocks
+        return False
+    finally:
+        os.close(src)
+        if dst >= 0:
+            os.close(dst)
 
 
 def _walk(directory: Path, root: Path, seen: set[Path], prefix: str = "") -> Iterator[tuple[str, Path]]:

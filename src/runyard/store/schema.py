@@ -188,6 +188,9 @@ artifacts = Table(
     # Where the bytes live, as the artifact store names them ("sha256:<hex>" on disk).
     Column("content_ref", String(255), nullable=False),
     Column("created_at", Double, nullable=False),
+    # The file's permission bits in the run (0o755 for a script), so a copy keeps them; NULL when
+    # the writer did not say (an SDK upload, a run recorded before revision 0005).
+    Column("mode", Integer, nullable=True),
     UniqueConstraint("run_number", "path"),
     sqlite_autoincrement=True,
 )

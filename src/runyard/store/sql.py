@@ -372,7 +372,8 @@ class SqlStore:
     def record_artifact(self, run: int, path: str, size: int, sha256: str, content_ref: str) -> ArtifactEntry:
         validate_relpath(path)
         now = self.clock()
-        values = {"size": size, "sha256": sha256, "content_ref": content_ref, "created_at": now}
+        # An upload says no mode: a mode recorded for an earlier file at this path is not its.
+        values = {"size": size, "sha256": sha256, "content_ref": content_ref, "created_at": now, "mode": None}
         with self._write() as conn:
             self._require_run(conn, run)
             self._record_artifact(conn, run, path, values)
@@ -390,7 +391,7 @@ class SqlStore:
         c = artifacts.c
         with self._read() as conn:
             self._require_run(conn, run)
-            stmt = sa.select(c.path, c.size, c.sha256, c.content_ref, c.created_at).where(c.run_number == run)
+            stmt = sa.select(c.path, c.size, c.sha256, c.content_ref, c.created_at, c.mode).where(c.run_number == run)
             if prefix:
                 stmt = stmt.where(c.path.startswith(prefix, autoescape=True))
             return [ArtifactEntry(*r) for r in conn.execute(stmt.order_by(c.path))]
@@ -604,9 +605,9 @@ class SqlStore:
             self._append_logs(conn, number, batch.logs)
         for item in batch.inputs:
             self._add_input(conn, number, item)
-        for path, size, sha256, ref in batch.artifacts:
-            self._record_artifact(conn, number, path,
-                                  {"size": size, "sha256": sha256, "content_ref": ref, "created_at": self.clock()})
+        for path, size, sha256, ref, mode in batch.artifacts:
+            self._record_artifact(conn, number, path, {"size": size, "sha256": sha256, "content_ref": ref,
+                                                       "created_at": self.clock(), "mode": mode})
         for rule in batch.alert_rules:
             # A rule the script declared (run.alert): for this run; the same name replaces it.
             c = alert_rules.c
