@@ -232,11 +232,22 @@ def show(ref: str, as_json: bool) -> None:
 @click.argument("ref", metavar="RUN")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run ends.")
 @click.option("--tail", type=click.IntRange(0), help="Only the last N lines.")
-def logs(ref: str, follow: bool, tail: int | None) -> None:
-    """Print a run's log (stdout, stderr and runyard's own lines)."""
+@click.option("--stream", type=click.Choice(["stdout", "stderr", "system"]),
+              help="Only the command's stdout, its stderr, or runyard's own lines (system).")
+def logs(ref: str, follow: bool, tail: int | None, stream: str | None) -> None:
+    """Print a run's log on standard output: the command's stdout and stderr in the order written,
+    and runyard's own lines marked [runyard].
+
+    \b
+    runyard logs 12 | grep Warning     finds warnings the run wrote to its stderr too
+    runyard logs 12 --stream stderr    only what it wrote to stderr
+
+    With -f it waits through a server or database outage (saying "reconnecting" on stderr),
+    then goes on where it left off, and exits with the run's exit code.
+    """
     from runyard.cli import runs as impl
 
-    sys.exit(impl.logs(ref, follow, tail))
+    sys.exit(impl.logs(ref, follow, tail, stream))
 
 
 @cli.command()

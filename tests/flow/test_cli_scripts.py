@@ -1,0 +1,99 @@
+"""Real scripts as they are, through the real CLI: logs that survive a server outage, JSON lines that
+mix numbers and strings, reclaiming disk (gc, rm), comparing runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tests.flow.test_execution import TERMINAL, api_of, cli, env, launch, log_of, project, wait_status
+from tests.unit.server.conftest import LiveServer, client_env
+from tests.unit.server.conftest import live_server as live_server
+
+__all__ = ["env", "live_server", "project"]  # fixtures, imported to be used here
+
+pytestmark = pytest.mark.timeout(180)
+
+SLOW_PRINTER = """\
+import sys, time
+for i in range(24):
+    stream = sys.stderr if i % 3 == 0 else sys.stdout
+    print(f"{'Warning' if i % 3 == 0 else 'line'} {i}", file=stream, flush=True)
+    time.sleep(0.25)
+sys.exit(3)
+"""
+
+
+def test_logs_print_the_runs_stderr_on_stdout_and_pick_a_stream(project: Path, env: dict[str, str]) -> None:
+    # pauses between the lines: two pipes read by two threads keep no order between them
+    (project / "noisy.py").write_text("import sys, time\nprint('out 1')\ntime.sleep(0.2)\n"
+                                      "print('Warning: careful', file=sys.stderr)\ntime.sleep(0.2)\nprint('out 2')\n")
+    number = launch(env, project, "--", "python", "noisy.py")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    every = cli(env, project, "logs", str(number))
+    texts = every.stdout.splitlines()
+    assert [t for t in texts if not t.startswith("[runyard]")] == ["out 1", "Warning: careful", "out 2"]
+    assert every.stderr == ""  # `runyard logs 2 | grep Warning` finds it
+    assert cli(env, project, "logs", str(number), "--stream", "stderr").stdout == "Warning: careful\n"
+    assert cli(env, project, "logs", str(number), "--stream", "stdout").stdout == "out 1\nout 2\n"
+    system = cli(env, project, "logs", str(number), "--stream", "system").stdout.splitlines()
+    assert system and all(t.startswith("[runyard] ") for t in system)
+    assert cli(env, project, "logs", str(number), "--stream", "stderr", "--tail", "1").stdout == "Warning: careful\n"
+    bad = cli(env, project, "logs", str(number), "--stream", "both", check=False)
+    assert bad.returncode == 2 and "both" in bad.stderr
+
+
+@pytest.mark.engines("sqlite")
+def test_logs_follow_waits_through_a_server_outage_and_prints_every_line_once(
+        live_server: LiveServer, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "slow.py").write_text(SLOW_PRINTER)
+    env = client_env(tmp_path / "laptop", live_server.url)
+    queued = cli(env, work, "run", "--json", "--", "python", "slow.py")
+    number = json.loads(queued.stdout)["number"]
+    follower = subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "logs", "-f", str(number)], env=env,
+                                cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert follower.stdout is not None
+    seen = [follower.stdout.readline() for _ in range(3)]  # the run has started printing
+    assert all(seen), seen
+    live_server.kill()  # the run goes on (its agent is not the server) while nothing answers
+    time.sleep(2.0)
+    live_server.start()
+    out, err = follower.communicate(timeout=120)
+    printed = [line for line in ("".join(seen) + out).splitlines() if not line.startswith("[runyard]")]
+    expected = [f"{'Warning' if i % 3 == 0 else 'line'} {i}" for i in range(24)]
+    assert printed == expected, err
+    assert err.count("reconnecting") == 1 and err.count("reconnected") == 1, err
+    assert follower.returncode == 3, err
+
+
+def test_json_lines_mixing_numbers_and_strings_keep_the_numbers_and_say_what_was_skipped(
+        project: Path, env: dict[str, str]) -> None:
+    (project / "mixed.py").write_text(
+        "import json\n"
+        "for i in range(3):\n"
+        "    print(json.dumps({'phase': 'eval', 'acc': 0.5 + i / 10, 'ok': True, 'step': i}))\n"
+        "print(json.dumps({'loss': float('nan')}))\n"
+    )
+    number = launch(env, project, "--", "python", "mixed.py")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    api = api_of(env, project)
+    try:
+        run = api.run(number)
+        assert run.history("acc").value.tolist() == [0.5, 0.6, 0.7] and run.history("acc").step.tolist() == [0, 1, 2]
+    finally:
+        api.close()
+    system = [text for stream, text in log_of(env, project, number) if stream == "system"]
+    skipped = [t for t in system if "not recorded as a metric" in t]
+    assert len(skipped) == 2, skipped  # once per key, not once per line
+    assert any("'phase'" in t and "a string" in t for t in skipped)
+    assert any("'ok'" in t and "a boolean" in t for t in skipped)
+    shown = json.loads(cli(env, project, "show", str(number), "--json").stdout)
+    loss = next(m for m in shown["metrics"] if m["key"] == "loss")
+    assert loss["last_value"] == "NaN"  # the documented form, not {"$float": "NaN"}
+    assert shown["summary"].get("loss", "NaN") == "NaN"
