@@ -97,3 +97,34 @@ def test_json_lines_mixing_numbers_and_strings_keep_the_numbers_and_say_what_was
     loss = next(m for m in shown["metrics"] if m["key"] == "loss")
     assert loss["last_value"] == "NaN"  # the documented form, not {"$float": "NaN"}
     assert shown["summary"].get("loss", "NaN") == "NaN"
+
+
+def test_compare_and_ls_columns_show_params_and_summaries_side_by_side(project: Path, env: dict[str, str]) -> None:
+    (project / "fit.py").write_text(
+        "import json, os\n"
+        "if os.environ['RUNYARD_PARAM_lr'] != '0.3':\n"
+        "    print(json.dumps({'val/acc': float(os.environ['RUNYARD_PARAM_lr']) * 2}))\n")
+    numbers = [launch(env, project, "--param", f"lr={lr}", "--param", "seed=1", "--", "python", "fit.py")
+               for lr in ("0.1", "0.2", "0.3")]
+    for number in numbers:
+        assert wait_status(env, project, number, TERMINAL) == "finished"
+    listed = cli(env, project, "ls", "--columns", "config.lr,summary.val/acc").stdout.splitlines()
+    assert listed[0].split()[-2:] == ["config.lr", "summary.val/acc"]
+    by_number = {line.split()[0]: line.split()[-2:] for line in listed[1:]}
+    assert by_number == {str(numbers[0]): ["0.1", "0.2"], str(numbers[1]): ["0.2", "0.4"],
+                         str(numbers[2]): ["0.3", "-"]}
+    as_json = json.loads(cli(env, project, "ls", "--json", "--columns", "config.lr,summary.val/acc").stdout)
+    assert {r["number"]: r["columns"] for r in as_json}[numbers[0]] == {"config.lr": 0.1, "summary.val/acc": 0.2}
+    unknown = cli(env, project, "ls", "--columns", "metrics.loss", check=False)
+    assert unknown.returncode == 2 and "metrics.loss" in unknown.stderr and "config.KEY" in unknown.stderr
+
+    shown = cli(env, project, "compare", *map(str, numbers)).stdout
+    lines = [line.split() for line in shown.splitlines()]
+    assert ["lr", "0.1", "0.2", "0.3"] in lines and not any(line[:1] == ["seed"] for line in lines)
+    assert ["val/acc", "0.2", "0.4", "-"] in lines
+    assert any(line[:2] == ["seed", "1"] for line in
+               (x.split() for x in cli(env, project, "compare", "--all", *map(str, numbers)).stdout.splitlines()))
+    compared = json.loads(cli(env, project, "compare", "--json", str(numbers[0]), str(numbers[1])).stdout)
+    assert compared["params"] == {"lr": [0.1, 0.2]} and compared["summary"] == {"val/acc": [0.2, 0.4]}
+    one = cli(env, project, "compare", str(numbers[0]), check=False)
+    assert one.returncode == 2 and "two runs" in one.stderr

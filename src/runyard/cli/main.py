@@ -207,9 +207,16 @@ def ps(as_json: bool) -> None:
 @click.option("--sort", default="number", show_default=True, help="A field, config.KEY or summary.KEY.")
 @click.option("--asc", is_flag=True, help="Ascending order (default: descending).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--columns", metavar="COL,...",
+              help="Extra columns: config.KEY, summary.KEY or a run field, e.g. config.lr,summary.val/acc "
+                   "(\"-\" where a run has none; in --json under \"columns\").")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 def ls_command(**options: Any) -> None:
-    """List runs, newest first, with filters."""
+    """List runs, newest first, with filters.
+
+    \b
+    runyard ls --columns config.lr,summary.val/acc --sort summary.val/acc
+    """
     from runyard.cli import runs as impl
 
     sys.exit(impl.ls(**options))
@@ -226,6 +233,22 @@ def show(ref: str, as_json: bool) -> None:
     from runyard.cli import runs as impl
 
     sys.exit(impl.show(ref, as_json))
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True, metavar="RUN RUN...")
+@click.option("--all", "show_all", is_flag=True, help="Show params that are equal in every run too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(refs: tuple[str, ...], show_all: bool, as_json: bool) -> None:
+    """Runs side by side: the params that differ between them, and their summary metrics.
+
+    \b
+    runyard compare 2 3 4
+    runyard compare baseline 7 --all     params that are equal too
+    """
+    from runyard.cli import compare as impl
+
+    sys.exit(impl.run(list(refs), show_all, as_json))
 
 
 @cli.command()

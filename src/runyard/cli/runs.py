@@ -228,8 +228,11 @@ def _open() -> Any:
 
 
 def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], sort: str, asc: bool, limit: int,
-       as_json: bool) -> int:
-    if not as_json and sort == "number" and _ls_fast(project, labels, statuses, asc, limit):
+       as_json: bool, columns: str | None = None) -> int:
+    from runyard.cli import columns as cols
+
+    extra = cols.parse(columns) if columns is not None else []
+    if not as_json and not extra and sort == "number" and _ls_fast(project, labels, statuses, asc, limit):
         return 0
     from runyard.store.api import RunQuery
     from runyard.types import RunStatus
@@ -240,9 +243,13 @@ def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], 
                                             status=[RunStatus(s) for s in statuses], sort=sort,
                                             descending=not asc, limit=limit))
         if as_json:
-            _print_json([_run_json(r) for r in page.items])
+            rows = [_run_json(r) for r in page.items]
+            if extra:
+                for row, r in zip(rows, page.items, strict=True):
+                    row["columns"] = {c: cols.value_of(r, c) for c in extra}
+            _print_json(rows)
             return 0
-        _print_runs(page.items)
+        _print_runs(page.items, extra)
         return 0
     finally:
         api.close()
@@ -270,14 +277,17 @@ def _ls_fast(project: str | None, labels: tuple[str, ...], statuses: tuple[str, 
     return True
 
 
-def _print_runs(listed: Sequence[Any]) -> None:
+def _print_runs(listed: Sequence[Any], extra: Sequence[str] = ()) -> None:
+    from runyard.cli import columns as cols
+
     now = time.time()
     rows = []
     for r in listed:
         duration = r.duration(now)
         rows.append([str(r.number), r.name or "-", r.project, r.status.value, ",".join(r.labels) or "-",
-                     _age(now - r.created_at), _age(duration) if duration is not None else "-"])
-    print(_table(["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED", "DURATION"], rows)
+                     _age(now - r.created_at), _age(duration) if duration is not None else "-",
+                     *(cols.text(cols.value_of(r, c)) for c in extra)])
+    print(_table(["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED", "DURATION", *extra], rows)
           if rows else "no runs match")
 
 
