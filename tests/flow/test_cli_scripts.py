@@ -128,3 +128,108 @@ def test_compare_and_ls_columns_show_params_and_summaries_side_by_side(project: 
     assert compared["params"] == {"lr": [0.1, 0.2]} and compared["summary"] == {"val/acc": [0.2, 0.4]}
     one = cli(env, project, "compare", str(numbers[0]), check=False)
     assert one.returncode == 2 and "two runs" in one.stderr
+
+
+def _object(env: dict[str, str], cwd: Path, data: bytes) -> Path:
+    import hashlib
+
+    from runyard.config import resolve
+
+    sha = hashlib.sha256(data).hexdigest()
+    return Path(resolve(environ=env, cwd=cwd).artifacts) / "objects" / sha[:2] / sha[2:]
+
+
+def _age_everything(root: Path, seconds: float) -> None:
+    import os
+
+    for path in root.rglob("*"):
+        if path.is_file():
+            st = path.stat()
+            os.utime(path, (st.st_atime - seconds, st.st_mtime - seconds))
+
+
+def test_gc_frees_unreferenced_content_and_stale_environments_and_keeps_what_runs_need(
+        project: Path, env: dict[str, str]) -> None:
+    from runyard.config import resolve
+    from runyard.store.artifacts import DiskArtifacts
+
+    model = b"weights" * 2000
+    (project / "train.py").write_text(f"import os\nos.makedirs('outputs', exist_ok=True)\n"
+                                      f"open('outputs/model.bin', 'wb').write({model!r})\n")
+    number = launch(env, project, "--", "python", "train.py")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    settings = resolve(environ=env, cwd=project)
+    store = DiskArtifacts(settings.artifacts)
+    orphan = b"nobody refers to this" * 100
+    store.put_bytes(orphan)
+    _age_everything(settings.artifacts, 7200)  # old enough for gc, referenced or not
+    fresh = b"written a moment ago" * 100
+    store.put_bytes(fresh)  # a submission may be about to refer to it: kept
+    envs = settings.home / "envs"
+    for name, age_days in (("oldenv", 40), ("newenv", 1)):
+        (envs / name / "lib").mkdir(parents=True)
+        (envs / name / "lib" / "pkg.py").write_text("x = 1\n" * 100)
+        marker = envs / name / ".runyard-ready"
+        marker.write_text("ok\n")
+        _age_everything(envs / name, age_days * 86400)
+
+    dry = json.loads(cli(env, project, "gc", "--dry-run", "--json").stdout)
+    assert dry["dry_run"] and dry["content"] == {"count": 1, "bytes": len(orphan)}
+    assert dry["environments"]["count"] == 1 and dry["run_directories"]["count"] == 0
+    assert _object(env, project, orphan).exists() and (envs / "oldenv").exists()  # a dry run deletes nothing
+
+    done = json.loads(cli(env, project, "gc", "--json").stdout)
+    assert done["content"] == {"count": 1, "bytes": len(orphan)} and done["environments"]["count"] == 1
+    assert not _object(env, project, orphan).exists() and _object(env, project, fresh).exists()
+    assert not (envs / "oldenv").exists() and (envs / "newenv").exists()
+    copied = project / "copy.bin"
+    cli(env, project, "cp", f"{number}:outputs/model.bin", str(copied))
+    assert copied.read_bytes() == model
+    again = int(cli(env, project, "rerun", str(number)).stdout.split()[1])  # the snapshot is whole
+    assert wait_status(env, project, again, TERMINAL) == "finished"
+
+    run_dir = settings.home / "runs" / api_of(env, project).run(number).id
+    assert run_dir.is_dir()
+    kept = json.loads(cli(env, project, "gc", "--runs-older-than", "1h", "--json").stdout)
+    assert kept["run_directories"]["count"] == 0 and run_dir.is_dir()
+    text = cli(env, project, "gc", "--all-finished").stdout
+    assert "freed:" in text and "run directories" in text and not run_dir.exists()
+    bad = cli(env, project, "gc", "--runs-older-than", "soon", check=False)
+    assert bad.returncode == 2 and "soon" in bad.stderr
+
+
+def test_rm_deletes_a_finished_run_and_its_own_artifacts_but_refuses_a_running_one(
+        project: Path, env: dict[str, str]) -> None:
+    (project / "write.py").write_text(
+        "import os, sys\nos.makedirs('outputs', exist_ok=True)\n"
+        "open('outputs/shared.bin', 'wb').write(b'S' * 5000)\n"
+        "if os.environ['RUNYARD_PARAM_which'] == 'a':\n"
+        "    open('outputs/unique.bin', 'wb').write(b'A' * 5000)\n")
+    a = launch(env, project, "--param", "which=a", "--", "python", "write.py")
+    b = launch(env, project, "--param", "which=b", "--", "python", "write.py")
+    running = launch(env, project, "--", "python", "-c", "import time; time.sleep(60)")
+    for number in (a, b):
+        assert wait_status(env, project, number, TERMINAL) == "finished"
+    wait_status(env, project, running, {"running"})
+
+    def rm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runyard.cli.main", "rm", *args], env=env, cwd=project,
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    refused = rm("--yes", str(running))
+    assert refused.returncode == 2 and f"runyard stop {running}" in refused.stderr
+    no_tty = rm(str(a))
+    assert no_tty.returncode == 2 and "--yes" in no_tty.stderr
+    assert _object(env, project, b"A" * 5000).exists()
+
+    done = rm("--yes", str(a))
+    assert done.returncode == 0 and f"deleted run {a}" in done.stdout, done.stderr
+    listed = {r["number"] for r in json.loads(cli(env, project, "ls", "--json").stdout)}
+    assert a not in listed and {b, running} <= listed
+    assert not _object(env, project, b"A" * 5000).exists()  # only run a had it
+    assert _object(env, project, b"S" * 5000).exists()  # run b has it too
+    cli(env, project, "cp", f"{b}:outputs/shared.bin", str(project / "shared.bin"))
+    assert (project / "shared.bin").read_bytes() == b"S" * 5000
+    again = int(cli(env, project, "rerun", str(b)).stdout.split()[1])  # the shared snapshot is kept
+    cli(env, project, "stop", str(running))
+    assert wait_status(env, project, again, TERMINAL) == "finished"

@@ -283,6 +283,46 @@ def stop(refs: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@click.option("--env-days", type=click.FloatRange(0), default=30, show_default=True, metavar="N",
+              help="Remove package environments (--pip) unused for N days.")
+@click.option("--runs-older-than", metavar="DURATION",
+              help="Also remove the directories of finished runs that ended longer ago than this, e.g. 7d, 12h.")
+@click.option("--all-finished", is_flag=True, help="Also remove the directories of every finished run.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be freed (counts and bytes per kind).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def gc(env_days: float, runs_older_than: str | None, all_finished: bool, dry_run: bool, as_json: bool) -> None:
+    """Reclaim disk: stored content no run refers to, package environments unused for --env-days
+    days, and with --runs-older-than or --all-finished the directories of finished runs.
+
+    \b
+    Content a run refers to (its snapshot, artifacts, inputs, diff) is always kept, and so is
+    content written in the last hour or since the oldest queued or running run was created; queued
+    and running runs keep their directories. The runs' records, metrics and logs stay: `runyard rm`
+    deletes runs.
+
+    \b
+    runyard gc --dry-run                 what would be freed
+    runyard gc --runs-older-than 30d     also the work directories of runs that ended 30 days ago
+    """
+    from runyard.cli import gc as impl
+
+    sys.exit(impl.gc(env_days, runs_older_than, all_finished, dry_run, as_json))
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True, metavar="RUN...")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask (needed without a terminal).")
+def rm(refs: tuple[str, ...], yes: bool) -> None:
+    """Delete finished runs: their record, metrics, logs, directory, and the artifacts no other run has.
+
+    Asks first. A queued or running run is refused (exit 2): stop it first with `runyard stop`.
+    """
+    from runyard.cli import gc as impl
+
+    sys.exit(impl.rm(list(refs), yes))
+
+
+@cli.command()
 @click.argument("source", metavar="RUN:PATH")
 @click.argument("destination", type=click.Path(path_type=Path), metavar="DEST")
 def cp(source: str, destination: Path) -> None:
