@@ -258,7 +258,7 @@ def compare(refs: tuple[str, ...], show_all: bool, as_json: bool) -> None:
 @click.option("--stream", type=click.Choice(["stdout", "stderr", "system"]),
               help="Only the command's stdout, its stderr, or runyard's own lines (system).")
 def logs(ref: str, follow: bool, tail: int | None, stream: str | None) -> None:
-    """Print a run's log on standard output: the command's stdout and stderr in the order written,
+    """Print a run's log on standard output: the command's stdout and stderr interleaved as they came,
     and runyard's own lines marked [runyard].
 
     \b
