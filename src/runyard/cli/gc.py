@@ -28,7 +28,7 @@ class _Progress:
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
-        self.shown = 0.0
+        self.shown = time.monotonic() + 0.3  # quick work shows no progress at all
         self.width = 0
 
     def __call__(self, text: str) -> None:
@@ -110,8 +110,8 @@ def rm(refs: list[str], yes: bool) -> int:
                                       "to ask on, pass --yes")
             import click
 
-            if not click.confirm(f"Delete run{'s' if len(unique) > 1 else ''} {listed} with their metrics, logs, "
-                                 "directories and the artifacts no other run has?", default=False, err=True):
+            if not click.confirm(f"Delete run{'s' if len(unique) > 1 else ''} {listed} (record, metrics, logs, "
+                                 "directory) and the artifacts no other run has?", default=False, err=True):
                 print("nothing deleted", file=sys.stderr)
                 return 1
         progress = _Progress()
@@ -124,5 +124,6 @@ def rm(refs: list[str], yes: bool) -> int:
         api.close()
     print(f"deleted run{'s' if len(report.runs) != 1 else ''} {', '.join(map(str, report.runs)) or '(none)'}; "
           f"freed {_size(report.content.bytes + report.run_directories.bytes)} "
-          f"({report.content.count:,} blobs, {report.run_directories.count:,} run directories)")
+          f"({report.content.count:,} blob{'s' if report.content.count != 1 else ''}, "
+          f"{report.run_directories.count:,} run director{'ies' if report.run_directories.count != 1 else 'y'})")
     return 0
