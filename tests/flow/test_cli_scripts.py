@@ -190,7 +190,7 @@ def test_gc_frees_unreferenced_content_and_stale_environments_and_keeps_what_run
 
     run_dir = settings.home / "runs" / api_of(env, project).run(number).id
     assert run_dir.is_dir()
-    kept = json.loads(cli(env, project, "gc", "--runs-older-than", "1h", "--json").stdout)
+    kept = json.loads(cli(env, project, "gc", "--runs-older-than", "30d", "--json").stdout)
     assert kept["run_directories"]["count"] == 0 and run_dir.is_dir()
     text = cli(env, project, "gc", "--all-finished").stdout
     assert "freed:" in text and "run directories" in text and not run_dir.exists()

@@ -3,6 +3,7 @@ is ``runyard.exec.reclaim``."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import Any
@@ -46,6 +47,18 @@ class _Progress:
             sys.stderr.flush()
 
 
+_AGE = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def _age(text: str) -> float:
+    """Seconds in ``30d``, ``12h``, ``1d12h``, ``90m`` or ``3600`` (days count, unlike --timeout's form)."""
+    m = _AGE.fullmatch(text.strip())
+    if not text.strip() or m is None or not any(m.groups()):
+        raise InvalidArgument(f"--runs-older-than {text!r}: expected an age such as 30d, 12h, 1d12h or 90m")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in m.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
 def _local_api() -> Any:
     from runyard.api import Api
 
@@ -58,11 +71,11 @@ def _local_api() -> Any:
 
 
 def gc(env_days: float, runs_older_than: str | None, all_finished: bool, dry_run: bool, as_json: bool) -> int:
-    from runyard.exec import options, reclaim
+    from runyard.exec import reclaim
 
     if runs_older_than is not None and all_finished:
         raise InvalidArgument("--runs-older-than and --all-finished: give one of them")
-    cutoff = time.time() - options.duration(runs_older_than) if runs_older_than is not None else None
+    cutoff = time.time() - _age(runs_older_than) if runs_older_than is not None else None
     api = _local_api()
     progress = _Progress()
     try:
