@@ -135,6 +135,14 @@ class Api:
     def remote(self) -> bool:
         return self._client is not None
 
+    @property
+    def artifacts(self) -> Any:
+        """The local artifact store (``DiskArtifacts``); with a server there is none here."""
+        if self._opened is None:
+            raise ConfigError("with RUNYARD_SERVER set the artifact store is the server's: run this on the "
+                              "server's machine, without RUNYARD_SERVER")
+        return self._opened.artifacts
+
     def close(self) -> None:
         self._store.close()
 

@@ -2,7 +2,8 @@
 
 Store values cross the wire as JSON objects with the same field names as the store's dataclasses,
 so a client rebuilds exactly what a local store returns (the CLI prints the same either way).
-Config and summary values keep NaN and the infinities through ``jsonvalues`` tags; metric points
+NaN and the infinities travel as the strings "NaN", "Infinity", "-Infinity" (``jsonvalues.public``;
+read back as floats where a number is expected: summaries, metric values); metric points
 travel as msgpack with raw little-endian arrays, because JSON would multiply their size.
 """
 
@@ -49,13 +50,21 @@ def deflate(packed: bytes) -> bytes:
 
 
 def plain(value: Any) -> Any:
-    """JSON-safe form of a value: NaN and the infinities tagged (see store/jsonvalues.py)."""
-    from runyard.store.jsonvalues import sort_literal
+    """JSON-safe form of a value: NaN and the infinities as strings (see store/jsonvalues.py)."""
+    from runyard.store.jsonvalues import public
 
-    return sort_literal(value)
+    return public(value)
 
 
 def _unplain(value: Any) -> Any:
+    """Numbers back from ``plain``: the strings "NaN", "Infinity", "-Infinity" as floats."""
+    from runyard.store.jsonvalues import numbers_from_public
+
+    return numbers_from_public(value)
+
+
+def _untag(value: Any) -> Any:
+    """Values that are not only numbers (config, environment): an older server's tags as floats, strings kept."""
     from runyard.store.jsonvalues import from_plain
 
     return from_plain(value)
@@ -95,8 +104,9 @@ def run_in(data: dict[str, Any]) -> Run:
     values = {k: v for k, v in data.items() if k in fields}
     values["status"] = RunStatus(values["status"])
     values["labels"] = tuple(values.get("labels") or ())
-    for key in ("config", "summary", "environment", "resources", "launch"):
-        values[key] = _unplain(values.get(key))
+    for key in ("config", "environment", "resources", "launch"):
+        values[key] = _untag(values.get(key))
+    values["summary"] = _unplain(values.get("summary"))
     if values.get("launch") is None:
         values["launch"] = None
     return Run(**values)
@@ -152,14 +162,14 @@ def alert_rule_in(data: dict[str, Any]) -> AlertRule:
 def alert_event_in(data: dict[str, Any]) -> AlertEvent:
     from runyard.store.api import AlertEvent
 
-    return AlertEvent(**{"delivery": {}, **data})
+    return AlertEvent(**{"delivery": {}, **data, "value": _unplain(data.get("value"))})
 
 
 ENVELOPE_FIELDS = ("start_step", "end_step", "count", "nan_count", "min", "max", "mean", "last")
 
 
 def envelope_out(envelope: Envelope) -> dict[str, Any]:
-    """Columns, one entry per bucket; non-finite floats tagged (see jsonvalues)."""
+    """Columns, one entry per bucket; non-finite floats as strings (see jsonvalues)."""
     return {name: plain(getattr(envelope, name).tolist()) for name in ENVELOPE_FIELDS}
 
 

@@ -94,8 +94,12 @@ function headers(extra: Record<string, string> = {}): Record<string, string> {
   return t ? { ...extra, authorization: `Bearer ${t}` } : extra;
 }
 
-/** JSON numbers the server could not write as JSON (NaN, ±inf) arrive tagged; see runyard.jsonvalues. */
+/** JSON numbers the server could not write as JSON (NaN, ±inf) arrive as the strings "NaN", "Infinity",
+ * "-Infinity" (older servers: tagged {"$float": ...}); see runyard.jsonvalues. */
 export function unplain(v: unknown): unknown {
+  if (v === "NaN") return NaN;
+  if (v === "Infinity") return Infinity;
+  if (v === "-Infinity") return -Infinity;
   if (v && typeof v === "object" && !Array.isArray(v)) {
     const o = v as Record<string, unknown>;
     if ("$float" in o && Object.keys(o).length === 1) {

@@ -138,7 +138,9 @@ def status() -> int:
 def _json(value: Any) -> bytes:
     import orjson  # here, not at the top: `runyard status` prints no JSON and must start fast
 
-    return orjson.dumps(value)
+    from runyard.store.jsonvalues import public
+
+    return orjson.dumps(public(value))  # a NaN alert's value as "NaN", not null
 
 
 def test_channels(channels: tuple[str, ...], as_json: bool) -> int:

@@ -244,9 +244,16 @@ def ps(as_json: bool) -> None:
 @click.option("--sort", default="number", show_default=True, help="A field, config.KEY or summary.KEY.")
 @click.option("--asc", is_flag=True, help="Ascending order (default: descending).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--columns", metavar="COL,...",
+              help="Extra columns: config.KEY, summary.KEY or a run field, e.g. config.lr,summary.val/acc "
+                   "(\"-\" where a run has none; in --json under \"columns\").")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 def ls_command(**options: Any) -> None:
-    """List runs, newest first, with filters."""
+    """List runs, newest first, with filters.
+
+    \b
+    runyard ls --columns config.lr,summary.val/acc --sort summary.val/acc
+    """
     from runyard.cli import runs as impl
 
     sys.exit(impl.ls(**options))
@@ -266,14 +273,41 @@ def show(ref: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("refs", nargs=-1, required=True, metavar="RUN RUN...")
+@click.option("--all", "show_all", is_flag=True, help="Show params that are equal in every run too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(refs: tuple[str, ...], show_all: bool, as_json: bool) -> None:
+    """Runs side by side: the params that differ between them, and their summary metrics.
+
+    \b
+    runyard compare 2 3 4
+    runyard compare baseline 7 --all     params that are equal too
+    """
+    from runyard.cli import compare as impl
+
+    sys.exit(impl.run(list(refs), show_all, as_json))
+
+
+@cli.command()
 @click.argument("ref", metavar="RUN")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run ends.")
 @click.option("--tail", type=click.IntRange(0), help="Only the last N lines.")
-def logs(ref: str, follow: bool, tail: int | None) -> None:
-    """Print a run's log (stdout, stderr and runyard's own lines)."""
+@click.option("--stream", type=click.Choice(["stdout", "stderr", "system"]),
+              help="Only the command's stdout, its stderr, or runyard's own lines (system).")
+def logs(ref: str, follow: bool, tail: int | None, stream: str | None) -> None:
+    """Print a run's log on standard output: the command's stdout and stderr interleaved as they came,
+    and runyard's own lines marked [runyard].
+
+    \b
+    runyard logs 12 | grep Warning     finds warnings the run wrote to its stderr too
+    runyard logs 12 --stream stderr    only what it wrote to stderr
+
+    With -f it waits through a server or database outage (saying "reconnecting" on stderr),
+    then goes on where it left off, and exits with the run's exit code.
+    """
     from runyard.cli import runs as impl
 
-    sys.exit(impl.logs(ref, follow, tail))
+    sys.exit(impl.logs(ref, follow, tail, stream))
 
 
 @cli.command()
@@ -283,6 +317,46 @@ def stop(refs: tuple[str, ...]) -> None:
     from runyard.cli import runs as impl
 
     sys.exit(impl.stop(list(refs)))
+
+
+@cli.command()
+@click.option("--env-days", type=click.FloatRange(0), default=30, show_default=True, metavar="N",
+              help="Remove package environments (--pip) unused for N days.")
+@click.option("--runs-older-than", metavar="DURATION",
+              help="Also remove the directories of finished runs that ended longer ago than this, e.g. 7d, 12h.")
+@click.option("--all-finished", is_flag=True, help="Also remove the directories of every finished run.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be freed (counts and bytes per kind).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def gc(env_days: float, runs_older_than: str | None, all_finished: bool, dry_run: bool, as_json: bool) -> None:
+    """Reclaim disk: stored content no run refers to, package environments unused for --env-days
+    days, and with --runs-older-than or --all-finished the directories of finished runs.
+
+    \b
+    Content a run refers to (its snapshot, artifacts, inputs, diff) is always kept, and so is
+    content written in the last hour or since the oldest queued or running run was created; queued
+    and running runs keep their directories. The runs' records, metrics and logs stay: `runyard rm`
+    deletes runs.
+
+    \b
+    runyard gc --dry-run                 what would be freed
+    runyard gc --runs-older-than 30d     also the work directories of runs that ended 30 days ago
+    """
+    from runyard.cli import gc as impl
+
+    sys.exit(impl.gc(env_days, runs_older_than, all_finished, dry_run, as_json))
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True, metavar="RUN...")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask (needed without a terminal).")
+def rm(refs: tuple[str, ...], yes: bool) -> None:
+    """Delete finished runs: their record, metrics, logs, directory, and the artifacts no other run has.
+
+    Asks first. A queued or running run is refused (exit 2): stop it first with `runyard stop`.
+    """
+    from runyard.cli import gc as impl
+
+    sys.exit(impl.rm(list(refs), yes))
 
 
 @cli.command()

@@ -21,7 +21,8 @@ TERMINAL = {"finished", "failed", "stopped", "timeout", "lost"}
 def _print_json(value: Any) -> None:
     from runyard.store import jsonvalues
 
-    sys.stdout.write(json.dumps(json.loads(jsonvalues.dumps(value)), indent=2) + "\n")
+    # NaN and the infinities as the strings "NaN", "Infinity", "-Infinity" (README: JSON output)
+    sys.stdout.write(json.dumps(jsonvalues.public(value), indent=2) + "\n")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -227,8 +228,11 @@ def _open() -> Any:
 
 
 def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], sort: str, asc: bool, limit: int,
-       as_json: bool) -> int:
-    if not as_json and sort == "number" and _ls_fast(project, labels, statuses, asc, limit):
+       as_json: bool, columns: str | None = None) -> int:
+    from runyard.cli import columns as cols
+
+    extra = cols.parse(columns) if columns is not None else []
+    if not as_json and not extra and sort == "number" and _ls_fast(project, labels, statuses, asc, limit):
         return 0
     from runyard.store.api import RunQuery
     from runyard.types import RunStatus
@@ -239,9 +243,13 @@ def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], 
                                             status=[RunStatus(s) for s in statuses], sort=sort,
                                             descending=not asc, limit=limit))
         if as_json:
-            _print_json([_run_json(r) for r in page.items])
+            rows = [_run_json(r) for r in page.items]
+            if extra:
+                for row, r in zip(rows, page.items, strict=True):
+                    row["columns"] = {c: cols.value_of(r, c) for c in extra}
+            _print_json(rows)
             return 0
-        _print_runs(page.items)
+        _print_runs(page.items, extra)
         return 0
     finally:
         api.close()
@@ -269,14 +277,17 @@ def _ls_fast(project: str | None, labels: tuple[str, ...], statuses: tuple[str, 
     return True
 
 
-def _print_runs(listed: Sequence[Any]) -> None:
+def _print_runs(listed: Sequence[Any], extra: Sequence[str] = ()) -> None:
+    from runyard.cli import columns as cols
+
     now = time.time()
     rows = []
     for r in listed:
         duration = r.duration(now)
         rows.append([str(r.number), r.name or "-", r.project, r.status.value, ",".join(r.labels) or "-",
-                     _age(now - r.created_at), _age(duration) if duration is not None else "-"])
-    print(_table(["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED", "DURATION"], rows)
+                     _age(now - r.created_at), _age(duration) if duration is not None else "-",
+                     *(cols.text(cols.value_of(r, c)) for c in extra)])
+    print(_table(["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED", "DURATION", *extra], rows)
           if rows else "no runs match")
 
 
@@ -380,51 +391,112 @@ def _launch_environment(launch: dict[str, Any] | None) -> list[str]:
 
 # -- logs -----------------------------------------------------------------------------------------
 
-def _print_lines(lines: Sequence[Any]) -> None:
+#: What ``runyard logs --stream`` can pick: the command's two pipes and runyard's own lines.
+STREAMS = ("stdout", "stderr", "system")
+#: Pauses between attempts while the store or server cannot be reached during ``logs -f``.
+RECONNECT_FIRST, RECONNECT_MAX = 0.2, 5.0
+
+
+def _print_lines(lines: Sequence[Any], stream: str | None = None) -> None:
+    """Every line on standard output, so ``runyard logs 2 | grep Warning`` finds what the run wrote
+    to its stderr too; runyard's own lines carry a prefix. ``stream`` keeps only that stream."""
+    out = sys.stdout
     for line in lines:
+        if stream is not None and line.stream != stream:
+            continue
         prefix = "[runyard] " if line.stream == "system" else ""
-        stream = sys.stderr if line.stream == "stderr" else sys.stdout
-        stream.write(f"{prefix}{line.text}\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
+        out.write(f"{prefix}{line.text}\n")
+    out.flush()
 
 
-def logs(ref: str, follow: bool, tail: int | None) -> int:
+def _tail(store: Any, number: int, count: int, stream: str | None) -> list[Any]:
+    """The last ``count`` lines (of one stream: read from the start, as the store keeps no index by stream)."""
+    if stream is None:
+        return list(store.tail_logs(number, count))
+    kept: list[Any] = []
+    after = 0
+    while batch := store.read_logs(number, after, 5000):
+        kept = (kept + [line for line in batch if line.stream == stream])[-count:] if count else []
+        after = batch[-1].id
+    return kept
+
+
+def logs(ref: str, follow: bool, tail: int | None, stream: str | None = None) -> int:
     if follow:
-        return _follow(resolve(), ref, tail)
+        return _follow(resolve(), ref, tail, stream)
     api = _open()
     try:
         r = api.store.get_run(ref)
         if tail is not None:
-            _print_lines(api.store.tail_logs(r.number, tail))
+            _print_lines(_tail(api.store, r.number, tail, stream), stream)
             return 0
         after = 0
         while batch := api.store.read_logs(r.number, after, 5000):
-            _print_lines(batch)
+            _print_lines(batch, stream)
             after = batch[-1].id
         return 0
     finally:
         api.close()
 
 
-def _follow(settings: Settings, ref: str, tail: int | None = None) -> int:
-    """Print the log as it grows until the run ends; returns the run's exit code."""
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` means the server or database cannot be reached now (worth waiting through)."""
+    from runyard.errors import ServerError
+
+    if isinstance(error, ServerError):
+        return True
+    module = type(error).__module__
+    if module.startswith("sqlalchemy"):
+        import sqlalchemy.exc
+
+        return isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+    return False
+
+
+def _follow(settings: Settings, ref: str, tail: int | None = None, stream: str | None = None) -> int:
+    """Print the log as it grows until the run ends; returns the run's exit code.
+
+    An outage of the server or database does not end it: it says "reconnecting" once on stderr,
+    tries again with growing pauses (0.2 s doubling to 5 s), says "reconnected", and goes on after
+    the last line it printed (lines are read by their id in the store, so none repeats or is lost).
+    """
     from runyard.api import Api
 
     api = Api(settings)
+    if api.remote:
+        api.store.client.retries = 0  # type: ignore[attr-defined]  # this loop waits, and says so
+    pause = RECONNECT_FIRST
+    outage = False
+    number: int | None = None
+    after = 0
+    started = tail is None
     try:
         store = api.store
-        number = store.resolve(ref)
-        after = 0
-        if tail is not None:
-            first = store.tail_logs(number, tail)
-            _print_lines(first)
-            after = first[-1].id if first else 0
         while True:
-            run = store.get_run(number)
-            batch = store.read_logs(number, after, 5000)
+            try:
+                if number is None:
+                    number = store.resolve(ref)
+                if not started:
+                    first = _tail(store, number, tail or 0, stream)
+                    _print_lines(first, stream)
+                    after = first[-1].id if first else (_last_id(store, number) if tail == 0 else 0)
+                    started = True
+                run = store.get_run(number)
+                batch = store.read_logs(number, after, 5000)
+            except Exception as e:  # only an outage is waited through; the rest is raised
+                if not _unreachable(e):
+                    raise
+                if not outage:
+                    print(f"runyard: {_outage_words(e)}; reconnecting", file=sys.stderr, flush=True)
+                    outage = True
+                time.sleep(pause)
+                pause = min(pause * 2, RECONNECT_MAX)
+                continue
+            if outage:
+                print("runyard: reconnected", file=sys.stderr, flush=True)
+                outage, pause = False, RECONNECT_FIRST
             if batch:
-                _print_lines(batch)
+                _print_lines(batch, stream)
                 after = batch[-1].id
                 continue
             if run.status.value in TERMINAL:
@@ -438,6 +510,16 @@ def _follow(settings: Settings, ref: str, tail: int | None = None) -> int:
         return 130
     finally:
         api.close()
+
+
+def _last_id(store: Any, number: int) -> int:
+    last = store.tail_logs(number, 1)
+    return int(last[-1].id) if last else 0
+
+
+def _outage_words(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 # -- stop -----------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
         self._json_step = 0
+        self._skipped_keys: set[str] = set()
 
     # -- records ----------------------------------------------------------------------------------
 
@@ -314,7 +315,12 @@ class Supervisor:
         pump(stream, Lines(line))
 
     def _maybe_metrics(self, line: str, now: float) -> None:
-        """A stdout line that is a JSON object of numbers is also a metrics record (no SDK needed)."""
+        """A stdout line that is a JSON object is also a metrics record of its numbers (no SDK needed).
+
+        Other values (strings such as {"phase": "eval"}, booleans, lists, null) and keys that are not
+        metric names are left out, and the run's log says so once per key, so a script that mixes
+        them keeps its numbers and its author learns why the rest is missing.
+        """
         try:
             data = json.loads(line)
         except ValueError:
@@ -324,17 +330,29 @@ class Supervisor:
         values: dict[str, Any] = {}
         for key, value in data.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
-                return
+                self._skipped(key, f"its value is {_kind_of(value)}, not a number")
+                continue
             try:
                 validate_metric_key(key)
-            except ValueError:
-                return
+            except ValueError as e:
+                self._skipped(key, str(e))
+                continue
             values[key] = float(value)
+        if not values:
+            return
         step_value = values.pop("step", None)
         step = int(step_value) if step_value is not None and float(step_value).is_integer() else self._json_step
         self._json_step = step + 1
         if values:
             self.writer.queue.extend((values, records.UNNUMBERED, now, step))
+
+    def _skipped(self, key: str, why: str) -> None:
+        """Say once per run and key that a JSON line's key is not recorded as a metric."""
+        if key in self._skipped_keys:
+            return
+        self._skipped_keys.add(key)
+        self.system(f"JSON lines on stdout: key {key!r} is not recorded as a metric: {why} "
+                    "(only numbers become metrics; said once per key)")
 
     def _record_output(self, path: str, size: int, sha: str, mode: int) -> None:
         self.emit(records.ARTIFACT, path, size, sha, f"sha256:{sha}", mode)
@@ -342,6 +360,18 @@ class Supervisor:
     def _written_by_command(self) -> set[str]:
         child = self.child
         return written_by(child.pid) if child is not None and child.poll() is None else set()
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
 
 
 def _parent_death_guard() -> list[str]:

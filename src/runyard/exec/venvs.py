@@ -118,6 +118,7 @@ def ensure_env(home: Path, pip: Sequence[str], requirements: str | None, python:
     with (root / f"{key}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (env / READY).exists():
+            (env / READY).touch()  # the last use, which `runyard gc --env-days` reads
             log(f"reusing the package environment {env} (python {version})")
             return env, False
         if env.exists():

@@ -14,6 +14,7 @@ Writes are atomic: temporary file in the store, fsync, rename, fsync of the dire
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -181,7 +182,11 @@ class DiskArtifacts:
         """Where a packed file's bytes are: (pack sha256, offset, size)."""
         if sha256 not in self._packed:
             self._load_index()
-        return self._packed.get(sha256)
+        where = self._packed.get(sha256)
+        if where is not None and not os.path.isfile(  # noqa: PTH113 - `runyard gc` may have removed the pack
+                os.path.join(self.root, "objects", where[0][:2], where[0][2:])):  # noqa: PTH118
+            return None
+        return where
 
     def _load_index(self) -> None:
         path = self.root / PACK_INDEX
@@ -235,6 +240,9 @@ class DiskArtifacts:
         target = self._object_path(sha)
         if target.exists():
             tmp.unlink()  # deduplicated: the content is already there
+            # stored again now: `runyard gc` keeps what was written recently, reference or not yet
+            with contextlib.suppress(OSError):
+                os.utime(target)
             return Blob(sha, size)
         target.parent.mkdir(exist_ok=True)
         if target.parent.is_symlink():
@@ -387,6 +395,49 @@ def _reflink(source: Path, target: Path) -> bool:
         os.close(src)
         if dst >= 0:
             os.close(dst)
+
+
+    # -- reclaiming (runyard gc) -----------------------------------------------------------------
+
+    def objects(self) -> Iterator[tuple[str, int, float]]:
+        """Every stored object: (sha256, bytes, last written as a time); packs are objects too."""
+        objects = self.root / "objects"
+        if not objects.is_dir():
+            return
+        for shard in sorted(os.scandir(objects), key=lambda e: e.name):
+            if not shard.is_dir(follow_symlinks=False) or len(shard.name) != 2:
+                continue
+            for entry in os.scandir(shard.path):
+                sha = shard.name + entry.name
+                if _SHA.match(sha) and entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    yield sha, st.st_size, st.st_mtime
+
+    def pack_members(self) -> dict[str, set[str]]:
+        """Which files each pack holds, from the pack index (a pack may be removed only with all of them)."""
+        members: dict[str, set[str]] = {}
+        try:
+            data = (self.root / PACK_INDEX).read_bytes()
+        except FileNotFoundError:
+            return members
+        for line in data[: data.rfind(b"\n") + 1].decode().splitlines():
+            parts = line.split()
+            if len(parts) == 4:
+                members.setdefault(parts[1], set()).add(parts[0])
+        return members
+
+    def remove(self, sha256: str) -> int:
+        """Delete a stored object; returns the bytes freed (0 if it was not there). Only for ``runyard gc``,
+        which has checked that nothing refers to it."""
+        if not _SHA.match(sha256):
+            raise ArtifactError(f"not a SHA-256: {sha256!r}")
+        path = self._object_path(sha256)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size  # index lines naming a removed pack are ignored: _locate checks the pack exists
 
 
 def _walk(directory: Path, root: Path, seen: set[Path], prefix: str = "") -> Iterator[tuple[str, Path]]:

@@ -3,6 +3,10 @@
 JSON has no NaN or infinity, and orjson turns them into null, which would make a NaN loss look like
 a missing one. They are written as ``{"$float": "NaN" | "Infinity" | "-Infinity"}`` and read back as
 floats. In a sort such a value comes after every number on both engines.
+
+That tagged form is the store's own. What runyard shows outside (every ``--json`` output and the
+HTTP API) is ``public``: the strings "NaN", "Infinity" and "-Infinity", which any JSON reader takes
+and which read as what they are; ``numbers_from_public`` turns them back where a number is expected.
 """
 
 from __future__ import annotations
@@ -78,3 +82,44 @@ def sort_literal(value: Any) -> Any:
 def from_plain(value: Any) -> Any:
     """The inverse of ``sort_literal``: tags back to floats, in values already parsed from JSON."""
     return _decode(value)
+
+
+_PUBLIC_NAMES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _public_float(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def public(value: Any) -> Any:
+    """The documented outside form of a value: NaN and the infinities as the strings "NaN",
+    "Infinity", "-Infinity" (stored tags too), everything else as it is. Copies only what it changes."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _public_float(value)
+    if isinstance(value, dict):
+        if len(value) == 1 and _TAG in value and value[_TAG] in _NAMES:
+            return value[_TAG]
+        if _plain_already(value):
+            return value
+        return {str(k): public(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if _plain_already(value):
+            return value if isinstance(value, list) else list(value)
+        return [public(v) for v in value]
+    return value
+
+
+def numbers_from_public(value: Any) -> Any:
+    """The inverse of ``public`` for values that are numbers (summaries, metric values): the three
+    strings back to floats; tagged values (from an older server) too."""
+    if isinstance(value, str):
+        return _PUBLIC_NAMES.get(value, value)
+    if isinstance(value, dict):
+        if len(value) == 1 and _TAG in value and value[_TAG] in _NAMES:
+            return _NAMES[value[_TAG]]
+        return {k: numbers_from_public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [numbers_from_public(v) for v in value]
+    return value

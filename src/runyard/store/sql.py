@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from runyard.errors import Conflict, InvalidArgument, NotFound, Unstorable
 from runyard.ids import new_ulid
 from runyard.names import validate_label, validate_metric_key, validate_relpath, validate_run_name
-from runyard.store import alert_state_sql, claims_sql, limits, runs_sql, series_sql
+from runyard.store import alert_state_sql, claims_sql, gc_sql, limits, runs_sql, series_sql
 from runyard.store.api import (
     AlertEvent,
     AlertRule,
@@ -441,6 +441,23 @@ class SqlStore:
             ).all()
             labels = runs_sql.labels_of(conn, [r.number for r in rows])
             return [runs_sql.to_run(r, labels[r.number]) for r in rows]
+
+    # -- reclaiming disk: runyard gc and rm (see gc_sql) ------------------------------------------
+
+    def content_references(self, runs_only: Sequence[int] | None = None) -> tuple[set[str], set[str]]:
+        """(content SHA-256s that runs refer to, their snapshot ids): of every run, or of ``runs_only``."""
+        with self._read() as conn:
+            return gc_sql.content_references(conn, runs_only)
+
+    def ended_before(self, cutoff: float | None) -> list[tuple[int, str]]:
+        """(number, id) of runs in a final state that ended before ``cutoff`` (None: all of them)."""
+        with self._read() as conn:
+            return gc_sql.ended_before(conn, cutoff)
+
+    def delete_runs(self, numbers: Sequence[int]) -> list[int]:
+        """Delete finished runs and everything recorded about them; a queued or running one is kept."""
+        with self._write() as conn:
+            return gc_sql.delete_runs(conn, numbers)
 
     # -- team mode: leases, claims, stop requests (see claims_sql) ---------------------------------
 

@@ -1,0 +1,238 @@
+"""Reclaiming disk (``runyard gc``, ``runyard rm``): content no run refers to, package environments
+unused for days, and the directories of finished runs.
+
+Content is kept when anything refers to it: a run's artifacts, inputs, snapshot (its manifest and
+every file it lists, packed or not) or uncommitted diff. Content written recently is kept too, since
+a run may be about to refer to it: ``gc`` keeps anything written since the oldest queued or running
+run was created or within ``GRACE_S`` (a submission stores its snapshot before its run exists;
+storing content again marks it as written now); ``rm`` keeps the deleted runs' content if anything
+stored it again after they ended. A pack goes only when none of its files is referred to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runyard.errors import ArtifactError, NotFound
+from runyard.exec.snapshot import manifest_of
+from runyard.exec.spec import run_directory
+from runyard.exec.venvs import READY
+from runyard.spool.rundir import retired_dir, run_dir
+from runyard.types import RunStatus
+
+#: Content written this recently (seconds) is never collected by ``runyard gc``.
+GRACE_S = 3600.0
+ACTIVE = (RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING)
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Kind:
+    """What one kind of thing would free, or freed: how many, how many bytes, and which."""
+
+    count: int = 0
+    bytes: int = 0
+    items: list[str] = field(default_factory=list)
+
+    def add(self, name: str, size: int) -> None:
+        self.count += 1
+        self.bytes += size
+        self.items.append(name)
+
+
+@dataclass
+class Report:
+    dry_run: bool
+    content: Kind = field(default_factory=Kind)
+    environments: Kind = field(default_factory=Kind)
+    run_directories: Kind = field(default_factory=Kind)
+    runs: list[int] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.content.bytes + self.environments.bytes + self.run_directories.bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        kinds = {name: {"count": k.count, "bytes": k.bytes} for name, k in
+                 (("content", self.content), ("environments", self.environments),
+                  ("run_directories", self.run_directories))}
+        return {"dry_run": self.dry_run, **kinds, "total_bytes": self.total_bytes, "runs_deleted": self.runs}
+
+
+# -- content --------------------------------------------------------------------------------------
+
+def referenced(store: Any, artifacts: Any, runs_only: Sequence[int] | None = None,
+               progress: Progress = _quiet) -> set[str]:
+    """SHA-256s of the content that runs (every run, or ``runs_only``) refer to, snapshot files included."""
+    shas: set[str]
+    snapshots: set[str]
+    shas, snapshots = store.content_references(runs_only)
+    for i, snapshot in enumerate(sorted(snapshots), 1):
+        progress(f"reading snapshot manifests: {i:,} of {len(snapshots):,}")
+        try:
+            shas.update(sha for sha, _ in manifest_of(snapshot, artifacts).values())
+        except (NotFound, ArtifactError, ValueError, KeyError):
+            continue  # a manifest already missing refers to nothing that can be kept
+    return shas
+
+
+def _protected_since(store: Any, now: float, grace: float) -> float:
+    active = store.runs_with_status(list(ACTIVE))
+    return float(min([now - grace, *(r.created_at for r in active)]))
+
+
+def unreferenced(store: Any, artifacts: Any, since: float, only: set[str] | None = None,
+                 progress: Progress = _quiet) -> list[tuple[str, int]]:
+    """Stored objects (sha256, bytes) that nothing refers to and nobody wrote at or after ``since``;
+    among ``only`` (and the packs holding any of ``only``) when given."""
+    keep = referenced(store, artifacts, progress=progress)
+    packs = artifacts.pack_members()
+    if only is not None:
+        only = only | {pack for pack, members in packs.items() if members & only}
+    found = []
+    for i, (sha, size, written) in enumerate(artifacts.objects(), 1):
+        if i % 1000 == 0:
+            progress(f"checking stored content: {i:,} objects")
+        if (only is not None and sha not in only) or sha in keep or written >= since:
+            continue
+        if packs.get(sha, set()) & keep:
+            continue  # a pack holding a file still referred to
+        found.append((sha, size))
+    return found
+
+
+def _remove_content(artifacts: Any, found: Iterable[tuple[str, int]], report: Report, progress: Progress) -> None:
+    for sha, size in found:
+        if not report.dry_run:
+            size = artifacts.remove(sha)
+        report.content.add(sha, size)
+        progress(f"removing content: {report.content.count:,} objects")
+
+
+# -- directories ----------------------------------------------------------------------------------
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size  # noqa: PTH118
+    return total
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory even where a run made it read-only (mounted inputs are)."""
+    def retry(function: Callable[..., Any], target: str, _: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(target), 0o700)  # noqa: PTH101, PTH120
+        with contextlib.suppress(FileNotFoundError):
+            function(target)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)
+
+
+def stale_environments(home: Path, days: float, now: float) -> list[tuple[Path, int]]:
+    """Package environments (``$RUNYARD_HOME/envs/<key>``) whose last use is more than ``days`` ago;
+    the last use is when the environment's ready marker was last touched (built or reused)."""
+    root = home / "envs"
+    if not root.is_dir():
+        return []
+    found = []
+    for env in sorted(root.iterdir()):
+        if not env.is_dir() or env.is_symlink():
+            continue
+        marker = env / READY
+        used = (marker if marker.exists() else env).stat().st_mtime
+        if now - used > days * 86400:
+            found.append((env, _du(env)))
+    return found
+
+
+def _remove_environment(env: Path, days: float, now: float) -> bool:
+    """Remove an environment under its build lock, unless a run is building or reusing it right now."""
+    with (env.parent / f"{env.name}.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        marker = env / READY
+        if marker.exists() and now - marker.stat().st_mtime <= days * 86400:
+            return False  # reused since it was listed
+        remove_tree(env)
+        return True
+
+
+def finished_run_directories(store: Any, home: Path, ended_before: float | None) -> list[tuple[Path, int]]:
+    """Directories (``$RUNYARD_HOME/runs/<id>``) of runs in a final state that ended before the time
+    given (None: every finished run)."""
+    found = []
+    for _, run_id in store.ended_before(ended_before):
+        directory = run_directory(home, run_id)
+        if directory.is_dir():
+            found.append((directory, _du(directory)))
+    return found
+
+
+# -- the commands' work ---------------------------------------------------------------------------
+
+def collect(store: Any, artifacts: Any, home: Path, *, env_days: float, runs_ended_before: float | None,
+            run_directories: bool, dry_run: bool, progress: Progress = _quiet, now: float | None = None) -> Report:
+    """``runyard gc``: find (and unless ``dry_run``, remove) what nothing needs."""
+    now = time.time() if now is None else now
+    report = Report(dry_run)
+    since = _protected_since(store, now, GRACE_S)
+    _remove_content(artifacts, unreferenced(store, artifacts, since, progress=progress), report, progress)
+    for env, size in stale_environments(home, env_days, now):
+        if dry_run or _remove_environment(env, env_days, now):
+            report.environments.add(str(env), size)
+    if run_directories:
+        for directory, size in finished_run_directories(store, home, runs_ended_before):
+            progress(f"removing run directories: {report.run_directories.count + 1:,}")
+            if not dry_run:
+                remove_tree(directory)
+            report.run_directories.add(str(directory), size)
+    return report
+
+
+def delete_runs(store: Any, artifacts: Any, home: Path, spool_dir: Path, runs: Sequence[Any],
+                progress: Progress = _quiet) -> Report:
+    """``runyard rm``: delete finished runs with their records, directories and spools, then the
+    content only they referred to. Returns what was freed (``runs``: the numbers deleted)."""
+    report = Report(dry_run=False)
+    numbers = [r.number for r in runs]
+    theirs = referenced(store, artifacts, numbers, progress)
+    ids = {r.number: r.id for r in runs}
+    for number in numbers:  # the spool first: an agent reading it must not bring the run back
+        for directory in (run_dir(spool_dir, ids[number]), retired_dir(run_dir(spool_dir, ids[number]))):
+            if directory.is_dir():
+                remove_tree(directory)
+    report.runs = store.delete_runs(numbers)
+    for number in report.runs:
+        directory = run_directory(home, ids[number])
+        if directory.is_dir():
+            size = _du(directory)
+            remove_tree(directory)
+            report.run_directories.add(str(directory), size)
+    # The deleted runs' own content was written before they ended; written again since, it is another
+    # run's now (storing content again marks it written), which that run may not have recorded yet.
+    since = max(r.ended_at if r.ended_at is not None else r.created_at for r in runs) + 1.0
+    found = unreferenced(store, artifacts, since, only=theirs, progress=progress)
+    _remove_content(artifacts, found, report, progress)
+    return report

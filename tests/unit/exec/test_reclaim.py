@@ -1,0 +1,65 @@
+"""Reclaiming disk: packs go only with all their files, and environments record their last use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runyard.exec import reclaim, venvs
+from runyard.store.artifacts import DiskArtifacts
+
+
+class _Store:
+    """The two questions reclaim asks of a store: what runs refer to, and which runs are active."""
+
+    def __init__(self, shas: set[str]) -> None:
+        self.shas = shas
+
+    def content_references(self, runs_only: Any = None) -> tuple[set[str], set[str]]:
+        return set(self.shas), set()
+
+    def runs_with_status(self, statuses: Any) -> list[Any]:
+        return []
+
+
+def _files(tmp_path: Path, *texts: str) -> list[Path]:
+    paths = []
+    for i, text in enumerate(texts):
+        path = tmp_path / f"f{i}.txt"
+        path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+def test_a_pack_is_removed_only_when_none_of_its_files_is_referred_to(tmp_path: Path) -> None:
+    artifacts = DiskArtifacts(tmp_path / "store")
+    artifacts.ensure()
+    kept = artifacts.put_pack(_files(tmp_path, "kept 1", "kept 2"))
+    dropped = artifacts.put_pack(_files(tmp_path, "dropped 1", "dropped 2"))
+    store = _Store({kept[0].sha256})
+    found = reclaim.unreferenced(store, artifacts, since=float("inf"))
+    removed = {sha for sha, _ in found}
+    assert all(artifacts.has(b.sha256) for b in kept)
+    for sha in removed:
+        artifacts.remove(sha)
+    assert all(artifacts.has(b.sha256) for b in kept)
+    assert not any(artifacts.has(b.sha256) for b in dropped)  # the index still names the pack; it is gone
+    again = DiskArtifacts(tmp_path / "store")
+    assert not any(again.has(b.sha256) for b in dropped) and again.read_bytes(kept[1].content_ref) == b"kept 2"
+
+
+def test_reusing_an_environment_marks_its_last_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(venvs, "env_key", lambda *args, **kwargs: "k1")
+    env = tmp_path / "envs" / "k1"
+    env.mkdir(parents=True)
+    marker = env / venvs.READY
+    marker.write_text("ok\n")
+    os.utime(marker, (1_000_000.0, 1_000_000.0))
+    assert [p for p, _ in reclaim.stale_environments(tmp_path, 30, now=1_000_000.0 + 31 * 86400)] == [env]
+    got, built = venvs.ensure_env(tmp_path, [], None, "python3", [], lambda _: None)
+    assert (got, built) == (env, False)
+    assert marker.stat().st_mtime > 1_000_000.0 + 86400
+    assert reclaim.stale_environments(tmp_path, 30, now=marker.stat().st_mtime + 86400) == []
