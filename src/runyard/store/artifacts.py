@@ -344,6 +344,48 @@ class DiskArtifacts:
             return None  # another file system, too many links, or links refused: copy
         return "link"
 
+    # -- reclaiming (runyard gc) -----------------------------------------------------------------
+
+    def objects(self) -> Iterator[tuple[str, int, float]]:
+        """Every stored object: (sha256, bytes, last written as a time); packs are objects too."""
+        objects = self.root / "objects"
+        if not objects.is_dir():
+            return
+        for shard in sorted(os.scandir(objects), key=lambda e: e.name):
+            if not shard.is_dir(follow_symlinks=False) or len(shard.name) != 2:
+                continue
+            for entry in os.scandir(shard.path):
+                sha = shard.name + entry.name
+                if _SHA.match(sha) and entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    yield sha, st.st_size, st.st_mtime
+
+    def pack_members(self) -> dict[str, set[str]]:
+        """Which files each pack holds, from the pack index (a pack may be removed only with all of them)."""
+        members: dict[str, set[str]] = {}
+        try:
+            data = (self.root / PACK_INDEX).read_bytes()
+        except FileNotFoundError:
+            return members
+        for line in data[: data.rfind(b"\n") + 1].decode().splitlines():
+            parts = line.split()
+            if len(parts) == 4:
+                members.setdefault(parts[1], set()).add(parts[0])
+        return members
+
+    def remove(self, sha256: str) -> int:
+        """Delete a stored object; returns the bytes freed (0 if it was not there). Only for ``runyard gc``,
+        which has checked that nothing refers to it."""
+        if not _SHA.match(sha256):
+            raise ArtifactError(f"not a SHA-256: {sha256!r}")
+        path = self._object_path(sha256)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size  # index lines naming a removed pack are ignored: _locate checks the pack exists
+
 
 def _target(dest_root: Path, relpath: str) -> Path:
     """``dest_root/relpath``, its parents created, checked not to lead out of dest_root."""
@@ -395,49 +437,6 @@ def _reflink(source: Path, target: Path) -> bool:
         os.close(src)
         if dst >= 0:
             os.close(dst)
-
-
-    # -- reclaiming (runyard gc) -----------------------------------------------------------------
-
-    def objects(self) -> Iterator[tuple[str, int, float]]:
-        """Every stored object: (sha256, bytes, last written as a time); packs are objects too."""
-        objects = self.root / "objects"
-        if not objects.is_dir():
-            return
-        for shard in sorted(os.scandir(objects), key=lambda e: e.name):
-            if not shard.is_dir(follow_symlinks=False) or len(shard.name) != 2:
-                continue
-            for entry in os.scandir(shard.path):
-                sha = shard.name + entry.name
-                if _SHA.match(sha) and entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
-                    yield sha, st.st_size, st.st_mtime
-
-    def pack_members(self) -> dict[str, set[str]]:
-        """Which files each pack holds, from the pack index (a pack may be removed only with all of them)."""
-        members: dict[str, set[str]] = {}
-        try:
-            data = (self.root / PACK_INDEX).read_bytes()
-        except FileNotFoundError:
-            return members
-        for line in data[: data.rfind(b"\n") + 1].decode().splitlines():
-            parts = line.split()
-            if len(parts) == 4:
-                members.setdefault(parts[1], set()).add(parts[0])
-        return members
-
-    def remove(self, sha256: str) -> int:
-        """Delete a stored object; returns the bytes freed (0 if it was not there). Only for ``runyard gc``,
-        which has checked that nothing refers to it."""
-        if not _SHA.match(sha256):
-            raise ArtifactError(f"not a SHA-256: {sha256!r}")
-        path = self._object_path(sha256)
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            return 0
-        return size  # index lines naming a removed pack are ignored: _locate checks the pack exists
 
 
 def _walk(directory: Path, root: Path, seen: set[Path], prefix: str = "") -> Iterator[tuple[str, Path]]:
