@@ -31,6 +31,10 @@ from runyard.types import RunStatus
 
 #: Content written this recently (seconds) is never collected by ``runyard gc``.
 GRACE_S = 3600.0
+#: How a snapshot's manifest starts (``snapshot.take`` writes it with sorted keys), and its largest size
+#: worth reading when looking for recent snapshots.
+MANIFEST_HEAD = b'{"files":'
+MANIFEST_MAX = 64 << 20
 ACTIVE = (RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING)
 
 Progress = Callable[[str], None]
@@ -100,11 +104,14 @@ def unreferenced(store: Any, artifacts: Any, since: float, only: set[str] | None
     """Stored objects (sha256, bytes) that nothing refers to and nobody wrote at or after ``since``;
     among ``only`` (and the packs holding any of ``only``) when given."""
     keep = referenced(store, artifacts, progress=progress)
+    stored = list(artifacts.objects())
+    keep |= _recent_snapshot_files(artifacts, [sha for sha, size, written in stored
+                                               if written >= since and size <= MANIFEST_MAX])
     packs = artifacts.pack_members()
     if only is not None:
         only = only | {pack for pack, members in packs.items() if members & only}
     found = []
-    for i, (sha, size, written) in enumerate(artifacts.objects(), 1):
+    for i, (sha, size, written) in enumerate(stored, 1):
         if i % 1000 == 0:
             progress(f"checking stored content: {i:,} objects")
         if (only is not None and sha not in only) or sha in keep or written >= since:
@@ -113,6 +120,22 @@ def unreferenced(store: Any, artifacts: Any, since: float, only: set[str] | None
             continue  # a pack holding a file still referred to
         found.append((sha, size))
     return found
+
+
+def _recent_snapshot_files(artifacts: Any, recent: Iterable[str]) -> set[str]:
+    """The files of snapshots stored recently: a submission stores its snapshot's manifest (or
+    marks it written again) before its run exists, and the files it lists may be old content that
+    nothing else refers to, reused from the hash cache without being written again."""
+    files: set[str] = set()
+    for sha in recent:
+        try:
+            with artifacts.open(f"sha256:{sha}") as f:
+                if f.read(len(MANIFEST_HEAD)) != MANIFEST_HEAD:
+                    continue
+            files.update(file_sha for file_sha, _ in manifest_of(f"sha256:{sha}", artifacts).values())
+        except (NotFound, ArtifactError, ValueError, KeyError, TypeError, OSError):
+            continue  # not a snapshot's manifest after all
+    return files
 
 
 def _remove_content(artifacts: Any, found: Iterable[tuple[str, int]], report: Report, progress: Progress) -> None:
@@ -126,11 +149,15 @@ def _remove_content(artifacts: Any, found: Iterable[tuple[str, int]], report: Re
 # -- directories ----------------------------------------------------------------------------------
 
 def _du(path: Path) -> int:
+    """Bytes removing ``path`` frees: a file with other links (a big code file shared with the
+    artifact store, see ``snapshot.materialise``) frees nothing."""
     total = 0
     for dirpath, _, files in os.walk(path):
         for name in files:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size  # noqa: PTH118
+                st = os.lstat(os.path.join(dirpath, name))  # noqa: PTH118
+                if st.st_nlink == 1:
+                    total += st.st_size
     return total
 
 

@@ -63,3 +63,49 @@ def test_reusing_an_environment_marks_its_last_use(tmp_path: Path, monkeypatch: 
     assert (got, built) == (env, False)
     assert marker.stat().st_mtime > 1_000_000.0 + 86400
     assert reclaim.stale_environments(tmp_path, 30, now=marker.stat().st_mtime + 86400) == []
+
+
+def test_content_a_snapshot_reuses_is_kept_while_its_run_is_being_queued(tmp_path: Path) -> None:
+    # `runyard run` reuses content its hash cache knows without writing it again, stores the new
+    # snapshot's manifest, then queues the run: a gc in between must not take the old content.
+    from runyard.exec.snapshot import take
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "train.py").write_text("print('old code')\n")
+    (tree / "data.bin").write_bytes(os.urandom(2 << 20))  # an object of its own, not packed
+    artifacts = DiskArtifacts(tmp_path / "store")
+    artifacts.ensure()
+    cache = tmp_path / "cache.json"
+    take(tree, artifacts, cache)
+    long_ago = 1_000_000.0
+    for dirpath, _, names in os.walk(artifacts.root / "objects"):
+        for name in names:
+            os.utime(os.path.join(dirpath, name), (long_ago, long_ago))
+    # Nothing refers to the first snapshot (its run was removed, say): all of it may go.
+    store = _Store(set())
+    assert len(reclaim.unreferenced(store, artifacts, since=long_ago + 1)) == 3  # pack, big file, manifest
+    (tree / "notes.md").write_text("a new file\n")
+    second = take(tree, artifacts, cache)  # reuses train.py's and data.bin's content from the cache
+    found = {sha for sha, _ in reclaim.unreferenced(store, artifacts, since=long_ago + 1)}
+    from runyard.exec.snapshot import manifest_of
+
+    needed = {sha for sha, _ in manifest_of(second.id, artifacts).values()}
+    packs = artifacts.pack_members()
+    holding = {pack for pack, members in packs.items() if members & needed}
+    assert holding and not found & (needed | holding)
+
+
+def test_a_run_directory_frees_only_what_it_does_not_share_with_the_store(tmp_path: Path) -> None:
+    shared = tmp_path / "store-object"
+    shared.write_bytes(b"x" * 100_000)
+    directory = tmp_path / "runs" / "r1"
+    (directory / "work").mkdir(parents=True)
+    os.link(shared, directory / "work" / "data.bin")  # a big code file, hard-linked from the store
+    (directory / "work" / "model.pt").write_bytes(b"y" * 300)
+
+    class Ended:
+        def ended_before(self, when: Any) -> list[tuple[int, str]]:
+            return [(1, "r1")]
+
+    assert reclaim.finished_run_directories(Ended(), tmp_path, None) == [(directory, 300)]
