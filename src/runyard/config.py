@@ -241,6 +241,14 @@ SETTINGS: tuple[Setting, ...] = (
         parse=_parse_mib,
     ),
     Setting(
+        "big_code_files",
+        "How a launched run gets the snapshot's files of 1 MiB or more where the file system cannot "
+        "clone them copy-on-write: link (a read-only hard link to the stored content, using no disk; "
+        "the run can replace such a file but not write into it) or copy (a writable copy per run)",
+        default=lambda home: "link",
+        parse=_parse_choice("link", "copy"),
+    ),
+    Setting(
         "queue_limit",
         "Records held in memory at most while the spool's disk refuses writes (full or failing); more "
         "are counted as lost and the run says so",
@@ -330,6 +338,10 @@ class Settings:
     def output_limit(self) -> int:
         """Bytes (the setting is in MiB)."""
         return int(self._required("output_limit")) << 20
+
+    @property
+    def big_code_files(self) -> str:
+        return str(self._required("big_code_files"))
 
     @property
     def queue_limit(self) -> int:

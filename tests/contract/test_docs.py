@@ -375,6 +375,21 @@ def check_output_limit(home: Home) -> None:
     assert recorder.specs[0].output_limit == 3 << 20
 
 
+def check_big_code_files(home: Home) -> None:
+    """The supervisor is told (what each choice does: tests/flow/test_run_outputs.py's
+    test_a_script_writing_into_a_shared_big_file_is_told_why_and_a_copy_setting_lets_it)."""
+    home.env["RUNYARD_BIG_CODE_FILES"] = "copy"
+    with home.no_agent():
+        home.queue()
+    opened = home.store()
+    try:
+        scheduler, recorder = schedule(home, opened.store)
+        scheduler.tick()
+    finally:
+        opened.close()
+    assert recorder.specs[0].big_code_files == "copy"
+
+
 QUEUE_BURST = """
 import errno, time, runyard
 from runyard.spool import segment
@@ -407,6 +422,7 @@ SETTING_CHECKS: dict[str, Callable[[Home], None]] = {
     "project": check_project, "slots": check_slots, "lease": check_lease, "fsync": check_fsync,
     "system_interval": check_system_interval, "finish_timeout": check_finish_timeout,
     "outputs_interval": check_outputs_interval, "output_limit": check_output_limit,
+    "big_code_files": check_big_code_files,
     "queue_limit": check_queue_limit,
 }
 

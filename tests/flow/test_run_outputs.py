@@ -148,6 +148,32 @@ def test_two_runs_of_a_tree_with_a_big_file_share_its_blocks_and_neither_can_cha
     assert artifacts_of(env, project, runs[0]) == {}  # unchanged code is no output
 
 
+OVERWRITE = "with open('big.bin', 'wb') as f:\n    f.write(b'the new model')\n"
+
+
+def test_a_script_writing_into_a_shared_big_file_is_told_why_and_a_copy_setting_lets_it(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    project = tmp_path / "stale"
+    project.mkdir()
+    (project / "big.bin").write_bytes(os.urandom(2 << 20))  # say, a checkpoint from an earlier local run
+    (project / "overwrite.py").write_text(OVERWRITE)
+    number = launch(env, project, "--", PY, "overwrite.py")
+    assert wait_status(env, project, number, TERMINAL) == "failed"
+    api = api_of(env, project)
+    try:
+        message = api.run(number).status_message or ""
+    finally:
+        api.close()
+    assert "big.bin" in message and 'big_code_files = "copy"' in message, message
+
+    copying = {**env, "RUNYARD_HOME": str(tmp_path / "home-copying"), "RUNYARD_BIG_CODE_FILES": "copy"}
+    number = launch(copying, project, "--", PY, "overwrite.py")
+    assert wait_status(copying, project, number, TERMINAL) == "finished", log_of(copying, project, number)
+    cli(copying, project, "cp", f"{number}:big.bin", str(tmp_path / "out.bin"))
+    assert (tmp_path / "out.bin").read_bytes() == b"the new model"
+    assert len((project / "big.bin").read_bytes()) == 2 << 20  # the working tree is never touched
+
+
 def test_cp_keeps_the_executable_bit_the_file_had_in_the_run(
         project: Path, env: dict[str, str], tmp_path: Path) -> None:
     (project / "make.py").write_text(

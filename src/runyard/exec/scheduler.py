@@ -288,4 +288,5 @@ class Scheduler:
             timeout=launch.get("timeout"), gpus=gpus, fsync=settings.fsync,
             system_interval=settings.system_interval,
             outputs_interval=settings.outputs_interval, output_limit=settings.output_limit,
+            big_code_files=settings.big_code_files,
         )

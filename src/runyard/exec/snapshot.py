@@ -212,9 +212,10 @@ def manifest_of(snapshot_id: str, artifacts: DiskArtifacts) -> dict[str, tuple[s
 class Materialised:
     #: path -> sha256 of every file written
     files: dict[str, str]
-    #: files placed by reflink (copy-on-write) and by hard link, and their bytes
+    #: files placed by reflink (copy-on-write), the paths of those placed by hard link (read-only),
+    #: and the bytes of both
     reflinked: int = 0
-    linked: int = 0
+    linked: tuple[str, ...] = ()
     shared_bytes: int = 0
 
 
@@ -229,7 +230,8 @@ def materialise(snapshot_id: str, artifacts: DiskArtifacts, destination: Path,
     executable file is never hard-linked (its mode would be the object's); anything else is copied.
     """
     files = manifest_of(snapshot_id, artifacts)
-    reflinked = linked = shared = 0
+    reflinked = shared = 0
+    linked: list[str] = []
     for rel, (sha, mode) in files.items():
         ref = f"sha256:{sha}"
         how = None
@@ -237,7 +239,7 @@ def materialise(snapshot_id: str, artifacts: DiskArtifacts, destination: Path,
         if size >= SHARE_MIN:
             how = artifacts.share(ref, destination, rel, hard_links and not mode & stat.S_IXUSR)
         if how == "link":
-            linked += 1
+            linked.append(rel)
             shared += size
             continue
         if how == "reflink":
@@ -247,4 +249,4 @@ def materialise(snapshot_id: str, artifacts: DiskArtifacts, destination: Path,
         else:
             target = artifacts.export(ref, destination, rel)
         target.chmod(mode)
-    return Materialised({rel: sha for rel, (sha, _) in files.items()}, reflinked, linked, shared)
+    return Materialised({rel: sha for rel, (sha, _) in files.items()}, reflinked, tuple(linked), shared)

@@ -74,6 +74,9 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
         self._json_step = 0
+        #: The snapshot's big files placed as read-only hard links (see prepare).
+        self.linked: set[str] = set()
+        self._read_only_hint: str | None = None
         self._skipped_keys: set[str] = set()
 
     # -- records ----------------------------------------------------------------------------------
@@ -105,11 +108,15 @@ class Supervisor:
         self.work.mkdir(parents=True)
         # Big files are hard-linked from the store only where the command cannot write them (see
         # _parent_death_guard); a reflink or a copy otherwise.
-        code = materialise(spec.snapshot_id, artifacts, self.work, hard_links=_read_only_holds())
+        code = materialise(spec.snapshot_id, artifacts, self.work,
+                           hard_links=spec.big_code_files == "link" and _read_only_holds())
         self.system(f"code: {len(code.files)} files from snapshot {spec.snapshot_id[:19]}... in {self.work}")
         if code.linked:
-            self.system(f"code: {code.linked} big file(s) hard-linked from the artifact store, read-only (to "
-                        "change one, write a new file in its place)")
+            self.linked = set(code.linked)
+            named = ", ".join(sorted(code.linked)[:5]) + (", ..." if len(code.linked) > 5 else "")
+            self.system(f"code: {len(code.linked)} big file(s) shared read-only with the artifact store, using no "
+                        f"disk: {named}. The command can replace them (write a new file, then rename it) but "
+                        "not write into them; setting big_code_files = \"copy\" gives each run its own copy")
         self.outputs.snapshot(code.files)
         (self.work / PARAMS_FILE).write_text(json.dumps(spec.params, indent=1, sort_keys=True))
         for mount in spec.mounts:
@@ -266,6 +273,8 @@ class Supervisor:
             return "failed", code, f"killed by signal {signal.Signals(-code).name}"
         if code == NOT_FOUND and spec.shell:
             return "failed", code, f"exited with code {code}: the shell found no such command (see the log)"
+        if self._read_only_hint is not None:
+            return "failed", code, f"exited with code {code}; {self._read_only_hint}"
         return "failed", code, f"exited with code {code}"
 
     def _find(self, program: str, path: str) -> tuple[str | None, tuple[int, str, str] | None]:
@@ -311,8 +320,19 @@ class Supervisor:
             if name == "stdout" and text.startswith("{"):
                 self._maybe_metrics(text, now)
             append((records.UNNUMBERED, records.LOG, now, name, text))
+            if self.linked and self._read_only_hint is None and "ermission denied" in text:
+                self._explain_denied(text)
 
         pump(stream, Lines(line))
+
+    def _explain_denied(self, text: str) -> None:
+        """The command was refused writing into one of the code's shared big files: say why, once."""
+        named = [rel for rel in self.linked if rel in text or rel.rsplit("/", 1)[-1] in text]
+        if not named:
+            return
+        self._read_only_hint = (f"{named[0]} is a snapshot file shared read-only with the artifact store; write a "
+                                "new file and rename it over the old one, or set big_code_files = \"copy\"")
+        self.system(f"permission denied on {named[0]}: {self._read_only_hint}")
 
     def _maybe_metrics(self, line: str, now: float) -> None:
         """A stdout line that is a JSON object is also a metrics record of its numbers (no SDK needed).
