@@ -187,6 +187,8 @@ class Dispatcher:
     senders: dict[str, Callable[[NotifySettings, str, list[str], list[Notice]], None]] = field(default_factory=dict)
     _queue: list[_Pending] = field(default_factory=list)
     _digests: dict[tuple[str, str], _Pending] = field(default_factory=dict)
+    #: Taken from the queue by ``deliver_due`` and not yet sent, retried or dropped.
+    _sending: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -243,26 +245,35 @@ class Dispatcher:
                     del self._digests[key]
             due = [p for p in self._queue if p.due <= now]
             self._queue = [p for p in self._queue if p.due > now]
+            self._sending += len(due)
         sent = 0
         for pending in due:
-            if self.holding is not None and not self.holding():
-                self._requeue(pending)
-                continue
-            settings = self.settings_for(pending.notices[0])
-            if all(n.kind in ROUTINE for n in pending.notices) and in_quiet_hours(settings.quiet, now):
-                pending.due = now + 60.0  # held until the quiet hours end
-                self._requeue(pending)
-                continue
-            title, lines = _text(pending.notices)
             try:
-                self.senders[pending.channel](settings, title, lines, pending.notices)
-            except Exception as e:  # noqa: BLE001 - any failure of a channel: retry later
-                self._retry(pending, now, e)
-                continue
-            sent += 1
-            if self.on_delivered is not None:
-                self.on_delivered(pending.channel, pending.notices)
+                sent += self._deliver(pending, now)
+            finally:
+                with self._lock:
+                    self._sending -= 1
         return sent
+
+    def _deliver(self, pending: _Pending, now: float) -> int:
+        """Send one message (1), or hold it, retry it later or drop it (0)."""
+        if self.holding is not None and not self.holding():
+            self._requeue(pending)
+            return 0
+        settings = self.settings_for(pending.notices[0])
+        if all(n.kind in ROUTINE for n in pending.notices) and in_quiet_hours(settings.quiet, now):
+            pending.due = now + 60.0  # held until the quiet hours end
+            self._requeue(pending)
+            return 0
+        title, lines = _text(pending.notices)
+        try:
+            self.senders[pending.channel](settings, title, lines, pending.notices)
+        except Exception as e:  # noqa: BLE001 - any failure of a channel: retry later
+            self._retry(pending, now, e)
+            return 0
+        if self.on_delivered is not None:
+            self.on_delivered(pending.channel, pending.notices)
+        return 1
 
     def _retry(self, pending: _Pending, now: float, error: Exception) -> None:
         pending.first_try = pending.first_try or now
@@ -301,8 +312,9 @@ class Dispatcher:
             self._digests.clear()
 
     def pending(self) -> int:
+        """Messages not yet delivered: waiting, and being sent right now."""
         with self._lock:
-            return len(self._queue) + len(self._digests)
+            return len(self._queue) + len(self._digests) + self._sending
 
 
 def _text(notices: list[Notice]) -> tuple[str, list[str]]:

@@ -132,6 +132,28 @@ def test_a_failing_webhook_is_retried_until_it_takes_the_message() -> None:
         dead.close()
 
 
+def test_a_message_being_sent_still_counts_as_pending() -> None:
+    # A slow webhook: while its delivery is under way the message is neither queued nor delivered,
+    # and pending() (what `runyard doctor` and the alerts benchmark report) must not say 0.
+    sending, release = threading.Event(), threading.Event()
+
+    def slow(settings: Any, title: str, lines: list[str], notices: list[Notice]) -> None:
+        sending.set()
+        release.wait(10)
+
+    d = Dispatcher(lambda n: NotifySettings(webhook_url="http://127.0.0.1:9/"), senders={"webhook": slow})
+    d.put(notice(1))
+    worker = threading.Thread(target=d.deliver_due)
+    worker.start()
+    try:
+        assert sending.wait(10)
+        assert d.pending() == 1
+    finally:
+        release.set()
+        worker.join(10)
+    assert d.pending() == 0
+
+
 def test_email_reaches_a_real_smtp_server() -> None:
     pytest.importorskip("aiosmtpd")
     from aiosmtpd.controller import Controller
