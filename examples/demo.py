@@ -65,6 +65,8 @@ def main() -> int:
     print(f"\nTry: {r} ps | {r} show {n} | {r} logs {n} | {r} cp {n}:outputs/model.json .")
     if r != "runyard":
         print("(after `source .venv/bin/activate` plain `runyard` works; README.md, \"Daily use\", has other ways)")
+    print(f"An ordinary script, as it is (README.md, \"An ordinary script\"): {r} run --param lr=0.05 -- "
+          f"{typed('python')} examples/digits.py --lr {{lr}}")
     api.close()
     # `runyard ui` starts the local server when none answers, and prints its address.
     ui = subprocess.run([sys.executable, "-m", "runyard.cli.main", "ui", "--no-browser"], cwd=ROOT,

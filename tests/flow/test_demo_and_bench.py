@@ -34,6 +34,7 @@ def test_the_demo_launches_a_run_and_reads_it_back_in_a_fresh_home(tmp_path: Pat
     finally:
         _stop_servers_of(tmp_path / "home")
     assert "step 0: loss" in out and "done: spike at step 13337" in out  # followed live
+    assert len(out.splitlines()) <= 60, out  # a newcomer reads all of it
     assert "is kept: max 9.0" in out and "run 1: finished" in out
     assert "outputs: code/uncommitted.diff" in out or "outputs/model.json" in out
 
