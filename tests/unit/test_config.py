@@ -73,7 +73,7 @@ def test_project_file_search_stops_at_the_repository_root(tmp_path: Path) -> Non
     ("content", "message"),
     [
         ("db = ", "not valid TOML"),
-        ('colour = "blue"\n', "unknown key 'colour'; known keys are: alerts, artifacts, db"),
+        ('colour = "blue"\n', "unknown key 'colour'; known keys are: alerts, artifacts, big_code_files, db"),
         ("db = 3\n", "db must be a string, not int"),
         ('server = "ftp://x"\n', "invalid server 'ftp://x': expected an http:// or https:// URL"),
         ('project = "a/b"\n', "invalid project"),
