@@ -14,6 +14,7 @@ from typing import Any
 
 from runyard.config import Settings, resolve
 from runyard.errors import InvalidArgument, NotFound
+from runyard.types import RunStatus
 
 TERMINAL = {"finished", "failed", "stopped", "timeout", "lost"}
 
@@ -310,12 +311,15 @@ def show(ref: str, as_json: bool) -> int:
         inputs = store.inputs_of(r.number)
         artifacts = store.list_artifacts(r.number)
         series = store.list_series(r.number)
+        # Which agent holds (or held) a launched run; a server's store does not say.
+        get_claim = getattr(store, "get_claim", None)
+        claim = get_claim(r.number) if get_claim is not None else None
         if as_json:
             from dataclasses import asdict
 
             _print_json({**_run_json(r), "children": children, "inputs": [asdict(i) for i in inputs],
                          "artifacts": [asdict(a) for a in artifacts],
-                         "metrics": [asdict(s) for s in series]})
+                         "metrics": [asdict(s) for s in series], "claim": asdict(claim) if claim else None})
             return 0
         now = time.time()
         duration = r.duration(now)
@@ -333,6 +337,7 @@ def show(ref: str, as_json: bool) -> int:
             f"  git        {r.git_commit or '-'}" + (f" ({r.git_branch})" if r.git_branch else "")
             + (" + uncommitted diff" if r.git_diff_ref else ""),
             f"  snapshot   {r.snapshot_id or '-'}",
+            *_claim_line(claim, r.status),
             f"  parent     {r.parent or '-'}",
             f"  children   {', '.join(map(str, children)) or '-'}",
         ]
@@ -358,6 +363,20 @@ def show(ref: str, as_json: bool) -> int:
         return 0
     finally:
         api.close()
+
+
+def _claim_line(claim: Any, status: RunStatus) -> list[str]:
+    """Which agent holds the run (on a team's shared database, which machine runs it)."""
+    if claim is None:
+        return []
+    stamp = "%Y-%m-%d %H:%M:%S"
+    held = "held by" if status in (RunStatus.STARTING, RunStatus.RUNNING) else "ran on"
+    when = [f"claimed {time.strftime(stamp, time.localtime(claim.claimed_at))}"]
+    if claim.submitted_at is not None:
+        when.append(f"started {time.strftime(stamp, time.localtime(claim.submitted_at))}")
+    if claim.stop_requested_at is not None:
+        when.append("stop requested" + (", signalled" if claim.stop_sent_at is not None else ", not yet signalled"))
+    return [f"  agent      {held} agent {claim.agent} on {claim.host or 'an unknown host'} ({'; '.join(when)})"]
 
 
 def _template_line(r: Any) -> list[str]:

@@ -114,3 +114,24 @@ def test_a_server_that_cannot_be_reached_is_one_clear_error(env: dict[str, str])
     result = CliRunner().invoke(cli, ["ls"], env={**env, "RUNYARD_SERVER": "http://127.0.0.1:9"})
     assert result.exit_code == 1
     assert "cannot reach the runyard server at http://127.0.0.1:9" in result.output
+
+
+def test_show_says_which_agent_holds_a_launched_run(env: dict[str, str], tmp_path: Path) -> None:
+    from runyard.config import resolve
+    from runyard.store import claims_sql
+    from runyard.store.home import open_store
+    from runyard.store.newrun import NewRun
+    from runyard.types import RunStatus
+
+    opened = open_store(resolve(environ=env, cwd=tmp_path))
+    try:
+        number = opened.store.create_run(NewRun(project="p", status=RunStatus.QUEUED, command=["true"])).number
+        assert "agent " not in invoke(["show", str(number)], env).output  # queued: nobody holds it
+        claims_sql.claim(opened.store, number, [], "7f3a", "gpu-box-2")
+        claims_sql.mark_submitted(opened.store, number, "7f3a")
+    finally:
+        opened.close()
+    out = invoke(["show", str(number)], env).output
+    assert "held by agent 7f3a on gpu-box-2 (claimed " in out and "; started " in out
+    claim = json.loads(invoke(["show", str(number), "--json"], env).output)["claim"]
+    assert claim["agent"] == "7f3a" and claim["host"] == "gpu-box-2" and claim["submitted_at"] is not None
