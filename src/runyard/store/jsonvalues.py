@@ -12,6 +12,7 @@ and which read as what they are; ``numbers_from_public`` turns them back where a
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import orjson
@@ -46,8 +47,18 @@ def _decode(value: Any) -> Any:
     return value
 
 
+#: A ``\u0000`` escape in JSON text: after an even number of backslashes (an odd number would
+#: make it the text "\\u0000", a backslash and five letters).
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def dumps(value: Any) -> str:
-    return orjson.dumps(_encode(value), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    text = orjson.dumps(_encode(value), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    if "\\u0000" in text:
+        # PostgreSQL's JSON cannot hold a NUL and would refuse the whole record; SQLite would keep it.
+        # Both keep U+FFFD where it was, as log lines and notes do.
+        text = _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text)
+    return text
 
 
 def loads(text: str | bytes) -> Any:

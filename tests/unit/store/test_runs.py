@@ -35,6 +35,15 @@ def test_a_run_keeps_what_it_was_created_with(store: SqlStore) -> None:
     assert [c.number for c in store.children_of(parent.number)] == [run.number]
 
 
+def test_a_nul_in_json_values_is_kept_as_u_fffd_on_both_engines(store: SqlStore) -> None:
+    # PostgreSQL's JSON refuses NUL (the whole run was refused); SQLite kept it. Both keep U+FFFD.
+    run = store.create_run(NewRun(project="p", config={"note": "a\x00b", "k\x00": ["\x00"], "path": "C:\\u0000"},
+                                  environment={"x": "\\\x00"}))
+    got = store.get_run(run.number)
+    assert got.config == {"note": "a\ufffdb", "k\ufffd": ["\ufffd"], "path": "C:\\u0000"}  # "\\u0000" is text
+    assert got.environment == {"x": "\\\ufffd"}
+
+
 def test_references_by_number_name_and_id_prefix(store: SqlStore) -> None:
     a = store.create_run(NewRun(project="p", name="alpha"))
     store.create_run(NewRun(project="p", name="twin"))
