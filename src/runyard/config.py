@@ -10,6 +10,7 @@ This is the only module that reads ``os.environ``, and it does so only inside ``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -429,6 +430,18 @@ def _parse(setting: Setting, raw: str, base: Path, where: str) -> str | None:
         raise ConfigError(f"{where}: invalid {setting.key} {raw!r}: {e}") from None
 
 
+def _create_private(home: Path) -> None:
+    """Create the home readable by its owner only: it holds every run's records, code and outputs,
+    and on a shared machine other users must not read them. Made here, before any part of runyard
+    creates a directory inside it (an existing home keeps its mode; ``runyard doctor`` warns when
+    others can read it)."""
+    if home.is_dir():
+        return
+    # A home that cannot be created is reported by whatever needs it, with its path.
+    with contextlib.suppress(OSError):
+        os.makedirs(home, mode=0o700, exist_ok=True)  # noqa: PTH103 - mode for the leaf only, on purpose
+
+
 def resolve(
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
@@ -474,6 +487,7 @@ def resolve(
         setting = SETTINGS_BY_KEY[key]
         resolved[key] = Value(_parse(setting, raw, here, f"--{key}"), f"flag --{key}")
 
+    _create_private(home)
     return Settings(home=home, home_source=home_source, values=resolved, project_file=project_file,
                     run_id=env.get(ENV_RUN_ID) or None, captured=env.get(ENV_CAPTURED) == "1",
                     strict=env.get(ENV_STRICT) == "1", machines=machines)

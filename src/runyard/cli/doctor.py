@@ -46,6 +46,10 @@ def check_home(settings: Settings) -> Check:
     detail = f"{home} (from {settings.home_source})"
     if home.exists() and not home.is_dir():
         return Check("home", "fail", f"{detail} exists and is not a directory", required=True)
+    if home.is_dir() and home.stat().st_mode & 0o077:
+        return Check("home", "warn", f"{detail} can be read by other users of this machine (mode "
+                     f"{home.stat().st_mode & 0o777:o}): they can read every run's records, code and outputs; "
+                     f"`chmod 700 {home}` keeps them out", required=False)
     return Check("home", "ok", detail if home.exists() else f"{detail}; created on first use", required=True)
 
 
@@ -183,7 +187,7 @@ def check_versions() -> Check:
 def gather(settings: Settings) -> list[Check]:
     home = check_home(settings)
     checks = [home, Check("config", "info", _config_files(settings))]
-    if home.status == "ok":
+    if home.status != "fail":
         checks += check_store(settings)
         checks += check_spool(settings)
     checks += [check_versions(), check_postgres(settings), check_ray(settings), check_gpu()]

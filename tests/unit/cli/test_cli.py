@@ -135,3 +135,17 @@ def test_show_says_which_agent_holds_a_launched_run(env: dict[str, str], tmp_pat
     assert "held by agent 7f3a on gpu-box-2 (claimed " in out and "; started " in out
     claim = json.loads(invoke(["show", str(number), "--json"], env).output)["claim"]
     assert claim["agent"] == "7f3a" and claim["host"] == "gpu-box-2" and claim["submitted_at"] is not None
+
+
+def test_a_new_home_is_private_and_doctor_warns_about_one_others_can_read(env: dict[str, str], tmp_path: Path) -> None:
+    import stat
+
+    assert invoke(["doctor"], env).exit_code == 0
+    home = Path(env["RUNYARD_HOME"])
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700  # other users of a shared machine cannot read runs
+    home.chmod(0o755)  # a home made by an older runyard, or by hand
+    result = invoke(["doctor", "--json"], env)
+    assert result.exit_code == 0  # a warning, not a failure
+    checks = {c["name"]: c for c in json.loads(result.output)["checks"]}
+    assert checks["home"]["status"] == "warn" and "chmod 700" in checks["home"]["detail"]
+    assert checks["database"]["status"] == "ok"  # and the other checks still ran
