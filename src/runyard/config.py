@@ -430,6 +430,34 @@ def _parse(setting: Setting, raw: str, base: Path, where: str) -> str | None:
         raise ConfigError(f"{where}: invalid {setting.key} {raw!r}: {e}") from None
 
 
+def _refuse_secrets(path: Path, data: dict[str, Any], home: Path) -> None:
+    from runyard.trust import NEVER
+
+    for key in NEVER:
+        if key in data:
+            raise ConfigError(
+                f"{path}: {key} may not be set in a project's runyard.toml: the file travels with the repository, so "
+                f"the {key} would be shared, and a repository could hand you one of its own. Set "
+                f"{SETTINGS_BY_KEY[key].env} in your shell, or {key} in {home / HOME_CONFIG_NAME}")
+
+
+def _require_trust(path: Path, resolved: Mapping[str, Value], home: Path) -> None:
+    """Refuse a project file's server, db or artifacts (where runs, code and the token go) unless the
+    user trusted the file as it is now (``runyard.trust``); values overridden elsewhere do not count."""
+    from runyard.trust import GUARDED, is_trusted
+
+    taking_effect = [key for key in GUARDED if resolved[key].source == str(path)]
+    if not taking_effect or is_trusted(home, path):
+        return
+    given = ", ".join(f"{key} = {resolved[key].value!r}" for key in taking_effect)
+    envs = ", ".join(SETTINGS_BY_KEY[key].env for key in taking_effect)
+    raise ConfigError(
+        f"{path} sets {given}: where your runs, code and token go. A project file comes with its repository, "
+        f"so it needs your trust for that: if you wrote it or trust its authors, run `runyard trust` in "
+        f"{path.parent} (again after any change to it); or set this in {home / HOME_CONFIG_NAME}, with {envs} "
+        "or a flag instead")
+
+
 def _create_private(home: Path) -> None:
     """Create the home readable by its owner only: it holds every run's records, code and outputs,
     and on a shared machine other users must not read them. Made here, before any part of runyard
@@ -440,6 +468,15 @@ def _create_private(home: Path) -> None:
     # A home that cannot be created is reported by whatever needs it, with its path.
     with contextlib.suppress(OSError):
         os.makedirs(home, mode=0o700, exist_ok=True)  # noqa: PTH103 - mode for the leaf only, on purpose
+
+
+def home_directory(environ: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """The home (``RUNYARD_HOME``, else ``~/.runyard``) and where that came from, without reading
+    any configuration file."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_HOME):
+        return Path(env[ENV_HOME]).expanduser().resolve(), f"env {ENV_HOME}"
+    return (Path.home() / ".runyard").resolve(), "default"
 
 
 def resolve(
@@ -455,10 +492,7 @@ def resolve(
     env = os.environ if environ is None else environ
     here = Path.cwd() if cwd is None else cwd
 
-    if env.get(ENV_HOME):
-        home, home_source = Path(env[ENV_HOME]).expanduser().resolve(), f"env {ENV_HOME}"
-    else:
-        home, home_source = (Path.home() / ".runyard").resolve(), "default"
+    home, home_source = home_directory(env)
 
     resolved: dict[str, Value] = {
         s.key: Value(s.default(home), "default") for s in SETTINGS
@@ -471,6 +505,8 @@ def resolve(
         if path is None or not path.is_file():
             continue
         data = _read_toml(path)
+        if path == project_file:
+            _refuse_secrets(path, data, home)
         machines.update(_machines(path, data))
         for key, raw in _file_values(path, data).items():
             setting = SETTINGS_BY_KEY[key]
@@ -487,6 +523,8 @@ def resolve(
         setting = SETTINGS_BY_KEY[key]
         resolved[key] = Value(_parse(setting, raw, here, f"--{key}"), f"flag --{key}")
 
+    if project_file is not None:
+        _require_trust(project_file, resolved, home)
     _create_private(home)
     return Settings(home=home, home_source=home_source, values=resolved, project_file=project_file,
                     run_id=env.get(ENV_RUN_ID) or None, captured=env.get(ENV_CAPTURED) == "1",

@@ -8,6 +8,7 @@ import pytest
 
 from runyard.config import SETTINGS, resolve
 from runyard.errors import ConfigError
+from runyard.trust import set_trusted
 
 
 @pytest.fixture
@@ -36,6 +37,7 @@ def test_each_layer_overrides_the_one_below(layout: tuple[Path, Path, Path]) -> 
     (home / "config.toml").write_text('db = "sqlite:////from/home.db"\nserver = "http://home:1"\nproject = "h"\n')
     (repo / "runyard.toml").write_text('server = "http://project:2"\nproject = "p"\nartifacts = "store"\n')
     env = {"RUNYARD_HOME": str(home), "RUNYARD_PROJECT": "e"}
+    set_trusted(home, repo / "runyard.toml", True)  # it names a server: see test_trust
     s = resolve(environ=env, cwd=sub, overrides={"project": "flag"})
     assert (s.db, s.source("db")) == ("sqlite:////from/home.db", str(home.resolve() / "config.toml"))
     assert (s.server, s.source("server")) == ("http://project:2", str(repo / "runyard.toml"))

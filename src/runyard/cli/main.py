@@ -79,6 +79,23 @@ def doctor(as_json: bool) -> None:
     sys.exit(impl.run(as_json=as_json))
 
 
+@cli.command()
+@click.option("--revoke", is_flag=True, help="Withdraw the trust given before.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def trust(revoke: bool, as_json: bool) -> None:
+    """Trust this directory's runyard.toml to set server, db and artifacts.
+
+    Those settings decide where your runs' records, your code snapshots and your token go, and a
+    project file comes with its repository: until you trust it (as it is now: any change to the
+    file needs `runyard trust` again), a runyard.toml that sets them is refused. Settings in your
+    home's config.toml, RUNYARD_* variables and flags need no trust. A project file may never hold
+    a token.
+    """
+    from runyard.cli import trusting as impl
+
+    sys.exit(impl.run(revoke=revoke, as_json=as_json))
+
+
 @cli.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
 def config_command(as_json: bool) -> None:
