@@ -699,10 +699,9 @@ def _routes(app: FastAPI, server: Server) -> None:
                            project: Annotated[str | None, Query(max_length=100)] = None) -> Response:
         """Server-sent events: with ``run``, its metric points, log lines and status; with ``project``
         (or neither), runs that change state."""
-        scope = _principal(request).project
-        hide = _principal(request).role == "reader"
-        if server.hub.streams >= events.MAX_STREAMS:
-            return _error(503, f"{events.MAX_STREAMS} live streams are open already; try again later")
+        principal = _principal(request)
+        scope = principal.project
+        hide = principal.role == "reader"
         if run is not None:
             found = await anyio.to_thread.run_sync(server.run_for, request, run)
             stream = events.run_stream(store, server.hub, found.number, request.is_disconnected, hide)
@@ -710,7 +709,14 @@ def _routes(app: FastAPI, server: Server) -> None:
             if scope is not None and project not in (None, scope):
                 raise NotFound(f"no project {project!r}")
             stream = events.project_stream(store, server.hub, project or scope, request.is_disconnected, hide)
-        return StreamingResponse(events.counted(server.hub, stream), media_type="text/event-stream",
+        holder = f"token:{principal.token_id}" if principal.token_id is not None else principal.name
+        refused = server.hub.admit(holder)
+        if refused is not None:
+            await stream.aclose()  # type: ignore[attr-defined]
+            busy = _error(503, refused)
+            busy.headers["retry-after"] = str(events.RETRY_AFTER_SECONDS)
+            return busy
+        return StreamingResponse(events.counted(server.hub, holder, stream), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
     @app.get(f"{v1}/tokens", tags=["access"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,6 +26,10 @@ KEEPALIVE_SECONDS = 15.0
 MAX_POINTS_PER_EVENT = 5_000
 #: Streams open at once: each polls the store, and they share the server's threads with ingest.
 MAX_STREAMS = 200
+#: Streams one token (or the local user) may hold at once, so that one client cannot take them all.
+MAX_STREAMS_PER_HOLDER = 50
+#: Seconds a refused client is told to wait (``Retry-After``).
+RETRY_AFTER_SECONDS = 5
 
 
 class Hub:
@@ -33,8 +38,9 @@ class Hub:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.loop: asyncio.AbstractEventLoop | None = None
-        #: Streams open now (see ``counted``).
+        #: Streams admitted and not yet ended, in all and per holder (see ``admit``).
         self.streams = 0
+        self._held: dict[str, int] = defaultdict(int)
 
     def publish(self, run_number: int | None, project: str | None) -> None:
         """Wake the streams of this run and project; callable from any thread."""
@@ -65,13 +71,47 @@ class Hub:
         self._waiters[topic].discard(event)
 
 
-async def counted(hub: Hub, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    hub.streams += 1
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
-        hub.streams -= 1
+    def admit(self, holder: str) -> str | None:
+        """Count a stream against the caps when its request is accepted (not once it starts: many
+        requests accepted at once would all pass a check made later); None when admitted, else why not.
+        Every admitted stream must be ended with ``release``, which ``counted`` does."""
+        if self.streams >= MAX_STREAMS:
+            return f"{MAX_STREAMS} live streams are open already; try again later"
+        if self._held[holder] >= MAX_STREAMS_PER_HOLDER:
+            return (f"this token holds {MAX_STREAMS_PER_HOLDER} live streams already (the most one token may); "
+                    "close some, or try again later")
+        self.streams += 1
+        self._held[holder] += 1
+        return None
+
+    def release(self, holder: str) -> None:
+        self.streams -= 1
+        self._held[holder] -= 1
+        if self._held[holder] <= 0:
+            del self._held[holder]
+
+
+def counted(hub: Hub, holder: str, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The stream of an admitted request; its place is given back when it ends, or when it is
+    dropped without ever starting (a client gone before the response began)."""
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            hub.release(holder)
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            release()
+
+    body = relay()
+    weakref.finalize(body, release)
+    return body
 
 
 def _run_frame(run: Any, hide: bool) -> bytes:
