@@ -174,3 +174,28 @@ def test_gpus_no_machine_has_are_refused_at_submission(project: Path, env: dict[
     number = launch(env, project, "--gpus", wanted, "--", "python", "train.py")
     assert status(env, project, number) == "queued"  # left to gpu-box's agent
     cli(env, project, "stop", str(number))
+
+
+@pytest.mark.engines("sqlite")  # what is under test is the launch through a server, not the engine
+def test_the_sdk_imports_in_a_pip_run_launched_through_a_server(
+        project: Path, tmp_path: Path, db_url: str, shared_envs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.server.conftest import LiveServer, client_env
+
+    if not editable():
+        pytest.skip("runyard is not installed in editable mode here (`make install` installs it so)")
+    # The server was started from a shell with this (editable) installation active: its runs get that shell.
+    monkeypatch.setenv("VIRTUAL_ENV", sys.prefix)
+    monkeypatch.setenv("PATH", f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    server = LiveServer(tmp_path / "server-home", db_url)
+    server.home.mkdir(parents=True)
+    (server.home / "envs").symlink_to(shared_envs, target_is_directory=True)
+    server.start()
+    try:
+        laptop = client_env(tmp_path / "laptop", server.url)
+        (project / "probe.py").write_text(PROBE)
+        result = cli(laptop, project, "run", "-f", "--pip", PACKAGE, "--", "python", "probe.py", check=False)
+    finally:
+        server.kill()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"runyard from {WORKTREE / 'src' / 'runyard' / '__init__.py'}" in result.stdout.splitlines()
+    assert "termcolor termcolor" in result.stdout.splitlines()
