@@ -295,9 +295,11 @@ def _print_runs(listed: Sequence[Any], extra: Sequence[str] = ()) -> None:
 def _run_json(r: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
+    from runyard import redact
+
     data = asdict(r)
     data["status"] = r.status.value
-    return data
+    return redact.run_data(data)  # the launch record's credentials masked (the store keeps them for the run)
 
 
 # -- show -----------------------------------------------------------------------------------------
@@ -321,6 +323,8 @@ def show(ref: str, as_json: bool) -> int:
                          "artifacts": [asdict(a) for a in artifacts],
                          "metrics": [asdict(s) for s in series], "claim": asdict(claim) if claim else None})
             return 0
+        from runyard import redact
+
         now = time.time()
         duration = r.duration(now)
         lines = [
@@ -331,7 +335,7 @@ def show(ref: str, as_json: bool) -> int:
             + (f", exit code {r.exit_code}" if r.exit_code is not None else ""),
             f"  created    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.created_at))}",
             f"  duration   {_age(duration) if duration is not None else '-'}",
-            f"  command    {' '.join(r.command or []) or '-'}",
+            f"  command    {' '.join(redact.argv(r.command or [])) or '-'}",
             *_template_line(r),
             f"  labels     {', '.join(r.labels) or '-'}",
             f"  git        {r.git_commit or '-'}" + (f" ({r.git_branch})" if r.git_branch else "")
@@ -383,7 +387,9 @@ def _template_line(r: Any) -> list[str]:
     """The command as typed, when its params made it differ from the command that ran."""
     import shlex
 
-    launch = r.launch or {}
+    from runyard import redact
+
+    launch = redact.launch(r.launch) or {}
     typed = launch.get("template")
     if typed is None or typed == launch.get("argv"):
         return []
@@ -393,8 +399,10 @@ def _template_line(r: Any) -> list[str]:
 
 def _launch_environment(launch: dict[str, Any] | None) -> list[str]:
     """What a launched run inherited from the shell that submitted it, and its --env."""
+    from runyard import redact
     from runyard.exec.environment import describe
 
+    launch = redact.launch(launch)
     if not launch:
         return []
     lines = []

@@ -161,7 +161,7 @@ def _may_launch(request: Request) -> None:
 def _run_view(request: Request, run: Any) -> dict[str, Any]:
     """A run as this caller may see it: a reader does not see the values of ``--env`` (they often
     hold secrets), only their names."""
-    data = wire.run_out(run)
+    data = wire.masked(wire.run_out(run))
     if _principal(request).role == "reader":
         wire.hide_env(data)
     return data
@@ -385,7 +385,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         if change.append_note:
             run = store.append_note(run.number, change.append_note)
         server.hub.publish(run.number, run.project)
-        return wire.run_out(run)
+        return _run_view(request, run)
 
     @app.post(f"{v1}/runs", tags=["execution"])
     @requires("writer")
@@ -424,7 +424,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         run = server.run_for(request, ref)
         message = stop_run(store, server.settings.home, run)
         server.hub.publish(run.number, run.project)
-        return {"message": message, "run": wire.run_out(store.get_run(run.number))}
+        return {"message": message, "run": _run_view(request, store.get_run(run.number))}
 
     @app.post(f"{v1}/runs/{{ref}}/rerun", tags=["execution"])
     @requires("writer")
@@ -445,7 +445,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         artifact_mounts_only(body.mounts)
         overrides = Overrides(body.pip, body.env, body.timeout, body.mounts, body.gpus)
         number = queue_again(server.settings, parent, body.params, body.name, server.settings.home, overrides)
-        return {"number": number, "run": wire.run_out(store.get_run(number))}
+        return {"number": number, "run": _run_view(request, store.get_run(number))}
 
     @app.post(f"{v1}/runs/{{ref}}/lost", tags=["ingest"])
     @requires("writer")

@@ -75,7 +75,7 @@ async def counted(hub: Hub, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes
 
 
 def _run_frame(run: Any, hide: bool) -> bytes:
-    data = wire.run_out(run)
+    data = wire.masked(wire.run_out(run))
     if hide:
         wire.hide_env(data)
     return frame("run", data)
