@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runyard.cli.printable import printable
 from runyard.config import Settings, resolve
 from runyard.errors import InvalidArgument, NotFound
 from runyard.types import RunStatus
@@ -27,6 +28,9 @@ def _print_json(value: Any) -> None:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    # Cells hold what runs sent (names, labels, keys): control characters escaped (cli/printable.py).
+    headers = [printable(h) for h in headers]
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -363,7 +367,9 @@ def show(ref: str, as_json: bool) -> int:
         if r.notes:
             lines.append("  notes")
             lines += [f"    {line}" for line in r.notes.splitlines()]
-        print("\n".join(lines))
+        # Each line built here is one line: a control character or line break inside what the run
+        # sent (its name, a key, a message) is escaped, never acted on by the terminal.
+        print("\n".join(printable(line) for line in lines))
         return 0
     finally:
         api.close()
@@ -432,7 +438,7 @@ def _print_lines(lines: Sequence[Any], stream: str | None = None) -> None:
         if stream is not None and line.stream != stream:
             continue
         prefix = "[runyard] " if line.stream == "system" else ""
-        out.write(f"{prefix}{line.text}\n")
+        out.write(f"{prefix}{printable(line.text, lines=True)}\n")
     out.flush()
 
 
@@ -529,7 +535,7 @@ def _follow(settings: Settings, ref: str, tail: int | None = None, stream: str |
             if run.status.value in TERMINAL:
                 if run.status.value != "finished":
                     print(f"runyard: run {number} {run.status.value}"
-                          + (f": {run.status_message}" if run.status_message else ""), file=sys.stderr)
+                          + (f": {printable(run.status_message)}" if run.status_message else ""), file=sys.stderr)
                 return run.exit_code if run.exit_code is not None and run.exit_code >= 0 else \
                     (0 if run.status.value == "finished" else 1)
             time.sleep(0.2)
@@ -556,7 +562,7 @@ def stop(refs: list[str]) -> int:
     try:
         runs = [api.store.get_run(ref) for ref in refs]  # every reference checked before anything stops
         for r in runs:
-            print(api.stop(r))
+            print(printable(api.stop(r)))
         return 0
     finally:
         api.close()
@@ -641,7 +647,7 @@ def label(ref: str, changes: list[str]) -> int:
     api = _open()
     try:
         r = api.store.set_labels(api.store.resolve(ref), add, remove)
-        print(f"run {r.number}: labels {', '.join(r.labels) or '(none)'}")
+        print(printable(f"run {r.number}: labels {', '.join(r.labels) or '(none)'}"))
         return 0
     finally:
         api.close()
