@@ -158,10 +158,14 @@ def _may_launch(request: Request) -> None:
                            "project on the server machine: launching needs a token without --project")
 
 
-def _run_view(request: Request, run: Any) -> dict[str, Any]:
-    """A run as this caller may see it: a reader does not see the values of ``--env`` (they often
-    hold secrets), only their names."""
-    data = wire.masked(wire.run_out(run))
+def _run_view(request: Request, run: Any, compact: bool = False) -> dict[str, Any]:
+    """A run as this caller may see it: credentials masked for everyone (``wire.masked``), and a
+    reader does not see the values of ``--env`` (they often hold secrets), only their names.
+    ``compact`` leaves out environment, launch and notes (before masking: nothing left to mask)."""
+    data = wire.run_out(run)
+    if compact:
+        data["environment"], data["launch"], data["notes"] = {}, None, ""
+    data = wire.masked(data)
     if _principal(request).role == "reader":
         wire.hide_env(data)
     return data
@@ -341,10 +345,7 @@ def _routes(app: FastAPI, server: Server) -> None:
             project = scope
         page = store.list_runs(RunQuery(project=project, labels=label, status=status, sort=sort,
                                         descending=order == "desc", limit=limit, cursor=cursor))
-        items = [_run_view(request, r) for r in page.items]
-        if compact:
-            for item in items:
-                item["environment"], item["launch"], item["notes"] = {}, None, ""
+        items = [_run_view(request, r, compact) for r in page.items]
         return Response(orjson.dumps({"items": items, "next_cursor": page.next_cursor}),
                         media_type="application/json")
 
