@@ -88,6 +88,15 @@ def _run_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Run))
 
 
+def masked(data: dict[str, Any]) -> dict[str, Any]:
+    """A run (in ``run_out`` form) as every caller of the API sees it: credentials in its launch record,
+    command and git remote masked (``runyard.redact``). The store keeps the launch record as it was:
+    reruns are made from the store, on the server, never from what a client was sent."""
+    from runyard import redact
+
+    return redact.run_data(data)
+
+
 def hide_env(data: dict[str, Any]) -> None:
     """Replace the values of a run's ``--env`` variables (in ``run_out`` form) by a marker."""
     launch = data.get("launch")

@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runyard import redact
 from runyard.alerts.spec import seconds
 from runyard.errors import ConfigError
 
@@ -279,10 +280,12 @@ class Dispatcher:
         pending.first_try = pending.first_try or now
         pending.attempts += 1
         if now - pending.first_try > GIVE_UP_AFTER:
-            log.error("giving up on %s after %d attempts: %s", pending.channel, pending.attempts, error)
+            log.error("giving up on %s after %d attempts: %s", pending.channel, pending.attempts,
+                      redact.text(str(error)))
             return
         pending.due = now + min(FIRST_RETRY * 2 ** (pending.attempts - 1), MAX_RETRY_GAP)
-        log.warning("%s delivery failed (%s); retrying in %.0f s", pending.channel, error, pending.due - now)
+        log.warning("%s delivery failed (%s); retrying in %.0f s", pending.channel, redact.text(str(error)),
+                    pending.due - now)
         self._requeue(pending)
 
     def _requeue(self, pending: _Pending) -> None:
@@ -348,7 +351,8 @@ SENDERS: dict[str, Callable[[NotifySettings, str, list[str], list[Notice]], None
 def destination(settings: NotifySettings, channel: str) -> str | None:
     """Where ``channel`` would send with these settings, for people to read; None if nowhere."""
     if channel == "webhook":
-        return settings.webhook_url
+        # The URL is the webhook's key (Slack, Discord): people see its host only.
+        return redact.webhook(settings.webhook_url) if settings.webhook_url else None
     if channel == "email":
         to = (settings.email or {}).get("to") or []
         return ", ".join([to] if isinstance(to, str) else to) or None

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from runyard.cli.printable import printable
 from runyard.config import resolve
 from runyard.types import RECENT_FAILURES
 
@@ -54,7 +55,8 @@ def ls(project: str | None, as_json: bool) -> int:
         scope = f"run {r['run']}" if r["run"] else f"project {r['project']}" if r["project"] else "every run"
         extra = " ".join(f"{k}={r[k]}" for k in ("metric", "value", "by", "steps", "for") if k in r)
         channels = ",".join(r["notify"])
-        print(f"{r['id']:>4}  {r['name']:<20}  {r['when']:<9} {extra:<28} {r['action']:<6} {channels:<14} {scope}")
+        print(printable(f"{r['id']:>4}  {r['name']:<20}  {r['when']:<9} {extra:<28} {r['action']:<6} {channels:<14} "
+                        f"{scope}"))
     return 0
 
 
@@ -86,7 +88,7 @@ def inbox(follow: bool, as_json: bool, show_all: bool) -> int:
                     print(_json(_event_out(e)).decode(), flush=True)
                 else:
                     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
-                    print(f"{stamp}  run {e.run:<5} {e.kind:<9} {e.message}", flush=True)
+                    print(printable(f"{stamp}  run {e.run:<5} {e.kind:<9} {e.message}"), flush=True)
             api.store.mark_alerts_seen([e.id for e in events if e.seen_at is None])
             if not follow:
                 if not events and not as_json:
@@ -179,5 +181,6 @@ def test_channels(channels: tuple[str, ...], as_json: bool) -> int:
         if as_json:
             print(_json(r).decode())
         else:
-            print(f"{r['channel']}: sent to {r['to']}" if r["ok"] else f"{r['channel']}: FAILED: {r['error']}")
+            print(printable(f"{r['channel']}: sent to {r['to']}" if r["ok"] else
+                            f"{r['channel']}: FAILED: {r['error']}"))
     return 0 if all(r["ok"] for r in results) else 1

@@ -62,6 +62,10 @@ def value_of(run: Any, column: str) -> Any:
             return values[key]
         return flatten(values).get(key)
     value = getattr(run, column, None)
+    if column in ("launch", "command", "environment"):
+        from runyard import redact
+
+        value = redact.run_data({column: value})[column]  # what readers see of them (runyard.redact)
     if isinstance(value, tuple):
         return list(value)
     return getattr(value, "value", value)  # a status enum as its word

@@ -220,8 +220,12 @@ def run(as_json: bool) -> int:
         table.add_column(no_wrap=True)
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
-        for c in checks:
-            table.add_row(_MARK[c.status], c.name, c.detail)
+        from rich.markup import escape
+
+        from runyard.cli.printable import printable
+
+        for c in checks:  # a detail may quote stored text (a quarantined record's reason)
+            table.add_row(_MARK[c.status], c.name, escape(printable(c.detail, lines=True)))
         console = Console()
         console.print(table)
         console.print("[green]the store works[/green]" if healthy else "[red]the store does not work[/red]")

@@ -23,6 +23,13 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
+def _printable(error: BaseException) -> str:
+    """An error's message, which may quote stored text (an artifact's path), safe for the terminal."""
+    from runyard.cli.printable import printable
+
+    return printable(str(error), lines=True)
+
+
 class RunyardGroup(click.Group):
     """Turns runyard's errors into one clear line on stderr and an exit code, never a traceback."""
 
@@ -30,10 +37,10 @@ class RunyardGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (InvalidArgument, NotFound, Ambiguous, ConfigError, ArtifactPathError) as e:
-            click.echo(f"runyard: error: {e}", err=True)
+            click.echo(f"runyard: error: {_printable(e)}", err=True)
             sys.exit(EXIT_USAGE)
         except RunyardError as e:
-            click.echo(f"runyard: error: {e}", err=True)
+            click.echo(f"runyard: error: {_printable(e)}", err=True)
             sys.exit(EXIT_FAILURE)
         except OSError as e:  # a full disk, a file gone: the system's words, and where
             where = f": {e.filename}" if e.filename else ""

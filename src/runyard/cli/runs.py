@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runyard.cli.printable import printable
 from runyard.config import Settings, resolve
 from runyard.errors import InvalidArgument, NotFound
 from runyard.types import RunStatus
@@ -27,6 +28,9 @@ def _print_json(value: Any) -> None:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    # Cells hold what runs sent (names, labels, keys): control characters escaped (cli/printable.py).
+    headers = [printable(h) for h in headers]
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -295,9 +299,11 @@ def _print_runs(listed: Sequence[Any], extra: Sequence[str] = ()) -> None:
 def _run_json(r: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
+    from runyard import redact
+
     data = asdict(r)
     data["status"] = r.status.value
-    return data
+    return redact.run_data(data)  # the launch record's credentials masked (the store keeps them for the run)
 
 
 # -- show -----------------------------------------------------------------------------------------
@@ -321,6 +327,8 @@ def show(ref: str, as_json: bool) -> int:
                          "artifacts": [asdict(a) for a in artifacts],
                          "metrics": [asdict(s) for s in series], "claim": asdict(claim) if claim else None})
             return 0
+        from runyard import redact
+
         now = time.time()
         duration = r.duration(now)
         lines = [
@@ -331,7 +339,7 @@ def show(ref: str, as_json: bool) -> int:
             + (f", exit code {r.exit_code}" if r.exit_code is not None else ""),
             f"  created    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.created_at))}",
             f"  duration   {_age(duration) if duration is not None else '-'}",
-            f"  command    {' '.join(r.command or []) or '-'}",
+            f"  command    {' '.join(redact.argv(r.command or [])) or '-'}",
             *_template_line(r),
             f"  labels     {', '.join(r.labels) or '-'}",
             f"  git        {r.git_commit or '-'}" + (f" ({r.git_branch})" if r.git_branch else "")
@@ -359,7 +367,9 @@ def show(ref: str, as_json: bool) -> int:
         if r.notes:
             lines.append("  notes")
             lines += [f"    {line}" for line in r.notes.splitlines()]
-        print("\n".join(lines))
+        # Each line built here is one line: a control character or line break inside what the run
+        # sent (its name, a key, a message) is escaped, never acted on by the terminal.
+        print("\n".join(printable(line) for line in lines))
         return 0
     finally:
         api.close()
@@ -383,7 +393,9 @@ def _template_line(r: Any) -> list[str]:
     """The command as typed, when its params made it differ from the command that ran."""
     import shlex
 
-    launch = r.launch or {}
+    from runyard import redact
+
+    launch = redact.launch(r.launch) or {}
     typed = launch.get("template")
     if typed is None or typed == launch.get("argv"):
         return []
@@ -393,8 +405,10 @@ def _template_line(r: Any) -> list[str]:
 
 def _launch_environment(launch: dict[str, Any] | None) -> list[str]:
     """What a launched run inherited from the shell that submitted it, and its --env."""
+    from runyard import redact
     from runyard.exec.environment import describe
 
+    launch = redact.launch(launch)
     if not launch:
         return []
     lines = []
@@ -424,7 +438,7 @@ def _print_lines(lines: Sequence[Any], stream: str | None = None) -> None:
         if stream is not None and line.stream != stream:
             continue
         prefix = "[runyard] " if line.stream == "system" else ""
-        out.write(f"{prefix}{line.text}\n")
+        out.write(f"{prefix}{printable(line.text, lines=True)}\n")
     out.flush()
 
 
@@ -521,7 +535,7 @@ def _follow(settings: Settings, ref: str, tail: int | None = None, stream: str |
             if run.status.value in TERMINAL:
                 if run.status.value != "finished":
                     print(f"runyard: run {number} {run.status.value}"
-                          + (f": {run.status_message}" if run.status_message else ""), file=sys.stderr)
+                          + (f": {printable(run.status_message)}" if run.status_message else ""), file=sys.stderr)
                 return run.exit_code if run.exit_code is not None and run.exit_code >= 0 else \
                     (0 if run.status.value == "finished" else 1)
             time.sleep(0.2)
@@ -548,7 +562,7 @@ def stop(refs: list[str]) -> int:
     try:
         runs = [api.store.get_run(ref) for ref in refs]  # every reference checked before anything stops
         for r in runs:
-            print(api.stop(r))
+            print(printable(api.stop(r)))
         return 0
     finally:
         api.close()
@@ -633,7 +647,7 @@ def label(ref: str, changes: list[str]) -> int:
     api = _open()
     try:
         r = api.store.set_labels(api.store.resolve(ref), add, remove)
-        print(f"run {r.number}: labels {', '.join(r.labels) or '(none)'}")
+        print(printable(f"run {r.number}: labels {', '.join(r.labels) or '(none)'}"))
         return 0
     finally:
         api.close()

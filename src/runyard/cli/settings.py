@@ -6,6 +6,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from runyard import redact
 from runyard.config import SETTINGS, resolve
 
 
@@ -14,6 +15,8 @@ def run(as_json: bool) -> None:
     rows: list[tuple[str, str | None, str]] = [("home", str(settings.home), settings.home_source)]
     for s in SETTINGS:
         value = settings.values[s.key].value
+        if isinstance(value, str):
+            value = redact.url(value)  # a server URL may carry user:password@
         rows.append((s.key, "(set, hidden)" if s.secret and value is not None else value, settings.source(s.key)))
     if as_json:
         doc = {key: {"value": value, "source": source} for key, value, source in rows}

@@ -55,8 +55,11 @@ def run(refs: tuple[str, ...], as_json: bool) -> int:
             extra = "".join(f", {n}" for n in notes)
             print(f"run {r['run'] or r['run_id']}: {r['records']:,} records ingested{extra}; {r['state']}")
         if held:
-            print(f"{len(held):,} record(s) in quarantine ({api.settings.spool_dir / quarantine.DIR}); the last: "
-                  f"run {held[-1].run_id} writer {held[-1].writer}: {held[-1].reason}")
+            from runyard.cli.printable import printable
+
+            # The reason may quote what the record held (a key, a value): escaped for the terminal.
+            print(printable(f"{len(held):,} record(s) in quarantine ({api.settings.spool_dir / quarantine.DIR}); "
+                            f"the last: run {held[-1].run_id} writer {held[-1].writer}: {held[-1].reason}"))
         return failed
     finally:
         api.close()

@@ -212,7 +212,11 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
         snapshot_id, commit, branch, diff_ref = snap.id, snap.git_commit, snap.git_branch, snap.git_diff_ref
         files, new, root = snap.files, snap.new_bytes, snap.root
     _refuse_missing_script(launch, snapshot_id, artifacts, sub.cwd, root)
-    command = ["sh", "-c", launch["argv"][0]] if launch["shell"] else list(launch["argv"])
+    from runyard import redact
+
+    # What readers see of the command is recorded with its credentials masked; the launch record
+    # keeps the real argv, which only the supervisor (and a rerun) reads (see runyard.redact).
+    command = redact.argv(["sh", "-c", launch["argv"][0]] if launch["shell"] else list(launch["argv"]))
     new_run = NewRun(
         project=sub.project or settings.project, status=RunStatus.QUEUED, name=sub.name, command=command,
         config=config, labels=labels, notes=sub.note, resources=resources or {"gpus": 0},

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from runyard import redact
 from runyard.exec.environment import command_environment, describe, inherited
 from runyard.exec.outputs import PARAMS_FILE, Outputs, written_by
 from runyard.exec.spec import LaunchSpec, run_directory
@@ -85,14 +86,16 @@ class Supervisor:
         self.writer.queue.append((records.UNNUMBERED, kind, time.time(), *fields))
 
     def system(self, text: str) -> None:
-        self.emit(records.LOG, "system", text)
+        # runyard's own lines name the command, the requirements and the installer's output: their
+        # credentials are masked before they are recorded (the command itself gets the real ones).
+        self.emit(records.LOG, "system", redact.text(text))
 
     def end(self, status: str, exit_code: int | None = None, message: str | None = None) -> None:
         event: dict[str, Any] = {"event": "end", "status": status}
         if exit_code is not None:
             event["exit_code"] = exit_code
         if message:
-            event["message"] = message
+            event["message"] = redact.text(message)
         self.emit(records.EVENT, event)
 
     # -- preparing --------------------------------------------------------------------------------
@@ -228,7 +231,7 @@ class Supervisor:
             code, message, detail = refusal
             self.system(f"{message} ({detail})")
             return "failed", code, message
-        self.system(f"command: {shlex.join([resolved or argv[0], *argv[1:]])} ({describe(env)})")
+        self.system(f"command: {shlex.join(redact.argv([resolved or argv[0], *argv[1:]]))} ({describe(env)})")
         argv = [*_parent_death_guard(), resolved or argv[0], *argv[1:]]
         try:
             child = subprocess.Popen(argv, cwd=self.work, env=env, stdin=subprocess.DEVNULL,

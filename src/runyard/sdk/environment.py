@@ -19,9 +19,11 @@ MAX_DIFF = 20 * 1024 * 1024
 
 
 def basics() -> dict[str, Any]:
-    """Cheap facts, known at once."""
+    """Cheap facts, known at once; credentials in the command line masked (``runyard.redact``)."""
+    from runyard import redact
+
     return {
-        "argv": list(sys.argv),
+        "argv": redact.argv(sys.argv),
         "python": platform.python_version(),
         "executable": sys.executable,
         "platform": platform.platform(),
@@ -49,7 +51,9 @@ def git_state(cwd: Path) -> tuple[dict[str, Any], bytes | None]:
     diff = _git(cwd, "diff", "HEAD", "--binary")
     info: dict[str, Any] = {"git_commit": commit.strip(), "git_branch": branch or None}
     if remote:
-        info["git_remote"] = remote
+        from runyard import redact
+
+        info["git_remote"] = redact.url(remote)  # https://user:TOKEN@host/...: never recorded
     data = diff.encode() if diff else None
     if data and len(data) > MAX_DIFF:
         info["git_diff_truncated"] = len(data)

@@ -158,10 +158,14 @@ def _may_launch(request: Request) -> None:
                            "project on the server machine: launching needs a token without --project")
 
 
-def _run_view(request: Request, run: Any) -> dict[str, Any]:
-    """A run as this caller may see it: a reader does not see the values of ``--env`` (they often
-    hold secrets), only their names."""
+def _run_view(request: Request, run: Any, compact: bool = False) -> dict[str, Any]:
+    """A run as this caller may see it: credentials masked for everyone (``wire.masked``), and a
+    reader does not see the values of ``--env`` (they often hold secrets), only their names.
+    ``compact`` leaves out environment, launch and notes (before masking: nothing left to mask)."""
     data = wire.run_out(run)
+    if compact:
+        data["environment"], data["launch"], data["notes"] = {}, None, ""
+    data = wire.masked(data)
     if _principal(request).role == "reader":
         wire.hide_env(data)
     return data
@@ -341,10 +345,7 @@ def _routes(app: FastAPI, server: Server) -> None:
             project = scope
         page = store.list_runs(RunQuery(project=project, labels=label, status=status, sort=sort,
                                         descending=order == "desc", limit=limit, cursor=cursor))
-        items = [_run_view(request, r) for r in page.items]
-        if compact:
-            for item in items:
-                item["environment"], item["launch"], item["notes"] = {}, None, ""
+        items = [_run_view(request, r, compact) for r in page.items]
         return Response(orjson.dumps({"items": items, "next_cursor": page.next_cursor}),
                         media_type="application/json")
 
@@ -385,7 +386,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         if change.append_note:
             run = store.append_note(run.number, change.append_note)
         server.hub.publish(run.number, run.project)
-        return wire.run_out(run)
+        return _run_view(request, run)
 
     @app.post(f"{v1}/runs", tags=["execution"])
     @requires("writer")
@@ -424,7 +425,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         run = server.run_for(request, ref)
         message = stop_run(store, server.settings.home, run)
         server.hub.publish(run.number, run.project)
-        return {"message": message, "run": wire.run_out(store.get_run(run.number))}
+        return {"message": message, "run": _run_view(request, store.get_run(run.number))}
 
     @app.post(f"{v1}/runs/{{ref}}/rerun", tags=["execution"])
     @requires("writer")
@@ -445,7 +446,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         artifact_mounts_only(body.mounts)
         overrides = Overrides(body.pip, body.env, body.timeout, body.mounts, body.gpus)
         number = queue_again(server.settings, parent, body.params, body.name, server.settings.home, overrides)
-        return {"number": number, "run": wire.run_out(store.get_run(number))}
+        return {"number": number, "run": _run_view(request, store.get_run(number))}
 
     @app.post(f"{v1}/runs/{{ref}}/lost", tags=["ingest"])
     @requires("writer")

@@ -115,7 +115,7 @@ def counted(hub: Hub, holder: str, stream: AsyncIterator[bytes]) -> AsyncIterato
 
 
 def _run_frame(run: Any, hide: bool) -> bytes:
-    data = wire.run_out(run)
+    data = wire.masked(wire.run_out(run))
     if hide:
         wire.hide_env(data)
     return frame("run", data)
