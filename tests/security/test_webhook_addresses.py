@@ -172,3 +172,16 @@ def test_alert_test_says_the_webhook_was_refused(tmp_path: Path, listener: Liste
     assert result.returncode == 1, result.stderr
     assert result.stdout.startswith("webhook: FAILED: AddressRefused: refused to send the webhook to localhost")
     assert "allow_private = true" in result.stdout and listener.connections == 0
+
+
+def test_each_checked_address_is_tried_in_turn(monkeypatch: pytest.MonkeyPatch, listener: Listener,
+                                               connects: list[Any]) -> None:
+    # As a connection by name would: nothing answers on the first address, the second takes it.
+    answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, listener.port)) for ip in ("127.0.0.2", "127.0.0.1")]
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *a, **k: answers if host == "two.example" else real(host, *a, **k))
+    assert webhook.post_json(f"http://two.example:{listener.port}/", {"text": "x"}, allow_private=True) == 204
+    assert [address[0] for address in connects] == ["127.0.0.2", "127.0.0.1"] and listener.connections == 1
+    with pytest.raises(webhook.AddressRefused, match="not a URL"):
+        webhook.post_json("http://hooks.example:xx/", {"text": "x"}, allow_private=True)

@@ -44,8 +44,8 @@ def refusal(address: str) -> str | None:
     return None
 
 
-def checked_address(host: str, port: int, allow_private: bool = False) -> str:
-    """The address to connect to for ``host``: resolved once, every answer checked.
+def checked_addresses(host: str, port: int, allow_private: bool = False) -> list[str]:
+    """The addresses to connect to for ``host``, in the resolver's order: resolved once, every answer checked.
 
     Raises ``AddressRefused`` if any address the name resolves to is not public (one internal answer
     among public ones is how a rebinding name would try its luck), ``OSError`` if it does not resolve.
@@ -63,21 +63,34 @@ def checked_address(host: str, port: int, allow_private: bool = False) -> str:
             if why is not None:
                 shown = host if host == address else f"{host} ({address})"
                 raise AddressRefused(f"refused to send the webhook to {shown}: a {why} address; {HINT}")
-    return addresses[0]
+    return addresses
 
 
 def post_json(url: str, body: Mapping[str, Any], allow_private: bool = False) -> int:
     """POST ``body`` as JSON to ``url``, connecting only to a checked address; returns the status."""
     import httpx
 
-    target = httpx.URL(url)
+    try:
+        target = httpx.URL(url)
+    except httpx.InvalidURL as e:
+        raise AddressRefused(f"refused to send the webhook to {url!r}: not a URL ({e})") from None
     if target.scheme not in ("http", "https") or not target.host:
         raise AddressRefused(f"refused to send the webhook to {url!r}: the URL must start with https:// or http://")
     port = target.port or (443 if target.scheme == "https" else 80)
-    address = checked_address(target.host, port, allow_private)
+    addresses = checked_addresses(target.host, port, allow_private)
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     # trust_env=False: a proxy from the environment would do its own resolving, past the check.
     with httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
-        response = client.post(target.copy_with(host=address), json=dict(body),
-                                headers={"host": target.netloc.decode("ascii")}, extensions=extensions)
-    return response.status_code
+
+        def send(address: str) -> int:
+            response = client.post(target.copy_with(host=address), json=dict(body),
+                                   headers={"host": target.netloc.decode("ascii")}, extensions=extensions)
+            return response.status_code
+
+        # Each checked address in turn, as a connection by name would (localhost: ::1, then 127.0.0.1).
+        for address in addresses[:-1]:
+            try:
+                return send(address)
+            except httpx.ConnectError:
+                continue
+        return send(addresses[-1])
