@@ -12,10 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from runyard.alerts import webhook
 from runyard.alerts.dispatch import Dispatcher, Notice, NotifySettings, for_home
+from runyard.store.api import AlertRule, IngestBatch
+from runyard.store.newrun import NewRun
+from runyard.store.series import Points
+from runyard.store.sql import SqlStore
+from runyard.types import RunStatus
 
 INTERNAL = ("http://127.0.0.1:{port}/hook", "http://169.254.169.254/latest/meta-data/", "http://10.1.2.3:{port}/",
             "http://[::1]:{port}/hook", "http://[::ffff:127.0.0.1]:{port}/hook", "http://localhost:{port}/hook",
@@ -185,3 +191,28 @@ def test_each_checked_address_is_tried_in_turn(monkeypatch: pytest.MonkeyPatch, 
     assert [address[0] for address in connects] == ["127.0.0.2", "127.0.0.1"] and listener.connections == 1
     with pytest.raises(webhook.AddressRefused, match="not a URL"):
         webhook.post_json("http://hooks.example:xx/", {"text": "x"}, allow_private=True)
+
+
+@pytest.mark.engines("sqlite")  # the record is the same on both engines
+def test_a_refused_webhook_is_recorded_and_not_tried_again_by_the_next_process(store: SqlStore,
+                                                                              listener: Listener) -> None:
+    from runyard.ingest.alerting import Outbox, Watcher
+
+    store.add_alert_rule(AlertRule("any-nan", "nan", {}, notify=("inbox", "webhook")))
+    number = store.create_run(NewRun(project="p", status=RunStatus.RUNNING)).number
+    batch = IngestBatch("x", "w", 0, 0, points={"loss": Points.of(np.array([0]), np.array([0.0]),
+                                                                  np.array([np.nan]))})
+    Watcher(store).after_ingest(number, batch)
+    settings = NotifySettings(webhook_url=f"http://127.0.0.1:{listener.port}/hook")
+
+    def make() -> Outbox:
+        return Outbox(store, Dispatcher(lambda n: settings), stop=lambda n, why: None)
+
+    first = make()
+    assert first.poll() == 1
+    first.dispatcher.drain(timeout=5)
+    delivery = store.list_alert_events(run=number)[0].delivery
+    assert delivery["pending"] == [] and "a loopback address" in delivery["refused"]["webhook"]
+    second = make()  # e.g. the agent, restarted: nothing is left to send
+    second.poll()
+    assert second.dispatcher.pending() == 0 and listener.connections == 0

@@ -194,6 +194,8 @@ class Dispatcher:
     clock: Callable[[], float] = time.time
     #: Delivered messages, for whoever wants to know (tests, the inbox's delivery column).
     on_delivered: Callable[[str, list[Notice]], object] | None = None
+    #: Messages refused for good (a webhook to a non-public address), with the reason: never retried.
+    on_refused: Callable[[str, list[Notice], str], object] | None = None
     #: Whether this process may deliver now (the outbox's lease); while not, nothing is sent. The
     #: outbox ``clear()``s what waits when another process has taken the lease over.
     holding: Callable[[], bool] | None = None
@@ -283,6 +285,8 @@ class Dispatcher:
             self.senders[pending.channel](settings, title, lines, pending.notices)
         except AddressRefused as e:  # the same address would be refused again: dropped, not retried
             log.error("%s delivery refused, message dropped: %s", pending.channel, e)
+            if self.on_refused is not None:
+                self.on_refused(pending.channel, pending.notices, str(e))
             return 0
         except Exception as e:  # noqa: BLE001 - any failure of a channel: retry later
             self._retry(pending, now, e)
