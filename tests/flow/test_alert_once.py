@@ -69,7 +69,7 @@ def test_an_agent_restarted_mid_run_does_not_say_an_alert_again(tmp_path: Path) 
     hook = Hook()
     try:
         home.mkdir()
-        (home / "config.toml").write_text(f'[notify.webhook]\nurl = "{hook.url}"\n')
+        (home / "config.toml").write_text(f'[notify]\nallow_private = true\n[notify.webhook]\nurl = "{hook.url}"\n')
         add_rules(env)
         (tmp_path / "train.py").write_text(textwrap.dedent(SCRIPT))
         script = subprocess.Popen([sys.executable, str(tmp_path / "train.py")], env=env, cwd=tmp_path,
@@ -118,7 +118,8 @@ def test_two_servers_on_one_database_say_an_alert_once(pg_schema_url: str, tmp_p
     try:
         for server in servers:
             server.home.mkdir(parents=True)
-            (server.home / "config.toml").write_text(f'[notify.webhook]\nurl = "{hook.url}"\n')
+            (server.home / "config.toml").write_text(f'[notify]\nallow_private = true\n'
+                                                     f'[notify.webhook]\nurl = "{hook.url}"\n')
             server.start()
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")},
                "RUNYARD_HOME": str(servers[0].home), "RUNYARD_DB": pg_schema_url}

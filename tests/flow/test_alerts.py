@@ -95,11 +95,19 @@ def test_cli_rules_inbox_and_status_line(project: Path, env: dict[str, str]) -> 
     assert [json.loads(x)["kind"] for x in follow.stdout.splitlines()] == ["failed"]
 
 
+def allow_private(env: dict[str, str]) -> None:
+    """The test webhook listens on loopback: only the home's config.toml may allow that."""
+    home = Path(env["RUNYARD_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text("[notify]\nallow_private = true\n")
+
+
 def test_a_launched_run_s_alert_reaches_the_webhook_its_project_file_names(project: Path,
                                                                            env: dict[str, str]) -> None:
     from tests.unit.alerts.test_dispatch import Hook
 
     hook = Hook()
+    allow_private(env)
     try:
         (project / "train.py").write_text(textwrap.dedent(NAN_THEN_SLEEP).replace("time.sleep(120)", "pass"))
         (project / "runyard.toml").write_text(textwrap.dedent(f"""
@@ -140,6 +148,7 @@ def test_alert_test_sends_on_each_configured_channel_and_says_which_failed(proje
     assert refused.returncode == 1 and "no channel is configured" in refused.stderr
     hook, smtp = Hook(), Controller(Keep(), hostname="127.0.0.1", port=free_port())
     smtp.start()
+    allow_private(env)
     try:
         (project / "runyard.toml").write_text(textwrap.dedent(f"""
             [notify.webhook]

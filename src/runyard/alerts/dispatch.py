@@ -3,14 +3,16 @@
 The ingester's Watcher records each fired alert in the inbox and hands it here (``put``), then goes
 on: delivery happens in this object's own thread, so a dead webhook or a refusing SMTP server never
 slows ingest. A failed delivery is retried with backoff (1 s, doubling, at most 5 minutes apart,
-for up to a day). Routine news (a run finished) is gathered into one digest per channel and
-window; alerts and failures go out at once. During quiet hours routine news waits; alerts do not.
+for up to a day); a webhook to a non-public address is refused (alerts/webhook.py) and dropped, as
+retrying cannot change the address. Routine news (a run finished) is gathered into one digest per
+channel and window; alerts and failures go out at once. During quiet hours routine news waits; alerts do not.
 
 Configuration, in the home's ``config.toml`` (or a project's ``runyard.toml``)::
 
     [notify]
     digest = "10m"                 # window for routine news (default 10m)
     quiet_hours = "22:00-07:00"    # local time; optional
+    allow_private = false          # webhooks to loopback/private/link-local addresses (home config only)
     [notify.webhook]
     url = "https://hooks.example.com/T000/B000"
     [notify.email]
@@ -26,13 +28,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from runyard import redact
 from runyard.alerts.spec import seconds
+from runyard.alerts.webhook import AddressRefused, post_json
 from runyard.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,9 @@ class NotifySettings:
     email: Mapping[str, Any] | None = None
     digest: float = 600.0
     quiet: tuple[int, int] | None = None  # minutes after midnight: start, end
+    #: Whether a webhook may go to a loopback, private or link-local address (see alerts/webhook.py).
+    #: Only the home's config.toml sets it: a run's project file is written by whoever launches it.
+    allow_private: bool = False
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str) -> NotifySettings:
@@ -56,9 +62,12 @@ class NotifySettings:
             webhook = table.get("webhook") or {}
             email = table.get("email")
             quiet = table.get("quiet_hours")
+            allow_private = table.get("allow_private", False)
+            if not isinstance(allow_private, bool):
+                raise ValueError(f"allow_private must be true or false, not {allow_private!r}")
             return cls(webhook_url=webhook.get("url"), email=email,
                        digest=seconds(table.get("digest", "10m"), "digest"),
-                       quiet=_quiet_hours(quiet) if quiet else None)
+                       quiet=_quiet_hours(quiet) if quiet else None, allow_private=allow_private)
         except (ValueError, AttributeError, TypeError) as e:
             raise ConfigError(f"{where}: [notify]: {e}") from None
 
@@ -81,12 +90,16 @@ class Notice:
 
 def for_home(home_config: Path) -> Callable[[Notice], NotifySettings]:
     """NotifySettings for a notice: its run's project file's [notify], else the home config's (re-read
-    when the file changes)."""
+    when the file changes). ``allow_private`` always comes from the home config."""
     cache: dict[str, Any] = {"mtime": None, "settings": NotifySettings()}
 
     def settings_for(notice: Notice) -> NotifySettings:
+        home = home_settings()
         if notice.settings is not None:
-            return notice.settings
+            return replace(notice.settings, allow_private=home.allow_private)
+        return home
+
+    def home_settings() -> NotifySettings:
         try:
             mtime = home_config.stat().st_mtime
         except OSError:
@@ -131,12 +144,12 @@ def webhook_body(title: str, lines: list[str], notices: list[Notice]) -> dict[st
                          "rule": n.rule, "event": n.event_id} for n in notices]}
 
 
-def send_webhook(url: str, body: Mapping[str, Any]) -> None:
-    import httpx
-
-    response = httpx.post(url, json=body, timeout=10.0)
-    if response.status_code >= 300:
-        raise OSError(f"webhook answered {response.status_code}")
+def send_webhook(url: str, body: Mapping[str, Any], allow_private: bool = False) -> None:
+    status = post_json(url, body, allow_private)
+    if 300 <= status < 400:
+        raise OSError(f"webhook answered {status} (a redirect; redirects are not followed: give the final URL)")
+    if status >= 300:
+        raise OSError(f"webhook answered {status}")
 
 
 def send_email(config: Mapping[str, Any], subject: str, text: str) -> None:
@@ -182,6 +195,8 @@ class Dispatcher:
     clock: Callable[[], float] = time.time
     #: Delivered messages, for whoever wants to know (tests, the inbox's delivery column).
     on_delivered: Callable[[str, list[Notice]], object] | None = None
+    #: Messages refused for good (a webhook to a non-public address), with the reason: never retried.
+    on_refused: Callable[[str, list[Notice], str], object] | None = None
     #: Whether this process may deliver now (the outbox's lease); while not, nothing is sent. The
     #: outbox ``clear()``s what waits when another process has taken the lease over.
     holding: Callable[[], bool] | None = None
@@ -269,6 +284,11 @@ class Dispatcher:
         title, lines = _text(pending.notices)
         try:
             self.senders[pending.channel](settings, title, lines, pending.notices)
+        except AddressRefused as e:  # the same address would be refused again: dropped, not retried
+            log.error("%s delivery refused, message dropped: %s", pending.channel, e)
+            if self.on_refused is not None:
+                self.on_refused(pending.channel, pending.notices, str(e))
+            return 0
         except Exception as e:  # noqa: BLE001 - any failure of a channel: retry later
             self._retry(pending, now, e)
             return 0
@@ -330,7 +350,7 @@ def _text(notices: list[Notice]) -> tuple[str, list[str]]:
 def _webhook(settings: NotifySettings, title: str, lines: list[str], notices: list[Notice]) -> None:
     if not settings.webhook_url:
         raise OSError("no [notify.webhook] url is configured")
-    send_webhook(settings.webhook_url, webhook_body(title, lines, notices))
+    send_webhook(settings.webhook_url, webhook_body(title, lines, notices), settings.allow_private)
 
 
 def _email(settings: NotifySettings, title: str, lines: list[str], notices: list[Notice]) -> None:

@@ -147,6 +147,8 @@ def _json(value: Any) -> bytes:
 
 def test_channels(channels: tuple[str, ...], as_json: bool) -> int:
     """Send a test message on each channel now, as an alert from a run started here would go out."""
+    from dataclasses import replace
+
     from runyard.alerts.dispatch import SENDERS, NotifySettings, destination
     from runyard.alerts.rules import load_notify
     from runyard.config import HOME_CONFIG_NAME
@@ -160,6 +162,12 @@ def test_channels(channels: tuple[str, ...], as_json: bool) -> int:
                 source = path
                 break
     notify = NotifySettings.from_table(table, str(source)) if table is not None else NotifySettings()
+    if source != settings.home / HOME_CONFIG_NAME:  # allow_private counts only in the home's config
+        home_table = None
+        if (settings.home / HOME_CONFIG_NAME).is_file():
+            home_table = load_notify(settings.home / HOME_CONFIG_NAME)
+        home = NotifySettings.from_table(home_table, str(settings.home / HOME_CONFIG_NAME)) if home_table else None
+        notify = replace(notify, allow_private=home is not None and home.allow_private)
     wanted = list(channels) or [c for c in SENDERS if destination(notify, c)]
     if not wanted:
         print("runyard: no channel is configured: add a [notify] table to runyard.toml or to "

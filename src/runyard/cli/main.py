@@ -456,7 +456,8 @@ def note(ref: str, text: str) -> None:
 @click.option("--db", metavar="URL", help="Database (default: the configured db).")
 @click.option("--artifacts", metavar="PATH", help="Artifact store directory (default: the configured one).")
 @click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
-              help="A DNS name clients reach the server by (the Host header); repeatable.")
+              help="A DNS name clients reach the server by (the Host header); repeatable. "
+                   "Needed with --host 0.0.0.0 or ::.")
 def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...]) -> None:
     """Run the tracking server: the HTTP API, ingest from remote runs, live events.
 
@@ -469,7 +470,8 @@ def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_
     Examples:
       runyard server                                  # http://127.0.0.1:8765, this home's store
       runyard token create --role admin --name me     # before listening on the network:
-      runyard server --host 0.0.0.0 --db postgresql+psycopg://runyard@db/runyard
+      runyard server --host 0.0.0.0 --allow-host runyard.example.org \
+          --db postgresql+psycopg://runyard@db/runyard
     """
     from runyard.cli import server as impl
 

@@ -23,10 +23,15 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
     import uvicorn
 
     from runyard.server.app import create_app
-    from runyard.server.security import is_loopback
+    from runyard.server.security import binds_all, is_loopback
     from runyard.store.home import open_store
     from runyard.store.tokens import Tokens
 
+    if binds_all(host) and not allowed_hosts:
+        # Any Host header would be accepted otherwise: the server must know the name it is reached by.
+        raise ConfigError(f"listening on {host} (every interface) needs the name clients reach the server by: "
+                         "add --allow-host NAME (repeatable), e.g. --allow-host runyard.example.org; "
+                         "loopback names (localhost, 127.0.0.1) are always allowed")
     overrides = {k: v for k, v in (("db", db), ("artifacts", artifacts)) if v}
     # A server serves its own store, never another server: the agents and runs it starts inherit this
     # environment, and with RUNYARD_SERVER they would ship to a server instead of running.

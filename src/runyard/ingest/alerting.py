@@ -208,6 +208,7 @@ class Outbox:
         self._held_until = 0.0
         self._ask_at = 0.0
         dispatcher.on_delivered = self._delivered
+        dispatcher.on_refused = self._refused
         dispatcher.holding = self.holding
 
     def start(self, interval: float = 0.25) -> Outbox:
@@ -301,13 +302,20 @@ class Outbox:
         return self._runs[number]
 
     def _delivered(self, channel: str, notices: list[Notice]) -> None:
+        self._settled(channel, notices, "delivered", self.clock())
+
+    def _refused(self, channel: str, notices: list[Notice], reason: str) -> None:
+        # Recorded as settled: the next process to take the lease must not try the same address again.
+        self._settled(channel, notices, "refused", reason)
+
+    def _settled(self, channel: str, notices: list[Notice], how: str, value: Any) -> None:
         for notice in notices:
             with self._lock:
                 delivery = self._deliveries.get(notice.event_id)
                 if delivery is None:
                     continue
                 delivery["pending"] = [c for c in delivery.get("pending") or () if c != channel]
-                delivery.setdefault("delivered", {})[channel] = self.clock()
+                delivery.setdefault(how, {})[channel] = value
                 if not delivery["pending"]:
                     del self._deliveries[notice.event_id]
                 recorded = dict(delivery)

@@ -88,6 +88,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def binds_all(host: str) -> bool:
+    """Whether ``host`` is the unspecified address (0.0.0.0, ::): listening on every interface."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
 @dataclass
 class Principal:
     """Who is asking: a token, or the single local user of a server that has none."""
@@ -132,8 +140,10 @@ class Policy:
             return True
         if self.loopback:
             return host in LOOPBACK_NAMES or is_loopback(host)
-        if self.bind_host in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
-            return True  # any name may reach it; every request needs a token (see auth_required)
+        if binds_all(self.bind_host):
+            # Only the names given with --allow-host (checked above), and loopback for this machine's
+            # own use: accepting any name would let a rebound DNS name reach the server.
+            return host in LOOPBACK_NAMES or is_loopback(host)
         return host == self.bind_host.strip("[]").lower() or host in LOOPBACK_NAMES
 
     def auth_required(self) -> bool:

@@ -73,7 +73,7 @@ def wait(check: Any, timeout: float = 10.0) -> None:
 
 
 def test_the_webhook_receives_exactly_the_documented_json(hook: Hook) -> None:
-    d = Dispatcher(lambda n: NotifySettings(webhook_url=hook.url)).start()
+    d = Dispatcher(lambda n: NotifySettings(webhook_url=hook.url, allow_private=True)).start()
     try:
         d.put(notice(7))
         wait(lambda: len(hook.bodies) == 1)
@@ -87,7 +87,8 @@ def test_the_webhook_receives_exactly_the_documented_json(hook: Hook) -> None:
 
 def test_ten_completions_in_one_window_make_one_digest(hook: Hook) -> None:
     clock = [0.0]
-    d = Dispatcher(lambda n: NotifySettings(webhook_url=hook.url, digest=600.0), clock=lambda: clock[0])
+    d = Dispatcher(lambda n: NotifySettings(webhook_url=hook.url, digest=600.0, allow_private=True),
+                   clock=lambda: clock[0])
     for i in range(10):
         d.put(notice(i, kind="finished"))
         clock[0] += 30.0
@@ -103,7 +104,7 @@ def test_ten_completions_in_one_window_make_one_digest(hook: Hook) -> None:
 
 def test_quiet_hours_hold_routine_news_but_not_alerts(hook: Hook) -> None:
     now = time.mktime((2026, 11, 22, 23, 30, 0, 0, 0, -1))
-    quiet = NotifySettings(webhook_url=hook.url, digest=0.001, quiet=(22 * 60, 7 * 60))
+    quiet = NotifySettings(webhook_url=hook.url, digest=0.001, allow_private=True, quiet=(22 * 60, 7 * 60))
     assert in_quiet_hours(quiet.quiet, now) and not in_quiet_hours(quiet.quiet, now + 9 * 3600)
     clock = [now]
     d = Dispatcher(lambda n: quiet, clock=lambda: clock[0])
@@ -118,7 +119,7 @@ def test_quiet_hours_hold_routine_news_but_not_alerts(hook: Hook) -> None:
 def test_a_failing_webhook_is_retried_until_it_takes_the_message() -> None:
     dead = Hook(statuses=[500, 503])
     clock = [0.0]
-    d = Dispatcher(lambda n: NotifySettings(webhook_url=dead.url), clock=lambda: clock[0])
+    d = Dispatcher(lambda n: NotifySettings(webhook_url=dead.url, allow_private=True), clock=lambda: clock[0])
     try:
         d.put(notice(1))
         assert d.deliver_due() == 0 and d.pending() == 1  # 500: kept
@@ -192,7 +193,8 @@ def test_ingest_never_waits_for_a_hanging_webhook(store: SqlStore) -> None:
 
     stuck = Hook(block=True)  # accepts the connection, never answers until released
     try:
-        outbox = Outbox(store, Dispatcher(lambda n: NotifySettings(webhook_url=stuck.url)), stop=lambda n, why: None)
+        outbox = Outbox(store, Dispatcher(lambda n: NotifySettings(webhook_url=stuck.url, allow_private=True)),
+                        stop=lambda n, why: None)
         outbox.start(interval=0.01)
         watcher = Watcher(store)
         store.add_alert_rule(AlertRule("any-nan", "nan", {"cooldown": 0.0}, notify=("inbox", "webhook")))
@@ -224,7 +226,7 @@ def test_alerts_recorded_by_a_process_that_is_gone_are_acted_on_once(store: SqlS
     stopped: list[int] = []
 
     def make() -> Outbox:
-        dispatcher = Dispatcher(lambda n: NotifySettings(webhook_url=hook.url))
+        dispatcher = Dispatcher(lambda n: NotifySettings(webhook_url=hook.url, allow_private=True))
         return Outbox(store, dispatcher, stop=lambda n, why: stopped.append(n))
 
     first = make()

@@ -74,12 +74,16 @@ class LiveServer:
     db_url: str
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
+    #: --allow-host names (a server bound to every interface refuses to start without one).
+    allow_hosts: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        # Bound to every interface, it is reached here over loopback (0.0.0.0 is no name it answers to).
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
         self.log = self.home.parent / f"server-{self.port}.log"
@@ -90,7 +94,8 @@ class LiveServer:
             env = {**home_env(self.home, self.db_url), "RUNYARD_SERVER": "http://127.0.0.1:9",
                    "RUNYARD_TOKEN": "ry_not_for_this_server"}
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "runyard.cli.main", "server", "--host", self.host, "--port", str(self.port)],
+                [sys.executable, "-m", "runyard.cli.main", "server", "--host", self.host, "--port", str(self.port),
+                 *(arg for name in self.allow_hosts for arg in ("--allow-host", name))],
                 env=env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

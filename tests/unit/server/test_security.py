@@ -705,7 +705,8 @@ def test_server_on_all_interfaces_needs_a_token_to_start_and_to_answer(db_url: s
     env = home_env(home, db_url)
     port = free_port()
     refused = subprocess.run([sys.executable, "-m", "runyard.cli.main", "server", "--host", "0.0.0.0",
-                              "--port", str(port)], env=env, capture_output=True, timeout=60, check=False)
+                              "--port", str(port), "--allow-host", "runyard.example"],
+                             env=env, capture_output=True, timeout=60, check=False)
     said = (refused.stdout + refused.stderr).decode()
     assert refused.returncode != 0, said
     assert "runyard token create" in said
@@ -716,7 +717,7 @@ def test_server_on_all_interfaces_needs_a_token_to_start_and_to_answer(db_url: s
         opened.store.create_run(NewRun(project="p", name="r", status=RunStatus.RUNNING))
     finally:
         opened.close()
-    server = LiveServer(home, db_url, port=port, host="0.0.0.0")
+    server = LiveServer(home, db_url, port=port, host="0.0.0.0", allow_hosts=("runyard.example",))
     server.start()
     try:
         url = f"http://127.0.0.1:{port}"
