@@ -81,9 +81,16 @@ class Outputs:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refused: set[str] = set()
+        #: (device, inode) of the working directory when the code was placed in it: a pass never
+        #: walks another directory put in its place (a symlink to /etc, say).
+        self._identity: tuple[int, int] | None = None
+        self._moved = False
 
     def snapshot(self, files: dict[str, str]) -> None:
         """The code as materialised (path -> sha256): these files are outputs only once changed."""
+        with contextlib.suppress(OSError):
+            st = self.directory.stat()
+            self._identity = (st.st_dev, st.st_ino)
         self.code.update(files)
         for rel in files:
             with contextlib.suppress(OSError):
@@ -120,7 +127,7 @@ class Outputs:
                 return 0
 
     def _upload(self, final: bool) -> int:
-        if not self.directory.is_dir():
+        if not self.directory.is_dir() or not self._same_directory():
             return 0
         writing = set() if final else self.writing()
         count = size = 0
@@ -154,20 +161,56 @@ class Outputs:
             self.say(f"uploaded {count} output file(s) ({_size(size)})" + (" (final)" if final else ""))
         return count
 
+    def _same_directory(self) -> bool:
+        """Whether the working directory is still the one the code was placed in, not a symlink or
+        another directory the command put in its place (said once)."""
+        try:
+            st = self.directory.stat()
+            same = not self.directory.is_symlink() and (
+                self._identity is None or (st.st_dev, st.st_ino) == self._identity)
+        except OSError:
+            same = False
+        if not same and not self._moved:
+            self._moved = True
+            self.say(f"not storing outputs: the working directory {self.directory} was replaced (by a symlink or "
+                     "another directory) while the run went on; nothing outside it is stored")
+        return same
+
     def _candidates(self) -> Iterator[tuple[str, Path]]:
         """(relative path, path) of each file a pass considers, sorted, without the directories
-        never kept and, outside ``outputs/``, what ``.runyardignore`` lists."""
+        never kept and, outside ``outputs/``, what ``.runyardignore`` lists. A symlink is never
+        followed: its target is not the run's (``outputs -> /etc/ssl`` keeps nothing of /etc/ssl)."""
         patterns = ignore_patterns(self.directory)
         root = str(self.directory)
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: symlinked directories stay shut
             base = os.path.relpath(dirpath, root).replace(os.sep, "/")
             base = "" if base == "." else base + "/"
-            dirnames[:] = sorted(d for d in dirnames if self._kept(base + d, d, patterns))
+            kept = []
+            for d in sorted(dirnames):
+                if not self._kept(base + d, d, patterns):
+                    continue
+                if os.path.islink(os.path.join(dirpath, d)):  # noqa: PTH114, PTH118
+                    self._skip_link(base + d)
+                    continue
+                kept.append(d)
+            dirnames[:] = kept
             for name in sorted(filenames):
                 rel = base + name
                 path = Path(dirpath, name)
                 if self._kept(rel, name, patterns) and not path.is_symlink():
                     yield rel, path
+
+    def _skip_link(self, rel: str) -> None:
+        """Say once that a symlinked directory of the working directory is not kept, nor followed."""
+        if rel in self._skipped:
+            return
+        self._skipped.add(rel)
+        try:
+            where = f" (to {(self.directory / rel).readlink()})"
+        except OSError:
+            where = ""
+        self.say(f"not keeping {rel}/ as an output: it is a symlink{where}, and a run's outputs are the files it "
+                 "wrote in its working directory; symlinks are not followed")
 
     def _kept(self, rel: str, name: str, patterns: list[str]) -> bool:
         if name in NEVER_KEPT or any(rel == p or rel.startswith(p + "/") for p in self.placed):

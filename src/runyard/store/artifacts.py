@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from runyard.errors import ArtifactError, ArtifactPathError, NotFound
-from runyard.files import fsync_dir
+from runyard.files import fsync_dir, place
 from runyard.names import validate_relpath
 
 _CHUNK = 1 << 20
@@ -303,7 +303,7 @@ class DiskArtifacts:
 
     def export(self, content_ref: str, dest_root: Path, relpath: str) -> Path:
         """Copy a blob to ``dest_root/relpath`` atomically, never following a symlink out of dest_root."""
-        target = _target(dest_root, relpath)
+        target = place(dest_root, relpath)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=".runyard-")
         try:
             with os.fdopen(fd, "wb") as out, self.open(content_ref) as src:
@@ -329,7 +329,7 @@ class DiskArtifacts:
         source = self._object_path(sha)
         if not source.is_file() or source.is_symlink():
             return None  # packed with others, or missing: no file of its own to share
-        target = _target(dest_root, relpath)
+        target = place(dest_root, relpath)
         if target.exists():
             return None
         if _reflink(source, target):
@@ -385,26 +385,6 @@ class DiskArtifacts:
         except FileNotFoundError:
             return 0
         return size  # index lines naming a removed pack are ignored: _locate checks the pack exists
-
-
-def _target(dest_root: Path, relpath: str) -> Path:
-    """``dest_root/relpath``, its parents created, checked not to lead out of dest_root."""
-    validate_relpath(relpath)
-    root = Path(dest_root)
-    root.mkdir(parents=True, exist_ok=True)
-    real_root = root.resolve()
-    parent = root
-    for part in relpath.split("/")[:-1]:
-        parent = parent / part
-        if parent.is_symlink():
-            raise ArtifactPathError(f"{parent} is a symlink; refusing to write through it")
-        parent.mkdir(exist_ok=True)
-    target = parent / relpath.rsplit("/", 1)[-1]
-    if not _inside(target.parent.resolve(), real_root):
-        raise ArtifactPathError(f"{relpath!r} would be written outside {real_root}")
-    if target.is_symlink():
-        raise ArtifactPathError(f"{target} is a symlink; refusing to overwrite it")
-    return target
 
 
 #: Linux's FICLONE ioctl: make ``dest`` share ``source``'s blocks, copy-on-write (btrfs, XFS...).
