@@ -105,3 +105,27 @@ def test_a_run_that_replaces_its_working_directory_with_a_symlink_stores_nothing
     texts = [text for _, text in log_of(env, project, number)]
     assert any("working directory" in t and "replaced" in t for t in texts), texts
     assert os.listdir(secret) == ["key.pem"]
+
+
+def test_a_directory_swapped_for_a_symlink_during_a_pass_is_not_followed(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race a pass cannot see by listing: a directory the walk found is replaced by a symlink
+    before its files are read. The file is opened without following it out of the working directory."""
+    from runyard.exec.outputs import Outputs
+    from runyard.store.artifacts import DiskArtifacts
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.pem").write_text("not the run's")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "own.txt").write_text("the run's")
+    (work / "sub").symlink_to(secret, target_is_directory=True)  # swapped in after the listing
+    store = DiskArtifacts(tmp_path / "artifacts")
+    store.ensure()
+    recorded: list[str] = []
+    outputs = Outputs(work, store, lambda path, *_: recorded.append(path), lambda _: None)
+    listed = [("own.txt", work / "own.txt"), ("sub/key.pem", work / "sub" / "key.pem")]
+    monkeypatch.setattr(outputs, "_candidates", lambda: iter(listed))
+    outputs.upload(final=True)
+    assert recorded == ["own.txt"]

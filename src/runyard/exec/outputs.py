@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from runyard.errors import RunyardError
 from runyard.exec.snapshot import ignore_patterns, ignored
@@ -223,9 +224,10 @@ class Outputs:
         if self.identical.get(rel) == key:
             return True
         try:
-            sha, _ = _hash(path)
+            with self._open(path) as f:
+                sha, _ = _hash_file(f)
         except OSError:
-            return True  # unreadable or gone: nothing to keep now
+            return True  # unreadable, gone or not the run's: nothing to keep now
         if sha == self.code[rel]:
             self.identical[rel] = key
             return True
@@ -239,20 +241,42 @@ class Outputs:
         stored = None
         for _attempt in range(3):
             try:
-                before = path.stat()
-                sha, size = _hash(path)
-                if not self.store.has(sha):
-                    blob = self.store.put_file(path)  # reads it again: it may have changed since
-                    sha, size = blob.sha256, blob.size
-                after = path.stat()
+                with self._open(path) as f:
+                    before = os.fstat(f.fileno())
+                    sha, size = _hash_file(f)
+                    if not self.store.has(sha):
+                        f.seek(0)
+                        blob = self.store.put_stream(f)  # reads it again: it may have changed since
+                        sha, size = blob.sha256, blob.size
+                    after = os.fstat(f.fileno())
             except (OSError, RunyardError):
-                return None  # removed or unreadable now: the next pass sees the new state
+                return None  # removed, unreadable or not the run's now: the next pass sees the new state
             stored = (sha, size, (after.st_size, after.st_mtime_ns))
             if (before.st_size, before.st_mtime_ns) == stored[2]:
                 return stored
             if not accept_changing:
                 return None
         return stored
+
+    def _open(self, path: Path) -> BinaryIO:
+        """Open a file of the working directory for reading, refusing (OSError) a symlink, anything
+        but a regular file, and a file that is not inside the working directory after all (a
+        directory on its way swapped for a symlink after the pass listed it)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{path} is not a regular file")
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - the opened file's own path
+            except OSError:
+                real = os.path.realpath(path)  # not Linux
+            root = os.path.realpath(self.directory)
+            if not real.startswith(root + os.sep):
+                raise OSError(f"{path} leads out of the working directory, to {real}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "rb")
 
     def _valid(self, rel: str) -> bool:
         try:
@@ -270,13 +294,12 @@ def _key(path: Path) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def _hash(path: Path) -> tuple[str, int]:
+def _hash_file(f: BinaryIO) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-            size += len(block)
+    while block := f.read(_CHUNK):
+        digest.update(block)
+        size += len(block)
     return digest.hexdigest(), size
 
 

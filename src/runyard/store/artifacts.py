@@ -60,6 +60,7 @@ class ArtifactStore(Protocol):
     """Where artifact bytes live, addressed by content."""
 
     def put_file(self, source: Path) -> Blob: ...
+    def put_stream(self, src: BinaryIO) -> Blob: ...
     def put_bytes(self, data: bytes) -> Blob: ...
     def put_pack(self, sources: list[Path]) -> list[Blob]: ...
     def put_tree(self, source: Path) -> list[tuple[str, Blob]]: ...
@@ -113,25 +114,29 @@ class DiskArtifacts:
         source = Path(source)
         try:
             with source.open("rb") as src:
-                digest = hashlib.sha256()
-                size = 0
-                tmp = self._new_tmp()
-                try:
-                    with os.fdopen(tmp[0], "wb") as out:
-                        while block := src.read(_CHUNK):
-                            digest.update(block)
-                            out.write(block)
-                            size += len(block)
-                        out.flush()
-                        os.fsync(out.fileno())
-                    return self._place(digest.hexdigest(), size, Path(tmp[1]))
-                except BaseException:
-                    Path(tmp[1]).unlink(missing_ok=True)
-                    raise
+                return self.put_stream(src)
         except FileNotFoundError:
             raise NotFound(f"cannot store {source}: no such file") from None
         except IsADirectoryError:
             raise ArtifactError(f"cannot store {source} as a file: it is a directory") from None
+
+    def put_stream(self, src: BinaryIO) -> Blob:
+        """Store what is left to read of an open file (one the caller opened safely, say)."""
+        digest = hashlib.sha256()
+        size = 0
+        tmp = self._new_tmp()
+        try:
+            with os.fdopen(tmp[0], "wb") as out:
+                while block := src.read(_CHUNK):
+                    digest.update(block)
+                    out.write(block)
+                    size += len(block)
+                out.flush()
+                os.fsync(out.fileno())
+            return self._place(digest.hexdigest(), size, Path(tmp[1]))
+        except BaseException:
+            Path(tmp[1]).unlink(missing_ok=True)
+            raise
 
     def put_pack(self, sources: list[Path]) -> list[Blob]:
         """Store many small files as one pack: one file written and synced instead of one per file
