@@ -109,8 +109,10 @@ def main() -> int:
 
     opened = open_store(settings)
     watcher = Watcher(opened.store)
-    tailer = Tailer(StoreSink(opened.store, opened.artifacts, watcher), settings.spool_dir, target_key(settings))
-    scheduler = Scheduler(opened.store, settings, LocalExecutor(settings.home), gpu_count(),
+    executor = LocalExecutor(settings.home)
+    tailer = Tailer(StoreSink(opened.store, opened.artifacts, watcher), settings.spool_dir, target_key(settings),
+                    abandoned=executor.end_abandoned)
+    scheduler = Scheduler(opened.store, settings, executor, gpu_count(),
                           on_status=watcher.after_status)
     outbox = alert_outbox(opened.store, settings.home, settings.lease, holder=scheduler.agent).start()
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must

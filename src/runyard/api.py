@@ -165,7 +165,9 @@ class Api:
             tailer = Tailer(RemoteSink(self._client), self.settings.spool_dir, target)
         else:
             assert self._opened is not None
-            tailer = Tailer(StoreSink(self._opened.store, self._opened.artifacts), self.settings.spool_dir, target)
+            # Whoever finds a supervisor dead first kills what is left of its run (its slot is freed).
+            tailer = Tailer(StoreSink(self._opened.store, self._opened.artifacts), self.settings.spool_dir, target,
+                            abandoned=self._end_abandoned)
         return tailer.poll(include_live=include_live, run_ids=runs)
 
     def stop(self, run: Run) -> str:
@@ -202,6 +204,11 @@ class Api:
         if entry.mode is not None:
             target.chmod(entry.mode & 0o777)
         return target
+
+    def _end_abandoned(self, run_id: str) -> None:
+        from runyard.exec.local import LocalExecutor  # only when a supervisor died: keeps start-up light
+
+        LocalExecutor(self.settings.home).end_abandoned(run_id)
 
     def run(self, ref: str | int) -> RunView:
         return RunView(self, self.store.get_run(ref))

@@ -348,10 +348,9 @@ class RemoteArtifacts:
 
         import httpx
 
-        from runyard.names import validate_relpath
+        from runyard.files import place
 
-        target = dest_root / validate_relpath(relpath)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = place(dest_root, relpath)  # the local export's rules: no symlink in dest_root is followed
         digest = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         tmp = Path(tmp_name)

@@ -389,6 +389,8 @@ def rm(refs: tuple[str, ...], yes: bool) -> None:
 def cp(source: str, destination: Path) -> None:
     """Copy a run's artifact (a file, or a directory of them) out of the store.
 
+    Nothing is written through a symlink inside DEST (a copy that would is refused).
+
     \b
     runyard cp 62:outputs/model.pt .
     runyard cp 62:checkpoints/ /tmp/ck

@@ -53,6 +53,15 @@ class LocalExecutor:
             return False
         return b"runyard.exec.supervisor" in cmdline and run_id.encode() in cmdline
 
+    def end_abandoned(self, run_id: str) -> list[int]:
+        """Kill what is left of a run whose supervisor died (the command's children, re-parented to
+        init); returns the process groups killed. Nothing while its supervisor is alive."""
+        from runyard.exec.groups import end_abandoned
+
+        if self.alive(run_id):
+            return []
+        return end_abandoned(run_directory(self.home, run_id), run_id)
+
     def stop(self, run_id: str) -> bool:
         """Ask the run's supervisor to stop it (SIGTERM); False if no supervisor is running."""
         pid = self._pid(run_id)

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from runyard.errors import RunyardError
 from runyard.exec.snapshot import ignore_patterns, ignored
@@ -81,9 +82,16 @@ class Outputs:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refused: set[str] = set()
+        #: (device, inode) of the working directory when the code was placed in it: a pass never
+        #: walks another directory put in its place (a symlink to /etc, say).
+        self._identity: tuple[int, int] | None = None
+        self._moved = False
 
     def snapshot(self, files: dict[str, str]) -> None:
         """The code as materialised (path -> sha256): these files are outputs only once changed."""
+        with contextlib.suppress(OSError):
+            st = self.directory.stat()
+            self._identity = (st.st_dev, st.st_ino)
         self.code.update(files)
         for rel in files:
             with contextlib.suppress(OSError):
@@ -120,7 +128,7 @@ class Outputs:
                 return 0
 
     def _upload(self, final: bool) -> int:
-        if not self.directory.is_dir():
+        if not self.directory.is_dir() or not self._same_directory():
             return 0
         writing = set() if final else self.writing()
         count = size = 0
@@ -154,20 +162,56 @@ class Outputs:
             self.say(f"uploaded {count} output file(s) ({_size(size)})" + (" (final)" if final else ""))
         return count
 
+    def _same_directory(self) -> bool:
+        """Whether the working directory is still the one the code was placed in, not a symlink or
+        another directory the command put in its place (said once)."""
+        try:
+            st = self.directory.stat()
+            same = not self.directory.is_symlink() and (
+                self._identity is None or (st.st_dev, st.st_ino) == self._identity)
+        except OSError:
+            same = False
+        if not same and not self._moved:
+            self._moved = True
+            self.say(f"not storing outputs: the working directory {self.directory} was replaced (by a symlink or "
+                     "another directory) while the run went on; nothing outside it is stored")
+        return same
+
     def _candidates(self) -> Iterator[tuple[str, Path]]:
         """(relative path, path) of each file a pass considers, sorted, without the directories
-        never kept and, outside ``outputs/``, what ``.runyardignore`` lists."""
+        never kept and, outside ``outputs/``, what ``.runyardignore`` lists. A symlink is never
+        followed: its target is not the run's (``outputs -> /etc/ssl`` keeps nothing of /etc/ssl)."""
         patterns = ignore_patterns(self.directory)
         root = str(self.directory)
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: symlinked directories stay shut
             base = os.path.relpath(dirpath, root).replace(os.sep, "/")
             base = "" if base == "." else base + "/"
-            dirnames[:] = sorted(d for d in dirnames if self._kept(base + d, d, patterns))
+            kept = []
+            for d in sorted(dirnames):
+                if not self._kept(base + d, d, patterns):
+                    continue
+                if os.path.islink(os.path.join(dirpath, d)):  # noqa: PTH114, PTH118
+                    self._skip_link(base + d)
+                    continue
+                kept.append(d)
+            dirnames[:] = kept
             for name in sorted(filenames):
                 rel = base + name
                 path = Path(dirpath, name)
                 if self._kept(rel, name, patterns) and not path.is_symlink():
                     yield rel, path
+
+    def _skip_link(self, rel: str) -> None:
+        """Say once that a symlinked directory of the working directory is not kept, nor followed."""
+        if rel in self._skipped:
+            return
+        self._skipped.add(rel)
+        try:
+            where = f" (to {(self.directory / rel).readlink()})"
+        except OSError:
+            where = ""
+        self.say(f"not keeping {rel}/ as an output: it is a symlink{where}, and a run's outputs are the files it "
+                 "wrote in its working directory; symlinks are not followed")
 
     def _kept(self, rel: str, name: str, patterns: list[str]) -> bool:
         if name in NEVER_KEPT or any(rel == p or rel.startswith(p + "/") for p in self.placed):
@@ -180,9 +224,10 @@ class Outputs:
         if self.identical.get(rel) == key:
             return True
         try:
-            sha, _ = _hash(path)
+            with self._open(path) as f:
+                sha, _ = _hash_file(f)
         except OSError:
-            return True  # unreadable or gone: nothing to keep now
+            return True  # unreadable, gone or not the run's: nothing to keep now
         if sha == self.code[rel]:
             self.identical[rel] = key
             return True
@@ -196,20 +241,42 @@ class Outputs:
         stored = None
         for _attempt in range(3):
             try:
-                before = path.stat()
-                sha, size = _hash(path)
-                if not self.store.has(sha):
-                    blob = self.store.put_file(path)  # reads it again: it may have changed since
-                    sha, size = blob.sha256, blob.size
-                after = path.stat()
+                with self._open(path) as f:
+                    before = os.fstat(f.fileno())
+                    sha, size = _hash_file(f)
+                    if not self.store.has(sha):
+                        f.seek(0)
+                        blob = self.store.put_stream(f)  # reads it again: it may have changed since
+                        sha, size = blob.sha256, blob.size
+                    after = os.fstat(f.fileno())
             except (OSError, RunyardError):
-                return None  # removed or unreadable now: the next pass sees the new state
+                return None  # removed, unreadable or not the run's now: the next pass sees the new state
             stored = (sha, size, (after.st_size, after.st_mtime_ns))
             if (before.st_size, before.st_mtime_ns) == stored[2]:
                 return stored
             if not accept_changing:
                 return None
         return stored
+
+    def _open(self, path: Path) -> BinaryIO:
+        """Open a file of the working directory for reading, refusing (OSError) a symlink, anything
+        but a regular file, and a file that is not inside the working directory after all (a
+        directory on its way swapped for a symlink after the pass listed it)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{path} is not a regular file")
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - the opened file's own path
+            except OSError:
+                real = os.path.realpath(path)  # not Linux
+            root = os.path.realpath(self.directory)
+            if not real.startswith(root + os.sep):
+                raise OSError(f"{path} leads out of the working directory, to {real}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "rb")
 
     def _valid(self, rel: str) -> bool:
         try:
@@ -227,13 +294,12 @@ def _key(path: Path) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def _hash(path: Path) -> tuple[str, int]:
+def _hash_file(f: BinaryIO) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-            size += len(block)
+    while block := f.read(_CHUNK):
+        digest.update(block)
+        size += len(block)
     return digest.hexdigest(), size
 
 

@@ -14,13 +14,16 @@ record goes to the run's spool; output files go straight into the artifact store
 from. The supervisor never talks to the database or the network.
 
 SIGTERM (``runyard stop``) is passed to the command's process group, followed by SIGKILL after a
-grace period. If the supervisor itself is killed, the command dies with it (parent-death signal)
-and the run ends as lost when the agent finds the supervisor's spool lock free.
+grace period; while the run is still being prepared, it ends the package installer the same way.
+If the supervisor itself is killed, the command dies with it (parent-death signal), and whoever
+finds the supervisor's spool lock free kills what is left of the run's process groups (recorded in
+the run's directory, see ``runyard.exec.groups``) and marks the run lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runyard import redact
+from runyard.exec import groups
 from runyard.exec.environment import command_environment, describe, inherited
 from runyard.exec.outputs import PARAMS_FILE, Outputs, written_by
 from runyard.exec.spec import LaunchSpec, run_directory
@@ -143,7 +147,11 @@ class Supervisor:
             from runyard.exec.venvs import ensure_env
 
             python, site_packages = self._base_python(env)
-            venv, _ = ensure_env(self.home, spec.pip, spec.requirements, python, site_packages, self.system)
+            # The installer in a group of its own that a stop request ends (raising groups.Stopped).
+            runner = functools.partial(groups.run_step, directory=self.directory, stop=self.stop_requested,
+                                       grace=spec.grace)
+            venv, _ = ensure_env(self.home, spec.pip, spec.requirements, python, site_packages, self.system,
+                                 runner)
             env["VIRTUAL_ENV"] = str(venv)
             env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
         return env
@@ -206,6 +214,11 @@ class Supervisor:
         signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
         try:
             env = self.prepare()
+        except groups.Stopped as e:
+            self.system(f"{e}; the run did not start")
+            self.end("stopped", message=f"{e} (preparing the run)")
+            self.writer.close(30)
+            return 0
         except Exception as e:  # noqa: BLE001 - any failure to prepare ends the run, explained
             self.system(f"could not start: {e}")
             self.end("failed", message=f"could not start: {e}")
@@ -240,6 +253,9 @@ class Supervisor:
             self.system(f"could not start {spec.argv[0]!r}: {e.strerror}")
             return "failed", None, f"could not start the command: {e.strerror}"
         self.child = child
+        # Recorded for whoever finds this supervisor dead: the command's children outlive the
+        # parent-death signal, which reaches only the command itself (see runyard.exec.groups).
+        groups.record(self.directory, child.pid)
         readers = [threading.Thread(target=self._read, args=(child.stdout, "stdout"), daemon=True),
                    threading.Thread(target=self._read, args=(child.stderr, "stderr"), daemon=True)]
         for reader in readers:
@@ -403,11 +419,10 @@ def _parent_death_guard() -> list[str]:
     Run as root, the command also loses CAP_DAC_OVERRIDE, so read-only files stay read-only for it
     as for anyone else: the code's big files are hard links to the artifact store's objects, and the
     mounts are read-only copies."""
-    setpriv = shutil.which("setpriv")
-    if setpriv and sys.platform.startswith("linux"):
-        drop = ["--bounding-set", "-dac_override"] if os.geteuid() == 0 and _can_drop_capabilities() else []
-        return [setpriv, "--pdeathsig", "KILL", *drop, "--"]
-    return []
+    prefix = groups.pdeathsig_prefix()
+    if prefix and os.geteuid() == 0 and _can_drop_capabilities():
+        return [*prefix[:-1], "--bounding-set", "-dac_override", "--"]
+    return prefix
 
 
 def _can_drop_capabilities() -> bool:

@@ -91,8 +91,12 @@ def env_key(pip: Sequence[str], requirements: str | None, python: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: Runs one installer step, logging its output; returns its exit code (the supervisor's makes a
+#: stop request end it).
+Runner = Callable[[list[str], Callable[[str], None]], int]
+
+
 def _run(argv: list[str], log: Callable[[str], None]) -> int:
-    log("$ " + " ".join(argv))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
     for raw in proc.stdout:
@@ -108,8 +112,13 @@ def _site_packages(env: Path) -> Path:
 
 
 def ensure_env(home: Path, pip: Sequence[str], requirements: str | None, python: str,
-               layered_over: Sequence[str], log: Callable[[str], None]) -> tuple[Path, bool]:
+               layered_over: Sequence[str], log: Callable[[str], None], runner: Runner = _run) -> tuple[Path, bool]:
     """The environment's directory, and whether this call built it (False: reused)."""
+
+    def step(argv: list[str]) -> int:
+        log("$ " + " ".join(argv))
+        return runner(argv, log)
+
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     key = env_key(pip, requirements, python)
     root = home / "envs"
@@ -126,9 +135,9 @@ def ensure_env(home: Path, pip: Sequence[str], requirements: str | None, python:
         log(f"building a package environment in {env} for {', '.join(requirement_set(pip, requirements))}")
         uv = shutil.which("uv")
         if uv:
-            code = _run([uv, "venv", "--quiet", "--python", python, str(env)], log)
+            code = step([uv, "venv", "--quiet", "--python", python, str(env)])
         else:
-            code = _run([python, "-m", "venv", str(env)], log)
+            code = step([python, "-m", "venv", str(env)])
         if code != 0:
             raise InstallFailed(f"creating the environment failed with exit code {code}")
         # Layer over the submitting environment: its packages come after the environment's own.
@@ -143,7 +152,7 @@ def ensure_env(home: Path, pip: Sequence[str], requirements: str | None, python:
         else:
             install = [str(env / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
                        "--no-input", *args]
-        code = _run(install, log)
+        code = step(install)
         if code != 0:
             raise InstallFailed(f"installing {' '.join(pip) or 'the requirements'} failed with exit code {code}")
         (env / READY).write_text("ok\n")

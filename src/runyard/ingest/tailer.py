@@ -23,7 +23,7 @@ from __future__ import annotations
 import gc
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -91,8 +91,12 @@ class Tailer:
     """Follows the spools of ``spool_dir`` that go to ``target`` (None: all) into ``sink``: a
     ``StoreSink`` locally, a ``shipper.RemoteSink`` with a server."""
 
-    def __init__(self, sink: Sink, spool_dir: Path, target: str | None, retire: bool = True) -> None:
+    def __init__(self, sink: Sink, spool_dir: Path, target: str | None, retire: bool = True,
+                 abandoned: Callable[[str], object] | None = None) -> None:
         self.sink = sink
+        #: Called with a run's id when the writer that owns it died without ending it, before the
+        #: run is marked lost: locally, kills what is left of the run's processes.
+        self.abandoned = abandoned
         self.spool_dir = spool_dir
         self.target = target
         self.retire = retire
@@ -247,6 +251,8 @@ class Tailer:
         self._cursors[key] = cursor
         complete = final
         if complete and not state.ended and state.owner and report.run_number is not None:
+            if self.abandoned is not None:
+                self.abandoned(run_id)
             heartbeat = _iso(self.sink.heartbeat(run_id))
             report.marked_lost = self.sink.mark_lost(
                 run_id, f"the process stopped without finishing the run (last heartbeat {heartbeat})")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from runyard.errors import ArtifactError, ArtifactPathError, NotFound
-from runyard.files import fsync_dir
+from runyard.files import fsync_dir, place
 from runyard.names import validate_relpath
 
 _CHUNK = 1 << 20
@@ -60,6 +60,7 @@ class ArtifactStore(Protocol):
     """Where artifact bytes live, addressed by content."""
 
     def put_file(self, source: Path) -> Blob: ...
+    def put_stream(self, src: BinaryIO) -> Blob: ...
     def put_bytes(self, data: bytes) -> Blob: ...
     def put_pack(self, sources: list[Path]) -> list[Blob]: ...
     def put_tree(self, source: Path) -> list[tuple[str, Blob]]: ...
@@ -113,25 +114,29 @@ class DiskArtifacts:
         source = Path(source)
         try:
             with source.open("rb") as src:
-                digest = hashlib.sha256()
-                size = 0
-                tmp = self._new_tmp()
-                try:
-                    with os.fdopen(tmp[0], "wb") as out:
-                        while block := src.read(_CHUNK):
-                            digest.update(block)
-                            out.write(block)
-                            size += len(block)
-                        out.flush()
-                        os.fsync(out.fileno())
-                    return self._place(digest.hexdigest(), size, Path(tmp[1]))
-                except BaseException:
-                    Path(tmp[1]).unlink(missing_ok=True)
-                    raise
+                return self.put_stream(src)
         except FileNotFoundError:
             raise NotFound(f"cannot store {source}: no such file") from None
         except IsADirectoryError:
             raise ArtifactError(f"cannot store {source} as a file: it is a directory") from None
+
+    def put_stream(self, src: BinaryIO) -> Blob:
+        """Store what is left to read of an open file (one the caller opened safely, say)."""
+        digest = hashlib.sha256()
+        size = 0
+        tmp = self._new_tmp()
+        try:
+            with os.fdopen(tmp[0], "wb") as out:
+                while block := src.read(_CHUNK):
+                    digest.update(block)
+                    out.write(block)
+                    size += len(block)
+                out.flush()
+                os.fsync(out.fileno())
+            return self._place(digest.hexdigest(), size, Path(tmp[1]))
+        except BaseException:
+            Path(tmp[1]).unlink(missing_ok=True)
+            raise
 
     def put_pack(self, sources: list[Path]) -> list[Blob]:
         """Store many small files as one pack: one file written and synced instead of one per file
@@ -303,7 +308,7 @@ class DiskArtifacts:
 
     def export(self, content_ref: str, dest_root: Path, relpath: str) -> Path:
         """Copy a blob to ``dest_root/relpath`` atomically, never following a symlink out of dest_root."""
-        target = _target(dest_root, relpath)
+        target = place(dest_root, relpath)
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=".runyard-")
         try:
             with os.fdopen(fd, "wb") as out, self.open(content_ref) as src:
@@ -329,7 +334,7 @@ class DiskArtifacts:
         source = self._object_path(sha)
         if not source.is_file() or source.is_symlink():
             return None  # packed with others, or missing: no file of its own to share
-        target = _target(dest_root, relpath)
+        target = place(dest_root, relpath)
         if target.exists():
             return None
         if _reflink(source, target):
@@ -385,26 +390,6 @@ class DiskArtifacts:
         except FileNotFoundError:
             return 0
         return size  # index lines naming a removed pack are ignored: _locate checks the pack exists
-
-
-def _target(dest_root: Path, relpath: str) -> Path:
-    """``dest_root/relpath``, its parents created, checked not to lead out of dest_root."""
-    validate_relpath(relpath)
-    root = Path(dest_root)
-    root.mkdir(parents=True, exist_ok=True)
-    real_root = root.resolve()
-    parent = root
-    for part in relpath.split("/")[:-1]:
-        parent = parent / part
-        if parent.is_symlink():
-            raise ArtifactPathError(f"{parent} is a symlink; refusing to write through it")
-        parent.mkdir(exist_ok=True)
-    target = parent / relpath.rsplit("/", 1)[-1]
-    if not _inside(target.parent.resolve(), real_root):
-        raise ArtifactPathError(f"{relpath!r} would be written outside {real_root}")
-    if target.is_symlink():
-        raise ArtifactPathError(f"{target} is a symlink; refusing to overwrite it")
-    return target
 
 
 #: Linux's FICLONE ioctl: make ``dest`` share ``source``'s blocks, copy-on-write (btrfs, XFS...).

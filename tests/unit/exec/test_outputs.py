@@ -6,6 +6,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from runyard.exec.outputs import Outputs, written_by
 from runyard.store.artifacts import Blob, DiskArtifacts
@@ -14,11 +15,11 @@ from runyard.store.artifacts import Blob, DiskArtifacts
 class CountingStore(DiskArtifacts):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.writes: list[Path] = []
+        self.writes: list[str] = []
 
-    def put_file(self, source: Path) -> Blob:
-        self.writes.append(source)
-        return super().put_file(source)
+    def put_stream(self, src: BinaryIO) -> Blob:  # what every store write goes through
+        self.writes.append(getattr(src, "name", "?"))
+        return super().put_stream(src)
 
 
 def outputs_in(tmp_path: Path, writing: set[str] | None = None
