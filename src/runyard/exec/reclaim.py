@@ -25,7 +25,7 @@ from typing import Any
 from runyard.errors import ArtifactError, NotFound
 from runyard.exec.snapshot import manifest_of
 from runyard.exec.spec import run_directory
-from runyard.exec.venvs import READY
+from runyard.exec.venvs import READY, in_use
 from runyard.spool.rundir import retired_dir, run_dir
 from runyard.types import RunStatus
 
@@ -187,7 +187,7 @@ def stale_environments(home: Path, days: float, now: float) -> list[tuple[Path, 
             continue
         marker = env / READY
         used = (marker if marker.exists() else env).stat().st_mtime
-        if now - used > days * 86400:
+        if now - used > days * 86400 and not in_use(root, env.name):
             found.append((env, _du(env)))
     return found
 
@@ -202,6 +202,8 @@ def _remove_environment(env: Path, days: float, now: float) -> bool:
         marker = env / READY
         if marker.exists() and now - marker.stat().st_mtime <= days * 86400:
             return False  # reused since it was listed
+        if in_use(env.parent, env.name):
+            return False  # a run started days ago with it is still running
         remove_tree(env)
         return True
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 READY = ".runyard-ready"
 #: Named to sort last: ``site`` reads .pth files in name order, so whatever the environment's own
@@ -111,6 +112,32 @@ def _site_packages(env: Path) -> Path:
     return found[0]
 
 
+#: Shared locks on the environments this process uses, held until it exits (see ``in_use``).
+_IN_USE: list[IO[str]] = []
+
+
+def _hold_in_use(root: Path, key: str) -> None:
+    """Mark the environment as used by this process (a supervisor: for the whole of its run), taken
+    under the build lock so that `runyard gc` cannot remove it between the check and the run."""
+    marker = (root / f"{key}.use").open("a")  # close-on-exec: the command does not inherit it
+    fcntl.flock(marker, fcntl.LOCK_SH)
+    _IN_USE.append(marker)
+
+
+def in_use(root: Path, key: str) -> bool:
+    """Whether some process (a run's supervisor) uses the environment now."""
+    try:
+        with (root / f"{key}.use").open("a") as marker:
+            try:
+                fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(marker, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
+
+
 def ensure_env(home: Path, pip: Sequence[str], requirements: str | None, python: str,
                layered_over: Sequence[str], log: Callable[[str], None], runner: Runner = _run) -> tuple[Path, bool]:
     """The environment's directory, and whether this call built it (False: reused)."""
@@ -126,6 +153,7 @@ def ensure_env(home: Path, pip: Sequence[str], requirements: str | None, python:
     env = root / key
     with (root / f"{key}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        _hold_in_use(root, key)
         if (env / READY).exists():
             (env / READY).touch()  # the last use, which `runyard gc --env-days` reads
             log(f"reusing the package environment {env} (python {version})")

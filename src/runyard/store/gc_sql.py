@@ -40,13 +40,29 @@ def content_references(conn: Connection, runs_only: Sequence[int] | None = None)
             scoped(artifacts.c.run_number)).distinct()))
         shas.update(r[0] for r in conn.execute(sa.select(run_inputs.c.sha256).where(
             scoped(run_inputs.c.run_number)).distinct()))
-        for snapshot, diff in conn.execute(sa.select(_R.snapshot_id, _R.git_diff_ref).where(scoped(_R.number))):
+        for snapshot, diff, launch in conn.execute(
+                sa.select(_R.snapshot_id, _R.git_diff_ref, _R.launch).where(scoped(_R.number))):
             if (sha := _sha(snapshot)) is not None:
                 shas.add(sha)
                 snapshots.add(snapshot)
             if (sha := _sha(diff)) is not None:
                 shas.add(sha)
+            shas.update(_mounted(launch))
     return shas, snapshots
+
+
+def _mounted(launch: object) -> set[str]:
+    """The content a run's ``--mount RUN:PATH`` will copy in: a queued run needs it before it has
+    any input recorded (inputs are recorded when the run starts)."""
+    if not isinstance(launch, dict):
+        return set()
+    found: set[str] = set()
+    for mount in launch.get("mounts") or []:
+        if isinstance(mount, dict):
+            for entry in mount.get("files") or []:
+                if isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[1], str):
+                    found.add(entry[1])
+    return found
 
 
 def ended_before(conn: Connection, cutoff: float | None) -> list[tuple[int, str]]:

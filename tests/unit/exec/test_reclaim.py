@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,20 @@ def test_a_run_directory_frees_only_what_it_does_not_share_with_the_store(tmp_pa
             return [(1, "r1")]
 
     assert reclaim.finished_run_directories(Ended(), tmp_path, None) == [(directory, 300)]
+
+
+def test_an_environment_a_running_run_uses_is_never_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run reused an environment 40 days ago and still runs: `runyard gc --env-days 30` must keep it.
+    monkeypatch.setattr(venvs, "env_key", lambda *args, **kwargs: "k2")
+    monkeypatch.setattr(venvs, "_IN_USE", [])
+    env = tmp_path / "envs" / "k2"
+    env.mkdir(parents=True)
+    (env / venvs.READY).write_text("ok\n")
+    venvs.ensure_env(tmp_path, [], None, "python3", [], lambda _: None)  # this process: the run's supervisor
+    later = time.time() + 40 * 86400
+    assert reclaim.stale_environments(tmp_path, 30, now=later) == []
+    assert not reclaim._remove_environment(env, 30, later) and env.is_dir()
+    for held in venvs._IN_USE:
+        held.close()  # the run ended
+    assert [p for p, _ in reclaim.stale_environments(tmp_path, 30, now=later)] == [env]
+    assert reclaim._remove_environment(env, 30, later) and not env.exists()

@@ -27,6 +27,17 @@ def test_references_cover_artifacts_inputs_snapshots_and_diffs(store: SqlStore) 
     assert [n for n, _ in store.ended_before(None)] == [one, two]
 
 
+def test_a_queued_runs_mounts_are_references_before_it_records_inputs(store: SqlStore) -> None:
+    # `runyard run --mount 5:u.txt:in.txt` queued behind a busy slot; `runyard rm 5` must keep u.txt.
+    E = "e" * 64
+    mount = {"kind": "artifact", "target": "in.txt", "source": "u.txt", "run": 5, "files": [["u.txt", E]]}
+    queued = store.create_run(NewRun(project="p", status=RunStatus.QUEUED,
+                                     launch={"argv": ["true"], "mounts": [mount]}))
+    shas, _ = store.content_references()
+    assert E in shas
+    assert E in store.content_references([queued.number])[0]
+
+
 def test_deleting_runs_takes_their_records_and_refuses_active_ones(store: SqlStore) -> None:
     done = _finished(store, 100.0)
     store.append_logs(done, [LogLine(1.0, "hello")])
