@@ -244,9 +244,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "big_code_files",
         "How a launched run gets the snapshot's files of 1 MiB or more where the file system cannot "
-        "clone them copy-on-write: link (a read-only hard link to the stored content, using no disk; "
-        "the run can replace such a file but not write into it) or copy (a writable copy per run)",
-        default=lambda home: "link",
+        "clone them copy-on-write: copy (a writable copy per run) or link (a read-only hard link to the "
+        "stored content, using no disk; only for code you trust: a run that changes such a file's mode "
+        "can write into it, changing the stored content for every run of that snapshot)",
+        default=lambda home: "copy",
         parse=_parse_choice("link", "copy"),
     ),
     Setting(

@@ -287,6 +287,7 @@ class Scheduler:
             mounts=[Mount(**{**m, "files": [tuple(f) for f in m.get("files", [])]}) for m in launch.get("mounts", [])],
             timeout=launch.get("timeout"), gpus=gpus, fsync=settings.fsync,
             system_interval=settings.system_interval,
-            outputs_interval=settings.outputs_interval, output_limit=settings.output_limit,
-            big_code_files=settings.big_code_files,
+            outputs_interval=settings.outputs_interval,
+            output_limit=int(launch.get("output_limit") or settings.output_limit),
+            big_code_files=str(launch.get("big_code_files") or settings.big_code_files),
         )

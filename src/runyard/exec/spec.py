@@ -55,7 +55,7 @@ class LaunchSpec:
     #: Bytes: files outside outputs/ bigger than this are not kept (setting output_limit).
     output_limit: int = 1 << 30
     #: Snapshot files of 1 MiB or more: "link" (read-only hard links where no reflink) or "copy".
-    big_code_files: str = "link"
+    big_code_files: str = "copy"
     grace: float = 10.0
 
     def to_json(self) -> str:

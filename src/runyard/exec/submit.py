@@ -194,6 +194,10 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
             notify = load_notify(settings.project_file)
             if notify is not None:
                 launch["notify"] = notify
+    # Settings of how the run keeps files are the submitter's (a project's runyard.toml, this shell),
+    # as of now: recorded with the run, not taken from whichever agent later starts it.
+    launch["output_limit"] = settings.output_limit
+    launch["big_code_files"] = settings.big_code_files
     refuse_unavailable(settings, int(resources.get("gpus") or 0),
                        "--gpus" if sub.gpus is not None or sub.machine is None else f"[machines.{sub.machine}] gpus")
     from runyard.store.artifacts import DiskArtifacts
