@@ -414,8 +414,10 @@ def _file_values(path: Path, data: dict[str, Any]) -> dict[str, str]:
         if key not in SETTINGS_BY_KEY:
             known = ", ".join(sorted([*SETTINGS_BY_KEY, *SECTIONS]))
             raise ConfigError(f"{path}: unknown key {key!r}; known keys are: {known}")
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            raw = str(raw)  # `slots = 2`, `output_limit = 512`: numbers as TOML writes them
         if not isinstance(raw, str):
-            raise ConfigError(f"{path}: {key} must be a string, not {type(raw).__name__} ({raw!r})")
+            raise ConfigError(f"{path}: {key} must be a string or a number, not {type(raw).__name__} ({raw!r})")
         values[key] = raw
     return values
 

@@ -47,6 +47,17 @@ def test_logs_print_the_runs_stderr_on_stdout_and_pick_a_stream(project: Path, e
     assert bad.returncode == 2 and "both" in bad.stderr
 
 
+def test_logs_piped_into_head_stop_quietly_and_tail_0_prints_nothing(project: Path, env: dict[str, str]) -> None:
+    (project / "many.py").write_text("for i in range(30000):\n    print('line', i)\n")
+    number = launch(env, project, "--", "python", "many.py")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    piped = subprocess.run(["sh", "-c", f"{sys.executable} -m runyard.cli.main logs {number} | head -2"],
+                           env=env, cwd=project, capture_output=True, text=True, timeout=60)
+    assert len(piped.stdout.splitlines()) == 2
+    assert piped.stderr == ""  # not "runyard: error: Broken pipe"
+    assert cli(env, project, "logs", str(number), "--tail", "0").stdout == ""
+
+
 @pytest.mark.engines("sqlite")
 def test_logs_follow_waits_through_a_server_outage_and_prints_every_line_once(
         live_server: LiveServer, tmp_path: Path) -> None:

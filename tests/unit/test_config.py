@@ -76,7 +76,8 @@ def test_project_file_search_stops_at_the_repository_root(tmp_path: Path) -> Non
     [
         ("db = ", "not valid TOML"),
         ('colour = "blue"\n', "unknown key 'colour'; known keys are: alerts, artifacts, big_code_files, db"),
-        ("db = 3\n", "db must be a string, not int"),
+        ("db = true\n", "db must be a string or a number, not bool"),
+        ("slots = [2]\n", "slots must be a string or a number, not list"),
         ('server = "ftp://x"\n', "invalid server 'ftp://x': expected an http:// or https:// URL"),
         ('project = "a/b"\n', "invalid project"),
         ('ray = "nohost"\n', "invalid ray"),
@@ -101,3 +102,10 @@ def test_unknown_override_is_refused(layout: tuple[Path, Path, Path]) -> None:
     home, _, sub = layout
     with pytest.raises(ConfigError, match="unknown setting 'colour'"):
         resolve(environ={"RUNYARD_HOME": str(home)}, cwd=sub, overrides={"colour": "x"})
+
+
+def test_numbers_in_a_file_are_taken_as_toml_writes_them(layout: tuple[Path, Path, Path]) -> None:
+    home, _, sub = layout
+    (home / "config.toml").write_text("slots = 2\noutput_limit = 512\noutputs_interval = 2.5\n")
+    s = resolve(environ={"RUNYARD_HOME": str(home)}, cwd=sub)
+    assert (s.slots, s.output_limit, s.outputs_interval) == (2, 512 << 20, 2.5)

@@ -7,7 +7,9 @@ without loading SQLAlchemy, numpy or rich.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,10 @@ class RunyardGroup(click.Group):
         except RunyardError as e:
             click.echo(f"runyard: error: {_printable(e)}", err=True)
             sys.exit(EXIT_FAILURE)
+        except BrokenPipeError:  # `runyard logs 2 | head`: the reader has all it wanted; stop quietly
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush
+            sys.exit(0)
         except OSError as e:  # a full disk, a file gone: the system's words, and where
             where = f": {e.filename}" if e.filename else ""
             hint = "; free space there and try again" if e.errno == errno.ENOSPC else ""

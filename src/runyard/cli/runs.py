@@ -444,6 +444,8 @@ def _print_lines(lines: Sequence[Any], stream: str | None = None) -> None:
 
 def _tail(store: Any, number: int, count: int, stream: str | None) -> list[Any]:
     """The last ``count`` lines (of one stream: read from the start, as the store keeps no index by stream)."""
+    if count == 0:
+        return []
     if stream is None:
         return list(store.tail_logs(number, count))
     kept: list[Any] = []

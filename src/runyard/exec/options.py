@@ -54,6 +54,8 @@ def param_value(text: str) -> Any:
         number = json.loads(text)
     except ValueError:
         return text
+    if isinstance(number, int) and not isinstance(number, bool) and not -(2**63) <= number < 2**63:
+        return text  # beyond what JSON columns hold as a number: kept as written
     return number if isinstance(number, int | float) and not isinstance(number, bool) else text
 
 

@@ -6,8 +6,9 @@
 
 The command as typed is the run's template (kept in its launch record), so a rerun with other params
 substitutes again. Only ``{NAME}`` with NAME a name as params have is a placeholder, and not right
-after ``$`` (the shell's ``${HOME}``); any other brace (``{1..3}``, ``{'a': 1}``) stays as written, so a
-command without placeholders runs as typed. ``{{`` and ``}}`` are a literal ``{`` and ``}``.
+after ``$`` (the shell's ``${HOME}``); any other brace (``{1..3}``, ``{'a': 1}``) stays as written, and a
+command without placeholders runs exactly as typed. In a command with placeholders, ``{{`` and ``}}``
+are a literal ``{`` and ``}``; in a shell line a placeholder must stand outside quotes.
 ``{params}`` gives one ``--KEY=VALUE`` per param, sorted by KEY (an order every store keeps).
 In a shell line every value is replaced by one shell word (``shlex.quote``), never shell syntax.
 """
@@ -33,7 +34,13 @@ def placeholders(command: Sequence[str]) -> list[str]:
 def substitute(command: Sequence[str], shell: bool, params: Mapping[str, str]) -> list[str]:
     """The command to run: ``command`` (argv entries, or one shell line when ``shell``) with its
     placeholders replaced by ``params``. Raises InvalidArgument for a placeholder naming no param."""
-    unknown = [name for name in placeholders(command) if name != ALL and name not in params]
+    names = placeholders(command)
+    if not names:
+        return list(command)  # no placeholder: not a template, so braces ({{, }}) stay as typed
+    if shell:
+        for part in command:
+            _refuse_quoted(part)
+    unknown = [name for name in names if name != ALL and name not in params]
     if unknown:
         given = ", ".join(sorted(params)) or "none (no --param given)"
         raise InvalidArgument(f"the command refers to {{{unknown[0]}}}, which is no param; params given: {given} "
@@ -52,6 +59,27 @@ def substitute(command: Sequence[str], shell: bool, params: Mapping[str, str]) -
                                   "of its own (e.g. -- python train.py {params}); use {KEY} inside an entry")
         out.append(_replace(part, params, str, ""))
     return out
+
+
+def _refuse_quoted(line: str) -> None:
+    """A placeholder inside quotes of a shell line would put its value, quoted once more, inside
+    those quotes: in "..." a value such as $(id) would run. Refuse it; outside quotes it is one word."""
+    quote: str | None = None
+    escaped = False
+    spans = {m.start(): m.group(0) for m in _TOKEN.finditer(line) if m.group(1)}
+    for i, char in enumerate(line):
+        if quote is not None and i in spans:
+            raise InvalidArgument(
+                f"{spans[i]} is inside quotes in the shell line {line!r}: a param's value is put in as one "
+                f"shell word, quoted, so write it outside quotes (--name {spans[i]}, not --name \"{spans[i]}\")")
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote is None and char in "'\"":
+            quote = char
+        elif char == quote:
+            quote = None
 
 
 def _replace(part: str, params: Mapping[str, str], quote: Callable[[str], str], every: str) -> str:
