@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from runyard.errors import ArtifactPathError, InvalidArgument
+from runyard.types import END_STATUSES, RunStatus
 
 _LABEL = re.compile(r"^[\w.:=@][\w.:=@/+\-]{0,99}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -87,3 +88,12 @@ def validate_relpath(path: str) -> str:
         if segment == "":
             raise ArtifactPathError(f"artifact path {shown} contains an empty segment (// or a trailing /)")
     return path
+
+
+def validate_end_status(status: object, field: str = "status") -> RunStatus:
+    """How a run says it ended: one of END_STATUSES (checked by the SDK's ``finish`` and by ingest)."""
+    if not isinstance(status, str) or status not in {s.value for s in END_STATUSES}:
+        shown = repr(status)[:80]
+        choices = ", ".join(sorted(s.value for s in END_STATUSES))
+        raise InvalidArgument(f"{field}: {shown} is not how a run ends; use one of {choices}")
+    return RunStatus(status)

@@ -14,7 +14,7 @@ import numpy as np
 from runyard.errors import Conflict, InvalidArgument
 from runyard.ingest import columns
 from runyard.ingest.columns import MetricColumns
-from runyard.names import validate_metric_key
+from runyard.names import validate_end_status, validate_metric_key
 from runyard.spool import records
 from runyard.store.api import IngestBatch, IngestResult, LogLine, RunInput, Store
 from runyard.store.artifacts import DiskArtifacts
@@ -153,6 +153,8 @@ def _event(batch: IngestBatch, event: dict[str, Any], time: float) -> None:
     if name == "start":
         batch.start = {**event, "time": time}
     elif name == "end":
+        # A run's own process says only how it ended; `queued` here would re-queue it (see store/transitions.py).
+        validate_end_status(event.get("status"), "end.status")
         batch.end = {**event, "time": time}
     elif name == "environment":
         batch.environment.update(event)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runyard.errors import InvalidArgument
-from runyard.names import validate_label, validate_metric_key, validate_relpath
+from runyard.names import validate_end_status, validate_label, validate_metric_key, validate_relpath
 from runyard.sdk import shaped
 from runyard.spool import records
 from runyard.spool.segment import FRAME, MARK
@@ -375,6 +375,8 @@ class Run:
     def finish(self, status: str | None = None, exit_code: int | None = None, wait: bool = True) -> None:
         """End the run: write what waits, record the final state, wait (up to ``finish_timeout`` in
         all) for the store to have it all. Called at interpreter exit if you do not."""
+        # Checked as ingest checks it, before anything ends: a run says only how it ended.
+        validate_end_status(status or "finished", "finish(status=...)")
         with self._finishing:
             if self._finished:
                 return
