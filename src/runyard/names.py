@@ -59,9 +59,19 @@ def validate_project_name(name: str) -> str:
 
 def validate_metric_key(key: str) -> str:
     if not isinstance(key, str) or not 0 < len(key) <= 256 or _CONTROL.search(key) or '"' in key:
+        shown = f"{key[:80]!r}..." if isinstance(key, str) and len(key) > 80 else repr(key)
         raise InvalidArgument(
-            f"invalid metric name {key!r}: use 1-256 characters without control characters or quotes"
+            f"invalid metric name {shown}: use 1-256 characters without control characters or quotes"
         )
+    return key
+
+
+def validate_key(key: object, kind: str) -> str:
+    """A key of a run's config or summary: the rule for metric names, as ``summary.<key>`` and
+    ``config.<key>`` sort and show like them."""
+    if not isinstance(key, str) or not 0 < len(key) <= 256 or _CONTROL.search(key) or '"' in key:
+        raise InvalidArgument(f"invalid {kind} key {str(key)[:80]!r}{'...' if len(str(key)) > 80 else ''}: use "
+                              "1-256 characters without control characters or quotes")
     return key
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runyard.errors import InvalidArgument
-from runyard.names import validate_end_status, validate_label, validate_metric_key, validate_relpath
+from runyard.names import validate_end_status, validate_key, validate_label, validate_metric_key, validate_relpath
 from runyard.sdk import shaped
 from runyard.spool import records
 from runyard.spool.segment import FRAME, MARK
@@ -69,8 +69,7 @@ class _RecordedDict(MutableMapping[str, Any]):
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         change = {**dict(other), **kwargs}
         for key in change:
-            if not isinstance(key, str) or not key:
-                raise InvalidArgument(f"{self._kind_name} keys must be non-empty strings, not {key!r}")
+            validate_key(key, self._kind_name)  # as ingest checks it (ingest/fields.py)
         self._data.update(change)
         self._run._emit(self._kind, change)
 
