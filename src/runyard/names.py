@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from runyard.errors import ArtifactPathError, InvalidArgument
+from runyard.types import END_STATUSES, RunStatus
 
 _LABEL = re.compile(r"^[\w.:=@][\w.:=@/+\-]{0,99}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -58,9 +59,19 @@ def validate_project_name(name: str) -> str:
 
 def validate_metric_key(key: str) -> str:
     if not isinstance(key, str) or not 0 < len(key) <= 256 or _CONTROL.search(key) or '"' in key:
+        shown = f"{key[:80]!r}..." if isinstance(key, str) and len(key) > 80 else repr(key)
         raise InvalidArgument(
-            f"invalid metric name {key!r}: use 1-256 characters without control characters or quotes"
+            f"invalid metric name {shown}: use 1-256 characters without control characters or quotes"
         )
+    return key
+
+
+def validate_key(key: object, kind: str) -> str:
+    """A key of a run's config or summary: the rule for metric names, as ``summary.<key>`` and
+    ``config.<key>`` sort and show like them."""
+    if not isinstance(key, str) or not 0 < len(key) <= 256 or _CONTROL.search(key) or '"' in key:
+        raise InvalidArgument(f"invalid {kind} key {str(key)[:80]!r}{'...' if len(str(key)) > 80 else ''}: use "
+                              "1-256 characters without control characters or quotes")
     return key
 
 
@@ -87,3 +98,12 @@ def validate_relpath(path: str) -> str:
         if segment == "":
             raise ArtifactPathError(f"artifact path {shown} contains an empty segment (// or a trailing /)")
     return path
+
+
+def validate_end_status(status: object, field: str = "status") -> RunStatus:
+    """How a run says it ended: one of END_STATUSES (checked by the SDK's ``finish`` and by ingest)."""
+    if not isinstance(status, str) or status not in {s.value for s in END_STATUSES}:
+        shown = repr(status)[:80]
+        choices = ", ".join(sorted(s.value for s in END_STATUSES))
+        raise InvalidArgument(f"{field}: {shown} is not how a run ends; use one of {choices}")
+    return RunStatus(status)

@@ -44,3 +44,7 @@ class RunStatus(StrEnum):
 _TERMINAL = frozenset(
     {RunStatus.FINISHED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.TIMEOUT, RunStatus.LOST}
 )
+
+#: How a run's own process says it ended (the supervisor's and the SDK's end event); ``lost`` is
+#: only ever decided by others.
+END_STATUSES = frozenset({RunStatus.FINISHED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.TIMEOUT})

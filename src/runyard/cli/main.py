@@ -163,7 +163,8 @@ class RunCommand(click.Command):
 _pip_option = click.option("--pip", "pip", multiple=True, metavar="SPEC",
                            help="A package to install for the run (repeatable), into a virtual environment built once "
                                 "per set of requirements and layered over the Python the command would run, so its "
-                                "packages (runyard too, however installed) stay importable.")
+                                "packages (runyard too, however installed) stay importable. A requirement as pip "
+                                "reads one ('torch>=2.1,<3'); installer options are refused.")
 _mount_option = click.option("--mount", "mounts", multiple=True, metavar="SOURCE:TARGET",
                              help="Copy a local path, or another run's artifact (RUN:PATH), read-only into the run "
                                   "directory.")
@@ -186,8 +187,9 @@ _timeout_option = click.option("--timeout", metavar="DURATION", help="Stop the r
                    "runyard-params.json and in the variable RUNYARD_PARAM_<KEY>, KEY as written.")
 @_pip_option
 @click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path),
-              help="A requirements file; the same set as --pip options (names compared as pip does, in any order, "
-                   "comments aside) reuses the same environment.")
+              help="A requirements file, one requirement a line ('name @ URL' too; installer options such as "
+                   "-f, --index-url or -r are refused); the same set as --pip options (names compared as pip does, "
+                   "in any order, comments aside) reuses the same environment.")
 @_mount_option
 @_env_option
 @_gpus_option

@@ -131,6 +131,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
             requirements = Path(o["requirements"]).read_text()
         except OSError as e:
             raise InvalidArgument(f"--requirements {o['requirements']}: cannot read it ({e.strerror})") from None
+        options.requirement_lines(requirements, f"--requirements {o['requirements']}", urls=False)  # as the server
     artifacts = DiskArtifacts(settings.artifacts)  # this machine's cache: unchanged files are not hashed again
     settings.home.mkdir(parents=True, exist_ok=True)
     artifacts.ensure()
@@ -150,7 +151,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
             "command": list(command), "shell": shell, "snapshot": snap.id, "git_commit": snap.git_commit,
             "git_branch": snap.git_branch, "git_diff_ref": snap.git_diff_ref, "project": o["project"],
             "name": o["name"], "labels": list(o["labels"]), "note": o["note"] or "",
-            "params": options.params(o["params"]), "pip": list(o["pip"]),
+            "params": options.params(o["params"]), "pip": [options.pip_spec(p) for p in o["pip"]],
             "requirements": requirements, "mounts": list(o["mounts"]),
             "env": _env_options(o["env"]), "gpus": o["gpus"], "cpus": o["cpus"],
             "memory": o["memory"], "timeout": o["timeout"], "priority": o["priority"], "machine": o["machine"],

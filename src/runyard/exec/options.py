@@ -80,19 +80,44 @@ def size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-REQUIREMENT = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?"
-    r"(\s*(===|==|>=|<=|!=|~=|>|<)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(===|==|>=|<=|!=|~=|>|<)\s*[A-Za-z0-9.*+!_-]+)*)?$"
-)
+def requirement(text: str, where: str, urls: bool = True) -> str:
+    """``text`` if ``packaging`` reads it as one requirement (PEP 508: a name, extras, version
+    constraints, a marker, ``name @ url`` when ``urls``), else InvalidArgument naming ``where`` and
+    the value. Whatever else a line could be (``-f .``, ``--index-url``, ``-r other.txt``, a path)
+    pip would read as an option or a file: it never reaches pip."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    entry = text.strip() if isinstance(text, str) else ""
+    shown = repr(text[:200]) if isinstance(text, str) else repr(text)
+    try:
+        req = Requirement(entry)
+    except InvalidRequirement as e:
+        first = str(e).splitlines()[0] if str(e) else "not a requirement"
+        raise InvalidArgument(f"{where} {shown}: not a package requirement ({first}); give one such as "
+                              "'scikit-image', 'torch>=2.1,<3' or 'name @ https://...' (installer options and "
+                              "included files are not passed to pip)") from None
+    if req.url and not urls:
+        raise InvalidArgument(f"{where} {shown}: a requirement with a URL is not accepted here; name a package "
+                              "and its versions, such as 'torch>=2.1'")
+    return entry
+
+
+def requirement_lines(text: str, where: str, urls: bool = True) -> list[str]:
+    """The requirements of a requirements file (comments and blank lines aside, continued lines
+    joined as pip joins them), each checked by ``requirement``."""
+    joined = text.replace("\\\n", "")
+    out = []
+    for number, line in enumerate(joined.splitlines(), 1):
+        entry = re.sub(r"(^|\s)#.*$", "", line).strip()  # pip's comments: '#' at the start or after a space
+        if entry:
+            out.append(requirement(entry, f"{where} line {number}:", urls))
+    return out
 
 
 def pip_spec(text: str) -> str:
-    """A package name with optional extras and version constraints; anything else (installer options,
-    URLs, markers) belongs in a --requirements file."""
-    if not REQUIREMENT.match(text or ""):
-        raise InvalidArgument(f"--pip {text!r}: expected a requirement such as 'scikit-image' or "
-                              "'torch>=2.1,<3' (for URLs or markers use --requirements FILE)")
-    return text
+    """One ``--pip`` value: a requirement ``packaging`` reads, without a URL (those belong in a
+    --requirements file, where they stay on this machine's side)."""
+    return requirement(text, "--pip", urls=False)
 
 
 def pip_name(spec: str) -> str:

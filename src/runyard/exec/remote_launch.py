@@ -63,13 +63,11 @@ def queue(settings: Settings, artifacts: DiskArtifacts, sub: Submission, require
         options.key_value(f"{key}={value}", "--env")
     for key, value in sub.params.items():
         options.key_value(f"{key}={value}", "--param")
-    for line in (requirements or "").splitlines():
-        entry = line.split("#", 1)[0].strip()
-        # Requirement names and versions only: an include (-r), a URL or a path would have the
-        # installer read the server's files or fetch what the client names.
-        if entry and not options.REQUIREMENT.match(entry):
-            raise InvalidArgument(f"--requirements line {entry[:100]!r}: through a server only requirements "
-                                  "such as 'torch>=2.1' are accepted (no options, URLs or paths)")
+    # Requirement names and versions only: an include (-r), a URL or a path would have the
+    # installer read the server's files or fetch what the client names.
+    options.requirement_lines(requirements or "", "--requirements", urls=False)
+    for spec in sub.pip:
+        options.pip_spec(spec)
     artifact_mounts_only(sub.mounts)
     missing = missing_content(artifacts, snapshot, diff_ref)
     if missing:

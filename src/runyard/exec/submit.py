@@ -93,11 +93,7 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
             requirements = sub.requirements.read_text()
         except OSError as e:
             raise InvalidArgument(f"--requirements {sub.requirements}: cannot read it ({e.strerror})") from None
-        for line in requirements.splitlines():
-            stripped = line.split("#", 1)[0].strip()
-            if stripped.startswith("-") and not stripped.startswith(("-r ", "-c ")):
-                raise InvalidArgument(f"--requirements {sub.requirements}: installer options such as "
-                                      f"{stripped.split()[0]!r} are not allowed; list requirements only")
+        options.requirement_lines(requirements, f"--requirements {sub.requirements}")
     mounts = [asdict(m) for m in _mounts(sub, settings)]
     argv = template.substitute(sub.command, sub.shell, sub.params)
     if not argv:
@@ -183,6 +179,9 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
             launch["environment"] = sub.environment if sub.environment is not None else inherited(os.environ)
         resources: dict[str, Any] = dict(sub.resources or {})
         _override(launch, resources, sub, settings)
+        # What the parent asks pip for is checked again: it may have been queued before these checks.
+        launch["pip"] = [options.pip_spec(p) for p in launch.get("pip") or []]
+        options.requirement_lines(launch.get("requirements") or "", "--requirements (the parent's)")
         config = {key: options.param_value(value) for key, value in launch["params"].items()}
     else:
         launch, resources, config = launch_options(sub, settings)

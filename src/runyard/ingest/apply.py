@@ -12,9 +12,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from runyard.errors import Conflict, InvalidArgument
-from runyard.ingest import columns
+from runyard.ingest import columns, fields
 from runyard.ingest.columns import MetricColumns
-from runyard.names import validate_metric_key
+from runyard.names import (
+    validate_end_status,
+    validate_label,
+    validate_metric_key,
+    validate_project_name,
+    validate_run_name,
+)
 from runyard.spool import records
 from runyard.store.api import IngestBatch, IngestResult, LogLine, RunInput, Store
 from runyard.store.artifacts import DiskArtifacts
@@ -42,27 +48,39 @@ def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
     for rec in recs:
         if type(rec) is dict:
             continue
-        kind, time = rec[1], rec[2]
+        kind = rec[1]
+        # Each field checked as the SDK and the supervisor write it (ingest/fields.py): a 400 naming
+        # it from the server, a quarantined record locally, never a crash in the store.
+        where = f"record {rec[0]!r:.30} ({_KIND_NAMES.get(kind, kind)})"
+        fields.integer(rec[0], f"{where} sequence number")
+        time = fields.moment(rec[2], f"{where} time")
         if kind == records.LOG:
             stream = rec[3] if rec[3] in _STREAMS else "stdout"
-            batch.logs.append(LogLine(time, _text(rec[4]), stream))  # type: ignore[arg-type]
+            line = _text(fields.text(rec[4], f"{where} text"))
+            batch.logs.append(LogLine(time, line, stream))  # type: ignore[arg-type]
         elif kind == records.EVENT:
-            _event(batch, dict(rec[3]), time)
+            _event(batch, fields.mapping(rec[3], "event"), time)
         elif kind == records.CONFIG:
-            batch.config.update(rec[3])
+            batch.config.update(fields.mapping(rec[3], "config", keys=True))
         elif kind == records.SUMMARY:
-            for key, value in rec[3].items():
+            for key, value in fields.mapping(rec[3], "summary", keys=True).items():
                 explicit_summary[key] = (rec[0], value)
         elif kind == records.NOTE:
-            batch.notes.append(_text(rec[3]))
+            batch.notes.append(_text(fields.text(rec[3], "note")))
         elif kind == records.LABELS:
-            _labels(batch, rec[3], rec[4])
+            _labels(batch, fields.text_list(rec[3], "labels added", 100),
+                    fields.text_list(rec[4], "labels removed", 100))
         elif kind == records.ARTIFACT:
             mode = rec[7] if len(rec) > 7 else None  # the supervisor says a file's mode; the SDK does not
-            batch.artifacts.append((str(rec[3]), int(rec[4]), str(rec[5]), str(rec[6]),
+            batch.artifacts.append((fields.text(rec[3], "artifact path", 4096),
+                                    fields.integer(rec[4], "artifact size"), fields.text(rec[5], "artifact sha256", 64),
+                                    fields.text(rec[6], "artifact ref", 4096),
                                     mode & 0o777 if type(mode) is int else None))
         elif kind == records.INPUT:
-            batch.inputs.append(RunInput(rec[3], str(rec[4]), rec[5], rec[6], rec[7]))
+            source_run = rec[5] if rec[5] is None else fields.integer(rec[5], "input source_run")
+            batch.inputs.append(RunInput(_input_kind(rec[3]), fields.text(rec[4], "input sha256", 64), source_run,
+                                         fields.optional_text(rec[6], "input source_path", 4096),
+                                         fields.optional_text(rec[7], "input mount", 4096)))
         # Heartbeats, and kinds from newer writers, only say the writer was alive at ``time``.
     last: dict[str, tuple[int, float]] = {}
     if metric_recs or blocks:
@@ -148,12 +166,54 @@ def _labels(batch: IngestBatch, added: Sequence[str], removed: Sequence[str]) ->
             batch.labels_added.remove(label)
 
 
+_KIND_NAMES = {records.LOG: "log", records.EVENT: "event", records.CONFIG: "config", records.SUMMARY: "summary",
+               records.NOTE: "note", records.LABELS: "labels", records.ARTIFACT: "artifact",
+               records.INPUT: "input", records.HEARTBEAT: "heartbeat"}
+_INPUT_KINDS = ("artifact", "dataset", "path")
+
+
+def _input_kind(value: Any) -> Any:
+    if value not in _INPUT_KINDS:
+        raise InvalidArgument(f"input kind must be one of {', '.join(_INPUT_KINDS)}, not {value!r:.60}")
+    return value
+
+
+def _start(event: dict[str, Any]) -> dict[str, Any]:
+    """The start event's fields, each as the SDK's init() and the supervisor write it."""
+    f = fields
+    if "project" in event and event["project"] is not None:
+        validate_project_name(f.text(event["project"], "start.project", 100))
+    if event.get("name") is not None:
+        validate_run_name(f.text(event["name"], "start.name", 200))
+    if event.get("config") is not None:
+        f.mapping(event["config"], "start.config", keys=True)
+    if event.get("labels") is not None:
+        for label in f.text_list(event["labels"], "start.labels", 100):
+            validate_label(label)
+    f.optional_text(event.get("notes"), "start.notes")
+    if event.get("command") is not None:
+        f.text_list(event["command"], "start.command")
+    f.optional_text(event.get("host"), "start.host", f.MAX_SHORT)
+    if event.get("environment") is not None:
+        f.mapping(event["environment"], "start.environment")
+    return event
+
+
+def _end(event: dict[str, Any]) -> dict[str, Any]:
+    # A run's own process says only how it ended; `queued` here would re-queue it (see store/transitions.py).
+    validate_end_status(event.get("status"), "end.status")
+    if event.get("exit_code") is not None:
+        fields.integer(event["exit_code"], "end.exit_code", fields.INT32)
+    fields.optional_text(event.get("message"), "end.message")
+    return event
+
+
 def _event(batch: IngestBatch, event: dict[str, Any], time: float) -> None:
     name = event.pop("event", None)
     if name == "start":
-        batch.start = {**event, "time": time}
+        batch.start = {**_start(event), "time": time}
     elif name == "end":
-        batch.end = {**event, "time": time}
+        batch.end = {**_end(event), "time": time}
     elif name == "environment":
         batch.environment.update(event)
     elif name == "alert":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.errors import InvalidArgument
-from runyard.names import validate_label, validate_project_name, validate_run_name
+from runyard.names import validate_key, validate_label, validate_project_name, validate_run_name
 from runyard.sdk.run import Run
 from runyard.spool import records
 
@@ -79,6 +79,8 @@ def init(
     label_list = [validate_label(x) for x in labels]
     if config is not None and not isinstance(config, Mapping):
         raise InvalidArgument(f"config must be a mapping, not {type(config).__name__}")
+    for key in config or {}:
+        validate_key(key, "config")  # as ingest checks it (ingest/fields.py)
     if notes is not None and not isinstance(notes, str):
         raise InvalidArgument(f"notes must be a string, not {type(notes).__name__}")
 

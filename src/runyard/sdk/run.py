@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runyard.errors import InvalidArgument
-from runyard.names import validate_label, validate_metric_key, validate_relpath
+from runyard.names import validate_end_status, validate_key, validate_label, validate_metric_key, validate_relpath
 from runyard.sdk import shaped
 from runyard.spool import records
 from runyard.spool.segment import FRAME, MARK
@@ -69,8 +69,7 @@ class _RecordedDict(MutableMapping[str, Any]):
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         change = {**dict(other), **kwargs}
         for key in change:
-            if not isinstance(key, str) or not key:
-                raise InvalidArgument(f"{self._kind_name} keys must be non-empty strings, not {key!r}")
+            validate_key(key, self._kind_name)  # as ingest checks it (ingest/fields.py)
         self._data.update(change)
         self._run._emit(self._kind, change)
 
@@ -375,6 +374,8 @@ class Run:
     def finish(self, status: str | None = None, exit_code: int | None = None, wait: bool = True) -> None:
         """End the run: write what waits, record the final state, wait (up to ``finish_timeout`` in
         all) for the store to have it all. Called at interpreter exit if you do not."""
+        # Checked as ingest checks it, before anything ends: a run says only how it ended.
+        validate_end_status(status or "finished", "finish(status=...)")
         with self._finishing:
             if self._finished:
                 return

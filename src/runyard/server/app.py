@@ -654,8 +654,8 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     @app.get(f"{v1}/ingest/cursor", tags=["ingest"])
     @requires("writer")
-    def cursor(request: Request, run: Annotated[str, Query(max_length=64)],
-               writer: Annotated[str, Query(max_length=64)]) -> dict[str, Any]:
+    def cursor(request: Request, run: Annotated[str, Query(max_length=64, pattern=r"^[0-9A-Za-z]{10,64}$")],
+               writer: Annotated[str, Query(max_length=64, pattern=r"^[0-9A-Za-z_-]{1,64}$")]) -> dict[str, Any]:
         """The highest sequence number of this writer's records the server holds (-1: none)."""
         cursor, _, project = store.ingest_state(run, writer)
         scope = _principal(request).project

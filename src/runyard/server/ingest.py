@@ -41,6 +41,8 @@ MAX_INFLATED = 64 << 20
 #: Bounds on what one request may declare, so a small body cannot make the server allocate much.
 MAX_RECORDS = 1_000_000
 MAX_KEYS = 100_000
+#: Sequence numbers are kept in 64-bit signed columns.
+SEQ_LIMIT = 1 << 63
 _RUN_ID = re.compile(r"^[0-9A-Za-z]{10,64}$")
 _WRITER = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -54,6 +56,11 @@ class Applied:
     cursor: int
 
 
+def _no_extension(code: int, data: bytes) -> Any:
+    # No writer sends msgpack extension types: they would reach the store as objects it cannot keep.
+    raise InvalidArgument(f"the body holds a msgpack extension type ({code}); records hold plain values only")
+
+
 def decode(body: bytes, deflated: bool) -> tuple[str, str, list[Any]]:
     if deflated:
         inflater = zlib.decompressobj()
@@ -65,7 +72,10 @@ def decode(body: bytes, deflated: bool) -> tuple[str, str, list[Any]]:
             raise InvalidArgument(f"the body inflates beyond {MAX_INFLATED >> 20} MiB; send smaller batches")
     try:
         payload = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True, max_array_len=MAX_RECORDS,
-                                  max_map_len=MAX_KEYS, max_str_len=MAX_INFLATED, max_bin_len=MAX_INFLATED)
+                                  max_map_len=MAX_KEYS, max_str_len=MAX_INFLATED, max_bin_len=MAX_INFLATED,
+                                  ext_hook=_no_extension)
+    except InvalidArgument:
+        raise
     except Exception as e:  # noqa: BLE001 - msgpack raises several types for malformed input
         raise InvalidArgument(f"the body is not valid msgpack: {type(e).__name__}") from None
     if not isinstance(payload, dict):
@@ -94,8 +104,8 @@ def _records(items: list[Any]) -> tuple[list[Any], list[int]]:
             recs.append(tuple(item))
         else:
             raise InvalidArgument("a record must be a metrics map or an array [seq, kind, time, ...]")
-    if not all(type(seq) is int and seq >= 0 for seq in seqs):
-        raise InvalidArgument("every record needs a sequence number, a non-negative integer")
+    if not all(type(seq) is int and 0 <= seq < SEQ_LIMIT for seq in seqs):
+        raise InvalidArgument("seq: every record needs a sequence number, an integer from 0 to 2**63 - 1")
     if any(a >= b for a, b in itertools.pairwise(seqs)):  # shippers send them in order, once each
         order = sorted(range(len(recs)), key=seqs.__getitem__)
         kept = [i for n, i in enumerate(order) if n == 0 or seqs[i] != seqs[order[n - 1]]]

@@ -98,8 +98,7 @@ def claim(store: SqlStore, number: int, gpus: Sequence[int], agent: str, host: s
         if row is None or row.status != RunStatus.QUEUED.value:
             return None
         resources = {**(row.resources or {}), "assigned_gpus": list(gpus)}
-        conn.execute(sa.update(runs).where(_R.number == number)
-                     .values(status=RunStatus.STARTING.value, resources=resources))
+        store._update_run(conn, number, RunPatch(status=RunStatus.STARTING), extra={"resources": resources})
         conn.execute(sa.delete(run_claims).where(_C.run_number == number))
         conn.execute(sa.insert(run_claims).values(run_number=number, agent=agent, host=host,
                                                   claimed_at=store.lease_clock(conn)))

@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # SQLAlchemy loads where statements are built: lite.py's fast
 
 T = TypeVar("T")
 
+#: The largest integer both engines keep in an integer column (a run number, a sequence number).
+INT64_MAX = (1 << 63) - 1
+
 #: PostgreSQL's wire protocol: a 16-bit count of parameters per statement.
 POSTGRES_PARAMS = 65_535
 #: Parameters and OR levels kept for the rest of a statement (its fixed conditions, subqueries).

@@ -18,13 +18,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from runyard.errors import Ambiguous, InvalidArgument, NotFound
-from runyard.names import is_number
+from runyard.names import is_number, validate_label, validate_project_name
 from runyard.store import jsonvalues, limits
 from runyard.store.api import RUN_SORT_FIELDS, Page, Run, RunQuery
 from runyard.store.schema import projects, run_labels, runs
 from runyard.types import RunStatus
 
 _ULID_PREFIX = re.compile(r"^[0-9A-Za-z]{4,26}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _R = runs.c
 
 
@@ -76,6 +77,11 @@ def resolve_ref(conn: Connection, ref: str | int) -> int:
     text = str(ref).strip()
     if not text:
         raise InvalidArgument("empty run reference; give a run number, name or id prefix")
+    if _CONTROL.search(text):
+        raise InvalidArgument(f"run reference {text[:80]!r} contains a control character; give a run number, "
+                              "name or id prefix")
+    if is_number(text) and int(text) > limits.INT64_MAX:
+        raise InvalidArgument(f"run reference {text[:80]}: run numbers go up to {limits.INT64_MAX}")
     if is_number(text):
         number = conn.execute(sa.select(_R.number).where(_R.number == int(text))).scalar()
         if number is None:
@@ -112,8 +118,9 @@ def _sort_keys(conn: Connection, sort: str) -> list[ColumnElement[Any]]:
     if prefix not in ("config", "summary") or not key:
         choices = ", ".join(RUN_SORT_FIELDS)
         raise InvalidArgument(f"cannot sort by {sort!r}: use one of {choices}, config.<key> or summary.<key>")
-    if '"' in key or len(key) > 256:
-        raise InvalidArgument(f"cannot sort by {sort!r}: the key may not contain quotes")
+    if '"' in key or len(key) > 256 or _CONTROL.search(key):
+        raise InvalidArgument(f"cannot sort by {sort[:300]!r}: the key may not contain quotes or control "
+                              "characters, and is at most 256 characters")
     column = _R[prefix]
     if conn.dialect.name == "postgresql":
         value: ColumnElement[Any] = column.op("->", return_type=JSONB())(sa.literal(key, sa.String))
@@ -183,8 +190,10 @@ def list_runs(conn: Connection, query: RunQuery) -> Page[Run]:
     keys = [*_sort_keys(conn, query.sort), _R.number]
     conditions: list[ColumnElement[bool]] = []
     if query.project is not None:
-        conditions.append(projects.c.name == query.project)
+        conditions.append(projects.c.name == validate_project_name(query.project))
     if query.labels:
+        for label in query.labels:
+            validate_label(label)
         conditions.append(_R.number.in_(_carrying_all(conn, query.labels)))
     if query.status:
         conditions.append(_R.status.in_([RunStatus(s).value for s in query.status]))

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from runyard.errors import Conflict, InvalidArgument, NotFound, Unstorable
 from runyard.ids import new_ulid
 from runyard.names import validate_label, validate_metric_key, validate_relpath, validate_run_name
-from runyard.store import alert_state_sql, claims_sql, gc_sql, limits, runs_sql, series_sql
+from runyard.store import alert_state_sql, claims_sql, gc_sql, limits, runs_sql, series_sql, transitions
 from runyard.store.api import (
     AlertEvent,
     AlertRule,
@@ -232,10 +232,7 @@ class SqlStore:
 
     def _status_change(self, old: RunStatus, new: RunStatus, started_at: float | None,
                        values: Mapping[str, Any]) -> dict[str, Any]:
-        # A lost run may still report how it ended (its supervisor was only cut off); any other
-        # ended run stays as it ended.
-        if old.is_terminal() and new != old and old is not RunStatus.LOST:
-            raise Conflict(f"the run already ended as {old.value}; it cannot become {new.value}")
+        transitions.check_transition(old, new)
         change: dict[str, Any] = {"status": new.value}
         now = self.clock()
         if new is RunStatus.RUNNING and started_at is None and "started_at" not in values:
@@ -594,6 +591,8 @@ class SqlStore:
             if batch.start.get("notes"):
                 notes.insert(0, str(batch.start["notes"]))
             if current in (RunStatus.QUEUED, RunStatus.STARTING):
+                # Only a run its agent claimed: a start for a queued one would skip the scheduler.
+                transitions.check_transition(current, RunStatus.RUNNING, by_records=True, field="start")
                 status = RunStatus.RUNNING
                 if batch.start.get("time") is not None:
                     extra["started_at"] = batch.start["time"]
@@ -613,6 +612,11 @@ class SqlStore:
         if end is not None and current.is_terminal() and current is not RunStatus.LOST:
             # Stopped by a person or a rule before the script said how it ended: keep that.
             patch = RunPatch(config=patch.config, summary=patch.summary, environment=patch.environment)
+        elif patch.status is not None:
+            # What a writer may say through its records: never back into the queue (the scheduler
+            # would start the command again, beside the first), only how its own process went.
+            transitions.check_transition(current if status is None else status, patch.status, by_records=True,
+                                         field="end.status" if end is not None else "start")
         self._update_run(conn, number, patch, notes_append=notes, extra=extra)
         if labels_added or batch.labels_removed:
             self._set_labels(conn, number, labels_added, batch.labels_removed)
@@ -635,10 +639,11 @@ class SqlStore:
         """Mark a run lost unless it already ended; True if it was marked."""
         with self._write() as conn:
             row = conn.execute(sa.select(_R.number, _R.status).where(_R.id == run_id)).one_or_none()
-            if row is None or RunStatus(row.status).is_terminal():
+            # Only a run some process holds can be lost: not a queued one, nor one that ended.
+            if row is None or RunStatus(row.status) is RunStatus.LOST \
+                    or not transitions.may_become(RunStatus(row.status), RunStatus.LOST):
                 return False
-            conn.execute(sa.update(runs).where(_R.number == row.number).values(
-                status=RunStatus.LOST.value, status_message=message, ended_at=self.clock()))
+            self._update_run(conn, int(row.number), RunPatch(status=RunStatus.LOST, status_message=message))
             return True
 
     # -- alerts -----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ def test_a_run_queued_through_the_fast_path_reads_back_like_any_other(tmp_path: 
            {k: v for k, v in vars(slow).items() if k not in differing}
     store.append_points(number, {"loss": Points.of([0, 1], [0.0, 1.0], [2.0, 1.5]),
                                  "system/cpu_percent": Points.of([0], [0.0], [50.0])})
+    store.update_run(slow.number, RunPatch(status=RunStatus.STARTING))  # as its agent claims it
     store.update_run(slow.number, RunPatch(status=RunStatus.RUNNING))
     active = lite.active_runs()
     assert [(a.number, a.status.value) for a in active] == [(slow.number, "running"), (number, "queued")]
@@ -56,6 +57,8 @@ def test_runyard_ls_through_the_fast_path_lists_what_the_store_lists(tmp_path: P
         run = store.create_run(NewRun(project="p" if n % 3 else "q", name=f"r{n}", labels=["a", "b"][: n % 3],
                                       status=RunStatus.RUNNING if n % 4 else RunStatus.QUEUED))
         if n % 5 == 0:
+            if run.status is RunStatus.QUEUED:  # claimed first, as every queued run is before it ends
+                store.update_run(run.number, RunPatch(status=RunStatus.STARTING))
             store.update_run(run.number, RunPatch(status=RunStatus.FINISHED))
     lite = LiteStore.open(url)
     assert lite is not None
