@@ -98,7 +98,7 @@ def test_credentials_in_git_remote_command_and_requirements_reach_no_reader(
                                f"HF_TOKEN={s['shell_env']} python launched.py --api-key {s['shell_key']}"
                                ).stdout)["number"]
     (project / "requirements.txt").write_text(
-        f"-r https://u:{s['requirement']}@pypi.example.com/team/reqs.txt\n"
+        f"team @ https://u:{s['requirement']}@pypi.example.com/team/team-1.0.whl\n"
         f"private @ https://{s['requirement']}@git.example.com/private-1.0.whl\n")
     req_run = json.loads(cli(env, project, "run", "--json", "--memory", "1000000T", "--requirements",
                              "requirements.txt", "--", "python", "launched.py").stdout)["number"]
@@ -154,7 +154,7 @@ def test_credentials_in_git_remote_command_and_requirements_reach_no_reader(
     assert "https://u:***@pypi.example.com/simple" in shown[argv_run]
     assert "HF_TOKEN=*** python launched.py --api-key ***" in shown[shell_run]
     requirements = json.loads(as_json[req_run])["launch"]["requirements"]
-    assert "-r https://u:***@pypi.example.com/team/reqs.txt" in requirements
+    assert "https://u:***@pypi.example.com/team/team-1.0.whl" in requirements
     assert "https://***@git.example.com/private-1.0.whl" in requirements
     assert json.loads(as_json[sdk_number])["environment"]["git_remote"] == \
         "https://alice:***@git.example.com/team/repo.git"
