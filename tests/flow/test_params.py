@@ -196,3 +196,19 @@ def test_a_rerun_through_a_server_substitutes_params_and_overrides_there(live_se
     assert local_path.returncode == 2 and "RUN:PATH" in local_path.stderr
     typo = cli(laptop, project, "run", "--param", "lr=0.1", "--", "python", "train.py", "--lr", "{lrr}", check=False)
     assert typo.returncode == 2 and "the command refers to {lrr}, which is no param; params given: lr" in typo.stderr
+
+
+def test_a_rerun_pip_replaces_the_same_package_in_the_parents_requirements_file(
+        project: Path, env: dict[str, str]) -> None:
+    (project / "requirements.txt").write_text("termcolor==3.3.0  # pinned\ntqdm\n")
+    with no_agent(env, project):
+        first = launch(env, project, "--requirements", "requirements.txt", "--", "true")
+        second = rerun(env, project, str(first), "--pip", "TermColor==3.2.0")
+        api = api_of(env, project)
+        try:
+            child = api.run(second)
+        finally:
+            api.close()
+    # One termcolor, the one asked for: both would make an environment pip cannot resolve.
+    assert child.launch["pip"] == ["TermColor==3.2.0"]
+    assert "termcolor" not in child.launch["requirements"].lower() and "tqdm" in child.launch["requirements"]

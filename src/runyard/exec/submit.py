@@ -112,6 +112,13 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
     return launch, resources, config
 
 
+def _without(requirements: str, names: set[str]) -> str | None:
+    """A requirements file's text without the lines naming any of ``names`` (None if nothing is left)."""
+    kept = [line for line in requirements.replace("\\\n", "").splitlines()
+            if not (line.split("#", 1)[0].strip() and options.pip_name(line.strip()) in names)]
+    return "\n".join(kept) + "\n" if any(line.split("#", 1)[0].strip() for line in kept) else None
+
+
 def _override(launch: dict[str, Any], resources: dict[str, Any], sub: Submission, settings: Settings) -> None:
     """A rerun's --pip, --env, --timeout, --mount and --gpus over its parent's, each checked as
     ``runyard run`` checks it: a package replaces the parent's requirement of the same package, a
@@ -120,6 +127,8 @@ def _override(launch: dict[str, Any], resources: dict[str, Any], sub: Submission
         new = [options.pip_spec(p) for p in sub.pip]
         replaced = {options.pip_name(p) for p in new}
         launch["pip"] = [p for p in launch.get("pip") or [] if options.pip_name(p) not in replaced] + new
+        if launch.get("requirements"):  # the parent's requirements file may name the same packages
+            launch["requirements"] = _without(launch["requirements"], replaced)
     if sub.env:
         launch["env"] = {**(launch.get("env") or {}), **sub.env}
     if sub.timeout is not None:
