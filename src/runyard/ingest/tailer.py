@@ -35,7 +35,7 @@ from runyard.ingest.sink import Sink
 from runyard.spool.acks import Ack, read_ack, write_ack
 from runyard.spool.records import SEQ, STEP, TIME, seq_of, unflatten
 from runyard.spool.rundir import retired_dir, run_dirs, target_of, writer_alive
-from runyard.spool.segment import OFFSET_BITS, Block, Scan, read_header, scan, segments_of
+from runyard.spool.segment import OFFSET_BITS, Block, Scan, ends_before, read_header, scan, segments_of
 
 #: Records applied per transaction: bounds memory and keeps transactions short.
 APPLY_CHUNK = 50_000
@@ -236,7 +236,9 @@ class Tailer:
                     if not found.short:
                         break
                     want = max(min(READ_CHUNK, want * 4), found.need + FIRST_READ)
-            if version == 2 and found.closed:
+            # Closed here, or before this pass began: an ack written by an older runyard after a
+            # segment's END (its offset past the END frame, not the next segment) resumes here.
+            if version == 2 and (found.closed or (not found.blocks and ends_before(path, offset))):
                 segment, offset = segment + 1, 0
                 continue
             if version == 1 and later:
@@ -270,7 +272,12 @@ class Tailer:
     def _took(self, state: _State, found: Scan, segment: int, version: int) -> int:
         state.take(found, segment, version)
         state.report.skipped_bytes += found.skipped
-        state.apply_if_full(segment, found.end, self)
+        # An ack taken after a segment's END points at the next segment: one at the end of this
+        # segment would have a later pass, finding nothing more here, take the writer as done.
+        if version == 2 and found.closed:
+            state.apply_if_full(segment + 1, 0, self)
+        else:
+            state.apply_if_full(segment, found.end, self)
         return found.end
 
     def _apply(self, state: _State, parts: list[Any]) -> None:

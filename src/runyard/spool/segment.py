@@ -57,6 +57,21 @@ MARK = b"RYfr"
 #: The length that closes a segment (format 2).
 END = 0xFFFFFFFF
 _END_FRAME = FRAME.pack(MARK, END, 0)
+
+
+def ends_before(path: Path, offset: int) -> bool:
+    """Whether the bytes just before ``offset`` are a format-2 END frame: a reader resuming there
+    has read the whole segment and goes on in the next one."""
+    if offset < FRAME.size:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return os.pread(fd, FRAME.size, offset - FRAME.size) == _END_FRAME
+    finally:
+        os.close(fd)
 _ZERO_MARK = b"\0\0\0\0"
 #: A frame larger than this is corruption, not data (the writer never makes one).
 MAX_FRAME = 256 << 20

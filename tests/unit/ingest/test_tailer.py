@@ -104,3 +104,36 @@ def test_a_writer_that_made_a_segment_and_died_during_a_pass_is_read_to_its_end(
     Tailer(sink, tmp_path, None, retire=True).poll()
     assert steps(sink.records) == list(range(2000))
     assert (tmp_path / RUN).exists() or (tmp_path / "retired" / RUN / last.name).exists()
+
+
+def test_a_pass_resuming_just_after_a_segments_end_goes_on_in_the_next_segment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pass that applied a chunk ending with a segment's END acked "this segment, past its END".
+    # The writer died; the next pass resumed there, found nothing more in that segment, and took
+    # the writer as complete: every later segment was lost (a SIGKILL test read back 541,729 of
+    # more than 1,034,941 steps, exactly the first four segments).
+    from runyard.spool import segment
+    from runyard.spool.acks import Ack, write_ack
+
+    monkeypatch.setattr(segment, "FIRST_SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(segment, "SEGMENT_BYTES", 16384)
+    writer = Writer(tmp_path / RUN, RUN, "w1")
+    writer.start()
+    for step in range(2000):
+        writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+    assert writer.close(10)
+    import shutil
+
+    shutil.copytree(tmp_path / RUN, tmp_path / "copy" / RUN)
+    everything = CollectingSink()
+    Tailer(everything, tmp_path / "copy", None, retire=False).poll()  # the whole spool, read afresh
+    files = segment.segments_of(tmp_path / RUN)["w1"]
+    index, path = files[1]  # a closed segment in the middle
+    past_end = path.stat().st_size  # the segment ends with its END frame
+    applied = (index << segment.OFFSET_BITS) | past_end  # every record of segments 0 and 1
+    write_ack(tmp_path / RUN, "w1", Ack(applied, index, past_end, False, 0, 1, False, True))
+    sink = RecordingSink(refuse=set())
+    sink.applied[RUN] = [applied]
+    Tailer(sink, tmp_path, None, retire=False).poll()
+    later = [s for s in (records.seq_of(r) for r in columns.to_records(everything.records)) if s > applied]
+    assert len(files) > 2 and later and sink.applied[RUN][1:] == later
