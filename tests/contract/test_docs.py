@@ -345,10 +345,8 @@ def check_finish_timeout(home: Home) -> None:
     assert float(result.stdout.split()[-1]) < 10.0  # not the default 30 s
 
 
-def check_outputs_interval(home: Home) -> None:
-    """The supervisor is told (the upload while a run goes on is in tests/flow/test_execution.py's
-    test_a_checkpoint_can_be_copied_while_the_run_is_still_running)."""
-    home.env["RUNYARD_OUTPUTS_INTERVAL"] = "7"
+def first_launch_spec(home: Home) -> Any:
+    """What the scheduler hands the supervisor of a run queued now (with ``home.env`` as it is)."""
     with home.no_agent():
         home.queue()
     opened = home.store()
@@ -357,37 +355,28 @@ def check_outputs_interval(home: Home) -> None:
         scheduler.tick()
     finally:
         opened.close()
-    assert recorder.specs[0].outputs_interval == 7.0
+    return recorder.specs[0]
+
+
+def check_outputs_interval(home: Home) -> None:
+    """The supervisor is told (the upload while a run goes on is in tests/flow/test_execution.py's
+    test_a_checkpoint_can_be_copied_while_the_run_is_still_running)."""
+    home.env["RUNYARD_OUTPUTS_INTERVAL"] = "7"
+    assert first_launch_spec(home).outputs_interval == 7.0
 
 
 def check_output_limit(home: Home) -> None:
     """The supervisor is told, in bytes (a file over it is not kept: tests/flow/test_run_outputs.py's
     test_files_a_script_writes_anywhere_in_its_directory_are_kept_and_can_be_copied_and_mounted)."""
     home.env["RUNYARD_OUTPUT_LIMIT"] = "3"
-    with home.no_agent():
-        home.queue()
-    opened = home.store()
-    try:
-        scheduler, recorder = schedule(home, opened.store)
-        scheduler.tick()
-    finally:
-        opened.close()
-    assert recorder.specs[0].output_limit == 3 << 20
+    assert first_launch_spec(home).output_limit == 3 << 20
 
 
 def check_big_code_files(home: Home) -> None:
     """The supervisor is told (what each choice does: tests/flow/test_run_outputs.py's
     test_a_script_writing_into_a_shared_big_file_is_told_why_and_a_copy_setting_lets_it)."""
     home.env["RUNYARD_BIG_CODE_FILES"] = "copy"
-    with home.no_agent():
-        home.queue()
-    opened = home.store()
-    try:
-        scheduler, recorder = schedule(home, opened.store)
-        scheduler.tick()
-    finally:
-        opened.close()
-    assert recorder.specs[0].big_code_files == "copy"
+    assert first_launch_spec(home).big_code_files == "copy"
 
 
 QUEUE_BURST = """

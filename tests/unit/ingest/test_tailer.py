@@ -76,12 +76,8 @@ def test_an_unexpected_error_of_one_writer_is_reported_with_it_and_stops_nothing
     assert list(sink.applied) == ["01BBBBBBBBBBBBBBBBBBBBBBBB"]
 
 
-def test_a_writer_that_made_a_segment_and_died_during_a_pass_is_read_to_its_end(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The pass lists the segments, then finds the writer dead: a segment it made in between (and
-    # its records) must still be read, not the run taken as complete and retired without them.
-
-    from runyard.ingest import tailer as tailer_module
+def _spool_in_small_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2,000 steps of a writer that has closed, over many small segments (4 KiB, growing to 16 KiB)."""
     from runyard.spool import segment
 
     monkeypatch.setattr(segment, "FIRST_SEGMENT_BYTES", 4096)
@@ -90,7 +86,18 @@ def test_a_writer_that_made_a_segment_and_died_during_a_pass_is_read_to_its_end(
     writer.start()
     for step in range(2000):
         writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
-    assert writer.close(10)  # the writer is gone: its flock released
+    assert writer.close(10)
+
+
+def test_a_writer_that_made_a_segment_and_died_during_a_pass_is_read_to_its_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pass lists the segments, then finds the writer dead: a segment it made in between (and
+    # its records) must still be read, not the run taken as complete and retired without them.
+
+    from runyard.ingest import tailer as tailer_module
+    from runyard.spool import segment
+
+    _spool_in_small_segments(tmp_path, monkeypatch)  # the writer is gone: its flock released
     last = max(segment.segments_of(tmp_path / RUN)["w1"])[1]
     aside = tmp_path / "aside"
     last.rename(aside)  # not there yet when the pass lists the segments ...
@@ -115,13 +122,7 @@ def test_a_pass_resuming_just_after_a_segments_end_goes_on_in_the_next_segment(
     from runyard.spool import segment
     from runyard.spool.acks import Ack, write_ack
 
-    monkeypatch.setattr(segment, "FIRST_SEGMENT_BYTES", 4096)
-    monkeypatch.setattr(segment, "SEGMENT_BYTES", 16384)
-    writer = Writer(tmp_path / RUN, RUN, "w1")
-    writer.start()
-    for step in range(2000):
-        writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
-    assert writer.close(10)
+    _spool_in_small_segments(tmp_path, monkeypatch)
     import shutil
 
     shutil.copytree(tmp_path / RUN, tmp_path / "copy" / RUN)
