@@ -102,13 +102,22 @@ def requirement(text: str, where: str, urls: bool = True) -> str:
     return entry
 
 
+_COMMENT = re.compile(r"(^|\s)#.*$")
+
+
+def uncommented(line: str) -> str:
+    """A requirements-file line without its comment, as pip reads it: ``#`` at the start or after a
+    space (``pkg @ https://host/x.whl#sha256=...`` keeps its fragment)."""
+    return _COMMENT.sub("", line).strip()
+
+
 def requirement_lines(text: str, where: str, urls: bool = True) -> list[str]:
     """The requirements of a requirements file (comments and blank lines aside, continued lines
     joined as pip joins them), each checked by ``requirement``."""
     joined = text.replace("\\\n", "")
     out = []
     for number, line in enumerate(joined.splitlines(), 1):
-        entry = re.sub(r"(^|\s)#.*$", "", line).strip()  # pip's comments: '#' at the start or after a space
+        entry = uncommented(line)
         if entry:
             out.append(requirement(entry, f"{where} line {number}:", urls))
     return out

@@ -115,8 +115,8 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
 def _without(requirements: str, names: set[str]) -> str | None:
     """A requirements file's text without the lines naming any of ``names`` (None if nothing is left)."""
     kept = [line for line in requirements.replace("\\\n", "").splitlines()
-            if not (line.split("#", 1)[0].strip() and options.pip_name(line.strip()) in names)]
-    return "\n".join(kept) + "\n" if any(line.split("#", 1)[0].strip() for line in kept) else None
+            if not (options.uncommented(line) and options.pip_name(options.uncommented(line)) in names)]
+    return "\n".join(kept) + "\n" if any(options.uncommented(line) for line in kept) else None
 
 
 def _override(launch: dict[str, Any], resources: dict[str, Any], sub: Submission, settings: Settings) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,6 @@ SITE_QUERY = (
     "u = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []; "
     "print(json.dumps(list(dict.fromkeys(u + [p['purelib'], p['platlib']]))))"
 )
-_COMMENT = re.compile(r"(^|\s)#.*$")
 
 
 class InstallFailed(Exception):
@@ -70,7 +68,9 @@ def requirement_set(pip: Sequence[str], requirements: str | None) -> list[str]:
     from packaging.utils import canonicalize_name
 
     text = (requirements or "").replace("\\\n", "")  # pip joins continued lines
-    entries = [*pip, *(_COMMENT.sub("", line) for line in text.splitlines())]
+    from runyard.exec.options import uncommented
+
+    entries = [*pip, *(uncommented(line) for line in text.splitlines())]
     out = set()
     for entry in (" ".join(e.split()) for e in entries):
         if not entry:
