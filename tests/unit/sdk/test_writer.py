@@ -20,6 +20,7 @@ from tests.flow.test_execution import wait_for
 
 from runyard.ingest import columns
 from runyard.ingest.tailer import Tailer
+from runyard.sdk import writer as writer_module
 from runyard.sdk.writer import Writer
 from runyard.spool import records, segment
 from runyard.spool.segment import read_header, scan, segments_of
@@ -313,3 +314,32 @@ def test_sequence_numbers_are_addresses(tmp_path: Path) -> None:
     assert header is not None
     found = scan(memoryview(data)[header.size :], header.size, 2, final=True, eof=True)
     assert [records.seq_of(r) for r in recs] == [offset for offset, _ in found.frames]
+
+
+def _page_faults_of_this_thread() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+
+def test_syncing_the_spool_leaves_the_pages_ahead_of_log_writable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync thread forces what was written, not the pages the keeper faulted in ahead of it:
+    forcing the whole file wrote those back too, the kernel write-protected them, and the thread
+    calling log() took a page fault on nearly every new page all the same."""
+    monkeypatch.setitem(writer_module.SYNC_EVERY, "always", 0.02)
+    writer = Writer(tmp_path / RUN, RUN, "w1", fsync="always", tick=0.01)
+    writer.start()
+    wait_for(lambda: writer._prefaulted > (1 << 19), timeout=10)  # the keeper has faulted a window in
+    frame = writer_module.encode(({"x": 1.0, "pad": "p" * 440}, records.UNNUMBERED, time.time(), 0))
+    pages = (600 << 10) // 4096  # within the first 1 MiB segment: no roll, no new segment to fault in
+    faults_before = _page_faults_of_this_thread()
+    written = 0
+    while written < pages * 4096:
+        for _ in range(20):
+            writer.write(frame)
+            written += len(frame)
+        time.sleep(0.004)  # about 0.5 s in all: the fsync thread syncs some 25 times meanwhile
+    faults = _page_faults_of_this_thread() - faults_before
+    assert writer.close(5)
+    assert faults < pages // 5, f"{faults} page faults while writing {pages} pages"
