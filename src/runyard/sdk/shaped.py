@@ -53,7 +53,6 @@ def encoder_for(names: tuple[str, ...]) -> Encoder:
     pieces.append(b"\xcf")
     layout = ">" + "".join(f"{len(piece)}sd" for piece in pieces[:-1]) + f"{len(pieces[-1])}sQ"
     record = struct.Struct(layout)
-    header = FRAME.pack(MARK, record.size, 0)[:8]  # the mark and the length: the same every time
     values = [f"v{i}" for i in range(len(names))]
     constants = [f"c{i}" for i in range(len(pieces))]
     packed = ", ".join(f"{c}, {v}" for c, v in zip(constants, [*values, "time()", "step"], strict=True))
@@ -67,11 +66,13 @@ def encoder_for(names: tuple[str, ...]) -> Encoder:
         "        return None",
         f"    if {' and '.join(f'type({v}) is float' for v in values)}:",
         f"        payload = pack({packed})",
-        "        return header + checksum(payload).to_bytes(4, 'little') + payload",
+        # One struct call for the frame's header (the length is the same every time): cheaper than
+        # joining a constant prefix with the checksum's bytes.
+        f"        return head(mark, {record.size}, checksum(payload)) + payload",
         "    return None",
     ])
     scope: dict[str, Any] = {"pack": record.pack, "time": time.time, "checksum": zlib.adler32,
-                             "header": header, **dict(zip(constants, pieces, strict=True))}
+                             "head": FRAME.pack, "mark": MARK, **dict(zip(constants, pieces, strict=True))}
     exec(compile(source, f"<runyard log() frame for {len(names)} names>", "exec"), scope)  # noqa: S102
     encode: Encoder = scope["encode"]
     return encode
