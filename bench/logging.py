@@ -9,11 +9,13 @@ Workload for every library: each step logs a dict of 4 floats with its step (ben
 each measurement in a fresh interpreter; runyard's home exists already (as after any first use).
 
 * log() latency: 100,000 calls, p50/p99/p99.9, then finish() and (runyard) the read-back.
-* Loop slowdown: a training step of ~100 µs of numpy work. Phases of at least 1 s (ten times the
-  longest interval at which a logger works in the background) alternate: the bare step; the step,
-  computing the 4 values and log(); the step and the values only. The headline is logged / bare per
-  repetition (computing the values counts as logging: it is what a user compares), the median with
-  its spread; "values free" divides by the values-only phase instead.
+* Loop slowdown: a training step of ~100 µs of numpy work. Phases of at least 1 s (five times the
+  interval at which runyard's keeper thread works) alternate: the bare step; the step, computing the
+  4 values and log(); the step and the values only. The headline is logged / bare per repetition
+  (computing the values counts as logging: it is what a user compares), the median of 30
+  repetitions with its spread; "values free" divides by the values-only phase instead. The "no-op"
+  column is the same loop calling a logger that does nothing: what the call and the dict of values
+  cost before any logging library does anything.
 * CPU: runyard's own threads in the training process, in CPU seconds per million points logged
   during the loop; the agent's, per million points of the end-to-end run (enough volume that its
   start and idle passes do not count).
@@ -69,12 +71,17 @@ PEERS = {
 }
 RECOVERABLE = {"runyard", "runyard-before", "mlflow-sync", "mlflow-async"}
 LOADS = ("alone", "agent busy", "CPU hog", "I/O hog")
+#: A logger that does nothing, measured in the loop only: the floor any library's figure sits on.
+NOOP = "no-op"
+#: The loop logs this many times more steps than the latency test calls log(): 30 repetitions of
+#: 1 s phases, since one repetition's ratio moves by several percent on a busy 2-core machine.
+LOOP_STEPS_FACTOR = 3
 #: Set by --before: the src/ directory "runyard-before" runs from.
 BEFORE: Path | None = None
 
 
 def python_for(library: str) -> Path | None:
-    if library.startswith("runyard"):
+    if library.startswith("runyard") or library == NOOP:
         return Path(sys.executable)
     venv = ROOT / ".venv-peers" / PEERS[library][0]
     python = venv / "bin" / "python"
@@ -242,9 +249,11 @@ def measure(library: str, steps: int, repeat: int, quick: bool) -> dict[str, Any
     if python is None:
         return None
     print(f"measuring {library} ...", file=sys.stderr, flush=True)
+    if library == NOOP:
+        return {"loop": run_workload(python, library, "loop", str(steps * LOOP_STEPS_FACTOR))}
     module = "runyard" if library.startswith("runyard") else PEERS[library][1]
     result: dict[str, Any] = {"latency": run_workload(python, library, "latency", str(steps)),
-                              "loop": run_workload(python, library, "loop", str(steps))}
+                              "loop": run_workload(python, library, "loop", str(steps * LOOP_STEPS_FACTOR))}
     result["import_ms"] = import_ms(python, module, repeat, child_env(Path("/nonexistent"), library))
     if library in RECOVERABLE:
         loads = LOADS if library.startswith("runyard") and not quick else ("alone",)
@@ -301,7 +310,7 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, dict[str, s
          {lib: cell(lib, ("loop", "writer_cpu_s_per_m_points"), " s", 2) if lib.startswith("runyard") else "-"
           for lib in libs}),
         ("import, above `python -c pass`", "<= 30 ms",
-         {lib: fmt(results[lib].get("import_ms"), " ms", 0) for lib in libs}),
+         {lib: fmt(results[lib].get("import_ms"), " ms", 0) if lib != NOOP else "-" for lib in libs}),
         ("finish() to all 400,000 points readable", "<= 1 s",
          {lib: cell(lib, ("latency", "readable_s"), " s", 2) if lib.startswith("runyard") else "-" for lib in libs}),
         ("finish() call (- : still draining after 60 s)", "-",
@@ -347,17 +356,17 @@ def main() -> int:
     global BEFORE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="10,000 steps, runyard only, SIGKILL with no load, 3 s end to end")
+                        help="10,000 steps, runyard and the no-op logger only, SIGKILL with no load, 3 s end to end")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
-    parser.add_argument("--libraries", default=",".join(["runyard", *PEERS]),
-                        help="comma-separated subset of: runyard, " + ", ".join(PEERS))
+    parser.add_argument("--libraries", default=",".join(["runyard", NOOP, *PEERS]),
+                        help=f"comma-separated subset of: runyard, {NOOP}, " + ", ".join(PEERS))
     parser.add_argument("--before", type=Path, help="another checkout's src/: also measured, as runyard-before")
     parser.add_argument("--e2e-seconds", type=float, default=None,
                         help="seconds of flat-out logging for the end-to-end figure (default 30; quick: 3)")
     args = parser.parse_args()
     BEFORE = args.before.resolve() if args.before else None
     steps = 10_000 if args.quick else 100_000
-    libraries = ["runyard"] if args.quick else args.libraries.split(",")
+    libraries = ["runyard", NOOP] if args.quick else args.libraries.split(",")
     if BEFORE is not None:
         libraries.insert(1, "runyard-before")
     results: dict[str, dict[str, Any]] = {}

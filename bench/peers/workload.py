@@ -40,6 +40,11 @@ RUN_NAME = f"bench-{os.getpid()}"
 
 def adapter(library: str, directory: str) -> tuple[Callable[[dict[str, float], int], Any], Callable[[], Any]]:
     """(log(metrics, step), finish()) for a library, logging into ``directory``."""
+    if library == "no-op":
+        def log_nothing(m: dict[str, float], step: int) -> None:
+            return None
+
+        return log_nothing, lambda: None
     if library in ("runyard", "runyard-inproc", "runyard-before"):
         import runyard
 
