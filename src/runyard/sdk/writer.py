@@ -49,8 +49,9 @@ from runyard.spool.segment import (
 )
 
 #: How often the keeper looks at the segment. Each look costs the training thread a GIL hand-over,
-#: so it is rare; the prefault window is sized to last longer than this at full speed.
-KEEPER_TICK = 0.05
+#: so it is rare; the prefault window is sized to last longer than this at full speed. Whatever
+#: cannot wait a tick (a full segment, flush, close) wakes the keeper at once.
+KEEPER_TICK = 0.2
 #: Bytes ahead of the write position that the keeper faults in (at least; see ``_prefault``).
 PREFAULT_BYTES = 1 << 20
 #: Deferred values (tensors) waiting longer than this are converted and written.
