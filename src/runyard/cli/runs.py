@@ -264,15 +264,16 @@ def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], 
 def _ls_fast(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], asc: bool,
              limit: int) -> bool:
     """``runyard ls`` on a SQLite home through the standard library, as ``runyard ps`` is (importing
-    SQLAlchemy alone costs more than the whole listing); False when the full path must answer (a
-    server, another database, or records left by a dead writer to ingest first)."""
+    SQLAlchemy alone costs more than the whole listing), and on PostgreSQL through psycopg alone;
+    False when the full path must answer (a server, a database not at this code's schema, or
+    records left by a dead writer to ingest first)."""
     from runyard.spool.rundir import target_key, waiting_for_catch_up
-    from runyard.store.lite import LiteStore
+    from runyard.store.lite import LiteStore, PostgresListing
 
     settings = resolve()
     if settings.server or waiting_for_catch_up(settings.spool_dir, target_key(settings)):
         return False
-    lite = LiteStore.open(settings.db)
+    lite: LiteStore | PostgresListing | None = LiteStore.open(settings.db) or PostgresListing.open(settings.db)
     if lite is None:
         return False
     try:

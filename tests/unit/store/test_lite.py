@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runyard.store.api import NewRun, RunPatch
 from runyard.store.engine import create_engine
-from runyard.store.lite import LiteStore
+from runyard.store.lite import LiteStore, PostgresListing
 from runyard.store.migrate import upgrade
 from runyard.store.series import Points
 from runyard.store.sql import SqlStore
@@ -46,10 +46,11 @@ def test_a_run_queued_through_the_fast_path_reads_back_like_any_other(tmp_path: 
     store.close()
 
 
-def test_runyard_ls_through_the_fast_path_lists_what_the_store_lists(tmp_path: Path) -> None:
+def test_runyard_ls_through_the_fast_path_lists_what_the_store_lists(db_url: str) -> None:
+    """On SQLite through sqlite3, on PostgreSQL through psycopg: the same rows as SqlStore's."""
     from runyard.store.api import RunQuery
 
-    url = f"sqlite:///{tmp_path / 'r.db'}"
+    url = db_url
     engine = create_engine(url)
     upgrade(engine)
     store = SqlStore(engine)
@@ -60,7 +61,7 @@ def test_runyard_ls_through_the_fast_path_lists_what_the_store_lists(tmp_path: P
             if run.status is RunStatus.QUEUED:  # claimed first, as every queued run is before it ends
                 store.update_run(run.number, RunPatch(status=RunStatus.STARTING))
             store.update_run(run.number, RunPatch(status=RunStatus.FINISHED))
-    lite = LiteStore.open(url)
+    lite = LiteStore.open(url) or PostgresListing.open(url)
     assert lite is not None
     for project, labels, statuses, descending, limit in [
             (None, [], [], True, 50), ("p", [], [], True, 3), (None, ["a"], [], False, 50),
@@ -73,3 +74,9 @@ def test_runyard_ls_through_the_fast_path_lists_what_the_store_lists(tmp_path: P
                                     r.ended_at) for r in full], (project, labels, statuses)
     lite.close()
     store.close()
+
+
+def test_the_postgresql_listing_leaves_a_database_not_at_this_schema_to_the_full_path(pg_schema_url: str) -> None:
+    assert PostgresListing.open(pg_schema_url) is None  # empty: the full path migrates or explains
+    assert PostgresListing.open("postgresql+psycopg://nobody@127.0.0.1:1/none") is None  # unreachable
+    assert PostgresListing.open("sqlite:///x.db") is None
