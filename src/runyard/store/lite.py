@@ -202,7 +202,8 @@ class PostgresListing:
         except ImportError:
             return None
         try:
-            conn = psycopg.connect("postgresql://" + url[len(prefix):], autocommit=True, connect_timeout=10)
+            # A short wait: a server that does not answer at once gets the full path, which explains.
+            conn = psycopg.connect("postgresql://" + url[len(prefix):], autocommit=True, connect_timeout=3)
         except (psycopg.Error, ValueError):
             return None
         try:
