@@ -21,6 +21,15 @@ def _same(value: Any) -> str:
     return repr(value)
 
 
+def _texts(cells: list[Any]) -> list[str]:
+    """A row's cells as text: numbers to four significant digits, unless that shows two values that
+    differ alike (a learning rate of 0.1 against 0.10001): then the row's numbers in full."""
+    texts = [cols.text(c) for c in cells]
+    if len(set(texts)) < len({_same(c) for c in cells}):
+        texts = [repr(c) if isinstance(c, float) else cols.text(c) for c in cells]
+    return texts
+
+
 def _rows(values: list[dict[str, Any]], only_differing: bool) -> dict[str, list[Any]]:
     keys = sorted({k for v in values for k in v})
     rows = {}
@@ -52,12 +61,12 @@ def run(refs: list[str], show_all: bool, as_json: bool) -> int:
     headers = ["", *(f"run {r.number}" + (f" ({r.name})" if r.name else "") for r in runs)]
     table: list[list[str]] = [[f"params ({'all' if show_all else 'differing'})", *[""] * len(runs)]]
     if params:
-        table += [[f"  {key}", *(cols.text(c) for c in cells)] for key, cells in params.items()]
+        table += [[f"  {key}", *_texts(cells)] for key, cells in params.items()]
     else:
         table.append(["  (none differ)" if not show_all else "  (none)", *[""] * len(runs)])
     table.append(["summary", *[""] * len(runs)])
     if summary:
-        table += [[f"  {key}", *(cols.text(c) for c in cells)] for key, cells in summary.items()]
+        table += [[f"  {key}", *_texts(cells)] for key, cells in summary.items()]
     else:
         table.append(["  (none)", *[""] * len(runs)])
     print(_table(headers, table))
