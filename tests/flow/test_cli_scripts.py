@@ -230,7 +230,7 @@ def test_rm_deletes_a_finished_run_and_its_own_artifacts_but_refuses_a_running_o
     refused = rm("--yes", str(running))
     assert refused.returncode == 2 and f"runyard stop {running}" in refused.stderr
     no_tty = rm(str(a))
-    assert no_tty.returncode == 2 and "--yes" in no_tty.stderr
+    assert no_tty.returncode == 2 and "--yes" in no_tty.stderr and f"deletes run {a} " in no_tty.stderr
     assert _object(env, project, b"A" * 5000).exists()
 
     done = rm("--yes", str(a))

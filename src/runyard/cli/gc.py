@@ -119,8 +119,8 @@ def rm(refs: list[str], yes: bool) -> int:
         listed = ", ".join(f"{r.number}" + (f" ({r.name})" if r.name else "") for r in unique)
         if not yes:
             if not sys.stdin.isatty():
-                raise InvalidArgument(f"rm deletes runs {listed} for good and asks first; without a terminal "
-                                      "to ask on, pass --yes")
+                raise InvalidArgument(f"rm deletes run{'s' if len(unique) > 1 else ''} {listed} for good and asks "
+                                      "first; without a terminal to ask on, pass --yes")
             import click
 
             if not click.confirm(f"Delete run{'s' if len(unique) > 1 else ''} {listed} (record, metrics, logs, "
