@@ -173,14 +173,15 @@ class SqlStore:
             conn.execute(sa.insert(run_labels), [{"run_number": number, "label": lb} for lb in labels])
         return number
 
-    def resolve(self, ref: str | int) -> int:
-        """A run's number from a reference (number, name or id prefix)."""
+    def resolve(self, ref: str | int, project: str | None = None) -> int:
+        """A run's number from a reference (number, name or id prefix); with ``project``, only among
+        that project's runs (a token limited to it learns nothing of the others)."""
         with self._read() as conn:
-            return runs_sql.resolve_ref(conn, ref)
+            return runs_sql.resolve_ref(conn, ref, project)
 
-    def get_run(self, ref: str | int) -> Run:
+    def get_run(self, ref: str | int, project: str | None = None) -> Run:
         with self._read() as conn:
-            number = runs_sql.resolve_ref(conn, ref)
+            number = runs_sql.resolve_ref(conn, ref, project)
             return runs_sql.fetch_runs(conn, _R.number == number)[0]
 
     def list_runs(self, query: RunQuery) -> Page[Run]:
