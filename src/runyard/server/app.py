@@ -190,12 +190,9 @@ class Server:
         self.outbox: Outbox = alert_outbox(store, settings.home, settings.lease)
 
     def run_for(self, request: Request, ref: str) -> Any:
-        """The run ``ref`` names, if the caller may see it (a project token sees only its project)."""
-        run = self.store.get_run(ref)
-        scope = _principal(request).project
-        if scope is not None and run.project != scope:
-            raise NotFound(f"no run matches {ref!r}")
-        return run
+        """The run ``ref`` names among those the caller may see: a project token resolves it among
+        its project's runs only, so another project's runs are neither found nor named in an error."""
+        return self.store.get_run(ref, _principal(request).project)
 
 
 def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bind_host: str = "127.0.0.1",
@@ -411,10 +408,17 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     @app.post(f"{v1}/blobs/missing", tags=["ingest"])
     @requires("writer")
-    def missing_blobs(body: BlobList) -> dict[str, list[str]]:
-        """Which of these SHA-256s the server does not hold (upload them with PUT /blobs/{sha256})."""
+    def missing_blobs(request: Request, body: BlobList) -> dict[str, list[str]]:
+        """Which of these SHA-256s the caller must upload (PUT /blobs/{sha256}) before referring to
+        them: those the server does not hold and, for a project token, those its project may not see
+        yet (holding the bytes is the proof; the answer never says what other projects hold)."""
         wanted = [sha for sha in dict.fromkeys(body.sha256) if re.fullmatch(r"[0-9a-f]{64}", sha)]
-        return {"missing": [sha for sha in wanted if not server.artifacts.has(sha)]}
+        held = [sha for sha in wanted if server.artifacts.has(sha)]
+        if (scope := _principal(request).project) is not None:
+            seen = store.visible_content(scope, held)
+            held = [sha for sha in held if sha in seen]
+        have = set(held)
+        return {"missing": [sha for sha in wanted if sha not in have]}
 
     @app.post(f"{v1}/runs/{{ref}}/stop", tags=["execution"])
     @requires("writer")
@@ -650,6 +654,10 @@ def _routes(app: FastAPI, server: Server) -> None:
         blob = await _receive_blob(request, server.artifacts)
         if blob.sha256 != sha256:
             raise InvalidArgument(f"the content's SHA-256 is {blob.sha256}, not {sha256}")
+        if (scope := _principal(request).project) is not None:
+            # The bytes arrived, so the token holds them: its project may refer to them (even when
+            # the store held them already, for whoever).
+            await anyio.to_thread.run_sync(store.grant_content, scope, blob.sha256)
         return {"sha256": blob.sha256, "size": blob.size}
 
     @app.get(f"{v1}/ingest/cursor", tags=["ingest"])

@@ -6,7 +6,9 @@ record as an array), compressed with zlib. It is decoded with size limits and ne
 anything but plain values; records are applied only past the store's cursor for (run, writer), so
 a batch sent twice changes nothing. Artifact records must name content already uploaded to
 ``/blobs`` (the shipper uploads it first; a record whose content never arrived is dropped, as in
-local mode): the server keeps its own content reference, whatever the client wrote.
+local mode): the server keeps its own content reference, whatever the client wrote. A token
+limited to one project may name only content that its project's runs refer to or that it uploaded
+(store/blobs_sql.py); knowing a hash is not enough.
 
 A batch the server can never apply is refused with a 4xx naming the reason, so a shipper stops
 sending it rather than retrying forever: 400 when the records are malformed (or too many for one
@@ -21,6 +23,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,7 @@ from runyard.ingest.alerting import Watcher
 from runyard.ingest.apply import build_batch
 from runyard.names import validate_project_name, validate_relpath
 from runyard.spool import records
+from runyard.store.api import IngestBatch, LogLine
 from runyard.store.artifacts import Blob, DiskArtifacts
 from runyard.store.sql import SqlStore
 
@@ -46,6 +50,7 @@ SEQ_LIMIT = 1 << 63
 _RUN_ID = re.compile(r"^[0-9A-Za-z]{10,64}$")
 _WRITER = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DIFF_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -135,11 +140,14 @@ def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, i
     elif number is None:
         raise Conflict(f"run {run_id} is unknown here and this batch does not start it: send its records from "
                        "the first one")
-    kept = []
-    for path, _size, sha256, _client_ref, mode in batch.artifacts:
+    for path, _size, sha256, _client_ref, _mode in batch.artifacts:
         validate_relpath(path)
         if not isinstance(sha256, str) or not _SHA256.match(sha256):
             raise InvalidArgument("an artifact record names its content by its SHA-256 (64 lowercase hex digits)")
+    if project_scope is not None:
+        _within(store, project_scope, batch)
+    kept = []
+    for path, _size, sha256, _client_ref, mode in batch.artifacts:
         size = artifacts.size(sha256)  # the server's own count, never the client's claim
         if size is not None:  # as in local mode, a record whose content never arrived is dropped
             kept.append((path, size, sha256, Blob(sha256, size).content_ref, mode))
@@ -158,3 +166,44 @@ def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, i
     if project is None:
         project = store.get_run(result.run_number).project
     return Applied(result.run_number, project, max(cursor, batch.last_seq))
+
+
+def _within(store: SqlStore, project: str, batch: IngestBatch) -> None:
+    """Keep only the content references a token limited to ``project`` may make: to content a run
+    of the project refers to, or that the token uploaded (knowing a hash proves nothing). Any other
+    is dropped as content that never arrived, and the run's log says so: the same words whether
+    the server holds that content for another project or not at all."""
+    diffs = dict(_diff_refs(batch))
+    wanted = [sha for _, _, sha, _, _ in batch.artifacts]
+    wanted += [ref.removeprefix("sha256:") for ref in diffs.values() if _DIFF_REF.match(ref)]
+    seen = store.visible_content(project, wanted) if wanted else set()
+    kept = []
+    for record in batch.artifacts:
+        path, sha256 = record[0], record[2]
+        if sha256 in seen:
+            kept.append(record)
+        else:
+            batch.logs.append(LogLine(batch.heartbeat or time.time(), f"artifact {path!r} not recorded: its "
+                                      f"content (sha256 {sha256[:12]}...) was not uploaded", "system"))
+    batch.artifacts = kept
+    for where, ref in diffs.items():
+        if not _DIFF_REF.match(ref) or ref.removeprefix("sha256:") not in seen:
+            _drop_diff_ref(batch, where)
+
+
+def _diff_refs(batch: IngestBatch) -> list[tuple[str, str]]:
+    """The uncommitted diff's content references the batch names: (where, ref)."""
+    found = []
+    start_env = batch.start.get("environment") if batch.start is not None else None
+    for where, env in (("start", start_env), ("environment", batch.environment)):
+        if isinstance(env, dict) and "git_diff_ref" in env:
+            found.append((where, str(env["git_diff_ref"])))
+    return found
+
+
+def _drop_diff_ref(batch: IngestBatch, where: str) -> None:
+    if where == "start" and batch.start is not None:
+        env = {k: v for k, v in batch.start["environment"].items() if k != "git_diff_ref"}
+        batch.start = {**batch.start, "environment": env}
+    else:
+        batch.environment.pop("git_diff_ref", None)

@@ -72,8 +72,9 @@ def fetch_runs(conn: Connection, where: ColumnElement[bool]) -> list[Run]:
     return [to_run(r, labels[r.number]) for r in rows]
 
 
-def resolve_ref(conn: Connection, ref: str | int) -> int:
-    """A run's number from its number, its name, or a unique prefix of its id."""
+def resolve_ref(conn: Connection, ref: str | int, project: str | None = None) -> int:
+    """A run's number from its number, its name, or a unique prefix of its id; with ``project``,
+    among that project's runs only: another project's runs are neither found nor listed."""
     text = str(ref).strip()
     if not text:
         raise InvalidArgument("empty run reference; give a run number, name or id prefix")
@@ -82,12 +83,14 @@ def resolve_ref(conn: Connection, ref: str | int) -> int:
                               "name or id prefix")
     if is_number(text) and int(text) > limits.INT64_MAX:
         raise InvalidArgument(f"run reference {text[:80]}: run numbers go up to {limits.INT64_MAX}")
+    scope: ColumnElement[bool] = sa.true() if project is None else _R.project_id == (
+        sa.select(projects.c.id).where(projects.c.name == project).scalar_subquery())
     if is_number(text):
-        number = conn.execute(sa.select(_R.number).where(_R.number == int(text))).scalar()
+        number = conn.execute(sa.select(_R.number).where(_R.number == int(text), scope)).scalar()
         if number is None:
             raise NotFound(f"no run number {text}")
         return int(number)
-    named = conn.execute(sa.select(_R.number).where(_R.name == text).order_by(_R.number)).scalars().all()
+    named = conn.execute(sa.select(_R.number).where(_R.name == text, scope).order_by(_R.number)).scalars().all()
     if len(named) == 1:
         return int(named[0])
     if len(named) > 1:
@@ -95,7 +98,7 @@ def resolve_ref(conn: Connection, ref: str | int) -> int:
         raise Ambiguous(f"{len(named)} runs are named {text!r} (numbers {listed}); use a number")
     if _ULID_PREFIX.match(text):
         matches = conn.execute(
-            sa.select(_R.number).where(_R.id.startswith(text.upper())).limit(11)
+            sa.select(_R.number).where(_R.id.startswith(text.upper()), scope).limit(11)
         ).scalars().all()
         if len(matches) == 1:
             return int(matches[0])

@@ -215,6 +215,16 @@ Index("ix_run_inputs_run", run_inputs.c.run_number)
 Index("ix_run_inputs_sha256", run_inputs.c.sha256)
 Index("ix_run_inputs_source", run_inputs.c.source_run_number)
 
+# Content a project's token uploaded (PUT /blobs): holding the bytes proves it may refer to them,
+# until a run of the project does (see blobs_sql.py). An unlimited token needs no grant.
+blob_grants = Table(
+    "blob_grants",
+    metadata,
+    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("created_at", Double, nullable=False),
+)
+
 # Idempotent ingest: per run and writer (one spool), the highest sequence number applied.
 ingest_cursors = Table(
     "ingest_cursors",

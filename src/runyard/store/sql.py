@@ -19,7 +19,16 @@ from sqlalchemy.engine import Connection, Engine
 from runyard.errors import Conflict, InvalidArgument, NotFound, Unstorable
 from runyard.ids import new_ulid
 from runyard.names import validate_label, validate_metric_key, validate_relpath, validate_run_name
-from runyard.store import alert_state_sql, claims_sql, gc_sql, limits, runs_sql, series_sql, transitions
+from runyard.store import (
+    alert_state_sql,
+    blobs_sql,
+    claims_sql,
+    gc_sql,
+    limits,
+    runs_sql,
+    series_sql,
+    transitions,
+)
 from runyard.store.api import (
     AlertEvent,
     AlertRule,
@@ -43,6 +52,7 @@ from runyard.store.schema import (
     alert_events,
     alert_rules,
     artifacts,
+    blob_grants,
     ingest_cursors,
     log_lines,
     metric_series,
@@ -173,14 +183,15 @@ class SqlStore:
             conn.execute(sa.insert(run_labels), [{"run_number": number, "label": lb} for lb in labels])
         return number
 
-    def resolve(self, ref: str | int) -> int:
-        """A run's number from a reference (number, name or id prefix)."""
+    def resolve(self, ref: str | int, project: str | None = None) -> int:
+        """A run's number from a reference (number, name or id prefix); with ``project``, only among
+        that project's runs (a token limited to it learns nothing of the others)."""
         with self._read() as conn:
-            return runs_sql.resolve_ref(conn, ref)
+            return runs_sql.resolve_ref(conn, ref, project)
 
-    def get_run(self, ref: str | int) -> Run:
+    def get_run(self, ref: str | int, project: str | None = None) -> Run:
         with self._read() as conn:
-            number = runs_sql.resolve_ref(conn, ref)
+            number = runs_sql.resolve_ref(conn, ref, project)
             return runs_sql.fetch_runs(conn, _R.number == number)[0]
 
     def list_runs(self, query: RunQuery) -> Page[Run]:
@@ -392,6 +403,18 @@ class SqlStore:
             if prefix:
                 stmt = stmt.where(c.path.startswith(prefix, autoescape=True))
             return [ArtifactEntry(*r) for r in conn.execute(stmt.order_by(c.path))]
+
+    def visible_content(self, project: str, shas: Sequence[str]) -> set[str]:
+        """Those of ``shas`` that a token limited to ``project`` may see (see blobs_sql.py)."""
+        with self._read() as conn:
+            return blobs_sql.visible(conn, project, shas)
+
+    def grant_content(self, project: str, sha256: str) -> None:
+        """A token limited to ``project`` uploaded this content: it may refer to it from now on."""
+        with self._write() as conn:
+            self._insert_ignore(conn, blob_grants, {"project_id": self._project_id(conn, project),
+                                                    "sha256": sha256, "created_at": self.clock()},
+                                ["project_id", "sha256"])
 
     def add_input(self, run: int, item: RunInput) -> None:
         with self._write() as conn:
