@@ -206,6 +206,9 @@ def test_a_checkpoint_can_be_copied_while_the_run_is_still_running(
     single = tmp_path / "one.txt"
     cli(env, project, "cp", f"{number}:outputs/ckpt/step-1.txt", str(single))
     assert single.read_text() == "weights at step 1"
+    # DEST ending in a slash is a directory, made if it does not exist (not a file named like it)
+    cli(env, project, "cp", f"{number}:outputs/ckpt/step-1.txt", f"{tmp_path / 'new-dir'}/")
+    assert (tmp_path / "new-dir" / "step-1.txt").read_text() == "weights at step 1"
     missing = cli(env, project, "cp", f"{number}:outputs/nothing", str(dest), check=False)
     assert missing.returncode == 2 and "has no artifact" in missing.stderr
     cli(env, project, "stop", str(number))

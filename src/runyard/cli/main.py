@@ -393,11 +393,12 @@ def rm(refs: tuple[str, ...], yes: bool) -> None:
 
 @cli.command()
 @click.argument("source", metavar="RUN:PATH")
-@click.argument("destination", type=click.Path(path_type=Path), metavar="DEST")
-def cp(source: str, destination: Path) -> None:
+@click.argument("destination", metavar="DEST")
+def cp(source: str, destination: str) -> None:
     """Copy a run's artifact (a file, or a directory of them) out of the store.
 
-    Nothing is written through a symlink inside DEST (a copy that would is refused).
+    A file goes into DEST if DEST is a directory or ends in a slash (made if missing), else to the
+    path DEST. Nothing is written through a symlink inside DEST (a copy that would is refused).
 
     \b
     runyard cp 62:outputs/model.pt .

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -574,7 +575,9 @@ def stop(refs: list[str]) -> int:
 
 # -- cp -------------------------------------------------------------------------------------------
 
-def cp(source: str, destination: Path) -> int:
+def cp(source: str, dest: str) -> int:
+    destination = Path(dest)
+    into_directory = dest.endswith(("/", os.sep)) or destination.is_dir()  # Path drops the slash
     ref, sep, path = source.partition(":")
     if not sep or not ref:
         raise InvalidArgument(f"{source!r}: expected RUN:PATH, e.g. 62:outputs/model.pt or 62:checkpoints/")
@@ -593,7 +596,7 @@ def cp(source: str, destination: Path) -> int:
         if exact:
             a = exact[0]
             name = a.path.rsplit("/", 1)[-1]
-            if destination.is_dir():
+            if into_directory:
                 target_dir, rel = destination, name
             else:
                 target_dir, rel = destination.parent if str(destination.parent) else Path(), destination.name
