@@ -85,6 +85,7 @@ def test_a_runs_outputs_never_follow_a_symlink_out_of_its_working_directory(
     assert stored == ["results/real.txt"]  # its own file, nothing of /etc or of the secret directory
     texts = [text for _, text in log_of(env, project, number)]
     assert any("not keeping outputs/" in t and "symlink" in t for t in texts), texts
+    assert any("not keeping results/key.pem as" in t and "symlink" in t for t in texts), texts  # a file too
 
 
 def test_a_run_that_replaces_its_working_directory_with_a_symlink_stores_nothing_from_there(

@@ -198,11 +198,16 @@ class Outputs:
             for name in sorted(filenames):
                 rel = base + name
                 path = Path(dirpath, name)
-                if self._kept(rel, name, patterns) and not path.is_symlink():
-                    yield rel, path
+                if not self._kept(rel, name, patterns):
+                    continue
+                if path.is_symlink():
+                    if rel not in self.code:  # one the run made (ln -s model-100.pt best.pt): say so
+                        self._skip_link(rel, directory=False)
+                    continue
+                yield rel, path
 
-    def _skip_link(self, rel: str) -> None:
-        """Say once that a symlinked directory of the working directory is not kept, nor followed."""
+    def _skip_link(self, rel: str, directory: bool = True) -> None:
+        """Say once that a symlink of the working directory is not kept, nor followed."""
         if rel in self._skipped:
             return
         self._skipped.add(rel)
@@ -210,8 +215,9 @@ class Outputs:
             where = f" (to {(self.directory / rel).readlink()})"
         except OSError:
             where = ""
-        self.say(f"not keeping {rel}/ as an output: it is a symlink{where}, and a run's outputs are the files it "
-                 "wrote in its working directory; symlinks are not followed")
+        self.say(f"not keeping {rel}{'/' if directory else ''} as an output: it is a symlink{where}, and a run's "
+                 "outputs are the files it wrote in its working directory; symlinks are not followed (copy the "
+                 "file to keep it)")
 
     def _kept(self, rel: str, name: str, patterns: list[str]) -> bool:
         if name in NEVER_KEPT or any(rel == p or rel.startswith(p + "/") for p in self.placed):
