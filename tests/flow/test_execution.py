@@ -264,6 +264,26 @@ def test_mounts_are_read_only_and_recorded_as_inputs(project: Path, env: dict[st
     api.close()
 
 
+def test_a_mount_over_a_file_or_directory_of_the_snapshot_replaces_it_and_says_so(
+        project: Path, env: dict[str, str], tmp_path: Path) -> None:
+    (project / "data").mkdir()
+    (project / "data" / "sample.csv").write_text("committed sample")
+    (project / "config.json").write_text('{"from": "snapshot"}')
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "all.csv").write_text("the full dataset")
+    (tmp_path / "prod.json").write_text('{"from": "mount"}')
+    (project / "read.py").write_text(
+        "import os\nprint(sorted(os.listdir('data')), open('data/all.csv').read(), open('config.json').read())\n")
+    number = launch(env, project, "--mount", f"{full}:data", "--mount", f"{tmp_path / 'prod.json'}:config.json",
+                    "--", "python", "read.py")
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    texts = [text for _, text in log_of(env, project, number)]
+    assert "['all.csv'] the full dataset {\"from\": \"mount\"}" in texts, texts
+    assert any("mount at data replaces the directory" in t for t in texts), texts
+    assert any("mount at config.json replaces the file" in t for t in texts), texts
+
+
 def test_pip_installs_into_a_cached_environment_the_next_run_reuses(project: Path, env: dict[str, str]) -> None:
     (project / "colour.py").write_text("import termcolor\nprint('termcolor', termcolor.__name__)\n")
     first = launch(env, project, "--pip", "termcolor", "--", "python", "colour.py")

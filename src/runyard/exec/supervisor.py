@@ -181,6 +181,14 @@ class Supervisor:
 
     def _mount(self, mount: Any, artifacts: Any) -> None:
         target = self.work / mount.target
+        if target.exists() or target.is_symlink():  # the snapshot's: the mount takes its place, and says so
+            directory = target.is_dir() and not target.is_symlink()
+            if directory:
+                _remove_tree(target)
+            else:
+                target.unlink()
+            self.system(f"the mount at {mount.target} replaces the {'directory' if directory else 'file'} of that "
+                        "name in the code snapshot, for this run")
         if mount.kind == "artifact":
             placed = []
             for path, sha in mount.files:
