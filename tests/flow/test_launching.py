@@ -151,6 +151,23 @@ def test_a_python_script_the_snapshot_lacks_is_refused_at_submission(project: Pa
     assert "a run starts at the snapshot's root" in result.stderr and "models/model_12.py" in result.stderr
 
 
+def test_a_script_named_by_an_absolute_path_outside_the_snapshot_is_queued_with_a_warning(
+        project: Path, env: dict[str, str], tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.py"
+    elsewhere.write_text("print('from outside')\n")
+    result = cli(env, project, "run", "--", "python", str(elsewhere))
+    assert f"runyard: warning: {elsewhere} is outside the snapshot of " in result.stderr, result.stderr
+    assert "as it is when the run starts" in result.stderr
+    number = int(result.stdout.split()[1])
+    assert wait_status(env, project, number, TERMINAL) == "finished"
+    inside = cli(env, project, "run", "--json", "--", "python", str(project / "train.py"))
+    assert "names the file in your project, not the run's copy" in inside.stderr, inside.stderr
+    assert json.loads(inside.stdout)["warnings"][0].endswith("name it from the project's root (train.py) to run "
+                                                             "the snapshot")
+    relative = cli(env, project, "run", "--json", "--", "python", "train.py")
+    assert "warning" not in relative.stderr and json.loads(relative.stdout)["warnings"] == []
+
+
 def test_gpus_no_machine_has_are_refused_at_submission(project: Path, env: dict[str, str]) -> None:
     from runyard.config import resolve
     from runyard.exec.gpus import gpu_count

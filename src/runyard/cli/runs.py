@@ -80,9 +80,12 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
         machine=o["machine"],
     )
     done = submit(settings, sub)
+    for warning in done.warnings:
+        print(f"runyard: warning: {warning}", file=sys.stderr)
     if o["as_json"]:
         print(json.dumps({"number": done.number, "id": done.run_id, "status": "queued",
-                          "snapshot_files": done.files, "snapshot_new_bytes": done.new_bytes}))
+                          "snapshot_files": done.files, "snapshot_new_bytes": done.new_bytes,
+                          "warnings": list(done.warnings)}))
     else:
         print(f"run {done.number} queued")
     if o["follow"]:

@@ -60,6 +60,8 @@ class Submitted:
     run_id: str
     files: int
     new_bytes: int
+    #: What the submitter should know that does not stop the run (said on stderr by the CLI).
+    warnings: tuple[str, ...] = ()
 
 
 def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -223,7 +225,7 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
         snap = take(sub.cwd, artifacts, settings.home / "snapshot-cache.json")
         snapshot_id, commit, branch, diff_ref = snap.id, snap.git_commit, snap.git_branch, snap.git_diff_ref
         files, new, root = snap.files, snap.new_bytes, snap.root
-    _refuse_missing_script(launch, snapshot_id, artifacts, sub.cwd, root)
+    warnings = _check_script(launch, snapshot_id, artifacts, sub.cwd, root)
     from runyard import redact
 
     # What readers see of the command is recorded with its credentials masked; the launch record
@@ -239,23 +241,34 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     from runyard.sdk.agent_launch import ensure_agent
 
     ensure_agent(settings)
-    return Submitted(number, run_id, files, new)
+    return Submitted(number, run_id, files, new, warnings)
 
 
-def _refuse_missing_script(launch: dict[str, Any], snapshot_id: str, artifacts: Any, cwd: Path,
-                           root: Path | None) -> None:
-    """``python FILE`` whose FILE the snapshot lacks would fail once started: refuse it now."""
+def _check_script(launch: dict[str, Any], snapshot_id: str, artifacts: Any, cwd: Path,
+                  root: Path | None) -> tuple[str, ...]:
+    """``python FILE`` whose FILE the snapshot lacks would fail once started: refuse it now. An
+    absolute FILE outside the snapshot runs as it is when the run starts: a warning says so."""
     from runyard.exec.commands import script_of, words_of
 
     words = words_of(launch["argv"], bool(launch["shell"]))
     script = script_of(words) if words else None
-    if script is None or script.startswith("/"):
-        return  # not a Python script, or one outside the snapshot by design
+    if script is None:
+        return ()
+    if script.startswith("/"):
+        if root is None:
+            return ()
+        real = Path(script).resolve()
+        if real.is_relative_to(root.resolve()):
+            return (f"{script} names the file in your project, not the run's copy of it: the run reads it as it "
+                    f"is when the run starts, not as it is now; name it from the project's root "
+                    f"({real.relative_to(root.resolve()).as_posix()}) to run the snapshot",)
+        return (f"{script} is outside the snapshot of {root}: the run reads it as it is when the run starts, "
+                "not as it is now (put it in the project to run it as it is now)",)
     from runyard.exec.snapshot import manifest_of
 
     files = manifest_of(snapshot_id, artifacts)
     if script in files or any(path.startswith(script + "/") for path in files):
-        return
+        return ()
     where = f"the snapshot of {root}" if root is not None else "the run's snapshot"
     hint = "check the name"
     on_disk = cwd / script
