@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psutil
@@ -170,5 +171,11 @@ def test_the_ui_link_logs_its_owners_browser_in_once(db_url: str, tmp_path: Path
             assert again.status_code == 401 and "used up or has expired" in again.json()["error"]
             assert second.get(f"http://127.0.0.1:{port}/api/v1/runs").status_code == 401
         assert httpx.get(f"http://127.0.0.1:{port}/api/v1/runs", timeout=10).status_code == 401
+        # A link may lead on to a page of this server (the demo's run page), never to another site.
+        for wanted, landing in (("/runs/1", "/runs/1"), ("//evil.test/", "/"), ("https://evil.test/", "/")):
+            fresh = runyard(env, "ui", "--no-browser", "--port", str(port)).stdout.strip()
+            with httpx.Client(follow_redirects=True, timeout=10) as browser:
+                landed = browser.get(f"{fresh}&next={quote(wanted, safe='')}")
+                assert str(landed.url) == f"http://127.0.0.1:{port}{landing}", (wanted, landed.url)
     finally:
         _kill_server_on(port)

@@ -2,12 +2,14 @@
 
 ``GET /api/proof``: the server proves it holds a token (see ``runyard.credential``) before a client
 sends it. ``POST /api/v1/login-codes``: a token holder (``runyard ui``) gets a one-time code;
-``GET /api/login?code=...``, opened in the browser, uses the code up, sets the session cookie
-(HttpOnly, SameSite=Strict, this server's paths) and redirects to the dashboard's clean URL.
+``GET /api/login?code=...[&next=/runs/12]``, opened in the browser, uses the code up, sets the
+session cookie (HttpOnly, SameSite=Strict, this server's paths) and redirects to the dashboard's
+clean URL (or the page ``next`` names on this server).
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Annotated
 
@@ -19,6 +21,8 @@ from runyard.errors import Conflict
 from runyard.server.security import SESSION_COOKIE, SESSION_TTL, Policy, Principal, requires
 
 LOGIN_PATH = "/api/login"
+#: Where a login link may lead (``&next=/runs/12``): a path of this server.
+LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/._~%?=&,:+-]*")
 
 
 def add_routes(app: FastAPI, policy: Policy) -> None:
@@ -45,12 +49,15 @@ def add_routes(app: FastAPI, policy: Policy) -> None:
 
     @app.get(LOGIN_PATH, tags=["server"], include_in_schema=False)
     @requires("public")
-    def login(code: Annotated[str, Query(max_length=64)] = "") -> Response:
+    def login(code: Annotated[str, Query(max_length=64)] = "",
+              next: Annotated[str, Query(max_length=2000)] = "/") -> Response:
         session = policy.redeem(code)
         if session is None:
             return JSONResponse({"error": "this login link is used up or has expired: run `runyard ui` again "
                                  "for a new one", "status": 401}, status_code=401)
-        response = RedirectResponse("/", status_code=303)
+        # Only a path of this server: never another site (an open redirect), nor //host, nor a backslash.
+        target = next if LOCAL_PATH.fullmatch(next) else "/"
+        response = RedirectResponse(target, status_code=303)
         # Strict: a page of another site cannot make the browser send it; HttpOnly: no script reads it.
         response.set_cookie(SESSION_COOKIE, session, max_age=int(SESSION_TTL), path="/", httponly=True,
                             samesite="strict", secure=False)
