@@ -173,6 +173,8 @@ class Client:
 
         def get(path: str, params: dict[str, str]) -> tuple[int, bytes]:
             response = self.http.get(path, params=params)
+            if response.status_code in _TRANSIENT_STATUS:  # unavailable: no answer yet, not a wrong one
+                raise self._error(response)
             return response.status_code, response.content
 
         if prove(self.url, given, get):
