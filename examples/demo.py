@@ -72,9 +72,11 @@ def main() -> int:
     ui = subprocess.run([sys.executable, "-m", "runyard.cli.main", "ui", "--no-browser"], cwd=ROOT,
                         capture_output=True, text=True)
     if ui.returncode == 0:
-        base = ui.stdout.strip().splitlines()[-1]
-        print(f"\nThe dashboard: {base}/runs/{run.number} (the local server keeps running; "
-              f"`{runyard_cli} ui` prints this address again)")
+        link = ui.stdout.strip().splitlines()[-1]
+        # The link logs the browser in once (a code in it); `next` leads it on to the run's page.
+        page = f"{link}&next=/runs/{run.number}" if "?code=" in link else f"{link}/runs/{run.number}"
+        print(f"\nThe dashboard: {page} (the local server keeps running; `{runyard_cli} ui` prints a new "
+              "link)")
     else:
         print(f"the local server did not start: {ui.stderr.strip()}", file=sys.stderr)
     return 0

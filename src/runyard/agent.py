@@ -211,6 +211,7 @@ def alert_outbox(store: Any, home: Path, lease: float, holder: str | None = None
 def _ship(settings: Settings) -> int:
     """Remote mode: ship every spool of this home to the server, retrying with backoff until it answers."""
     from runyard.client import Client
+    from runyard.credential import for_settings
     from runyard.ingest.shipper import Backoff, RemoteSink
     from runyard.ingest.tailer import PollReport, Tailer
     from runyard.spool.rundir import target_key
@@ -218,7 +219,7 @@ def _ship(settings: Settings) -> int:
     assert settings.server is not None
     with contextlib.suppress(OSError):  # shipping never competes with training for the CPU
         os.nice(INGEST_NICENESS)
-    client = Client(settings.server, settings.token)
+    client = Client(settings.server, for_settings(settings))
     tailer = Tailer(RemoteSink(client), settings.spool_dir, target_key(settings))
     backoff = Backoff()
     last_work = time.monotonic()

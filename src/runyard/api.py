@@ -112,8 +112,9 @@ class Api:
         self._client: Client | None = None
         if self.settings.server:
             from runyard.client import Client, RemoteStore
+            from runyard.credential import for_settings
 
-            self._client = Client(self.settings.server, self.settings.token)
+            self._client = Client(self.settings.server, for_settings(self.settings))
             self._store: Any = RemoteStore(self._client)
         else:
             from runyard.store.home import open_store

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
-from runyard import wire
+from runyard import credential, wire
 from runyard._version import __version__
+from runyard.credential import Credential
 from runyard.errors import AccessDenied, Conflict, InvalidArgument, NotFound, ServerError, Unstorable
 from runyard.types import RunStatus
 
@@ -69,7 +70,8 @@ def _error_of(url: str, status: int, body: bytes, reason: str) -> Exception:
     return cls(f"server {url}: {message}" if cls is ServerError else message)
 
 
-def quick_get(url: str, token: str | None, path: str, params: Mapping[str, Any], timeout: float = 10.0) -> Any:
+def quick_get(url: str, token: str | Credential | None, path: str, params: Mapping[str, Any],
+              timeout: float = 10.0) -> Any:
     """One GET with the standard library, for commands that must answer at once (``runyard status``
     in a shell prompt): importing httpx and building its TLS context costs about 130 ms."""
     import http.client
@@ -82,11 +84,25 @@ def quick_get(url: str, token: str | None, path: str, params: Mapping[str, Any],
     if not url.startswith(("http://", "https://")):
         raise InvalidArgument(f"the runyard server must be an http:// or https:// URL, not {url!r}")
     headers = {"user-agent": f"runyard/{__version__}", "accept": "application/json"}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    target = f"{url}{wire.API_PREFIX}{path}?{urllib.parse.urlencode(params)}"
+
+    def get(target: str, query: Mapping[str, Any]) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"{url}{target}?{urllib.parse.urlencode(query)}",  # noqa: S310 - checked
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as e:
+            return int(e.code), e.read()
+
+    given = Credential(token, "the token given") if isinstance(token, str) else token
     try:
-        request = urllib.request.Request(target, headers=headers)  # noqa: S310 - the scheme is checked above
+        if given is not None:
+            if prove(url, given, get):
+                headers["authorization"] = f"Bearer {given.token}"
+            elif not given.local:
+                raise _bound_error(url, given)
+        request = urllib.request.Request(f"{url}{wire.API_PREFIX}{path}?{urllib.parse.urlencode(params)}",  # noqa: S310
+                                         headers=headers)
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
@@ -98,23 +114,74 @@ def quick_get(url: str, token: str | None, path: str, params: Mapping[str, Any],
         raise ServerError(f"server {url}: the answer is not runyard's JSON ({e})") from None
 
 
+def _bound_error(url: str, given: Credential) -> AccessDenied:
+    return AccessDenied(
+        f"not sending the token {given.shown} (from {given.source}) to {url}: that server does not prove it "
+        "holds it, so the token is unknown or revoked there, or was made for another server (a runyard.toml or "
+        "RUNYARD_SERVER pointing elsewhere?). A token goes only to the server it was created on: use one from "
+        f"`runyard token create` run against {url}")
+
+
+def prove(url: str, given: Credential, get: Any) -> bool:
+    """Whether the server at ``url`` proves it holds ``given`` (``get(path, params)`` returns status
+    and body of one GET sent without a token)."""
+    import json
+
+    prefix = credential.prefix_of(given.token)
+    if prefix is None:
+        return False
+    nonce = credential.new_nonce()
+    status, body = get(credential.PROOF_PATH, {"prefix": prefix, "nonce": nonce})
+    if status != 200:
+        return False
+    try:
+        answer = json.loads(body).get("proof")
+    except (ValueError, AttributeError):
+        return False
+    import hmac
+
+    return isinstance(answer, str) and hmac.compare_digest(answer, credential.expected_proof(given.token, nonce, url))
+
+
 class Client:
     """One server, one token; connections are kept and reused.
+
+    The token is sent only once the server proved it holds it (``runyard.credential``): a token is
+    bound to the server it was created on. A configured token the server cannot prove raises
+    ``AccessDenied``; the home's local credential is then just not sent.
 
     A call that is safe to repeat is retried ``retries`` times with growing, jittered pauses when the
     connection fails or a gateway says the server is unavailable; other calls fail at once.
     """
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, retries: int = 4) -> None:
+    def __init__(self, url: str, token: str | Credential | None = None, timeout: float = 30.0,
+                 retries: int = 4) -> None:
         import httpx
 
         self.url = url.rstrip("/")
         self.retries = retries
-        headers = {"user-agent": f"runyard/{__version__}"}
-        if token:
-            headers["authorization"] = f"Bearer {token}"
-        self.http = httpx.Client(base_url=self.url, headers=headers,
+        self.credential = Credential(token, "the token given") if isinstance(token, str) else token
+        self._proven = self.credential is None
+        self.http = httpx.Client(base_url=self.url, headers={"user-agent": f"runyard/{__version__}"},
                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+
+    def _authorize(self) -> None:
+        """Ask the server for its proof once, then send the token on every request (or not at all)."""
+        given = self.credential
+        if self._proven or given is None:
+            return
+
+        def get(path: str, params: dict[str, str]) -> tuple[int, bytes]:
+            response = self.http.get(path, params=params)
+            if response.status_code in _TRANSIENT_STATUS:  # unavailable: no answer yet, not a wrong one
+                raise self._error(response)
+            return response.status_code, response.content
+
+        if prove(self.url, given, get):
+            self.http.headers["authorization"] = f"Bearer {given.token}"
+        elif not given.local:
+            raise _bound_error(self.url, given)
+        self._proven = True
 
     def close(self) -> None:
         self.http.close()
@@ -136,6 +203,7 @@ class Client:
             if content is not None and hasattr(content, "seek"):
                 content.seek(0)  # a file body is read again from its start
             try:
+                self._authorize()
                 response = self.http.request(method, url, **kwargs)
             except httpx.TransportError as e:
                 error: Exception = ServerError(f"cannot reach the runyard server at {self.url}: "
@@ -156,7 +224,7 @@ class Client:
         return self.request("GET", path, **kwargs).json()
 
     def health(self) -> dict[str, Any]:
-        response = self.request("GET", "/api/health")
+        response = self.request("GET", f"{self.url}/api/health")  # outside /api/v1
         return dict(response.json())
 
     # -- ingest -----------------------------------------------------------------------------------

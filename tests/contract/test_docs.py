@@ -217,7 +217,10 @@ def check_token(home: Home) -> None:
     try:
         home.env.update({"RUNYARD_SERVER": listener.url, "RUNYARD_TOKEN": "ry_docs_check"})
         home.runyard("ls", check=False)
-        assert ("Bearer ry_docs_check" in {auth for _, auth in listener.requests}), listener.requests
+        # The token is offered (its prefix, asking the server to prove it holds it), and not sent to a
+        # server that cannot.
+        assert any(path.startswith("/api/proof?prefix=docs&") for path, _ in listener.requests), listener.requests
+        assert all(auth is None for _, auth in listener.requests), listener.requests
     finally:
         listener.close()
 

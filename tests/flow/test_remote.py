@@ -345,10 +345,14 @@ def test_ui_starts_the_local_server_once_and_prints_its_url(tmp_path: Path) -> N
     try:
         first = cli(env, "ui", "--port", str(port), timeout=60)
         assert first.returncode == 0, first.stderr
-        assert first.stdout.strip() == f"http://127.0.0.1:{port}" and "started the local server" in first.stderr
-        assert httpx.get(f"{first.stdout.strip()}/api/health").json()["status"] == "ok"
+        login = f"http://127.0.0.1:{port}/api/login?code="  # the link logs the browser in once
+        assert first.stdout.startswith(login) and "started the local server" in first.stderr
+        with httpx.Client(follow_redirects=True) as browser:
+            browser.get(first.stdout.strip())
+            assert browser.get(f"http://127.0.0.1:{port}/api/health").json()["status"] == "ok"
         again = cli(env, "ui", "--port", str(port), timeout=60)
-        assert again.stdout == first.stdout and "started" not in again.stderr  # found the running one
+        assert again.stdout.startswith(login) and again.stdout != first.stdout  # a new code
+        assert "started" not in again.stderr  # found the running one
         other = home_env(tmp_path / "other", f"sqlite:///{tmp_path / 'other' / 'runyard.db'}")
         taken = cli(other, "ui", "--port", str(port), timeout=60)  # another home must not be shown this one's runs
         assert taken.returncode != 0 and taken.stdout == ""

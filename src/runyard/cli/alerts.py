@@ -111,8 +111,9 @@ def status() -> int:
     since = time.time() - RECENT_FAILURES
     if settings.server:
         from runyard.client import quick_get
+        from runyard.credential import for_settings
 
-        counts = quick_get(settings.server, settings.token, "/status", {"since": since})
+        counts = quick_get(settings.server, for_settings(settings), "/status", {"since": since})
     else:
         from runyard.store.lite import LiteStore
 

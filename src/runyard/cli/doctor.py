@@ -53,6 +53,14 @@ def check_home(settings: Settings) -> Check:
     return Check("home", "ok", detail if home.exists() else f"{detail}; created on first use", required=True)
 
 
+def check_credential(settings: Settings) -> Check:
+    """The home's local credential (``runyard.credential``): absent, usable (0600, the owner's), or refused."""
+    from runyard.credential import describe
+
+    usable, detail = describe(settings.home)
+    return Check("credential", "ok" if usable else "fail", detail)
+
+
 def check_store(settings: Settings) -> list[Check]:
     from runyard.store.engine import masked
     from runyard.store.home import open_store
@@ -188,6 +196,7 @@ def gather(settings: Settings) -> list[Check]:
     home = check_home(settings)
     checks = [home, Check("config", "info", _config_files(settings))]
     if home.status != "fail":
+        checks.append(check_credential(settings))
         checks += check_store(settings)
         checks += check_spool(settings)
     checks += [check_versions(), check_postgres(settings), check_ray(settings), check_gpu()]

@@ -469,13 +469,19 @@ def note(ref: str, text: str) -> None:
 @click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="A DNS name clients reach the server by (the Host header); repeatable. "
                    "Needed with --host 0.0.0.0 or ::.")
-def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...]) -> None:
+@click.option("--insecure-local", is_flag=True,
+              help="On loopback, serve without a token while none exists: every user of this machine may then "
+                   "read every run and launch commands as you.")
+def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
+           insecure_local: bool) -> None:
     """Run the tracking server: the HTTP API, ingest from remote runs, live events.
 
     \b
-    Bound to loopback (the default) with no tokens, it serves this machine's user without any.
-    Bound to another address it refuses to start until a token exists; then every request
-    needs `Authorization: Bearer <token>` (clients: set RUNYARD_SERVER and RUNYARD_TOKEN).
+    Every request needs `Authorization: Bearer <token>`. On loopback (the default) the server
+    makes this home's credential, an admin token in ~/.runyard/local-token (mode 0600), which
+    this home's runyard (CLI, SDK, `runyard ui`) sends without being asked. Bound to another
+    address it refuses to start until a token exists (clients: set RUNYARD_SERVER and
+    RUNYARD_TOKEN).
 
     \b
     Examples:
@@ -486,18 +492,24 @@ def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_
     """
     from runyard.cli import server as impl
 
-    sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts))
+    sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts, insecure_local))
 
 
 @cli.command()
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535),
               help="Port of the local server.")
 @click.option("--no-browser", is_flag=True, help="Only print the URL.")
-def ui(port: int, no_browser: bool) -> None:
-    """Open runyard in the browser, starting the local server if none is running."""
+@click.option("--insecure-local", is_flag=True,
+              help="Start the local server without tokens (see `runyard server --insecure-local`).")
+def ui(port: int, no_browser: bool, insecure_local: bool) -> None:
+    """Open runyard in the browser, starting the local server if none is running.
+
+    The printed link logs the browser in once (it holds a code that lapses after two minutes)
+    and leads to the dashboard; run it again for a new link.
+    """
     from runyard.cli import server as impl
 
-    sys.exit(impl.ui(port, no_browser))
+    sys.exit(impl.ui(port, no_browser, insecure_local))
 
 
 @cli.group()

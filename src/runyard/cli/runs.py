@@ -120,6 +120,7 @@ def _env_options(texts: Sequence[str]) -> dict[str, str]:
 def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any]) -> int:
     """`runyard run` with RUNYARD_SERVER: snapshot here, upload what the server lacks, queue it there."""
     from runyard.client import Client
+    from runyard.credential import for_settings
     from runyard.exec import options
     from runyard.exec.snapshot import manifest_of, take
     from runyard.store.artifacts import DiskArtifacts, sha_of_ref
@@ -143,7 +144,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
     wanted = [sha_of_ref(snap.id)] + [sha for sha, _ in manifest_of(snap.id, artifacts).values()]
     if snap.git_diff_ref:
         wanted.append(sha_of_ref(snap.git_diff_ref))
-    client = Client(settings.server or "", settings.token)
+    client = Client(settings.server or "", for_settings(settings))
     try:
         uploaded = 0
         for sha in client.missing_blobs(wanted):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from runyard.config import resolve
-from runyard.errors import ConfigError
+from runyard.config import Settings, resolve
+from runyard.errors import AccessDenied, ConfigError
+
+if TYPE_CHECKING:
+    from runyard.store.tokens import Tokens
 
 START_WAIT = 20.0
 
@@ -19,7 +25,30 @@ def _public_db(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...]) -> int:
+INSECURE_WARNING = ("warning: --insecure-local: while no token exists, anyone who can connect to this port (every user "
+                    "of this machine) may read every run and launch commands as you")
+
+
+def _local_credential(home: Path, tokens: Tokens) -> Path:
+    """The home's local credential, made (or registered with this database) if needed: an admin token
+    whose secret sits in a file only the home's owner can read."""
+    from runyard import credential
+
+    secret = credential.read_local(home)  # refuses a file that others could read
+    if secret is not None and credential.prefix_of(secret) is not None:
+        known = tokens.authenticate(secret)
+        if known is not None:
+            return credential.local_token_path(home)
+        with contextlib.suppress(Exception):  # not in this database yet (another --db): register it
+            tokens.adopt(secret, "admin", credential.LOCAL_TOKEN_LABEL)
+            return credential.local_token_path(home)
+    # None yet, or revoked (or unreadable as a token): a new one replaces it.
+    _, secret = tokens.create("admin", credential.LOCAL_TOKEN_LABEL)
+    return credential.write_local(home, secret)
+
+
+def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
+          insecure_local: bool = False) -> int:
     import uvicorn
 
     from runyard.server.app import create_app
@@ -27,6 +56,9 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
     from runyard.store.home import open_store
     from runyard.store.tokens import Tokens
 
+    if insecure_local and not is_loopback(host):
+        raise ConfigError(f"--insecure-local serves without a token, so only on loopback, not on {host}: drop "
+                          "--insecure-local (clients then need a token), or listen on 127.0.0.1")
     if binds_all(host) and not allowed_hosts:
         # Any Host header would be accepted otherwise: the server must know the name it is reached by.
         raise ConfigError(f"listening on {host} (every interface) needs the name clients reach the server by: "
@@ -45,9 +77,16 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
             raise ConfigError(f"refusing to listen on {host}: anyone on the network could use the server, and no "
                               "token exists yet. Create one first (`runyard token create --role admin --name "
                               "me`), then start the server again; clients set RUNYARD_TOKEN.")
-        app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts)
+        auth = "tokens required"
+        if insecure_local:
+            print(INSECURE_WARNING, file=sys.stderr, flush=True)
+            if not tokens.any_active():
+                auth = "no tokens: --insecure-local, open to every local user"
+        elif is_loopback(host):
+            auth = f"tokens required; this home's credential: {_local_credential(settings.home, tokens)}"
+        app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts,
+                         insecure_local=insecure_local)
         outbox = app.state.server.outbox.start()  # acts on fired alerts: stops runs, delivers notices
-        auth = "tokens required" if (not is_loopback(host) or tokens.any_active()) else "no tokens (single user)"
         shown = f"[{host}]" if ":" in host else host
         print(f"runyard server on http://{shown}:{port}  ({auth})\n  database  {_public_db(settings.db)}\n"
               f"  artifacts {settings.artifacts}\n  API       http://{shown}:{port}/api/v1  "
@@ -88,13 +127,53 @@ def _health(url: str) -> dict[str, object] | None:
     return health
 
 
-def ui(port: int, no_browser: bool) -> int:
+def _login_link(url: str, settings: Settings, local: bool) -> str:
+    """A link that logs the browser in once (``/api/login?code=...``), asked with this home's token;
+    the plain URL when there is no token to ask with."""
+    from runyard import credential
+    from runyard.client import Client
+
+    given = credential.for_settings(settings)
+    if given is None and local:
+        # This home's servers make its credential before they answer: one without is another's.
+        raise ConfigError(f"{url} is a runyard server of another home or database, not of {settings.home}: "
+                          "open that one there, or start this home's on another port (runyard ui --port "
+                          f"{int(url.rsplit(':', 1)[1]) + 1})")
+    if given is None:
+        return url
+    if local:
+        # The server on this port must prove it is this home's before it sees the credential.
+        given = credential.Credential(given.token, given.source)
+    from runyard.spool.rundir import target_key
+
+    client = Client(url, given, retries=0)
+    try:
+        try:
+            store = client.health().get("store")
+        except AccessDenied:
+            if not local:
+                raise
+            store = None  # it cannot prove it holds this home's credential
+        if local and store != target_key(settings):
+            raise ConfigError(f"{url} is a runyard server of another home or database, not of {settings.home}: "
+                              "open that one there, or start this home's on another port (runyard ui --port "
+                              f"{int(url.rsplit(':', 1)[1]) + 1})")
+        path = client.request("POST", "/login-codes").json()["path"]
+    finally:
+        client.close()
+    return f"{url}{path}"
+
+
+def ui(port: int, no_browser: bool, insecure_local: bool = False) -> int:
+    from runyard import credential
     from runyard.spool.rundir import target_key
 
     settings = resolve()
     url = settings.server or f"http://127.0.0.1:{port}"
+    if not settings.server:
+        credential.read_local(settings.home)  # a credential others could read: say so before anything
     health = None if settings.server else _health(url)
-    if health is not None and health.get("store", target_key(settings)) != target_key(settings):
+    if health and health.get("store", target_key(settings)) != target_key(settings):
         raise ConfigError(f"{url} is a runyard server of another home or database, not of {settings.home}: "
                           f"open that one there, or start this home's on another port (runyard ui --port "
                           f"{port + 1})")
@@ -103,20 +182,23 @@ def ui(port: int, no_browser: bool) -> int:
         log_path = settings.home / "server.log"
         with log_path.open("ab") as log:
             subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "server", "--port", str(port),
-                              "--db", settings.db, "--artifacts", str(settings.artifacts)],
+                              "--db", settings.db, "--artifacts", str(settings.artifacts),
+                              *(["--insecure-local"] if insecure_local else [])],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                              close_fds=True, cwd=str(settings.home))
         deadline = time.monotonic() + START_WAIT
-        while _health(url) is None:
+        while (health := _health(url)) is None:
             if time.monotonic() > deadline:
                 raise ConfigError(f"the server did not start within {START_WAIT:g} s; see {log_path}")
             time.sleep(0.2)
         print(f"started the local server (log: {log_path})", file=sys.stderr)
-    print(url)
+        if insecure_local:
+            print(INSECURE_WARNING, file=sys.stderr)
+    # An open server (--insecure-local) answered its health to anyone: its plain URL is the link.
+    link = url if health and not settings.server else _login_link(url, settings, local=not settings.server)
+    print(link)
     if not no_browser and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         import webbrowser
 
-        webbrowser.open(url)
+        webbrowser.open(link)
     return 0
-
-

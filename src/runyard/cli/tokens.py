@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from runyard.config import resolve
+
+if TYPE_CHECKING:
+    from runyard.credential import Credential
 
 
 class _Local:
@@ -33,7 +36,7 @@ class _Local:
 
 
 class _Remote:
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: Credential | None) -> None:
         from runyard.client import Client
 
         self.client = Client(url, token)
@@ -61,7 +64,9 @@ def _out(t: Any) -> dict[str, Any]:
 
 def _backend() -> _Local | _Remote:
     settings = resolve()
-    return _Remote(settings.server, settings.token) if settings.server else _Local()
+    from runyard.credential import for_settings
+
+    return _Remote(settings.server, for_settings(settings)) if settings.server else _Local()
 
 
 def create(role: str, project: str | None, name: str | None, as_json: bool) -> int:
@@ -92,7 +97,8 @@ def list_tokens(include_revoked: bool, as_json: bool) -> int:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return 0
     if not rows:
-        print("no tokens: the server serves loopback without them (`runyard token create --role admin`)")
+        print("no tokens (a loopback `runyard server` makes this home's credential, ~/.runyard/local-token, when it "
+              "starts; `runyard token create --role admin` makes one to give out)")
         return 0
     from runyard.cli.runs import _table
 

@@ -42,7 +42,7 @@ from runyard.errors import (
 from runyard.exec import options
 from runyard.ingest.alerting import Outbox, Watcher
 from runyard.names import validate_relpath
-from runyard.server import events, ingest, ui
+from runyard.server import events, ingest, login, ui
 from runyard.server.security import MAX_BODY, BodyTooLarge, Gate, Policy, Principal, requires
 from runyard.store.api import RunQuery
 from runyard.store.artifacts import DiskArtifacts
@@ -196,17 +196,20 @@ class Server:
 
 
 def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bind_host: str = "127.0.0.1",
-               port: int = 8765, allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
+               port: int = 8765, allowed_hosts: tuple[str, ...] = (), insecure_local: bool = False) -> FastAPI:
+    """The app. Every request needs a token, but with ``insecure_local`` on loopback while none exists."""
     server = Server(settings, store, artifacts)
     app = FastAPI(title="runyard", version=__version__, openapi_url="/api/openapi.json", docs_url=None,
                   redoc_url=None,
                   description="The runyard tracking server: runs, metrics, logs, artifacts, live events.")
     app.state.server = server
+    policy = Policy(bind_host, port, server.tokens, tuple(h.lower() for h in allowed_hosts),
+                    insecure_local=insecure_local)
+    app.state.policy = policy
     _errors(app)
     _routes(app, server)
+    login.add_routes(app, policy)
     ui.mount(app)
-    policy = Policy(bind_host, port, server.tokens, tuple(h.lower() for h in allowed_hosts))
-    app.state.policy = policy
     # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
     app.add_middleware(Gate, policy=policy, routes=lambda: app.router.routes)
 

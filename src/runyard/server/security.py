@@ -3,7 +3,11 @@
 In order: the ``Host`` header must name the server (DNS rebinding), a browser's ``Origin`` must be
 the server's own (cross-site requests), state-changing requests must carry a JSON or msgpack body
 (a form or text/plain body is how a web page forges a request), the token must be valid, and the
-matched route's declared role must be within the token's. A route that declares no role is
+matched route's declared role must be within the token's. The token comes from the
+``Authorization`` header or, for a browser logged in through a one-time link (``runyard ui``), from
+its session cookie (HttpOnly, SameSite=Strict: a page of another site cannot make the browser send
+it). Every request needs one, on loopback too, unless the server was started with
+``--insecure-local``. A route that declares no role is
 refused for everyone: forgetting the declaration fails closed, and a test walks every route.
 """
 
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import secrets
+import threading
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -39,6 +45,11 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: Largest body of any request but an upload (PUT streams to disk).
 MAX_BODY = 64 << 20
+#: The browser session cookie set by a login link.
+SESSION_COOKIE = "runyard_session"
+#: Seconds a login code of `runyard ui` may wait for its browser, and a browser session may last.
+LOGIN_CODE_TTL = 120.0
+SESSION_TTL = 7 * 86_400.0
 
 
 class BodyTooLarge(Exception):
@@ -120,8 +131,15 @@ class Policy:
     allowed_hosts: tuple[str, ...] = ()
     #: Seconds a "no tokens exist" answer is trusted before asking the database again.
     tokens_check_interval: float = 1.0
+    #: ``--insecure-local``: on loopback, serve without a token while none exists (anyone who can
+    #: connect, every user of the machine, is admin).
+    insecure_local: bool = False
     _tokens_exist: bool = False
     _checked_at: float = field(default=-1e9)
+    #: One-time login codes and browser sessions: secret -> (token id, expiry, monotonic).
+    _codes: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _sessions: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def loopback(self) -> bool:
@@ -147,8 +165,8 @@ class Policy:
         return host == self.bind_host.strip("[]").lower() or host in LOOPBACK_NAMES
 
     def auth_required(self) -> bool:
-        """Off the loopback interface always; on it, once any token exists."""
-        if not self.loopback:
+        """Always, but on loopback with ``--insecure-local`` only once any token exists."""
+        if not (self.loopback and self.insecure_local):
             return True
         now = time.monotonic()
         if self._tokens_exist or now - self._checked_at < self.tokens_check_interval:
@@ -164,6 +182,47 @@ class Policy:
             with contextlib.suppress(Exception):
                 self.tokens.touch(token.id)
         return token
+
+    def login_code(self, token_id: int) -> str:
+        """A code that logs one browser in once, as the token ``token_id``, within LOGIN_CODE_TTL."""
+        code = secrets.token_urlsafe(24)
+        now = time.monotonic()
+        with self._lock:
+            self._codes = {c: v for c, v in self._codes.items() if v[1] > now}
+            self._codes[code] = (token_id, now + LOGIN_CODE_TTL)
+        return code
+
+    def redeem(self, code: str) -> str | None:
+        """A new session for a login code, which is used up; None for an unknown or expired code."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._codes.pop(code, None)
+            if entry is None or entry[1] <= now:
+                return None
+            session = secrets.token_urlsafe(32)
+            self._sessions = {s: v for s, v in self._sessions.items() if v[1] > now}
+            self._sessions[session] = (entry[0], now + SESSION_TTL)
+        return session
+
+    def session_token(self, session: str) -> TokenInfo | None:
+        """The token a browser session acts as, while it lasts and the token is not revoked."""
+        with self._lock:
+            entry = self._sessions.get(session)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        with contextlib.suppress(Exception):
+            token = self.tokens.get(entry[0])
+            if token.active:
+                return token
+        return None
+
+
+def _cookie(headers: Headers, name: str) -> str | None:
+    for part in headers.get("cookie", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return value
+    return None
 
 
 async def send_error(send: Send, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
@@ -214,14 +273,20 @@ class Gate:
         elif await anyio.to_thread.run_sync(policy.auth_required):
             authorization = headers.get("authorization", "")
             scheme, _, secret = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not secret.strip():
-                await send_error(send, 401, "this server needs a token: send `Authorization: Bearer <token>` "
-                                 "(set RUNYARD_TOKEN; an admin creates one with `runyard token create`)",
-                                 [(b"www-authenticate", b"Bearer")])
-                return
-            token = await anyio.to_thread.run_sync(policy.authenticate, secret.strip())
+            session = _cookie(headers, SESSION_COOKIE)
+            if authorization or session is None:
+                if scheme.lower() != "bearer" or not secret.strip():
+                    await send_error(send, 401, "this server needs a token: send `Authorization: Bearer <token>` "
+                                     "(set RUNYARD_TOKEN; an admin creates one with `runyard token create`)",
+                                     [(b"www-authenticate", b"Bearer")])
+                    return
+                token = await anyio.to_thread.run_sync(policy.authenticate, secret.strip())
+            else:
+                token = await anyio.to_thread.run_sync(policy.session_token, session)
             if token is None:
-                await send_error(send, 401, "the token is unknown or revoked", [(b"www-authenticate", b"Bearer")])
+                what = "the token is unknown or revoked" if authorization else \
+                    "the browser session has expired: run `runyard ui` again for a new link"
+                await send_error(send, 401, what, [(b"www-authenticate", b"Bearer")])
                 return
             principal = Principal(token.role, token.project, token.id, token.name)
         if role is None:

@@ -74,6 +74,27 @@ class Tokens:
                 prefix=prefix, created_at=now).returning(api_tokens.c.id)).scalar_one()
         return self.get(int(token_id)), secret
 
+    def adopt(self, secret: str, role: str, name: str) -> TokenInfo:
+        """Register a token whose secret was made elsewhere (a home's local credential, for a
+        database that does not know it yet)."""
+        if role not in ROLES:
+            raise InvalidArgument(f"role {role!r}: expected one of {', '.join(ROLES)}")
+        prefix = secret.split("_")[1] if secret.startswith("ry_") and secret.count("_") >= 2 else ""
+        if not prefix:
+            raise InvalidArgument("expected a token as printed by `runyard token create`")
+        with self.store._write() as conn:
+            token_id = conn.execute(sa.insert(api_tokens).values(
+                name=name, role=role, project_id=None, token_sha256=digest(secret), prefix=prefix,
+                created_at=self.store.clock()).returning(api_tokens.c.id)).scalar_one()
+        return self.get(int(token_id))
+
+    def digest_of(self, prefix: str) -> str | None:
+        """The stored digest of the active token with this prefix (what the server proves it holds)."""
+        with self.store._read() as conn:
+            rows = conn.execute(sa.select(api_tokens.c.token_sha256).where(
+                api_tokens.c.prefix == prefix, api_tokens.c.revoked_at.is_(None)).limit(2)).all()
+        return str(rows[0][0]) if len(rows) == 1 else None
+
     def get(self, token_id: int) -> TokenInfo:
         with self.store._read() as conn:
             row = conn.execute(_select().where(api_tokens.c.id == token_id)).one_or_none()

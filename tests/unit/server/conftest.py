@@ -60,7 +60,9 @@ def api(db_url: str, tmp_path: Path) -> Iterator[Served]:
         upgrade(engine)
         engine.dispose()
     opened = open_store(settings)
-    app = create_app(settings, opened.store, opened.artifacts, "127.0.0.1", 8765)
+    # The routes' own behaviour, as the single user of an open loopback server; the security tests
+    # create tokens (then every request needs one) or start servers that require them.
+    app = create_app(settings, opened.store, opened.artifacts, "127.0.0.1", 8765, insecure_local=True)
     with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
         yield Served(client, opened, home)
     opened.close()
@@ -76,6 +78,9 @@ class LiveServer:
     host: str = "127.0.0.1"
     #: --allow-host names (a server bound to every interface refuses to start without one).
     allow_hosts: tuple[str, ...] = ()
+    #: Start with --insecure-local (on loopback only): the flow tests' clients live in other homes and
+    #: send no token unless a test gives them one. Tests of the local credential set it False.
+    insecure_local: bool = True
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -95,7 +100,8 @@ class LiveServer:
                    "RUNYARD_TOKEN": "ry_not_for_this_server"}
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "runyard.cli.main", "server", "--host", self.host, "--port", str(self.port),
-                 *(arg for name in self.allow_hosts for arg in ("--allow-host", name))],
+                 *(arg for name in self.allow_hosts for arg in ("--allow-host", name)),
+                 *(["--insecure-local"] if self.insecure_local and self.host == "127.0.0.1" else [])],
                 env=env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

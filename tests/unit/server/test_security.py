@@ -537,8 +537,11 @@ def test_every_route_enforces_its_role(api: Served) -> None:
     c = api.client
     checked = 0
     public = sorted(template for _, template, role in _routes(api) if role == "public")
-    # Only the dashboard's shell and its assets are open, and they hold no data (see server/ui.py).
-    assert public == sorted([*ui.PAGES, "/assets/{name}"])
+    # Only the dashboard's shell and its assets are open, and they hold no data (see server/ui.py); and
+    # the two steps before a token is used: a server's proof that it holds one, a browser's login link.
+    assert public == sorted([*ui.PAGES, "/assets/{name}", "/api/login", "/api/proof"])
+    assert c.get("/api/login", params={"code": "guessed"}).status_code == 401
+    assert "set-cookie" not in c.get("/api/login").headers
     shells = set()
     for template in ui.PAGES:
         shell = c.get(template.replace("{rest:path}", str(number)))
@@ -753,8 +756,10 @@ def test_a_client_without_a_token_is_told_once_to_set_runyard_token(db_url: str,
     assert missing.returncode == 1 and unknown.returncode == 1
     assert missing.stderr == ("runyard: error: this server needs a token: send `Authorization: Bearer <token>` "
                               "(set RUNYARD_TOKEN; an admin creates one with `runyard token create`)\n")
-    assert unknown.stderr == ("runyard: error: the token is unknown or revoked "
-                              "(set RUNYARD_TOKEN to a token from `runyard token create`)\n")
+    # The server cannot prove it holds an unknown token, so the client does not even send it.
+    assert unknown.stderr.startswith(f"runyard: error: not sending the token ry_nope_… (from env RUNYARD_TOKEN) to "
+                                     f"{server.url}: that server does not prove it holds it, so the token is "
+                                     "unknown or revoked there")
 
 
 def _wire(port: int, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
