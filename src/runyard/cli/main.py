@@ -468,7 +468,13 @@ def note(ref: str, text: str) -> None:
 @click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="A DNS name clients reach the server by (the Host header); repeatable. "
                    "Needed with --host 0.0.0.0 or ::.")
-def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...]) -> None:
+@click.option("--max-connections", type=click.IntRange(10, 100_000), default=500, show_default=True,
+              help="Connections open at once; a request on one more is answered 503 with Retry-After. "
+                   "Keep it below the open-files limit (ulimit -n).")
+@click.option("--max-upload", "max_upload", type=click.IntRange(1), default=256 << 10, show_default=True,
+              metavar="MIB", help="Largest artifact or blob upload, in MiB; a bigger one is refused (413).")
+def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
+           max_connections: int, max_upload: int) -> None:
     """Run the tracking server: the HTTP API, ingest from remote runs, live events.
 
     \b
@@ -485,7 +491,7 @@ def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_
     """
     from runyard.cli import server as impl
 
-    sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts))
+    sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts, max_connections, max_upload))
 
 
 @cli.command()

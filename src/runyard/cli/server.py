@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -19,10 +20,13 @@ def _public_db(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...]) -> int:
+def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
+          max_connections: int | None = None, max_upload_mib: int | None = None) -> int:
     import uvicorn
 
     from runyard.server.app import create_app
+    from runyard.server.capacity import Limits
+    from runyard.server.connections import uvicorn_config
     from runyard.server.security import binds_all, is_loopback
     from runyard.store.home import open_store
     from runyard.store.tokens import Tokens
@@ -45,19 +49,20 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
             raise ConfigError(f"refusing to listen on {host}: anyone on the network could use the server, and no "
                               "token exists yet. Create one first (`runyard token create --role admin --name "
                               "me`), then start the server again; clients set RUNYARD_TOKEN.")
-        app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts)
+        limits = Limits()
+        if max_connections is not None:
+            limits = dataclasses.replace(limits, max_connections=max_connections)
+        if max_upload_mib is not None:
+            limits = dataclasses.replace(limits, max_upload=max_upload_mib << 20)
+        app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts, limits)
         outbox = app.state.server.outbox.start()  # acts on fired alerts: stops runs, delivers notices
         auth = "tokens required" if (not is_loopback(host) or tokens.any_active()) else "no tokens (single user)"
         shown = f"[{host}]" if ":" in host else host
         print(f"runyard server on http://{shown}:{port}  ({auth})\n  database  {_public_db(settings.db)}\n"
               f"  artifacts {settings.artifacts}\n  API       http://{shown}:{port}/api/v1  "
               f"(spec: /api/openapi.json)", flush=True)
-        # h11, not httptools: httptools drops a "#fragment" from the request target before the app can
-        # see it, so "a#/../x" would arrive as "a"; h11 hands the target over as sent, and the app refuses it.
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=2, server_header=False, http="h11")
         try:
-            uvicorn.Server(config).run()
+            uvicorn.Server(uvicorn_config(app, host, port, limits)).run()
         finally:
             outbox.dispatcher.drain(timeout=5)
             outbox.close()

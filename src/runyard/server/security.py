@@ -21,12 +21,14 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.routing import Match
 
+from runyard.errors import Busy
 from runyard.names import is_number
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from runyard.server.capacity import Capacity
     from runyard.store.tokens import TokenInfo, Tokens
 
 #: The role a route needs: "public" (no token), "reader", "writer" or "admin".
@@ -37,15 +39,23 @@ RANK = {"public": 0, "reader": 1, "writer": 2, "admin": 3}
 BODY_TYPES = frozenset({"application/json", "application/msgpack", "application/octet-stream"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-#: Largest body of any request but an upload (PUT streams to disk).
-MAX_BODY = 64 << 20
+#: Largest body of any request but an upload (PUT streams to disk): ingest (msgpack) takes 33 MiB
+#: (see ingest.py); a JSON body decodes to about 20 times its size at worst (``[]`` is a 56-byte
+#: list), so JSON bodies take less, and those past LIGHT_BODY wait for a decode slot (capacity.py).
+MAX_BODY = 33 << 20
+MAX_JSON_BODY = 8 << 20
+LIGHT_BODY = 1 << 20
 
 
 class BodyTooLarge(Exception):
-    """A body without a Content-Length grew past MAX_BODY while being read."""
+    """A body without a Content-Length grew past its limit while being read."""
 
 
-def _capped(receive: Receive) -> Receive:
+def _too_large(limit: int) -> str:
+    return f"the body is larger than {limit >> 20} MiB; send smaller batches"
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
     received = 0
 
     async def wrapped() -> MutableMapping[str, Any]:
@@ -53,8 +63,8 @@ def _capped(receive: Receive) -> Receive:
         message = await receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
-            if received > MAX_BODY:
-                raise BodyTooLarge
+            if received > limit:
+                raise BodyTooLarge(_too_large(limit))
         return message
 
     return wrapped
@@ -177,10 +187,13 @@ async def send_error(send: Send, status: int, message: str, extra_headers: list[
 class Gate:
     """ASGI middleware enforcing ``Policy`` in front of the app's router."""
 
-    def __init__(self, app: ASGIApp, policy: Policy, routes: Callable[[], list[BaseRoute]]) -> None:
+    def __init__(self, app: ASGIApp, policy: Policy, routes: Callable[[], list[BaseRoute]],
+                 decoding: Capacity | None = None) -> None:
         self.app = app
         self.policy = policy
         self.routes = routes
+        #: Where a big JSON body waits its turn to be decoded (the ingest route takes its own slot).
+        self.decoding = decoding
 
     def _match(self, scope: Scope) -> BaseRoute | None:
         partial = None
@@ -230,20 +243,29 @@ class Gate:
         if RANK[principal.role] < RANK[role]:
             await send_error(send, 403, f"this needs the {role} role; the token has the {principal.role} role")
             return
-        if scope["method"] in STATE_CHANGING:
-            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type not in BODY_TYPES:
-                await send_error(send, 415, "send the body as application/json or application/msgpack")
-                return
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if scope["method"] in STATE_CHANGING and content_type not in BODY_TYPES:
+            await send_error(send, 415, "send the body as application/json or application/msgpack")
+            return
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state["principal"] = principal
         if scope["method"] == "PUT":  # uploads stream to disk, chunk by chunk: no cap in memory
             await self.app(scope, receive, send)
             return
+        limit = MAX_BODY if content_type == "application/msgpack" else MAX_JSON_BODY
         length = headers.get("content-length", "")
-        if is_number(length) and int(length) > MAX_BODY:
-            await send_error(send, 413, f"the body is larger than {MAX_BODY >> 20} MiB; send smaller batches")
+        if is_number(length) and int(length) > limit:
+            await send_error(send, 413, _too_large(limit))
             return
-        await self.app(scope, _capped(receive), send)
+        heavy = (content_type == "application/json" and scope["method"] in STATE_CHANGING
+                 and not (is_number(length) and int(length) <= LIGHT_BODY))
+        if not heavy or self.decoding is None:
+            await self.app(scope, _capped(receive, limit), send)
+            return
+        try:
+            async with self.decoding.slot():
+                await self.app(scope, _capped(receive, limit), send)
+        except Busy as e:
+            await send_error(send, 503, str(e), [(b"retry-after", str(round(e.retry_after)).encode())])
 
 

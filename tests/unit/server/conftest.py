@@ -76,6 +76,8 @@ class LiveServer:
     host: str = "127.0.0.1"
     #: --allow-host names (a server bound to every interface refuses to start without one).
     allow_hosts: tuple[str, ...] = ()
+    #: More `runyard server` flags (--max-upload 64, ...).
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -95,7 +97,7 @@ class LiveServer:
                    "RUNYARD_TOKEN": "ry_not_for_this_server"}
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "runyard.cli.main", "server", "--host", self.host, "--port", str(self.port),
-                 *(arg for name in self.allow_hosts for arg in ("--allow-host", name))],
+                 *(arg for name in self.allow_hosts for arg in ("--allow-host", name)), *self.args],
                 env=env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
