@@ -196,7 +196,7 @@ class Server:
         self.decoding = Capacity("requests decoding a body", limits.decode_slots, limits.slot_wait)
         self.uploads = Capacity("uploads", limits.upload_slots, limits.slot_wait)
         self.tokens = Tokens(store)
-        self.hub = events.Hub()
+        self.hub = events.Hub(store)
         self.watcher = Watcher(store)
         #: Started by `runyard server` (an app built in a test starts no threads).
         self.outbox: Outbox = alert_outbox(store, settings.home, settings.lease)
