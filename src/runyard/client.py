@@ -50,6 +50,8 @@ def _ref(ref: str | int) -> str:
 
 #: Largest uncompressed ingest body sent (the server takes up to 64 MiB).
 MAX_INGEST_BYTES = 32 << 20
+#: Blob names asked about per request (about 700 KB of JSON).
+MISSING_BATCH = 10_000
 #: Calls that are safe to repeat: reads, content-addressed uploads, and ingest (idempotent by sequence).
 _IDEMPOTENT = ("GET", "PUT")
 #: Gateway answers that mean "try again" rather than "you asked wrongly".
@@ -228,7 +230,11 @@ class Client:
         self.request("PUT", f"/blobs/{sha256}", content=source, headers={"content-type": "application/octet-stream"})
 
     def missing_blobs(self, shas: Sequence[str]) -> list[str]:
-        return list(self.request("POST", "/blobs/missing", json={"sha256": list(shas)}).json()["missing"])
+        missing: list[str] = []
+        for start in range(0, len(shas), MISSING_BATCH):  # a request body the server parses at once: keep it small
+            batch = list(shas[start:start + MISSING_BATCH])
+            missing += self.request("POST", "/blobs/missing", json={"sha256": batch}).json()["missing"]
+        return missing
 
 
 class RemoteStore:

@@ -236,3 +236,16 @@ def test_a_batch_refused_as_too_large_is_sent_in_halves() -> None:
     records = [[n, "log", 1.0, "stdout", "x"] for n in range(10)]
     assert client.ingest(RUN_ID, "w1", records) == (1, 9)
     assert sizes == [10, 5, 2, 3, 5, 2, 3], sizes
+
+
+@pytest.mark.engines("sqlite")
+def test_a_json_body_of_many_small_values_is_refused_before_it_is_parsed(api: Served) -> None:
+    from runyard.store.newrun import NewRun
+
+    bomb = b'{"sha256": [' + b",".join([b"[]"] * 300_000) + b"]}"  # 900 KB; parsed, about 20 MB and 0.7 s
+    refused = api.client.post("/api/v1/blobs/missing", content=bomb, headers={"content-type": "application/json"})
+    assert refused.status_code == 413 and "values" in refused.json()["error"], refused.text
+    number = api.store.create_run(NewRun(project="p")).number
+    note = 'a, "quoted", \\ and more, ' * 40_000  # a million characters, 80,000 commas: within strings
+    changed = api.client.patch(f"/api/v1/runs/{number}", json={"notes": note})
+    assert changed.status_code == 200 and api.store.get_run(number).notes == note, changed.text

@@ -34,7 +34,7 @@ class Limits:
     #: Requests decoding a body in memory at once (ingest, JSON bodies over LIGHT_BODY).
     decode_slots: int = 2
     #: Uploads streaming to disk at once.
-    upload_slots: int = 8
+    upload_slots: int = 4
     #: Seconds a heavy request waits for a slot before it is answered 503.
     slot_wait: float = 10.0
     #: Largest upload (artifact or blob), in bytes, whatever its content type.

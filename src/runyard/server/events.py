@@ -34,6 +34,9 @@ MAX_STREAMS = 200
 MAX_STREAMS_PER_HOLDER = 50
 #: Runs of a project a project stream watches (the latest).
 PROJECT_RUNS = 500
+#: Threads the streams' reads may take at once, of the server's pool (40) that every route shares:
+#: 200 streams catching up together would otherwise keep a health check waiting for a thread.
+STREAM_THREADS = 8
 
 
 def _signature(r: Any) -> tuple[Any, ...]:
@@ -65,6 +68,14 @@ class Hub:
         self._projects: dict[str | None, dict[int, Any]] = {}
         #: Passes of the watcher so far (tests and the benchmark read it).
         self.passes = 0
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """Where streams' reads wait for one of STREAM_THREADS threads (made on the event loop)."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(STREAM_THREADS)
+        return self._limiter
 
     def publish(self, run_number: int | None, project: str | None) -> None:
         """Wake the streams of this run and project; callable from any thread."""
@@ -111,7 +122,7 @@ class Hub:
             projects = sorted({None if t == "project:*" else t[8:] for t in self._waiters if t.startswith("project:")},
                               key=lambda p: p or "")
             try:
-                marks, latest = await anyio.to_thread.run_sync(self._read, runs, projects)
+                marks, latest = await anyio.to_thread.run_sync(self._read, runs, projects, limiter=self.limiter)
             except Exception as e:  # noqa: BLE001 - a locked or restarting database: the next pass tries again
                 print(f"runyard server: live events: {type(e).__name__}: {e}", flush=True)
                 continue
@@ -195,6 +206,11 @@ def frame(kind: str, data: Any) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+async def _read(hub: Hub, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a thread, as one of the streams' (see STREAM_THREADS)."""
+    return await anyio.to_thread.run_sync(function, *args, limiter=hub.limiter)
+
+
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
     """Whether ``event`` was set within ``timeout`` seconds (it is cleared either way)."""
     woken = False
@@ -211,20 +227,20 @@ async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[
     topic = f"run:{number}"
     wake = hub.subscribe(topic)
     try:
-        run = await anyio.to_thread.run_sync(store.get_run, number)
-        series = {s.key: s for s in await anyio.to_thread.run_sync(store.list_series, number)}
-        tail = await anyio.to_thread.run_sync(store.tail_logs, number, 1)
+        run = await _read(hub, store.get_run, number)
+        series = {s.key: s for s in await _read(hub, store.list_series, number)}
+        tail = await _read(hub, store.tail_logs, number, 1)
         after = tail[-1].id if tail else 0
         status = (run.status, run.status_message, run.exit_code)
         yield _run_frame(run, hide)
         while not await disconnected():
-            now_series = await anyio.to_thread.run_sync(store.list_series, number)
+            now_series = await _read(hub, store.list_series, number)
             for info in now_series:
                 old = series.get(info.key)
                 if old is not None and old.count == info.count:
                     continue
                 start = None if old is None or old.last_step is None else old.last_step + 1
-                points = await anyio.to_thread.run_sync(store.history, number, info.key, start, None)
+                points = await _read(hub, store.history, number, info.key, start, None)
                 series[info.key] = info
                 if len(points) == 0:
                     continue
@@ -236,13 +252,13 @@ async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[
                                        "time": points.times[cut].tolist(),
                                        "value": wire.plain(points.values[cut].tolist())})
             while True:  # every line up to now: the hub wakes this stream once per change, not per 1,000 lines
-                lines = await anyio.to_thread.run_sync(store.read_logs, number, after, 1000)
+                lines = await _read(hub, store.read_logs, number, after, 1000)
                 if lines:
                     after = lines[-1].id
                     yield frame("log", [wire.plain_out(line) for line in lines])
                 if len(lines) < 1000:
                     break
-            run = await anyio.to_thread.run_sync(store.get_run, number)
+            run = await _read(hub, store.get_run, number)
             if (run.status, run.status_message, run.exit_code) != status:
                 status = (run.status, run.status_message, run.exit_code)
                 yield _run_frame(run, hide)
@@ -263,7 +279,7 @@ async def project_stream(store: Any, hub: Hub, project: str | None, disconnected
         return {r.number: r for r in page.items}
 
     try:
-        known = await anyio.to_thread.run_sync(snapshot)
+        known = await _read(hub, snapshot)
         yield b": connected\n\n"
         while not await disconnected():
             if not await _wait(wake, KEEPALIVE_SECONDS):

@@ -40,11 +40,16 @@ BODY_TYPES = frozenset({"application/json", "application/msgpack", "application/
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: Largest body of any request but an upload (PUT streams to disk): ingest (msgpack) takes 33 MiB
-#: (see ingest.py); a JSON body decodes to about 20 times its size at worst (``[]`` is a 56-byte
-#: list), so JSON bodies take less, and those past LIGHT_BODY wait for a decode slot (capacity.py).
+#: (see ingest.py). A JSON body is parsed by FastAPI on the event loop, at about 10 MiB/s for the
+#: worst JSON (``[]`` after ``[]``, each a 56-byte list), so JSON bodies take far less, enough for
+#: the longest note (1,000,000 characters) or 10,000 blob names (the client's batches of
+#: /blobs/missing); those past LIGHT_BODY wait for a decode slot (capacity.py).
 MAX_BODY = 33 << 20
-MAX_JSON_BODY = 8 << 20
-LIGHT_BODY = 1 << 20
+MAX_JSON_BODY = 2 << 20
+LIGHT_BODY = 256 << 10
+#: Values a JSON body may hold: the longest lists the API takes (10,000 blob names, alert ids or
+#: command words) and some more. Counted before FastAPI parses the body (see ``json_values``).
+MAX_JSON_VALUES = 25_000
 
 
 class BodyTooLarge(Exception):
@@ -68,6 +73,47 @@ def _capped(receive: Receive, limit: int) -> Receive:
         return message
 
     return wrapped
+
+
+async def _read_all(receive: Receive, limit: int) -> bytes:
+    chunks = []
+    capped = _capped(receive, limit)
+    while True:
+        message = await capped()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body already read, as one message; then whatever the client sends (its disconnection)."""
+    replayed = False
+
+    async def replay() -> MutableMapping[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def json_values(body: bytes) -> int:
+    """How many values a JSON body holds (array elements and object members, counted by the commas and
+    opening brackets outside strings), without parsing it: parsing and validating cost about 2 µs per
+    value on the event loop, where a body of ``[]`` after ``[]`` would hold it for seconds."""
+    rough = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if rough <= MAX_JSON_VALUES:
+        return rough  # commas inside strings counted too: an upper bound, and within it
+    # Escaped backslashes, then escaped quotes, cannot end a string: without them, the text between
+    # a quote and the next is a string, and every other piece is outside.
+    plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(plain.split(b'"')[::2])
+    return outside.count(b",") + outside.count(b"[") + outside.count(b"{")
 
 
 def requires(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -257,14 +303,20 @@ class Gate:
         if is_number(length) and int(length) > limit:
             await send_error(send, 413, _too_large(limit))
             return
-        heavy = (content_type == "application/json" and scope["method"] in STATE_CHANGING
-                 and not (is_number(length) and int(length) <= LIGHT_BODY))
-        if not heavy or self.decoding is None:
+        if content_type != "application/json" or scope["method"] not in STATE_CHANGING:
             await self.app(scope, _capped(receive, limit), send)
             return
+        heavy = self.decoding is not None and not (is_number(length) and int(length) <= LIGHT_BODY)
         try:
-            async with self.decoding.slot():
-                await self.app(scope, _capped(receive, limit), send)
+            async with self.decoding.slot() if heavy and self.decoding is not None else contextlib.nullcontext():
+                body = await _read_all(receive, limit)
+                if json_values(body) > MAX_JSON_VALUES:
+                    await send_error(send, 413, f"the body holds more than {MAX_JSON_VALUES:,} values (array elements "
+                                     "and object members); send fewer at once")
+                    return
+                await self.app(scope, _replay(body, receive), send)
+        except BodyTooLarge as e:
+            await send_error(send, 413, str(e))
         except Busy as e:
             await send_error(send, 503, str(e), [(b"retry-after", str(round(e.retry_after)).encode())])
 
