@@ -66,10 +66,10 @@ def test_deflate_bombs_are_refused_and_the_server_stays_small(live_server: LiveS
     pid = live_server.process.pid
     assert httpx.get(f"{live_server.url}/api/health").status_code == 200
     before = peak_rss(pid)
-    inflating = _bomb(630)  # 63 MB of nils from about 60 KB: past the inflated size the server takes
-    counting = _bomb(300)  # 30 MB of nils: within that size, but 30 million values
-    assert len(inflating) < 100_000
-    answers = _post_all(live_server.url, [inflating, counting] * 3)  # six at once
+    nils = _bomb(630)  # 63 MB of nils from about 60 KB (the bomb): 63 million values
+    zeros = zlib.compress(msgpack.packb({"run_id": RUN_ID, "writer": "w1", "items": [b"\0" * (16 * MIB)] * 4}), 9)
+    assert len(nils) < 100_000 and len(zeros) < 100_000  # 64 MiB of zeros: past the inflated size taken
+    answers = _post_all(live_server.url, [nils, zeros] * 3)  # six at once
     assert sorted(r.status_code for r in answers) == [413] * 6, [r.text[:200] for r in answers]
     errors = {r.json()["error"] for r in answers}
     assert any("inflates beyond" in e for e in errors) and any(e.startswith("items:") for e in errors), errors

@@ -23,6 +23,7 @@ import bisect
 import itertools
 import re
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,24 +69,36 @@ def _no_extension(code: int, data: bytes) -> Any:
     raise InvalidArgument(f"the body holds a msgpack extension type ({code}); records hold plain values only")
 
 
-def inflate(body: bytes, limit: int = MAX_INFLATED) -> bytes:
-    """A deflated body's content, refused (413) as soon as it passes ``limit``: never more than
-    ``limit + 1`` bytes are inflated, whatever the body claims."""
+#: Bytes inflated at a time: decoding goes on piece by piece, so a body refused for its values is
+#: refused after the piece that passed the count, not after inflating all of it.
+PIECE = 1 << 20
+
+
+def inflated(body: bytes, limit: int = MAX_INFLATED) -> Iterator[bytes]:
+    """A deflated body's content, PIECE bytes at a time, refused (413) as soon as it passes ``limit``."""
     inflater = zlib.decompressobj()
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise InvalidArgument(f"the body is not valid deflate data: {e}") from None
-    if len(data) > limit:
-        raise TooLarge(f"the body inflates beyond {limit >> 20} MiB; send smaller batches")
-    if not inflater.eof:
-        raise InvalidArgument("the body is not valid deflate data: it ends before the stream does")
-    return data
+    pending, total = body, 0
+    while True:
+        try:
+            piece = inflater.decompress(pending, PIECE)
+        except zlib.error as e:
+            raise InvalidArgument(f"the body is not valid deflate data: {e}") from None
+        pending = inflater.unconsumed_tail
+        total += len(piece)
+        if total > limit:
+            raise TooLarge(f"the body inflates beyond {limit >> 20} MiB; send smaller batches")
+        if piece:
+            yield piece
+        if inflater.eof:
+            return
+        if not piece and not pending:
+            raise InvalidArgument("the body is not valid deflate data: it ends before the stream does")
 
 
-def unpack(data: bytes, max_values: int = MAX_VALUES) -> Any:
-    """Plain values from msgpack, counting them as they are built: past ``max_values`` values in
-    all (or an array, map, string beyond its own bound) the body is refused before it takes more."""
+def unpack(pieces: Iterable[bytes], max_values: int = MAX_VALUES) -> Any:
+    """One msgpack value from its bytes, in pieces, counting values as they are built: past
+    ``max_values`` values in all (or an array, map, string beyond its own bound) the body is refused
+    before it takes more memory or time, even if its end has not been inflated yet."""
     left = max_values
 
     def count(container: Any) -> Any:
@@ -96,27 +109,36 @@ def unpack(data: bytes, max_values: int = MAX_VALUES) -> Any:
                            "hold); send fewer records per request")
         return container
 
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True, max_array_len=MAX_RECORDS,
+                                max_map_len=MAX_KEYS, max_str_len=MAX_INFLATED, max_bin_len=MAX_INFLATED,
+                                max_buffer_size=MAX_INFLATED + PIECE, ext_hook=_no_extension, list_hook=count,
+                                object_hook=count)
+    values, fed = [], 0
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, max_array_len=MAX_RECORDS,
-                               max_map_len=MAX_KEYS, max_str_len=MAX_INFLATED, max_bin_len=MAX_INFLATED,
-                               ext_hook=_no_extension, list_hook=count, object_hook=count)
+        for piece in pieces:
+            fed += len(piece)
+            unpacker.feed(piece)
+            values.extend(unpacker)
+            if len(values) > 1:
+                break
     except InvalidArgument:
         raise
     except ValueError as e:
         if "exceeds max_" in str(e):  # msgpack's own bound on one array, map or string
-            raise TooLarge(f"items: an array holds more than {MAX_RECORDS:,} elements or a map more than "
-                           f"{MAX_KEYS:,} keys ({e}); send fewer records per request") from None
+            raise TooLarge(f"items: an array, map or string is longer than one request takes ({e}); send fewer "
+                           "records per request") from None
         raise InvalidArgument(f"the body is not valid msgpack: {type(e).__name__}") from None
     except Exception as e:  # noqa: BLE001 - msgpack raises several types for malformed input
         raise InvalidArgument(f"the body is not valid msgpack: {type(e).__name__}") from None
+    if len(values) != 1 or unpacker.tell() != fed:
+        raise InvalidArgument("the body is not valid msgpack: it must hold exactly one value")
+    return values[0]
 
 
 def decode(body: bytes, deflated: bool) -> tuple[str, str, list[Any]]:
-    if deflated:
-        body = inflate(body)
-    elif len(body) > MAX_INFLATED:
+    if not deflated and len(body) > MAX_INFLATED:
         raise TooLarge(f"the body is larger than {MAX_INFLATED >> 20} MiB; send smaller batches")
-    payload = unpack(body)
+    payload = unpack(inflated(body) if deflated else (body,))
     if not isinstance(payload, dict):
         raise InvalidArgument("the body must be a map with run_id, writer and items")
     run_id, writer, items = payload.get("run_id"), payload.get("writer"), payload.get("items")
