@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/ui.py
 	$(BIN)/python bench/alerts.py
+	$(BIN)/python bench/abuse.py
 
 # Side virtual environments with MLflow, wandb, Aim and tensorboardX, for bench/logging.py.
 bench-peers:

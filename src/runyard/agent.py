@@ -226,6 +226,7 @@ def _ship(settings: Settings) -> int:
     try:
         while True:
             report: PollReport | None = None
+            asked = 0.0  # what a busy server asked for (Retry-After)
             try:
                 report = tailer.poll()
             except AccessDenied as e:
@@ -235,13 +236,15 @@ def _ship(settings: Settings) -> int:
                 return 1
             except RunyardError as e:
                 failure = str(e)
+                asked = getattr(e, "retry_after", 0.0)
             except Exception as e:  # noqa: BLE001 - nothing may end shipping: report it, back off, go on
                 failure = f"shipping: {describe(e)}"
             else:
                 failure = "; ".join(f"run {w.run_number or w.run_id}: {w.error}" for w in report.errors)
+                asked = report.retry_after
             now = time.monotonic()
             if failure or report is None:
-                delay = backoff.failed()
+                delay = backoff.failed(asked)
                 print(f"runyard agent: {failure}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
                 last_work = now  # unshipped records are work: never idle out on them
                 time.sleep(delay)

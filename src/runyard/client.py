@@ -16,7 +16,7 @@ from urllib.parse import quote
 from runyard import credential, wire
 from runyard._version import __version__
 from runyard.credential import Credential
-from runyard.errors import AccessDenied, Conflict, InvalidArgument, NotFound, ServerError, Unstorable
+from runyard.errors import AccessDenied, Busy, Conflict, InvalidArgument, NotFound, ServerError, TooLarge, Unstorable
 from runyard.types import RunStatus
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from runyard.store.series import Envelope, Points
 
 _BY_STATUS: dict[int, type[Exception]] = {400: InvalidArgument, 401: AccessDenied, 403: AccessDenied,
-                                          404: NotFound, 409: Conflict, 415: InvalidArgument, 416: InvalidArgument,
+                                          404: NotFound, 409: Conflict, 413: TooLarge, 415: InvalidArgument,
+                                          416: InvalidArgument,
                                           # the database refuses these records for what they are: a
                                           # shipper sets them aside instead of retrying forever
                                           422: Unstorable}
@@ -50,13 +51,35 @@ def _ref(ref: str | int) -> str:
 
 #: Largest uncompressed ingest body sent (the server takes up to 64 MiB).
 MAX_INGEST_BYTES = 32 << 20
+#: Blob names asked about per request (about 700 KB of JSON).
+MISSING_BATCH = 10_000
 #: Calls that are safe to repeat: reads, content-addressed uploads, and ingest (idempotent by sequence).
 _IDEMPOTENT = ("GET", "PUT")
 #: Gateway answers that mean "try again" rather than "you asked wrongly".
 _TRANSIENT_STATUS = (502, 503, 504)
+#: Longest wait a server's ``Retry-After`` is followed for within one call (the shipper then backs off
+#: on its own, at least as long as the server said).
+MAX_RETRY_AFTER = 60.0
 
 
-def _error_of(url: str, status: int, body: bytes, reason: str) -> Exception:
+def retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils
+    import time
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_of(url: str, status: int, body: bytes, reason: str, wait: float | None = None) -> Exception:
     """The error a server's answer ``status`` (with its JSON ``{"error": ...}`` body) stands for."""
     import json
 
@@ -66,6 +89,8 @@ def _error_of(url: str, status: int, body: bytes, reason: str) -> Exception:
         message = body[:200].decode("utf-8", "replace") or reason
     if status == 401 and "RUNYARD_TOKEN" not in message:  # the server's words may already say it
         message += " (set RUNYARD_TOKEN to a token from `runyard token create`)"
+    if status == 503:
+        return Busy(f"server {url}: {message}", wait if wait is not None else 0.0)
     cls = _BY_STATUS.get(status, ServerError)
     return cls(f"server {url}: {message}" if cls is ServerError else message)
 
@@ -106,7 +131,7 @@ def quick_get(url: str, token: str | Credential | None, path: str, params: Mappi
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
-        raise _error_of(url, e.code, e.read(), str(e.reason)) from None
+        raise _error_of(url, e.code, e.read(), str(e.reason), retry_after(e.headers.get("retry-after"))) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
         raise ServerError(f"cannot reach the runyard server at {url}: {reason}") from None
@@ -151,7 +176,9 @@ class Client:
     ``AccessDenied``; the home's local credential is then just not sent.
 
     A call that is safe to repeat is retried ``retries`` times with growing, jittered pauses when the
-    connection fails or a gateway says the server is unavailable; other calls fail at once.
+    connection fails or a gateway says the server is unavailable, waiting at least what the server's
+    ``Retry-After`` asks (up to MAX_RETRY_AFTER); other calls fail at once. When the retries run
+    out on a 503, ``Busy`` says how long the server asked to wait (``retry_after``).
     """
 
     def __init__(self, url: str, token: str | Credential | None = None, timeout: float = 30.0,
@@ -196,9 +223,11 @@ class Client:
             kwargs["json"] = {}  # the server takes only JSON or msgpack bodies on changes
         url = wire.API_PREFIX + path if path.startswith("/") else path
         attempts = 1 + (self.retries if method in _IDEMPOTENT or path == "/ingest" else 0)
+        asked = 0.0  # what the last answer's Retry-After asked for
         for attempt in range(attempts):
             if attempt:
-                time.sleep(random.uniform(0, 0.25 * 2 ** attempt))  # noqa: S311 - jitter, not secrecy
+                jitter = random.uniform(0, 0.25 * 2 ** attempt)  # noqa: S311 - jitter, not secrecy
+                time.sleep(max(jitter, min(asked, MAX_RETRY_AFTER)))
             content = kwargs.get("content")
             if content is not None and hasattr(content, "seek"):
                 content.seek(0)  # a file body is read again from its start
@@ -210,6 +239,7 @@ class Client:
                                                f"{e or type(e).__name__}")
                 continue
             if response.status_code in _TRANSIENT_STATUS:
+                asked = retry_after(response.headers.get("retry-after")) or 0.0
                 error = self._error(response)
                 continue
             if response.status_code >= 400:
@@ -218,7 +248,8 @@ class Client:
         raise error
 
     def _error(self, response: httpx.Response) -> Exception:
-        return _error_of(self.url, response.status_code, response.content, response.reason_phrase)
+        return _error_of(self.url, response.status_code, response.content, response.reason_phrase,
+                         retry_after(response.headers.get("retry-after")))
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs).json()
@@ -232,19 +263,28 @@ class Client:
     def ingest(self, run_id: str, writer: str, recs: Sequence[Any]) -> tuple[int | None, int]:
         """Send records; returns the run's number and the server's cursor for this writer.
 
-        A batch whose encoding exceeds what the server takes (long log lines, big configs) is sent
-        in halves, in order."""
+        A batch whose encoding exceeds what the server takes (long log lines, big configs), or that
+        the server refuses as too large (413: too many values for one request), is sent in halves, in
+        order."""
         import msgpack
 
         packed = wire.pack_ingest(run_id, writer, recs)
         if len(packed) > MAX_INGEST_BYTES and len(recs) > 1:
-            half = len(recs) // 2
-            self.ingest(run_id, writer, recs[:half])
-            return self.ingest(run_id, writer, recs[half:])
-        response = self.request("POST", "/ingest", content=wire.deflate(packed),
-                                headers={"content-type": wire.MSGPACK, "content-encoding": wire.ENCODING_DEFLATE})
+            return self._ingest_halves(run_id, writer, recs)
+        try:
+            response = self.request("POST", "/ingest", content=wire.deflate(packed),
+                                    headers={"content-type": wire.MSGPACK, "content-encoding": wire.ENCODING_DEFLATE})
+        except TooLarge:
+            if len(recs) > 1:
+                return self._ingest_halves(run_id, writer, recs)
+            raise
         reply = msgpack.unpackb(response.content)
         return reply.get("run_number"), int(reply["cursor"])
+
+    def _ingest_halves(self, run_id: str, writer: str, recs: Sequence[Any]) -> tuple[int | None, int]:
+        half = len(recs) // 2
+        self.ingest(run_id, writer, recs[:half])
+        return self.ingest(run_id, writer, recs[half:])
 
     def ingest_cursor(self, run_id: str, writer: str) -> int:
         return int(self.get("/ingest/cursor", params={"run": run_id, "writer": writer})["cursor"])
@@ -258,7 +298,11 @@ class Client:
         self.request("PUT", f"/blobs/{sha256}", content=source, headers={"content-type": "application/octet-stream"})
 
     def missing_blobs(self, shas: Sequence[str]) -> list[str]:
-        return list(self.request("POST", "/blobs/missing", json={"sha256": list(shas)}).json()["missing"])
+        missing: list[str] = []
+        for start in range(0, len(shas), MISSING_BATCH):  # a request body the server parses at once: keep it small
+            batch = list(shas[start:start + MISSING_BATCH])
+            missing += self.request("POST", "/blobs/missing", json={"sha256": batch}).json()["missing"]
+        return missing
 
 
 class RemoteStore:

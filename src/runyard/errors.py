@@ -13,9 +13,11 @@
     ├── Ambiguous            a reference matches more than one thing
     ├── Conflict             the change contradicts the current state
     ├── InvalidArgument      a value passed by a caller is malformed (also a ValueError)
-    │   └── Unstorable       well formed, but the database refuses it, however often it is sent
+    │   ├── Unstorable       well formed, but the database refuses it, however often it is sent
+    │   └── TooLarge         more than one request may carry (413): send it in parts
     └── ServerError          the runyard server cannot be reached, or failed
-        └── AccessDenied     the server refused the token (401) or its role (403)
+        ├── AccessDenied     the server refused the token (401) or its role (403)
+        └── Busy             the server is at capacity: the same request may succeed later (503)
 
 Messages name the value at fault, what was expected, and, where there is one, the command that fixes it.
 """
@@ -76,9 +78,24 @@ class Unstorable(InvalidArgument):
     number beyond its column's range): the server answers 422, and retrying cannot help."""
 
 
+class TooLarge(InvalidArgument):
+    """A body, or what it decodes to, is bigger than the server takes in one request (413): smaller
+    parts may be accepted, the same request never."""
+
+
 class ServerError(RunyardError):
     """The runyard server cannot be reached, or answered with an error of its own."""
 
 
 class AccessDenied(ServerError):
     """The server refused the request's token (missing, unknown, revoked) or its role."""
+
+
+class Busy(ServerError):
+    """The server is at capacity (too many heavy requests or connections at once) or its database is
+    busy: it answers 503 with ``Retry-After`` (``retry_after``, seconds), and the same request may
+    succeed then."""
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -472,8 +472,13 @@ def note(ref: str, text: str) -> None:
 @click.option("--insecure-local", is_flag=True,
               help="On loopback, serve without a token while none exists: every user of this machine may then "
                    "read every run and launch commands as you.")
+@click.option("--max-connections", type=click.IntRange(10, 100_000), default=500, show_default=True,
+              help="Connections open at once; a request on one more is answered 503 with Retry-After. "
+                   "Keep it below the open-files limit (ulimit -n).")
+@click.option("--max-upload", "max_upload", type=click.IntRange(1), default=256 << 10, show_default=True,
+              metavar="MIB", help="Largest artifact or blob upload, in MiB; a bigger one is refused (413).")
 def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
-           insecure_local: bool) -> None:
+           insecure_local: bool, max_connections: int, max_upload: int) -> None:
     """Run the tracking server: the HTTP API, ingest from remote runs, live events.
 
     \b
@@ -492,7 +497,7 @@ def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_
     """
     from runyard.cli import server as impl
 
-    sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts, insecure_local))
+    sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts, insecure_local, max_connections, max_upload))
 
 
 @cli.command()

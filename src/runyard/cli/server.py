@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -48,10 +49,12 @@ def _local_credential(home: Path, tokens: Tokens) -> Path:
 
 
 def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
-          insecure_local: bool = False) -> int:
+          insecure_local: bool = False, max_connections: int | None = None, max_upload_mib: int | None = None) -> int:
     import uvicorn
 
     from runyard.server.app import create_app
+    from runyard.server.capacity import Limits
+    from runyard.server.connections import uvicorn_config
     from runyard.server.security import binds_all, is_loopback
     from runyard.store.home import open_store
     from runyard.store.tokens import Tokens
@@ -84,19 +87,20 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
                 auth = "no tokens: --insecure-local, open to every local user"
         elif is_loopback(host):
             auth = f"tokens required; this home's credential: {_local_credential(settings.home, tokens)}"
-        app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts,
+        limits = Limits()
+        if max_connections is not None:
+            limits = dataclasses.replace(limits, max_connections=max_connections)
+        if max_upload_mib is not None:
+            limits = dataclasses.replace(limits, max_upload=max_upload_mib << 20)
+        app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts, limits,
                          insecure_local=insecure_local)
         outbox = app.state.server.outbox.start()  # acts on fired alerts: stops runs, delivers notices
         shown = f"[{host}]" if ":" in host else host
         print(f"runyard server on http://{shown}:{port}  ({auth})\n  database  {_public_db(settings.db)}\n"
               f"  artifacts {settings.artifacts}\n  API       http://{shown}:{port}/api/v1  "
               f"(spec: /api/openapi.json)", flush=True)
-        # h11, not httptools: httptools drops a "#fragment" from the request target before the app can
-        # see it, so "a#/../x" would arrive as "a"; h11 hands the target over as sent, and the app refuses it.
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=2, server_header=False, http="h11")
         try:
-            uvicorn.Server(config).run()
+            uvicorn.Server(uvicorn_config(app, host, port, limits)).run()
         finally:
             outbox.dispatcher.drain(timeout=5)
             outbox.close()

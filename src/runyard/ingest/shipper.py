@@ -61,10 +61,12 @@ class Backoff:
     failures: int = 0
     rng: random.Random = field(default_factory=random.Random)
 
-    def failed(self) -> float:
-        """Record a failure; returns the seconds to wait before the next attempt."""
+    def failed(self, at_least: float = 0.0) -> float:
+        """Record a failure; returns the seconds to wait before the next attempt: never less than
+        ``at_least`` (what a busy server asked for with ``Retry-After``), up to ``cap``."""
         self.failures += 1
-        return self.rng.uniform(0, min(self.cap, self.base * 2 ** min(self.failures, 20)))
+        jitter = self.rng.uniform(0, min(self.cap, self.base * 2 ** min(self.failures, 20)))
+        return max(min(at_least, self.cap), jitter)
 
     def succeeded(self) -> None:
         self.failures = 0

@@ -66,6 +66,8 @@ class WriterReport:
     marked_lost: bool = False
     #: Why this pass could not deliver the writer's records (they stay in the spool).
     error: str | None = None
+    #: Seconds a busy server asked to wait before sending again (its ``Retry-After``), else 0.
+    retry_after: float = 0.0
 
 
 @dataclass
@@ -85,6 +87,11 @@ class PollReport:
     @property
     def errors(self) -> list[WriterReport]:
         return [w for w in self.writers if w.error is not None]
+
+    @property
+    def retry_after(self) -> float:
+        """The longest wait a busy server asked for in this pass (0: none asked)."""
+        return max((w.retry_after for w in self.writers), default=0.0)
 
 
 class Tailer:
@@ -150,7 +157,8 @@ class Tailer:
                         break  # another ingester finished and retired this run meanwhile
                     # Reported with its writer and tried again on the next pass, from the store's cursor.
                     what = str(e) if isinstance(e, RunyardError) else f"{type(e).__name__}: {e}"
-                    report.writers.append(WriterReport(run_id, writer, ack.run_number, alive=alive, error=what))
+                    report.writers.append(WriterReport(run_id, writer, ack.run_number, alive=alive, error=what,
+                                                       retry_after=getattr(e, "retry_after", 0.0)))
                     settled = False
                     continue
                 if found is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,18 +32,21 @@ from runyard.errors import (
     Ambiguous,
     ArtifactError,
     ArtifactPathError,
+    Busy,
     Conflict,
     InvalidArgument,
     NotFound,
     RunyardError,
     StoreUnavailable,
+    TooLarge,
     Unstorable,
 )
 from runyard.exec import options
 from runyard.ingest.alerting import Outbox, Watcher
 from runyard.names import validate_relpath
 from runyard.server import events, ingest, login, ui
-from runyard.server.security import MAX_BODY, BodyTooLarge, Gate, Policy, Principal, requires
+from runyard.server.capacity import RETRY_AFTER_SECONDS, Capacity, Limits
+from runyard.server.security import BodyTooLarge, Gate, Policy, Principal, requires
 from runyard.store.api import RunQuery
 from runyard.store.artifacts import DiskArtifacts
 from runyard.store.sql import SqlStore
@@ -58,8 +61,10 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (Conflict, 409),
     (ArtifactPathError, 400),
     (Unstorable, 422),
+    (TooLarge, 413),
     (InvalidArgument, 400),
     (StoreUnavailable, 503),
+    (Busy, 503),
     (ArtifactError, 500),
     (RunyardError, 400),
 )
@@ -144,9 +149,12 @@ class NewToken(BaseModel):
     project: str | None = Field(None, max_length=100)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status,
-                        headers={"x-content-type-options": "nosniff"})
+def _error(status: int, message: str, retry_after: float = RETRY_AFTER_SECONDS) -> JSONResponse:
+    """An error answer; every 503 says when to try again (``Retry-After``, whole seconds)."""
+    headers = {"x-content-type-options": "nosniff"}
+    if status == 503:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 def _may_launch(request: Request) -> None:
@@ -179,12 +187,16 @@ def _principal(request: Request) -> Principal:
 class Server:
     """The app's shared parts: store, artifacts, hub. Handlers are methods bound to one of these."""
 
-    def __init__(self, settings: Settings, store: SqlStore, artifacts: DiskArtifacts) -> None:
+    def __init__(self, settings: Settings, store: SqlStore, artifacts: DiskArtifacts, limits: Limits) -> None:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
+        self.limits = limits
+        #: Heavy requests: those decoding a body in memory, and uploads (see capacity.py).
+        self.decoding = Capacity("requests decoding a body", limits.decode_slots, limits.slot_wait)
+        self.uploads = Capacity("uploads", limits.upload_slots, limits.slot_wait)
         self.tokens = Tokens(store)
-        self.hub = events.Hub()
+        self.hub = events.Hub(store)
         self.watcher = Watcher(store)
         #: Started by `runyard server` (an app built in a test starts no threads).
         self.outbox: Outbox = alert_outbox(store, settings.home, settings.lease)
@@ -196,9 +208,10 @@ class Server:
 
 
 def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bind_host: str = "127.0.0.1",
-               port: int = 8765, allowed_hosts: tuple[str, ...] = (), insecure_local: bool = False) -> FastAPI:
+               port: int = 8765, allowed_hosts: tuple[str, ...] = (), limits: Limits | None = None,
+               insecure_local: bool = False) -> FastAPI:
     """The app. Every request needs a token, but with ``insecure_local`` on loopback while none exists."""
-    server = Server(settings, store, artifacts)
+    server = Server(settings, store, artifacts, limits or Limits())
     app = FastAPI(title="runyard", version=__version__, openapi_url="/api/openapi.json", docs_url=None,
                   redoc_url=None,
                   description="The runyard tracking server: runs, metrics, logs, artifacts, live events.")
@@ -211,7 +224,7 @@ def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bi
     login.add_routes(app, policy)
     ui.mount(app)
     # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
-    app.add_middleware(Gate, policy=policy, routes=lambda: app.router.routes)
+    app.add_middleware(Gate, policy=policy, routes=lambda: app.router.routes, decoding=server.decoding)
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Any:
@@ -237,7 +250,7 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(RunyardError)
     async def runyard_error(request: Request, exc: RunyardError) -> JSONResponse:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
-        return _error(status, str(exc))
+        return _error(status, str(exc), getattr(exc, "retry_after", RETRY_AFTER_SECONDS))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -255,7 +268,7 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return _error(413, f"the body is larger than {MAX_BODY >> 20} MiB; send smaller batches")
+        return _error(413, str(exc))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
@@ -641,7 +654,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         server's choice; the path only names it within the run."""
         run = await anyio.to_thread.run_sync(server.run_for, request, ref)
         path = _artifact_path(path)
-        blob = await _receive_blob(request, server.artifacts)
+        blob = await _receive_blob(request, server)
         entry = await anyio.to_thread.run_sync(store.record_artifact, run.number, path, blob.size, blob.sha256,
                                                blob.content_ref)
         return wire.plain_out(entry)
@@ -654,7 +667,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         """Content named by its SHA-256, uploaded before the ingest batch that records it."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise InvalidArgument("a blob is named by the lowercase hex SHA-256 of its content")
-        blob = await _receive_blob(request, server.artifacts)
+        blob = await _receive_blob(request, server)
         if blob.sha256 != sha256:
             raise InvalidArgument(f"the content's SHA-256 is {blob.sha256}, not {sha256}")
         if (scope := _principal(request).project) is not None:
@@ -674,20 +687,19 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     async def ingest_route(request: Request) -> Response:
         """Spool records from a shipper (msgpack, deflate): applied once, acknowledged by cursor."""
-        length = int(request.headers.get("content-length") or 0)
-        if length > ingest.MAX_BODY:
-            raise InvalidArgument(f"the body is larger than {ingest.MAX_BODY >> 20} MiB; send smaller batches")
-        body = await request.body()
-        if len(body) > ingest.MAX_BODY:
-            raise InvalidArgument(f"the body is larger than {ingest.MAX_BODY >> 20} MiB; send smaller batches")
         deflated = request.headers.get("content-encoding", "") == wire.ENCODING_DEFLATE
         scope = _principal(request).project
+        # The body waits on disk past its first MiB, so clients sending at once hold no memory; only
+        # the few holding a decode slot have theirs in memory, inflated and decoded within bounds.
+        with await _spooled_body(request, ingest.MAX_BODY) as spooled:
 
-        def decode_and_apply() -> ingest.Applied:  # off the event loop: streams keep flowing meanwhile
-            run_id, writer, items = ingest.decode(body, deflated)
-            return ingest.apply(store, server.artifacts, run_id, writer, items, scope, server.watcher)
+            def decode_and_apply() -> ingest.Applied:  # off the event loop: streams keep flowing meanwhile
+                spooled.seek(0)
+                run_id, writer, items = ingest.decode(spooled.read(), deflated)
+                return ingest.apply(store, server.artifacts, run_id, writer, items, scope, server.watcher)
 
-        applied = await anyio.to_thread.run_sync(decode_and_apply)
+            async with server.decoding.slot():
+                applied = await anyio.to_thread.run_sync(decode_and_apply)
         server.hub.publish(applied.run_number, applied.project)
         return Response(msgpack.packb({"run_number": applied.run_number, "cursor": applied.cursor}),
                         media_type=wire.MSGPACK)
@@ -696,9 +708,12 @@ def _routes(app: FastAPI, server: Server) -> None:
     # What a shipper does with each answer: retry a 503; set aside a batch refused with a 4xx, which
     # sending again cannot change (see server/ingest.py).
     refusals: dict[int | str, dict[str, Any]] = {
-        400: {"description": "The records are malformed, or too many for one request"},
+        400: {"description": "The records are malformed"},
+        413: {"description": "The body, or what it decodes to, is more than one request may carry: send the "
+                             "records in smaller batches"},
         422: {"description": "The records are well formed, but the database cannot store them"},
-        503: {"description": "The database is busy or unreachable: send the batch again later"},
+        503: {"description": "The database or the server is busy: send the batch again after Retry-After "
+                             "seconds"},
     }
     app.add_api_route(f"{v1}/ingest", requires("writer")(ingest_route), methods=["POST"], tags=["ingest"],
                       responses=refusals,
@@ -725,9 +740,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         refused = server.hub.admit(holder)
         if refused is not None:
             await stream.aclose()  # type: ignore[attr-defined]
-            busy = _error(503, refused)
-            busy.headers["retry-after"] = str(events.RETRY_AFTER_SECONDS)
-            return busy
+            return _error(503, refused)
         return StreamingResponse(events.counted(server.hub, holder, stream), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
@@ -790,23 +803,76 @@ def _read_span(artifacts: DiskArtifacts, ref: str, start: int, end: int) -> Iter
     return chunks()
 
 
-async def _receive_blob(request: Request, artifacts: DiskArtifacts) -> Any:
-    """Stream the body to a temporary file in the store, then add it by content."""
+async def _spooled_body(request: Request, limit: int) -> Any:
+    """The request's body in a temporary file (in memory up to 1 MiB, then on disk); 413 past ``limit``."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise TooLarge(f"the body is larger than {limit >> 20} MiB; send smaller batches")
+    spooled = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 - returned to the caller's `with`
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"the body is larger than {limit >> 20} MiB; send smaller batches")
+            spooled.write(chunk)
+    except BaseException:
+        spooled.close()
+        raise
+    return spooled
+
+
+#: msgpack's bin formats: the marker byte, and how many bytes of length follow it.
+_BIN_HEADERS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+async def _msgpack_bin(chunks: AsyncIterator[bytes]) -> tuple[int, bytes]:
+    """The length a msgpack bin header declares, and the bytes after the header read with it."""
+    head = b""
+    async for chunk in chunks:
+        head += chunk
+        if head and head[0] not in _BIN_HEADERS:
+            break
+        if head and len(head) > _BIN_HEADERS[head[0]]:
+            width = _BIN_HEADERS[head[0]]
+            return int.from_bytes(head[1:1 + width], "big"), head[1 + width:]
+    raise InvalidArgument("a msgpack upload body must be one bin value")
+
+
+async def _receive_blob(request: Request, server: Server) -> Any:
+    """Stream the body to a temporary file in the store, then add it by content. A msgpack body (one
+    bin value) streams as well, past its header: no upload is held in memory, whatever its type,
+    and none may pass the server's upload limit."""
+    limit = server.limits.max_upload
+    too_large = f"the upload is larger than the server takes ({limit >> 20} MiB)"
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    tmp_dir = artifacts.root / "tmp"
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit + 5:  # a msgpack bin header takes up to 5 bytes
+        raise TooLarge(too_large)
+    tmp_dir = server.artifacts.root / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="upload-", delete=True) as tmp:
-        if content_type == wire.MSGPACK:
-            body = await request.body()
-            try:
-                data = msgpack.unpackb(body, raw=False)
-            except Exception:  # noqa: BLE001 - any malformed body is the client's error
-                raise InvalidArgument("a msgpack upload body must be one bin value") from None
-            if not isinstance(data, bytes):
-                raise InvalidArgument("a msgpack upload body must be one bin value")
-            tmp.write(data)
-        else:
-            async for chunk in request.stream():
+    async with server.uploads.slot():
+        with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="upload-", delete=True) as tmp:
+            chunks = request.stream()
+            declared = None
+            if content_type == wire.MSGPACK:
+                declared, first = await _msgpack_bin(chunks)
+                if declared > limit:
+                    raise TooLarge(too_large)
+                if len(first) > declared:
+                    raise InvalidArgument("a msgpack upload body must be one bin value, and nothing after it")
+                tmp.write(first)
+                size = len(first)
+            else:
+                size = 0
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(too_large)
+                if declared is not None and size > declared:
+                    raise InvalidArgument("a msgpack upload body must be one bin value, and nothing after it")
                 tmp.write(chunk)
-        tmp.flush()
-        return await anyio.to_thread.run_sync(artifacts.put_file, Path(tmp.name))
+            if declared is not None and size != declared:
+                raise InvalidArgument(f"the msgpack bin value declares {declared} bytes; the body holds {size}")
+            tmp.flush()
+            return await anyio.to_thread.run_sync(server.artifacts.put_file, Path(tmp.name))

@@ -1,8 +1,11 @@
 """Live updates as server-sent events.
 
 A stream re-reads what changed from the store, so it sees every way data arrives (the server's own
-ingest route, or a local agent writing the same database). It wakes when the ingest route says a
-run changed, and otherwise looks every ``POLL_SECONDS``.
+ingest route, or a local agent writing the same database). Streams do not poll: one watcher per
+server (``Hub``) reads, every ``POLL_SECONDS``, a mark of each watched run and the latest runs of
+each watched project, whatever the number of streams, and wakes only the streams whose run or
+project changed; the ingest route wakes them at once. An idle stream costs a keep-alive comment
+every ``KEEPALIVE_SECONDS`` and nothing else.
 """
 
 from __future__ import annotations
@@ -18,29 +21,61 @@ import anyio
 import orjson
 
 from runyard import wire
+from runyard.server.capacity import RETRY_AFTER_SECONDS as RETRY_AFTER_SECONDS
 from runyard.store.api import RunQuery
 
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 #: Points sent per series per event; a burst beyond it is announced by count (clients refetch).
 MAX_POINTS_PER_EVENT = 5_000
-#: Streams open at once: each polls the store, and they share the server's threads with ingest.
+#: Streams open at once: each costs a connection and a catch-up read when its run changes.
 MAX_STREAMS = 200
 #: Streams one token (or the local user) may hold at once, so that one client cannot take them all.
 MAX_STREAMS_PER_HOLDER = 50
-#: Seconds a refused client is told to wait (``Retry-After``).
-RETRY_AFTER_SECONDS = 5
+#: Runs of a project a project stream watches (the latest).
+PROJECT_RUNS = 500
+#: Threads the streams' reads may take at once, of the server's pool (40) that every route shares:
+#: 200 streams catching up together would otherwise keep a health check waiting for a thread.
+STREAM_THREADS = 8
+
+
+def _signature(r: Any) -> tuple[Any, ...]:
+    """What a project stream tells about a run: a change of any of these is sent."""
+    return (r.status, r.name, r.labels, r.ended_at, r.status_message)
+
+
+def _signatures(runs: dict[int, Any]) -> dict[int, tuple[Any, ...]]:
+    return {n: _signature(r) for n, r in runs.items()}
 
 
 class Hub:
-    """Wakes the streams that watch a run or a project. Lives on the server's event loop."""
+    """Wakes the streams that watch a run or a project. Lives on the server's event loop.
 
-    def __init__(self) -> None:
+    With a store, one watcher task (started by the first subscriber, ended with the last) reads
+    what changed for all streams at once and wakes those concerned (see the module's docstring)."""
+
+    def __init__(self, store: Any = None) -> None:
+        self.store = store
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Streams admitted and not yet ended, in all and per holder (see ``admit``).
         self.streams = 0
         self._held: dict[str, int] = defaultdict(int)
+        self._watcher: asyncio.Task[None] | None = None
+        #: The last mark of each watched run (``store.activity``), and the latest runs of each watched
+        #: project (None: all projects) with their signatures.
+        self._marks: dict[int, tuple[Any, ...]] = {}
+        self._projects: dict[str | None, dict[int, Any]] = {}
+        #: Passes of the watcher so far (tests and the benchmark read it).
+        self.passes = 0
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """Where streams' reads wait for one of STREAM_THREADS threads (made on the event loop)."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(STREAM_THREADS)
+        return self._limiter
 
     def publish(self, run_number: int | None, project: str | None) -> None:
         """Wake the streams of this run and project; callable from any thread."""
@@ -58,17 +93,63 @@ class Hub:
 
     def _wake(self, run_number: int | None, project: str | None) -> None:
         for topic in (f"run:{run_number}", f"project:{project}", "project:*"):
-            for event in list(self._waiters.get(topic, ())):
-                event.set()
+            self._wake_topic(topic)
 
     def subscribe(self, topic: str) -> asyncio.Event:
         self.loop = asyncio.get_running_loop()
         event = asyncio.Event()
         self._waiters[topic].add(event)
+        if self.store is not None and (self._watcher is None or self._watcher.done()):
+            self._watcher = self.loop.create_task(self._watch())
         return event
 
     def unsubscribe(self, topic: str, event: asyncio.Event) -> None:
-        self._waiters[topic].discard(event)
+        waiters = self._waiters.get(topic)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[topic]
+
+    def project_runs(self, project: str | None) -> dict[int, Any] | None:
+        """The latest runs of a watched project as the watcher last read them (None: not read yet)."""
+        return self._projects.get(project)
+
+    async def _watch(self) -> None:
+        """One pass every POLL_SECONDS while any stream is open: a few queries, whatever their number."""
+        while self._waiters:
+            await asyncio.sleep(POLL_SECONDS)
+            runs = sorted({int(t[4:]) for t in self._waiters if t.startswith("run:")})
+            projects = sorted({None if t == "project:*" else t[8:] for t in self._waiters if t.startswith("project:")},
+                              key=lambda p: p or "")
+            try:
+                marks, latest = await anyio.to_thread.run_sync(self._read, runs, projects, limiter=self.limiter)
+            except Exception as e:  # noqa: BLE001 - a locked or restarting database: the next pass tries again
+                print(f"runyard server: live events: {type(e).__name__}: {e}", flush=True)
+                continue
+            self.passes += 1
+            for number, mark in marks.items():
+                if self._marks.get(number) != mark:
+                    self._marks[number] = mark
+                    self._wake_topic(f"run:{number}")
+            for number in set(self._marks) - set(runs):
+                del self._marks[number]
+            for project, now in latest.items():
+                old = self._projects.get(project)
+                self._projects[project] = now
+                if old is None or _signatures(old) != _signatures(now):
+                    self._wake_topic(f"project:{project or '*'}")
+            for project in set(self._projects) - set(projects):
+                del self._projects[project]
+
+    def _read(self, runs: list[int], projects: list[str | None]) -> tuple[dict[int, Any], dict[str | None, Any]]:
+        marks = self.store.activity(runs) if runs else {}
+        latest = {p: {r.number: r for r in self.store.list_runs(RunQuery(project=p, limit=PROJECT_RUNS)).items}
+                  for p in projects}
+        return marks, latest
+
+    def _wake_topic(self, topic: str) -> None:
+        for event in list(self._waiters.get(topic, ())):
+            event.set()
 
 
     def admit(self, holder: str) -> str | None:
@@ -125,10 +206,19 @@ def frame(kind: str, data: Any) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> None:
+async def _read(hub: Hub, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a thread, as one of the streams' (see STREAM_THREADS)."""
+    return await anyio.to_thread.run_sync(function, *args, limiter=hub.limiter)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Whether ``event`` was set within ``timeout`` seconds (it is cleared either way)."""
+    woken = False
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
+        woken = True
     event.clear()
+    return woken
 
 
 async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[], Any],
@@ -137,26 +227,23 @@ async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[
     topic = f"run:{number}"
     wake = hub.subscribe(topic)
     try:
-        run = await anyio.to_thread.run_sync(store.get_run, number)
-        series = {s.key: s for s in await anyio.to_thread.run_sync(store.list_series, number)}
-        tail = await anyio.to_thread.run_sync(store.tail_logs, number, 1)
+        run = await _read(hub, store.get_run, number)
+        series = {s.key: s for s in await _read(hub, store.list_series, number)}
+        tail = await _read(hub, store.tail_logs, number, 1)
         after = tail[-1].id if tail else 0
         status = (run.status, run.status_message, run.exit_code)
         yield _run_frame(run, hide)
-        idle = 0.0
         while not await disconnected():
-            changed = False
-            now_series = await anyio.to_thread.run_sync(store.list_series, number)
+            now_series = await _read(hub, store.list_series, number)
             for info in now_series:
                 old = series.get(info.key)
                 if old is not None and old.count == info.count:
                     continue
                 start = None if old is None or old.last_step is None else old.last_step + 1
-                points = await anyio.to_thread.run_sync(store.history, number, info.key, start, None)
+                points = await _read(hub, store.history, number, info.key, start, None)
                 series[info.key] = info
                 if len(points) == 0:
                     continue
-                changed = True
                 if len(points) > MAX_POINTS_PER_EVENT:
                     yield frame("metric", {"key": info.key, "count": len(points), "truncated": True,
                                            "last_step": info.last_step})
@@ -164,24 +251,19 @@ async def run_stream(store: Any, hub: Hub, number: int, disconnected: Callable[[
                 yield frame("metric", {"key": info.key, "step": points.steps[cut].tolist(),
                                        "time": points.times[cut].tolist(),
                                        "value": wire.plain(points.values[cut].tolist())})
-            lines = await anyio.to_thread.run_sync(store.read_logs, number, after, 1000)
-            if lines:
-                changed = True
-                after = lines[-1].id
-                yield frame("log", [wire.plain_out(line) for line in lines])
-            run = await anyio.to_thread.run_sync(store.get_run, number)
+            while True:  # every line up to now: the hub wakes this stream once per change, not per 1,000 lines
+                lines = await _read(hub, store.read_logs, number, after, 1000)
+                if lines:
+                    after = lines[-1].id
+                    yield frame("log", [wire.plain_out(line) for line in lines])
+                if len(lines) < 1000:
+                    break
+            run = await _read(hub, store.get_run, number)
             if (run.status, run.status_message, run.exit_code) != status:
                 status = (run.status, run.status_message, run.exit_code)
-                changed = True
                 yield _run_frame(run, hide)
-            if changed:
-                idle = 0.0
-            else:
-                idle += POLL_SECONDS
-                if idle >= KEEPALIVE_SECONDS:
-                    idle = 0.0
-                    yield b": keep-alive\n\n"
-            await _wait(wake, POLL_SECONDS)
+            while not await _wait(wake, KEEPALIVE_SECONDS):  # asleep until the hub says the run changed
+                yield b": keep-alive\n\n"
     finally:
         hub.unsubscribe(topic, wake)
 
@@ -193,26 +275,22 @@ async def project_stream(store: Any, hub: Hub, project: str | None, disconnected
     wake = hub.subscribe(topic)
 
     def snapshot() -> dict[int, Any]:
-        page = store.list_runs(RunQuery(project=project, limit=500))
+        page = store.list_runs(RunQuery(project=project, limit=PROJECT_RUNS))
         return {r.number: r for r in page.items}
 
-    def signature(r: Any) -> tuple[Any, ...]:
-        return (r.status, r.name, r.labels, r.ended_at, r.status_message)
-
     try:
-        known = await anyio.to_thread.run_sync(snapshot)
+        known = await _read(hub, snapshot)
         yield b": connected\n\n"
-        idle = 0.0
         while not await disconnected():
-            await _wait(wake, POLL_SECONDS * 2)
-            now = await anyio.to_thread.run_sync(snapshot)
-            changed = [r for n, r in now.items() if n not in known or signature(known[n]) != signature(r)]
+            if not await _wait(wake, KEEPALIVE_SECONDS):
+                yield b": keep-alive\n\n"
+                continue
+            now = hub.project_runs(project)  # as the hub's watcher read it: no query per stream
+            if now is None:
+                continue
+            changed = [r for n, r in now.items() if n not in known or _signature(known[n]) != _signature(r)]
             known = now
             for r in sorted(changed, key=lambda r: r.number):
                 yield _run_frame(r, hide)
-            idle = 0.0 if changed else idle + POLL_SECONDS * 2
-            if idle >= KEEPALIVE_SECONDS:
-                idle = 0.0
-                yield b": keep-alive\n\n"
     finally:
         hub.unsubscribe(topic, wake)

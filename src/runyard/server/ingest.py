@@ -11,11 +11,12 @@ limited to one project may name only content that its project's runs refer to or
 (store/blobs_sql.py); knowing a hash is not enough.
 
 A batch the server can never apply is refused with a 4xx naming the reason, so a shipper stops
-sending it rather than retrying forever: 400 when the records are malformed (or too many for one
-request), 422 when they are well formed but the database refuses to store them (a NUL character in
-PostgreSQL text, a number beyond its column's range), 404 or 409 when they name a run this token
-may not log to, or that does not exist here. 503 means only that the database is busy or
-unreachable: the same batch may succeed later.
+sending it rather than retrying forever: 400 when the records are malformed, 413 when they are more
+than one request may carry (the shipper sends them again in halves), 422 when they are well formed
+but the database refuses to store them (a NUL character in PostgreSQL text, a number beyond its
+column's range), 404 or 409 when they name a run this token may not log to, or that does not exist
+here. 503 (with ``Retry-After``) means only that the database or the server is busy: the same batch
+may succeed later.
 """
 
 from __future__ import annotations
@@ -25,26 +26,33 @@ import itertools
 import re
 import time
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from runyard.errors import Conflict, InvalidArgument, NotFound, RunyardError
+from runyard.errors import Conflict, InvalidArgument, NotFound, RunyardError, TooLarge
 from runyard.ingest.alerting import Watcher
 from runyard.ingest.apply import build_batch
 from runyard.names import validate_project_name, validate_relpath
+from runyard.server.security import MAX_BODY as MAX_BODY  # the route's limit, one value
 from runyard.spool import records
 from runyard.store.api import IngestBatch, LogLine
 from runyard.store.artifacts import Blob, DiskArtifacts
 from runyard.store.sql import SqlStore
 
-#: Largest request body accepted, compressed and decompressed.
-MAX_BODY = 64 << 20
-MAX_INFLATED = 64 << 20
-#: Bounds on what one request may declare, so a small body cannot make the server allocate much.
-MAX_RECORDS = 1_000_000
+#: What an ingest body may hold, inflated or sent as is: the client sends at most 32 MiB of msgpack
+#: (client.MAX_INGEST_BYTES), and sends again in halves a batch refused as too large (413). The body
+#: itself may be a little larger (MAX_BODY, security.py): deflate adds a few bytes to what it cannot shrink.
+MAX_INFLATED = 32 << 20
+#: Bounds on what one request may declare, so a small body cannot make the server allocate much:
+#: elements of one array, pairs of one map, and values in all (every array and map, plus what they
+#: hold). A value costs a Python object of 8-100 bytes however few bytes encode it (a 1-byte nil, a
+#: 1-byte empty map), so the total, not the body's size, is what bounds the memory a request takes.
+MAX_RECORDS = 100_000
 MAX_KEYS = 100_000
+MAX_VALUES = 1_000_000
 #: Sequence numbers are kept in 64-bit signed columns.
 SEQ_LIMIT = 1 << 63
 _RUN_ID = re.compile(r"^[0-9A-Za-z]{10,64}$")
@@ -66,23 +74,76 @@ def _no_extension(code: int, data: bytes) -> Any:
     raise InvalidArgument(f"the body holds a msgpack extension type ({code}); records hold plain values only")
 
 
-def decode(body: bytes, deflated: bool) -> tuple[str, str, list[Any]]:
-    if deflated:
-        inflater = zlib.decompressobj()
+#: Bytes inflated at a time: decoding goes on piece by piece, so a body refused for its values is
+#: refused after the piece that passed the count, not after inflating all of it.
+PIECE = 1 << 20
+
+
+def inflated(body: bytes, limit: int = MAX_INFLATED) -> Iterator[bytes]:
+    """A deflated body's content, PIECE bytes at a time, refused (413) as soon as it passes ``limit``."""
+    inflater = zlib.decompressobj()
+    pending, total = body, 0
+    while True:
         try:
-            body = inflater.decompress(body, MAX_INFLATED)
+            piece = inflater.decompress(pending, PIECE)
         except zlib.error as e:
             raise InvalidArgument(f"the body is not valid deflate data: {e}") from None
-        if inflater.unconsumed_tail:
-            raise InvalidArgument(f"the body inflates beyond {MAX_INFLATED >> 20} MiB; send smaller batches")
+        pending = inflater.unconsumed_tail
+        total += len(piece)
+        if total > limit:
+            raise TooLarge(f"the body inflates beyond {limit >> 20} MiB; send smaller batches")
+        if piece:
+            yield piece
+        if inflater.eof:
+            return
+        if not piece and not pending:
+            raise InvalidArgument("the body is not valid deflate data: it ends before the stream does")
+
+
+def unpack(pieces: Iterable[bytes], max_values: int = MAX_VALUES) -> Any:
+    """One msgpack value from its bytes, in pieces, counting values as they are built: past
+    ``max_values`` values in all (or an array, map, string beyond its own bound) the body is refused
+    before it takes more memory or time, even if its end has not been inflated yet."""
+    left = max_values
+
+    def count(container: Any) -> Any:
+        nonlocal left
+        left -= len(container) + 1
+        if left < 0:
+            raise TooLarge(f"items: the body holds more than {max_values:,} values (arrays, maps and what they "
+                           "hold); send fewer records per request")
+        return container
+
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True, max_array_len=MAX_RECORDS,
+                                max_map_len=MAX_KEYS, max_str_len=MAX_INFLATED, max_bin_len=MAX_INFLATED,
+                                max_buffer_size=MAX_INFLATED + PIECE, ext_hook=_no_extension, list_hook=count,
+                                object_hook=count)
+    values, fed = [], 0
     try:
-        payload = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True, max_array_len=MAX_RECORDS,
-                                  max_map_len=MAX_KEYS, max_str_len=MAX_INFLATED, max_bin_len=MAX_INFLATED,
-                                  ext_hook=_no_extension)
+        for piece in pieces:
+            fed += len(piece)
+            unpacker.feed(piece)
+            values.extend(unpacker)
+            if len(values) > 1:
+                break
     except InvalidArgument:
         raise
+    except ValueError as e:
+        if "exceeds max_" in str(e):  # msgpack's own bound on one array, map or string
+            raise TooLarge(f"items: an array, map or string is longer than one request takes ({e}); send fewer "
+                           "records per request") from None
+        raise InvalidArgument(f"the body is not valid msgpack: {type(e).__name__}") from None
     except Exception as e:  # noqa: BLE001 - msgpack raises several types for malformed input
         raise InvalidArgument(f"the body is not valid msgpack: {type(e).__name__}") from None
+    if len(values) != 1 or unpacker.tell() != fed:
+        raise InvalidArgument("the body is not valid msgpack: it must hold exactly one value")
+    return values[0]
+
+
+def decode(body: bytes, deflated: bool) -> tuple[str, str, list[Any]]:
+    if not deflated and len(body) > MAX_INFLATED:
+        raise TooLarge(f"the body is larger than {MAX_INFLATED >> 20} MiB; send smaller batches")
+    payload = unpack(inflated(body) if deflated else (body,))
     if not isinstance(payload, dict):
         raise InvalidArgument("the body must be a map with run_id, writer and items")
     run_id, writer, items = payload.get("run_id"), payload.get("writer"), payload.get("items")

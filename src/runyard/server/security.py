@@ -27,12 +27,14 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.routing import Match
 
+from runyard.errors import Busy
 from runyard.names import is_number
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from runyard.server.capacity import Capacity
     from runyard.store.tokens import TokenInfo, Tokens
 
 #: The role a route needs: "public" (no token), "reader", "writer" or "admin".
@@ -43,8 +45,17 @@ RANK = {"public": 0, "reader": 1, "writer": 2, "admin": 3}
 BODY_TYPES = frozenset({"application/json", "application/msgpack", "application/octet-stream"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-#: Largest body of any request but an upload (PUT streams to disk).
-MAX_BODY = 64 << 20
+#: Largest body of any request but an upload (PUT streams to disk): ingest (msgpack) takes 33 MiB
+#: (see ingest.py). A JSON body is parsed by FastAPI on the event loop, at about 10 MiB/s for the
+#: worst JSON (``[]`` after ``[]``, each a 56-byte list), so JSON bodies take far less, enough for
+#: the longest note (1,000,000 characters) or 10,000 blob names (the client's batches of
+#: /blobs/missing); those past LIGHT_BODY wait for a decode slot (capacity.py).
+MAX_BODY = 33 << 20
+MAX_JSON_BODY = 2 << 20
+LIGHT_BODY = 256 << 10
+#: Values a JSON body may hold: the longest lists the API takes (10,000 blob names, alert ids or
+#: command words) and some more. Counted before FastAPI parses the body (see ``json_values``).
+MAX_JSON_VALUES = 25_000
 #: The browser session cookie set by a login link.
 SESSION_COOKIE = "runyard_session"
 #: Seconds a login code of `runyard ui` may wait for its browser, and a browser session may last.
@@ -53,10 +64,14 @@ SESSION_TTL = 7 * 86_400.0
 
 
 class BodyTooLarge(Exception):
-    """A body without a Content-Length grew past MAX_BODY while being read."""
+    """A body without a Content-Length grew past its limit while being read."""
 
 
-def _capped(receive: Receive) -> Receive:
+def _too_large(limit: int) -> str:
+    return f"the body is larger than {limit >> 20} MiB; send smaller batches"
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
     received = 0
 
     async def wrapped() -> MutableMapping[str, Any]:
@@ -64,11 +79,52 @@ def _capped(receive: Receive) -> Receive:
         message = await receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
-            if received > MAX_BODY:
-                raise BodyTooLarge
+            if received > limit:
+                raise BodyTooLarge(_too_large(limit))
         return message
 
     return wrapped
+
+
+async def _read_all(receive: Receive, limit: int) -> bytes:
+    chunks = []
+    capped = _capped(receive, limit)
+    while True:
+        message = await capped()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body already read, as one message; then whatever the client sends (its disconnection)."""
+    replayed = False
+
+    async def replay() -> MutableMapping[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def json_values(body: bytes) -> int:
+    """How many values a JSON body holds (array elements and object members, counted by the commas and
+    opening brackets outside strings), without parsing it: parsing and validating cost about 2 µs per
+    value on the event loop, where a body of ``[]`` after ``[]`` would hold it for seconds."""
+    rough = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if rough <= MAX_JSON_VALUES:
+        return rough  # commas inside strings counted too: an upper bound, and within it
+    # Escaped backslashes, then escaped quotes, cannot end a string: without them, the text between
+    # a quote and the next is a string, and every other piece is outside.
+    plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(plain.split(b'"')[::2])
+    return outside.count(b",") + outside.count(b"[") + outside.count(b"{")
 
 
 def requires(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -236,10 +292,13 @@ async def send_error(send: Send, status: int, message: str, extra_headers: list[
 class Gate:
     """ASGI middleware enforcing ``Policy`` in front of the app's router."""
 
-    def __init__(self, app: ASGIApp, policy: Policy, routes: Callable[[], list[BaseRoute]]) -> None:
+    def __init__(self, app: ASGIApp, policy: Policy, routes: Callable[[], list[BaseRoute]],
+                 decoding: Capacity | None = None) -> None:
         self.app = app
         self.policy = policy
         self.routes = routes
+        #: Where a big JSON body waits its turn to be decoded (the ingest route takes its own slot).
+        self.decoding = decoding
 
     def _match(self, scope: Scope) -> BaseRoute | None:
         partial = None
@@ -295,20 +354,35 @@ class Gate:
         if RANK[principal.role] < RANK[role]:
             await send_error(send, 403, f"this needs the {role} role; the token has the {principal.role} role")
             return
-        if scope["method"] in STATE_CHANGING:
-            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type not in BODY_TYPES:
-                await send_error(send, 415, "send the body as application/json or application/msgpack")
-                return
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if scope["method"] in STATE_CHANGING and content_type not in BODY_TYPES:
+            await send_error(send, 415, "send the body as application/json or application/msgpack")
+            return
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         state["principal"] = principal
         if scope["method"] == "PUT":  # uploads stream to disk, chunk by chunk: no cap in memory
             await self.app(scope, receive, send)
             return
+        limit = MAX_BODY if content_type == "application/msgpack" else MAX_JSON_BODY
         length = headers.get("content-length", "")
-        if is_number(length) and int(length) > MAX_BODY:
-            await send_error(send, 413, f"the body is larger than {MAX_BODY >> 20} MiB; send smaller batches")
+        if is_number(length) and int(length) > limit:
+            await send_error(send, 413, _too_large(limit))
             return
-        await self.app(scope, _capped(receive), send)
+        if content_type != "application/json" or scope["method"] not in STATE_CHANGING:
+            await self.app(scope, _capped(receive, limit), send)
+            return
+        heavy = self.decoding is not None and not (is_number(length) and int(length) <= LIGHT_BODY)
+        try:
+            async with self.decoding.slot() if heavy and self.decoding is not None else contextlib.nullcontext():
+                body = await _read_all(receive, limit)
+                if json_values(body) > MAX_JSON_VALUES:
+                    await send_error(send, 413, f"the body holds more than {MAX_JSON_VALUES:,} values (array elements "
+                                     "and object members); send fewer at once")
+                    return
+                await self.app(scope, _replay(body, receive), send)
+        except BodyTooLarge as e:
+            await send_error(send, 413, str(e))
+        except Busy as e:
+            await send_error(send, 503, str(e), [(b"retry-after", str(round(e.retry_after)).encode())])
 
 

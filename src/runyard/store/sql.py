@@ -198,6 +198,11 @@ class SqlStore:
         with self._read() as conn:
             return runs_sql.list_runs(conn, query)
 
+    def activity(self, numbers: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        """A mark per run that changes with its points, log and state (see runs_sql.activity)."""
+        with self._read() as conn:
+            return runs_sql.activity(conn, numbers)
+
     def children_of(self, number: int) -> list[Run]:
         with self._read() as conn:
             return runs_sql.fetch_runs(conn, _R.parent_number == number)

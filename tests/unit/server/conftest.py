@@ -81,6 +81,8 @@ class LiveServer:
     #: Start with --insecure-local (on loopback only): the flow tests' clients live in other homes and
     #: send no token unless a test gives them one. Tests of the local credential set it False.
     insecure_local: bool = True
+    #: More `runyard server` flags (--max-upload 64, ...).
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -101,7 +103,7 @@ class LiveServer:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "runyard.cli.main", "server", "--host", self.host, "--port", str(self.port),
                  *(arg for name in self.allow_hosts for arg in ("--allow-host", name)),
-                 *(["--insecure-local"] if self.insecure_local and self.host == "127.0.0.1" else [])],
+                 *(["--insecure-local"] if self.insecure_local and self.host == "127.0.0.1" else []), *self.args],
                 env=env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
