@@ -59,7 +59,8 @@ def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
             line = _text(fields.text(rec[4], f"{where} text"))
             batch.logs.append(LogLine(time, line, stream))  # type: ignore[arg-type]
         elif kind == records.EVENT:
-            _event(batch, fields.mapping(rec[3], "event"), time)
+            named = rec[3].get("event") if type(rec[3]) is dict else None
+            _event(batch, fields.mapping(rec[3], named if named in _EVENT_NAMES else "event"), time)
         elif kind == records.CONFIG:
             batch.config.update(fields.mapping(rec[3], "config", keys=True))
         elif kind == records.SUMMARY:
@@ -170,6 +171,7 @@ _KIND_NAMES = {records.LOG: "log", records.EVENT: "event", records.CONFIG: "conf
                records.NOTE: "note", records.LABELS: "labels", records.ARTIFACT: "artifact",
                records.INPUT: "input", records.HEARTBEAT: "heartbeat"}
 _INPUT_KINDS = ("artifact", "dataset", "path")
+_EVENT_NAMES = ("start", "end", "environment", "alert")
 
 
 def _input_kind(value: Any) -> Any:
@@ -195,7 +197,7 @@ def _start(event: dict[str, Any]) -> dict[str, Any]:
         f.text_list(event["command"], "start.command")
     f.optional_text(event.get("host"), "start.host", f.MAX_SHORT)
     if event.get("environment") is not None:
-        f.mapping(event["environment"], "start.environment")
+        f.environment(event["environment"], "start.environment")
     return event
 
 
@@ -215,7 +217,7 @@ def _event(batch: IngestBatch, event: dict[str, Any], time: float) -> None:
     elif name == "end":
         batch.end = {**_end(event), "time": time}
     elif name == "environment":
-        batch.environment.update(event)
+        batch.environment.update(fields.environment(event, "environment"))
     elif name == "alert":
         _alert_rule(batch, event.get("rule"), time)
 
