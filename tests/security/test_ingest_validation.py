@@ -80,6 +80,8 @@ MALFORMED: dict[str, tuple[list[Any], str]] = {
                             "environment.git_commit"),
     "start.environment git_branch as a number": ([start(environment={"git_branch": 2**63})],
                                                  "start.environment.git_branch"),
+    "metric time NaN": ([start(), {"loss": 1.0, SEQ: 1, TIME: float("nan"), STEP: 0}], "a time of metrics"),
+    "metric time infinite": ([start(), {"loss": 1.0, SEQ: 1, TIME: float("inf"), STEP: 0}], "a time of metrics"),
     "input from a run that does not exist": ([start(), [1, "i", 2.0, "artifact", "0" * 64, 10**9, None, None]],
                                              "input source_run"),
 }

@@ -124,6 +124,9 @@ def _series(metric_recs: list[dict[str, Any]],
         column = {key: j for j, key in enumerate(keys)}
         seqs = table[:, column[records.SEQ]].astype(np.int64)
         times = table[:, column[records.TIME]]
+        if not bool(np.all(np.abs(times) <= fields.MAX_TIME)):  # NaN too: the store keeps times as integers
+            raise InvalidArgument(f"a time of metrics {[k for k in keys if k not in records.RESERVED]} is not "
+                                  "seconds since 1970")
         steps = table[:, column[records.STEP]]
         for key, j in column.items():
             if key not in records.RESERVED:

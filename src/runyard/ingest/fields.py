@@ -50,9 +50,13 @@ def integer(value: Any, field: str, bounds: tuple[int, int] = INT64) -> int:
     return value
 
 
+#: Largest time, in seconds since 1970, a record may carry (the year 5138).
+MAX_TIME = 1e11
+
+
 def moment(value: Any, field: str) -> float:
     """A time: seconds since the epoch, finite."""
-    if type(value) not in (int, float) or not math.isfinite(value) or abs(value) > 1e11:
+    if type(value) not in (int, float) or not math.isfinite(value) or abs(value) > MAX_TIME:
         raise InvalidArgument(f"{field} must be a time in seconds since 1970, not {_shown(value)}")
     return float(value)
 
