@@ -60,6 +60,8 @@ PROJECT_A, PROJECT_B = "proj-a", "proj-b"
 SECRET_A = "a-secret-7f3c"
 ROLES = ("none", "reader", "writer", "admin", "writer-a", "writer-b")
 MSGPACK = "application/msgpack"
+#: What a 400 says when a Python error escaped the checks instead of one naming the field.
+PYTHON_ERROR = re.compile(r"index out of range|has no attribute|unhashable|not subscriptable|: '[^']*'$")
 #: The run id a generated batch carries until the example has made its target run.
 PLACEHOLDER = "0" * 26
 S = RunStatus
@@ -199,7 +201,7 @@ statuses = st.sampled_from([s.value for s in (*END_STATUSES, *END_STATUSES, *END
 
 @st.composite
 def record(draw: st.DrawFn, seq: int, project: str) -> Any:
-    t = draw(st.sampled_from([2.0, 1.7e9, 0.0, 3.5]))
+    t = draw(st.sampled_from([2.0, 1.7e9, 0.0, 3.5] * 5 + [float("nan"), float("inf"), 1e300, -1.0]))
     kind = draw(st.sampled_from(["m"] * 4 + ["l", "l", "n", "c", "c", "s", "t", "h", "start", "end", "end", "env",
                                               "alert", "i", "a", "unknown-event"] * 2 + ["unknown"]))
     if kind == "m":
@@ -382,6 +384,7 @@ def _check(world: World, example: dict[str, Any]) -> None:
             message = answer.json()["error"]
             assert message and "internal error" not in message, shown
             assert len(answer.text) < 2000, shown  # a long value is not echoed back
+            assert not PYTHON_ERROR.search(message), shown  # says what is wrong, in words
         if role in ("none", "reader"):
             assert code in (401, 403), shown
         if role == "writer-b":

@@ -82,6 +82,8 @@ MALFORMED: dict[str, tuple[list[Any], str]] = {
                                                  "start.environment.git_branch"),
     "metric time NaN": ([start(), {"loss": 1.0, SEQ: 1, TIME: float("nan"), STEP: 0}], "a time of metrics"),
     "metric time infinite": ([start(), {"loss": 1.0, SEQ: 1, TIME: float("inf"), STEP: 0}], "a time of metrics"),
+    "log record without its text": ([start(), [1, "l", 2.0]], "record 1 (log) has 3 items; it needs 5"),
+    "metrics record without a step": ([start(), {"loss": 1.0, SEQ: 1, TIME: 2.0}], "has no step"),
     "input from a run that does not exist": ([start(), [1, "i", 2.0, "artifact", "0" * 64, 10**9, None, None]],
                                              "input source_run"),
 }

@@ -53,6 +53,8 @@ def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
         # it from the server, a quarantined record locally, never a crash in the store.
         where = f"record {rec[0]!r:.30} ({_KIND_NAMES.get(kind, kind)})"
         fields.integer(rec[0], f"{where} sequence number")
+        if len(rec) < _SIZES.get(kind, 3):
+            raise InvalidArgument(f"{where} has {len(rec)} items; it needs {_SIZES[kind]}")
         time = fields.moment(rec[2], f"{where} time")
         if kind == records.LOG:
             stream = rec[3] if rec[3] in _STREAMS else "stdout"
@@ -122,6 +124,9 @@ def _series(metric_recs: list[dict[str, Any]],
             raise InvalidArgument(f"a value of metrics {[k for k in keys if k not in records.RESERVED]} is not a "
                                   f"number ({e})") from None
         column = {key: j for j, key in enumerate(keys)}
+        if records.TIME not in column or records.STEP not in column:
+            raise InvalidArgument(f"a metrics record of {[k for k in keys if k not in records.RESERVED]} has no "
+                                  f"{'time' if records.TIME not in column else 'step'}")
         seqs = table[:, column[records.SEQ]].astype(np.int64)
         times = table[:, column[records.TIME]]
         if not bool(np.all(np.abs(times) <= fields.MAX_TIME)):  # NaN too: the store keeps times as integers
@@ -173,6 +178,9 @@ def _labels(batch: IngestBatch, added: Sequence[str], removed: Sequence[str]) ->
 _KIND_NAMES = {records.LOG: "log", records.EVENT: "event", records.CONFIG: "config", records.SUMMARY: "summary",
                records.NOTE: "note", records.LABELS: "labels", records.ARTIFACT: "artifact",
                records.INPUT: "input", records.HEARTBEAT: "heartbeat"}
+#: Items in each kind of record (spool/records.py); an artifact's mode may follow.
+_SIZES = {records.LOG: 5, records.EVENT: 4, records.CONFIG: 4, records.SUMMARY: 4, records.NOTE: 4,
+          records.LABELS: 5, records.ARTIFACT: 7, records.HEARTBEAT: 3, records.INPUT: 8}
 _INPUT_KINDS = ("artifact", "dataset", "path")
 _EVENT_NAMES = ("start", "end", "environment", "alert")
 
