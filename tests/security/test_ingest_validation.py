@@ -32,6 +32,13 @@ def start(**change: Any) -> list[Any]:
     return [0, "e", 1.0, event]
 
 
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def metric(name: str) -> dict[str, Any]:
     return {name: 1.0, SEQ: 1, TIME: 2.0, STEP: 0}
 
@@ -63,6 +70,22 @@ MALFORMED: dict[str, tuple[list[Any], str]] = {
     "time NaN": ([start(), [1, "l", float("nan"), "stdout", "x"]], "time"),
     "event as a list": ([start(), [1, "e", 2.0, [1, 2]]], "event"),
     "artifact size as text": ([start(), [1, "a", 2.0, "p.txt", "x", "0" * 64, "ref"]], "artifact size"),
+    # Found by test_ingest_properties: values msgpack decodes but the store's JSON cannot hold (a 500).
+    "config value as bytes": ([start(), [1, "c", 2.0, {"a": b"x"}]], "config['a']"),
+    "start.config value a msgpack timestamp": ([start(config={"a": msgpack.Timestamp(1, 0)})], "start['config']['a']"),
+    "summary value as bytes": ([start(), [1, "s", 2.0, {"a": [b"x"]}]], "summary['a'][0]"),
+    "environment value as bytes": ([start(), [1, "e", 2.0, {"event": "environment", "x": b"x"}]], "environment['x']"),
+    "config nested 300 deep": ([start(), [1, "c", 2.0, {"a": nested(300)}]], "nested deeper than 64"),
+    "git_commit as a map": ([start(), [1, "e", 2.0, {"event": "environment", "git_commit": {"a": 1}}]],
+                            "environment.git_commit"),
+    "start.environment git_branch as a number": ([start(environment={"git_branch": 2**63})],
+                                                 "start.environment.git_branch"),
+    "metric time NaN": ([start(), {"loss": 1.0, SEQ: 1, TIME: float("nan"), STEP: 0}], "a time of metrics"),
+    "metric time infinite": ([start(), {"loss": 1.0, SEQ: 1, TIME: float("inf"), STEP: 0}], "a time of metrics"),
+    "log record without its text": ([start(), [1, "l", 2.0]], "record 1 (log) has 3 items; it needs 5"),
+    "metrics record without a step": ([start(), {"loss": 1.0, SEQ: 1, TIME: 2.0}], "has no step"),
+    "input from a run that does not exist": ([start(), [1, "i", 2.0, "artifact", "0" * 64, 10**9, None, None]],
+                                             "input source_run"),
 }
 
 #: Reads an attacker tried, and the field the 400 must name.
@@ -100,6 +123,23 @@ def test_a_writer_token_sending_malformed_records_gets_400_naming_the_field_and_
     assert len(answer.text) < 2000  # a million-character name is not echoed back
     cursor = api.client.get("/api/v1/ingest/cursor", params={"run": run_id, "writer": "w1"}, headers=auth)
     assert cursor.json()["cursor"] == -1
+
+
+def test_a_project_limited_writer_cannot_link_its_run_to_a_run_of_another_project(api: Served) -> None:
+    # Found by test_ingest_properties: an input record naming another project's run as its source was
+    # stored (and one naming no run gave 409 "a concurrent change", telling which run numbers exist).
+    other = api.client.post("/api/v1/ingest", content=packed(new_ulid(), [start(project="a")]),
+                            headers={**HEADERS, **writer_token(api, "a")})
+    source = msgpack.unpackb(other.content)["run_number"]
+    auth = writer_token(api, "b")
+    answers = []
+    for number in (source, 10**9):
+        run_id = new_ulid()
+        items = [start(project="b", name=f"b{number}"), [1, "i", 2.0, "artifact", "0" * 64, number, None, None]]
+        answers.append(api.client.post("/api/v1/ingest", content=packed(run_id, items), headers={**HEADERS, **auth}))
+    assert [a.status_code for a in answers] == [400, 400]
+    assert answers[0].json()["error"] == f"input source_run: no run {source} in project b"
+    assert api.store.consumers_of_run(source) == []
 
 
 @pytest.mark.parametrize("case", list(MALFORMED_READS))

@@ -53,13 +53,16 @@ def build_batch(run_id: str, writer: str, recs: Sequence[Any]) -> IngestBatch:
         # it from the server, a quarantined record locally, never a crash in the store.
         where = f"record {rec[0]!r:.30} ({_KIND_NAMES.get(kind, kind)})"
         fields.integer(rec[0], f"{where} sequence number")
+        if len(rec) < _SIZES.get(kind, 3):
+            raise InvalidArgument(f"{where} has {len(rec)} items; it needs {_SIZES[kind]}")
         time = fields.moment(rec[2], f"{where} time")
         if kind == records.LOG:
             stream = rec[3] if rec[3] in _STREAMS else "stdout"
             line = _text(fields.text(rec[4], f"{where} text"))
             batch.logs.append(LogLine(time, line, stream))  # type: ignore[arg-type]
         elif kind == records.EVENT:
-            _event(batch, fields.mapping(rec[3], "event"), time)
+            named = rec[3].get("event") if type(rec[3]) is dict else None
+            _event(batch, fields.mapping(rec[3], named if named in _EVENT_NAMES else "event"), time)
         elif kind == records.CONFIG:
             batch.config.update(fields.mapping(rec[3], "config", keys=True))
         elif kind == records.SUMMARY:
@@ -121,8 +124,14 @@ def _series(metric_recs: list[dict[str, Any]],
             raise InvalidArgument(f"a value of metrics {[k for k in keys if k not in records.RESERVED]} is not a "
                                   f"number ({e})") from None
         column = {key: j for j, key in enumerate(keys)}
+        if records.TIME not in column or records.STEP not in column:
+            raise InvalidArgument(f"a metrics record of {[k for k in keys if k not in records.RESERVED]} has no "
+                                  f"{'time' if records.TIME not in column else 'step'}")
         seqs = table[:, column[records.SEQ]].astype(np.int64)
         times = table[:, column[records.TIME]]
+        if not bool(np.all(np.abs(times) <= fields.MAX_TIME)):  # NaN too: the store keeps times as integers
+            raise InvalidArgument(f"a time of metrics {[k for k in keys if k not in records.RESERVED]} is not "
+                                  "seconds since 1970")
         steps = table[:, column[records.STEP]]
         for key, j in column.items():
             if key not in records.RESERVED:
@@ -169,7 +178,11 @@ def _labels(batch: IngestBatch, added: Sequence[str], removed: Sequence[str]) ->
 _KIND_NAMES = {records.LOG: "log", records.EVENT: "event", records.CONFIG: "config", records.SUMMARY: "summary",
                records.NOTE: "note", records.LABELS: "labels", records.ARTIFACT: "artifact",
                records.INPUT: "input", records.HEARTBEAT: "heartbeat"}
+#: Items in each kind of record (spool/records.py); an artifact's mode may follow.
+_SIZES = {records.LOG: 5, records.EVENT: 4, records.CONFIG: 4, records.SUMMARY: 4, records.NOTE: 4,
+          records.LABELS: 5, records.ARTIFACT: 7, records.HEARTBEAT: 3, records.INPUT: 8}
 _INPUT_KINDS = ("artifact", "dataset", "path")
+_EVENT_NAMES = ("start", "end", "environment", "alert")
 
 
 def _input_kind(value: Any) -> Any:
@@ -195,7 +208,7 @@ def _start(event: dict[str, Any]) -> dict[str, Any]:
         f.text_list(event["command"], "start.command")
     f.optional_text(event.get("host"), "start.host", f.MAX_SHORT)
     if event.get("environment") is not None:
-        f.mapping(event["environment"], "start.environment")
+        f.environment(event["environment"], "start.environment")
     return event
 
 
@@ -215,7 +228,7 @@ def _event(batch: IngestBatch, event: dict[str, Any], time: float) -> None:
     elif name == "end":
         batch.end = {**_end(event), "time": time}
     elif name == "environment":
-        batch.environment.update(event)
+        batch.environment.update(fields.environment(event, "environment"))
     elif name == "alert":
         _alert_rule(batch, event.get("rule"), time)
 

@@ -50,23 +50,63 @@ def integer(value: Any, field: str, bounds: tuple[int, int] = INT64) -> int:
     return value
 
 
+#: Largest time, in seconds since 1970, a record may carry (the year 5138).
+MAX_TIME = 1e11
+
+
 def moment(value: Any, field: str) -> float:
     """A time: seconds since the epoch, finite."""
-    if type(value) not in (int, float) or not math.isfinite(value) or abs(value) > 1e11:
+    if type(value) not in (int, float) or not math.isfinite(value) or abs(value) > MAX_TIME:
         raise InvalidArgument(f"{field} must be a time in seconds since 1970, not {_shown(value)}")
     return float(value)
 
 
+#: Deepest nesting of lists and maps in user data (config, summary, environment): the JSON the
+#: store writes refuses much deeper values, and no configuration needs them.
+MAX_DEPTH = 64
+
+
+def data(value: Any, field: str, depth: int = 0) -> Any:
+    """User data as the store keeps it, in JSON: text, numbers, booleans, None, and lists and maps
+    of them. Not bytes or a msgpack timestamp, which msgpack decodes but JSON cannot hold."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if depth >= MAX_DEPTH or type(value) not in (list, tuple, dict):
+        what = f"nested deeper than {MAX_DEPTH} levels" if depth >= MAX_DEPTH else _shown(value)
+        raise InvalidArgument(f"{field} must be text, a number, a boolean, None, or a list or map of them, "
+                              f"not {what}")
+    if type(value) is dict:
+        for key, item in value.items():
+            data(item, f"{field}[{text(key, f'{field} key', MAX_SHORT)[:60]!r}]", depth + 1)
+    else:
+        for i, item in enumerate(value):
+            data(item, f"{field}[{i}]", depth + 1)
+    return value
+
+
 def mapping(value: Any, field: str, keys: bool = False) -> dict[str, Any]:
-    """A map with text keys (``keys``: each a valid name, as for metrics). Values are user data."""
+    """A map with text keys (``keys``: each a valid name, as for metrics) of user data (``data``)."""
     if not isinstance(value, Mapping):
         raise InvalidArgument(f"{field} must be a map, not {_shown(value)}")
-    for key in value:
+    for key, item in value.items():
         if keys:
             validate_key(key, field)
         else:
             text(key, f"{field} key", MAX_SHORT)
+        data(item, f"{field}[{key[:60]!r}]", 1)
     return dict(value)
+
+
+#: Keys of a run's environment that the store keeps in columns of their own, as text.
+GIT_KEYS = ("git_commit", "git_branch", "git_diff_ref")
+
+
+def environment(value: Any, field: str) -> dict[str, Any]:
+    """A run's environment: user data, but for the git keys, which must be text."""
+    env = mapping(value, field)
+    for key in GIT_KEYS:
+        optional_text(env.get(key), f"{field}.{key}", MAX_SHORT)
+    return env
 
 
 def text_list(value: Any, field: str, limit: int = MAX_TEXT) -> list[str]:

@@ -179,6 +179,14 @@ def _records(items: list[Any]) -> tuple[list[Any], list[int]]:
     return recs, seqs
 
 
+def _readable(store: SqlStore, number: int, project_scope: str | None) -> bool:
+    try:
+        run = store.get_run(number)
+    except NotFound:
+        return False
+    return project_scope is None or run.project == project_scope
+
+
 def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, items: list[Any],
           project_scope: str | None, watcher: Watcher | None = None) -> Applied:
     recs, seqs = _records(items)
@@ -213,6 +221,12 @@ def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, i
         if size is not None:  # as in local mode, a record whose content never arrived is dropped
             kept.append((path, size, sha256, Blob(sha256, size).content_ref, mode))
     batch.artifacts = kept
+    for item in batch.inputs:
+        if item.source_run is not None and not _readable(store, item.source_run, project_scope):
+            # One answer whether the run is missing or another project's: a token learns nothing of
+            # runs it may not read, and links none of them to its own.
+            raise InvalidArgument(f"input source_run: no run {item.source_run}"
+                                  + (f" in project {project_scope}" if project_scope is not None else ""))
     try:
         result = store.ingest(batch)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
