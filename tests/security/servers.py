@@ -26,7 +26,7 @@ def serving(tmp_path: Path, limits: Limits) -> Iterator[int]:
     settings = resolve(environ=home_env(home, f"sqlite:///{tmp_path / 'tuned.db'}"), cwd=tmp_path)
     opened = open_store(settings)
     port = free_port()
-    app = create_app(settings, opened.store, opened.artifacts, "127.0.0.1", port, limits=limits)
+    app = create_app(settings, opened.store, opened.artifacts, "127.0.0.1", port, limits=limits, insecure_local=True)
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, limits))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
