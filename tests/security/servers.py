@@ -3,6 +3,7 @@ that a test reaches them in a moment): uvicorn with runyard's connection guards,
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -40,3 +41,24 @@ def serving(tmp_path: Path, limits: Limits) -> Iterator[int]:
         server.should_exit = True
         thread.join(10)
         opened.close()
+
+
+def read_head(s: socket.socket) -> bytes:
+    """What a raw HTTP connection received up to the end of the response's headers (or its close)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_until(s: socket.socket, needle: bytes, seconds: float = 5.0) -> bytes:
+    """What a stream sends until ``needle`` arrives, or ``seconds`` pass."""
+    s.settimeout(seconds)
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while needle not in seen and time.monotonic() < deadline:
+        seen += s.recv(65536)
+    return seen

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from tests.security.servers import serving
+from tests.security.servers import read_head, read_until, serving
 from tests.unit.server.conftest import LiveServer, Served, home_env
 from tests.unit.server.conftest import api as api
 from tests.unit.server.conftest import live_server as live_server
@@ -33,16 +33,6 @@ def _stream(port: int, target: str, token: str) -> socket.socket:
     return s
 
 
-def _head(s: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 @pytest.mark.engines("sqlite")  # the watcher's queries are the same on both engines; the cost is the server's
 def test_idle_event_streams_cost_little_cpu_and_still_see_changes(live_server: LiveServer) -> None:
     from runyard.store.tokens import Tokens
@@ -58,7 +48,7 @@ def test_idle_event_streams_cost_little_cpu_and_still_see_changes(live_server: L
         for n in range(100):  # 50 on the run, 50 on its project: the most two tokens may hold
             target = f"/api/v1/events?run={run.number}" if n % 2 else "/api/v1/events?project=p"
             streams.append(_stream(live_server.port, target, tokens[n % 2]))
-        heads = [_head(s) for s in streams]
+        heads = [read_head(s) for s in streams]
         assert all(h.startswith(b"HTTP/1.1 200") for h in heads), {h.split(b"\r\n")[0] for h in heads}
         time.sleep(1.0)
         process = psutil.Process(live_server.process.pid)
@@ -68,21 +58,9 @@ def test_idle_event_streams_cost_little_cpu_and_still_see_changes(live_server: L
         assert used < 0.3, f"100 idle streams took {used:.2f} CPU seconds in 3 s"
         # Written straight to the database (as a local agent does), not through the server: seen anyway.
         opened.store.append_logs(run.number, [LogLine(time.time(), "hello from elsewhere", "stdout")])
-        listener = streams[1]
-        listener.settimeout(5)
-        seen = b""
-        deadline = time.monotonic() + 5
-        while b"hello from elsewhere" not in seen and time.monotonic() < deadline:
-            seen += listener.recv(65536)
-        assert b"hello from elsewhere" in seen
+        assert b"hello from elsewhere" in read_until(streams[1], b"hello from elsewhere")
         opened.store.create_run(NewRun(project="p", name="newcomer", status=RunStatus.QUEUED))
-        watcher = streams[0]  # a project stream
-        watcher.settimeout(5)
-        seen = b""
-        deadline = time.monotonic() + 5
-        while b"newcomer" not in seen and time.monotonic() < deadline:
-            seen += watcher.recv(65536)
-        assert b"newcomer" in seen
+        assert b"newcomer" in read_until(streams[0], b"newcomer")  # a project stream
     finally:
         for s in streams:
             s.close()
@@ -114,7 +92,7 @@ def test_a_connection_that_sends_half_its_headers_is_closed(tmp_path: Path) -> N
         # After a whole request, the next one's headers are due as well (not the keep-alive's 5 s).
         reused = socket.create_connection(("127.0.0.1", port))
         reused.sendall(f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-        assert _head(reused).startswith(b"HTTP/1.1 200")
+        assert read_head(reused).startswith(b"HTTP/1.1 200")
         time.sleep(0.2)
         reused.sendall(b"GET /api/health HTTP/1.1\r\n")
         took, _ = _closed_within(reused, 4)

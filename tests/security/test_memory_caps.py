@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import msgpack
 import pytest
-from tests.security.servers import serving
+from tests.security.servers import read_head, serving
 from tests.unit.server.conftest import LiveServer, Served
 from tests.unit.server.conftest import api as api
 from tests.unit.server.conftest import live_server as live_server
@@ -105,13 +105,7 @@ def _put_head(port: int, sha: str, length: int | None, content_type: str = "appl
 
 
 def _answer(s: socket.socket) -> str:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode("latin-1")
+    return read_head(s).decode("latin-1")
 
 
 @pytest.mark.engines("sqlite")
