@@ -20,11 +20,23 @@ from runyard.server.connections import uvicorn_config
 from runyard.store.home import open_store
 
 
+def migrate(db_url: str) -> None:
+    """A PostgreSQL schema made for a test starts empty (a SQLite home is made on first use)."""
+    if db_url.startswith("postgresql"):
+        from runyard.store.engine import create_engine
+        from runyard.store.migrate import upgrade
+
+        engine = create_engine(db_url)
+        upgrade(engine)
+        engine.dispose()
+
+
 @contextmanager
-def serving(tmp_path: Path, limits: Limits) -> Iterator[int]:
-    """The port of a server on a fresh SQLite home, stopped on exit."""
+def serving(tmp_path: Path, limits: Limits, db_url: str) -> Iterator[int]:
+    """The port of a server on a fresh home with the database ``db_url``, stopped on exit."""
     home = tmp_path / "tuned-home"
-    settings = resolve(environ=home_env(home, f"sqlite:///{tmp_path / 'tuned.db'}"), cwd=tmp_path)
+    migrate(db_url)
+    settings = resolve(environ=home_env(home, db_url), cwd=tmp_path)
     opened = open_store(settings)
     port = free_port()
     app = create_app(settings, opened.store, opened.artifacts, "127.0.0.1", port, limits=limits, insecure_local=True)

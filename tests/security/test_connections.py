@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 from tests.security.servers import read_head, read_until, serving
 from tests.unit.server.conftest import LiveServer, Served, home_env
 from tests.unit.server.conftest import api as api
@@ -33,7 +32,6 @@ def _stream(port: int, target: str, token: str) -> socket.socket:
     return s
 
 
-@pytest.mark.engines("sqlite")  # the watcher's queries are the same on both engines; the cost is the server's
 def test_idle_event_streams_cost_little_cpu_and_still_see_changes(live_server: LiveServer) -> None:
     from runyard.store.tokens import Tokens
 
@@ -80,8 +78,8 @@ def _closed_within(s: socket.socket, seconds: float) -> tuple[float, bytes]:
     return time.monotonic() - started, data
 
 
-def test_a_connection_that_sends_half_its_headers_is_closed(tmp_path: Path) -> None:
-    with serving(tmp_path, Limits(header_timeout=1.0, keep_alive=5)) as port:
+def test_a_connection_that_sends_half_its_headers_is_closed(db_url: str, tmp_path: Path) -> None:
+    with serving(tmp_path, Limits(header_timeout=1.0, keep_alive=5), db_url) as port:
         half = socket.create_connection(("127.0.0.1", port))
         half.sendall(f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())  # and no blank line
         took, data = _closed_within(half, 4)
@@ -99,8 +97,8 @@ def test_a_connection_that_sends_half_its_headers_is_closed(tmp_path: Path) -> N
         assert took < 2.5
 
 
-def test_connections_past_the_limit_get_503_with_retry_after(tmp_path: Path) -> None:
-    with serving(tmp_path, Limits(max_connections=10, header_timeout=10.0)) as port:
+def test_connections_past_the_limit_get_503_with_retry_after(db_url: str, tmp_path: Path) -> None:
+    with serving(tmp_path, Limits(max_connections=10, header_timeout=10.0), db_url) as port:
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
         time.sleep(0.3)
         refused = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5)

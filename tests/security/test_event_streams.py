@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
 from tests.unit.server.conftest import LiveServer
 from tests.unit.server.conftest import live_server as live_server
 
@@ -31,7 +30,6 @@ def _head(s: socket.socket) -> str:
     return data.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
 
 
-@pytest.mark.engines("sqlite")  # what is under test is the server's accounting, not the engine
 def test_one_client_cannot_take_every_stream_and_is_told_when_to_retry(live_server: LiveServer) -> None:
     burst = [_ask(live_server) for _ in range(MAX_STREAMS_PER_HOLDER + 1)]  # all sent before any is answered
     try:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
+from tests.security.servers import migrate
 from tests.unit.server.conftest import LiveServer, free_port, home_env
 
 from runyard.config import resolve
@@ -21,10 +21,10 @@ def bearer(secret: str) -> dict[str, str]:
     return {"authorization": f"Bearer {secret}"}
 
 
-@pytest.mark.engines("sqlite")  # the Host check does not depend on the engine
 def test_a_server_on_every_interface_without_allow_host_refuses_to_start(db_url: str, tmp_path: Path) -> None:
     home = tmp_path / "server-home"
     env = home_env(home, db_url)
+    migrate(db_url)
     opened = open_store(resolve(environ=env, cwd=tmp_path))
     try:
         Tokens(opened.store).create("admin", "me")  # the token is there: only the name is missing
@@ -38,9 +38,9 @@ def test_a_server_on_every_interface_without_allow_host_refuses_to_start(db_url:
         assert "--allow-host NAME" in said and "Traceback" not in said
 
 
-@pytest.mark.engines("sqlite")
 def test_a_server_on_every_interface_answers_only_to_its_allowed_name(db_url: str, tmp_path: Path) -> None:
     home = tmp_path / "server-home"
+    migrate(db_url)
     opened = open_store(resolve(environ=home_env(home, db_url), cwd=tmp_path))
     try:
         _, secret = Tokens(opened.store).create("admin", "me")

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 import psutil
 import pytest
+from tests.security.servers import migrate
 from tests.unit.server.conftest import LiveServer, free_port, home_env
 
 from runyard.credential import LOCAL_TOKEN_NAME
@@ -31,17 +32,6 @@ RUNYARD = [sys.executable, "-m", "runyard.cli.main"]
 def runyard(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*RUNYARD, *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd,
                           check=False)
-
-
-def migrate(db_url: str) -> None:
-    """A PostgreSQL schema made for a test starts empty (a SQLite home is made on first use)."""
-    if db_url.startswith("postgresql"):
-        from runyard.store.engine import create_engine
-        from runyard.store.migrate import upgrade
-
-        engine = create_engine(db_url)
-        upgrade(engine)
-        engine.dispose()
 
 
 @pytest.fixture
@@ -100,7 +90,6 @@ def test_the_owners_cli_and_sdk_use_the_credential_without_being_told(server: Li
     assert checks["credential"]["detail"].startswith(f"{server.home / LOCAL_TOKEN_NAME}: mode 0600")
 
 
-@pytest.mark.engines("sqlite")  # the file check does not depend on the engine
 def test_a_credential_file_others_can_read_is_refused_with_the_fix(server: LiveServer) -> None:
     credential = server.home / LOCAL_TOKEN_NAME
     credential.chmod(0o644)
@@ -117,9 +106,9 @@ def test_a_credential_file_others_can_read_is_refused_with_the_fix(server: LiveS
         server.start(timeout=20)  # nor does a server start on it
 
 
-@pytest.mark.engines("sqlite")
 def test_insecure_local_restores_open_access_only_when_asked_and_only_on_loopback(db_url: str,
                                                                                  tmp_path: Path) -> None:
+    migrate(db_url)
     live = LiveServer(tmp_path / "server-home", db_url, insecure_local=True)
     live.start()
     try:

@@ -69,7 +69,6 @@ def _assert_clean(text: str, where: str) -> None:
     assert not leaked, f"{where} shows the {', '.join(leaked)} secret(s):\n{text}"
 
 
-@pytest.mark.engines("sqlite")
 def test_credentials_in_git_remote_command_and_requirements_reach_no_reader(
         live_server: LiveServer, tmp_path: Path) -> None:
     s = SECRETS

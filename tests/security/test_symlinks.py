@@ -24,7 +24,6 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.engines("sqlite")
 def test_cp_from_a_server_refuses_to_write_through_a_symlink_in_the_destination(live_server: LiveServer,
                                                                                tmp_path: Path) -> None:
     env = client_env(tmp_path / "laptop", live_server.url)

@@ -193,7 +193,6 @@ def test_each_checked_address_is_tried_in_turn(monkeypatch: pytest.MonkeyPatch, 
         webhook.post_json("http://hooks.example:xx/", {"text": "x"}, allow_private=True)
 
 
-@pytest.mark.engines("sqlite")  # the record is the same on both engines
 def test_a_refused_webhook_is_recorded_and_not_tried_again_by_the_next_process(store: SqlStore,
                                                                               listener: Listener) -> None:
     from runyard.ingest.alerting import Outbox, Watcher
