@@ -71,14 +71,11 @@ def encoder_for(names: tuple[str, ...]) -> Encoder:
 def _compiled_encoder_type() -> Any:
     if os.environ.get("RUNYARD_PURE_PYTHON"):
         return None
-    import importlib
-
     try:
-        # By name: the module exists only once compiled, and the import contracts' scanner, which
-        # reads source files, would otherwise take it for an import of the whole package.
-        return importlib.import_module("runyard.sdk._frames").Encoder
+        from runyard.sdk._frames import Encoder as compiled
     except ImportError:  # built without a C compiler: the Python encoder is the same bytes
         return None
+    return compiled
 
 
 def _compiled_encoder(compiled: Any, names: tuple[str, ...]) -> Encoder:
