@@ -9,7 +9,7 @@ UI_SOURCES := $(wildcard web/src/*.ts web/src/*.tsx web/src/*.css web/src/*/*.ts
 
 .PHONY: install demo test lint typecheck unit ui bench bench-peers clean
 
-$(STAMP): pyproject.toml hatch_build.py src/runyard/sdk/_frames.c
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[postgres,dev,pandas,examples]'
 	touch $(STAMP)
@@ -31,7 +31,7 @@ demo: install
 	$(BIN)/python examples/demo.py
 
 lint: install
-	$(BIN)/ruff check src tests bench examples hatch_build.py
+	$(BIN)/ruff check src tests bench examples
 	$(BIN)/lint-imports
 
 typecheck: install

@@ -9,16 +9,10 @@ integer, so every reader, and ingest/columns.py's column decoder, reads them unc
 
 Anything else (another name, a value that is not a float, a step outside 0..2**64-1) makes the
 function return None, and ``log()`` takes its general path.
-
-Where the package was built with a C compiler (hatch_build.py), the function is sdk/_frames.c's
-``Encoder``, which makes the same bytes in one C call: in a loop of ~100 µs training steps, the
-Python function's bytecodes run with cold caches and cost several times their tight-loop time
-(bench/logging.py). ``RUNYARD_PURE_PYTHON=1`` uses the Python function instead.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 import time
 import zlib
@@ -47,59 +41,16 @@ def _map_header(count: int) -> bytes:
     return bytes([0x80 | count]) if count < 16 else b"\xde" + struct.pack(">H", count)
 
 
-def _pieces(names: tuple[str, ...]) -> list[bytes]:
-    """The constant bytes between the numbers: array of 4 and map header, then each name and the
-    float64 marker, then seq 0 with the time's float64 marker, then the uint64 marker before the step."""
+def encoder_for(names: tuple[str, ...]) -> Encoder:
+    """A function ``(metrics, step) -> frame or None`` for dicts holding exactly ``names``."""
+    if not 0 < len(names) <= MAX_NAMES:
+        raise ValueError(f"encoder_for: 1 to {MAX_NAMES} names, not {len(names)}")
+    # Constant bytes between the numbers: array of 4 and map header, then each name and the float64
+    # marker, then seq 0 with the time's float64 marker, then the uint64 marker before the step.
     pieces = [b"\x94" + _map_header(len(names)) + _msgpack_str(names[0]) + b"\xcb"]
     pieces += [_msgpack_str(name) + b"\xcb" for name in names[1:]]
     pieces.append(b"\x00\xcb")
     pieces.append(b"\xcf")
-    return pieces
-
-
-def encoder_for(names: tuple[str, ...]) -> Encoder:
-    """A function ``(metrics, step) -> frame or None`` for dicts holding exactly ``names``: the
-    compiled one (sdk/_frames.c) where the package was built with it, else one made in Python."""
-    if not 0 < len(names) <= MAX_NAMES:
-        raise ValueError(f"encoder_for: 1 to {MAX_NAMES} names, not {len(names)}")
-    compiled = _compiled_encoder_type()
-    if compiled is not None and all(type(name) is str for name in names):
-        return _compiled_encoder(compiled, names)
-    return python_encoder_for(names)
-
-
-def _compiled_encoder_type() -> Any:
-    if os.environ.get("RUNYARD_PURE_PYTHON"):
-        return None
-    try:
-        from runyard.sdk._frames import Encoder as compiled
-    except ImportError:  # built without a C compiler: the Python encoder is the same bytes
-        return None
-    return compiled
-
-
-def _compiled_encoder(compiled: Any, names: tuple[str, ...]) -> Encoder:
-    pieces = _pieces(names)
-    template = bytearray()
-    offsets = []
-    for piece in pieces[:-1]:
-        template += piece
-        offsets.append(FRAME.size + len(template))
-        template += bytes(8)
-    template += pieces[-1]
-    step_offset = FRAME.size + len(template)
-    template += bytes(8)
-    frame = FRAME.pack(MARK, len(template), 0) + bytes(template)
-    *value_offsets, time_offset = offsets
-    encode: Encoder = compiled(names, frame, tuple(value_offsets), time_offset, step_offset)
-    return encode
-
-
-def python_encoder_for(names: tuple[str, ...]) -> Encoder:
-    """``encoder_for`` made in Python: the same bytes as the compiled encoder."""
-    if not 0 < len(names) <= MAX_NAMES:
-        raise ValueError(f"encoder_for: 1 to {MAX_NAMES} names, not {len(names)}")
-    pieces = _pieces(names)
     layout = ">" + "".join(f"{len(piece)}sd" for piece in pieces[:-1]) + f"{len(pieces[-1])}sQ"
     record = struct.Struct(layout)
     values = [f"v{i}" for i in range(len(names))]
