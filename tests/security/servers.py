@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
-from tests.unit.server.conftest import free_port, home_env
+from tests.unit.server.conftest import free_port, home_env, migrate_postgres
 
 from runyard.config import resolve
 from runyard.server.app import create_app
@@ -20,22 +20,11 @@ from runyard.server.connections import uvicorn_config
 from runyard.store.home import open_store
 
 
-def migrate(db_url: str) -> None:
-    """A PostgreSQL schema made for a test starts empty (a SQLite home is made on first use)."""
-    if db_url.startswith("postgresql"):
-        from runyard.store.engine import create_engine
-        from runyard.store.migrate import upgrade
-
-        engine = create_engine(db_url)
-        upgrade(engine)
-        engine.dispose()
-
-
 @contextmanager
 def serving(tmp_path: Path, limits: Limits, db_url: str) -> Iterator[int]:
     """The port of a server on a fresh home with the database ``db_url``, stopped on exit."""
     home = tmp_path / "tuned-home"
-    migrate(db_url)
+    migrate_postgres(db_url)
     settings = resolve(environ=home_env(home, db_url), cwd=tmp_path)
     opened = open_store(settings)
     port = free_port()
@@ -67,10 +56,13 @@ def read_head(s: socket.socket) -> bytes:
 
 
 def read_until(s: socket.socket, needle: bytes, seconds: float = 5.0) -> bytes:
-    """What a stream sends until ``needle`` arrives, or ``seconds`` pass."""
+    """What a stream sends until ``needle`` arrives, ``seconds`` pass, or it closes."""
     s.settimeout(seconds)
     seen = b""
     deadline = time.monotonic() + seconds
     while needle not in seen and time.monotonic() < deadline:
-        seen += s.recv(65536)
+        chunk = s.recv(65536)
+        if not chunk:  # closed: nothing more will come
+            break
+        seen += chunk
     return seen

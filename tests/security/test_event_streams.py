@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import time
 
+from tests.security.servers import read_head
 from tests.unit.server.conftest import LiveServer
 from tests.unit.server.conftest import live_server as live_server
 
@@ -21,13 +22,7 @@ def _ask(server: LiveServer) -> socket.socket:
 
 
 def _head(s: socket.socket) -> str:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+    return read_head(s).split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
 
 
 def test_one_client_cannot_take_every_stream_and_is_told_when_to_retry(live_server: LiveServer) -> None:

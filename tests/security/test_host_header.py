@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from tests.security.servers import migrate
-from tests.unit.server.conftest import LiveServer, free_port, home_env
+from tests.unit.server.conftest import LiveServer, free_port, home_env, migrate_postgres
 
 from runyard.config import resolve
 from runyard.store.home import open_store
@@ -24,7 +23,7 @@ def bearer(secret: str) -> dict[str, str]:
 def test_a_server_on_every_interface_without_allow_host_refuses_to_start(db_url: str, tmp_path: Path) -> None:
     home = tmp_path / "server-home"
     env = home_env(home, db_url)
-    migrate(db_url)
+    migrate_postgres(db_url)
     opened = open_store(resolve(environ=env, cwd=tmp_path))
     try:
         Tokens(opened.store).create("admin", "me")  # the token is there: only the name is missing
@@ -40,7 +39,7 @@ def test_a_server_on_every_interface_without_allow_host_refuses_to_start(db_url:
 
 def test_a_server_on_every_interface_answers_only_to_its_allowed_name(db_url: str, tmp_path: Path) -> None:
     home = tmp_path / "server-home"
-    migrate(db_url)
+    migrate_postgres(db_url)
     opened = open_store(resolve(environ=home_env(home, db_url), cwd=tmp_path))
     try:
         _, secret = Tokens(opened.store).create("admin", "me")

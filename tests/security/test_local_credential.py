@@ -21,8 +21,7 @@ from urllib.parse import quote
 import httpx
 import psutil
 import pytest
-from tests.security.servers import migrate
-from tests.unit.server.conftest import LiveServer, free_port, home_env
+from tests.unit.server.conftest import LiveServer, free_port, home_env, migrate_postgres
 
 from runyard.credential import LOCAL_TOKEN_NAME
 
@@ -37,7 +36,7 @@ def runyard(env: dict[str, str], *args: str, cwd: Path | None = None) -> subproc
 @pytest.fixture
 def server(db_url: str, tmp_path: Path) -> Iterator[LiveServer]:
     """``runyard server`` on loopback as a user starts it: no flag, no token created."""
-    migrate(db_url)
+    migrate_postgres(db_url)
     live = LiveServer(tmp_path / "server-home", db_url, insecure_local=False)
     live.start()
     yield live
@@ -108,7 +107,7 @@ def test_a_credential_file_others_can_read_is_refused_with_the_fix(server: LiveS
 
 def test_insecure_local_restores_open_access_only_when_asked_and_only_on_loopback(db_url: str,
                                                                                  tmp_path: Path) -> None:
-    migrate(db_url)
+    migrate_postgres(db_url)
     live = LiveServer(tmp_path / "server-home", db_url, insecure_local=True)
     live.start()
     try:
@@ -136,7 +135,7 @@ def _kill_server_on(port: int) -> None:
 
 
 def test_the_ui_link_logs_its_owners_browser_in_once(db_url: str, tmp_path: Path) -> None:
-    migrate(db_url)
+    migrate_postgres(db_url)
     port = free_port()
     env = home_env(tmp_path / "home", db_url)
     env.pop("DISPLAY", None)

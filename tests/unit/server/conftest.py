@@ -49,16 +49,21 @@ def home_env(home: Path, db_url: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def api(db_url: str, tmp_path: Path) -> Iterator[Served]:
-    home = tmp_path / "server-home"
-    settings = resolve(environ=home_env(home, db_url), cwd=tmp_path)
+def migrate_postgres(db_url: str) -> None:
+    """A PostgreSQL schema made for a test starts empty; a SQLite home is made on first use."""
     if db_url.startswith("postgresql"):
         from runyard.store.engine import create_engine
 
         engine = create_engine(db_url)
         upgrade(engine)
         engine.dispose()
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[Served]:
+    home = tmp_path / "server-home"
+    settings = resolve(environ=home_env(home, db_url), cwd=tmp_path)
+    migrate_postgres(db_url)
     opened = open_store(settings)
     # The routes' own behaviour, as the single user of an open loopback server; the security tests
     # create tokens (then every request needs one) or start servers that require them.
@@ -130,12 +135,7 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(db_url: str, tmp_path: Path) -> Iterator[LiveServer]:
-    if db_url.startswith("postgresql"):
-        from runyard.store.engine import create_engine
-
-        engine = create_engine(db_url)
-        upgrade(engine)
-        engine.dispose()
+    migrate_postgres(db_url)
     server = LiveServer(tmp_path / "server-home", db_url)
     server.start()
     yield server

@@ -37,7 +37,7 @@ import msgpack
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from tests.unit.server.conftest import LiveServer, Served, free_port, home_env
+from tests.unit.server.conftest import LiveServer, Served, free_port, home_env, migrate_postgres
 
 from runyard.alerts.rules import check
 from runyard.config import resolve
@@ -46,7 +46,6 @@ from runyard.server.security import RANK, route_role
 from runyard.store.api import AlertEvent, NewRun
 from runyard.store.engine import create_engine
 from runyard.store.home import open_store
-from runyard.store.migrate import upgrade
 from runyard.store.schema import api_tokens
 from runyard.store.series import Points
 from runyard.store.tokens import Tokens
@@ -700,10 +699,7 @@ def test_unsatisfiable_range_error_is_json(api: Served) -> None:
 
 
 def test_server_on_all_interfaces_needs_a_token_to_start_and_to_answer(db_url: str, tmp_path: Path) -> None:
-    if db_url.startswith("postgresql"):
-        engine = create_engine(db_url)
-        upgrade(engine)
-        engine.dispose()
+    migrate_postgres(db_url)
     home = tmp_path / "server-home"
     env = home_env(home, db_url)
     port = free_port()
