@@ -135,7 +135,7 @@ def test_a_disk_that_syncs_slowly_costs_log_nothing_and_holds_no_record_in_memor
         tmp_path: Path, env: dict[str, str]) -> None:
     # 5,000,000 points (1,250,000 calls of 4 metrics) while every fsync of the spool takes a second.
     path = script(tmp_path, """
-        import json, resource, time
+        import json, time
         import runyard
         from runyard.spool import segment
         real_sync, real_close = segment.MappedSegment.sync, segment.MappedSegment.close
@@ -153,16 +153,20 @@ def test_a_disk_that_syncs_slowly_costs_log_nothing_and_holds_no_record_in_memor
             run.log({"a": 1.0, "b": 2.0, "c": 3.0, "d": float(i)})
         seconds = time.perf_counter() - t0
         writer = run._writer
-        held, rss_mb = writer.peak_held, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        held = writer.peak_held
+        # The process's own memory: the spool's pages in its mapping are the page cache (RSS counts
+        # them, and the keeper faults in pages ahead, more of them when it runs late on a busy box).
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        anon_mb = int(status["RssAnon"].split()[0]) / 1024
         run.finish()
-        print(json.dumps({"held": held, "rss_mb": rss_mb, "seconds": seconds}))
+        print(json.dumps({"held": held, "anon_mb": anon_mb, "seconds": seconds}))
     """)
     result = subprocess.run([sys.executable, str(path)], env={**env, "RUNYARD_FINISH_TIMEOUT": "300"},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert stats["held"] == 0  # every record went straight to the spool, whatever the disk did
-    assert stats["rss_mb"] < 600  # the records are in the page cache, not in the process
+    assert stats["anon_mb"] < 100  # the records are in the page cache, not in the process (its 1.25 M frames: ~160 MB)
     api = api_for(env, tmp_path)
     run = api.run("slow-disk")
     d = run.history("d")
