@@ -287,7 +287,9 @@ def _scan_v2(view: memoryview, base: int, final: bool, eof: bool, limit: int, ch
     else:
         out.short = not eof and not out.closed
     out.end = base + at
-    if not out.closed:
+    # A read that stopped at its limit has good frames after it, not a tail (and copying the rest
+    # of a settled segment on every such read made catching up on one quadratic).
+    if not out.closed and not (out.short and count >= limit):
         rest = bytes(view[at:]) if settled else bytes(view[at : at + header])
         out.tail = len(rest.rstrip(b"\0")) if settled else (size - at if rest.strip(b"\0") else 0)
     return out

@@ -146,3 +146,16 @@ def test_a_flipped_byte_anywhere_in_a_run_of_equal_frames_costs_only_its_frame()
             assert found.skipped == ends[hit] - offsets[hit]
         else:  # nothing after it: a damaged tail, dropped and counted
             assert found.skipped == 0 and found.tail == ends[hit] - offsets[hit]
+
+
+def test_a_read_cut_short_by_its_frame_limit_reports_no_torn_tail() -> None:
+    """The frames after a read that stopped at its limit are good ones waiting to be read, not a torn
+    tail: counting them as one was wrong (and copied the rest of a settled segment on every read)."""
+    data, offsets = segment_bytes(RECORDS)
+    header = read_header(data)
+    assert header is not None
+    view = memoryview(data)[header.size :]
+    for check_run in (None, good_run):
+        found = scan(view, header.size, 2, final=True, eof=True, limit=5, check_run=check_run)
+        assert found.short and found.count == 5 and found.end == offsets[5]
+        assert found.tail == 0, check_run
