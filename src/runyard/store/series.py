@@ -116,6 +116,54 @@ def encode_chunk(points: Points) -> bytes:
     return b"".join((header, steps, times, points.values.tobytes()))
 
 
+def pack_chunks(points: Points, size: int = CHUNK_POINTS) -> tuple[list[bytes], list[Stats]]:
+    """``points.chunks(size)``, each encoded (``encode_chunk``) and with its ``Stats``: the same
+    bytes and aggregates, with the arithmetic done for all chunks at once when steps increase
+    strictly (every chunk but the last is then exactly ``size`` points). Ingest calls this for every
+    chunk it writes; one numpy call per column instead of a dozen per chunk is most of its cost."""
+    n = len(points)
+    whole = n // size
+    steps = points.steps
+    if whole < 2 or bool(np.any(steps[1:] <= steps[:-1])):
+        pieces = points.chunks(size)
+        return [encode_chunk(p) for p in pieces], [Stats.of(p) for p in pieces]
+    cut = whole * size
+    s = steps[:cut].reshape(whole, size)
+    v = points.values[:cut].reshape(whole, size)
+    step_deltas = np.diff(s, axis=1, prepend=0)
+    step_deltas[:, 0] = s[:, 0]
+    regular = (step_deltas[:, 2:] == step_deltas[:, 1:2]).all(axis=1).tolist() if size > 1 else [False] * whole
+    micros = np.rint(points.times[:cut] * 1e6).astype(np.int64).reshape(whole, size)
+    time_deltas = np.diff(micros, axis=1, prepend=0)
+    time_deltas[:, 0] = micros[:, 0]
+    nans = np.isnan(v)
+    nan_counts = nans.sum(axis=1).tolist()
+    with np.errstate(invalid="ignore"):
+        vmins = v.min(axis=1).tolist()  # NaN rows are aggregated by Stats.of below
+        vmaxs = v.max(axis=1).tolist()
+        sums = v.sum(axis=1).tolist()
+    firsts, lasts, vlasts = s[:, 0].tolist(), s[:, -1].tolist(), v[:, -1].tolist()
+    datas: list[bytes] = []
+    stats: list[Stats] = []
+    for k in range(whole):
+        if regular[k]:
+            step_part = _REGULAR.pack(firsts[k], int(step_deltas[k, 1]))
+        else:
+            step_part = zlib.compress(step_deltas[k].tobytes(), 1)
+        time_part = zlib.compress(time_deltas[k].tobytes(), 1)
+        header = _HEADER.pack(_VERSION, _REGULAR_STEPS if regular[k] else 0, size, len(step_part), len(time_part))
+        datas.append(b"".join((header, step_part, time_part, v[k].tobytes())))
+        if nan_counts[k]:  # the sum of the values that are not NaN: the one Stats.of adds up
+            stats.append(Stats.of(Points(s[k], points.times[k * size : (k + 1) * size], v[k])))
+        else:
+            stats.append(Stats(firsts[k], lasts[k], size, 0, vmins[k], vmaxs[k], sums[k], vlasts[k]))
+    if cut < n:
+        rest = Points(steps[cut:], points.times[cut:], points.values[cut:])
+        datas.append(encode_chunk(rest))
+        stats.append(Stats.of(rest))
+    return datas, stats
+
+
 def _decode_steps(data: bytes) -> tuple[NDArray[np.int64], int, int, int]:
     """A chunk's steps, its point count, and the offset and length of its times segment."""
     version, flags, n, ls, lt = _HEADER.unpack_from(data)

@@ -29,7 +29,7 @@ from runyard.store.series import (
     bucketize_points,
     decode_chunk,
     decode_steps_values,
-    encode_chunk,
+    pack_chunks,
 )
 
 if TYPE_CHECKING:
@@ -198,8 +198,8 @@ def append_many(conn: Connection, items: Sequence[tuple[SeriesRow, Points]],
     for i, row, new in work:
         j = starts[row.id]
         merged = old[row.id].concat(new) if row.id in old else new
-        pieces = merged.chunks(chunk_points)
-        plans.append((i, row, new, j, merged, pieces, [Stats.of(piece) for piece in pieces]))
+        pieces, stats = pack_chunks(merged, chunk_points)
+        plans.append((i, row, new, j, merged, pieces, stats))
     wanted = [w for _, row, _, j, _, pieces, _ in plans
               for w in _children_wanted(row.id, j, level_counts(row.chunk_count), level_counts(j + len(pieces)))]
     old_children = _read_blocks(conn, wanted)
@@ -208,7 +208,7 @@ def append_many(conn: Connection, items: Sequence[tuple[SeriesRow, Points]],
     updates: list[dict[str, object]] = []
     for i, row, new, j, merged, pieces, stats in plans:
         new_n = j + len(pieces)
-        chunk_rows += [{"series_id": row.id, "ordinal": j + k, "data": encode_chunk(p)} for k, p in enumerate(pieces)]
+        chunk_rows += [{"series_id": row.id, "ordinal": j + k, "data": data} for k, data in enumerate(pieces)]
         block_rows += [_block_row(row.id, 0, j + k, st) for k, st in enumerate(stats)]
         block_rows += _roll_up(row.id, j, level_counts(row.chunk_count), level_counts(new_n), stats, old_children)
         first_step = int(new.steps[0]) if row.first_step is None else min(row.first_step, int(new.steps[0]))

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runyard.store.series import Points, decode_chunk, decode_steps_values, encode_chunk
+from runyard.store.series import Points, Stats, decode_chunk, decode_steps_values, encode_chunk, pack_chunks
 
 
 @given(
@@ -52,3 +52,29 @@ def test_chunks_never_split_a_step(steps: list[int], size: int) -> None:
     # Stable: points with the same step keep their arrival order.
     assert np.concatenate([c.values for c in chunks]).tolist() == points.values.tolist()
     assert points.values.tolist() == sorted(range(len(steps)), key=lambda i: steps[i])
+
+
+@given(st.integers(1, 9), st.booleans(), st.data())
+def test_chunks_packed_at_once_are_the_bytes_and_aggregates_of_each_chunk_alone(
+        size: int, repeats: bool, data: st.DataObject) -> None:
+    """Ingest packs all of an append's chunks in one go (``pack_chunks``): what it stores must be what
+    encoding each chunk alone stores, for regular and irregular steps, repeated steps, NaN and
+    infinities alike."""
+    gaps = data.draw(st.lists(st.integers(0 if repeats else 1, 3), max_size=120))
+    steps = list(itertools.accumulate(gaps, initial=data.draw(st.integers(-5, 5))))
+    values = data.draw(st.lists(st.sampled_from([0.0, -0.0, 1.5, -2.25, 1e300, math.nan, math.inf, -math.inf])
+                                | st.floats(-1e6, 1e6), min_size=len(steps), max_size=len(steps)))
+    times = data.draw(st.lists(st.floats(1.7e9, 1.8e9), min_size=len(steps), max_size=len(steps)))
+    points = Points.of(steps, times, values)
+    datas, stats = pack_chunks(points, size)
+    pieces = points.chunks(size)
+    assert datas == [encode_chunk(p) for p in pieces]
+    assert len(stats) == len(pieces)
+    for got, piece in zip(stats, pieces, strict=True):
+        want = Stats.of(piece)
+        for name in ("first_step", "last_step", "count", "nan_count"):
+            assert getattr(got, name) == getattr(want, name)
+        for name in ("vmin", "vmax", "vsum", "vlast"):
+            a, b = getattr(got, name), getattr(want, name)
+            assert (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b)), \
+                (name, a, b)
