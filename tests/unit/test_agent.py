@@ -35,6 +35,28 @@ def test_stop_agents_ends_the_agent_and_spares_other_lock_holders(tmp_path: Path
         assert lock_held(other)  # left alone (and this process, which holds it, was not signalled)
 
 
+def test_the_agent_runs_no_pool_of_numerical_threads_beside_the_training(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent inherits the environment of whatever started it, often a training script that asked
+    its BLAS for many threads. The agent's numpy work is small; a pool of BLAS threads spinning
+    beside the training on the same cores would slow it for nothing."""
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "8")
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    settings = resolve(environ={"RUNYARD_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    ensure_agent(settings)
+    lock = agent_lock_path(settings)
+    try:
+        wait_for(lambda: lock_held(lock) and bool(lock.read_text().strip()), 30, "the agent")
+        pid = int(lock.read_text())
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+        # One thread for each library numpy may use for BLAS: OpenBLAS, OpenMP, MKL.
+        assert {key: environ.get(key) for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")} \
+            == dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+    finally:
+        stop_agents(settings.home)
+
+
 class FlakyTailer:
     """A tailer whose first poll fails with an exception runyard does not define (a bug, a bad record)."""
 

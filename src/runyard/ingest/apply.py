@@ -145,8 +145,8 @@ def _series(metric_recs: list[dict[str, Any]],
     for key, pieces in parts.items():
         seqs, steps, times, values = (np.concatenate([p[i] for p in pieces]) if len(pieces) > 1 else pieces[0][i]
                                       for i in range(4))  # (sequence numbers, steps, times, values)
-        if len(pieces) > 1:  # back to arrival (sequence) order, which orders equal steps
-            order = np.argsort(seqs, kind="stable")
+        if len(pieces) > 1 and bool(np.any(seqs[1:] < seqs[:-1])):  # back to arrival (sequence) order,
+            order = np.argsort(seqs, kind="stable")  # which orders equal steps
             seqs, steps, times, values = seqs[order], steps[order], times[order], values[order]
         last[key] = (int(seqs[-1]), float(values[-1]))
         if steps.dtype != np.int64:  # from the records' floats: a step beyond int64 cannot be kept

@@ -19,6 +19,8 @@ from runyard.spool.rundir import target_key
 if TYPE_CHECKING:
     from runyard.config import Settings
 
+#: Variables that give the libraries numpy may use for linear algebra one thread each.
+SINGLE_THREADED = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def agent_dir(settings: Settings) -> Path:
@@ -45,6 +47,8 @@ def ensure_agent(settings: Settings) -> None:
     if settings.token:
         env["RUNYARD_TOKEN"] = settings.token
     env.pop("RUNYARD_RUN_ID", None)
+    # Its numpy work is small: a pool of BLAS threads would only spin beside the training's cores.
+    env.update(dict.fromkeys(SINGLE_THREADED, "1"))
     log = (directory / f"{target_key(settings)}.log").open("ab")
     try:
         subprocess.Popen(
