@@ -9,10 +9,11 @@ file. See spool/segment.py for the format.
 
 ``put`` raises ValueError when the frame does not fit; the producer then calls ``full``, which
 seals the segment and goes on in the spare. The **keeper** thread does what must never happen
-inside ``log()``: it keeps a spare segment ready (creating one reserves disk blocks, which can wait
-on the disk), faults in the pages ahead of the write position (so ``log()`` rarely takes a page
-fault), closes full segments, converts tensors that were logged as values (``defer``), and writes
-the heartbeat. A second thread fsyncs, per the ``fsync`` policy.
+inside ``log()``: it keeps a spare segment ready, two while segments are small (creating one
+reserves disk blocks, which can wait on the disk), faults in the pages ahead of the write
+position (so ``log()`` rarely takes a page fault), closes full segments, converts tensors that
+were logged as values (``defer``), and writes the heartbeat. A second thread fsyncs, per the
+``fsync`` policy.
 
 When no segment can be made (a full or failing disk), records wait in memory, up to
 ``queue_limit``, and the keeper writes them, in order, as soon as the disk takes a new segment;
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.spool import records
+from runyard.spool import segment as segment_format
 from runyard.spool.rundir import lock_writer
 from runyard.spool.segment import (
     FRAME,
@@ -142,7 +144,8 @@ class Writer:
         self._converting = threading.Lock()
         self._fd_lock = threading.Lock()  # keeps fsync of the current segment apart from its closing
         self._segment: MappedSegment | None = None
-        self._spare: MappedSegment | None = None
+        #: Segments made ahead, in index order: the next one ``log()`` goes on in.
+        self._spares: deque[MappedSegment] = deque()
         self._next_index = 0
         self._need = 0
         self._retired: list[MappedSegment] = []
@@ -211,9 +214,9 @@ class Writer:
             return
         except ValueError:
             pass
-        spare = self._spare
+        spare = self._spares[0] if self._spares else None
         if spare is not None and spare.capacity >= len(frame) and self._switch_to(spare):
-            self._spare = None
+            self._spares.popleft()
             spare.write(frame)
         else:
             self._need = max(self._need, len(frame))
@@ -257,8 +260,9 @@ class Writer:
         with self._lock:
             self.put = self._after_close
             done = done and not self._held and self.lost_records == 0
-            segment, spare, retired = self._segment, self._spare, self._retired
-            self._segment, self._spare, self._retired = None, None, []
+            segment, spares, retired = self._segment, list(self._spares), self._retired
+            self._segment, self._retired = None, []
+            self._spares.clear()
             if segment is not None:
                 self._closed_at = address(segment.index, segment.used)
             else:
@@ -268,7 +272,7 @@ class Writer:
                 old.close(sync=self.fsync != "never")
             except (OSError, BufferError) as e:  # the records are in the page cache all the same
                 self._record(e)
-        if spare is not None:
+        for spare in spares:
             with contextlib.suppress(OSError, BufferError):
                 spare.discard()
         if self._lock_fd >= 0:
@@ -384,7 +388,7 @@ class Writer:
         if self.put != self._hold:
             return
         with self._lock:
-            segment, self._spare = self._spare, None
+            segment = self._spares.popleft() if self._spares else None
         if segment is None:
             try:
                 segment = self._new_segment()
@@ -398,7 +402,7 @@ class Writer:
             # Held frames first, while ``put`` still holds: a producer's next frame waits for the
             # lock and comes after them, so the spool keeps the order in which they were logged.
             if not self._switch_to(segment, live=False):
-                self._spare = segment  # kept for when the seal goes through
+                self._spares.appendleft(segment)  # kept for when the seal goes through
                 return
             held = self._held
             while held:
@@ -452,17 +456,17 @@ class Writer:
 
     def _keep_once(self) -> None:
         self._resume()
-        if self._spare is None and self._closed_at is None and self.put != self._hold:
+        while len(self._spares) < self._spares_wanted() and self._closed_at is None and self.put != self._hold:
             try:
                 spare = self._new_segment()
             except OSError as e:
                 self._record(e)  # tried again next tick; log() holds frames only if this persists
-            else:
-                with self._lock:
-                    if self._spare is None and self._closed_at is None:
-                        self._spare = spare
-                    else:
-                        spare.discard()
+                break
+            with self._lock:
+                if self._closed_at is None:
+                    self._spares.append(spare)
+                else:
+                    spare.discard()
         self._prefault()
         flush, self._flush_requested = self._flush_requested, False
         self._convert_deferred(only_if_due=not flush)
@@ -470,6 +474,11 @@ class Writer:
         while self._notices and self.put != self._hold:  # not into memory meant for records
             when, text = self._notices.pop(0)
             self.write(encode((records.UNNUMBERED, records.LOG, when, "system", text)))
+
+    def _spares_wanted(self) -> int:
+        """Two spares while segments are small: at millions of points a second a 1 or 2 MiB segment
+        fills in milliseconds, less than the keeper may wait for the GIL to make the next one."""
+        return 2 if segment_capacity(self._next_index) < segment_format.SEGMENT_BYTES else 1
 
     def _prefault(self) -> None:
         """Fault in the pages just ahead of the write position, so that ``log()`` does not take the

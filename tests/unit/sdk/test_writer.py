@@ -343,3 +343,23 @@ def test_syncing_the_spool_leaves_the_pages_ahead_of_log_writable(
     faults = _page_faults_of_this_thread() - faults_before
     assert writer.close(5)
     assert faults < pages // 5, f"{faults} page faults while writing {pages} pages"
+
+
+def test_while_segments_are_small_two_are_ready_so_a_late_keeper_holds_nothing_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At millions of points a second the first segments (1 MiB, then 2, 4...) fill in milliseconds:
+    a keeper that waits for the training thread's GIL to make the next one must not make log() hold
+    records in memory, where a SIGKILL loses them. Two spares are ready while segments are small."""
+    writer = Writer(tmp_path / RUN, RUN, "w1")
+    writer.start()
+    wait_for(lambda: len(segments_of(tmp_path / RUN).get("w1", [])) >= 3, 10, "two spare segments")
+    monkeypatch.setattr(writer, "_keep_once", lambda: None)  # the keeper falls behind from here
+    frame = writer_module.encode(({"x": 0.5, "y": 1.5}, records.UNNUMBERED, time.time(), 7))
+    first, second = segment.segment_capacity(0), segment.segment_capacity(1)
+    count = (first + second) // len(frame) + 1000  # the first segment and one spare cannot hold them
+    for _ in range(count):
+        writer.write(frame)
+    assert writer.peak_held == 0 and writer.pending() == 0
+    monkeypatch.undo()
+    assert writer.close(10)
+    assert len([r for r in ingested(tmp_path) if type(r) is dict]) == count
