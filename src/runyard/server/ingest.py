@@ -80,7 +80,12 @@ PIECE = 1 << 20
 
 
 def inflated(body: bytes, limit: int = MAX_INFLATED) -> Iterator[bytes]:
-    """A deflated body's content, PIECE bytes at a time, refused (413) as soon as it passes ``limit``."""
+    """A deflated body's content, PIECE bytes at a time, refused (413) as soon as it passes ``limit``.
+
+    The body must be one whole zlib stream and nothing else: zlib checks the Adler-32 trailer when
+    the stream ends (a mismatch is an error), a body cut short never ends, and bytes after the end
+    (another batch appended, say) are refused too, since they would otherwise be dropped unread.
+    Records are applied only once the last piece has passed these checks: a refused body applies nothing."""
     inflater = zlib.decompressobj()
     pending, total = body, 0
     while True:
@@ -95,6 +100,8 @@ def inflated(body: bytes, limit: int = MAX_INFLATED) -> Iterator[bytes]:
         if piece:
             yield piece
         if inflater.eof:
+            if inflater.unused_data or pending:
+                raise InvalidArgument("the body is not valid deflate data: it goes on after the end of its stream")
             return
         if not piece and not pending:
             raise InvalidArgument("the body is not valid deflate data: it ends before the stream does")
