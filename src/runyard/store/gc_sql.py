@@ -1,6 +1,7 @@
 """What ``runyard gc`` and ``runyard rm`` ask of the database: which content runs refer to, which
 finished runs ended when, and deleting finished runs (their metrics, logs, labels, artifact index
-and inputs go with them through the schema's ON DELETE CASCADE, on SQLite and PostgreSQL alike)."""
+and inputs go with them through the schema's ON DELETE CASCADE, on SQLite and PostgreSQL alike),
+and forgetting the upload grants of content no longer stored (``blob_grants``, see blobs_sql.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from runyard.store import limits
-from runyard.store.schema import artifacts, run_inputs, runs
+from runyard.store.schema import artifacts, blob_grants, run_inputs, runs
 from runyard.types import RunStatus
 
 #: States in which a run may still need its content or directory: never deleted, never collected.
@@ -82,3 +83,18 @@ def delete_runs(conn: Connection, numbers: Sequence[int]) -> list[int]:
                             .returning(_R.number))
         deleted += [r[0] for r in rows]
     return sorted(deleted)
+
+
+def granted(conn: Connection) -> list[str]:
+    """The content that some project holds an upload grant for."""
+    return sorted(conn.execute(sa.select(blob_grants.c.sha256).distinct()).scalars())
+
+
+def drop_grants(conn: Connection, shas: Sequence[str]) -> int:
+    """Forget every project's upload grant for ``shas``; returns the rows deleted. For content that
+    ``runyard gc`` or ``rm`` removed: an upload proved a project held those bytes, and once they are
+    gone, whoever stores them again must not make them readable to that project without its own upload."""
+    dropped = 0
+    for chunk in limits.batches(conn, sorted(set(shas))):
+        dropped += conn.execute(sa.delete(blob_grants).where(blob_grants.c.sha256.in_(list(chunk)))).rowcount
+    return dropped
