@@ -46,6 +46,7 @@ from runyard.ingest.alerting import Outbox, Watcher
 from runyard.names import validate_relpath
 from runyard.server import events, ingest, login, ui
 from runyard.server.capacity import RETRY_AFTER_SECONDS, Capacity, Limits
+from runyard.server.headers import SecurityHeaders
 from runyard.server.security import BodyTooLarge, Gate, Policy, Principal, requires
 from runyard.store.api import RunQuery
 from runyard.store.artifacts import DiskArtifacts
@@ -69,9 +70,6 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RunyardError, 400),
 )
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
-#: Security headers on every response; the UI's pages get a strict Content-Security-Policy.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-       "connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
 class RunChange(BaseModel):
@@ -225,17 +223,7 @@ def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bi
     ui.mount(app)
     # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
     app.add_middleware(Gate, policy=policy, routes=lambda: app.router.routes, decoding=server.decoding)
-
-    @app.middleware("http")
-    async def headers(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        response.headers.setdefault("x-content-type-options", "nosniff")
-        response.headers.setdefault("referrer-policy", "no-referrer")
-        if response.headers.get("content-type", "").startswith("text/html"):
-            response.headers["content-security-policy"] = CSP
-            response.headers["x-frame-options"] = "DENY"
-        return response
-
+    app.add_middleware(SecurityHeaders)
     _declare_builtin_roles(app)
     return app
 

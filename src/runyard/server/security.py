@@ -54,7 +54,7 @@ MAX_BODY = 33 << 20
 MAX_JSON_BODY = 2 << 20
 LIGHT_BODY = 256 << 10
 #: Values a JSON body may hold: the longest lists the API takes (10,000 blob names, alert ids or
-#: command words) and some more. Counted before FastAPI parses the body (see ``json_values``).
+#: command words) and some more. Counted before FastAPI parses the body (see ``JsonValues``).
 MAX_JSON_VALUES = 25_000
 #: The browser session cookie set by a login link.
 SESSION_COOKIE = "runyard_session"
@@ -86,17 +86,25 @@ def _capped(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
-async def _read_all(receive: Receive, limit: int) -> bytes:
-    chunks = []
+async def _read_json(receive: Receive, limit: int) -> bytes | None:
+    """A JSON body, or None once it holds more than MAX_JSON_VALUES values (the rest is read and
+    dropped, so that the client gets the answer rather than a reset connection)."""
+    chunks: list[bytes] | None = []
     capped = _capped(receive, limit)
+    values = JsonValues()
     while True:
         message = await capped()
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        if chunks is not None:
+            if values.feed(chunk) > MAX_JSON_VALUES:
+                chunks = None
+            else:
+                chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return b"".join(chunks)
+    return None if chunks is None else b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -113,18 +121,36 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def json_values(body: bytes) -> int:
+class JsonValues:
     """How many values a JSON body holds (array elements and object members, counted by the commas and
-    opening brackets outside strings), without parsing it: parsing and validating cost about 2 µs per
-    value on the event loop, where a body of ``[]`` after ``[]`` would hold it for seconds."""
-    rough = body.count(b",") + body.count(b"[") + body.count(b"{")
-    if rough <= MAX_JSON_VALUES:
-        return rough  # commas inside strings counted too: an upper bound, and within it
-    # Escaped backslashes, then escaped quotes, cannot end a string: without them, the text between
-    # a quote and the next is a string, and every other piece is outside.
-    plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(plain.split(b'"')[::2])
-    return outside.count(b",") + outside.count(b"[") + outside.count(b"{")
+    opening brackets outside strings), counted chunk by chunk as the body arrives, without parsing it:
+    parsing and validating cost about 2 µs per value, and counting a whole 2 MiB body at once held the
+    event loop for some 40 ms; a chunk at a time, a body past the limit is known after its first ones."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._in_string = False
+        #: A backslash that ended the last chunk after pairs were removed: it escapes the next byte.
+        self._escape = b""
+
+    def feed(self, chunk: bytes) -> int:
+        data = self._escape + chunk
+        # Escaped backslashes, then escaped quotes, cannot end a string: without them, the text between
+        # a quote and the next is a string, and every other piece is outside. Only the parity of a run
+        # of backslashes at the end matters (pairs cancel); an odd one is kept for the next chunk.
+        body = data.rstrip(b"\\")
+        self._escape = b"\\" if (len(data) - len(body)) % 2 else b""
+        plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+        pieces = plain.split(b'"')
+        outside = b"".join(pieces[1 if self._in_string else 0::2])
+        self._in_string ^= (len(pieces) - 1) % 2 == 1
+        self.count += outside.count(b",") + outside.count(b"[") + outside.count(b"{")
+        return self.count
+
+
+def json_values(body: bytes) -> int:
+    """How many values a whole JSON body holds (see ``JsonValues``)."""
+    return JsonValues().feed(body)
 
 
 def requires(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -219,6 +245,12 @@ class Policy:
             # own use: accepting any name would let a rebound DNS name reach the server.
             return host in LOOPBACK_NAMES or is_loopback(host)
         return host == self.bind_host.strip("[]").lower() or host in LOOPBACK_NAMES
+
+    @property
+    def auth_settled(self) -> bool:
+        """Whether every request needs a token for sure, without asking the database (so without a
+        thread: ``auth_required`` may ask it)."""
+        return not (self.loopback and self.insecure_local) or self._tokens_exist
 
     def auth_required(self) -> bool:
         """Always, but on loopback with ``--insecure-local`` only once any token exists."""
@@ -329,7 +361,7 @@ class Gate:
         if route is not None and role == "public" and scope["method"] in ("GET", "HEAD"):
             # The dashboard's static shell: no data, and the browser needs it before it has a token.
             principal = ANONYMOUS
-        elif await anyio.to_thread.run_sync(policy.auth_required):
+        elif policy.auth_settled or await anyio.to_thread.run_sync(policy.auth_required):
             authorization = headers.get("authorization", "")
             scheme, _, secret = authorization.partition(" ")
             session = _cookie(headers, SESSION_COOKIE)
@@ -374,8 +406,8 @@ class Gate:
         heavy = self.decoding is not None and not (is_number(length) and int(length) <= LIGHT_BODY)
         try:
             async with self.decoding.slot() if heavy and self.decoding is not None else contextlib.nullcontext():
-                body = await _read_all(receive, limit)
-                if json_values(body) > MAX_JSON_VALUES:
+                body = await _read_json(receive, limit)
+                if body is None:
                     await send_error(send, 413, f"the body holds more than {MAX_JSON_VALUES:,} values (array elements "
                                      "and object members); send fewer at once")
                     return
