@@ -128,3 +128,48 @@ def test_the_watcher_marks_change_with_points_logs_and_status(api: Served) -> No
     marks.append(store.activity([run, other]))
     assert len({m[run] for m in marks}) == 4, marks  # each change moved the run's mark
     assert len({m[other] for m in marks}) == 1  # and only its own
+
+
+def _trickle(port: int, request_head: str, seconds: float) -> tuple[float, bytes]:
+    """Send ``request_head``, then its body a byte every 0.2 s: the seconds until the server closed
+    the connection, and what it sent."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(request_head.encode())
+    started = time.monotonic()
+    data = b""
+    try:
+        while time.monotonic() - started < seconds:
+            s.settimeout(0.2)
+            try:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return time.monotonic() - started, data
+                data += chunk
+            except TimeoutError:
+                pass
+            s.sendall(b"\x00")
+    except (BrokenPipeError, ConnectionResetError):
+        return time.monotonic() - started, data
+    finally:
+        s.close()
+    raise AssertionError(f"still open after {seconds} s of a byte every 0.2 s; received {data[:100]!r}")
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off(db_url: str, tmp_path: Path) -> None:
+    """Slowloris on the body: headers in time, then the body far slower than the minimum rate. The
+    connection is closed (408) after about one window, whatever the route: ingest, an upload."""
+    limits = Limits(header_timeout=2.0, min_body_rate=100, body_window=1.0)
+    with serving(tmp_path, limits, db_url) as port:
+        host = f"Host: 127.0.0.1:{port}\r\n"
+        ingest = (f"POST /api/v1/ingest HTTP/1.1\r\n{host}content-type: application/msgpack\r\n"
+                  "content-length: 100000\r\n\r\n")
+        took, data = _trickle(port, ingest, 8)
+        assert took < 4 and data.startswith(b"HTTP/1.1 408"), (took, data)
+        upload = (f"PUT /api/v1/blobs/{'0' * 64} HTTP/1.1\r\n{host}content-type: application/octet-stream\r\n"
+                  "transfer-encoding: chunked\r\n\r\n1000\r\n")
+        took, data = _trickle(port, upload, 8)
+        assert took < 4 and data.startswith(b"HTTP/1.1 408"), (took, data)
+        # The server still answers others, and a body sent at once is taken as before.
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200
+        answer = httpx.post(f"http://127.0.0.1:{port}/api/v1/blobs/missing", json={"sha256": ["0" * 64]}, timeout=5)
+        assert answer.status_code == 200 and answer.json() == {"missing": ["0" * 64]}

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from runyard import wire
@@ -253,6 +254,12 @@ def _errors(app: FastAPI) -> None:
         messages = {404: "no such endpoint (the API is under /api/v1; see /api/openapi.json)",
                     405: "this endpoint does not accept that method"}
         return _error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client went, or was cut off sending its body too slowly (connections.py): nobody to
+        # answer, and nothing the server's log needs a traceback for.
+        return Response(status_code=400)
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:

@@ -29,6 +29,11 @@ class Limits:
     #: Seconds a connection may take to send a request's headers (from its first byte, or from the
     #: connection's opening); then it is closed (408).
     header_timeout: float = 10.0
+    #: Bytes a second a request's body must arrive at, on average over each ``body_window`` seconds
+    #: while the server is reading it; a slower one is cut off (408, closed), so that a client
+    #: sending a byte at a time cannot hold a connection, an upload or a decode slot for long.
+    min_body_rate: int = 1024
+    body_window: float = 10.0
     #: Seconds an idle keep-alive connection stays open between requests.
     keep_alive: int = 5
     #: Requests decoding a body in memory at once (ingest, JSON bodies over LIGHT_BODY).

@@ -1,10 +1,14 @@
-"""The server's connections: uvicorn's h11 protocol with a header timeout and a connection limit.
+"""The server's connections: uvicorn's h11 protocol with a header timeout, a minimum body rate and
+a connection limit.
 
 uvicorn closes an idle keep-alive connection (``timeout_keep_alive``), but a connection that has
-sent part of a request's headers waits for the rest forever, and its ``limit_concurrency`` answers
-503 without ``Retry-After``. ``GuardedH11Protocol`` closes a connection whose headers are not all
-there ``header_timeout`` seconds after the connection opened or the request's first byte came (with
-408), and answers every request on a connection past ``max_connections`` with 503 and ``Retry-After``.
+sent part of a request's headers, or of its body, waits for the rest forever, and its
+``limit_concurrency`` answers 503 without ``Retry-After``. ``GuardedH11Protocol`` closes a
+connection whose headers are not all there ``header_timeout`` seconds after the connection opened
+or the request's first byte came (with 408), closes one whose body arrives at less than
+``min_body_rate`` bytes a second over a ``body_window`` (with 408 if no answer has begun; the time
+the server itself stops reading, its buffer full, does not count), and answers every request on a
+connection past ``max_connections`` with 503 and ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -15,11 +19,24 @@ from typing import Any
 import h11
 import orjson
 import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from runyard.server.capacity import RETRY_AFTER_SECONDS, Limits
 
 _TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class _WatchedFlow(FlowControl):
+    """uvicorn's flow control, noting that reading was paused (the app not keeping up) since last asked."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self.paused_lately = False
+
+    def pause_reading(self) -> None:
+        self.paused_lately = True
+        super().pause_reading()
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -30,16 +47,20 @@ class GuardedH11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
             # Still read the request, so that the client gets an answer rather than a reset.
             self.app = _over_capacity
         super().connection_made(transport)
+        self.flow = _WatchedFlow(transport)  # before any request: each takes the protocol's flow
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -48,6 +69,11 @@ class GuardedH11Protocol(H11Protocol):
             self._arm_header_timer()  # a request has begun (or the connection is new): its headers are due
         else:
             self._cancel_header_timer()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._body_bytes += len(data)
+            if self._body_timer is None:  # a body has begun: it is due at the minimum rate
+                self._body_bytes = 0
+                self._body_timer = self.loop.call_later(self.limits.body_window, self._check_body_rate)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -63,6 +89,28 @@ class GuardedH11Protocol(H11Protocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _check_body_rate(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return  # the body is all there (or the connection gone)
+        received, self._body_bytes = self._body_bytes, 0
+        flow = self.flow
+        paused = flow.read_paused or (isinstance(flow, _WatchedFlow) and flow.paused_lately)
+        if isinstance(flow, _WatchedFlow):
+            flow.paused_lately = False
+        if paused or received >= self.limits.min_body_rate * self.limits.body_window:
+            # Fast enough, or held back by the server itself (not reading: its buffer is full).
+            self._body_timer = self.loop.call_later(self.limits.body_window, self._check_body_rate)
+            return
+        if self.conn.our_state is h11.SEND_RESPONSE:  # no answer begun: say why
+            self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
