@@ -55,6 +55,8 @@ from runyard.store.sql import SqlStore
 from runyard.store.tokens import Tokens
 from runyard.types import RECENT_FAILURES, RunStatus
 
+#: The health check: answered on threads of its own (``Limits.health_threads``), its token too.
+HEALTH = "/api/health"
 #: HTTP status of each error a handler can raise (the first matching class wins).
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (AccessDenied, 403),
@@ -194,6 +196,8 @@ class Server:
         #: Heavy requests: those decoding a body in memory, and uploads (see capacity.py).
         self.decoding = Capacity("requests decoding a body", limits.decode_slots, limits.slot_wait)
         self.uploads = Capacity("uploads", limits.upload_slots, limits.slot_wait)
+        #: The health check's own threads (see ``HEALTH``).
+        self.health_lane = anyio.CapacityLimiter(limits.health_threads)
         self.tokens = Tokens(store)
         self.hub = events.Hub(store)
         self.watcher = Watcher(store)
@@ -223,7 +227,8 @@ def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bi
     login.add_routes(app, policy)
     ui.mount(app)
     # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
-    app.add_middleware(Gate, policy=policy, routes=lambda: app.router.routes, decoding=server.decoding)
+    app.add_middleware(Gate, policy=policy, routes=lambda: app.router.routes, decoding=server.decoding,
+                       lanes={HEALTH: server.health_lane})
     app.add_middleware(SecurityHeaders)
     _declare_builtin_roles(app)
     return app
@@ -309,18 +314,22 @@ def _routes(app: FastAPI, server: Server) -> None:
     store = server.store
     v1 = wire.API_PREFIX
 
-    @app.get("/api/health", tags=["server"])
-    @requires("reader")
-    def health() -> dict[str, Any]:
-        """Whether the server and its database answer."""
-        from runyard.spool.rundir import target_key
-        from runyard.store.revision import REVISIONS
+    from runyard.spool.rundir import target_key
+    from runyard.store.revision import REVISIONS
 
-        store.list_projects()
-        # "store" names the database and artifact store (a hash): `runyard ui` tells its own server
-        # from another home's on the same port.
-        return {"status": "ok", "version": __version__, "schema": REVISIONS[-1], "dialect": store.dialect,
-                "store": target_key(server.settings)}
+    # "store" names the database and artifact store (a hash): `runyard ui` tells its own server
+    # from another home's on the same port.
+    healthy = {"status": "ok", "version": __version__, "schema": REVISIONS[-1], "dialect": store.dialect,
+               "store": target_key(server.settings)}
+
+    @app.get(HEALTH, tags=["server"])
+    @requires("reader")
+    async def health() -> dict[str, Any]:
+        """Whether the server and its database answer."""
+        # Async, with the database asked on the health check's own threads: one hop to a thread and
+        # back, which the requests keeping the other threads (and the loop) busy cannot delay.
+        await anyio.to_thread.run_sync(store.list_projects, limiter=server.health_lane)
+        return healthy
 
     @app.get(f"{v1}/projects", tags=["runs"])
     @requires("reader")

@@ -1,4 +1,5 @@
-"""What the server takes at once: connections, heavy requests, upload sizes.
+"""What the server takes at once: connections, heavy requests, upload sizes, and the threads kept
+for health checks.
 
 A request that decodes a body in memory (ingest, a big JSON body) takes one of a few decode slots,
 and an upload one of the upload slots (it streams to disk, but holds a thread, a file and disk
@@ -44,6 +45,9 @@ class Limits:
     slot_wait: float = 10.0
     #: Largest upload (artifact or blob), in bytes, whatever its content type.
     max_upload: int = 256 << 30
+    #: Threads kept for health checks (their token check and database check), which no other
+    #: request may take: a load balancer's probe never waits behind the server's other work.
+    health_threads: int = 2
 
 
 class Capacity:

@@ -18,7 +18,7 @@ import ipaddress
 import secrets
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from runyard.errors import Busy
 from runyard.names import is_number
 
 if TYPE_CHECKING:
+    from anyio import CapacityLimiter
     from starlette.routing import BaseRoute
     from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -325,12 +326,14 @@ class Gate:
     """ASGI middleware enforcing ``Policy`` in front of the app's router."""
 
     def __init__(self, app: ASGIApp, policy: Policy, routes: Callable[[], list[BaseRoute]],
-                 decoding: Capacity | None = None) -> None:
+                 decoding: Capacity | None = None, lanes: Mapping[str, CapacityLimiter] | None = None) -> None:
         self.app = app
         self.policy = policy
         self.routes = routes
         #: Where a big JSON body waits its turn to be decoded (the ingest route takes its own slot).
         self.decoding = decoding
+        #: Paths whose token is checked on threads of their own (the health check's), not the shared ones.
+        self.lanes = dict(lanes or {})
 
     def _match(self, scope: Scope) -> BaseRoute | None:
         partial = None
@@ -357,11 +360,12 @@ class Gate:
             return
         route = self._match(scope)
         role = route_role(route) if route is not None else "public"
+        lane = self.lanes.get(scope["path"])
         principal = LOCAL_USER
         if route is not None and role == "public" and scope["method"] in ("GET", "HEAD"):
             # The dashboard's static shell: no data, and the browser needs it before it has a token.
             principal = ANONYMOUS
-        elif policy.auth_settled or await anyio.to_thread.run_sync(policy.auth_required):
+        elif policy.auth_settled or await anyio.to_thread.run_sync(policy.auth_required, limiter=lane):
             authorization = headers.get("authorization", "")
             scheme, _, secret = authorization.partition(" ")
             session = _cookie(headers, SESSION_COOKIE)
@@ -371,9 +375,13 @@ class Gate:
                                      "(set RUNYARD_TOKEN; an admin creates one with `runyard token create`)",
                                      [(b"www-authenticate", b"Bearer")])
                     return
-                token = await anyio.to_thread.run_sync(policy.authenticate, secret.strip())
+                credential = secret.strip()
             else:
-                token = await anyio.to_thread.run_sync(policy.session_token, session)
+                credential = session
+            if authorization or session is None:
+                token = await anyio.to_thread.run_sync(policy.authenticate, credential, limiter=lane)
+            else:
+                token = await anyio.to_thread.run_sync(policy.session_token, credential, limiter=lane)
             if token is None:
                 what = "the token is unknown or revoked" if authorization else \
                     "the browser session has expired: run `runyard ui` again for a new link"
