@@ -48,6 +48,7 @@ from runyard.names import validate_relpath
 from runyard.server import events, ingest, login, ui
 from runyard.server.capacity import RETRY_AFTER_SECONDS, Capacity, Limits
 from runyard.server.headers import SecurityHeaders
+from runyard.server.ratelimit import RateLimit
 from runyard.server.security import BodyTooLarge, Gate, Policy, Principal, requires
 from runyard.store.api import RunQuery
 from runyard.store.artifacts import DiskArtifacts
@@ -228,7 +229,7 @@ def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bi
     ui.mount(app)
     # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
     app.add_middleware(Gate, policy=policy, routes=lambda: app.router.routes, decoding=server.decoding,
-                       lanes={HEALTH: server.health_lane})
+                       lanes={HEALTH: server.health_lane}, rates=RateLimit(server.limits.rate, server.limits.burst))
     app.add_middleware(SecurityHeaders)
     _declare_builtin_roles(app)
     return app

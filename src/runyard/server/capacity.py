@@ -45,6 +45,11 @@ class Limits:
     slot_wait: float = 10.0
     #: Largest upload (artifact or blob), in bytes, whatever its content type.
     max_upload: int = 256 << 30
+    #: Requests a token (or a browser session) may make per second, sustained, and at once: past
+    #: them it is answered 429 with Retry-After (see ratelimit.py). A client of runyard makes its
+    #: requests one after another and gets nowhere near these.
+    rate: float = 500.0
+    burst: int = 5000
     #: Threads kept for health checks (their token check and database check), which no other
     #: request may take: a load balancer's probe never waits behind the server's other work.
     health_threads: int = 2

@@ -14,6 +14,7 @@ refused for everyone: forgetting the declaration fails closed, and a test walks 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import secrets
 import threading
@@ -29,6 +30,7 @@ from starlette.routing import Match
 
 from runyard.errors import Busy
 from runyard.names import is_number
+from runyard.server.ratelimit import RateLimit, retry_after
 
 if TYPE_CHECKING:
     from anyio import CapacityLimiter
@@ -322,11 +324,17 @@ async def send_error(send: Send, status: int, message: str, extra_headers: list[
     await send({"type": "http.response.body", "body": body})
 
 
+async def _too_many(send: Send, wait: float) -> None:
+    await send_error(send, 429, f"this token sends more requests than the server takes from one token; try again "
+                     f"in {retry_after(wait)} s", [(b"retry-after", retry_after(wait).encode())])
+
+
 class Gate:
     """ASGI middleware enforcing ``Policy`` in front of the app's router."""
 
     def __init__(self, app: ASGIApp, policy: Policy, routes: Callable[[], list[BaseRoute]],
-                 decoding: Capacity | None = None, lanes: Mapping[str, CapacityLimiter] | None = None) -> None:
+                 decoding: Capacity | None = None, lanes: Mapping[str, CapacityLimiter] | None = None,
+                 rates: RateLimit | None = None) -> None:
         self.app = app
         self.policy = policy
         self.routes = routes
@@ -334,6 +342,8 @@ class Gate:
         self.decoding = decoding
         #: Paths whose token is checked on threads of their own (the health check's), not the shared ones.
         self.lanes = dict(lanes or {})
+        #: Requests per second per token (or browser session).
+        self.rates = rates
 
     def _match(self, scope: Scope) -> BaseRoute | None:
         partial = None
@@ -378,6 +388,10 @@ class Gate:
                 credential = secret.strip()
             else:
                 credential = session
+            key = hashlib.sha256(credential.encode()).digest()
+            if self.rates is not None and (wait := self.rates.wait(key)):  # refused before asking the database
+                await _too_many(send, wait)
+                return
             if authorization or session is None:
                 token = await anyio.to_thread.run_sync(policy.authenticate, credential, limiter=lane)
             else:
@@ -386,6 +400,9 @@ class Gate:
                 what = "the token is unknown or revoked" if authorization else \
                     "the browser session has expired: run `runyard ui` again for a new link"
                 await send_error(send, 401, what, [(b"www-authenticate", b"Bearer")])
+                return
+            if self.rates is not None and (wait := self.rates.take(key)):
+                await _too_many(send, wait)
                 return
             principal = Principal(token.role, token.project, token.id, token.name)
         if role is None:
