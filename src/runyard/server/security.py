@@ -59,6 +59,8 @@ LIGHT_BODY = 256 << 10
 #: Values a JSON body may hold: the longest lists the API takes (10,000 blob names, alert ids or
 #: command words) and some more. Counted before FastAPI parses the body (see ``JsonValues``).
 MAX_JSON_VALUES = 25_000
+#: Set in a request's state when the database answered for its token (the health check need not ask again).
+DATABASE_ANSWERED = "database_answered"
 #: The browser session cookie set by a login link.
 SESSION_COOKIE = "runyard_session"
 #: Seconds a login code of `runyard ui` may wait for its browser, and a browser session may last.
@@ -405,6 +407,7 @@ class Gate:
                 await _too_many(send, wait)
                 return
             principal = Principal(token.role, token.project, token.id, token.name)
+            scope.setdefault("state", {})[DATABASE_ANSWERED] = True  # it was asked for the token, just now
         if role is None:
             await send_error(send, 403, "this route declares no access rule, so it is closed")
             return
