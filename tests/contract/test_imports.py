@@ -54,6 +54,8 @@ def test_runyard_ls_lists_runs_without_loading_sqlalchemy(db_url: str, tmp_path:
     )
     modules = loaded_after(code, env)
     assert "sqlalchemy" not in modules and "runyard.store.sql" not in modules
+    # A spool without run directories (finished runs' are retired) needs no segment or ack reader.
+    assert "runyard.spool.segment" not in modules and "runyard.spool.acks" not in modules
 
 
 def test_public_surface_is_listed_and_sorted() -> None:
