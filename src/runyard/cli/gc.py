@@ -70,20 +70,6 @@ def _local_api() -> Any:
     return api
 
 
-def _forget_grants(api: Any) -> None:
-    """Forget the upload grants of content the store no longer holds (removed now or by an earlier
-    gc): a grant outliving its content would let its project refer to the bytes once anyone stores
-    them again. Checked outside the write transaction; a project uploading the content meanwhile
-    loses its grant and is told to upload again, which fails closed."""
-    from runyard.store import gc_sql
-
-    with api.store._read() as conn:
-        gone = [sha for sha in gc_sql.granted(conn) if not api.artifacts.has(sha)]
-    if gone:
-        with api.store._write() as conn:
-            gc_sql.drop_grants(conn, gone)
-
-
 def gc(env_days: float, runs_older_than: str | None, all_finished: bool, dry_run: bool, as_json: bool) -> int:
     from runyard.exec import reclaim
 
@@ -96,8 +82,6 @@ def gc(env_days: float, runs_older_than: str | None, all_finished: bool, dry_run
         report = reclaim.collect(api.store, api.artifacts, api.settings.home, env_days=env_days,
                                  runs_ended_before=cutoff, run_directories=runs_older_than is not None or all_finished,
                                  dry_run=dry_run, progress=progress)
-        if not dry_run:
-            _forget_grants(api)
     finally:
         progress.done()
         api.close()
@@ -147,7 +131,6 @@ def rm(refs: list[str], yes: bool) -> int:
         try:
             report = reclaim.delete_runs(api.store, api.artifacts, api.settings.home, api.settings.spool_dir, unique,
                                          progress)
-            _forget_grants(api)
         finally:
             progress.done()
     finally:

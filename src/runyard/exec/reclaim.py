@@ -138,12 +138,25 @@ def _recent_snapshot_files(artifacts: Any, recent: Iterable[str]) -> set[str]:
     return files
 
 
-def _remove_content(artifacts: Any, found: Iterable[tuple[str, int]], report: Report, progress: Progress) -> None:
+def _remove_content(store: Any, artifacts: Any, found: Iterable[tuple[str, int]], report: Report,
+                    progress: Progress) -> None:
     for sha, size in found:
         if not report.dry_run:
             size = artifacts.remove(sha)
         report.content.add(sha, size)
         progress(f"removing content: {report.content.count:,} objects")
+    if not report.dry_run:
+        _forget_grants(store, artifacts)
+
+
+def _forget_grants(store: Any, artifacts: Any) -> None:
+    """Forget the upload grants of content the store no longer holds (removed now or by an earlier
+    gc): a grant outliving its content would let its project refer to the bytes once anyone stores
+    them again. Checked outside the write transaction; a project uploading the content meanwhile
+    loses its grant and is told to upload again, which fails closed."""
+    gone = [sha for sha in store.granted_content() if not artifacts.has(sha)]
+    if gone:
+        store.forget_grants(gone)
 
 
 # -- directories ----------------------------------------------------------------------------------
@@ -227,7 +240,7 @@ def collect(store: Any, artifacts: Any, home: Path, *, env_days: float, runs_end
     now = time.time() if now is None else now
     report = Report(dry_run)
     since = _protected_since(store, now, GRACE_S)
-    _remove_content(artifacts, unreferenced(store, artifacts, since, progress=progress), report, progress)
+    _remove_content(store, artifacts, unreferenced(store, artifacts, since, progress=progress), report, progress)
     for env, size in stale_environments(home, env_days, now):
         if dry_run or _remove_environment(env, env_days, now):
             report.environments.add(str(env), size)
@@ -263,5 +276,5 @@ def delete_runs(store: Any, artifacts: Any, home: Path, spool_dir: Path, runs: S
     # run's now (storing content again marks it written), which that run may not have recorded yet.
     since = max(r.ended_at if r.ended_at is not None else r.created_at for r in runs) + 1.0
     found = unreferenced(store, artifacts, since, only=theirs, progress=progress)
-    _remove_content(artifacts, found, report, progress)
+    _remove_content(store, artifacts, found, report, progress)
     return report

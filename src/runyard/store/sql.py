@@ -484,6 +484,16 @@ class SqlStore:
         with self._write() as conn:
             return gc_sql.delete_runs(conn, numbers)
 
+    def granted_content(self) -> list[str]:
+        """The content some project holds an upload grant for (blob_grants)."""
+        with self._read() as conn:
+            return gc_sql.granted(conn)
+
+    def forget_grants(self, shas: Sequence[str]) -> int:
+        """Forget every project's upload grant for ``shas`` (content no longer stored); the rows deleted."""
+        with self._write() as conn:
+            return gc_sql.drop_grants(conn, shas)
+
     # -- team mode: leases, claims, stop requests (see claims_sql) ---------------------------------
 
     def lease_clock(self, conn: Connection) -> float:
