@@ -272,15 +272,11 @@ def _ls_fast(project: str | None, labels: tuple[str, ...], statuses: tuple[str, 
     SQLAlchemy alone costs more than the whole listing), and on PostgreSQL through psycopg alone;
     False when the full path must answer (a server, a database not at this code's schema, or
     records left by a dead writer to ingest first)."""
-    from runyard.spool.rundir import run_dirs, target_key, waiting_for_catch_up
+    from runyard.spool.rundir import target_key, waiting_for_catch_up
     from runyard.store.lite import LiteStore, PostgresListing
 
     settings = resolve()
-    if settings.server:
-        return False
-    # Finished runs' spools are retired (spool/retired/): a spool without run directories needs no
-    # look at acks and segments, nor the import of their readers.
-    if run_dirs(settings.spool_dir) and waiting_for_catch_up(settings.spool_dir, target_key(settings)):
+    if settings.server or waiting_for_catch_up(settings.spool_dir, target_key(settings)):
         return False
     lite: LiteStore | PostgresListing | None = LiteStore.open(settings.db) or PostgresListing.open(settings.db)
     if lite is None:

@@ -79,11 +79,16 @@ def target_of(directory: Path) -> str | None:
 
 def waiting_for_catch_up(spool_dir: Path, target: str | None) -> bool:
     """Whether a writer that is gone left records not yet in the store (what a command opening the
-    home ingests first): cheap, standard library only, so that a fast command can ask."""
+    home ingests first): cheap, standard library only, so that a fast command can ask. Finished
+    runs' spools are retired (spool/retired/): with no run directory left, the acks and segments
+    are not looked at, nor their readers imported."""
+    directories = run_dirs(spool_dir)
+    if not directories:
+        return False
     from runyard.spool.acks import read_ack
     from runyard.spool.segment import segments_of
 
-    for directory in run_dirs(spool_dir):
+    for directory in directories:
         if target is not None and target_of(directory) not in (target, None):
             continue
         for writer in segments_of(directory):
