@@ -102,18 +102,22 @@ class Points:
 def encode_chunk(points: Points) -> bytes:
     """Pack a chunk: steps (two numbers when regular, else compressed deltas), times in microseconds as
     compressed deltas, values as raw float64."""
-    n = len(points)
     deltas = np.diff(points.steps, prepend=0)
-    flags = 0
-    if n > 1 and bool(np.all(deltas[2:] == deltas[1])):
-        flags |= _REGULAR_STEPS
-        steps = _REGULAR.pack(int(points.steps[0]), int(deltas[1]))
-    else:
-        steps = zlib.compress(deltas.tobytes(), 1)
+    regular = len(points) > 1 and bool(np.all(deltas[2:] == deltas[1]))
     micros = np.rint(points.times * 1e6).astype(np.int64)
-    times = zlib.compress(np.diff(micros, prepend=0).tobytes(), 1)
-    header = _HEADER.pack(_VERSION, flags, n, len(steps), len(times))
-    return b"".join((header, steps, times, points.values.tobytes()))
+    return _chunk_bytes(deltas, regular, np.diff(micros, prepend=0), points.values)
+
+
+def _chunk_bytes(step_deltas: NDArray[np.int64], regular: bool, time_deltas: NDArray[np.int64],
+                 values: NDArray[np.float64]) -> bytes:
+    """A chunk's bytes from its step and time deltas (each starting with the first value itself)."""
+    if regular:
+        steps = _REGULAR.pack(int(step_deltas[0]), int(step_deltas[1]))
+    else:
+        steps = zlib.compress(step_deltas.tobytes(), 1)
+    times = zlib.compress(time_deltas.tobytes(), 1)
+    header = _HEADER.pack(_VERSION, _REGULAR_STEPS if regular else 0, len(values), len(steps), len(times))
+    return b"".join((header, steps, times, values.tobytes()))
 
 
 def pack_chunks(points: Points, size: int = CHUNK_POINTS) -> tuple[list[bytes], list[Stats]]:
@@ -146,13 +150,7 @@ def pack_chunks(points: Points, size: int = CHUNK_POINTS) -> tuple[list[bytes], 
     datas: list[bytes] = []
     stats: list[Stats] = []
     for k in range(whole):
-        if regular[k]:
-            step_part = _REGULAR.pack(firsts[k], int(step_deltas[k, 1]))
-        else:
-            step_part = zlib.compress(step_deltas[k].tobytes(), 1)
-        time_part = zlib.compress(time_deltas[k].tobytes(), 1)
-        header = _HEADER.pack(_VERSION, _REGULAR_STEPS if regular[k] else 0, size, len(step_part), len(time_part))
-        datas.append(b"".join((header, step_part, time_part, v[k].tobytes())))
+        datas.append(_chunk_bytes(step_deltas[k], regular[k], time_deltas[k], v[k]))
         if nan_counts[k]:  # the sum of the values that are not NaN: the one Stats.of adds up
             stats.append(Stats.of(Points(s[k], points.times[k * size : (k + 1) * size], v[k])))
         else:
