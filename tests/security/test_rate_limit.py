@@ -9,27 +9,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from tests.unit.server.conftest import BASE, home_env, migrate_postgres
+from tests.unit.server.conftest import served_app
 
-from runyard.config import resolve
-from runyard.server.app import create_app
 from runyard.server.capacity import Limits
-from runyard.store.home import open_store
 from runyard.store.tokens import Tokens
 
 
 @contextmanager
 def _client(tmp_path: Path, db_url: str, limits: Limits) -> Iterator[tuple[TestClient, list[str]]]:
-    migrate_postgres(db_url)
-    settings = resolve(environ=home_env(tmp_path / "home", db_url), cwd=tmp_path)
-    opened = open_store(settings)
-    try:
-        tokens = [Tokens(opened.store).create("writer", name=f"t{n}")[1] for n in range(2)]
-        app = create_app(settings, opened.store, opened.artifacts, "127.0.0.1", 8765, limits=limits)
-        with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
-            yield client, tokens
-    finally:
-        opened.close()
+    with served_app(db_url, tmp_path, limits=limits) as served:
+        yield served.client, [Tokens(served.store).create("writer", name=f"t{n}")[1] for n in range(2)]
 
 
 def _get(client: TestClient, token: str, path: str = "/api/v1/projects") -> int:

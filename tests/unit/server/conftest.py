@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -61,16 +63,25 @@ def migrate_postgres(db_url: str) -> None:
 
 @pytest.fixture
 def api(db_url: str, tmp_path: Path) -> Iterator[Served]:
+    # The routes' own behaviour, as the single user of an open loopback server; the security tests
+    # create tokens (then every request needs one) or start servers that require them.
+    with served_app(db_url, tmp_path, insecure_local=True) as served:
+        yield served
+
+
+@contextmanager
+def served_app(db_url: str, tmp_path: Path, **options: Any) -> Iterator[Served]:
+    """The app in this process on a fresh home of ``db_url``'s engine; ``options`` go to ``create_app``."""
     home = tmp_path / "server-home"
     settings = resolve(environ=home_env(home, db_url), cwd=tmp_path)
     migrate_postgres(db_url)
     opened = open_store(settings)
-    # The routes' own behaviour, as the single user of an open loopback server; the security tests
-    # create tokens (then every request needs one) or start servers that require them.
-    app = create_app(settings, opened.store, opened.artifacts, "127.0.0.1", 8765, insecure_local=True)
-    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
-        yield Served(client, opened, home)
-    opened.close()
+    try:
+        app = create_app(settings, opened.store, opened.artifacts, "127.0.0.1", 8765, **options)
+        with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
+            yield Served(client, opened, home)
+    finally:
+        opened.close()
 
 
 @dataclass
