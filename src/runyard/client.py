@@ -57,6 +57,9 @@ MISSING_BATCH = 10_000
 _IDEMPOTENT = ("GET", "PUT")
 #: Gateway answers that mean "try again" rather than "you asked wrongly".
 _TRANSIENT_STATUS = (502, 503, 504)
+#: "Too many requests from this token": refused before anything was done, so any call may be
+#: sent again, once the ``Retry-After`` it carries has passed.
+_RATE_LIMITED = 429
 #: Longest wait a server's ``Retry-After`` is followed for within one call (the shipper then backs off
 #: on its own, at least as long as the server said).
 MAX_RETRY_AFTER = 60.0
@@ -89,7 +92,7 @@ def _error_of(url: str, status: int, body: bytes, reason: str, wait: float | Non
         message = body[:200].decode("utf-8", "replace") or reason
     if status == 401 and "RUNYARD_TOKEN" not in message:  # the server's words may already say it
         message += " (set RUNYARD_TOKEN to a token from `runyard token create`)"
-    if status == 503:
+    if status in (503, _RATE_LIMITED):
         return Busy(f"server {url}: {message}", wait if wait is not None else 0.0)
     cls = _BY_STATUS.get(status, ServerError)
     return cls(f"server {url}: {message}" if cls is ServerError else message)
@@ -177,8 +180,10 @@ class Client:
 
     A call that is safe to repeat is retried ``retries`` times with growing, jittered pauses when the
     connection fails or a gateway says the server is unavailable, waiting at least what the server's
-    ``Retry-After`` asks (up to MAX_RETRY_AFTER); other calls fail at once. When the retries run
-    out on a 503, ``Busy`` says how long the server asked to wait (``retry_after``).
+    ``Retry-After`` asks (up to MAX_RETRY_AFTER); other calls fail at once. Any call refused for
+    its token's request rate (429) is retried the same way: the server did nothing with it. When
+    the retries run out on a 503 or a 429, ``Busy`` says how long the server asked to wait
+    (``retry_after``).
     """
 
     def __init__(self, url: str, token: str | Credential | None = None, timeout: float = 30.0,
@@ -222,9 +227,9 @@ class Client:
         if method in ("POST", "PUT", "PATCH", "DELETE") and "json" not in kwargs and "content" not in kwargs:
             kwargs["json"] = {}  # the server takes only JSON or msgpack bodies on changes
         url = wire.API_PREFIX + path if path.startswith("/") else path
-        attempts = 1 + (self.retries if method in _IDEMPOTENT or path == "/ingest" else 0)
+        repeatable = method in _IDEMPOTENT or path == "/ingest"
         asked = 0.0  # what the last answer's Retry-After asked for
-        for attempt in range(attempts):
+        for attempt in range(1 + self.retries):
             if attempt:
                 jitter = random.uniform(0, 0.25 * 2 ** attempt)  # noqa: S311 - jitter, not secrecy
                 time.sleep(max(jitter, min(asked, MAX_RETRY_AFTER)))
@@ -237,8 +242,11 @@ class Client:
             except httpx.TransportError as e:
                 error: Exception = ServerError(f"cannot reach the runyard server at {self.url}: "
                                                f"{e or type(e).__name__}")
+                if not repeatable:
+                    break
                 continue
-            if response.status_code in _TRANSIENT_STATUS:
+            status = response.status_code
+            if status == _RATE_LIMITED or (repeatable and status in _TRANSIENT_STATUS):
                 asked = retry_after(response.headers.get("retry-after")) or 0.0
                 error = self._error(response)
                 continue

@@ -44,3 +44,33 @@ def test_a_client_making_requests_one_after_another_is_never_limited_by_default(
     with _client(tmp_path, db_url, Limits()) as (client, (token, _)):
         answers = {_get(client, token, "/api/health") for _ in range(600)}
         assert answers == {200}
+
+
+def test_runyards_client_waits_out_a_429_and_gets_every_call_through(db_url: str, tmp_path: Path) -> None:
+    # A server started with a low --rate: the CLI's and shipper's client sends more than the burst,
+    # GETs (retried anyway) and POSTs (never retried on a 5xx) alike, and none fails.
+    import time
+
+    from tests.unit.server.conftest import LiveServer, migrate_postgres
+
+    from runyard import credential
+    from runyard.client import Client
+
+    migrate_postgres(db_url)
+    server = LiveServer(tmp_path / "server-home", db_url, insecure_local=False, args=("--rate", "4", "--burst", "3"))
+    server.start()
+    try:
+        client = Client(server.url, credential.read_local(server.home))
+        try:
+            began = time.monotonic()
+            sha = "0" * 64
+            for _ in range(5):
+                assert client.get("/projects") == []
+                assert client.request("POST", "/blobs/missing", json={"sha256": [sha]}).json() == {"missing": [sha]}
+            waited = time.monotonic() - began
+        finally:
+            client.close()
+        # 10 calls at 4/s after a burst of 3 wait out the server's Retry-After (1 s) at least once.
+        assert waited >= 1.0
+    finally:
+        server.kill()

@@ -477,8 +477,18 @@ def note(ref: str, text: str) -> None:
                    "Keep it below the open-files limit (ulimit -n).")
 @click.option("--max-upload", "max_upload", type=click.IntRange(1), default=256 << 10, show_default=True,
               metavar="MIB", help="Largest artifact or blob upload, in MiB; a bigger one is refused (413).")
+@click.option("--rate", type=click.FloatRange(0.1), default=500.0, show_default=True, metavar="N",
+              help="Requests a second one token (or browser session) may make, sustained; past it and its "
+                   "--burst a request is answered 429 with Retry-After, which runyard's clients wait for.")
+@click.option("--burst", type=click.IntRange(1), default=5000, show_default=True, metavar="N",
+              help="Requests one token may make at once before --rate applies.")
+@click.option("--min-body-rate", type=click.IntRange(0), default=1024, show_default=True, metavar="BYTES",
+              help="Bytes a second a request body must arrive at (averaged over 10 s), else the connection is "
+                   "closed (408): a client trickling a body cannot hold a connection. 0 turns the check off "
+                   "(clients on very slow links).")
 def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
-           insecure_local: bool, max_connections: int, max_upload: int) -> None:
+           insecure_local: bool, max_connections: int, max_upload: int, rate: float, burst: int,
+           min_body_rate: int) -> None:
     """Run the tracking server: the HTTP API, ingest from remote runs, live events.
 
     \b
@@ -497,7 +507,9 @@ def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_
     """
     from runyard.cli import server as impl
 
-    sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts, insecure_local, max_connections, max_upload))
+    sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts, insecure_local,
+                        {"max_connections": max_connections, "max_upload": max_upload << 20, "rate": rate,
+                         "burst": burst, "min_body_rate": min_body_rate}))
 
 
 @cli.command()

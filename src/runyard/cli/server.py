@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runyard.config import Settings, resolve
 from runyard.errors import AccessDenied, ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from runyard.store.tokens import Tokens
 
 START_WAIT = 20.0
@@ -49,7 +51,8 @@ def _local_credential(home: Path, tokens: Tokens) -> Path:
 
 
 def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
-          insecure_local: bool = False, max_connections: int | None = None, max_upload_mib: int | None = None) -> int:
+          insecure_local: bool = False, limits: Mapping[str, Any] | None = None) -> int:
+    """``limits``: fields of ``server.capacity.Limits`` to set, by name (the flags of ``runyard server``)."""
     import uvicorn
 
     from runyard.server.app import create_app
@@ -87,12 +90,8 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
                 auth = "no tokens: --insecure-local, open to every local user"
         elif is_loopback(host):
             auth = f"tokens required; this home's credential: {_local_credential(settings.home, tokens)}"
-        limits = Limits()
-        if max_connections is not None:
-            limits = dataclasses.replace(limits, max_connections=max_connections)
-        if max_upload_mib is not None:
-            limits = dataclasses.replace(limits, max_upload=max_upload_mib << 20)
-        app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts, limits,
+        capacity = dataclasses.replace(Limits(), **(limits or {}))
+        app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts, capacity,
                          insecure_local=insecure_local)
         outbox = app.state.server.outbox.start()  # acts on fired alerts: stops runs, delivers notices
         shown = f"[{host}]" if ":" in host else host
@@ -100,7 +99,7 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
               f"  artifacts {settings.artifacts}\n  API       http://{shown}:{port}/api/v1  "
               f"(spec: /api/openapi.json)", flush=True)
         try:
-            uvicorn.Server(uvicorn_config(app, host, port, limits)).run()
+            uvicorn.Server(uvicorn_config(app, host, port, capacity)).run()
         finally:
             outbox.dispatcher.drain(timeout=5)
             outbox.close()
