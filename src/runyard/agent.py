@@ -114,7 +114,7 @@ def main() -> int:
                     abandoned=executor.end_abandoned)
     scheduler = Scheduler(opened.store, settings, executor, gpu_count(),
                           on_status=watcher.after_status)
-    outbox = alert_outbox(opened.store, settings.home, settings.lease, holder=scheduler.agent).start()
+    outbox = alert_outbox(opened.store, settings, holder=scheduler.agent).start()
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
     # normal priority, because the supervisors it starts inherit the priority of the starting thread.
@@ -193,9 +193,9 @@ class _Ingest:
             report_error("alerts", e)
 
 
-def alert_outbox(store: Any, home: Path, lease: float, holder: str | None = None) -> Any:
+def alert_outbox(store: Any, settings: Settings, holder: str | None = None) -> Any:
     """Acts on fired alerts: stops runs through their supervisors, delivers to channels, while it
-    holds the database's outbox lease (``lease`` seconds, renewed). Not started: the agent and
+    holds the database's outbox lease (the ``lease`` setting's seconds, renewed). Not started: the agent and
     ``runyard server`` start it (an app built in a test starts no threads)."""
     import functools
 
@@ -204,8 +204,9 @@ def alert_outbox(store: Any, home: Path, lease: float, holder: str | None = None
     from runyard.exec.control import stop_for_alert
     from runyard.ingest.alerting import Outbox
 
-    dispatcher = Dispatcher(for_home(home / HOME_CONFIG_NAME))
-    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, home), holder=holder, lease=lease)
+    dispatcher = Dispatcher(for_home(settings.home / HOME_CONFIG_NAME))
+    return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, settings), holder=holder,
+                  lease=settings.lease)
 
 
 def _ship(settings: Settings) -> int:

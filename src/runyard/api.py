@@ -177,7 +177,7 @@ class Api:
             return str(self._store.stop(run.number))
         from runyard.exec.control import stop_run
 
-        return stop_run(self.store, self.settings.home, run)
+        return stop_run(self.store, self.settings, run)
 
     def rerun(self, parent: Run, params: dict[str, str], name: str | None, overrides: Overrides | None = None) -> int:
         """Queue the parent's launch again with changed params (and --pip, --env, --timeout, --mount,

@@ -38,6 +38,8 @@ ENV_STRICT = "RUNYARD_STRICT"
 
 #: Top-level tables of a configuration file that belong to other features, not to settings.
 SECTIONS = frozenset({"alerts", "notify", "machines"})
+#: Where launched runs can execute (``runyard run --on NAME``; see runyard.exec.executors).
+EXECUTORS = ("local",)
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,13 @@ SETTINGS: tuple[Setting, ...] = (
         optional=True,
     ),
     Setting(
+        "executor",
+        "Where `runyard run` sends runs unless --on says otherwise: " + ", ".join(EXECUTORS)
+        + " (local: the agent of the machine that queued them, or of the server's machine)",
+        default=lambda home: "local",
+        parse=_parse_choice(*EXECUTORS),
+    ),
+    Setting(
         "project",
         "Project that new runs belong to when none is given",
         default=lambda home: "default",
@@ -306,6 +315,10 @@ class Settings:
     @property
     def ray(self) -> str | None:
         return self.values["ray"].value
+
+    @property
+    def executor(self) -> str:
+        return self._required("executor")
 
     @property
     def project(self) -> str:

@@ -130,6 +130,8 @@ class Home:
 class Recorder:
     """An executor that starts nothing and remembers the specs it was handed."""
 
+    name = "local"
+
     def __init__(self) -> None:
         self.specs: list[Any] = []
 
@@ -229,6 +231,15 @@ def check_ray(home: Home) -> None:
     home.env["RUNYARD_RAY"] = "127.0.0.1:1"
     checks = {c["name"]: c for c in json.loads(home.runyard("doctor", "--json", check=False).output)["checks"]}
     assert "127.0.0.1:1" in checks["ray"]["detail"], checks["ray"]
+
+
+def check_executor(home: Home) -> None:
+    # The setting picks where runs go; a name runyard has no executor for is refused before queueing.
+    home.env["RUNYARD_EXECUTOR"] = "local"
+    assert run_of(home).executor == "local"
+    home.env["RUNYARD_EXECUTOR"] = "the-cloud"
+    refused = home.runyard("run", "--", "true", check=False)
+    assert refused.exit_code == 2 and "RUNYARD_EXECUTOR" in refused.output, refused.output
 
 
 def check_project(home: Home) -> None:
@@ -416,6 +427,7 @@ def check_queue_limit(home: Home) -> None:
 
 SETTING_CHECKS: dict[str, Callable[[Home], None]] = {
     "db": check_db, "artifacts": check_artifacts, "server": check_server, "token": check_token, "ray": check_ray,
+    "executor": check_executor,
     "project": check_project, "slots": check_slots, "lease": check_lease, "fsync": check_fsync,
     "system_interval": check_system_interval, "finish_timeout": check_finish_timeout,
     "outputs_interval": check_outputs_interval, "output_limit": check_output_limit,
@@ -546,6 +558,26 @@ def run_of(home: Home, *options: str) -> Any:
         opened.close()
 
 
+def check_on(home: Home) -> None:
+    assert run_of(home, "--on", "local").executor == "local"
+    refused = home.runyard("run", "--on", "the-cloud", "--", "true", check=False)
+    assert refused.exit_code == 2 and "--on the-cloud: no such executor" in refused.output, refused.output
+    # A run sent to an executor this agent does not have is left queued for an agent that has it.
+    from runyard.store.newrun import NewRun
+    from runyard.types import RunStatus
+
+    opened = home.store()
+    try:
+        elsewhere = opened.store.create_run(NewRun(project="p", status=RunStatus.QUEUED, executor="cluster",
+                                                   command=["true"])).number
+        scheduler, recorder = schedule(home, opened.store)
+        scheduler.tick()
+        assert elsewhere not in [s.number for s in recorder.specs]
+        assert opened.store.get_run(elsewhere).status is RunStatus.QUEUED
+    finally:
+        opened.close()
+
+
 def check_timeout(home: Home) -> None:
     assert spec_of(home, "--timeout", "90s").timeout == 90.0
 
@@ -608,6 +640,7 @@ RUN_OPTION_CHECKS: dict[str, Callable[[Home], None]] = {
     "machine": check_machine, "timeout": check_timeout, "env": check_env, "params": check_param, "pip": check_pip,
     "requirements": check_requirements, "mounts": check_mount, "name": check_name, "labels": check_label,
     "note": check_note, "project": check_run_project, "as_json": check_json, "follow": check_follow,
+    "on": check_on,
 }
 
 

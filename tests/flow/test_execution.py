@@ -338,6 +338,7 @@ def test_mistakes_exit_2_and_queue_nothing(project: Path, env: dict[str, str]) -
         ("run", "--gpus", "-1", "--", "true"),
         ("run", "--mount", "missing-dir:data", "--", "true"),
         ("run", "--mount", "./:/etc", "--", "true"),
+        ("run", "--on", "the-cloud", "--", "true"),
         ("show", "404"),
         ("logs", "nobody"),
         ("stop", "404"),

@@ -201,6 +201,8 @@ _timeout_option = click.option("--timeout", metavar="DURATION", help="Stop the r
 @click.option("--priority", type=int, help="Higher runs start first (default: the --machine profile's priority, "
                                           "else 0).")
 @click.option("--machine", metavar="NAME", help="A resource profile from [machines.NAME] in the configuration.")
+@click.option("--on", metavar="EXECUTOR", help="Where the run executes: local (the agent of this machine, or of the "
+              "server's with RUNYARD_SERVER). Default: the `executor` setting.")
 @click.option("-f", "--follow", is_flag=True, help="Stream the run's log until it ends; exit with its exit code.")
 @click.option("--json", "as_json", is_flag=True, help="Print the queued run as JSON.")
 @click.pass_context

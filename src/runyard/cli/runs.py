@@ -77,7 +77,7 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
         env=_env_options(o["env"]), environment=inherited(os.environ), gpus=o["gpus"], cpus=o["cpus"],
         memory=o["memory"], timeout=o["timeout"], priority=options.priority(o["priority"], o["machine"],
                                                                             settings.machines),
-        machine=o["machine"],
+        machine=o["machine"], executor=o["on"],
     )
     done = submit(settings, sub)
     for warning in done.warnings:
@@ -160,6 +160,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
             "requirements": requirements, "mounts": list(o["mounts"]),
             "env": _env_options(o["env"]), "gpus": o["gpus"], "cpus": o["cpus"],
             "memory": o["memory"], "timeout": o["timeout"], "priority": o["priority"], "machine": o["machine"],
+            "executor": o["on"],
         }
         queued = client.request("POST", "/runs", json=body).json()
     finally:

@@ -22,19 +22,19 @@ if TYPE_CHECKING:
     from runyard.config import Settings
 
 
-def stop_for_alert(store: Any, home: Path, number: int, why: str) -> str:
+def stop_for_alert(store: Any, settings: Settings, number: int, why: str) -> str:
     """Stop a run because an alert rule says so, noting why in its notes."""
     store.append_note(number, f"Stopped by an alert: {why}")
-    return stop_run(store, home, store.get_run(number))
+    return stop_run(store, settings, store.get_run(number))
 
 
-def stop_run(store: Any, home: Path, run: Run) -> str:
-    """Stop one run (SIGTERM to its supervisor, a request to its holder, or mark it stopped); returns
-    what happened, for people. ``store`` is a SqlStore, ``home`` the home this process serves."""
-    from runyard.exec.local import LocalExecutor
+def stop_run(store: Any, settings: Settings, run: Run) -> str:
+    """Stop one run (through its executor, a request to its holder, or mark it stopped); returns
+    what happened, for people. ``store`` is a SqlStore, ``settings`` those of the home this process serves."""
+    from runyard.exec.executors import executor_for, kind_of
     from runyard.exec.scheduler import home_agents
 
-    executor = LocalExecutor(home)
+    home = settings.home
     if run.status.is_terminal():
         return f"run {run.number} already ended ({run.status.value})"
     if run.status is RunStatus.QUEUED:
@@ -45,7 +45,8 @@ def stop_run(store: Any, home: Path, run: Run) -> str:
             return f"run {run.number} already ended ({run.status.value})"
     claim = store.get_claim(run.number)
     if claim is not None and claim.agent not in home_agents(home):
-        return _request_stop(store, home, run)
+        return _request_stop(store, settings, run)
+    executor = executor_for(kind_of(run.executor), settings)
     if executor.stop(run.id) or (run.status is RunStatus.STARTING and _stop_when_started(executor, run.id)):
         return f"run {run.number}: stopping (SIGTERM, then SIGKILL after the grace period)"
     store.update_run(run.number, RunPatch(status=RunStatus.STOPPED,
@@ -53,12 +54,12 @@ def stop_run(store: Any, home: Path, run: Run) -> str:
     return f"run {run.number} stopped (no supervisor was running)"
 
 
-def _request_stop(store: Any, home: Path, run: Run) -> str:
+def _request_stop(store: Any, settings: Settings, run: Run) -> str:
     from runyard.store.claims_sql import agent_lease
 
     claim = store.request_stop(run.number)
     if claim is None:  # its holder was judged gone meanwhile and the run queued again
-        return stop_run(store, home, store.get_run(run.number))
+        return stop_run(store, settings, store.get_run(run.number))
     where = f"its agent on {claim.host or 'another machine'}"
     leases = store.leases(agent_lease(claim.agent))
     if not any(live for _, live in leases):
@@ -92,6 +93,7 @@ def rerun(settings: Settings, parent: Run, params: dict[str, str], name: str | N
           overrides: Overrides | None = None) -> int:
     """Queue the parent's launch again (same snapshot), with changed params and options; returns the
     new number. A param the parent does not have is refused: a rerun changes params, it adds none."""
+    from runyard.exec import executors
     from runyard.exec.submit import Submission, submit
 
     if parent.launch is None or parent.snapshot_id is None:
@@ -108,5 +110,6 @@ def rerun(settings: Settings, parent: Run, params: dict[str, str], name: str | N
                      cwd=cwd, project=parent.project, name=name, labels=parent.labels, params=params,
                      pip=more.pip, env=dict(more.env), timeout=more.timeout, mounts=more.mounts, gpus=more.gpus,
                      priority=parent.priority, parent=parent.number, launch=parent.launch, resources=resources,
+                     executor=executors.kind_of(parent.executor),
                      snapshot=(parent.snapshot_id, parent.git_commit, parent.git_branch, parent.git_diff_ref))
     return submit(settings, sub).number

@@ -19,6 +19,8 @@ SPEC_FILE = "launch.json"
 
 
 class LocalExecutor:
+    name = "local"
+
     def __init__(self, home: Path) -> None:
         self.home = home
 

@@ -8,7 +8,8 @@ many agents may share one database (a team on PostgreSQL). On each tick, the sch
   supervisor goes back to the queue, one that was is marked lost;
 - carries out the stop requests written for the runs it holds (SIGTERM to their supervisors);
 - counts the runs it holds (and only those) against this machine: slots, GPUs, CPU cores, memory;
-- claims queued runs in order (higher priority first, then older first) while they fit, and hands
+- claims queued runs of its executor (``runyard run --on``; others wait for an agent that has
+  theirs) in order (higher priority first, then older first) while they fit, and hands
   each to the executor with its GPUs in ``CUDA_VISIBLE_DEVICES``. A run that waits for room does not
   hold back a later one that fits. A run that asks for more than this machine has, and more than any
   other machine serving the database has, fails at once with the reason.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.config import Settings
+from runyard.exec.executors import kind_of
 from runyard.exec.spec import Executor, LaunchSpec, Mount
 from runyard.store.api import Claim, Run, RunPatch
 from runyard.store.claims_sql import AGENT_LEASE, agent_lease
@@ -141,6 +143,8 @@ class Scheduler:
         self.store = store
         self.settings = settings
         self.executor = executor
+        #: The runs this scheduler starts and counts: those of its executor.
+        self.kind = executor.name
         self.machine = machine if machine is not None else Machine.here(settings, gpus)
         self.gpus = self.machine.gpus
         self.slots = self.machine.slots
@@ -159,7 +163,7 @@ class Scheduler:
             self._renewed = time.monotonic()
             self._adopt()
             self._release_orphans()
-        mine = self._carry_out_stops(self.store.held_by(self.agent))
+        mine = self._carry_out_stops(self._mine(self.store.held_by(self.agent)))
         mine = self._requeue_unsubmitted(mine)
         self._fail_stuck(mine)
         local = [run for run, _ in mine]
@@ -167,7 +171,7 @@ class Scheduler:
         busy = {g for r in local for g in r.resources.get("assigned_gpus", [])}
         cpus = sum(Need.of(r).cpus for r in local)
         memory = sum(Need.of(r).memory for r in local)
-        queued = self.store.runs_with_status([RunStatus.QUEUED])
+        queued = [r for r in self.store.runs_with_status([RunStatus.QUEUED]) if kind_of(r.executor) == self.kind]
         started = failed = 0
         others: list[Machine] | None = None
         for run in queued:
@@ -230,9 +234,14 @@ class Scheduler:
 
     def _adopt(self) -> None:
         """Hold the runs this home launched before claims were recorded (an upgraded database)."""
-        for run in self.store.unclaimed_runs("local"):
+        for run in self.store.unclaimed_runs(self.kind):
             if self.executor.submitted(run.id):
                 self.store.adopt_run(run.number, self.agent, self.machine.host, submitted=True)
+
+    def _mine(self, held: list[tuple[Run, Claim]]) -> list[tuple[Run, Claim]]:
+        """Of the runs this agent holds, those of this scheduler's executor (another scheduler of the
+        same agent looks after the rest)."""
+        return [(run, claim) for run, claim in held if kind_of(run.executor) == self.kind]
 
     def _carry_out_stops(self, mine: list[tuple[Run, Claim]]) -> list[tuple[Run, Claim]]:
         """Stop requests others wrote for our runs (`runyard stop` elsewhere): SIGTERM to the
@@ -290,4 +299,5 @@ class Scheduler:
             outputs_interval=settings.outputs_interval,
             output_limit=int(launch.get("output_limit") or settings.output_limit),
             big_code_files=str(launch.get("big_code_files") or settings.big_code_files),
+            executor=self.kind,
         )

@@ -57,6 +57,8 @@ class LaunchSpec:
     #: Snapshot files of 1 MiB or more: "link" (read-only hard links where no reflink) or "copy".
     big_code_files: str = "copy"
     grace: float = 10.0
+    #: The executor that started the supervisor (``runyard.exec.executors``), recorded with the run.
+    executor: str = "local"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -75,7 +77,10 @@ def run_directory(home: Path, run_id: str) -> Path:
 
 
 class Executor(Protocol):
-    """Starts supervisors somewhere, and stops them."""
+    """Starts supervisors somewhere, and stops them. ``name`` is the ``executor`` of the runs it
+    starts (``runyard run --on NAME``)."""
+
+    name: str
 
     def submit(self, spec: LaunchSpec) -> None: ...
     def stop(self, run_id: str) -> bool: ...

@@ -47,6 +47,8 @@ class Submission:
     timeout: str | None = None
     priority: int = 0
     machine: str | None = None
+    #: Where the run executes (``--on``; a rerun: its parent's); None: the ``executor`` setting.
+    executor: str | None = None
     parent: int | None = None
     #: A rerun reuses its parent's snapshot and launch options instead of taking new ones.
     snapshot: tuple[str, str | None, str | None, str | None] | None = None
@@ -234,7 +236,7 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     new_run = NewRun(
         project=sub.project or settings.project, status=RunStatus.QUEUED, name=sub.name, command=command,
         config=config, labels=labels, notes=sub.note, resources=resources or {"gpus": 0},
-        priority=sub.priority, executor="local", parent=sub.parent, snapshot_id=snapshot_id,
+        priority=sub.priority, executor=_executor_of(sub, settings), parent=sub.parent, snapshot_id=snapshot_id,
         git_commit=commit, git_branch=branch, git_diff_ref=diff_ref, launch=launch,
     )
     number, run_id = _enqueue(settings, new_run)
@@ -242,6 +244,14 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
 
     ensure_agent(settings)
     return Submitted(number, run_id, files, new, warnings)
+
+
+def _executor_of(sub: Submission, settings: Settings) -> str:
+    from runyard.exec import executors
+
+    if sub.executor is not None:
+        return executors.check(sub.executor)
+    return executors.check(settings.executor, "the executor setting")
 
 
 def _check_script(launch: dict[str, Any], snapshot_id: str, artifacts: Any, cwd: Path,

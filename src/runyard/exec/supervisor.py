@@ -215,7 +215,7 @@ class Supervisor:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / PID_FILE).write_text(f"{os.getpid()}\n")
         self.writer.start()
-        self.emit(records.EVENT, {"event": "start", "attach": False, "executor": "local",
+        self.emit(records.EVENT, {"event": "start", "attach": False, "executor": self.spec.executor,
                                   "host": socket.gethostname(),
                                   "environment": {"supervisor_pid": os.getpid(), "gpus": spec.gpus}})
         signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())

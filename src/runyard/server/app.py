@@ -121,6 +121,8 @@ class Launch(BaseModel):
     priority: int | None = Field(None, ge=-1_000_000, le=1_000_000,
                                  description="Higher starts first; default: the machine profile's, else 0")
     machine: str | None = Field(None, max_length=100)
+    executor: str | None = Field(None, max_length=32, description="Where the run executes (runyard run --on); "
+                                 "default: the server's executor setting")
 
 
 class BlobList(BaseModel):
@@ -203,7 +205,7 @@ class Server:
         self.hub = events.Hub(store)
         self.watcher = Watcher(store)
         #: Started by `runyard server` (an app built in a test starts no threads).
-        self.outbox: Outbox = alert_outbox(store, settings.home, settings.lease)
+        self.outbox: Outbox = alert_outbox(store, settings)
 
     def run_for(self, request: Request, ref: str) -> Any:
         """The run ``ref`` names among those the caller may see: a project token resolves it among
@@ -450,7 +452,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         from runyard.exec.control import stop_run
 
         run = server.run_for(request, ref)
-        message = stop_run(store, server.settings.home, run)
+        message = stop_run(store, server.settings, run)
         server.hub.publish(run.number, run.project)
         return {"message": message, "run": _run_view(request, store.get_run(run.number))}
 

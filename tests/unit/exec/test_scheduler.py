@@ -20,7 +20,8 @@ GIB = 1 << 30
 class RecordingExecutor:
     """Starts nothing; remembers what it was handed, as the local executor's spec file would."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "local") -> None:
+        self.name = name
         self.specs: list[LaunchSpec] = []
         self.stopped: list[str] = []
         self.running: set[str] = set()
@@ -48,14 +49,14 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def agent(store: SqlStore, settings: Settings, name: str = "a", slots: int = 4, gpus: int = 0, cpus: int = 8,
-          memory: int = 16 * GIB) -> tuple[Scheduler, RecordingExecutor]:
-    executor = RecordingExecutor()
+          memory: int = 16 * GIB, executor_name: str = "local") -> tuple[Scheduler, RecordingExecutor]:
+    executor = RecordingExecutor(executor_name)
     machine = Machine(f"host-{name}", slots, gpus, cpus, memory)
     return Scheduler(store, settings, executor, gpus, agent=name, machine=machine), executor
 
 
-def queue(store: SqlStore, priority: int = 0, **resources: int) -> int:
-    return store.create_run(NewRun(project="p", status=RunStatus.QUEUED, executor="local", command=["true"],
+def queue(store: SqlStore, priority: int = 0, executor: str | None = "local", **resources: int) -> int:
+    return store.create_run(NewRun(project="p", status=RunStatus.QUEUED, executor=executor, command=["true"],
                                    resources={"gpus": 0, **resources}, priority=priority)).number
 
 
@@ -167,3 +168,23 @@ def test_higher_priority_starts_first(store: SqlStore, settings: Settings) -> No
     a.tick()
     assert started(executor) == [high]
     assert store.get_run(low).status is RunStatus.QUEUED
+
+
+def test_a_scheduler_starts_and_counts_only_the_runs_of_its_executor(store: SqlStore, settings: Settings) -> None:
+    # One agent, two executors: each scheduler claims the queued runs sent to it (runyard run --on),
+    # leaves the others queued for theirs, and counts only its own against its slots.
+    here, local = agent(store, settings, name="a", slots=1)
+    there, other = agent(store, settings, name="a", slots=1, executor_name="cluster")
+    for_cluster = queue(store, executor="cluster")
+    for_here = queue(store)
+    from_before = queue(store, executor=None)  # queued before runs named their executor: this machine's
+    assert here.tick() == (1, 1)
+    assert started(local) == [for_here]
+    assert store.get_run(for_cluster).status is RunStatus.QUEUED
+    assert there.tick() == (1, 0)  # the local run it does not count: its one slot is free
+    assert started(other) == [for_cluster]
+    assert other.specs[0].executor == "cluster"
+    assert here.tick() == (0, 1)  # its slot is taken by its own run, not by the cluster's
+    store.update_run(for_here, _finished())
+    assert here.tick() == (1, 0)
+    assert started(local) == [for_here, from_before]
