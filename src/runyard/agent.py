@@ -114,6 +114,7 @@ def main() -> int:
                     abandoned=executor.end_abandoned)
     scheduler = Scheduler(opened.store, settings, executor, gpu_count(),
                           on_status=watcher.after_status)
+    schedulers = [scheduler, *_cluster_schedulers(settings, opened, watcher)]
     outbox = alert_outbox(opened.store, settings, holder=scheduler.agent).start()
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
@@ -125,13 +126,17 @@ def main() -> int:
     try:
         while thread.is_alive():
             started = waiting = 0
-            try:
-                started, waiting = scheduler.tick()
-            except Exception as e:  # noqa: BLE001 - the queue waits for the next tick, the agent goes on
-                report_error("scheduler", e)
-                # Failing is not working: an agent whose database is gone still leaves when idle (the
-                # next process that needs one starts another).
-                time.sleep(ERROR_PAUSE)
+            for each in schedulers:
+                try:
+                    now_started, now_waiting = each.tick()
+                    started += now_started
+                    # Runs on a cluster are work while they run: their jobs are watched from here.
+                    waiting += now_waiting + (each.holding if each is not scheduler else 0)
+                except Exception as e:  # noqa: BLE001 - the queue waits for the next tick, the agent goes on
+                    report_error("scheduler" if each is scheduler else f"scheduler ({each.kind})", e)
+                    # Failing is not working: an agent whose database is gone still leaves when idle (the
+                    # next process that needs one starts another).
+                    time.sleep(ERROR_PAUSE)
             now = time.monotonic()
             # Undelivered notices are work too: a dead webhook keeps being retried (alerts/dispatch.py),
             # as long as this agent is the one sending them.
@@ -151,8 +156,27 @@ def main() -> int:
         except Exception as e:  # noqa: BLE001 - exiting: what is left stays pending in the store
             report_error("alerts", e)
         outbox.close()
-        scheduler.close()
+        for each in schedulers:
+            each.close()
         opened.close()
+
+
+def _cluster_schedulers(settings: Settings, opened: Any, watcher: Any) -> list[Any]:
+    """A scheduler for the Ray cluster of the ``ray`` setting, when there is one and Ray is installed
+    (without either, runs sent to Ray wait for an agent that has them)."""
+    if not settings.ray:
+        return []
+    from runyard.exec.ray import RayExecutor
+    from runyard.exec.scheduler import Scheduler
+
+    try:
+        executor = RayExecutor(settings, opened.store, opened.artifacts)
+        machine = executor.machine()
+    except Exception as e:  # noqa: BLE001 - local runs go on; the next agent tries the cluster again
+        report_error("ray", e)
+        return []
+    return [Scheduler(opened.store, settings, executor, machine.gpus, machine=machine,
+                      on_status=watcher.after_status)]
 
 
 class _Ingest:
