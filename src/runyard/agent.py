@@ -18,15 +18,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from runyard.config import Settings, resolve
 from runyard.errors import AccessDenied, RunyardError
+from runyard.sdk.agent_launch import stop_agents as stop_agents  # where it always was, for callers
 
 IDLE_EXIT = 10.0
 #: Pause after an unexpected error in a loop, so that a persistent one does not spin.
@@ -55,31 +54,6 @@ def describe(error: BaseException) -> str:
 def report_error(where: str, error: BaseException) -> None:
     """Print an error a loop survived to the agent's stderr (its log, home/agents/<key>.log)."""
     print(f"runyard agent: {where}: {describe(error)}", file=sys.stderr, flush=True)
-
-
-def stop_agents(home: Path, timeout: float = 10.0) -> None:
-    """End every agent serving ``home`` (SIGTERM) and wait for their locks to be released.
-
-    Their work is safe to interrupt: a spool is re-read from its acknowledged offsets, a queued
-    run stays queued. Benchmarks use it before removing a throwaway home.
-    """
-    from runyard.files import lock_held
-
-    agents = home / "agents"
-    for lock in sorted(agents.glob("*.lock")) if agents.is_dir() else []:
-        try:
-            pid = int(lock.read_text().strip())
-        except ValueError:
-            continue  # held by something that is not an agent (it writes no pid): leave it alone
-        if pid <= 1:
-            continue  # never kill(0) or kill(1): that would signal a whole process group, or init
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + timeout
-        while lock_held(lock) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 def main() -> int:

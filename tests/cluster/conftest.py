@@ -40,7 +40,8 @@ def _ray_env(temp_dir: Path) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    env["TMPDIR"] = str(temp_dir)
+    env["TMPDIR"] = str(temp_dir)  # where a job's supervisor makes its home on the "node"
+    env["RUNYARD_NODE_CACHE"] = str(temp_dir / "node-cache")
     return env
 
 

@@ -176,3 +176,21 @@ def _is_node_supervisor(pid: int, run_id: str) -> bool:
     except OSError:
         return False
     return b"runyard.exec.node" in cmdline and run_id.encode() in environ
+
+
+def test_pip_runs_on_a_node_share_its_environment_and_leave_no_home_behind(cluster: Cluster) -> None:
+    (cluster.project / "probe.py").write_text("import termcolor\nprint('termcolor from', termcolor.__file__)\n")
+    first = cluster.launch("--pip", "termcolor", "--", "python", "probe.py")
+    assert cluster.wait([first], {"finished", "failed", "lost", "stopped"})[first]["status"] == "finished"
+    second = cluster.launch("--pip", "termcolor", "--", "python", "probe.py")
+    assert cluster.wait([second], {"finished", "failed", "lost", "stopped"})[second]["status"] == "finished"
+    first_log, second_log = (cluster.runyard("logs", str(n)).stdout for n in (first, second))
+    assert "building a package environment" in first_log and "termcolor from" in first_log, first_log
+    assert "reusing the package environment" in second_log, second_log
+    # Once a job's records are on the server, its home on the node goes (the environments stay).
+    assert f"in {cluster.ray.temp_dir}/runyard-node-" in first_log, first_log
+    deadline = time.monotonic() + 30
+    while list(cluster.ray.temp_dir.glob("runyard-node-*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert list(cluster.ray.temp_dir.glob("runyard-node-*")) == []
+    assert list((cluster.ray.temp_dir / "node-cache" / "envs").iterdir())

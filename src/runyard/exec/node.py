@@ -4,7 +4,9 @@ The job's environment holds the run's launch spec (``RUNYARD_NODE_SPEC``, JSON),
 (``RUNYARD_SERVER``) and a token made for this run (``RUNYARD_TOKEN``). The supervisor is the same
 as on the submitter's machine; only where things are differs:
 
-- its home is a fresh directory on the node (the spool, the run's working directory);
+- its home is a fresh directory on the node (the spool, the run's working directory), removed once
+  its records are shipped; its ``--pip`` environments are the node's (``RUNYARD_NODE_CACHE``,
+  default ~/.cache/runyard/node), built once per requirement set and shared by the runs on it;
 - its code and mounts come from the server's content (``client.ServerBlobs``), never from a disk
   the node does not have, and the outputs it keeps go there;
 - its records, and the command's (the SDK attaches to the run), ship to the server through this
@@ -23,6 +25,8 @@ from pathlib import Path
 
 #: The launch spec's variable in the job's environment.
 ENV_SPEC = "RUNYARD_NODE_SPEC"
+#: Where a node keeps what outlives a run: its package environments (``envs/``).
+ENV_CACHE = "RUNYARD_NODE_CACHE"
 #: Seconds the job waits, once the command ended, for its records to reach the server (which may
 #: be down for a while: the agent retries) before it gives up and says what is left.
 SHIP_WAIT = 600.0
@@ -43,6 +47,9 @@ def main() -> int:
               "started by runyard's Ray executor runs)", file=sys.stderr)
         return 2
     home = Path(tempfile.mkdtemp(prefix="runyard-node-"))
+    cache = Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "runyard" / "node")
+    (cache / "envs").mkdir(parents=True, exist_ok=True)
+    (home / "envs").symlink_to(cache / "envs", target_is_directory=True)  # built under a lock: shared safely
     settings = resolve(environ={"RUNYARD_HOME": str(home), "RUNYARD_SERVER": server, "RUNYARD_TOKEN": token},
                        cwd=home)
     # The submitter's shell is on another machine: the command runs with this node's environment.
@@ -63,6 +70,12 @@ def main() -> int:
             return 1
         ensure_agent(settings)  # an agent that idled out or died meanwhile
         time.sleep(0.5)
+    import shutil
+
+    from runyard.sdk.agent_launch import stop_agents
+
+    stop_agents(home)
+    shutil.rmtree(home, ignore_errors=True)  # everything is on the server; the envs link goes, not the envs
     return code
 
 
