@@ -38,8 +38,9 @@ POLL_SECONDS = 0.5
 #: reconnecting; this slow pass is for a writer that does not: an agent of an older runyard still
 #: writing to the database during an upgrade. It costs three queries per 30 s per server.
 SAFETY_SECONDS = 30.0
-#: PostgreSQL: the least time between two passes, so that a burst of notifications (many clients
-#: ingesting at once) wakes a stream a few times a second, not once per batch.
+#: PostgreSQL: the least time between two reads of the watched projects' runs, so that a burst of
+#: runs changing state costs a few reads a second, not one per change. (Run streams are woken at once:
+#: a woken stream reads what changed since its last read, so many wakes during one read are one.)
 COALESCE_SECONDS = 0.05
 KEEPALIVE_SECONDS = 15.0
 #: Points sent per series per event; a burst beyond it is announced by count (clients refetch).
@@ -179,10 +180,11 @@ class Hub:
                     projects = [p for p in projects if (p is None and heard.projects) or p in heard.projects]
                 for number in touched:
                     self._wake_topic(f"run:{number}")
-                if projects and not await self._pass([], projects):
-                    await asyncio.sleep(POLL_SECONDS)  # the database refused: ask again in a while
-                    self._hear(EVERYTHING)
-                await asyncio.sleep(COALESCE_SECONDS)
+                if projects:
+                    if not await self._pass([], projects):
+                        await asyncio.sleep(POLL_SECONDS)  # the database refused: ask again in a while
+                        self._hear(EVERYTHING)
+                    await asyncio.sleep(COALESCE_SECONDS)
         finally:
             listener.stop()
             self.listener = None
