@@ -179,7 +179,7 @@ class Listener:
                                           "keepalives_count": 3})
 
     def _run(self) -> None:
-        from psycopg import Error, sql
+        from psycopg import sql
 
         pause = RECONNECT_SECONDS
         while not self._stop.is_set():
@@ -196,7 +196,7 @@ class Listener:
                         for note in conn.notifies(timeout=WAIT_SECONDS):
                             if note.channel == name:
                                 self.heard(decode(note.payload))
-            except Error as e:
+            except Exception as e:  # noqa: BLE001 - a lost connection, a refused one: connect again
                 self.backend_pid = None
                 if self._stop.is_set():
                     break
