@@ -36,7 +36,8 @@ PAYLOAD_LIMIT = 7_000
 #: Seconds between looks at the stop flag while no notification comes (and the cost of an idle
 #: listener: one wake-up this often).
 WAIT_SECONDS = 1.0
-#: The pause before connecting again after a lost connection, doubled up to RECONNECT_MAX_SECONDS.
+#: The pause before connecting again after a lost connection: none the first time (an ended backend,
+#: a failover: the server is likely there at once), then this, doubled up to RECONNECT_MAX_SECONDS.
 RECONNECT_SECONDS = 0.2
 RECONNECT_MAX_SECONDS = 5.0
 #: What a write transaction records in its connection's ``info`` (see ``touch``).
@@ -181,7 +182,7 @@ class Listener:
     def _run(self) -> None:
         from psycopg import sql
 
-        pause = RECONNECT_SECONDS
+        pause = 0.0
         while not self._stop.is_set():
             try:
                 with self._connect() as conn:
@@ -190,7 +191,7 @@ class Listener:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
                     self.backend_pid = conn.info.backend_pid
                     self.connections += 1
-                    pause = RECONNECT_SECONDS
+                    pause = 0.0
                     self.heard(EVERYTHING)  # whatever was written before this LISTEN took effect
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=WAIT_SECONDS):
@@ -203,5 +204,5 @@ class Listener:
                 log.warning("live events: listening connection lost (%s: %s); connecting again in %.1f s",
                             type(e).__name__, e, pause)
                 self._stop.wait(pause)
-                pause = min(pause * 2, RECONNECT_MAX_SECONDS)
+                pause = min(max(pause * 2, RECONNECT_SECONDS), RECONNECT_MAX_SECONDS)
         self.backend_pid = None
