@@ -161,7 +161,12 @@ class Hub:
     async def _listen(self) -> None:
         """Passes when the listener hears of a change (see the module's docstring), while any stream is open."""
         self._nudge = nudge = asyncio.Event()
-        self.listener = listener = Listener(self.store.engine, self._hear).start()
+        with self._lock:
+            self._heard = None
+        # The listener of an earlier watcher may report for a moment after it was told to stop: only
+        # this one's reports count (one kept from the other would stop ``_hear`` nudging this watcher).
+        self.listener = listener = Listener(self.store.engine, lambda change: self._hear(change, listener))
+        listener.start()
         try:
             while self._waiters:
                 nudged = await _wait(nudge, SAFETY_SECONDS)
@@ -190,9 +195,12 @@ class Hub:
             self.listener = None
             self._nudge = None
 
-    def _hear(self, change: Change) -> None:
-        """The listener's report (in its thread): kept for the watcher, which is woken once for many."""
+    def _hear(self, change: Change, source: Listener | None = None) -> None:
+        """A report of the current listener (in its thread): kept for the watcher, which is woken once
+        for many. ``source``: the listener reporting (None: the watcher itself)."""
         with self._lock:
+            if source is not None and source is not self.listener:
+                return
             first = self._heard is None
             self._heard = change if first else self._heard.merge(change)  # type: ignore[union-attr]
         loop, nudge = self.loop, self._nudge

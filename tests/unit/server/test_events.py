@@ -72,3 +72,32 @@ def test_streams_wake_for_another_process_writes_without_any_poll(store: SqlStor
         asyncio.run(main())
     finally:
         other.close()
+
+
+def test_streams_opened_after_the_last_one_closed_are_woken_as_before(store: SqlStore, db_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # The listener of the streams that closed may still hear a write for a moment; what it heard must
+    # not keep the next streams' listener from waking them (it did: until the 30 s safety pass).
+    monkeypatch.setattr(events, "SAFETY_SECONDS", 3600.0)
+    other = SqlStore(create_engine(db_url))
+    run = store.create_run(NewRun(project="p", status=RunStatus.RUNNING))
+
+    def point(step: int) -> dict[str, Points]:
+        return {"loss": Points(np.array([step]), np.array([time.time()]), np.array([1.0]))}
+
+    async def main() -> None:
+        hub = Hub(store)
+        for step in range(3):
+            wake = hub.subscribe(f"run:{run.number}")
+            await _woken(wake, 10)  # connected
+            await asyncio.to_thread(other.append_points, run.number, point(2 * step))
+            assert await _woken(wake, 1.0) < 1.0, f"streams opened the {step + 1}th time"
+            hub.unsubscribe(f"run:{run.number}", wake)
+            await asyncio.sleep(0.05)  # the watcher ends; its listener lingers for up to a second
+            await asyncio.to_thread(other.append_points, run.number, point(2 * step + 1))
+            await asyncio.sleep(0.3)
+
+    try:
+        asyncio.run(main())
+    finally:
+        other.close()
