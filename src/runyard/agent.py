@@ -88,7 +88,8 @@ def main() -> int:
                     abandoned=executor.end_abandoned)
     scheduler = Scheduler(opened.store, settings, executor, gpu_count(),
                           on_status=watcher.after_status)
-    schedulers = [scheduler, *_cluster_schedulers(settings, opened, watcher)]
+    schedulers = [scheduler]
+    clusters = _ClusterSchedulers(settings, opened, watcher)
     outbox = alert_outbox(opened.store, settings, holder=scheduler.agent).start()
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
@@ -100,6 +101,7 @@ def main() -> int:
     try:
         while thread.is_alive():
             started = waiting = 0
+            schedulers[1:] = clusters.get()
             for each in schedulers:
                 try:
                     now_started, now_waiting = each.tick()
@@ -135,22 +137,34 @@ def main() -> int:
         opened.close()
 
 
-def _cluster_schedulers(settings: Settings, opened: Any, watcher: Any) -> list[Any]:
-    """A scheduler for the Ray cluster of the ``ray`` setting, when there is one and Ray is installed
-    (without either, runs sent to Ray wait for an agent that has them)."""
-    if not settings.ray:
-        return []
-    from runyard.exec.ray import RayExecutor
-    from runyard.exec.scheduler import Scheduler
+class _ClusterSchedulers:
+    """The scheduler of the Ray cluster of the ``ray`` setting, made once the cluster answers (until
+    then, and without Ray installed, runs sent to Ray stay queued; local runs go on)."""
 
-    try:
-        executor = RayExecutor(settings, opened.store, opened.artifacts)
-        machine = executor.machine()
-    except Exception as e:  # noqa: BLE001 - local runs go on; the next agent tries the cluster again
-        report_error("ray", e)
-        return []
-    return [Scheduler(opened.store, settings, executor, machine.gpus, machine=machine,
-                      on_status=watcher.after_status)]
+    #: Seconds between tries while the cluster does not answer.
+    RETRY = 10.0
+
+    def __init__(self, settings: Settings, opened: Any, watcher: Any) -> None:
+        self.settings, self.opened, self.watcher = settings, opened, watcher
+        self.made: list[Any] = []
+        self._tried = -float("inf")
+
+    def get(self) -> list[Any]:
+        if self.made or not self.settings.ray or time.monotonic() - self._tried < self.RETRY:
+            return self.made
+        self._tried = time.monotonic()
+        from runyard.exec.ray import RayExecutor
+        from runyard.exec.scheduler import Scheduler
+
+        try:
+            executor = RayExecutor(self.settings, self.opened.store, self.opened.artifacts)
+            machine = executor.machine()
+        except Exception as e:  # noqa: BLE001 - local runs go on; the cluster is tried again
+            report_error("ray", e)
+            return self.made
+        self.made = [Scheduler(self.opened.store, self.settings, executor, machine.gpus, machine=machine,
+                               on_status=self.watcher.after_status)]
+        return self.made
 
 
 class _Ingest:

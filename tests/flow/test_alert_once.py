@@ -1,5 +1,6 @@
 """An alert is said once per cooldown, whoever evaluates it: across an agent's restart, and with two
-ingesters (two servers) on one PostgreSQL database. Real processes, a loopback webhook."""
+ingesters (two servers) on one PostgreSQL database; and delivered once, by whichever server holds the
+outbox lease, when the one that held it dies. Real processes, a loopback webhook."""
 
 from __future__ import annotations
 
@@ -143,3 +144,46 @@ def test_two_servers_on_one_database_say_an_alert_once(pg_schema_url: str, tmp_p
             server.kill()
         hook.close()
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_when_the_server_holding_the_outbox_dies_its_alert_is_delivered_once_by_another(pg_schema_url: str,
+                                                                                    tmp_path: Path) -> None:
+    from runyard.ids import new_ulid
+
+    engine = create_engine(pg_schema_url)
+    upgrade(engine)
+    store = SqlStore(engine)
+    hook = Hook(statuses=[503] * 1000)  # down at first: the outbox's holder can only retry
+    servers = [LiveServer(tmp_path / f"server-{i}", pg_schema_url) for i in (1, 2)]
+    try:
+        for server in servers:
+            server.home.mkdir(parents=True)
+            (server.home / "config.toml").write_text(f'lease = "3"\n[notify]\nallow_private = true\n'
+                                                     f'[notify.webhook]\nurl = "{hook.url}"\n')
+            server.start()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")},
+               "RUNYARD_HOME": str(servers[0].home), "RUNYARD_DB": pg_schema_url}
+        add_rules(env)
+        start = [0, "e", time.time(), {"event": "start", "project": "once", "name": "shared", "config": {},
+                                       "labels": [], "notes": "", "command": [], "host": "h", "environment": {}}]
+        post(servers[0].url, new_ulid(), [start, *points("acc", 0.05, range(0, 10))])
+        wait_for(lambda: len(hook.statuses) < 1000, 30, "a first attempt to deliver the alert")
+        [(lease, _)] = store.leases("outbox")
+        dead = lease.info.get("pid")
+        [holder] = [s for s in servers if s.process is not None and s.process.pid == dead]
+        holder.kill()  # SIGKILL: the lease is not given up, it lapses; the notice was never delivered
+        holder.start()  # restarted, as a service manager would: two outboxes again, each may take the lease
+        hook.statuses.clear()  # the webhook is back
+        wait_for(lambda: kinds(hook) == ["below"], 30, "an outbox to take the lease over and deliver")
+        time.sleep(4)  # more than a lease: a second outbox acting would have delivered it again by now
+        assert kinds(hook) == ["below"], json.dumps(hook.bodies)[:2000]
+        [event] = store.list_alert_events()
+        assert event.delivery.get("pending") == [] and "webhook" in event.delivery.get("delivered", {})
+        [(lease, _)] = store.leases("outbox")
+        assert lease.info.get("pid") not in (None, dead)  # a live server holds it now
+    finally:
+        for server in servers:
+            server.kill()
+        hook.close()
+        store.close()

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -87,6 +89,17 @@ def test_the_server_benchmark_runs_and_counts_every_point() -> None:
     table = throughput["runs_table"]
     assert table["runs_shown"] == table["runs_created"] == 8 and not table["errors"]
     assert report["figures"]["sqlite"]["latency"]["run_page"]["count"] > 0
+
+
+@pytest.mark.postgres
+def test_the_scale_benchmark_runs_two_servers_on_one_database() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--quick", "--json",
+                             "--sections", "servers"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout[result.stdout.index("{\n"):])["figures"]
+    assert all(r["cursors_short"] == 0 for r in figures["one_server"] + figures["two_servers"]), figures
+    assert len(figures["latency_ms"]) == 20  # every point POSTed to one server reached the other's subscriber
 
 
 def test_the_launch_benchmark_runs_against_a_server_that_requires_tokens() -> None:

@@ -86,6 +86,8 @@ class RayExecutor:
             raise ConfigError(f"no Ray cluster answers at {self.address} ({type(e).__name__}: {e})") from None
         total = {name: float(pair[1]) for name, pair in usage.items()}
         cpus = int(total.get("CPU", 0))
+        if cpus == 0:  # a head just started has not reported its own resources yet
+            raise ConfigError(f"the Ray cluster at {self.address} reports no nodes yet")
         # The slots setting is this machine's; on a cluster, runs wait for GPUs, cores and memory.
         return Machine(f"ray {self.address}", max(1, cpus), int(total.get("GPU", 0)), cpus, int(total.get("memory", 0)),
                        executor=self.name)

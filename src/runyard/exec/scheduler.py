@@ -166,6 +166,7 @@ class Scheduler:
         """Start what fits; returns (runs started, runs still queued)."""
         if time.monotonic() - self._renewed >= self.lease / 3:
             # Renewed well before it lapses, so that a slow tick never lets another agent judge us gone.
+            self._measure()
             self.store.take_lease(agent_lease(self.agent), self.agent, self.lease, self.machine.host,
                                   self.machine.info())
             self._renewed = time.monotonic()
@@ -222,6 +223,16 @@ class Scheduler:
             memory += need.memory
             started += 1
         return started, len(queued) - started - failed
+
+    def _measure(self) -> None:
+        """What a cluster offers changes (nodes come and go): its executor is asked again at each
+        renewal of the lease, which tells other agents. (This machine's size is read once.)"""
+        measure = getattr(self.executor, "machine", None)
+        if measure is None:
+            return
+        with contextlib.suppress(Exception):  # unreachable for now: what it said last holds
+            self.machine = measure()
+            self.gpus, self.slots = self.machine.gpus, self.machine.slots
 
     def close(self) -> None:
         """The agent is leaving: if it holds no run, say so at once (its lease expires now, and what

@@ -1,17 +1,24 @@
 """Live updates as server-sent events.
 
 A stream re-reads what changed from the store, so it sees every way data arrives (the server's own
-ingest route, or a local agent writing the same database). Streams do not poll: one watcher per
-server (``Hub``) reads, every ``POLL_SECONDS``, a mark of each watched run and the latest runs of
-each watched project, whatever the number of streams, and wakes only the streams whose run or
-project changed; the ingest route wakes them at once. An idle stream costs a keep-alive comment
-every ``KEEPALIVE_SECONDS`` and nothing else.
+ingest route, another server on the same database, or a local agent writing to it). Streams do not
+poll: one watcher per server (``Hub``) learns what changed for all of them and wakes only the streams
+whose run or project changed; the ingest route wakes them at once. How the watcher learns it:
+
+- PostgreSQL: every write tells what it changed by NOTIFY when it commits (``store/notify.py``); the
+  watcher LISTENs on one connection of its own, so a point ingested through another server wakes
+  the streams here within milliseconds, with no query while nothing changes.
+- SQLite (one machine): every ``POLL_SECONDS``, a mark of each watched run and the latest runs of
+  each watched project, whatever the number of streams.
+
+An idle stream costs a keep-alive comment every ``KEEPALIVE_SECONDS`` and nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -23,8 +30,18 @@ import orjson
 from runyard import wire
 from runyard.server.capacity import RETRY_AFTER_SECONDS as RETRY_AFTER_SECONDS
 from runyard.store.api import RunQuery
+from runyard.store.notify import EVERYTHING, Change, Listener
 
 POLL_SECONDS = 0.5
+#: PostgreSQL: seconds between passes of the watcher that nothing asked for. Every runyard writer
+#: of this version NOTIFYs, and a lost listening connection is made good by waking everything on
+#: reconnecting; this slow pass is for a writer that does not: an agent of an older runyard still
+#: writing to the database during an upgrade. It costs three queries per 30 s per server.
+SAFETY_SECONDS = 30.0
+#: PostgreSQL: the least time between two reads of the watched projects' runs, so that a burst of
+#: runs changing state costs a few reads a second, not one per change. (Run streams are woken at once:
+#: a woken stream reads what changed since its last read, so many wakes during one read are one.)
+COALESCE_SECONDS = 0.05
 KEEPALIVE_SECONDS = 15.0
 #: Points sent per series per event; a burst beyond it is announced by count (clients refetch).
 MAX_POINTS_PER_EVENT = 5_000
@@ -66,9 +83,16 @@ class Hub:
         #: project (None: all projects) with their signatures.
         self._marks: dict[int, tuple[Any, ...]] = {}
         self._projects: dict[str | None, dict[int, Any]] = {}
-        #: Passes of the watcher so far (tests and the benchmark read it).
+        #: Passes of the watcher that read every watched run's mark so far (polls on SQLite, the
+        #: safety passes on PostgreSQL).
         self.passes = 0
         self._limiter: anyio.CapacityLimiter | None = None
+        #: PostgreSQL: the listening thread while the watcher runs, what it heard and the watcher
+        #: has not handled yet (guarded by ``_lock``), and the event that wakes the watcher.
+        self.listener: Listener | None = None
+        self._lock = threading.Lock()
+        self._heard: Change | None = None
+        self._nudge: asyncio.Event | None = None
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:
@@ -109,23 +133,90 @@ class Hub:
             waiters.discard(event)
             if not waiters:
                 del self._waiters[topic]
+        if not self._waiters and self._nudge is not None:
+            self._nudge.set()  # the listening watcher ends now, with its connection
 
     def project_runs(self, project: str | None) -> dict[int, Any] | None:
         """The latest runs of a watched project as the watcher last read them (None: not read yet)."""
         return self._projects.get(project)
 
+    def _watched(self) -> tuple[list[int], list[str | None]]:
+        runs = sorted({int(t[4:]) for t in self._waiters if t.startswith("run:")})
+        projects = sorted({None if t == "project:*" else t[8:] for t in self._waiters if t.startswith("project:")},
+                          key=lambda p: p or "")
+        return runs, projects
+
     async def _watch(self) -> None:
+        if getattr(self.store, "dialect", None) == "postgresql":
+            await self._listen()
+        else:
+            await self._poll()
+
+    async def _poll(self) -> None:
         """One pass every POLL_SECONDS while any stream is open: a few queries, whatever their number."""
         while self._waiters:
             await asyncio.sleep(POLL_SECONDS)
-            runs = sorted({int(t[4:]) for t in self._waiters if t.startswith("run:")})
-            projects = sorted({None if t == "project:*" else t[8:] for t in self._waiters if t.startswith("project:")},
-                              key=lambda p: p or "")
-            try:
-                marks, latest = await anyio.to_thread.run_sync(self._read, runs, projects, limiter=self.limiter)
-            except Exception as e:  # noqa: BLE001 - a locked or restarting database: the next pass tries again
-                print(f"runyard server: live events: {type(e).__name__}: {e}", flush=True)
-                continue
+            await self._pass(*self._watched())
+
+    async def _listen(self) -> None:
+        """Passes when the listener hears of a change (see the module's docstring), while any stream is open."""
+        self._nudge = nudge = asyncio.Event()
+        with self._lock:
+            self._heard = None
+        # The listener of an earlier watcher may report for a moment after it was told to stop: only
+        # this one's reports count (one kept from the other would stop ``_hear`` nudging this watcher).
+        self.listener = listener = Listener(self.store.engine, lambda change: self._hear(change, listener))
+        listener.start()
+        try:
+            while self._waiters:
+                nudged = await _wait(nudge, SAFETY_SECONDS)
+                with self._lock:
+                    heard, self._heard = self._heard, None
+                runs, projects = self._watched()
+                if not nudged:  # nothing heard for SAFETY_SECONDS: a pass over everything watched
+                    await self._pass(runs, projects)
+                    continue
+                if heard is None:
+                    continue  # the last stream ended, or a nudge for what an earlier pass took
+                if heard.everything:
+                    touched = runs
+                else:
+                    touched = [n for n in runs if n in heard.runs]
+                    projects = [p for p in projects if (p is None and heard.projects) or p in heard.projects]
+                for number in touched:
+                    self._wake_topic(f"run:{number}")
+                if projects:
+                    if not await self._pass([], projects):
+                        await asyncio.sleep(POLL_SECONDS)  # the database refused: ask again in a while
+                        self._hear(EVERYTHING)
+                    await asyncio.sleep(COALESCE_SECONDS)
+        finally:
+            listener.stop()
+            self.listener = None
+            self._nudge = None
+
+    def _hear(self, change: Change, source: Listener | None = None) -> None:
+        """A report of the current listener (in its thread): kept for the watcher, which is woken once
+        for many. ``source``: the listener reporting (None: the watcher itself)."""
+        with self._lock:
+            if source is not None and source is not self.listener:
+                return
+            first = self._heard is None
+            self._heard = change if first else self._heard.merge(change)  # type: ignore[union-attr]
+        loop, nudge = self.loop, self._nudge
+        if first and loop is not None and nudge is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server is ending
+                loop.call_soon_threadsafe(nudge.set)
+
+    async def _pass(self, runs: list[int], projects: list[str | None]) -> bool:
+        """Read the marks of ``runs`` and the latest runs of ``projects``; wake the streams whose
+        changed. False if the database refused (a locked or restarting one)."""
+        try:
+            marks, latest = await anyio.to_thread.run_sync(self._read, runs, projects, limiter=self.limiter)
+        except Exception as e:  # noqa: BLE001 - a locked or restarting database: the next pass tries again
+            print(f"runyard server: live events: {type(e).__name__}: {e}", flush=True)
+            return False
+        if runs:
             self.passes += 1
             for number, mark in marks.items():
                 if self._marks.get(number) != mark:
@@ -133,13 +224,15 @@ class Hub:
                     self._wake_topic(f"run:{number}")
             for number in set(self._marks) - set(runs):
                 del self._marks[number]
-            for project, now in latest.items():
-                old = self._projects.get(project)
-                self._projects[project] = now
-                if old is None or _signatures(old) != _signatures(now):
-                    self._wake_topic(f"project:{project or '*'}")
-            for project in set(self._projects) - set(projects):
-                del self._projects[project]
+        for project, now in latest.items():
+            old = self._projects.get(project)
+            self._projects[project] = now
+            if old is None or _signatures(old) != _signatures(now):
+                self._wake_topic(f"project:{project or '*'}")
+        watched = set(self._watched()[1])
+        for project in set(self._projects) - watched:
+            del self._projects[project]
+        return True
 
     def _read(self, runs: list[int], projects: list[str | None]) -> tuple[dict[int, Any], dict[str | None, Any]]:
         marks = self.store.activity(runs) if runs else {}

@@ -25,6 +25,7 @@ from runyard.store import (
     claims_sql,
     gc_sql,
     limits,
+    notify,
     runs_sql,
     transitions,
 )
@@ -71,6 +72,9 @@ if TYPE_CHECKING:
 _R = runs.c
 _S = metric_series.c
 _MAX_BUCKETS = 100_000
+#: Columns of a run that a project's live stream shows (server/events.py ``_signature``): a write
+#: to one of them changes the project's listing.
+_LISTED = frozenset({"status", "name", "status_message", "ended_at", "exit_code"})
 
 
 class SqlStore:
@@ -83,6 +87,8 @@ class SqlStore:
         #: Points per chunk (None: series.CHUNK_POINTS); tests make it small so that few points
         #: exercise many chunks and levels.
         self.chunk_points = chunk_points
+        #: The NOTIFY channel of this store's schema (PostgreSQL; see notify.py), read on first use.
+        self._channel: str | None = None
 
     @property
     def dialect(self) -> str:
@@ -104,7 +110,17 @@ class SqlStore:
             with self.engine.connect() as conn:
                 conn = conn.execution_options(**{IMMEDIATE: True})
                 with conn.begin():
-                    yield conn
+                    if self.dialect != "postgresql":
+                        yield conn
+                    else:  # other processes hear what this transaction changed when it commits
+                        notify.begin(conn)
+                        try:
+                            yield conn
+                            if self._channel is None:
+                                self._channel = notify.current_channel(conn)
+                            notify.send(conn, self._channel)
+                        finally:
+                            notify.discard(conn)
         except (sa.exc.DBAPIError, OverflowError) as e:
             # A value or statement the database refuses whenever it is sent is the caller's to
             # know about (the server answers 422), not a failure to retry.
@@ -186,6 +202,7 @@ class SqlStore:
         ).scalar_one())
         if labels:
             conn.execute(sa.insert(run_labels), [{"run_number": number, "label": lb} for lb in labels])
+        notify.touch(conn, number, listing=True)
         return number
 
     def resolve(self, ref: str | int, project: str | None = None) -> int:
@@ -244,6 +261,7 @@ class SqlStore:
             values["notes"] = "\n\n".join([base, *notes_append]) if base else "\n\n".join(notes_append)
         if values:
             conn.execute(sa.update(runs).where(_R.number == number).values(**values))
+            notify.touch(conn, number, listing=not _LISTED.isdisjoint(values))
 
     def append_note(self, number: int, text: str) -> Run:
         """Add a paragraph to the run's notes."""
@@ -276,6 +294,8 @@ class SqlStore:
                                 ["run_number", "label"])
         for part in limits.batches(conn, removing):
             conn.execute(sa.delete(run_labels).where(run_labels.c.run_number == number, run_labels.c.label.in_(part)))
+        if adding or removing:
+            notify.touch(conn, number, listing=True)
 
     def _require_run(self, conn: Connection, number: int) -> None:
         if conn.execute(sa.select(_R.number).where(_R.number == number)).scalar() is None:
@@ -297,6 +317,7 @@ class SqlStore:
         keys = sorted(series)  # a fixed order: concurrent writers lock series alike
         rows = self._locked_series_many(conn, run, keys)
         series_sql.append_many(conn, [(rows[key], series[key]) for key in keys], self.chunk_points or _chunk_points())
+        notify.touch(conn, run)
 
     def _locked_series_many(self, conn: Connection, run: int, keys: Sequence[str]) -> dict[str, series_sql.SeriesRow]:
         """The rows of these series of a run, created if new, locked until the transaction ends."""
@@ -372,6 +393,7 @@ class SqlStore:
             sa.insert(log_lines),
             [{"run_number": run, "stream": ln.stream, "time": ln.time, "text": ln.text} for ln in lines],
         )
+        notify.touch(conn, run)
 
     def tail_logs(self, run: int, count: int) -> list[LogLine]:
         """The last ``count`` lines of the run's log, in order."""

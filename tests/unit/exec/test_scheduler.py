@@ -194,3 +194,27 @@ def test_a_scheduler_starts_and_counts_only_the_runs_of_its_executor(store: SqlS
     store.update_run(for_here, _finished())
     assert here.tick() == (1, 0)
     assert started(local) == [for_here, from_before]
+
+
+def test_a_cluster_that_grows_takes_more_runs_at_the_next_renewal(store: SqlStore, settings: Settings) -> None:
+    # A cluster's executor says what it offers now (nodes come and go; a head just started reports
+    # nothing yet): the scheduler asks again each time it renews its lease, and tells other agents.
+    class Cluster(RecordingExecutor):
+        def __init__(self) -> None:
+            super().__init__("cluster")
+            self.offers = Machine("ray", 8, 1, 8, 16 * GIB, "cluster")
+
+        def machine(self) -> Machine:
+            return self.offers
+
+    executor = Cluster()
+    scheduler = Scheduler(store, settings, executor, 1, agent="a-cluster", machine=executor.offers)
+    runs = [queue(store, executor="cluster", gpus=1) for _ in range(3)]
+    assert scheduler.tick() == (1, 2)
+    executor.offers = Machine("ray", 8, 3, 8, 16 * GIB, "cluster")  # two more GPUs joined
+    assert scheduler.tick() == (0, 2)  # told at the next renewal, not at every tick
+    scheduler._renewed = -float("inf")
+    assert scheduler.tick() == (2, 0)
+    assert started(executor) == runs
+    lease, _ = next(iter(store.leases("agent:a-cluster")))
+    assert lease.info["gpus"] == 3
