@@ -212,9 +212,9 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     launch["big_code_files"] = settings.big_code_files
     refuse_unavailable(settings, int(resources.get("gpus") or 0),
                        "--gpus" if sub.gpus is not None or sub.machine is None else f"[machines.{sub.machine}] gpus")
-    from runyard.store.artifacts import DiskArtifacts
+    from runyard.store.artifacts import artifacts_of
 
-    artifacts = DiskArtifacts(settings.artifacts)
+    artifacts = artifacts_of(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     artifacts.ensure()
     files = new = 0

@@ -50,7 +50,7 @@ from runyard.sdk.lines import Lines, pump
 from runyard.sdk.writer import Writer
 from runyard.spool import records
 from runyard.spool.rundir import TARGET_FILE, run_dir, target_key_of
-from runyard.store.artifacts import DiskArtifacts
+from runyard.store.artifacts import ArtifactStore, open_artifacts
 
 WORK = "work"
 PID_FILE = "supervisor.pid"
@@ -73,7 +73,8 @@ class Supervisor:
         spool.mkdir(parents=True, exist_ok=True)
         (spool / TARGET_FILE).write_text(target_key_of(spec.db, spec.artifacts))
         self.writer = Writer(spool, spec.run_id, f"sup{os.getpid()}", fsync=spec.fsync)
-        self.artifacts = DiskArtifacts(Path(spec.artifacts))
+        self.artifacts: ArtifactStore = open_artifacts(spec.artifacts, s3_endpoint=spec.s3_endpoint,
+                                                       scratch=self.home / "tmp")
         self.outputs = Outputs(self.work, self.artifacts, self._record_output, self.system,
                                self._written_by_command, spec.output_limit)
         self.stop_requested = threading.Event()
@@ -137,7 +138,8 @@ class Supervisor:
         env = command_environment(environment, spec.env, {
             **{f"RUNYARD_PARAM_{k}": v for k, v in spec.params.items()},
             "RUNYARD_RUN_ID": spec.run_id, "RUNYARD_CAPTURED": "1", "RUNYARD_HOME": spec.home,
-            "RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts, "RUNYARD_FSYNC": spec.fsync,
+            "RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts, "RUNYARD_S3_ENDPOINT": spec.s3_endpoint or "",
+            "RUNYARD_FSYNC": spec.fsync,
             "RUNYARD_SYSTEM_INTERVAL": f"{spec.system_interval:g}", "PYTHONUNBUFFERED": "1",
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus),
         })
@@ -179,7 +181,7 @@ class Supervisor:
                 pass  # not a Python that answers: the one that submitted the run will do
         return self.spec.python, list(self.spec.site_packages)
 
-    def _mount(self, mount: Any, artifacts: Any) -> None:
+    def _mount(self, mount: Any, artifacts: ArtifactStore) -> None:
         target = self.work / mount.target
         if target.exists() or target.is_symlink():  # the snapshot's: the mount takes its place, and says so
             directory = target.is_dir() and not target.is_symlink()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from runyard.exec import reclaim, venvs
-from runyard.store.artifacts import DiskArtifacts
+from runyard.store.disk_artifacts import DiskArtifacts
 
 
 class _Store:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from runyard.errors import ArtifactPathError, NotFound
-from runyard.store.artifacts import DiskArtifacts, validate_relpath
+from runyard.store.artifacts import validate_relpath
+from runyard.store.disk_artifacts import DiskArtifacts
 
 
 @pytest.fixture
