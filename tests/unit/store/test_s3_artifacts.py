@@ -1,0 +1,122 @@
+"""What only the S3 store does, against a real S3 server (SeaweedFS): multipart uploads, batched
+existence checks, snapshots that upload nothing when nothing changed, damaged or missing objects
+and unreachable servers reported in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from tests.s3server import S3Server
+
+from runyard.errors import ArtifactError, NotFound
+from runyard.exec.snapshot import take
+from runyard.store.s3_artifacts import HEAD_LIMIT, S3Artifacts
+
+MIB = 1 << 20
+
+
+def s3_store(s3_server: S3Server, location: str, tmp_path: Path, **options: int) -> S3Artifacts:
+    store = S3Artifacts.from_url(location, endpoint=s3_server.endpoint, scratch=tmp_path / "scratch")
+    for key, value in options.items():
+        setattr(store, key, value)
+    store.ensure()
+    return store
+
+
+def bucket_and_key(store: S3Artifacts, sha: str) -> tuple[str, str]:
+    return store.bucket, store._object_key(sha)
+
+
+def test_a_file_over_the_multipart_threshold_goes_up_in_parts_and_comes_back_whole(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    store = s3_store(s3_server, s3_location, tmp_path, multipart_threshold=5 * MIB, multipart_chunk=5 * MIB)
+    big = tmp_path / "checkpoint.bin"
+    big.write_bytes(os.urandom(11 * MIB + 123))
+    blob = store.put_file(big)
+    assert blob.sha256 == hashlib.sha256(big.read_bytes()).hexdigest() and blob.size == 11 * MIB + 123
+    bucket, key = bucket_and_key(store, blob.sha256)
+    etag = s3_server.client().head_object(Bucket=bucket, Key=key)["ETag"]
+    assert etag.strip('"').endswith("-3"), etag  # three parts: 5 + 5 + 1 MiB
+    again = s3_store(s3_server, s3_location, tmp_path)
+    out = again.export(blob.content_ref, tmp_path / "dest", "ckpt/model.bin")
+    assert out.read_bytes() == big.read_bytes()
+    with again.open(blob.content_ref) as f:  # ranged reads: what the server's download route streams
+        f.seek(6 * MIB)
+        assert f.read(100) == big.read_bytes()[6 * MIB:6 * MIB + 100]
+    assert again.requests.get("get_object") == 2  # one ranged GET each, never the object into memory first
+    # Storing it again sends nothing: the content is there.
+    before = dict(store.requests)
+    assert store.put_file(big) == blob
+    assert store.requests.get("upload") == before.get("upload") and store.requests.get("put_object") is None
+
+
+def test_many_existence_checks_are_batched_not_one_request_per_object(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    store = s3_store(s3_server, s3_location, tmp_path)
+    stored = [store.put_bytes(f"object {i}".encode()).sha256 for i in range(300)]
+    absent = [hashlib.sha256(f"absent {i}".encode()).hexdigest() for i in range(50)]
+    fresh = s3_store(s3_server, s3_location, tmp_path)
+    assert fresh.has_many(stored + absent) == set(stored)
+    assert fresh.requests.get("head_object") is None  # listed by shard, not 350 HEADs
+    assert fresh.requests["list_objects_v2"] <= 256 + 1
+    few = s3_store(s3_server, s3_location, tmp_path)
+    assert few.has_many(stored[:5] + absent[:5]) == set(stored[:5])
+    assert few.requests["head_object"] == 10 <= HEAD_LIMIT
+
+
+def test_a_second_snapshot_of_an_unchanged_tree_uploads_nothing(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    tree = tmp_path / "project"
+    (tree / "pkg").mkdir(parents=True)
+    for i in range(200):
+        (tree / "pkg" / f"m{i}.py").write_text(f"X = {i}\n")
+    (tree / "weights.bin").write_bytes(os.urandom(MIB + 1))  # big: an object of its own, not packed
+    cache = tmp_path / "snapshot-cache.json"
+    first_store = s3_store(s3_server, s3_location, tmp_path)
+    first = take(tree, first_store, cache)
+    assert first.files == 201 and first.new_bytes > MIB
+    assert first_store.requests["put_object"] == 4  # the pack, its index, the big file, the manifest
+    second_store = s3_store(s3_server, s3_location, tmp_path)  # another `runyard run`, a new process
+    second = take(tree, second_store, cache)
+    assert second.id == first.id and second.new_bytes == 0
+    assert "put_object" not in second_store.requests and "upload" not in second_store.requests
+    (tree / "pkg" / "m0.py").write_text("X = 'changed'\n")
+    third_store = s3_store(s3_server, s3_location, tmp_path)
+    third = take(tree, third_store, cache)
+    assert third.id != first.id and third.new_bytes == len("X = 'changed'\n")
+
+
+def test_a_damaged_or_missing_object_is_an_error_that_names_it(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    store = s3_store(s3_server, s3_location, tmp_path)
+    blob = store.put_bytes(b"the real checkpoint")
+    bucket, key = bucket_and_key(store, blob.sha256)
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"the fake checkpoint")
+    fresh = s3_store(s3_server, s3_location, tmp_path)
+    with pytest.raises(ArtifactError, match=r"sha256:[0-9a-f]{12}\.\.\. in s3://.* is damaged"):
+        fresh.read_bytes(blob.content_ref)
+    with pytest.raises(ArtifactError, match="is damaged"):
+        fresh.export(blob.content_ref, tmp_path / "dest", "model.bin")
+    assert not (tmp_path / "dest" / "model.bin").exists()  # nothing half-written in its place
+    s3_server.client().delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(NotFound, match="is missing from s3://"):
+        s3_store(s3_server, s3_location, tmp_path).open(blob.content_ref)
+
+
+def test_an_unreachable_server_a_missing_bucket_and_refused_credentials_are_one_line_errors(
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = S3Artifacts.from_url("s3://nowhere/x", endpoint="http://127.0.0.1:1", scratch=tmp_path)
+    with pytest.raises(ArtifactError) as caught:
+        dead.put_bytes(b"x")
+    assert "cannot reach s3://nowhere/x (endpoint http://127.0.0.1:1)" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    no_bucket = S3Artifacts.from_url("s3://no-such-bucket-here/x", endpoint=s3_server.endpoint, scratch=tmp_path)
+    with pytest.raises(ArtifactError, match="the bucket 'no-such-bucket-here' does not exist"):
+        no_bucket.check()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    refused = S3Artifacts.from_url(s3_location, endpoint=s3_server.endpoint, scratch=tmp_path)
+    with pytest.raises(ArtifactError, match="refused the credentials"):
+        refused.put_bytes(b"x")
