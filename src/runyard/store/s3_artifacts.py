@@ -159,7 +159,11 @@ class S3Artifacts:
 
     def check(self) -> None:
         """Raise ``ArtifactError`` saying what is wrong unless the bucket answers (``runyard doctor``)."""
-        self._call("head_bucket", "checking the bucket")
+        try:
+            self._call("head_bucket", "checking the bucket")
+        except NotFound:  # HEAD answers a bare 404, with no error code to tell a bucket from a key
+            raise ArtifactError(f"the bucket {self.bucket!r} does not exist at {self._where()}; create it, or set "
+                                "artifacts to one that does") from None
 
     # -- existence ------------------------------------------------------------------------------------
 
@@ -258,17 +262,16 @@ class S3Artifacts:
             if hashlib.sha256(data).hexdigest()[:16] != name.split(".", 1)[-1]:
                 raise ArtifactError(f"the pack index {name} in {self._where()} is damaged (its bytes do not match "
                                     "its name)") from None
-            with contextlib.suppress(OSError):
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_bytes(data)
-                tmp.replace(cached)
-        entries = []
-        for line in data.decode().splitlines():
-            parts = line.split()
-            if len(parts) == 3 and SHA.match(parts[0]):
-                entries.append((parts[0], int(parts[1]), int(parts[2])))
-        return entries
+            self._cache_index(name, data)
+        return _index_entries(data)
+
+    def _cache_index(self, name: str, data: bytes) -> None:
+        cached = self._index_cache() / name
+        with contextlib.suppress(OSError):  # a cache: a full disk only means fetching it again
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f"{name}.tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            tmp.replace(cached)
 
     def pack_members(self) -> dict[str, set[str]]:
         self._load_packs()
@@ -364,6 +367,7 @@ class S3Artifacts:
         self._known[pack] = total
         name = f"{pack}.{hashlib.sha256(index).hexdigest()[:16]}"
         self._call("put_object", f"storing pack index {pack[:12]}...", Key=self._key("packs", name), Body=index)
+        self._cache_index(name, index)
         entries = [(b.sha256, start, b.size) for b, start in zip(blobs, offsets, strict=True)]
         self._indexes[name] = entries
         for sha, start, size in entries:
@@ -447,6 +451,15 @@ class S3Artifacts:
             return 0
         self._call("delete_object", f"removing {sha256[:12]}...", Key=self._object_key(sha256))
         return size
+
+
+def _index_entries(data: bytes) -> list[tuple[str, int, int]]:
+    entries = []
+    for line in data.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and SHA.match(parts[0]):
+            entries.append((parts[0], int(parts[1]), int(parts[2])))
+    return entries
 
 
 def _verify(got: str, content_ref: str, where: str) -> None:
