@@ -10,7 +10,8 @@ Layout under ``s3://bucket/prefix``, content-addressed as on disk:
   ``scratch``.
 
 Existence checks are batched (``has_many``): packed files are answered from the listed indexes; the
-rest by HEAD requests in a thread pool when they are few, else by listing the shards they fall in.
+rest by HEAD requests in a thread pool when they are few, else by listing the shards they fall in
+(while the listings take fewer requests than the HEADs would: a huge store has many pages a shard).
 Large files go up in multipart uploads (``TransferConfig``). Reads stream: ``open`` returns a
 seekable file that issues ranged GETs as it is read, never a whole object in memory. Whole reads
 (``read_bytes``, ``export``) check the content against its SHA-256, so a damaged object is an error
@@ -182,18 +183,30 @@ class S3Artifacts:
             packed = {sha for sha in rest if sha in self._packed}
             found |= packed
             rest -= packed
-        if rest and len(rest) <= HEAD_LIMIT:
-            found |= {sha for sha, size in zip(sorted(rest), self._parallel(self._head, sorted(rest)), strict=True)
-                      if size is not None}
-        elif rest:
+        if len(rest) > HEAD_LIMIT:
+            # Many: list the shards they fall in, while that costs fewer requests than a HEAD each. One
+            # shard listed first tells how big shards are (a big store has pages of them).
             shards = sorted({sha[:2] for sha in rest})
-            for listed in self._parallel(lambda shard: self._list(self._key("objects", shard) + "/"), shards):
-                for key, size, _ in listed:
-                    sha = key.rsplit("/", 2)[-2] + key.rsplit("/", 1)[-1]
-                    if sha in rest:
-                        self._known[sha] = size
-                        found.add(sha)
+            first = self._list_shard(shards[0], rest, found)
+            pages = len(first) // 1000 + 1
+            if pages * (len(shards) - 1) <= len(rest):
+                self._parallel(lambda shard: self._list_shard(shard, rest, found), shards[1:])
+                return found
+            rest = {sha for sha in rest if sha[:2] != shards[0]}
+        if rest:
+            ordered = sorted(rest)
+            found |= {sha for sha, size in zip(ordered, self._parallel(self._head, ordered), strict=True)
+                      if size is not None}
         return found
+
+    def _list_shard(self, shard: str, wanted: set[str], found: set[str]) -> list[tuple[str, int, float]]:
+        listed = self._list(self._key("objects", shard) + "/")
+        for key, size, _ in listed:
+            sha = shard + key.rsplit("/", 1)[-1]
+            if sha in wanted:
+                self._known[sha] = size
+                found.add(sha)
+        return listed
 
     def _head(self, sha: str) -> int | None:
         try:
