@@ -47,6 +47,9 @@ MULTIPART_CHUNK = 16 << 20
 CONCURRENCY = 16
 #: Up to this many unknown objects are checked by HEAD; more by listing their shards.
 HEAD_LIMIT = 64
+#: Seconds: content stored again whose object was last written longer ago is written again in place
+#: (a copy onto itself), so that `runyard gc`, which keeps what was written recently, keeps it.
+REFRESH_AFTER = 600.0
 
 _T = TypeVar("_T")
 
@@ -67,6 +70,9 @@ class S3Artifacts:
         self._lock = threading.Lock()
         #: Objects this process stored or saw (a cheap answer for has(); remove() forgets them).
         self._known: dict[str, int] = {}
+        #: When objects seen by HEAD were last written (time.time() seconds).
+        self._written: dict[str, float] = {}
+        self.refresh_after = REFRESH_AFTER
         #: File sha -> (pack sha, offset, size), from the indexes listed by the last _load_packs.
         self._packed: dict[str, tuple[str, int, int]] = {}
         self._indexes: dict[str, list[tuple[str, int, int]]] = {}
@@ -215,7 +221,22 @@ class S3Artifacts:
             return None
         size = int(answer["ContentLength"])
         self._known[sha] = size
+        if answer.get("LastModified") is not None:
+            self._written[sha] = answer["LastModified"].timestamp()
         return size
+
+    def _refresh(self, sha: str) -> None:
+        """Stored again: mark the object written now when it was written long ago, as the disk store
+        does (``os.utime``): a snapshot that reuses old content must not lose it to a `runyard gc`
+        running before its run is queued. Best effort, like the disk's."""
+        written = self._written.get(sha)
+        if written is None or time.time() - written < self.refresh_after:
+            return
+        key = self._object_key(sha)
+        with contextlib.suppress(ArtifactError):
+            self._call("copy_object", f"refreshing {sha[:12]}...", Key=key, MetadataDirective="REPLACE",
+                       CopySource={"Bucket": self.bucket, "Key": key})
+            self._written[sha] = time.time()
 
     def _list(self, prefix: str) -> list[tuple[str, int, float]]:
         out = []
@@ -297,7 +318,9 @@ class S3Artifacts:
 
     def put_bytes(self, data: bytes) -> Blob:
         sha = hashlib.sha256(data).hexdigest()
-        if not self.has(sha):
+        if self.has(sha):
+            self._refresh(sha)
+        else:
             self._call("put_object", f"storing {sha[:12]}...", Key=self._object_key(sha), Body=data)
             self._known[sha] = len(data)
         return Blob(sha, len(data))
@@ -329,7 +352,9 @@ class S3Artifacts:
                 tmp.write(block)
                 size += len(block)
             sha = digest.hexdigest()
-            if not self.has(sha):
+            if self.has(sha):
+                self._refresh(sha)
+            else:
                 tmp.seek(0)
                 self._upload(tmp, self._object_key(sha), f"storing {sha[:12]}...")
                 self._known[sha] = size
@@ -371,11 +396,11 @@ class S3Artifacts:
                 offset += blob.size
             index = "".join(f"{b.sha256} {start} {b.size}\n" for b, start in zip(blobs, offsets, strict=True)).encode()
             tmp.seek(0)
-            if total < self.multipart_threshold:
-                if not self.has(pack):
-                    self._call("put_object", f"storing pack {pack[:12]}...", Key=self._object_key(pack),
-                               Body=tmp.read())
-            elif not self.has(pack):
+            if self.has(pack):
+                self._refresh(pack)
+            elif total < self.multipart_threshold:
+                self._call("put_object", f"storing pack {pack[:12]}...", Key=self._object_key(pack), Body=tmp.read())
+            else:
                 self._upload(tmp, self._object_key(pack), f"storing pack {pack[:12]}...")
         self._known[pack] = total
         name = f"{pack}.{hashlib.sha256(index).hexdigest()[:16]}"

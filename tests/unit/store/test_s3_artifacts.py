@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,23 @@ def test_an_unreachable_server_a_missing_bucket_and_refused_credentials_are_one_
     refused = S3Artifacts.from_url(s3_location, endpoint=s3_server.endpoint, scratch=tmp_path)
     with pytest.raises(ArtifactError, match="refused the credentials"):
         refused.put_bytes(b"x")
+
+
+def test_content_stored_again_long_after_it_was_written_is_marked_written_now(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    # As the disk store touches an object stored again: `runyard gc` keeps what was written recently,
+    # so a snapshot reusing old content does not lose it before its run is queued.
+    store = s3_store(s3_server, s3_location, tmp_path)
+    blob = store.put_bytes(b"manifest of an unchanged tree")
+    bucket, key = bucket_and_key(store, blob.sha256)
+    written = s3_server.client().head_object(Bucket=bucket, Key=key)["LastModified"]
+    time.sleep(1.1)
+    recent = s3_store(s3_server, s3_location, tmp_path)
+    recent.put_bytes(b"manifest of an unchanged tree")  # written a second ago: left alone
+    assert "copy_object" not in recent.requests and "put_object" not in recent.requests
+    assert s3_server.client().head_object(Bucket=bucket, Key=key)["LastModified"] == written
+    old = s3_store(s3_server, s3_location, tmp_path, refresh_after=1)
+    old.put_bytes(b"manifest of an unchanged tree")
+    assert old.requests["copy_object"] == 1 and "put_object" not in old.requests
+    assert s3_server.client().head_object(Bucket=bucket, Key=key)["LastModified"] > written
+    assert old.read_bytes(blob.content_ref) == b"manifest of an unchanged tree"
