@@ -68,6 +68,7 @@ class S3Artifacts:
         self.multipart_chunk = multipart_chunk
         self._client: Any = None
         self._lock = threading.Lock()
+        self._counting = threading.Lock()
         #: Objects this process stored or saw (a cheap answer for has(); remove() forgets them).
         self._known: dict[str, int] = {}
         #: When objects seen by HEAD were last written (time.time() seconds).
@@ -127,9 +128,13 @@ class S3Artifacts:
 
     def _call(self, operation: str, what: str, **kwargs: Any) -> Any:
         """One request, its failures turned into runyard's errors (one line, naming the store)."""
-        self.requests[operation] = self.requests.get(operation, 0) + 1
+        self._count(operation)
         with self._translate(what):
             return getattr(self.client(), operation)(Bucket=self.bucket, **kwargs)
+
+    def _count(self, operation: str) -> None:
+        with self._counting:  # requests are sent from a pool of threads
+            self.requests[operation] = self.requests.get(operation, 0) + 1
 
     @contextlib.contextmanager
     def _translate(self, what: str) -> Iterator[None]:
@@ -365,7 +370,7 @@ class S3Artifacts:
 
         config = TransferConfig(multipart_threshold=self.multipart_threshold,
                                 multipart_chunksize=self.multipart_chunk, max_concurrency=CONCURRENCY // 2)
-        self.requests["upload"] = self.requests.get("upload", 0) + 1
+        self._count("upload")
         with self._translate(what):
             self.client().upload_fileobj(f, self.bucket, key, Config=config)
 
