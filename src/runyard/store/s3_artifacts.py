@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import IO, Any, BinaryIO, TypeVar
 
 from runyard.errors import ArtifactError, NotFound
 from runyard.files import place
@@ -261,12 +261,14 @@ class S3Artifacts:
             return None
         if sha256 in self._known:
             return self._known[sha256]
-        size = self._head(sha256)
-        if size is None:
+        where = self._packed_at(sha256)
+        return where[2] if where else self._head(sha256)
+
+    def _packed_at(self, sha: str) -> tuple[str, int, int] | None:
+        """Where a packed file is (pack, offset, size): from the indexes in memory, else listed again."""
+        if sha not in self._packed:
             self._load_packs()
-            where = self._packed.get(sha256)
-            return where[2] if where else None
-        return size
+        return self._packed.get(sha)
 
     # -- packs ----------------------------------------------------------------------------------------
 
@@ -365,7 +367,7 @@ class S3Artifacts:
                 self._known[sha] = size
         return Blob(sha, size)
 
-    def _upload(self, f: BinaryIO, key: str, what: str) -> None:
+    def _upload(self, f: IO[bytes], key: str, what: str) -> None:
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(multipart_threshold=self.multipart_threshold,
@@ -381,7 +383,11 @@ class S3Artifacts:
         self.ensure()
         blobs: list[Blob] = []
         pack_digest = hashlib.sha256()
-        with tempfile.TemporaryFile(dir=self._scratch, prefix="s3-pack-") as tmp:
+        cache = self._pack_cache()
+        cache.mkdir(parents=True, exist_ok=True)
+        # Written where the local copy of the pack will be: a run materialised on this machine reads
+        # its files from here, without fetching the pack back.
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".s3-pack-") as tmp:
             for source in sources:
                 digest = hashlib.sha256()
                 size = 0
@@ -407,6 +413,9 @@ class S3Artifacts:
                 self._call("put_object", f"storing pack {pack[:12]}...", Key=self._object_key(pack), Body=tmp.read())
             else:
                 self._upload(tmp, self._object_key(pack), f"storing pack {pack[:12]}...")
+            tmp.flush()
+            with contextlib.suppress(OSError):
+                os.link(tmp.name, cache / pack)
         self._known[pack] = total
         name = f"{pack}.{hashlib.sha256(index).hexdigest()[:16]}"
         self._call("put_object", f"storing pack index {pack[:12]}...", Key=self._key("packs", name), Body=index)
@@ -429,18 +438,43 @@ class S3Artifacts:
     def open(self, content_ref: str) -> BinaryIO:
         sha = sha_of_ref(content_ref)
         size = self._known.get(sha)
+        where = self._packed_at(sha) if size is None else None
+        if where is not None:
+            # A packed file is small: read from the local copy of its pack (fetched once, whole), so
+            # materialising a thousand-file snapshot costs one GET, not a thousand.
+            pack, start, size = where
+            with self._local_pack(pack).open("rb") as f:
+                f.seek(start)
+                return io.BytesIO(f.read(size))
         if size is None:
             size = self._head(sha)
-        if size is not None:
-            raw = _Reader(self, self._object_key(sha), 0, size, content_ref)
-        else:
-            self._load_packs()
-            where = self._packed.get(sha)
-            if where is None:
-                raise NotFound(f"artifact content {content_ref[:19]}... is missing from {self._where()}")
-            pack, start, size = where
-            raw = _Reader(self, self._object_key(pack), start, size, content_ref)
-        return io.BufferedReader(raw, CHUNK)
+        if size is None:
+            raise NotFound(f"artifact content {content_ref[:19]}... is missing from {self._where()}")
+        return io.BufferedReader(_Reader(self, self._object_key(sha), 0, size, content_ref), CHUNK)
+
+    def _pack_cache(self) -> Path:
+        return self._index_cache().parent.parent / "s3-packs" / self._index_cache().name
+
+    def _local_pack(self, pack: str) -> Path:
+        """This machine's copy of a pack (checked against its SHA-256 when fetched)."""
+        local = self._pack_cache() / pack
+        if local.is_file():
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=local.parent, prefix=".s3-pack-")
+        try:
+            digest = hashlib.sha256()
+            answer = self._call("get_object", f"reading pack {pack[:12]}...", Key=self._object_key(pack))
+            with os.fdopen(fd, "wb") as out, self._translate(f"reading pack {pack[:12]}..."):
+                while block := answer["Body"].read(CHUNK):
+                    digest.update(block)
+                    out.write(block)
+            _verify(digest.hexdigest(), f"sha256:{pack}", self._where())
+            Path(name).replace(local)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return local
 
     def read_bytes(self, content_ref: str) -> bytes:
         with self.open(content_ref) as f:

@@ -13,7 +13,7 @@ import pytest
 from tests.s3server import S3Server
 
 from runyard.errors import ArtifactError, NotFound
-from runyard.exec.snapshot import take
+from runyard.exec.snapshot import materialise, take
 from runyard.store.s3_artifacts import HEAD_LIMIT, S3Artifacts
 
 MIB = 1 << 20
@@ -141,3 +141,19 @@ def test_content_stored_again_long_after_it_was_written_is_marked_written_now(
     assert old.requests["copy_object"] == 1 and "put_object" not in old.requests
     assert s3_server.client().head_object(Bucket=bucket, Key=key)["LastModified"] > written
     assert old.read_bytes(blob.content_ref) == b"manifest of an unchanged tree"
+
+
+def test_a_snapshot_is_materialised_with_a_few_requests_not_one_per_file(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    tree = tmp_path / "project"
+    tree.mkdir()
+    for i in range(200):
+        (tree / f"m{i}.py").write_text(f"X = {i}\n")
+    snap = take(tree, s3_store(s3_server, s3_location, tmp_path), tmp_path / "cache.json")
+    elsewhere = S3Artifacts.from_url(s3_location, endpoint=s3_server.endpoint, scratch=tmp_path / "node")  # a new node
+    work = tmp_path / "work"
+    materialise(snap.id, elsewhere, work)
+    assert sorted(p.name for p in work.iterdir()) == sorted(p.name for p in tree.iterdir())
+    assert (work / "m7.py").read_text() == "X = 7\n"
+    # the manifest (HEAD, GET), the packs listed, their index and the pack itself: one GET for 200 files
+    assert sum(elsewhere.requests.values()) <= 6, elsewhere.requests
