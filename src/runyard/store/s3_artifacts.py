@@ -43,6 +43,8 @@ from runyard.store.disk_artifacts import walk_tree
 #: Files of this size or more go up in parts (each ``MULTIPART_CHUNK`` bytes), several at a time.
 MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNK = 16 << 20
+#: Content smaller than this is read into memory and sent in one PUT; bigger goes through ``scratch``.
+IN_MEMORY = 8 << 20
 #: Requests in flight at once (HEADs, listings, parts).
 CONCURRENCY = 16
 #: Up to this many unknown objects are checked by HEAD; more by listing their shards.
@@ -345,9 +347,11 @@ class S3Artifacts:
     def put_stream(self, src: BinaryIO) -> Blob:
         """Store what is left to read of an open file. Small content is read into memory and sent in
         one PUT; bigger content is copied to a file in ``scratch`` while it is hashed (so the bytes
-        sent are the bytes hashed, even if the source changes meanwhile), then sent in parts."""
-        head = src.read(self.multipart_threshold)
-        if len(head) < self.multipart_threshold:
+        sent are the bytes hashed, even if the source changes meanwhile), then sent (in parts past
+        the multipart threshold)."""
+        limit = min(self.multipart_threshold, IN_MEMORY)
+        head = src.read(limit)
+        if len(head) < limit:
             return self.put_bytes(head)
         digest = hashlib.sha256(head)
         self.ensure()

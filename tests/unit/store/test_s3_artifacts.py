@@ -52,6 +52,14 @@ def test_a_file_over_the_multipart_threshold_goes_up_in_parts_and_comes_back_who
     before = dict(store.requests)
     assert store.put_file(big) == blob
     assert store.requests.get("upload") == before.get("upload") and store.requests.get("put_object") is None
+    # Under the threshold (the default 64 MiB) but past what is held in memory: one PUT from a file.
+    middle = tmp_path / "middle.bin"
+    middle.write_bytes(os.urandom(9 * MIB))
+    plain = s3_store(s3_server, s3_location, tmp_path)
+    blob = plain.put_file(middle)
+    assert plain.requests["upload"] == 1 and "put_object" not in plain.requests
+    assert "-" not in s3_server.client().head_object(Bucket=bucket, Key=plain._object_key(blob.sha256))["ETag"]
+    assert plain.read_bytes(blob.content_ref) == middle.read_bytes()
 
 
 def test_many_existence_checks_are_batched_not_one_request_per_object(
