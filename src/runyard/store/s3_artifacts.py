@@ -117,6 +117,7 @@ class S3Artifacts:
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
+                _require_boto3(self.location)
                 import boto3
                 from botocore.config import Config
 
@@ -140,6 +141,7 @@ class S3Artifacts:
 
     @contextlib.contextmanager
     def _translate(self, what: str) -> Iterator[None]:
+        _require_boto3(self.location)
         from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
         try:
@@ -532,6 +534,14 @@ class S3Artifacts:
             return 0
         self._call("delete_object", f"removing {sha256[:12]}...", Key=self._object_key(sha256))
         return size
+
+
+def _require_boto3(location: str) -> None:
+    try:
+        import boto3  # noqa: F401 - only whether it is installed
+    except ImportError:
+        raise ArtifactError(f"artifacts = {location!r} needs boto3, which is not installed: "
+                            "pip install 'runyard[s3]'") from None
 
 
 def _index_entries(data: bytes) -> list[tuple[str, int, int]]:

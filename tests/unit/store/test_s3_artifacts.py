@@ -165,3 +165,12 @@ def test_a_snapshot_is_materialised_with_a_few_requests_not_one_per_file(
     assert (work / "m7.py").read_text() == "X = 7\n"
     # the manifest (HEAD, GET), the packs listed, their index and the pack itself: one GET for 200 files
     assert sum(elsewhere.requests.values()) <= 6, elsewhere.requests
+
+
+def test_without_boto3_the_error_says_which_extra_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if it were not installed
+    store = S3Artifacts.from_url("s3://bucket/prefix", endpoint="http://127.0.0.1:1", scratch=tmp_path)
+    with pytest.raises(ArtifactError, match=r"needs boto3, which is not installed: pip install 'runyard\[s3\]'"):
+        store.has("0" * 64)
