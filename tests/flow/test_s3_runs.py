@@ -5,6 +5,7 @@ back; a damaged object or an unreachable server is one line on stderr, never a t
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,16 @@ def test_a_run_gets_its_code_from_s3_and_its_outputs_go_there_and_come_back(
         "os.makedirs('outputs', exist_ok=True)\n"
         "open('outputs/model.bin', 'wb').write(b'weights ' * 1000)\n"
         "print(json.dumps({'step': 0, 'loss': 0.25}))\n"
+        "import runyard\n"
+        "run = runyard.init()\n"
+        "import tempfile\n"
+        "notes = os.path.join(tempfile.mkdtemp(), 'n.txt')  # outside the work directory: not an output\n"
+        "open(notes, 'w').write('logged through the SDK')\n"
+        "run.log_artifact(notes, name='sdk-notes.txt')\n"
+        "run.finish()\n"
     )
     try:
-        queued = json.loads(cli(env, project, "run", "--json", "--", "python", "train.py").stdout)
+        queued = json.loads(cli(env, project, "run", "--json", "--", sys.executable, "train.py").stdout)
         number = queued["number"]
         (project / "data.txt").write_text("edited after submission")  # must not reach the run
         assert wait_status(env, project, number, TERMINAL) == "finished", log_of(env, project, number)
@@ -53,17 +61,19 @@ def test_a_run_gets_its_code_from_s3_and_its_outputs_go_there_and_come_back(
             run = api.run(number)
             assert "original" in [line.text for line in run.logs()]
             model = next(a for a in run.artifacts() if a.path == "outputs/model.bin")
+            notes = next(a for a in run.artifacts() if a.path == "sdk-notes.txt")  # staged by the SDK, stored by ingest
             snapshot = run.snapshot_id
         finally:
             api.close()
         bucket = bucket_store(env, tmp_path)
-        assert bucket.has(model.sha256) and bucket.exists(snapshot)  # the code and the output are in the bucket
+        # the code, the output and the logged artifact are in the bucket
+        assert bucket.has(model.sha256) and bucket.exists(snapshot) and bucket.has(notes.sha256)
         cli(env, project, "cp", f"{number}:outputs/model.bin", str(tmp_path / "model.bin"))
         assert (tmp_path / "model.bin").read_bytes() == b"weights " * 1000
         # Submitting again stores only what changed (data.txt), and then nothing.
-        again = json.loads(cli(env, project, "run", "--json", "--", "python", "train.py").stdout)
+        again = json.loads(cli(env, project, "run", "--json", "--", sys.executable, "train.py").stdout)
         assert again["snapshot_new_bytes"] == len("edited after submission") < queued["snapshot_new_bytes"]
-        unchanged = json.loads(cli(env, project, "run", "--json", "--", "python", "train.py").stdout)
+        unchanged = json.loads(cli(env, project, "run", "--json", "--", sys.executable, "train.py").stdout)
         assert unchanged["snapshot_new_bytes"] == 0
         for later in (again["number"], unchanged["number"]):
             assert wait_status(env, project, later, TERMINAL) == "finished"
