@@ -20,6 +20,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))  # tests.s3server: the same SeaweedFS the tests start
 
 import argparse
+import functools
 import hashlib
 import os
 import statistics
@@ -73,7 +74,8 @@ def bench_snapshots(server: S3Server, work: Path, repetitions: int) -> dict[str,
 
 def bench_has(server: S3Server, work: Path, repetitions: int) -> dict[str, float]:
     """1,000 objects of their own (not packed), asked about at once: HEADs in a pool, listing the
-    shards they fall in (what has_many does past a few dozen), and listing the whole prefix."""
+    shards they fall in (what has_many does for a big store), listing the whole prefix (what it does
+    for a small one), and has_many itself."""
     bucket = server.new_bucket()
     client = server.client()
     blobs = [os.urandom(64) for _ in range(1000)]
@@ -81,7 +83,7 @@ def bench_has(server: S3Server, work: Path, repetitions: int) -> dict[str, float
     loader = store_of(server, bucket, work / "scratch-has")
     loader._parallel(lambda i: client.put_object(Bucket=bucket, Key=loader._object_key(shas[int(i)]),
                                                  Body=blobs[int(i)]), [str(i) for i in range(1000)])
-    out: dict[str, list[float]] = {"head": [], "shards": [], "list": []}
+    out: dict[str, list[float]] = {"head": [], "has_many": [], "shards": [], "list": []}
     for _ in range(repetitions):
         store = store_of(server, bucket, work / "scratch-has")
         store.client()
@@ -92,7 +94,16 @@ def bench_has(server: S3Server, work: Path, repetitions: int) -> dict[str, float
         store.client()
         t0 = time.perf_counter()
         assert store.has_many(shas) == set(shas)
+        out["has_many"].append(time.perf_counter() - t0)
+        store = store_of(server, bucket, work / "scratch-has")
+        store.client()
+        found: set[str] = set()
+        wanted = set(shas)
+        list_shard = functools.partial(store._list_shard, wanted=wanted, found=found)
+        t0 = time.perf_counter()
+        store._parallel(list_shard, sorted({s[:2] for s in shas}))
         out["shards"].append(time.perf_counter() - t0)
+        assert found == set(shas)
         store = store_of(server, bucket, work / "scratch-has")
         store.client()
         t0 = time.perf_counter()
@@ -119,8 +130,9 @@ def main() -> int:
         rows.append((f"snapshot upload of a 1,000-file repository to S3, {label}",
                      f"<= {limit} ms" if limit else "", f"{value:.0f} ms",
                      ("met" if value <= limit else "NOT MET") if limit else ""))
-    for key, label in (("head", "HEAD each, 16 at a time"), ("shards", "has_many: list the shards they fall in"),
-                       ("list", "list the whole prefix (1,000 objects stored)")):
+    for key, label in (("head", "HEAD each, 16 at a time"), ("shards", "list the shards they fall in, 16 at a time"),
+                       ("list", "list the whole prefix (1,000 objects stored)"),
+                       ("has_many", "has_many (one shard, then the whole prefix of a small store)")):
         rows.append((f"existence of 1,000 S3 objects: {label}", "", f"{has[key] * 1000:.0f} ms", ""))
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  {'target':<10}  {'measured':<10}  result")

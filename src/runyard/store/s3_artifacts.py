@@ -10,8 +10,9 @@ Layout under ``s3://bucket/prefix``, content-addressed as on disk:
   ``scratch``.
 
 Existence checks are batched (``has_many``): packed files are answered from the listed indexes; the
-rest by HEAD requests in a thread pool when they are few, else by listing the shards they fall in
-(while the listings take fewer requests than the HEADs would: a huge store has many pages a shard).
+rest by HEAD requests in a thread pool when they are few; when many, a small store is listed whole,
+a bigger one by the shards they fall in (while the listings take fewer requests than the HEADs
+would: a huge store has many pages a shard).
 Large files go up in multipart uploads (``TransferConfig``). Reads stream: ``open`` returns a
 seekable file that issues ranged GETs as it is read, never a whole object in memory. Whole reads
 (``read_bytes``, ``export``) check the content against its SHA-256, so a damaged object is an error
@@ -49,6 +50,9 @@ IN_MEMORY = 8 << 20
 CONCURRENCY = 16
 #: Up to this many unknown objects are checked by HEAD; more by listing their shards.
 HEAD_LIMIT = 64
+#: A store estimated (from one shard) at up to this many pages of 1,000 objects is listed whole
+#: (pages one after another) rather than shard by shard (all 256 at worst, 16 at a time).
+WHOLE_LISTING = 8
 #: Seconds: content stored again whose object was last written longer ago is written again in place
 #: (a copy onto itself), so that `runyard gc`, which keeps what was written recently, keeps it.
 REFRESH_AFTER = 600.0
@@ -204,6 +208,9 @@ class S3Artifacts:
             shards = sorted({sha[:2] for sha in rest})
             first = self._list_shard(shards[0], rest, found)
             pages = len(first) // 1000 + 1
+            if len(first) * 256 <= WHOLE_LISTING * 1000:  # a small store: its whole listing is a few pages
+                self._list_shard("", rest, found)
+                return found
             if pages * (len(shards) - 1) <= len(rest):
                 self._parallel(lambda shard: self._list_shard(shard, rest, found), shards[1:])
                 return found
@@ -215,9 +222,10 @@ class S3Artifacts:
         return found
 
     def _list_shard(self, shard: str, wanted: set[str], found: set[str]) -> list[tuple[str, int, float]]:
+        """List the objects of one shard ("ab"), or of all ("")."""
         listed = self._list(self._key("objects", shard) + "/")
         for key, size, _ in listed:
-            sha = shard + key.rsplit("/", 1)[-1]
+            sha = "".join(key.rsplit("/", 2)[-2:])
             if sha in wanted:
                 self._known[sha] = size
                 found.add(sha)

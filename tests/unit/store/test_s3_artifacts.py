@@ -14,6 +14,7 @@ from tests.s3server import S3Server
 
 from runyard.errors import ArtifactError, NotFound
 from runyard.exec.snapshot import materialise, take
+from runyard.store import s3_artifacts
 from runyard.store.s3_artifacts import HEAD_LIMIT, S3Artifacts
 
 MIB = 1 << 20
@@ -63,14 +64,19 @@ def test_a_file_over_the_multipart_threshold_goes_up_in_parts_and_comes_back_who
 
 
 def test_many_existence_checks_are_batched_not_one_request_per_object(
-        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = s3_store(s3_server, s3_location, tmp_path)
     stored = [store.put_bytes(f"object {i}".encode()).sha256 for i in range(300)]
     absent = [hashlib.sha256(f"absent {i}".encode()).hexdigest() for i in range(50)]
     fresh = s3_store(s3_server, s3_location, tmp_path)
     assert fresh.has_many(stored + absent) == set(stored)
-    assert fresh.requests.get("head_object") is None  # listed by shard, not 350 HEADs
-    assert fresh.requests["list_objects_v2"] <= 256 + 1
+    assert fresh.requests.get("head_object") is None  # listed, not 350 HEADs
+    assert fresh.requests["list_objects_v2"] == 3  # the packs, one shard, then (a small store) all of it
+    bigger = s3_store(s3_server, s3_location, tmp_path)
+    monkeypatch.setattr(s3_artifacts, "WHOLE_LISTING", 0)  # as if the store were too big to list whole
+    assert bigger.has_many(stored + absent) == set(stored)
+    shards = len({sha[:2] for sha in stored + absent})
+    assert bigger.requests.get("head_object") is None and bigger.requests["list_objects_v2"] == 1 + shards
     few = s3_store(s3_server, s3_location, tmp_path)
     assert few.has_many(stored[:5] + absent[:5]) == set(stored[:5])
     assert few.requests["head_object"] == 10 <= HEAD_LIMIT
