@@ -50,6 +50,8 @@ IN_MEMORY = 8 << 20
 CONCURRENCY = 16
 #: Up to this many unknown objects are checked by HEAD; more by listing their shards.
 HEAD_LIMIT = 64
+#: Seconds an object this process stored or saw is taken as present without asking S3 again.
+KNOWN_FOR = 60.0
 #: A store estimated (from one shard) at up to this many pages of 1,000 objects is listed whole
 #: (pages one after another) rather than shard by shard (all 256 at worst, 16 at a time).
 WHOLE_LISTING = 8
@@ -75,8 +77,10 @@ class S3Artifacts:
         self._client: Any = None
         self._lock = threading.Lock()
         self._counting = threading.Lock()
-        #: Objects this process stored or saw (a cheap answer for has(); remove() forgets them).
-        self._known: dict[str, int] = {}
+        #: Objects this process stored or saw lately: sha -> (size, time.monotonic() then). An answer
+        #: for has() for KNOWN_FOR seconds: a long-lived process (the server) asks S3 again after
+        #: that, so content another process removed (runyard gc) is not taken as present for long.
+        self._known: dict[str, tuple[int, float]] = {}
         #: When objects seen by HEAD were last written (time.time() seconds).
         self._written: dict[str, float] = {}
         self.refresh_after = REFRESH_AFTER
@@ -195,7 +199,7 @@ class S3Artifacts:
 
     def has_many(self, shas: Iterable[str]) -> set[str]:
         wanted = {sha for sha in shas if SHA.match(sha)}
-        found = {sha for sha in wanted if sha in self._known}
+        found = {sha for sha in wanted if self._known_size(sha) is not None}
         rest = wanted - found
         if rest:
             self._load_packs()
@@ -224,12 +228,20 @@ class S3Artifacts:
     def _list_shard(self, shard: str, wanted: set[str], found: set[str]) -> list[tuple[str, int, float]]:
         """List the objects of one shard ("ab"), or of all ("")."""
         listed = self._list(self._key("objects", shard) + "/")
-        for key, size, _ in listed:
+        for key, size, written in listed:
             sha = "".join(key.rsplit("/", 2)[-2:])
             if sha in wanted:
-                self._known[sha] = size
+                self._remember(sha, size)
+                self._written[sha] = written
                 found.add(sha)
         return listed
+
+    def _remember(self, sha: str, size: int) -> None:
+        self._known[sha] = (size, time.monotonic())
+
+    def _known_size(self, sha: str) -> int | None:
+        known = self._known.get(sha)
+        return known[0] if known is not None and time.monotonic() - known[1] < KNOWN_FOR else None
 
     def _head(self, sha: str) -> int | None:
         try:
@@ -237,7 +249,7 @@ class S3Artifacts:
         except NotFound:
             return None
         size = int(answer["ContentLength"])
-        self._known[sha] = size
+        self._remember(sha, size)
         if answer.get("LastModified") is not None:
             self._written[sha] = answer["LastModified"].timestamp()
         return size
@@ -271,8 +283,8 @@ class S3Artifacts:
     def size(self, sha256: str) -> int | None:
         if not SHA.match(sha256):
             return None
-        if sha256 in self._known:
-            return self._known[sha256]
+        if (known := self._known_size(sha256)) is not None:
+            return known
         where = self._packed_at(sha256)
         return where[2] if where else self._head(sha256)
 
@@ -341,7 +353,7 @@ class S3Artifacts:
             self._refresh(sha)
         else:
             self._call("put_object", f"storing {sha[:12]}...", Key=self._object_key(sha), Body=data)
-            self._known[sha] = len(data)
+            self._remember(sha, len(data))
         return Blob(sha, len(data))
 
     def put_file(self, source: Path) -> Blob:
@@ -378,7 +390,7 @@ class S3Artifacts:
             else:
                 tmp.seek(0)
                 self._upload(tmp, self._object_key(sha), f"storing {sha[:12]}...")
-                self._known[sha] = size
+                self._remember(sha, size)
         return Blob(sha, size)
 
     def _upload(self, f: IO[bytes], key: str, what: str) -> None:
@@ -430,7 +442,7 @@ class S3Artifacts:
             tmp.flush()
             with contextlib.suppress(OSError):
                 os.link(tmp.name, cache / pack)
-        self._known[pack] = total
+        self._remember(pack, total)
         name = f"{pack}.{hashlib.sha256(index).hexdigest()[:16]}"
         self._call("put_object", f"storing pack index {pack[:12]}...", Key=self._key("packs", name), Body=index)
         self._cache_index(name, index)
@@ -451,7 +463,7 @@ class S3Artifacts:
 
     def open(self, content_ref: str) -> BinaryIO:
         sha = sha_of_ref(content_ref)
-        size = self._known.get(sha)
+        size = self._known_size(sha)
         where = self._packed_at(sha) if size is None else None
         if where is not None:
             # A packed file is small: read from the local copy of its pack (fetched once, whole), so

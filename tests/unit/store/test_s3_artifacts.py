@@ -180,3 +180,16 @@ def test_without_boto3_the_error_says_which_extra_to_install(tmp_path: Path, mon
     store = S3Artifacts.from_url("s3://bucket/prefix", endpoint="http://127.0.0.1:1", scratch=tmp_path)
     with pytest.raises(ArtifactError, match=r"needs boto3, which is not installed: pip install 'runyard\[s3\]'"):
         store.has("0" * 64)
+
+
+def test_what_a_long_lived_process_knows_is_stored_is_asked_again_after_a_while(
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server remembers what it stored, but not forever: content another process removed (gc) is
+    # soon reported missing again, so a client uploads it instead of referring to nothing.
+    store = s3_store(s3_server, s3_location, tmp_path)
+    blob = store.put_bytes(b"uploaded once")
+    bucket, key = bucket_and_key(store, blob.sha256)
+    s3_server.client().delete_object(Bucket=bucket, Key=key)  # removed by another process
+    assert store.has(blob.sha256)  # remembered: no request
+    monkeypatch.setattr(s3_artifacts, "KNOWN_FOR", 0.0)
+    assert not store.has(blob.sha256) and store.size(blob.sha256) is None
