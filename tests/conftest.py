@@ -69,5 +69,5 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture
 def s3_location(s3_server: S3Server) -> str:
-    """``s3://<a new bucket>/store``: an empty S3 artifact store of this test's own."""
-    return f"s3://{s3_server.new_bucket()}/store"
+    """``s3://<bucket>/<a new prefix>/store``: an empty S3 artifact store of this test's own."""
+    return s3_server.new_location()

