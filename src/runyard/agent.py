@@ -18,15 +18,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from runyard.config import Settings, resolve
 from runyard.errors import AccessDenied, RunyardError
+from runyard.sdk.agent_launch import stop_agents as stop_agents  # where it always was, for callers
 
 IDLE_EXIT = 10.0
 #: Pause after an unexpected error in a loop, so that a persistent one does not spin.
@@ -55,31 +54,6 @@ def describe(error: BaseException) -> str:
 def report_error(where: str, error: BaseException) -> None:
     """Print an error a loop survived to the agent's stderr (its log, home/agents/<key>.log)."""
     print(f"runyard agent: {where}: {describe(error)}", file=sys.stderr, flush=True)
-
-
-def stop_agents(home: Path, timeout: float = 10.0) -> None:
-    """End every agent serving ``home`` (SIGTERM) and wait for their locks to be released.
-
-    Their work is safe to interrupt: a spool is re-read from its acknowledged offsets, a queued
-    run stays queued. Benchmarks use it before removing a throwaway home.
-    """
-    from runyard.files import lock_held
-
-    agents = home / "agents"
-    for lock in sorted(agents.glob("*.lock")) if agents.is_dir() else []:
-        try:
-            pid = int(lock.read_text().strip())
-        except ValueError:
-            continue  # held by something that is not an agent (it writes no pid): leave it alone
-        if pid <= 1:
-            continue  # never kill(0) or kill(1): that would signal a whole process group, or init
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + timeout
-        while lock_held(lock) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 def main() -> int:
@@ -114,6 +88,7 @@ def main() -> int:
                     abandoned=executor.end_abandoned)
     scheduler = Scheduler(opened.store, settings, executor, gpu_count(),
                           on_status=watcher.after_status)
+    schedulers = [scheduler, *_cluster_schedulers(settings, opened, watcher)]
     outbox = alert_outbox(opened.store, settings, holder=scheduler.agent).start()
     # Ingest runs in a thread of lower CPU priority: a training process logging at full speed must
     # not lose CPU time to the ingest of its own records. The scheduler stays in the main thread, at
@@ -125,13 +100,17 @@ def main() -> int:
     try:
         while thread.is_alive():
             started = waiting = 0
-            try:
-                started, waiting = scheduler.tick()
-            except Exception as e:  # noqa: BLE001 - the queue waits for the next tick, the agent goes on
-                report_error("scheduler", e)
-                # Failing is not working: an agent whose database is gone still leaves when idle (the
-                # next process that needs one starts another).
-                time.sleep(ERROR_PAUSE)
+            for each in schedulers:
+                try:
+                    now_started, now_waiting = each.tick()
+                    started += now_started
+                    # Runs on a cluster are work while they run: their jobs are watched from here.
+                    waiting += now_waiting + (each.holding if each is not scheduler else 0)
+                except Exception as e:  # noqa: BLE001 - the queue waits for the next tick, the agent goes on
+                    report_error("scheduler" if each is scheduler else f"scheduler ({each.kind})", e)
+                    # Failing is not working: an agent whose database is gone still leaves when idle (the
+                    # next process that needs one starts another).
+                    time.sleep(ERROR_PAUSE)
             now = time.monotonic()
             # Undelivered notices are work too: a dead webhook keeps being retried (alerts/dispatch.py),
             # as long as this agent is the one sending them.
@@ -151,8 +130,27 @@ def main() -> int:
         except Exception as e:  # noqa: BLE001 - exiting: what is left stays pending in the store
             report_error("alerts", e)
         outbox.close()
-        scheduler.close()
+        for each in schedulers:
+            each.close()
         opened.close()
+
+
+def _cluster_schedulers(settings: Settings, opened: Any, watcher: Any) -> list[Any]:
+    """A scheduler for the Ray cluster of the ``ray`` setting, when there is one and Ray is installed
+    (without either, runs sent to Ray wait for an agent that has them)."""
+    if not settings.ray:
+        return []
+    from runyard.exec.ray import RayExecutor
+    from runyard.exec.scheduler import Scheduler
+
+    try:
+        executor = RayExecutor(settings, opened.store, opened.artifacts)
+        machine = executor.machine()
+    except Exception as e:  # noqa: BLE001 - local runs go on; the next agent tries the cluster again
+        report_error("ray", e)
+        return []
+    return [Scheduler(opened.store, settings, executor, machine.gpus, machine=machine,
+                      on_status=watcher.after_status)]
 
 
 class _Ingest:

@@ -493,3 +493,89 @@ class RemoteArtifacts:
             tmp.unlink(missing_ok=True)
         return target
 
+
+
+class ServerBlobs:
+    """The artifact store of a supervisor on a machine without the home (a Ray node): the server's
+    content, read and written through its blob routes. What the supervisor and its code placement
+    use of ``ArtifactStore``: reads are streamed to disk, writes are named by their SHA-256 first."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def size(self, sha256: str) -> int | None:
+        self.client._authorize()
+        with self.client.http.stream("GET", f"{wire.API_PREFIX}/blobs/{sha256}") as response:
+            if response.status_code == 404:
+                return None
+            if response.status_code >= 400:
+                response.read()
+                raise self.client._error(response)
+            return int(response.headers.get("content-length") or 0)  # the body is not read
+
+    def has(self, sha256: str) -> bool:
+        return not self.client.missing_blobs([sha256])
+
+    def exists(self, content_ref: str) -> bool:
+        return self.has(content_ref.removeprefix("sha256:"))
+
+    def read_bytes(self, content_ref: str) -> bytes:
+        return bytes(self.client.request("GET", f"/blobs/{content_ref.removeprefix('sha256:')}").content)
+
+    def share(self, content_ref: str, dest_root: Path, relpath: str, hard_link: bool) -> str | None:
+        return None  # nothing here to share: every file is downloaded
+
+    def export(self, content_ref: str, dest_root: Path, relpath: str) -> Path:
+        """Download a blob to ``dest_root/relpath`` (the local export's rules), checking its SHA-256."""
+        import hashlib
+        import os
+        import tempfile
+
+        import httpx
+
+        from runyard.files import place
+
+        sha = content_ref.removeprefix("sha256:")
+        self.client._authorize()
+        target = place(dest_root, relpath)
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, \
+                    self.client.http.stream("GET", f"{wire.API_PREFIX}/blobs/{sha}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self.client._error(response)
+                for chunk in response.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != sha:
+                raise ServerError(f"the server sent content whose SHA-256 is {digest.hexdigest()}, not {sha}")
+            tmp.replace(target)
+        except httpx.TransportError as e:
+            tmp.unlink(missing_ok=True)
+            raise ServerError(f"downloading {sha} from {self.client.url} failed: {e}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
+    def put_stream(self, src: BinaryIO) -> Any:
+        """Upload a seekable file's content (read twice: to name it, then to send it)."""
+        import hashlib
+
+        from runyard.store.artifacts import Blob
+
+        start = src.tell()
+        digest = hashlib.sha256()
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+        size = src.tell() - start
+        src.seek(start)
+        self.client.put_blob(digest.hexdigest(), src)
+        return Blob(digest.hexdigest(), size)
+
+    def put_file(self, source: Path) -> Any:
+        with source.open("rb") as f:
+            return self.put_stream(f)

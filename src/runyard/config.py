@@ -39,7 +39,7 @@ ENV_STRICT = "RUNYARD_STRICT"
 #: Top-level tables of a configuration file that belong to other features, not to settings.
 SECTIONS = frozenset({"alerts", "notify", "machines"})
 #: Where launched runs can execute (``runyard run --on NAME``; see runyard.exec.executors).
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,11 @@ def _parse_ray(raw: str, base: Path) -> str:
     address = raw.strip()
     if address == "auto":
         return address
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host, sep, port = address.removeprefix("ray://").removeprefix("http://").removeprefix("https://") \
+        .rstrip("/").rpartition(":")
     if not sep or not host or not is_number(port):
-        raise ValueError("expected host:port, ray://host:port or auto")
+        raise ValueError("expected http://HEAD:8265 (the dashboard, whose Jobs API runs go through), "
+                         "host:port, ray://host:port or auto")
     return address
 
 
@@ -211,9 +213,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ray",
-        "Address of a Ray cluster (host:port or ray://host:port); unset means no Ray",
+        "Address of a Ray cluster: its dashboard, http://HEAD:8265, through whose Jobs API runs go to Ray "
+        "(runyard run --on ray); unset means no Ray",
         default=lambda home: None,
         parse=_parse_ray,
+        optional=True,
+    ),
+    Setting(
+        "node_server",
+        "URL of the runyard server as the nodes of a Ray cluster reach it: runs on Ray read their code "
+        "from it and ship their records to it; set on the machine whose agent sends runs to Ray",
+        default=lambda home: None,
+        parse=_parse_server,
         optional=True,
     ),
     Setting(
@@ -349,6 +360,10 @@ class Settings:
     @property
     def ray(self) -> str | None:
         return self.values["ray"].value
+
+    @property
+    def node_server(self) -> str | None:
+        return self.values["node_server"].value
 
     @property
     def executor(self) -> str:

@@ -144,6 +144,12 @@ class Recorder:
     def alive(self, run_id: str) -> bool:
         return False
 
+    def ended(self, run_id: str) -> str | None:
+        return None
+
+    def forget(self, store: object) -> None:
+        pass
+
     def submitted(self, run_id: str) -> bool:
         return any(s.run_id == run_id for s in self.specs)
 
@@ -241,6 +247,33 @@ def check_ray(home: Home) -> None:
     home.env["RUNYARD_RAY"] = "127.0.0.1:1"
     checks = {c["name"]: c for c in json.loads(home.runyard("doctor", "--json", check=False).output)["checks"]}
     assert "127.0.0.1:1" in checks["ray"]["detail"], checks["ray"]
+
+
+def check_node_server(home: Home) -> None:
+    # What a Ray run's job is told to ship to; without it, runs cannot go to Ray and the error says so.
+    from types import SimpleNamespace
+
+    from runyard.errors import ConfigError
+    from runyard.exec.ray import RayExecutor
+
+    spec = spec_of(home)  # a run's launch spec, as a scheduler hands it to an executor
+    home.env["RUNYARD_RAY"] = "http://127.0.0.1:1"
+    jobs: list[dict[str, Any]] = []
+    opened = home.store()
+    try:
+        for server in (None, "http://yard.internal:8765"):
+            if server is not None:
+                home.env["RUNYARD_NODE_SERVER"] = server
+            executor = RayExecutor(home.settings, opened.store, opened.artifacts)
+            executor._jobs = SimpleNamespace(submit_job=lambda **job: jobs.append(job))
+            if server is None:
+                with pytest.raises(ConfigError, match="RUNYARD_NODE_SERVER"):
+                    executor.submit(spec)
+            else:
+                executor.submit(spec)
+    finally:
+        opened.close()
+    assert [job["runtime_env"]["env_vars"]["RUNYARD_SERVER"] for job in jobs] == ["http://yard.internal:8765"]
 
 
 def check_executor(home: Home) -> None:
@@ -437,8 +470,7 @@ def check_queue_limit(home: Home) -> None:
 
 SETTING_CHECKS: dict[str, Callable[[Home], None]] = {
     "db": check_db, "artifacts": check_artifacts, "s3_endpoint": check_s3_endpoint, "server": check_server,
-    "token": check_token, "ray": check_ray,
-    "executor": check_executor,
+    "token": check_token, "ray": check_ray, "executor": check_executor, "node_server": check_node_server,
     "project": check_project, "slots": check_slots, "lease": check_lease, "fsync": check_fsync,
     "system_interval": check_system_interval, "finish_timeout": check_finish_timeout,
     "outputs_interval": check_outputs_interval, "output_limit": check_output_limit,

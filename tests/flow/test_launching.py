@@ -179,7 +179,7 @@ def test_gpus_no_machine_has_are_refused_at_submission(project: Path, env: dict[
     assert result.returncode == 2, (result.stdout, result.stderr)
     has = f"has {here} GPU" if here else "has no GPUs"
     assert f"--gpus {wanted}: this machine" in result.stderr and has in result.stderr
-    assert "Ray cluster executor" in result.stderr and "Traceback" not in result.stderr
+    assert "--on ray" in result.stderr and "Traceback" not in result.stderr
     assert "nothing queued" in cli(env, project, "ps").stdout
     # Another machine serving this database says (through its agent's lease) that it has enough.
     opened = open_store(resolve(environ=env, cwd=project))

@@ -108,10 +108,11 @@ class Team:
     b: Agent
     store: SqlStore
 
-    def queue(self, argument: str, name: str) -> int:
+    def queue(self, argument: str, name: str, by: Agent | None = None) -> int:
+        """Queue a run from the home of ``by`` (default a), which starts that home's agent."""
         sub = Submission(command=[sys.executable, "job.py", argument], shell=False, cwd=self.project, name=name,
                          env={"STARTS": str(self.starts), "GATE": str(self.gate)})
-        return submit(self.a.settings, sub).number
+        return submit((by or self.a).settings, sub).number
 
     def lines(self) -> list[tuple[str, str, str, float, int]]:
         if not self.starts.exists():
@@ -229,7 +230,8 @@ def test_stopping_a_run_another_agent_holds_stops_its_process(team: Team) -> Non
     import psutil
 
     team.b.start()  # only b runs anything; a's home is where the teammate types `runyard stop`
-    number = team.queue("gate", "held-by-b")
+    # Queued from b's home: queueing starts the home's agent, and one of a's could take the run first.
+    number = team.queue("gate", "held-by-b", by=team.b)
     wait_for(lambda: any(x[2] == "start" for x in team.lines()), 30, "the run to start on b")
     pid = next(x[4] for x in team.lines() if x[2] == "start")
     assert team.lines()[0][1] == str(team.b.home)

@@ -252,3 +252,21 @@ def test_the_sdk_with_a_limited_token_uploads_and_reads_its_artifacts(live_serve
     assert copied.returncode == 0, copied.stderr
     assert (tmp_path / "notes.txt").read_text() == "b's own notes"
     assert "train" in cli("show", "train").stdout
+
+
+def test_content_is_read_by_its_hash_only_by_a_token_whose_project_may_see_it(api: Served) -> None:
+    # GET /blobs/{sha256} is how a run's supervisor on a Ray node reads its code: a project token gets
+    # its project's content and nothing else, with the same answer whether the server holds it or not.
+    b, admin = tokens(api)
+    a_run_holding(api, SECRET)
+    c = api.client
+    assert c.get(f"/api/v1/blobs/{SECRET_SHA}", headers=admin).content == SECRET
+    refused = c.get(f"/api/v1/blobs/{SECRET_SHA}", headers=b)
+    nowhere = c.get(f"/api/v1/blobs/{hashlib.sha256(b'no such content').hexdigest()}", headers=b)
+    assert refused.status_code == nowhere.status_code == 404
+    assert refused.json()["error"].split(" ", 2)[:2] == nowhere.json()["error"].split(" ", 2)[:2]
+    assert SECRET not in refused.content
+    # Granted to b's project (uploaded by it, or shared with its run's code): readable.
+    api.store.grant_content("b", SECRET_SHA)
+    assert c.get(f"/api/v1/blobs/{SECRET_SHA}", headers=b).content == SECRET
+    assert c.get("/api/v1/blobs/not-a-hash", headers=admin).status_code == 400

@@ -129,3 +129,28 @@ def test_a_directory_swapped_for_a_symlink_during_a_pass_is_not_followed(tmp_pat
     monkeypatch.setattr(outputs, "_candidates", lambda: iter(listed))
     outputs.upload(final=True)
     assert recorded == ["own.txt"]
+
+
+def test_a_working_directory_swapped_for_a_symlink_after_the_pass_checked_it_is_not_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of the test above, made certain: the command swaps its working directory for a
+    symlink after a pass checked the directory and before it walks it. Files are judged against
+    the directory the code was placed in, not against wherever its path leads now."""
+    from runyard.exec.outputs import Outputs
+    from runyard.store.disk_artifacts import DiskArtifacts
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.pem").write_text("not the run's")
+    work = tmp_path / "work"
+    work.mkdir()
+    store = DiskArtifacts(tmp_path / "artifacts")
+    store.ensure()
+    recorded: list[str] = []
+    outputs = Outputs(work, store, lambda path, *_: recorded.append(path), lambda _: None)
+    outputs.snapshot({})
+    work.rename(tmp_path / "work-moved")
+    work.symlink_to(secret, target_is_directory=True)
+    monkeypatch.setattr(outputs, "_same_directory", lambda: True)  # checked just before the swap
+    outputs.upload(final=True)
+    assert recorded == []

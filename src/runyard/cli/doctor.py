@@ -161,15 +161,35 @@ def check_ray(settings: Settings) -> Check:
         if address is not None:
             return Check("ray", "warn", f"not installed, so the cluster at {address} (RUNYARD_RAY) is not "
                                         "used: pip install ray")
-        return Check("ray", "info", "not installed: Ray runs arrive with the Ray executor")
+        return Check("ray", "info", "not installed: runs go to a Ray cluster (--on ray) with "
+                                    "pip install 'runyard[ray]'")
     if address is None:
         return Check("ray", "info", f"ray {version} installed; no cluster configured (set RUNYARD_RAY)")
+    if address.startswith(("http://", "https://")):
+        return _ray_cluster(settings, version)
     if address == "auto":
         return Check("ray", "info", f"ray {version} installed; cluster address 'auto' is resolved by Ray")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if _tcp_reachable(host, int(port)):
         return Check("ray", "ok", f"ray {version}; cluster at {address} is reachable")
     return Check("ray", "warn", f"ray {version}; cluster at {address} is not reachable")
+
+
+def _ray_cluster(settings: Settings, version: str) -> Check:
+    """What the cluster at the ``ray`` setting offers runs, and what runs on it still need."""
+    from runyard.errors import ConfigError
+    from runyard.exec.ray import RayExecutor
+
+    try:
+        machine = RayExecutor(settings).machine()
+    except ConfigError as e:
+        return Check("ray", "warn", f"ray {version}; {e}")
+    offers = (f"{machine.gpus} GPU(s), {machine.cpus} CPU cores, {machine.memory / (1 << 30):.1f} GiB of memory")
+    if not settings.node_server:
+        return Check("ray", "warn", f"ray {version}; cluster at {settings.ray}: {offers}; runs cannot go there until "
+                                    "node_server (RUNYARD_NODE_SERVER) names this runyard server as the nodes reach it")
+    return Check("ray", "ok", f"ray {version}; cluster at {settings.ray}: {offers}; its runs ship to "
+                              f"{settings.node_server}")
 
 
 def check_gpu() -> Check:

@@ -192,7 +192,7 @@ def ps(as_json: bool) -> int:
     rows = [{"number": r.number, "name": r.name, "project": r.project, "status": r.status.value,
              "created_at": r.created_at, "started_at": r.started_at,
              "gpus": r.resources.get("assigned_gpus", []) or r.resources.get("gpus", 0),
-             "latest": r.latest} for r in active]
+             "latest": r.latest, "executor": r.executor} for r in active]
     if any(r["status"] == "queued" for r in rows) and not settings.server:
         from runyard.sdk.agent_launch import ensure_agent
 
@@ -208,8 +208,10 @@ def ps(as_json: bool) -> int:
     for r in rows:
         latest = "  ".join(f"{k}={_number(v)}" for k, v in list(r["latest"].items())[:4])
         gpus = ",".join(map(str, r["gpus"])) if isinstance(r["gpus"], list) else str(r["gpus"] or "-")
-        table.append([str(r["number"]), r["name"] or "-", r["status"], _age(now - r["created_at"]), gpus or "-",
-                      latest])
+        # Runs sent to a cluster say so: a queued one waits for an agent that has that executor.
+        where = f" on {r['executor']}" if r["executor"] not in (None, "local", "sdk") else ""
+        table.append([str(r["number"]), r["name"] or "-", r["status"] + where, _age(now - r["created_at"]),
+                      gpus or "-", latest])
     print(_table(["RUN", "NAME", "STATUS", "AGE", "GPUS", "LATEST"], table))
     return 0
 
@@ -227,7 +229,8 @@ def _active_runs_full(settings: Settings) -> list[Any]:
         order = {RunStatus.RUNNING: 0, RunStatus.STARTING: 1, RunStatus.QUEUED: 2}
         runs.sort(key=lambda r: (order[r.status], -r.priority, r.number))
         return [ActiveRun(r.number, r.id, r.name, r.project, r.status, r.created_at, r.started_at, r.resources,
-                          {s.key: s.last_value for s in store.list_series(r.number) if not s.key.startswith("system/")})
+                          {s.key: s.last_value for s in store.list_series(r.number) if not s.key.startswith("system/")},
+                          r.executor)
                 for r in runs]
     finally:
         api.close()

@@ -35,8 +35,10 @@ def check(name: str, asked_by: str = "--on") -> str:
 def executor_for(name: str | None, settings: Settings) -> Executor:
     """The executor that starts and stops runs of ``name`` for this home."""
     kind = check(kind_of(name), "executor")
-    if kind == "local":
-        from runyard.exec.local import LocalExecutor
+    if kind == "ray":
+        from runyard.exec.ray import RayExecutor
 
-        return LocalExecutor(settings.home)
-    raise InvalidArgument(f"executor {kind}: not available here")  # pragma: no cover - EXECUTORS lists what exists
+        return RayExecutor(settings)
+    from runyard.exec.local import LocalExecutor
+
+    return LocalExecutor(settings.home)

@@ -56,7 +56,6 @@ def refuse_unavailable(settings: Settings, wanted: int, asked_by: str) -> None:
     has = f"{here} GPU{'s' if here != 1 else ''}" if here else "no GPUs"
     raise InvalidArgument(
         f"{asked_by} {wanted}: this machine ({socket.gethostname()}) has {has} (as NVML counts them) and no "
-        f"other machine serving this database has {wanted}. Runs needing more GPUs than a machine has are "
-        "meant for a Ray cluster executor, which runyard does not have yet: launch the run from a machine "
-        "with the GPUs (its agent runs it), or ask for fewer."
+        f"other machine serving this database has {wanted}. Launch the run from a machine with the GPUs (its "
+        "agent runs it), send it to a Ray cluster that has them (--on ray), or ask for fewer."
     )

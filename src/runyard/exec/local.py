@@ -45,6 +45,12 @@ class LocalExecutor:
         except (FileNotFoundError, ValueError):
             return None
 
+    def forget(self, store: object) -> None:
+        pass  # nothing is made for a local run beyond its run directory (runyard gc)
+
+    def ended(self, run_id: str) -> str | None:
+        return None  # the spool's reader sees a supervisor die (ingest.tailer's abandoned writers)
+
     def alive(self, run_id: str) -> bool:
         pid = self._pid(run_id)
         if pid is None:

@@ -85,6 +85,9 @@ class Outputs:
         #: (device, inode) of the working directory when the code was placed in it: a pass never
         #: walks another directory put in its place (a symlink to /etc, say).
         self._identity: tuple[int, int] | None = None
+        #: Its real path then: a file is the run's only if it is under this, wherever the
+        #: directory's path leads later (the command may swap it for a symlink mid-pass).
+        self._root = os.path.realpath(directory)
         self._moved = False
 
     def snapshot(self, files: dict[str, str]) -> None:
@@ -92,6 +95,7 @@ class Outputs:
         with contextlib.suppress(OSError):
             st = self.directory.stat()
             self._identity = (st.st_dev, st.st_ino)
+            self._root = os.path.realpath(self.directory)
         self.code.update(files)
         for rel in files:
             with contextlib.suppress(OSError):
@@ -276,8 +280,7 @@ class Outputs:
                 real = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - the opened file's own path
             except OSError:
                 real = os.path.realpath(path)  # not Linux
-            root = os.path.realpath(self.directory)
-            if not real.startswith(root + os.sep):
+            if not real.startswith(self._root + os.sep):
                 raise OSError(f"{path} leads out of the working directory, to {real}")
         except BaseException:
             os.close(fd)

@@ -39,6 +39,8 @@ from runyard.types import RunStatus
 
 #: A run left "starting" this long without its supervisor has failed to start.
 START_TIMEOUT = 120.0
+#: Seconds between asking the executor to let go of what it made for runs that ended.
+FORGET_EVERY = 2.0
 
 
 def default_slots(gpu_count: int) -> int:
@@ -83,6 +85,8 @@ class Machine:
     cpus: int
     #: Bytes of memory.
     memory: int
+    #: The executor whose runs it takes: a cluster behind an executor is one machine of that kind.
+    executor: str = "local"
 
     @classmethod
     def here(cls, settings: Settings, gpus: int) -> Machine:
@@ -95,7 +99,7 @@ class Machine:
     def of(cls, info: Mapping[str, Any]) -> Machine | None:
         try:
             return cls(str(info["host"]), int(info["slots"]), int(info["gpus"]), int(info["cpus"]),
-                       int(info["memory"]))
+                       int(info["memory"]), str(info.get("executor") or "local"))
         except (KeyError, TypeError, ValueError):
             return None  # written by another version: not a machine we can judge
 
@@ -148,11 +152,15 @@ class Scheduler:
         self.machine = machine if machine is not None else Machine.here(settings, gpus)
         self.gpus = self.machine.gpus
         self.slots = self.machine.slots
-        self.agent = agent if agent is not None else agent_id(settings.home, target_key(settings))
+        # One agent id per executor: each scheduler holds its runs and says what its machine offers.
+        key = target_key(settings) if self.kind == "local" else f"{target_key(settings)}-{self.kind}"
+        self.agent = agent if agent is not None else agent_id(settings.home, key)
         self.lease = settings.lease
         #: Told when this scheduler ends a run (number, status, message): the agent's alert rules.
         self.on_status = on_status
-        self._renewed = -float("inf")
+        #: The runs of its executor this agent held at the last tick (starting or running).
+        self.holding = 0
+        self._renewed = self._forgot = -float("inf")
 
     def tick(self) -> tuple[int, int]:
         """Start what fits; returns (runs started, runs still queued)."""
@@ -166,6 +174,13 @@ class Scheduler:
         mine = self._carry_out_stops(self._mine(self.store.held_by(self.agent)))
         mine = self._requeue_unsubmitted(mine)
         self._fail_stuck(mine)
+        mine = self._mark_ended(mine)
+        if time.monotonic() - self._forgot > FORGET_EVERY:
+            # What the executor made for runs that ended goes (a Ray run's token), soon after they did.
+            with contextlib.suppress(Exception):  # the next time is as good
+                self.executor.forget(self.store)
+            self._forgot = time.monotonic()
+        self.holding = len(mine)
         local = [run for run, _ in mine]
         used = len(local)
         busy = {g for r in local for g in r.resources.get("assigned_gpus", [])}
@@ -219,7 +234,7 @@ class Scheduler:
         """The other machines serving this database (their agents' leases, live or lapsed)."""
         found = [Machine.of(lease.info) for lease, _ in self.store.leases(AGENT_LEASE)
                  if lease.holder != self.agent]
-        return [m for m in found if m is not None]
+        return [m for m in found if m is not None and m.executor == self.kind]
 
     def _release_orphans(self) -> None:
         """Act on the runs of agents whose lease expired: they will never report on them again."""
@@ -274,6 +289,25 @@ class Scheduler:
             kept.append((run, claim))
         return kept
 
+    def _mark_ended(self, mine: list[tuple[Run, Claim]]) -> list[tuple[Run, Claim]]:
+        """Runs whose supervisor the executor says has ended, though the run did not record its end
+        (its machine died, or it was killed): lost, with what the executor knows. (The local
+        executor leaves this to the spool's reader, which sees a writer die.)"""
+        kept = []
+        for run, claim in mine:
+            why = self.executor.ended(run.id) if claim.submitted_at is not None else None
+            if why is None:
+                kept.append((run, claim))
+                continue
+            current = self.store.get_run(run.number)  # its last records may have arrived meanwhile
+            if current.status.is_terminal():
+                continue
+            message = f"its supervisor ended without recording how the run ended: {why}"
+            self.store.update_run(run.number, RunPatch(status=RunStatus.LOST, status_message=message))
+            if self.on_status is not None:
+                self.on_status(run.number, RunStatus.LOST.value, message)
+        return kept
+
     def _fail_stuck(self, mine: list[tuple[Run, Claim]]) -> None:
         now = time.time()
         for run, _ in mine:
@@ -295,7 +329,8 @@ class Scheduler:
             pip=list(launch.get("pip") or []), requirements=launch.get("requirements"),
             site_packages=list(launch.get("site_packages") or []), python=launch.get("python") or "python3",
             mounts=[Mount(**{**m, "files": [tuple(f) for f in m.get("files", [])]}) for m in launch.get("mounts", [])],
-            timeout=launch.get("timeout"), gpus=gpus, fsync=settings.fsync,
+            timeout=launch.get("timeout"), gpus=gpus, cpus=Need.of(run).cpus, memory=Need.of(run).memory,
+            fsync=settings.fsync,
             system_interval=settings.system_interval,
             outputs_interval=settings.outputs_interval,
             output_limit=int(launch.get("output_limit") or settings.output_limit),

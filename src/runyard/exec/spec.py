@@ -51,6 +51,9 @@ class LaunchSpec:
     mounts: list[Mount] = field(default_factory=list)
     timeout: float | None = None
     gpus: list[int] = field(default_factory=list)
+    #: CPU cores and bytes of memory the run asked for (an executor of a cluster reserves them).
+    cpus: int = 0
+    memory: int = 0
     fsync: str = "interval"
     system_interval: float = 5.0
     outputs_interval: float = 120.0
@@ -61,6 +64,10 @@ class LaunchSpec:
     grace: float = 10.0
     #: The executor that started the supervisor (``runyard.exec.executors``), recorded with the run.
     executor: str = "local"
+    #: Set for a supervisor on a machine without the home (a Ray node, ``runyard.exec.node``): the
+    #: runyard server its records ship to, and that its code and outputs go through. Its command
+    #: then keeps the GPUs the executor gave the process (CUDA_VISIBLE_DEVICES) instead of ``gpus``.
+    server: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -88,3 +95,8 @@ class Executor(Protocol):
     def stop(self, run_id: str) -> bool: ...
     def alive(self, run_id: str) -> bool: ...
     def submitted(self, run_id: str) -> bool: ...
+    def ended(self, run_id: str) -> str | None:
+        """Why the run's supervisor is known to have ended (None: running, or not known here)."""
+
+    def forget(self, store: Any) -> None:
+        """Let go of what the executor made for runs that ended (credentials, ...)."""

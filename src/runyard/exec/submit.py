@@ -213,8 +213,10 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     # as of now: recorded with the run, not taken from whichever agent later starts it.
     launch["output_limit"] = settings.output_limit
     launch["big_code_files"] = settings.big_code_files
-    refuse_unavailable(settings, int(resources.get("gpus") or 0),
-                       "--gpus" if sub.gpus is not None or sub.machine is None else f"[machines.{sub.machine}] gpus")
+    executor = _executor_of(sub, settings)
+    if executor == "local":  # a cluster's scheduler fails at once a run no machine of it can take
+        asked_by = "--gpus" if sub.gpus is not None or sub.machine is None else f"[machines.{sub.machine}] gpus"
+        refuse_unavailable(settings, int(resources.get("gpus") or 0), asked_by)
     from runyard.store.artifacts import artifacts_of
 
     artifacts = artifacts_of(settings)
@@ -239,7 +241,7 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     new_run = NewRun(
         project=sub.project or settings.project, status=RunStatus.QUEUED, name=sub.name, command=command,
         config=config, labels=labels, notes=sub.note, resources=resources or {"gpus": 0},
-        priority=sub.priority, executor=_executor_of(sub, settings), parent=sub.parent, snapshot_id=snapshot_id,
+        priority=sub.priority, executor=executor, parent=sub.parent, snapshot_id=snapshot_id,
         git_commit=commit, git_branch=branch, git_diff_ref=diff_ref, launch=launch,
     )
     number, run_id = _enqueue(settings, new_run)

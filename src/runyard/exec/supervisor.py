@@ -64,17 +64,23 @@ MPL_MODULE = "runyard_mplbackend"
 
 
 class Supervisor:
-    def __init__(self, spec: LaunchSpec) -> None:
+    def __init__(self, spec: LaunchSpec, artifacts: Any = None) -> None:
+        """``artifacts``: where code, mounts and outputs are read and kept; by default the home's
+        store at ``spec.artifacts`` (a supervisor on a node is handed the server's, see exec/node.py)."""
         self.spec = spec
         self.home = Path(spec.home)
         self.directory = run_directory(self.home, spec.run_id)
         self.work = self.directory / WORK
         spool = run_dir(self.home / "spool", spec.run_id)
         spool.mkdir(parents=True, exist_ok=True)
-        (spool / TARGET_FILE).write_text(target_key_of(spec.db, spec.artifacts))
+        # The agent that ingests (or, for a server, ships) this spool is the one of its target.
+        target = target_key_of(f"server {spec.server}", "") if spec.server else target_key_of(spec.db, spec.artifacts)
+        (spool / TARGET_FILE).write_text(target)
         self.writer = Writer(spool, spec.run_id, f"sup{os.getpid()}", fsync=spec.fsync)
-        self.artifacts: ArtifactStore = open_artifacts(spec.artifacts, s3_endpoint=spec.s3_endpoint,
-                                                       scratch=self.home / "tmp")
+        # The home's store (a directory or S3), or a node's client.ServerBlobs: the part of the store
+        # that placing code and mounts and keeping outputs use.
+        self.artifacts: Any = artifacts if artifacts is not None else open_artifacts(
+            spec.artifacts, s3_endpoint=spec.s3_endpoint, scratch=self.home / "tmp")
         self.outputs = Outputs(self.work, self.artifacts, self._record_output, self.system,
                                self._written_by_command, spec.output_limit)
         self.stop_requested = threading.Event()
@@ -135,13 +141,20 @@ class Supervisor:
             environment = inherited(os.environ)
             self.system("this run was queued by an older runyard, which did not record the submitting shell's "
                         "environment: it runs with the agent's PATH")
+        if spec.server:
+            # On a node: the SDK of the command ships to the server, with the node's token; the
+            # GPUs are those the executor gave this process.
+            where = {"RUNYARD_SERVER": spec.server, "RUNYARD_TOKEN": os.environ.get("RUNYARD_TOKEN", ""),
+                     "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+        else:
+            where = {"RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts,
+                     "RUNYARD_S3_ENDPOINT": spec.s3_endpoint or "",
+                     "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus)}
         env = command_environment(environment, spec.env, {
             **{f"RUNYARD_PARAM_{k}": v for k, v in spec.params.items()},
             "RUNYARD_RUN_ID": spec.run_id, "RUNYARD_CAPTURED": "1", "RUNYARD_HOME": spec.home,
-            "RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts, "RUNYARD_S3_ENDPOINT": spec.s3_endpoint or "",
-            "RUNYARD_FSYNC": spec.fsync,
-            "RUNYARD_SYSTEM_INTERVAL": f"{spec.system_interval:g}", "PYTHONUNBUFFERED": "1",
-            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus),
+            "RUNYARD_FSYNC": spec.fsync, "RUNYARD_SYSTEM_INTERVAL": f"{spec.system_interval:g}",
+            "PYTHONUNBUFFERED": "1", **where,
         })
         if "MPLBACKEND" not in spec.env:  # plt.show() saves figures (harmless without matplotlib)
             env.update(self._matplotlib_backend(env))
@@ -294,6 +307,10 @@ class Supervisor:
         if sampler is not None:
             sampler.stop()
         code = child.returncode
+        if outcome is None and self.stop_requested.is_set():
+            # Stopped by whoever stopped this supervisor too (a cluster ending a job signals every
+            # process of it at once): the command died of the same request before this loop saw it.
+            outcome = ("stopped", "stopped on request")
         if outcome is not None:
             return outcome[0], code, outcome[1]
         if code == 0:

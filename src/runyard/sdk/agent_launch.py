@@ -8,8 +8,10 @@ second agent started by a race exits at once (the agent holds a lock for its lif
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,3 +61,26 @@ def ensure_agent(settings: Settings) -> None:
         )
     finally:
         log.close()
+
+
+def stop_agents(home: Path, timeout: float = 10.0) -> None:
+    """End every agent serving ``home`` (SIGTERM) and wait for their locks to be released.
+
+    Their work is safe to interrupt: a spool is re-read from its acknowledged offsets, a queued
+    run stays queued. Benchmarks use it before removing a throwaway home.
+    """
+    agents = home / "agents"
+    for lock in sorted(agents.glob("*.lock")) if agents.is_dir() else []:
+        try:
+            pid = int(lock.read_text().strip())
+        except ValueError:
+            continue  # held by something that is not an agent (it writes no pid): leave it alone
+        if pid <= 1:
+            continue  # never kill(0) or kill(1): that would signal a whole process group, or init
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + timeout
+        while lock_held(lock) and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -686,6 +686,22 @@ def _routes(app: FastAPI, server: Server) -> None:
             await anyio.to_thread.run_sync(store.grant_content, scope, blob.sha256)
         return {"sha256": blob.sha256, "size": blob.size}
 
+    @app.get(f"{v1}/blobs/{{sha256}}", tags=["ingest"])
+    @requires("reader")
+    def get_blob(request: Request, sha256: str) -> Response:
+        """Content by its SHA-256: what a run's supervisor on another machine (a Ray node) reads its
+        code and mounts from. A project token gets only content its project may see (its runs'
+        artifacts, and what was uploaded or granted for them); anything else is 404, held or not."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise InvalidArgument("a blob is named by the lowercase hex SHA-256 of its content")
+        scope = _principal(request).project
+        size = server.artifacts.size(sha256)
+        if size is None or (scope is not None and sha256 not in store.visible_content(scope, [sha256])):
+            raise NotFound(f"no content {sha256} here")
+        return StreamingResponse(_read_span(server.artifacts, f"sha256:{sha256}", 0, size),
+                                 media_type="application/octet-stream",
+                                 headers={"content-length": str(size), "etag": f'"{sha256}"'})
+
     @app.get(f"{v1}/ingest/cursor", tags=["ingest"])
     @requires("writer")
     def cursor(request: Request, run: Annotated[str, Query(max_length=64, pattern=r"^[0-9A-Za-z]{10,64}$")],

@@ -49,6 +49,8 @@ class ActiveRun:
     started_at: float | None
     resources: dict[str, Any]
     latest: dict[str, float | None]
+    #: Where it runs (``runyard run --on``); None for runs queued before runs recorded it, or an SDK run's.
+    executor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class LiteStore:
     def active_runs(self) -> list[ActiveRun]:
         """Queued, starting and running runs, running first, with each one's latest metric values."""
         rows = self.conn.execute(
-            "SELECT r.number, r.id, r.name, p.name, r.status, r.created_at, r.started_at, r.resources"
+            "SELECT r.number, r.id, r.name, p.name, r.status, r.created_at, r.started_at, r.resources, r.executor"
             " FROM runs r JOIN projects p ON p.id = r.project_id"
             " WHERE r.status IN ('queued', 'starting', 'running')"
             " ORDER BY CASE r.status WHEN 'running' THEN 0 WHEN 'starting' THEN 1 ELSE 2 END,"
@@ -158,7 +160,7 @@ class LiteStore:
                 latest.setdefault(number, {})[key] = value
         return [
             ActiveRun(r[0], r[1], r[2], r[3], RunStatus(r[4]), r[5], r[6], jsonvalues.loads(r[7] or "{}"),
-                      latest.get(r[0], {}))
+                      latest.get(r[0], {}), r[8])
             for r in rows
         ]
 

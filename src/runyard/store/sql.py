@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -26,7 +26,6 @@ from runyard.store import (
     gc_sql,
     limits,
     runs_sql,
-    series_sql,
     transitions,
 )
 from runyard.store.api import (
@@ -61,8 +60,13 @@ from runyard.store.schema import (
     run_labels,
     runs,
 )
-from runyard.store.series import CHUNK_POINTS, Envelope, Points
 from runyard.types import RunStatus
+
+if TYPE_CHECKING:
+    # The series modules load numpy (0.1 s): only what reads or writes points imports them, so that
+    # `runyard ls` and the other commands listing runs do not pay for it.
+    from runyard.store import series_sql
+    from runyard.store.series import Envelope, Points
 
 _R = runs.c
 _S = metric_series.c
@@ -73,10 +77,11 @@ class SqlStore:
     """Runs, metric series, logs, the artifact index and alerts, in one SQL database."""
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time,
-                 chunk_points: int = CHUNK_POINTS) -> None:
+                 chunk_points: int | None = None) -> None:
         self.engine = engine
         self.clock = clock
-        #: Points per chunk; tests make it small so that few points exercise many chunks and levels.
+        #: Points per chunk (None: series.CHUNK_POINTS); tests make it small so that few points
+        #: exercise many chunks and levels.
         self.chunk_points = chunk_points
 
     @property
@@ -287,12 +292,16 @@ class SqlStore:
             self._append_points(conn, run, series)
 
     def _append_points(self, conn: Connection, run: int, series: Mapping[str, Points]) -> None:
+        from runyard.store import series_sql
+
         keys = sorted(series)  # a fixed order: concurrent writers lock series alike
         rows = self._locked_series_many(conn, run, keys)
-        series_sql.append_many(conn, [(rows[key], series[key]) for key in keys], self.chunk_points)
+        series_sql.append_many(conn, [(rows[key], series[key]) for key in keys], self.chunk_points or _chunk_points())
 
     def _locked_series_many(self, conn: Connection, run: int, keys: Sequence[str]) -> dict[str, series_sql.SeriesRow]:
         """The rows of these series of a run, created if new, locked until the transaction ends."""
+        from runyard.store import series_sql
+
         self._insert_ignore(conn, metric_series,
                             [{"run_number": run, "key": key, "point_count": 0, "chunk_count": 0} for key in keys],
                             ["run_number", "key"])
@@ -321,6 +330,8 @@ class SqlStore:
             ]
 
     def _existing_series(self, conn: Connection, run: int, key: str) -> series_sql.SeriesRow:
+        from runyard.store import series_sql
+
         row = conn.execute(
             sa.select(_S.id, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
             .where(_S.run_number == run, _S.key == key)
@@ -331,11 +342,15 @@ class SqlStore:
         return series_sql.SeriesRow(row.id, row.point_count, row.first_step, row.last_step, row.chunk_count)
 
     def history(self, run: int, key: str, start: int | None = None, end: int | None = None) -> Points:
+        from runyard.store import series_sql
+
         with self._read() as conn:
             return series_sql.history(conn, self._existing_series(conn, run, key), start, end)
 
     def envelope(self, run: int, key: str, buckets: int = 1000, start: int | None = None,
                  end: int | None = None) -> Envelope:
+        from runyard.store import series_sql
+
         if not 1 <= buckets <= _MAX_BUCKETS:
             raise InvalidArgument(f"buckets must be between 1 and {_MAX_BUCKETS}, not {buckets}")
         if start is not None and end is not None and start > end:
@@ -830,3 +845,9 @@ def _new_run_of(run_id: str, start: Mapping[str, Any]) -> NewRun:
         host=start.get("host"), environment=dict(start.get("environment") or {}), executor="sdk",
         created_at=start.get("time"), status=RunStatus.RUNNING,
     )
+
+
+def _chunk_points() -> int:
+    from runyard.store.series import CHUNK_POINTS
+
+    return CHUNK_POINTS

@@ -39,6 +39,12 @@ class RecordingExecutor:
     def alive(self, run_id: str) -> bool:
         return run_id in self.running
 
+    def ended(self, run_id: str) -> str | None:
+        return None
+
+    def forget(self, store: object) -> None:
+        pass
+
     def submitted(self, run_id: str) -> bool:
         return any(s.run_id == run_id for s in self.specs)
 

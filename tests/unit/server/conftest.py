@@ -99,6 +99,8 @@ class LiveServer:
     insecure_local: bool = True
     #: More `runyard server` flags (--max-upload 64, ...).
     args: tuple[str, ...] = ()
+    #: More environment of the server (and of the agent it starts): RUNYARD_RAY, ...
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -115,7 +117,7 @@ class LiveServer:
             # The shell that starts a server may name another server: it must serve its own store anyway,
             # and the agents it starts for launched runs must run them, not ship them elsewhere.
             env = {**home_env(self.home, self.db_url), "RUNYARD_SERVER": "http://127.0.0.1:9",
-                   "RUNYARD_TOKEN": "ry_not_for_this_server"}
+                   "RUNYARD_TOKEN": "ry_not_for_this_server", **self.env}
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "runyard.cli.main", "server", "--host", self.host, "--port", str(self.port),
                  *(arg for name in self.allow_hosts for arg in ("--allow-host", name)),
