@@ -3,7 +3,7 @@
     python bench/scale.py              # full sizes, prints a table
     python bench/scale.py --quick      # small sizes: checks the benchmark itself runs
     python bench/scale.py --json       # also print the figures as JSON
-    python bench/scale.py --sections ray   # only some sections (servers, ray)
+    python bench/scale.py --sections ray   # only some sections (servers, ray, s3)
 
 Section "servers": N `runyard server` processes on one PostgreSQL database, as a team runs them
 behind a proxy (each requires tokens; the database holds them).
@@ -16,6 +16,9 @@ behind a proxy (each requires tokens; the database holds them).
   machine than about runyard; the cores and the machine's busy share are printed beside.
 - Live events across servers: a point POSTed to server A (its value the time it was sent), and how
   long until a subscriber of server B's event stream receives it (B hears of it by LISTEN/NOTIFY).
+
+Section "s3" (bench/scale_s3.py): snapshot upload of a 1,000-file repository into SeaweedFS, first
+and unchanged (targets 2 s and 300 ms), and existence checks of 1,000 objects batched three ways.
 
 Section "ray" (bench/scale_ray.py): runs through a real Ray head on loopback with two fake GPUs,
 queue -> start latency against a local run and the makespan of 20 one-GPU runs against the ideal.
@@ -51,7 +54,7 @@ from runyard import wire
 
 HERE = Path(__file__).resolve().parent
 LATENCY_TARGET_MS = 1000.0
-SECTIONS = ("servers", "ray")
+SECTIONS = ("servers", "s3", "ray")
 
 
 def _section(name: str) -> ModuleType:
@@ -218,6 +221,9 @@ def main() -> int:
     if "servers" in sections:
         with tempfile.TemporaryDirectory(prefix="runyard-bench-scale-") as d:
             rows, figures = bench_servers(Path(d), batches, records, rounds, 20 if args.quick else 100)
+    if "s3" in sections:
+        rows += [_ingest_bench().Row(label, "s3", target, measured, None, {"met": True, "NOT MET": False}.get(result))
+                 for label, target, measured, result in _section("scale_s3").s3_rows(args.quick)]
     if "ray" in sections:
         ray_rows, figures["ray"] = _section("scale_ray").bench_ray(args.quick)
         rows += [_ingest_bench().Row(label, "sqlite", target, measured, None, None)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.s3server import CREDENTIALS, S3Server, seaweedfs
 
 from runyard.store.engine import create_engine
 from runyard.store.migrate import upgrade
@@ -53,3 +54,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marker = metafunc.definition.get_closest_marker("engines")
         engines = ENGINES if marker is None else [e for e in ENGINES if getattr(e, "values", [e])[0] in marker.args]
         metafunc.parametrize("db_url", engines, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS on loopback) for the session, with test credentials in the environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in CREDENTIALS.items():
+            mp.setenv(key, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+            yield server
+
+
+@pytest.fixture
+def s3_location(s3_server: S3Server) -> str:
+    """``s3://<bucket>/<a new prefix>/store``: an empty S3 artifact store of this test's own."""
+    return s3_server.new_location()

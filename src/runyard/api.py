@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from runyard.client import Client
     from runyard.exec.control import Overrides
     from runyard.store.api import ArtifactEntry, LogLine, Run, SeriesInfo
+    from runyard.store.artifacts import ArtifactStore
     from runyard.store.home import Opened
     from runyard.store.series import Envelope
     from runyard.store.sql import SqlStore
@@ -137,8 +138,8 @@ class Api:
         return self._client is not None
 
     @property
-    def artifacts(self) -> Any:
-        """The local artifact store (``DiskArtifacts``); with a server there is none here."""
+    def artifacts(self) -> ArtifactStore:
+        """The artifact store (a directory or S3); with a server there is none here."""
         if self._opened is None:
             raise ConfigError("with RUNYARD_SERVER set the artifact store is the server's: run this on the "
                               "server's machine, without RUNYARD_SERVER")

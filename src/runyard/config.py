@@ -73,6 +73,26 @@ def _parse_db(raw: str, base: Path) -> str:
     return "sqlite:///" + _parse_path(raw, base)
 
 
+def _parse_artifacts(raw: str, base: Path) -> str:
+    if raw.startswith("s3://"):
+        bucket, _, prefix = raw.removeprefix("s3://").partition("/")
+        if not (3 <= len(bucket) <= 63) or not all(c.islower() or c.isdigit() or c in ".-" for c in bucket):
+            raise ValueError("expected s3://BUCKET/PREFIX with a bucket name of 3-63 lowercase letters, digits, "
+                             "dots and hyphens")
+        if any(part in ("", ".", "..") for part in prefix.strip("/").split("/")) and prefix.strip("/"):
+            raise ValueError("expected s3://BUCKET/PREFIX without empty, . or .. parts in the prefix")
+        return "s3://" + bucket + ("/" + prefix.strip("/") if prefix.strip("/") else "")
+    if "://" in raw:
+        raise ValueError("expected a directory or s3://BUCKET/PREFIX")
+    return _parse_path(raw, base)
+
+
+def _parse_endpoint(raw: str, base: Path) -> str:
+    if not raw.startswith(("http://", "https://")) or len(raw) > 500:
+        raise ValueError("expected an http:// or https:// URL of an S3-compatible server")
+    return raw.rstrip("/")
+
+
 def _parse_server(raw: str, base: Path) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")
@@ -162,9 +182,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "artifacts",
-        "Directory of the content-addressed artifact store",
+        "Where the content-addressed artifact store is: a directory, or s3://BUCKET/PREFIX (credentials "
+        "from the usual AWS environment variables or profile)",
         default=lambda home: str(home / "artifacts"),
-        parse=_parse_path,
+        parse=_parse_artifacts,
+    ),
+    Setting(
+        "s3_endpoint",
+        "URL of the S3-compatible server that holds an s3:// artifact store (MinIO, SeaweedFS, Ceph...); "
+        "unset means AWS S3",
+        default=lambda home: None,
+        parse=_parse_endpoint,
+        optional=True,
     ),
     Setting(
         "server",
@@ -316,8 +345,13 @@ class Settings:
         return self._required("db")
 
     @property
-    def artifacts(self) -> Path:
-        return Path(self._required("artifacts"))
+    def artifacts(self) -> str:
+        """A directory, or ``s3://bucket/prefix``: open it with ``runyard.store.artifacts.artifacts_of``."""
+        return self._required("artifacts")
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        return self.values["s3_endpoint"].value
 
     @property
     def server(self) -> str | None:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 #: Settings that decide where data and credentials go.
-GUARDED = ("server", "db", "artifacts")
+GUARDED = ("server", "db", "artifacts", "s3_endpoint")
 #: Settings a project file may never hold.
 NEVER = ("token",)
 TRUST_FILE = "trusted.json"

@@ -182,6 +182,16 @@ def check_artifacts(home: Home) -> None:
     assert any(p.is_file() for p in blobs.rglob("*")), "the snapshot went elsewhere"
 
 
+def check_s3_endpoint(home: Home) -> None:
+    # The endpoint is where an s3:// store is looked for: doctor reports it, and what is wrong with it.
+    home.env.update({"RUNYARD_ARTIFACTS": "s3://runyard-docs/store", "RUNYARD_S3_ENDPOINT": "http://127.0.0.1:1",
+                     "AWS_ACCESS_KEY_ID": "docs", "AWS_SECRET_ACCESS_KEY": "docs"})
+    checks = {c["name"]: c for c in json.loads(home.runyard("doctor", "--json", check=False).output)["checks"]}
+    assert checks["artifacts"]["status"] == "fail", checks["artifacts"]
+    assert "http://127.0.0.1:1" in checks["artifacts"]["detail"], checks["artifacts"]
+    assert "cannot reach" in checks["artifacts"]["detail"], checks["artifacts"]
+
+
 class Listener:
     """A loopback HTTP server that answers 401 and remembers what it was asked."""
 
@@ -459,8 +469,8 @@ def check_queue_limit(home: Home) -> None:
 
 
 SETTING_CHECKS: dict[str, Callable[[Home], None]] = {
-    "db": check_db, "artifacts": check_artifacts, "server": check_server, "token": check_token, "ray": check_ray,
-    "executor": check_executor, "node_server": check_node_server,
+    "db": check_db, "artifacts": check_artifacts, "s3_endpoint": check_s3_endpoint, "server": check_server,
+    "token": check_token, "ray": check_ray, "executor": check_executor, "node_server": check_node_server,
     "project": check_project, "slots": check_slots, "lease": check_lease, "fsync": check_fsync,
     "system_interval": check_system_interval, "finish_timeout": check_finish_timeout,
     "outputs_interval": check_outputs_interval, "output_limit": check_output_limit,

@@ -11,7 +11,8 @@ from types import ModuleType
 
 import runyard
 
-HEAVY = ["sqlalchemy", "alembic", "numpy", "rich", "orjson", "psycopg", "click", "msgpack", "psutil"]
+HEAVY = ["sqlalchemy", "alembic", "numpy", "rich", "orjson", "psycopg", "click", "msgpack", "psutil", "boto3",
+         "botocore"]
 
 
 def loaded_after(code: str, env: dict[str, str] | None = None) -> set[str]:

@@ -162,7 +162,7 @@ def _age_everything(root: Path, seconds: float) -> None:
 def test_gc_frees_unreferenced_content_and_stale_environments_and_keeps_what_runs_need(
         project: Path, env: dict[str, str]) -> None:
     from runyard.config import resolve
-    from runyard.store.artifacts import DiskArtifacts
+    from runyard.store.disk_artifacts import DiskArtifacts
 
     model = b"weights" * 2000
     (project / "train.py").write_text(f"import os\nos.makedirs('outputs', exist_ok=True)\n"
@@ -173,7 +173,7 @@ def test_gc_frees_unreferenced_content_and_stale_environments_and_keeps_what_run
     store = DiskArtifacts(settings.artifacts)
     orphan = b"nobody refers to this" * 100
     store.put_bytes(orphan)
-    _age_everything(settings.artifacts, 7200)  # old enough for gc, referenced or not
+    _age_everything(Path(settings.artifacts), 7200)  # old enough for gc, referenced or not
     fresh = b"written a moment ago" * 100
     store.put_bytes(fresh)  # a submission may be about to refer to it: kept
     envs = settings.home / "envs"

@@ -110,6 +110,15 @@ def test_the_launch_benchmark_runs_against_a_server_that_requires_tokens() -> No
     assert " ms " in row  # measured, not an error
 
 
+def test_the_scale_benchmark_snapshots_into_a_real_s3_server() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--sections", "s3", "--quick"],
+                            capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("snapshot upload of a 1,000-file")]
+    assert len(rows) == 5 and all(" ms " in row for row in rows), result.stdout  # measured, not an error
+
+
 def test_the_alerts_benchmark_runs_and_every_batch_alerts(tmp_path: Path) -> None:
     # The speed figures are the benchmark's to judge; here only what must hold on any machine.
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "alerts.py"), "--quick", "--json",

@@ -138,7 +138,7 @@ def test_two_runs_of_a_tree_with_a_big_file_share_its_blocks_and_neither_can_cha
     for number in runs:
         assert wait_status(env, project, number, TERMINAL) == "finished", log_of(env, project, number)
     sha = hashlib.sha256(content).hexdigest()
-    blob = resolve(environ=env, cwd=project).artifacts / "objects" / sha[:2] / sha[2:]
+    blob = Path(resolve(environ=env, cwd=project).artifacts) / "objects" / sha[:2] / sha[2:]
     copies = [run_directory_of(env, project, number) / "work" / "big.bin" for number in runs]
     # One set of blocks for the store and both runs: the same inode (hard links on this file system).
     assert copies[0].stat().st_ino == copies[1].stat().st_ino == blob.stat().st_ino

@@ -112,7 +112,7 @@ def test_a_directory_swapped_for_a_symlink_during_a_pass_is_not_followed(tmp_pat
     """The race a pass cannot see by listing: a directory the walk found is replaced by a symlink
     before its files are read. The file is opened without following it out of the working directory."""
     from runyard.exec.outputs import Outputs
-    from runyard.store.artifacts import DiskArtifacts
+    from runyard.store.disk_artifacts import DiskArtifacts
 
     secret = tmp_path / "secret"
     secret.mkdir()
@@ -137,7 +137,7 @@ def test_a_working_directory_swapped_for_a_symlink_after_the_pass_checked_it_is_
     symlink after a pass checked the directory and before it walks it. Files are judged against
     the directory the code was placed in, not against wherever its path leads now."""
     from runyard.exec.outputs import Outputs
-    from runyard.store.artifacts import DiskArtifacts
+    from runyard.store.disk_artifacts import DiskArtifacts
 
     secret = tmp_path / "secret"
     secret.mkdir()

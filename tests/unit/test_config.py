@@ -27,7 +27,7 @@ def test_defaults_live_in_the_home(layout: tuple[Path, Path, Path]) -> None:
     s = resolve(environ={"RUNYARD_HOME": str(home)}, cwd=sub)
     assert s.home == home.resolve() and s.home_source == "env RUNYARD_HOME"
     assert s.db == f"sqlite:///{home.resolve() / 'runyard.db'}"
-    assert s.artifacts == home.resolve() / "artifacts"
+    assert s.artifacts == str(home.resolve() / "artifacts")
     assert s.server is None and s.project == "default"
     assert all(s.source(x.key) == "default" for x in SETTINGS)
 
@@ -42,7 +42,7 @@ def test_each_layer_overrides_the_one_below(layout: tuple[Path, Path, Path]) -> 
     assert (s.db, s.source("db")) == ("sqlite:////from/home.db", str(home.resolve() / "config.toml"))
     assert (s.server, s.source("server")) == ("http://project:2", str(repo / "runyard.toml"))
     # A relative path in a file is relative to that file's directory, not to the working directory.
-    assert s.artifacts == (repo / "store").resolve()
+    assert s.artifacts == str((repo / "store").resolve())
     assert (s.project, s.source("project")) == ("flag", "flag --project")
     assert resolve(environ=env, cwd=sub).project == "e"
     assert s.project_file == repo / "runyard.toml"

@@ -13,13 +13,16 @@ import socket
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import orjson
 
 from runyard._version import __version__
 from runyard.config import Settings, resolve
 from runyard.errors import RunyardError
+
+if TYPE_CHECKING:
+    from runyard.store.artifacts import ArtifactStore
 
 Status = Literal["ok", "fail", "warn", "info"]
 _MARK = {"ok": "[green]✓[/green]", "fail": "[red]✗[/red]", "warn": "[yellow]![/yellow]", "info": "[dim]·[/dim]"}
@@ -77,16 +80,28 @@ def check_store(settings: Settings) -> list[Check]:
         note = f", upgraded from {opened.migrated[0] or '(empty)'}" if opened.migrated else ""
         checks = [Check("database", "ok", f"{where} ({opened.store.dialect}), schema {state.current}{note}",
                         required=True)]
-        try:
-            blob = opened.artifacts.put_bytes(b"runyard doctor probe\n")
-            if opened.artifacts.read_bytes(blob.content_ref) != b"runyard doctor probe\n":
-                raise RunyardError("a probe blob read back differently")
-            checks.append(Check("artifacts", "ok", f"{settings.artifacts} (writable)", required=True))
-        except (RunyardError, OSError) as e:
-            checks.append(Check("artifacts", "fail", f"{settings.artifacts}: {e}", required=True))
+        checks.append(check_artifacts(settings, opened.artifacts))
         return checks
     finally:
         opened.close()
+
+
+def check_artifacts(settings: Settings, artifacts: ArtifactStore) -> Check:
+    """The artifact backend in one line: where it is, and that a probe blob goes in and comes back."""
+    if settings.artifacts.startswith("s3://"):
+        where = f"s3 {settings.artifacts} at {settings.s3_endpoint or 'AWS'}"
+    else:
+        where = f"disk {settings.artifacts}"
+    try:
+        blob = artifacts.put_bytes(b"runyard doctor probe\n")
+        if artifacts.read_bytes(blob.content_ref) != b"runyard doctor probe\n":
+            raise RunyardError("a probe blob read back differently")
+    except (RunyardError, OSError) as e:
+        # An S3 error names the location and endpoint already: say only what is wrong.
+        detail = " ".join(str(e).split())
+        return Check("artifacts", "fail", detail if where.startswith("s3") else f"{where}: {detail}", required=True)
+    return Check("artifacts", "ok", f"{where} ({'reachable, ' if where.startswith('s3') else ''}writable)",
+                 required=True)
 
 
 def check_spool(settings: Settings) -> list[Check]:

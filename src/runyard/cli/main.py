@@ -467,7 +467,8 @@ def note(ref: str, text: str) -> None:
               help="Address to listen on. Anything but loopback needs a token to exist first.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--db", metavar="URL", help="Database (default: the configured db).")
-@click.option("--artifacts", metavar="PATH", help="Artifact store directory (default: the configured one).")
+@click.option("--artifacts", metavar="PATH", help="Artifact store: a directory or s3://BUCKET/PREFIX (default: the "
+              "configured one).")
 @click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="A DNS name clients reach the server by (the Host header); repeatable. "
                    "Needed with --host 0.0.0.0 or ::.")

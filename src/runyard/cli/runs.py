@@ -123,7 +123,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
     from runyard.credential import for_settings
     from runyard.exec import options
     from runyard.exec.snapshot import manifest_of, take
-    from runyard.store.artifacts import DiskArtifacts, sha_of_ref
+    from runyard.store.artifacts import local_cache_of, sha_of_ref
 
     for text in o["mounts"]:
         source, _ = options.mount(text)
@@ -137,7 +137,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
         except OSError as e:
             raise InvalidArgument(f"--requirements {o['requirements']}: cannot read it ({e.strerror})") from None
         options.requirement_lines(requirements, f"--requirements {o['requirements']}", urls=False)  # as the server
-    artifacts = DiskArtifacts(settings.artifacts)  # this machine's cache: unchanged files are not hashed again
+    artifacts = local_cache_of(settings)  # this machine's cache: unchanged files are not hashed again
     settings.home.mkdir(parents=True, exist_ok=True)
     artifacts.ensure()
     snap = take(Path.cwd(), artifacts, settings.home / "snapshot-cache.json")

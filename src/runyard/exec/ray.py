@@ -111,7 +111,7 @@ class RayExecutor:
         self._share_code(project, spec)
         _, token = Tokens(self.store).create("writer", f"{TOKEN_PREFIX}{spec.number}", project=project)
         # The node counts no GPU indices of ours: Ray gives the job its GPUs.
-        sent = dataclasses.replace(spec, gpus=[], home="", db="", artifacts="")
+        sent = dataclasses.replace(spec, gpus=[], home="", db="", artifacts="", s3_endpoint=None)
         self.jobs.submit_job(
             entrypoint=ENTRYPOINT, submission_id=job_id(spec.run_id),
             runtime_env={"env_vars": {ENV_SPEC: sent.to_json(), "RUNYARD_SERVER": server, "RUNYARD_TOKEN": token}},
@@ -128,7 +128,7 @@ class RayExecutor:
 
         assert self.store is not None and self.artifacts is not None
         shas = {sha_of_ref(spec.snapshot_id)}
-        shas.update(sha for sha, _ in manifest_of(spec.snapshot_id, self.artifacts).values())  # type: ignore[arg-type]
+        shas.update(sha for sha, _ in manifest_of(spec.snapshot_id, self.artifacts).values())
         shas.update(sha for mount in spec.mounts for _, sha in mount.files)
         for sha in shas:
             self.store.grant_content(project, sha)

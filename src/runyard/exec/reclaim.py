@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runyard.errors import ArtifactError, NotFound
 from runyard.exec.snapshot import manifest_of
@@ -28,6 +28,9 @@ from runyard.exec.spec import run_directory
 from runyard.exec.venvs import READY, in_use
 from runyard.spool.rundir import retired_dir, run_dir
 from runyard.types import RunStatus
+
+if TYPE_CHECKING:
+    from runyard.store.artifacts import ArtifactStore
 
 #: Content written this recently (seconds) is never collected by ``runyard gc``.
 GRACE_S = 3600.0
@@ -79,7 +82,7 @@ class Report:
 
 # -- content --------------------------------------------------------------------------------------
 
-def referenced(store: Any, artifacts: Any, runs_only: Sequence[int] | None = None,
+def referenced(store: Any, artifacts: ArtifactStore, runs_only: Sequence[int] | None = None,
                progress: Progress = _quiet) -> set[str]:
     """SHA-256s of the content that runs (every run, or ``runs_only``) refer to, snapshot files included."""
     shas: set[str]
@@ -99,7 +102,7 @@ def _protected_since(store: Any, now: float, grace: float) -> float:
     return float(min([now - grace, *(r.created_at for r in active)]))
 
 
-def unreferenced(store: Any, artifacts: Any, since: float, only: set[str] | None = None,
+def unreferenced(store: Any, artifacts: ArtifactStore, since: float, only: set[str] | None = None,
                  progress: Progress = _quiet) -> list[tuple[str, int]]:
     """Stored objects (sha256, bytes) that nothing refers to and nobody wrote at or after ``since``;
     among ``only`` (and the packs holding any of ``only``) when given."""
@@ -122,7 +125,7 @@ def unreferenced(store: Any, artifacts: Any, since: float, only: set[str] | None
     return found
 
 
-def _recent_snapshot_files(artifacts: Any, recent: Iterable[str]) -> set[str]:
+def _recent_snapshot_files(artifacts: ArtifactStore, recent: Iterable[str]) -> set[str]:
     """The files of snapshots stored recently: a submission stores its snapshot's manifest (or
     marks it written again) before its run exists, and the files it lists may be old content that
     nothing else refers to, reused from the hash cache without being written again."""
@@ -138,7 +141,7 @@ def _recent_snapshot_files(artifacts: Any, recent: Iterable[str]) -> set[str]:
     return files
 
 
-def _remove_content(store: Any, artifacts: Any, found: Iterable[tuple[str, int]], report: Report,
+def _remove_content(store: Any, artifacts: ArtifactStore, found: Iterable[tuple[str, int]], report: Report,
                     progress: Progress) -> None:
     for sha, size in found:
         if not report.dry_run:
@@ -149,7 +152,7 @@ def _remove_content(store: Any, artifacts: Any, found: Iterable[tuple[str, int]]
         _forget_grants(store, artifacts)
 
 
-def _forget_grants(store: Any, artifacts: Any) -> None:
+def _forget_grants(store: Any, artifacts: ArtifactStore) -> None:
     """Forget the upload grants of content the store no longer holds (removed now or by an earlier
     gc): a grant outliving its content would let its project refer to the bytes once anyone stores
     them again. Checked outside the write transaction; a project uploading the content meanwhile
@@ -234,7 +237,7 @@ def finished_run_directories(store: Any, home: Path, ended_before: float | None)
 
 # -- the commands' work ---------------------------------------------------------------------------
 
-def collect(store: Any, artifacts: Any, home: Path, *, env_days: float, runs_ended_before: float | None,
+def collect(store: Any, artifacts: ArtifactStore, home: Path, *, env_days: float, runs_ended_before: float | None,
             run_directories: bool, dry_run: bool, progress: Progress = _quiet, now: float | None = None) -> Report:
     """``runyard gc``: find (and unless ``dry_run``, remove) what nothing needs."""
     now = time.time() if now is None else now
@@ -253,7 +256,7 @@ def collect(store: Any, artifacts: Any, home: Path, *, env_days: float, runs_end
     return report
 
 
-def delete_runs(store: Any, artifacts: Any, home: Path, spool_dir: Path, runs: Sequence[Any],
+def delete_runs(store: Any, artifacts: ArtifactStore, home: Path, spool_dir: Path, runs: Sequence[Any],
                 progress: Progress = _quiet) -> Report:
     """``runyard rm``: delete finished runs with their records, directories and spools, then the
     content only they referred to. Returns what was freed (``runs``: the numbers deleted)."""

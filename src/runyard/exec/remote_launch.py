@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from runyard.errors import Conflict, InvalidArgument
 from runyard.exec import options
-from runyard.store.artifacts import DiskArtifacts, sha_of_ref
+from runyard.store.artifacts import ArtifactStore, sha_of_ref
 
 if TYPE_CHECKING:
     from runyard.config import Settings
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _ARTIFACT_SOURCE = re.compile(r"^[A-Za-z0-9_.-]+:")
 
 
-def missing_content(artifacts: DiskArtifacts, snapshot: str, diff_ref: str | None) -> list[str]:
+def missing_content(artifacts: ArtifactStore, snapshot: str, diff_ref: str | None) -> list[str]:
     """SHA-256s a snapshot needs that the store lacks (its manifest first)."""
     from runyard.exec.snapshot import manifest_of
 
@@ -38,7 +38,8 @@ def missing_content(artifacts: DiskArtifacts, snapshot: str, diff_ref: str | Non
         files = manifest_of(snapshot, artifacts)
     except (ValueError, KeyError, TypeError) as e:
         raise InvalidArgument(f"snapshot {snapshot[:19]}... is not a snapshot manifest ({e})") from None
-    return missing + sorted({sha for sha, _ in files.values() if not artifacts.has(sha)})
+    needed = {sha for sha, _ in files.values()}
+    return missing + sorted(needed - artifacts.has_many(needed))
 
 
 def artifact_mounts_only(mounts: Sequence[str]) -> None:
@@ -50,7 +51,7 @@ def artifact_mounts_only(mounts: Sequence[str]) -> None:
                                   "(RUN:PATH); log the data as an artifact first")
 
 
-def queue(settings: Settings, artifacts: DiskArtifacts, sub: Submission, requirements: str | None) -> Submitted:
+def queue(settings: Settings, artifacts: ArtifactStore, sub: Submission, requirements: str | None) -> Submitted:
     """Queue ``sub`` (whose ``snapshot`` names uploaded content; its ``cwd`` is not used) with the
     text of its requirements file, after checking what a client may ask of the server."""
     from runyard.exec.submit import submit

@@ -333,7 +333,8 @@ class Scheduler:
         return LaunchSpec(
             run_id=run.id, number=run.number, argv=list(launch.get("argv") or run.command or []),
             shell=bool(launch.get("shell")), snapshot_id=run.snapshot_id or "", home=str(settings.home),
-            db=settings.db, artifacts=str(settings.artifacts), env=dict(launch.get("env") or {}),
+            db=settings.db, artifacts=settings.artifacts, s3_endpoint=settings.s3_endpoint,
+            env=dict(launch.get("env") or {}),
             params={k: str(v) for k, v in (launch.get("params") or {}).items()},
             environment=dict(launch["environment"]) if launch.get("environment") is not None else None,
             pip=list(launch.get("pip") or []), requirements=launch.get("requirements"),

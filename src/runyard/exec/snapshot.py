@@ -24,7 +24,7 @@ from pathlib import Path
 
 from runyard.errors import InvalidArgument
 from runyard.names import validate_relpath
-from runyard.store.artifacts import DiskArtifacts
+from runyard.store.artifacts import ArtifactStore
 
 IGNORE_FILE = ".runyardignore"
 #: Never part of a snapshot, git or not.
@@ -150,7 +150,7 @@ class HashCache:
             tmp.replace(self.path)
 
 
-def take(directory: Path, artifacts: DiskArtifacts, cache_path: Path | None = None) -> Snapshot:
+def take(directory: Path, artifacts: ArtifactStore, cache_path: Path | None = None) -> Snapshot:
     """Snapshot the working tree that holds ``directory`` (its git root, or ``directory`` itself)."""
     directory = directory.resolve()
     root = git_root(directory) or directory
@@ -163,6 +163,7 @@ def take(directory: Path, artifacts: DiskArtifacts, cache_path: Path | None = No
     total = new = 0
     base = str(root)
     missing: list[tuple[str, os.stat_result]] = []
+    known: list[tuple[str, os.stat_result, str]] = []
     for rel in files:
         validate_relpath(rel)
         # os.path and os.stat, not pathlib: once per file, on the path that must return in 250 ms.
@@ -173,10 +174,18 @@ def take(directory: Path, artifacts: DiskArtifacts, cache_path: Path | None = No
             raise InvalidArgument(f"{root} holds more than {MAX_BYTES >> 30} GiB of files to snapshot; list data "
                                   f"and outputs in {IGNORE_FILE} and mount them with --mount instead")
         sha = cache.get(key, st) if cache else None
-        if sha is None or not artifacts.has(sha):
+        if sha is None:
             missing.append((rel, st))
-            continue
-        manifest[rel] = [sha, 0o755 if st.st_mode & stat.S_IXUSR else 0o644]
+        else:
+            known.append((rel, st, sha))
+    # Whether the store still holds the files hashed before: one batched question, not one per file
+    # (on S3, a request per file would cost seconds).
+    present = artifacts.has_many({sha for _, _, sha in known})
+    for rel, st, sha in known:
+        if sha in present:
+            manifest[rel] = [sha, 0o755 if st.st_mode & stat.S_IXUSR else 0o644]
+        else:
+            missing.append((rel, st))
     # New small files go in as one pack: one file written and synced, not one per source file.
     # Big ones get an object each, which runs can share instead of copying (see materialise).
     if missing:
@@ -203,7 +212,7 @@ def take(directory: Path, artifacts: DiskArtifacts, cache_path: Path | None = No
     return Snapshot(snapshot.content_ref, len(files), total, new, commit, branch, diff_ref, root)
 
 
-def manifest_of(snapshot_id: str, artifacts: DiskArtifacts) -> dict[str, tuple[str, int]]:
+def manifest_of(snapshot_id: str, artifacts: ArtifactStore) -> dict[str, tuple[str, int]]:
     doc = json.loads(artifacts.read_bytes(snapshot_id))
     return {path: (str(sha), int(mode)) for path, (sha, mode) in doc["files"].items()}
 
@@ -219,7 +228,7 @@ class Materialised:
     shared_bytes: int = 0
 
 
-def materialise(snapshot_id: str, artifacts: DiskArtifacts, destination: Path,
+def materialise(snapshot_id: str, artifacts: ArtifactStore, destination: Path,
                 hard_links: bool = False) -> Materialised:
     """Write the snapshot's files under ``destination``.
 

@@ -35,6 +35,8 @@ class LaunchSpec:
     home: str
     db: str
     artifacts: str
+    #: The S3-compatible server of an s3:// ``artifacts`` (setting s3_endpoint); None: AWS, or a directory.
+    s3_endpoint: str | None = None
     #: ``--env``: set over ``environment``.
     env: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runyard.config import Settings
 from runyard.errors import InvalidArgument, NotFound
@@ -23,6 +23,9 @@ from runyard.exec.venvs import site_directories
 from runyard.names import validate_label, validate_run_name
 from runyard.store.newrun import NewRun
 from runyard.types import RunStatus
+
+if TYPE_CHECKING:
+    from runyard.store.artifacts import ArtifactStore
 
 
 @dataclass
@@ -214,9 +217,9 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     if executor == "local":  # a cluster's scheduler fails at once a run no machine of it can take
         asked_by = "--gpus" if sub.gpus is not None or sub.machine is None else f"[machines.{sub.machine}] gpus"
         refuse_unavailable(settings, int(resources.get("gpus") or 0), asked_by)
-    from runyard.store.artifacts import DiskArtifacts
+    from runyard.store.artifacts import artifacts_of
 
-    artifacts = DiskArtifacts(settings.artifacts)
+    artifacts = artifacts_of(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     artifacts.ensure()
     files = new = 0
@@ -256,7 +259,7 @@ def _executor_of(sub: Submission, settings: Settings) -> str:
     return executors.check(settings.executor, "the executor setting")
 
 
-def _check_script(launch: dict[str, Any], snapshot_id: str, artifacts: Any, cwd: Path,
+def _check_script(launch: dict[str, Any], snapshot_id: str, artifacts: ArtifactStore, cwd: Path,
                   root: Path | None) -> tuple[str, ...]:
     """``python FILE`` whose FILE the snapshot lacks would fail once started: refuse it now. An
     absolute FILE outside the snapshot runs as it is when the run starts: a warning says so."""

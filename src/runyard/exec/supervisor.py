@@ -50,7 +50,7 @@ from runyard.sdk.lines import Lines, pump
 from runyard.sdk.writer import Writer
 from runyard.spool import records
 from runyard.spool.rundir import TARGET_FILE, run_dir, target_key_of
-from runyard.store.artifacts import DiskArtifacts
+from runyard.store.artifacts import ArtifactStore, open_artifacts
 
 WORK = "work"
 PID_FILE = "supervisor.pid"
@@ -77,9 +77,10 @@ class Supervisor:
         target = target_key_of(f"server {spec.server}", "") if spec.server else target_key_of(spec.db, spec.artifacts)
         (spool / TARGET_FILE).write_text(target)
         self.writer = Writer(spool, spec.run_id, f"sup{os.getpid()}", fsync=spec.fsync)
-        # The home's store, or a node's client.ServerBlobs: the part of the store that placing code
-        # and mounts and keeping outputs use.
-        self.artifacts: Any = artifacts if artifacts is not None else DiskArtifacts(Path(spec.artifacts))
+        # The home's store (a directory or S3), or a node's client.ServerBlobs: the part of the store
+        # that placing code and mounts and keeping outputs use.
+        self.artifacts: Any = artifacts if artifacts is not None else open_artifacts(
+            spec.artifacts, s3_endpoint=spec.s3_endpoint, scratch=self.home / "tmp")
         self.outputs = Outputs(self.work, self.artifacts, self._record_output, self.system,
                                self._written_by_command, spec.output_limit)
         self.stop_requested = threading.Event()
@@ -147,6 +148,7 @@ class Supervisor:
                      "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
         else:
             where = {"RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts,
+                     "RUNYARD_S3_ENDPOINT": spec.s3_endpoint or "",
                      "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus)}
         env = command_environment(environment, spec.env, {
             **{f"RUNYARD_PARAM_{k}": v for k, v in spec.params.items()},
@@ -192,7 +194,7 @@ class Supervisor:
                 pass  # not a Python that answers: the one that submitted the run will do
         return self.spec.python, list(self.spec.site_packages)
 
-    def _mount(self, mount: Any, artifacts: Any) -> None:
+    def _mount(self, mount: Any, artifacts: ArtifactStore) -> None:
         target = self.work / mount.target
         if target.exists() or target.is_symlink():  # the snapshot's: the mount takes its place, and says so
             directory = target.is_dir() and not target.is_symlink()

@@ -23,7 +23,7 @@ from runyard.names import (
 )
 from runyard.spool import records
 from runyard.store.api import IngestBatch, IngestResult, LogLine, RunInput, Store
-from runyard.store.artifacts import DiskArtifacts
+from runyard.store.artifacts import ArtifactStore
 from runyard.store.series import Points
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def _alert_rule(batch: IngestBatch, data: Any, time: float) -> None:
         batch.logs.append(LogLine(time, f"alert rule refused: {e}", "system"))
 
 
-def stage_artifacts(batch: IngestBatch, run_dir: Path, artifacts: DiskArtifacts) -> None:
+def stage_artifacts(batch: IngestBatch, run_dir: Path, artifacts: ArtifactStore) -> None:
     """Move files the SDK staged into the artifact store; drop records whose content is gone."""
     kept = []
     for path, size, sha256, ref, mode in batch.artifacts:
@@ -263,7 +263,7 @@ def stage_artifacts(batch: IngestBatch, run_dir: Path, artifacts: DiskArtifacts)
     batch.artifacts = kept
 
 
-def apply_records(store: Store, artifacts: DiskArtifacts, run_dir: Path, run_id: str, writer: str,
+def apply_records(store: Store, artifacts: ArtifactStore, run_dir: Path, run_id: str, writer: str,
                   recs: list[Any], cursor: int, watcher: Watcher | None = None) -> tuple[IngestResult | None, int]:
     """Apply the records after ``cursor``; returns the result and the new cursor. ``watcher``
     evaluates alert rules on what was applied.

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from runyard.ingest.alerting import Watcher
 from runyard.ingest.apply import apply_records
 from runyard.store.api import Store
-from runyard.store.artifacts import DiskArtifacts
+from runyard.store.artifacts import ArtifactStore
 
 
 class Sink(Protocol):
@@ -55,7 +55,7 @@ class StoreBacked:
 class StoreSink(StoreBacked):
     """Local mode: records go straight into the store (SQLite's single writer is the agent)."""
 
-    def __init__(self, store: Store, artifacts: DiskArtifacts, watcher: Watcher | None = None) -> None:
+    def __init__(self, store: Store, artifacts: ArtifactStore, watcher: Watcher | None = None) -> None:
         self.store = store
         self.artifacts = artifacts
         #: Evaluates alert rules on what is applied: every ingester does, whoever applies a batch.

@@ -45,7 +45,8 @@ def ensure_agent(settings: Settings) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update({"RUNYARD_HOME": str(settings.home), "RUNYARD_DB": settings.db,
-                "RUNYARD_ARTIFACTS": str(settings.artifacts), "RUNYARD_SERVER": settings.server or ""})
+                "RUNYARD_ARTIFACTS": settings.artifacts, "RUNYARD_S3_ENDPOINT": settings.s3_endpoint or "",
+                "RUNYARD_SERVER": settings.server or ""})
     if settings.token:
         env["RUNYARD_TOKEN"] = settings.token
     env.pop("RUNYARD_RUN_ID", None)

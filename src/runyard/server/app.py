@@ -51,7 +51,7 @@ from runyard.server.headers import SecurityHeaders
 from runyard.server.ratelimit import RateLimit
 from runyard.server.security import DATABASE_ANSWERED, BodyTooLarge, Gate, Policy, Principal, requires
 from runyard.store.api import RunQuery
-from runyard.store.artifacts import DiskArtifacts
+from runyard.store.artifacts import ArtifactStore
 from runyard.store.sql import SqlStore
 from runyard.store.tokens import Tokens
 from runyard.types import RECENT_FAILURES, RunStatus
@@ -191,7 +191,7 @@ def _principal(request: Request) -> Principal:
 class Server:
     """The app's shared parts: store, artifacts, hub. Handlers are methods bound to one of these."""
 
-    def __init__(self, settings: Settings, store: SqlStore, artifacts: DiskArtifacts, limits: Limits) -> None:
+    def __init__(self, settings: Settings, store: SqlStore, artifacts: ArtifactStore, limits: Limits) -> None:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
@@ -213,7 +213,7 @@ class Server:
         return self.store.get_run(ref, _principal(request).project)
 
 
-def create_app(settings: Settings, store: SqlStore, artifacts: DiskArtifacts, bind_host: str = "127.0.0.1",
+def create_app(settings: Settings, store: SqlStore, artifacts: ArtifactStore, bind_host: str = "127.0.0.1",
                port: int = 8765, allowed_hosts: tuple[str, ...] = (), limits: Limits | None = None,
                insecure_local: bool = False) -> FastAPI:
     """The app. Every request needs a token, but with ``insecure_local`` on loopback while none exists."""
@@ -438,7 +438,8 @@ def _routes(app: FastAPI, server: Server) -> None:
         them: those the server does not hold and, for a project token, those its project may not see
         yet (holding the bytes is the proof; the answer never says what other projects hold)."""
         wanted = [sha for sha in dict.fromkeys(body.sha256) if re.fullmatch(r"[0-9a-f]{64}", sha)]
-        held = [sha for sha in wanted if server.artifacts.has(sha)]
+        present = server.artifacts.has_many(wanted)
+        held = [sha for sha in wanted if sha in present]
         if (scope := _principal(request).project) is not None:
             seen = store.visible_content(scope, held)
             held = [sha for sha in held if sha in seen]
@@ -809,7 +810,7 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-def _read_span(artifacts: DiskArtifacts, ref: str, start: int, end: int) -> Iterator[bytes]:
+def _read_span(artifacts: ArtifactStore, ref: str, start: int, end: int) -> Iterator[bytes]:
     """The bytes ``start``..``end`` of a blob. Opened here, before the response starts, so a blob that
     is missing or refused (a symlink out of the store) is a 404 or 400, not a truncated 200."""
     f = artifacts.open(ref)
@@ -874,7 +875,7 @@ async def _receive_blob(request: Request, server: Server) -> Any:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit + 5:  # a msgpack bin header takes up to 5 bytes
         raise TooLarge(too_large)
-    tmp_dir = server.artifacts.root / "tmp"
+    tmp_dir = server.artifacts.scratch
     tmp_dir.mkdir(parents=True, exist_ok=True)
     async with server.uploads.slot():
         with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="upload-", delete=True) as tmp:

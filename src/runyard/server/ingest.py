@@ -39,7 +39,7 @@ from runyard.names import validate_project_name, validate_relpath
 from runyard.server.security import MAX_BODY as MAX_BODY  # the route's limit, one value
 from runyard.spool import records
 from runyard.store.api import IngestBatch, LogLine
-from runyard.store.artifacts import Blob, DiskArtifacts
+from runyard.store.artifacts import ArtifactStore, Blob
 from runyard.store.sql import SqlStore
 
 #: What an ingest body may hold, inflated or sent as is: the client sends at most 32 MiB of msgpack
@@ -202,7 +202,7 @@ def _readable(store: SqlStore, number: int, project_scope: str | None) -> bool:
     return project_scope is None or run.project == project_scope
 
 
-def apply(store: SqlStore, artifacts: DiskArtifacts, run_id: str, writer: str, items: list[Any],
+def apply(store: SqlStore, artifacts: ArtifactStore, run_id: str, writer: str, items: list[Any],
           project_scope: str | None, watcher: Watcher | None = None) -> Applied:
     recs, seqs = _records(items)
     cursor, number, project = store.ingest_state(run_id, writer)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from runyard.config import Settings
 from runyard.errors import SchemaError
-from runyard.store.artifacts import DiskArtifacts
+from runyard.store.artifacts import ArtifactStore, artifacts_of
 from runyard.store.engine import create_engine, dialect_of, masked
 from runyard.store.migrate import require_known, schema_state, upgrade
 from runyard.store.sql import SqlStore
@@ -28,7 +28,7 @@ from runyard.store.sql import SqlStore
 @dataclass
 class Opened:
     store: SqlStore
-    artifacts: DiskArtifacts
+    artifacts: ArtifactStore
     #: (from, to) when this call migrated the schema, else None.
     migrated: tuple[str | None, str] | None = None
 
@@ -58,7 +58,7 @@ def open_store(settings: Settings) -> Opened:
     except BaseException:
         engine.dispose()
         raise
-    artifacts = DiskArtifacts(settings.artifacts)
+    artifacts = artifacts_of(settings)
     artifacts.ensure()
     return Opened(SqlStore(engine), artifacts, migrated)
 

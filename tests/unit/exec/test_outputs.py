@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from runyard.exec.outputs import Outputs, written_by
-from runyard.store.artifacts import Blob, DiskArtifacts
+from runyard.store.artifacts import Blob
+from runyard.store.disk_artifacts import DiskArtifacts
 
 
 class CountingStore(DiskArtifacts):

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from runyard.exec import reclaim, venvs
-from runyard.store.artifacts import DiskArtifacts
+from runyard.store.artifacts import ArtifactStore, open_artifacts
+from runyard.store.disk_artifacts import DiskArtifacts
 
 
 class _Store:
@@ -35,9 +36,19 @@ def _files(tmp_path: Path, *texts: str) -> list[Path]:
     return paths
 
 
-def test_a_pack_is_removed_only_when_none_of_its_files_is_referred_to(tmp_path: Path) -> None:
-    artifacts = DiskArtifacts(tmp_path / "store")
-    artifacts.ensure()
+@pytest.fixture(params=["disk", "s3"])
+def artifacts(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    if request.param == "disk":
+        store = open_artifacts(tmp_path / "store")
+    else:
+        endpoint = request.getfixturevalue("s3_server").endpoint
+        store = open_artifacts(request.getfixturevalue("s3_location"), s3_endpoint=endpoint, scratch=tmp_path / "s")
+    store.ensure()
+    return store
+
+
+def test_a_pack_is_removed_only_when_none_of_its_files_is_referred_to(
+        tmp_path: Path, artifacts: ArtifactStore) -> None:
     kept = artifacts.put_pack(_files(tmp_path, "kept 1", "kept 2"))
     dropped = artifacts.put_pack(_files(tmp_path, "dropped 1", "dropped 2"))
     store = _Store({kept[0].sha256})
@@ -48,8 +59,11 @@ def test_a_pack_is_removed_only_when_none_of_its_files_is_referred_to(tmp_path: 
         artifacts.remove(sha)
     assert all(artifacts.has(b.sha256) for b in kept)
     assert not any(artifacts.has(b.sha256) for b in dropped)  # the index still names the pack; it is gone
-    again = DiskArtifacts(tmp_path / "store")
+    again = open_artifacts(artifacts.location, s3_endpoint=getattr(artifacts, "endpoint", None),
+                           scratch=tmp_path / "again")
     assert not any(again.has(b.sha256) for b in dropped) and again.read_bytes(kept[1].content_ref) == b"kept 2"
+    assert {sha for sha, _, _ in again.objects()} == {sha for sha, _, _ in artifacts.objects()}
+    assert len(list(again.objects())) == 1  # the kept pack
 
 
 def test_reusing_an_environment_marks_its_last_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

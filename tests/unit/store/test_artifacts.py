@@ -1,4 +1,8 @@
-"""The content-addressed artifact store: dedup, atomic writes, and every path that must be refused."""
+"""The content-addressed artifact store: dedup, atomic writes, and every path that must be refused.
+
+What both backends promise runs on both: the disk store and the S3 store on a real S3 server
+(SeaweedFS, ``tests/s3server.py``); what only the disk has (object files, modes) on the disk alone.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from runyard.errors import ArtifactPathError, NotFound
-from runyard.store.artifacts import DiskArtifacts, validate_relpath
+from runyard.store.artifacts import ArtifactStore, open_artifacts, validate_relpath
+from runyard.store.disk_artifacts import DiskArtifacts
 
 
 @pytest.fixture
@@ -17,6 +22,31 @@ def arts(tmp_path: Path) -> DiskArtifacts:
     a = DiskArtifacts(tmp_path / "store")
     a.ensure()
     return a
+
+
+@pytest.fixture(params=["disk", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    """An empty store of each backend, opened as runyard opens the configured one."""
+    if request.param == "disk":
+        a = open_artifacts(tmp_path / "store")
+    else:
+        from tests.conftest import S3Server
+
+        server: S3Server = request.getfixturevalue("s3_server")
+        a = open_artifacts(request.getfixturevalue("s3_location"), s3_endpoint=server.endpoint,
+                           scratch=tmp_path / "scratch")
+    a.ensure()
+    return a
+
+
+def reopened(store: ArtifactStore, tmp_path: Path) -> ArtifactStore:
+    """The same store as another process sees it (nothing remembered in memory)."""
+    endpoint = getattr(store, "endpoint", None)
+    return open_artifacts(store.location, s3_endpoint=endpoint, scratch=tmp_path / "other-scratch")
+
+
+def leftovers(store: ArtifactStore) -> list[Path]:
+    return [p for p in store.scratch.iterdir() if p.is_file()] if store.scratch.exists() else []
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -56,23 +86,51 @@ def test_ordinary_paths_are_accepted(path: str) -> None:
     assert validate_relpath(path) == path
 
 
-def test_identical_content_is_stored_once(arts: DiskArtifacts, tmp_path: Path) -> None:
+def test_identical_content_is_stored_once(store: ArtifactStore, tmp_path: Path) -> None:
     f = tmp_path / "w.bin"
     f.write_bytes(b"weights" * 1000)
-    a = arts.put_file(f)
-    b = arts.put_bytes(b"weights" * 1000)
+    a = store.put_file(f)
+    b = store.put_bytes(b"weights" * 1000)
     assert a == b and a.sha256 == hashlib.sha256(b"weights" * 1000).hexdigest() and a.size == 7000
-    objects = [p for p in (arts.root / "objects").rglob("*") if p.is_file()]
-    assert len(objects) == 1
-    assert arts.read_bytes(a.content_ref) == b"weights" * 1000
-    assert list((arts.root / "tmp").iterdir()) == []  # no temporary file left behind
+    assert [(sha, size) for sha, size, _ in store.objects()] == [(a.sha256, 7000)]
+    assert store.read_bytes(a.content_ref) == b"weights" * 1000
+    assert store.size(a.sha256) == 7000 and store.has(a.sha256) and store.exists(a.content_ref)
+    assert leftovers(store) == []  # no temporary file left behind
 
 
-def test_missing_content_and_source_are_reported(arts: DiskArtifacts, tmp_path: Path) -> None:
-    with pytest.raises(NotFound, match="missing from the store"):
-        arts.open("sha256:" + "0" * 64)
+def test_missing_content_and_source_are_reported(store: ArtifactStore, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="missing from"):
+        store.open("sha256:" + "0" * 64)
     with pytest.raises(NotFound, match="no such file"):
-        arts.put_file(tmp_path / "absent")
+        store.put_file(tmp_path / "absent")
+    assert not store.has("0" * 64) and store.size("0" * 64) is None
+    assert not store.has("../../etc/passwd") and store.has_many(["../x", "0" * 64]) == set()
+
+
+def test_has_many_answers_for_a_mix_of_objects_packed_files_and_absent_ones(
+        store: ArtifactStore, tmp_path: Path) -> None:
+    singles = [store.put_bytes(f"single {i}".encode()).sha256 for i in range(3)]
+    sources = []
+    for i in range(5):
+        (tmp_path / f"p{i}").write_text(f"packed {i}")
+        sources.append(tmp_path / f"p{i}")
+    packed = [b.sha256 for b in store.put_pack(sources)]
+    absent = [hashlib.sha256(f"absent {i}".encode()).hexdigest() for i in range(4)]
+    assert store.has_many(singles + packed + absent) == set(singles + packed)
+    assert reopened(store, tmp_path).has_many(singles + packed + absent) == set(singles + packed)
+
+
+def test_a_stored_file_reads_back_in_ranges_and_removes(store: ArtifactStore, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    blob = store.put_bytes(data)
+    with reopened(store, tmp_path).open(blob.content_ref) as f:
+        assert f.seek(0, 2) == len(data)
+        f.seek(1000)
+        assert f.read(10) == data[1000:1010]
+        f.seek(len(data) - 5)
+        assert f.read() == data[-5:]
+    assert store.remove(blob.sha256) == len(data)
+    assert not reopened(store, tmp_path).has(blob.sha256) and store.remove(blob.sha256) == 0
 
 
 def test_an_object_symlinked_out_of_the_store_is_not_read(arts: DiskArtifacts, tmp_path: Path) -> None:
@@ -97,7 +155,8 @@ def test_a_store_directory_symlinked_elsewhere_is_not_written(tmp_path: Path) ->
     assert list(outside.iterdir()) == []
 
 
-def test_export_never_writes_through_a_symlink(arts: DiskArtifacts, tmp_path: Path) -> None:
+def test_export_never_writes_through_a_symlink(store: ArtifactStore, tmp_path: Path) -> None:
+    arts = store
     blob = arts.put_bytes(b"checkpoint")
     dest, outside = tmp_path / "dest", tmp_path / "outside"
     outside.mkdir()
@@ -117,7 +176,8 @@ def test_export_never_writes_through_a_symlink(arts: DiskArtifacts, tmp_path: Pa
     assert arts.export(blob.content_ref, dest, "ckpt/model.pt").read_bytes() == b"checkpoint"
 
 
-def test_a_logged_directory_cannot_smuggle_files_through_symlinks(arts: DiskArtifacts, tmp_path: Path) -> None:
+def test_a_logged_directory_cannot_smuggle_files_through_symlinks(store: ArtifactStore, tmp_path: Path) -> None:
+    arts = store
     src = tmp_path / "outputs"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "a.txt").write_text("a")
@@ -136,20 +196,25 @@ def test_objects_are_read_only_files(arts: DiskArtifacts) -> None:
     assert oct(os.stat(path).st_mode & 0o777) == "0o444"
 
 
-def test_many_files_go_in_as_one_pack_and_read_back_one_by_one(arts: DiskArtifacts, tmp_path: Path) -> None:
+def test_many_files_go_in_as_one_pack_and_read_back_one_by_one(store: ArtifactStore, tmp_path: Path) -> None:
     sources = []
     for i in range(20):
         f = tmp_path / f"f{i}.txt"
         f.write_text(f"content {i % 5}" * (i + 1))
         sources.append(f)
-    blobs = arts.put_pack(sources)
+    blobs = store.put_pack(sources)
     assert [b.sha256 for b in blobs] == [hashlib.sha256(s.read_bytes()).hexdigest() for s in sources]
-    assert len([p for p in (arts.root / "objects").rglob("*") if p.is_file()]) == 1  # the pack
-    assert list((arts.root / "tmp").iterdir()) == []
-    fresh = DiskArtifacts(arts.root)  # another process: finds them through the index
+    assert len(list(store.objects())) == 1  # the pack
+    assert leftovers(store) == []
+    fresh = reopened(store, tmp_path)  # another process: finds them through the index
+    assert fresh.pack_members() == {next(iter(store.objects()))[0]: {b.sha256 for b in blobs}}
     for source, blob in zip(sources, blobs, strict=True):
         assert fresh.has(blob.sha256) and fresh.exists(blob.content_ref)
         assert fresh.read_bytes(blob.content_ref) == source.read_bytes()
+        assert fresh.size(blob.sha256) == source.stat().st_size
     assert not fresh.has("0" * 64)
     out = fresh.export(blobs[3].content_ref, tmp_path / "dest", "a/b.txt")
     assert out.read_bytes() == sources[3].read_bytes()
+    pack = next(iter(store.objects()))[0]
+    fresh.remove(pack)  # gc removes a pack with all its files: they are gone, not misread
+    assert reopened(store, tmp_path).has_many([b.sha256 for b in blobs]) == set()

@@ -1,0 +1,195 @@
+"""What only the S3 store does, against a real S3 server (SeaweedFS): multipart uploads, batched
+existence checks, snapshots that upload nothing when nothing changed, damaged or missing objects
+and unreachable servers reported in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+from tests.s3server import S3Server
+
+from runyard.errors import ArtifactError, NotFound
+from runyard.exec.snapshot import materialise, take
+from runyard.store import s3_artifacts
+from runyard.store.s3_artifacts import HEAD_LIMIT, S3Artifacts
+
+MIB = 1 << 20
+
+
+def s3_store(s3_server: S3Server, location: str, tmp_path: Path, **options: int) -> S3Artifacts:
+    store = S3Artifacts.from_url(location, endpoint=s3_server.endpoint, scratch=tmp_path / "scratch")
+    for key, value in options.items():
+        setattr(store, key, value)
+    store.ensure()
+    return store
+
+
+def bucket_and_key(store: S3Artifacts, sha: str) -> tuple[str, str]:
+    return store.bucket, store._object_key(sha)
+
+
+def test_a_file_over_the_multipart_threshold_goes_up_in_parts_and_comes_back_whole(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    store = s3_store(s3_server, s3_location, tmp_path, multipart_threshold=5 * MIB, multipart_chunk=5 * MIB)
+    big = tmp_path / "checkpoint.bin"
+    big.write_bytes(os.urandom(11 * MIB + 123))
+    blob = store.put_file(big)
+    assert blob.sha256 == hashlib.sha256(big.read_bytes()).hexdigest() and blob.size == 11 * MIB + 123
+    bucket, key = bucket_and_key(store, blob.sha256)
+    etag = s3_server.client().head_object(Bucket=bucket, Key=key)["ETag"]
+    assert etag.strip('"').endswith("-3"), etag  # three parts: 5 + 5 + 1 MiB
+    again = s3_store(s3_server, s3_location, tmp_path)
+    out = again.export(blob.content_ref, tmp_path / "dest", "ckpt/model.bin")
+    assert out.read_bytes() == big.read_bytes()
+    with again.open(blob.content_ref) as f:  # ranged reads: what the server's download route streams
+        f.seek(6 * MIB)
+        assert f.read(100) == big.read_bytes()[6 * MIB:6 * MIB + 100]
+    assert again.requests.get("get_object") == 2  # one ranged GET each, never the object into memory first
+    # Storing it again sends nothing: the content is there.
+    before = dict(store.requests)
+    assert store.put_file(big) == blob
+    assert store.requests.get("upload") == before.get("upload") and store.requests.get("put_object") is None
+    # Under the threshold (the default 64 MiB) but past what is held in memory: one PUT from a file.
+    middle = tmp_path / "middle.bin"
+    middle.write_bytes(os.urandom(9 * MIB))
+    plain = s3_store(s3_server, s3_location, tmp_path)
+    blob = plain.put_file(middle)
+    assert plain.requests["upload"] == 1 and "put_object" not in plain.requests
+    assert "-" not in s3_server.client().head_object(Bucket=bucket, Key=plain._object_key(blob.sha256))["ETag"]
+    assert plain.read_bytes(blob.content_ref) == middle.read_bytes()
+
+
+def test_many_existence_checks_are_batched_not_one_request_per_object(
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = s3_store(s3_server, s3_location, tmp_path)
+    stored = [store.put_bytes(f"object {i}".encode()).sha256 for i in range(300)]
+    absent = [hashlib.sha256(f"absent {i}".encode()).hexdigest() for i in range(50)]
+    fresh = s3_store(s3_server, s3_location, tmp_path)
+    assert fresh.has_many(stored + absent) == set(stored)
+    assert fresh.requests.get("head_object") is None  # listed, not 350 HEADs
+    assert fresh.requests["list_objects_v2"] == 3  # the packs, one shard, then (a small store) all of it
+    bigger = s3_store(s3_server, s3_location, tmp_path)
+    monkeypatch.setattr(s3_artifacts, "WHOLE_LISTING", 0)  # as if the store were too big to list whole
+    assert bigger.has_many(stored + absent) == set(stored)
+    shards = len({sha[:2] for sha in stored + absent})
+    assert bigger.requests.get("head_object") is None and bigger.requests["list_objects_v2"] == 1 + shards
+    few = s3_store(s3_server, s3_location, tmp_path)
+    assert few.has_many(stored[:5] + absent[:5]) == set(stored[:5])
+    assert few.requests["head_object"] == 10 <= HEAD_LIMIT
+
+
+def test_a_second_snapshot_of_an_unchanged_tree_uploads_nothing(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    tree = tmp_path / "project"
+    (tree / "pkg").mkdir(parents=True)
+    for i in range(200):
+        (tree / "pkg" / f"m{i}.py").write_text(f"X = {i}\n")
+    (tree / "weights.bin").write_bytes(os.urandom(MIB + 1))  # big: an object of its own, not packed
+    cache = tmp_path / "snapshot-cache.json"
+    first_store = s3_store(s3_server, s3_location, tmp_path)
+    first = take(tree, first_store, cache)
+    assert first.files == 201 and first.new_bytes > MIB
+    assert first_store.requests["put_object"] == 4  # the pack, its index, the big file, the manifest
+    second_store = s3_store(s3_server, s3_location, tmp_path)  # another `runyard run`, a new process
+    second = take(tree, second_store, cache)
+    assert second.id == first.id and second.new_bytes == 0
+    assert "put_object" not in second_store.requests and "upload" not in second_store.requests
+    (tree / "pkg" / "m0.py").write_text("X = 'changed'\n")
+    third_store = s3_store(s3_server, s3_location, tmp_path)
+    third = take(tree, third_store, cache)
+    assert third.id != first.id and third.new_bytes == len("X = 'changed'\n")
+
+
+def test_a_damaged_or_missing_object_is_an_error_that_names_it(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    store = s3_store(s3_server, s3_location, tmp_path)
+    blob = store.put_bytes(b"the real checkpoint")
+    bucket, key = bucket_and_key(store, blob.sha256)
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"the fake checkpoint")
+    fresh = s3_store(s3_server, s3_location, tmp_path)
+    with pytest.raises(ArtifactError, match=r"sha256:[0-9a-f]{12}\.\.\. in s3://.* is damaged"):
+        fresh.read_bytes(blob.content_ref)
+    with pytest.raises(ArtifactError, match="is damaged"):
+        fresh.export(blob.content_ref, tmp_path / "dest", "model.bin")
+    assert not (tmp_path / "dest" / "model.bin").exists()  # nothing half-written in its place
+    s3_server.client().delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(NotFound, match="is missing from s3://"):
+        s3_store(s3_server, s3_location, tmp_path).open(blob.content_ref)
+
+
+def test_an_unreachable_server_a_missing_bucket_and_refused_credentials_are_one_line_errors(
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = S3Artifacts.from_url("s3://nowhere/x", endpoint="http://127.0.0.1:1", scratch=tmp_path)
+    with pytest.raises(ArtifactError) as caught:
+        dead.put_bytes(b"x")
+    assert "cannot reach s3://nowhere/x (endpoint http://127.0.0.1:1)" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    no_bucket = S3Artifacts.from_url("s3://no-such-bucket-here/x", endpoint=s3_server.endpoint, scratch=tmp_path)
+    with pytest.raises(ArtifactError, match="the bucket 'no-such-bucket-here' does not exist"):
+        no_bucket.check()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    refused = S3Artifacts.from_url(s3_location, endpoint=s3_server.endpoint, scratch=tmp_path)
+    with pytest.raises(ArtifactError, match="refused the credentials"):
+        refused.put_bytes(b"x")
+
+
+def test_content_stored_again_long_after_it_was_written_is_marked_written_now(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    # As the disk store touches an object stored again: `runyard gc` keeps what was written recently,
+    # so a snapshot reusing old content does not lose it before its run is queued.
+    store = s3_store(s3_server, s3_location, tmp_path)
+    blob = store.put_bytes(b"manifest of an unchanged tree")
+    bucket, key = bucket_and_key(store, blob.sha256)
+    written = s3_server.client().head_object(Bucket=bucket, Key=key)["LastModified"]
+    time.sleep(1.1)
+    recent = s3_store(s3_server, s3_location, tmp_path)
+    recent.put_bytes(b"manifest of an unchanged tree")  # written a second ago: left alone
+    assert "copy_object" not in recent.requests and "put_object" not in recent.requests
+    assert s3_server.client().head_object(Bucket=bucket, Key=key)["LastModified"] == written
+    old = s3_store(s3_server, s3_location, tmp_path, refresh_after=1)
+    old.put_bytes(b"manifest of an unchanged tree")
+    assert old.requests["copy_object"] == 1 and "put_object" not in old.requests
+    assert s3_server.client().head_object(Bucket=bucket, Key=key)["LastModified"] > written
+    assert old.read_bytes(blob.content_ref) == b"manifest of an unchanged tree"
+
+
+def test_a_snapshot_is_materialised_with_a_few_requests_not_one_per_file(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    tree = tmp_path / "project"
+    tree.mkdir()
+    for i in range(200):
+        (tree / f"m{i}.py").write_text(f"X = {i}\n")
+    snap = take(tree, s3_store(s3_server, s3_location, tmp_path), tmp_path / "cache.json")
+    elsewhere = S3Artifacts.from_url(s3_location, endpoint=s3_server.endpoint, scratch=tmp_path / "node")  # a new node
+    work = tmp_path / "work"
+    materialise(snap.id, elsewhere, work)
+    assert sorted(p.name for p in work.iterdir()) == sorted(p.name for p in tree.iterdir())
+    assert (work / "m7.py").read_text() == "X = 7\n"
+    # the manifest (HEAD, GET), the packs listed, their index and the pack itself: one GET for 200 files
+    assert sum(elsewhere.requests.values()) <= 6, elsewhere.requests
+
+
+def test_without_boto3_the_error_says_which_extra_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if it were not installed
+    store = S3Artifacts.from_url("s3://bucket/prefix", endpoint="http://127.0.0.1:1", scratch=tmp_path)
+    with pytest.raises(ArtifactError, match=r"needs boto3, which is not installed: pip install 'runyard\[s3\]'"):
+        store.has("0" * 64)
+
+
+def test_what_a_long_lived_process_knows_is_stored_is_asked_again_after_a_while(
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server remembers what it stored, but not forever: content another process removed (gc) is
+    # soon reported missing again, so a client uploads it instead of referring to nothing.
+    store = s3_store(s3_server, s3_location, tmp_path)
+    blob = store.put_bytes(b"uploaded once")
+    bucket, key = bucket_and_key(store, blob.sha256)
+    s3_server.client().delete_object(Bucket=bucket, Key=key)  # removed by another process
+    assert store.has(blob.sha256)  # remembered: no request
+    monkeypatch.setattr(s3_artifacts, "KNOWN_FOR", 0.0)
+    assert not store.has(blob.sha256) and store.size(blob.sha256) is None
