@@ -28,6 +28,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.rayhead, as the tests stop a head
+from tests.rayhead import stop_head
+
 BIN = Path(sys.executable).parent
 
 
@@ -117,7 +120,7 @@ class Setup:
 
         os.killpg(self.server.pid, signal.SIGTERM)
         self.server.wait(30)
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=base_env(), capture_output=True, timeout=120)
+        stop_head(self.ray_tmp)  # this head only: `ray stop` ends every Ray cluster of the machine
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.rayhead import stop_head
 from tests.unit.server.conftest import free_port
 
 #: Seconds `ray start` may take on a busy machine.
@@ -76,5 +77,5 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     try:
         yield RayHead(address, temp_dir)
     finally:
-        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_head(temp_dir)  # not `ray stop`, which would end every Ray cluster of the machine
         shutil.rmtree(temp_dir, ignore_errors=True)
