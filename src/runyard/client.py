@@ -462,37 +462,43 @@ class RemoteArtifacts:
         self.client = client
 
     def download(self, run: int, entry: ArtifactEntry, dest_root: Path, relpath: str) -> Path:
-        import hashlib
-        import os
-        import tempfile
+        return _download(self.client, f"/runs/{run}/artifacts/{quote(entry.path, safe='/')}", entry.sha256,
+                         dest_root, relpath, entry.path)
 
-        import httpx
 
-        from runyard.files import place
+def _download(client: Client, path: str, sha256: str, dest_root: Path, relpath: str, what: str) -> Path:
+    """Stream ``GET path`` to ``dest_root/relpath`` (the local export's rules: no symlink in dest_root
+    is followed), through a temporary file that replaces the target only once its SHA-256 matches."""
+    import hashlib
+    import os
+    import tempfile
 
-        target = place(dest_root, relpath)  # the local export's rules: no symlink in dest_root is followed
-        digest = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, self.client.http.stream(
-                    "GET", f"{wire.API_PREFIX}/runs/{run}/artifacts/{quote(entry.path, safe='/')}") as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise self.client._error(response)
-                for chunk in response.iter_bytes(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-        except httpx.TransportError as e:
-            raise ServerError(f"downloading {entry.path} from {self.client.url} failed: {e}") from None
-        else:
-            if digest.hexdigest() != entry.sha256:
-                raise ServerError(f"{entry.path}: the downloaded content does not match its SHA-256; try again")
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
+    import httpx
 
+    from runyard.files import place
+
+    client._authorize()
+    target = place(dest_root, relpath)
+    digest = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, client.http.stream("GET", f"{wire.API_PREFIX}{path}") as response:
+            if response.status_code >= 400:
+                response.read()
+                raise client._error(response)
+            for chunk in response.iter_bytes(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except httpx.TransportError as e:
+        raise ServerError(f"downloading {what} from {client.url} failed: {e}") from None
+    else:
+        if digest.hexdigest() != sha256:
+            raise ServerError(f"{what}: the downloaded content does not match its SHA-256; try again")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 class ServerBlobs:
@@ -527,39 +533,8 @@ class ServerBlobs:
 
     def export(self, content_ref: str, dest_root: Path, relpath: str) -> Path:
         """Download a blob to ``dest_root/relpath`` (the local export's rules), checking its SHA-256."""
-        import hashlib
-        import os
-        import tempfile
-
-        import httpx
-
-        from runyard.files import place
-
         sha = content_ref.removeprefix("sha256:")
-        self.client._authorize()
-        target = place(dest_root, relpath)
-        digest = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, \
-                    self.client.http.stream("GET", f"{wire.API_PREFIX}/blobs/{sha}") as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise self.client._error(response)
-                for chunk in response.iter_bytes(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if digest.hexdigest() != sha:
-                raise ServerError(f"the server sent content whose SHA-256 is {digest.hexdigest()}, not {sha}")
-            tmp.replace(target)
-        except httpx.TransportError as e:
-            tmp.unlink(missing_ok=True)
-            raise ServerError(f"downloading {sha} from {self.client.url} failed: {e}") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return target
+        return _download(self.client, f"/blobs/{sha}", sha, dest_root, relpath, sha)
 
     def put_stream(self, src: BinaryIO) -> Any:
         """Upload a seekable file's content (read twice: to name it, then to send it)."""
