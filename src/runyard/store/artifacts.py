@@ -10,12 +10,12 @@ everything else gets its store from :func:`open_artifacts` and types against ``A
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from runyard.errors import ArtifactError
+from runyard.errors import ArtifactError, NotFound
 from runyard.names import validate_relpath
 
 if TYPE_CHECKING:
@@ -46,6 +46,18 @@ def sha_of_ref(content_ref: str) -> str:
     if not m:
         raise ArtifactError(f"not a content reference: {content_ref!r} (expected sha256:<64 hex digits>)")
     return m.group(1)
+
+
+def put_file_with(put_stream: Callable[[BinaryIO], Blob], source: Path) -> Blob:
+    """Store a file through a store's ``put_stream``, a missing file or a directory said in words."""
+    source = Path(source)
+    try:
+        with source.open("rb") as src:
+            return put_stream(src)
+    except FileNotFoundError:
+        raise NotFound(f"cannot store {source}: no such file") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"cannot store {source} as a file: it is a directory") from None
 
 
 class ArtifactStore(Protocol):

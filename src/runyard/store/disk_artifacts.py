@@ -31,7 +31,7 @@ from runyard.files import fsync_dir, place
 from runyard.names import validate_relpath
 from runyard.store.artifacts import CHUNK as _CHUNK
 from runyard.store.artifacts import SHA as _SHA
-from runyard.store.artifacts import Blob, sha_of_ref
+from runyard.store.artifacts import Blob, put_file_with, sha_of_ref
 
 #: The index of packed objects, at the store's root (see ``DiskArtifacts.put_pack``).
 PACK_INDEX = "packs.idx"
@@ -86,14 +86,7 @@ class DiskArtifacts:
         return self._commit(sha, len(data), lambda f: f.write(data))
 
     def put_file(self, source: Path) -> Blob:
-        source = Path(source)
-        try:
-            with source.open("rb") as src:
-                return self.put_stream(src)
-        except FileNotFoundError:
-            raise NotFound(f"cannot store {source}: no such file") from None
-        except IsADirectoryError:
-            raise ArtifactError(f"cannot store {source} as a file: it is a directory") from None
+        return put_file_with(self.put_stream, source)
 
     def put_stream(self, src: BinaryIO) -> Blob:
         """Store what is left to read of an open file (one the caller opened safely, say)."""

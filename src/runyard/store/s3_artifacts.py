@@ -38,7 +38,7 @@ from typing import IO, Any, BinaryIO, TypeVar
 
 from runyard.errors import ArtifactError, NotFound
 from runyard.files import place
-from runyard.store.artifacts import CHUNK, SHA, Blob, sha_of_ref
+from runyard.store.artifacts import CHUNK, SHA, Blob, put_file_with, sha_of_ref
 from runyard.store.disk_artifacts import walk_tree
 
 #: Files of this size or more go up in parts (each ``MULTIPART_CHUNK`` bytes), several at a time.
@@ -357,14 +357,7 @@ class S3Artifacts:
         return Blob(sha, len(data))
 
     def put_file(self, source: Path) -> Blob:
-        source = Path(source)
-        try:
-            with source.open("rb") as src:
-                return self.put_stream(src)
-        except FileNotFoundError:
-            raise NotFound(f"cannot store {source}: no such file") from None
-        except IsADirectoryError:
-            raise ArtifactError(f"cannot store {source} as a file: it is a directory") from None
+        return put_file_with(self.put_stream, source)
 
     def put_stream(self, src: BinaryIO) -> Blob:
         """Store what is left to read of an open file. Small content is read into memory and sent in
