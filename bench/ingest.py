@@ -679,6 +679,23 @@ def bench_latency(served: Served, engine_name: str, tmp: Path, points: int, inte
 # -- main ------------------------------------------------------------------------------------------
 
 
+def print_table(rows: list[Row], figures: dict[str, Any], as_json: bool) -> None:
+    """The table of figures beside their targets, the verdicts, and (``as_json``) all as JSON;
+    bench/scale.py prints its sections the same way."""
+    width = max(len(r.benchmark) for r in rows)
+    header = f"{'benchmark':<{width}}  {'engine':<10}  {'target':<22}  {'measured':<30}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.benchmark:<{width}}  {r.engine:<10}  {r.target:<22}  {r.measured:<30}")
+    print()
+    for r in rows:
+        if r.ok is not None:
+            print(f"{'met    ' if r.ok else 'MISSED '}  {r.engine:<10}  {r.benchmark.strip()}  ({r.target})")
+    if as_json:
+        print(json.dumps({"figures": figures, "rows": [asdict(r) for r in rows]}, indent=2))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: check the benchmark runs")
@@ -724,18 +741,7 @@ def main() -> int:
             figures[engine_name] = {"throughput": t_fig, "latency": l_fig}
             print(json.dumps({engine_name: figures[engine_name]}), file=sys.stderr, flush=True)
 
-    width = max(len(r.benchmark) for r in rows)
-    header = f"{'benchmark':<{width}}  {'engine':<10}  {'target':<22}  {'measured':<30}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r.benchmark:<{width}}  {r.engine:<10}  {r.target:<22}  {r.measured:<30}")
-    print()
-    for r in rows:
-        if r.ok is not None:
-            print(f"{'met    ' if r.ok else 'MISSED '}  {r.engine:<10}  {r.benchmark.strip()}  ({r.target})")
-    if args.json:
-        print(json.dumps({"figures": figures, "rows": [asdict(r) for r in rows]}, indent=2))
+    print_table(rows, figures, args.json)
     return 0
 
 

@@ -44,7 +44,6 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import asdict
 from types import ModuleType
 from typing import Any
 
@@ -228,18 +227,7 @@ def main() -> int:
         ray_rows, figures["ray"] = _section("scale_ray").bench_ray(args.quick)
         rows += [_ingest_bench().Row(label, "sqlite", target, measured, None, None)
                  for label, target, measured in ray_rows]
-    width = max(len(r.benchmark) for r in rows)
-    header = f"{'benchmark':<{width}}  {'engine':<10}  {'target':<22}  {'measured':<30}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r.benchmark:<{width}}  {r.engine:<10}  {r.target:<22}  {r.measured:<30}")
-    print()
-    for r in rows:
-        if r.ok is not None:
-            print(f"{'met    ' if r.ok else 'MISSED '}  {r.engine:<10}  {r.benchmark.strip()}  ({r.target})")
-    if args.json:
-        print(json.dumps({"figures": figures, "rows": [asdict(r) for r in rows]}, indent=2))
+    _ingest_bench().print_table(rows, figures, args.json)
     return 0
 
 
