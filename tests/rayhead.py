@@ -14,13 +14,21 @@ def stop_head(temp_dir: Path, timeout: float = 10.0) -> int:
 
     marker = str(temp_dir)
     doomed: dict[int, psutil.Process] = {}
-    for process in psutil.process_iter(["cmdline"]):
+    everyone = list(psutil.process_iter(["cmdline"]))
+    for process in everyone:
         try:
             if any(part.endswith(marker) or marker + "/" in part for part in process.info["cmdline"] or []):
                 doomed[process.pid] = process
                 doomed.update((child.pid, child) for child in process.children(recursive=True))
         except psutil.Error:
             continue
+    # Ray's client server names neither the temp dir nor a parent of the head (it is re-parented to
+    # init), only the head's GCS address, which the dashboard names too.
+    gcs = {part.split("=", 1)[1] for process in everyone if process.pid in doomed
+           for part in process.info["cmdline"] or [] if part.startswith("--gcs-address=")}
+    for process in everyone:
+        if any(part.split("=", 1)[1] in gcs for part in process.info["cmdline"] or [] if part.startswith("--address=")):
+            doomed[process.pid] = process
     for process in doomed.values():
         try:
             process.terminate()

@@ -196,3 +196,37 @@ def test_pip_runs_on_a_node_share_its_environment_and_leave_no_home_behind(clust
         time.sleep(0.5)
     assert not any(home.exists() for home in homes), homes
     assert list((cluster.ray.temp_dir / "node-cache" / "envs").iterdir())
+
+
+def test_runs_wait_in_runyards_queue_by_priority_while_other_work_holds_a_gpu(cluster: Cluster) -> None:
+    # Someone else's Ray job holds one of the two GPUs. Runs beyond the free one would wait in Ray's
+    # own queue, first come first served; they wait in runyard's, where priorities count.
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    jobs = JobSubmissionClient(cluster.ray.address)
+    deadline = time.monotonic() + 60
+    while True:
+        try:  # a head just started may have no job agent yet
+            other = jobs.submit_job(entrypoint="sleep 120", entrypoint_num_gpus=1)
+            break
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    try:
+        while jobs.get_job_status(other) != JobStatus.RUNNING:
+            assert time.monotonic() < deadline, jobs.get_job_logs(other)
+            time.sleep(0.5)
+        first = cluster.launch("--gpus", "1", "--", "python", "train.py", "25")
+        cluster.wait([first], {"running"}, timeout=120)
+        low = cluster.launch("--gpus", "1", "--priority", "0", "--", "python", "train.py", "1")
+        time.sleep(8)  # several scheduler passes and cluster reports: `low` must not be sent meanwhile
+        assert cluster.run(low)["status"] == "queued", cluster.server_log()
+        high = cluster.launch("--gpus", "1", "--priority", "10", "--", "python", "train.py", "1")
+        runs = cluster.wait([first, low, high], {"finished", "failed", "lost", "stopped"}, timeout=180)
+        assert {n: r["status"] for n, r in runs.items()} == dict.fromkeys(runs, "finished"), cluster.server_log()
+        # While the other job held its GPU, ours ran one at a time, the higher priority first.
+        assert float(runs[high]["started_at"]) < float(runs[low]["started_at"])  # type: ignore[arg-type]
+        assert _most_at_once(list(runs.values())) == 1
+    finally:
+        jobs.stop_job(other)

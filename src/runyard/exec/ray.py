@@ -8,13 +8,16 @@ home: the job gets the run's launch spec, the runyard server as the nodes reach 
 revoked once the run ended), and reads its code from the server, which it ships its records to.
 
 The queue still decides what starts: the agent schedules Ray runs against what the cluster has
-(``machine``: its GPUs, CPU cores and memory, from the dashboard), the runs it sent there counted,
-so that runs wait in runyard's queue, by priority, not in Ray's.
+free (``machine``: its GPUs, CPU cores and memory, its nodes' sizes and what other work takes, from
+the dashboard), the runs it sent there counted, so that runs wait in runyard's queue, by priority,
+not in Ray's; a run no node could hold fails at once with the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from runyard.errors import ConfigError
@@ -50,6 +53,31 @@ def jobs_address(settings: Settings) -> str:
     return address.rstrip("/")
 
 
+def machine_of(host: str, status: dict[str, Any], executor: str = "ray") -> Machine:
+    """A Machine from the ``clusterStatus`` of Ray's ``/api/cluster_status``: the totals, each
+    node's size (``usageByNode``: resource -> [used, total]) and the use when it was reported."""
+    from runyard.exec.scheduler import Machine
+
+    metrics = status["loadMetricsReport"]
+    usage = metrics["usage"]
+    total = {name: float(pair[1]) for name, pair in usage.items()}
+    cpus = int(total.get("CPU", 0))
+    if cpus == 0:  # a head just started has not reported its own resources yet
+        raise ConfigError(f"the Ray cluster at {host.removeprefix('ray ')} reports no nodes yet")
+    nodes = tuple(
+        (int(node.get("GPU", (0, 0))[1]), int(node.get("CPU", (0, 0))[1]), int(node.get("memory", (0, 0))[1]))
+        for node in (metrics.get("usageByNode") or {}).values()
+    )
+
+    def used(name: str) -> int:
+        return math.ceil(float(usage.get(name, (0, 0))[0]))
+
+    # The slots setting is this machine's; on a cluster, runs wait for GPUs, cores and memory.
+    return Machine(host, max(1, cpus), int(total.get("GPU", 0)), cpus, int(total.get("memory", 0)),
+                   executor=executor, nodes=nodes, used=(used("GPU"), used("CPU"), used("memory")),
+                   measured_at=float(status.get("time") or time.time()))
+
+
 class RayExecutor:
     name = "ray"
 
@@ -74,23 +102,20 @@ class RayExecutor:
     # -- what the cluster has ----------------------------------------------------------------------
 
     def machine(self) -> Machine:
-        """The cluster as one machine: its GPUs, CPU cores and memory (Ray's cluster status)."""
+        """The cluster as one machine: its GPUs, CPU cores and memory, its nodes' sizes and what
+        is in use on it (Ray's cluster status, as its autoscaler monitor last reported it)."""
         import httpx
-
-        from runyard.exec.scheduler import Machine
 
         try:
             report = httpx.get(f"{self.address}/api/cluster_status", timeout=10.0).json()
-            usage = report["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
+            status = report["data"]["clusterStatus"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"no Ray cluster answers at {self.address} ({type(e).__name__}: {e})") from None
-        total = {name: float(pair[1]) for name, pair in usage.items()}
-        cpus = int(total.get("CPU", 0))
-        if cpus == 0:  # a head just started has not reported its own resources yet
-            raise ConfigError(f"the Ray cluster at {self.address} reports no nodes yet")
-        # The slots setting is this machine's; on a cluster, runs wait for GPUs, cores and memory.
-        return Machine(f"ray {self.address}", max(1, cpus), int(total.get("GPU", 0)), cpus, int(total.get("memory", 0)),
-                       executor=self.name)
+        try:
+            return machine_of(f"ray {self.address}", status, self.name)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ConfigError(f"the Ray cluster at {self.address} sent a status runyard cannot read "
+                              f"({type(e).__name__}: {e})") from None
 
     # -- the Executor protocol ---------------------------------------------------------------------
 

@@ -41,6 +41,10 @@ from runyard.types import RunStatus
 START_TIMEOUT = 120.0
 #: Seconds between asking the executor to let go of what it made for runs that ended.
 FORGET_EVERY = 2.0
+#: Seconds between measurements of a cluster: other work on it takes and frees resources.
+MEASURE_EVERY = 2.0
+#: Seconds a run that ended is still counted as holding its resources in a cluster's reports.
+ENDED_HELD_FOR = 60.0
 
 
 def default_slots(gpu_count: int) -> int:
@@ -87,6 +91,13 @@ class Machine:
     memory: int
     #: The executor whose runs it takes: a cluster behind an executor is one machine of that kind.
     executor: str = "local"
+    #: A cluster's nodes, each (GPUs, CPU cores, bytes of memory): a run must fit on one of them.
+    #: Empty for one machine.
+    nodes: tuple[tuple[int, int, int], ...] = ()
+    #: What was in use on a cluster when it was measured (GPUs, CPU cores, bytes of memory), by
+    #: runyard's runs and any other work, and when (``time.time()`` of the cluster's report).
+    used: tuple[int, int, int] = (0, 0, 0)
+    measured_at: float = 0.0
 
     @classmethod
     def here(cls, settings: Settings, gpus: int) -> Machine:
@@ -98,8 +109,9 @@ class Machine:
     @classmethod
     def of(cls, info: Mapping[str, Any]) -> Machine | None:
         try:
+            nodes = tuple((int(g), int(c), int(m)) for g, c, m in info.get("nodes") or ())
             return cls(str(info["host"]), int(info["slots"]), int(info["gpus"]), int(info["cpus"]),
-                       int(info["memory"]), str(info.get("executor") or "local"))
+                       int(info["memory"]), str(info.get("executor") or "local"), nodes)
         except (KeyError, TypeError, ValueError):
             return None  # written by another version: not a machine we can judge
 
@@ -114,6 +126,11 @@ class Machine:
             return f"{need.cpus} CPU cores; {self.host} has {self.cpus}"
         if need.memory > self.memory:
             return f"{_size(need.memory)} of memory; {self.host} has {_size(self.memory)}"
+        if self.nodes and not any(need.gpus <= g and need.cpus <= c and need.memory <= m for g, c, m in self.nodes):
+            # Enough in all, spread over nodes: a job runs on one node, so it would wait forever.
+            sizes = ", ".join(f"{g} GPU(s) + {c} cores + {_size(m)}" for g, c, m in sorted(self.nodes, reverse=True))
+            return (f"{need.gpus} GPU(s), {need.cpus} cores and {_size(need.memory)} on one node; "
+                    f"the nodes of {self.host} have {sizes}")
         return None
 
 
@@ -160,13 +177,18 @@ class Scheduler:
         self.on_status = on_status
         #: The runs of its executor this agent held at the last tick (starting or running).
         self.holding = 0
-        self._renewed = self._forgot = -float("inf")
+        self._renewed = self._forgot = self._measured = -float("inf")
+        #: The runs held at the last tick: number -> (what it asked for, when it started).
+        self._held: dict[int, tuple[Need, float | None]] = {}
+        #: Runs held until lately: number -> (what it asked for, when it started, when it left us).
+        self._left: dict[int, tuple[Need, float | None, float]] = {}
 
     def tick(self) -> tuple[int, int]:
         """Start what fits; returns (runs started, runs still queued)."""
+        if time.monotonic() - self._measured >= MEASURE_EVERY:
+            self._measure()
         if time.monotonic() - self._renewed >= self.lease / 3:
             # Renewed well before it lapses, so that a slow tick never lets another agent judge us gone.
-            self._measure()
             self.store.take_lease(agent_lease(self.agent), self.agent, self.lease, self.machine.host,
                                   self.machine.info())
             self._renewed = time.monotonic()
@@ -183,10 +205,14 @@ class Scheduler:
             self._forgot = time.monotonic()
         self.holding = len(mine)
         local = [run for run, _ in mine]
+        self._remember(local)
         used = len(local)
         busy = {g for r in local for g in r.resources.get("assigned_gpus", [])}
-        cpus = sum(Need.of(r).cpus for r in local)
-        memory = sum(Need.of(r).memory for r in local)
+        # What other work takes on a cluster counts as taken: runs sent beyond it would wait in the
+        # cluster's own queue, out of runyard's order and priorities.
+        other_gpus, other_cpus, other_memory = self._used_by_others()
+        cpus = sum(Need.of(r).cpus for r in local) + other_cpus
+        memory = sum(Need.of(r).memory for r in local) + other_memory
         queued = [r for r in self.store.runs_with_status([RunStatus.QUEUED]) if kind_of(r.executor) == self.kind]
         started = failed = 0
         others: list[Machine] | None = None
@@ -204,6 +230,7 @@ class Scheduler:
             if used >= self.slots:
                 continue  # still read on: a run that can never fit must fail now, not when a slot frees
             free = [g for g in range(self.gpus) if g not in busy]
+            free = free[:max(0, len(free) - other_gpus)]
             if need.gpus > len(free) or cpus + need.cpus > self.machine.cpus \
                     or memory + need.memory > self.machine.memory:
                 continue  # waits for room; a later run that fits may start meanwhile
@@ -225,14 +252,43 @@ class Scheduler:
         return started, len(queued) - started - failed
 
     def _measure(self) -> None:
-        """What a cluster offers changes (nodes come and go): its executor is asked again at each
-        renewal of the lease, which tells other agents. (This machine's size is read once.)"""
+        """What a cluster offers and what other work takes on it change: its executor is asked
+        again every few seconds; each renewal of the lease tells other agents. (This machine's size
+        is read once.)"""
+        self._measured = time.monotonic()
         measure = getattr(self.executor, "machine", None)
         if measure is None:
             return
         with contextlib.suppress(Exception):  # unreachable for now: what it said last holds
             self.machine = measure()
             self.gpus, self.slots = self.machine.gpus, self.machine.slots
+
+    def _remember(self, held: list[Run]) -> None:
+        """Note the runs that left us since the last tick: a cluster's report made before they
+        ended still counts their resources as in use, by them and not by other work."""
+        now = time.time()
+        current = {run.number: (Need.of(run), run.started_at) for run in held}
+        for number, (need, started) in self._held.items():
+            if number not in current:
+                self._left[number] = (need, started, now)
+        self._held = current
+        self._left = {n: left for n, left in self._left.items() if now - left[2] < ENDED_HELD_FOR}
+
+    def _used_by_others(self) -> tuple[int, int, int]:
+        """GPUs, cores and memory that work other than this scheduler's runs took on its cluster
+        when last measured: the cluster's use less what our runs held then. A run counts from its
+        start (its job had its resources by then) until it left us; one placed but not yet started
+        counts as other work for a moment, which errs on the side of waiting."""
+        machine = self.machine
+        if machine.measured_at <= 0:
+            return 0, 0, 0  # one machine: this scheduler's runs are all it counts
+        at = machine.measured_at
+        ours = [need for need, started in self._held.values() if started is not None and started <= at]
+        ours += [need for need, started, left in self._left.values()
+                 if started is not None and started <= at < left]
+        gpus, cpus, memory = machine.used
+        return (max(0, gpus - sum(n.gpus for n in ours)), max(0, cpus - sum(n.cpus for n in ours)),
+                max(0, memory - sum(n.memory for n in ours)))
 
     def close(self) -> None:
         """The agent is leaving: if it holds no run, say so at once (its lease expires now, and what

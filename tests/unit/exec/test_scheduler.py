@@ -196,9 +196,9 @@ def test_a_scheduler_starts_and_counts_only_the_runs_of_its_executor(store: SqlS
     assert started(local) == [for_here, from_before]
 
 
-def test_a_cluster_that_grows_takes_more_runs_at_the_next_renewal(store: SqlStore, settings: Settings) -> None:
+def test_a_cluster_that_grows_takes_more_runs_once_measured_again(store: SqlStore, settings: Settings) -> None:
     # A cluster's executor says what it offers now (nodes come and go; a head just started reports
-    # nothing yet): the scheduler asks again each time it renews its lease, and tells other agents.
+    # nothing yet): the scheduler asks again every few seconds, and tells other agents.
     class Cluster(RecordingExecutor):
         def __init__(self) -> None:
             super().__init__("cluster")
@@ -212,9 +212,72 @@ def test_a_cluster_that_grows_takes_more_runs_at_the_next_renewal(store: SqlStor
     runs = [queue(store, executor="cluster", gpus=1) for _ in range(3)]
     assert scheduler.tick() == (1, 2)
     executor.offers = Machine("ray", 8, 3, 8, 16 * GIB, "cluster")  # two more GPUs joined
-    assert scheduler.tick() == (0, 2)  # told at the next renewal, not at every tick
-    scheduler._renewed = -float("inf")
+    assert scheduler.tick() == (0, 2)  # measured every few seconds, not at every tick
+    scheduler._measured = scheduler._renewed = -float("inf")
     assert scheduler.tick() == (2, 0)
     assert started(executor) == runs
     lease, _ = next(iter(store.leases("agent:a-cluster")))
     assert lease.info["gpus"] == 3
+
+
+class Cluster(RecordingExecutor):
+    """A cluster's executor: what it offers and what is in use on it, as its last report says."""
+
+    def __init__(self, offers: Machine) -> None:
+        super().__init__("cluster")
+        self.offers = offers
+
+    def machine(self) -> Machine:
+        return self.offers
+
+
+def _measure_now(scheduler: Scheduler, executor: Cluster, used_gpus: int, at: float) -> None:
+    import dataclasses
+
+    executor.offers = dataclasses.replace(executor.offers, used=(used_gpus, 0, 0), measured_at=at)
+    scheduler._measured = -float("inf")
+
+
+def test_a_run_that_fits_the_cluster_in_all_but_no_node_of_it_fails_at_once(store: SqlStore,
+                                                                              settings: Settings) -> None:
+    # Four GPUs on two nodes of two: a job runs on one node, so a three-GPU run would wait in the
+    # cluster's queue forever.
+    two_nodes = Machine("ray", 16, 4, 16, 32 * GIB, "cluster", nodes=((2, 8, 16 * GIB), (2, 8, 16 * GIB)))
+    executor = Cluster(two_nodes)
+    scheduler = Scheduler(store, settings, executor, 4, agent="a-cluster", machine=two_nodes)
+    too_big, fits = queue(store, executor="cluster", gpus=3), queue(store, executor="cluster", gpus=2)
+    assert scheduler.tick() == (1, 0)
+    assert started(executor) == [fits]
+    failed = store.get_run(too_big)
+    assert failed.status is RunStatus.FAILED
+    assert "3 GPU(s), 0 cores and 0 bytes on one node" in (failed.status_message or "")
+    assert "2 GPU(s) + 8 cores + 16.0 GiB" in (failed.status_message or "")
+
+
+def test_runs_wait_in_runyards_queue_while_other_work_holds_the_clusters_gpus(store: SqlStore,
+                                                                               settings: Settings) -> None:
+    import time
+
+    from runyard.store.api import RunPatch
+
+    offers = Machine("ray", 8, 2, 8, 16 * GIB, "cluster", nodes=((2, 8, 16 * GIB),))
+    executor = Cluster(offers)
+    scheduler = Scheduler(store, settings, executor, 2, agent="a-cluster", machine=offers)
+    t0 = time.time() - 60  # the cluster's reports below are from the last minute
+    _measure_now(scheduler, executor, used_gpus=1, at=t0)  # someone else's job holds a GPU
+    first, second, third = (queue(store, executor="cluster", gpus=1) for _ in range(3))
+    assert scheduler.tick() == (1, 2)  # one GPU is free, not two
+    store.update_run(first, RunPatch(status=RunStatus.RUNNING, started_at=t0 + 1))
+    # The next report counts our run and the other job: nothing free.
+    _measure_now(scheduler, executor, used_gpus=2, at=t0 + 2)
+    assert scheduler.tick() == (0, 2)
+    # The other job ended: only ours holds a GPU.
+    _measure_now(scheduler, executor, used_gpus=1, at=t0 + 3)
+    assert scheduler.tick() == (1, 1)
+    assert started(executor) == [first, second]
+    # Ours ended after the cluster last reported: the GPU it held then is ours, not other work's.
+    store.update_run(second, RunPatch(status=RunStatus.RUNNING, started_at=t0 + 4))
+    _measure_now(scheduler, executor, used_gpus=2, at=t0 + 5)
+    store.update_run(first, RunPatch(status=RunStatus.FINISHED, ended_at=time.time()))
+    assert scheduler.tick() == (1, 0)
+    assert started(executor) == [first, second, third]
