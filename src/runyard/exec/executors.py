@@ -42,3 +42,9 @@ def executor_for(name: str | None, settings: Settings) -> Executor:
     from runyard.exec.local import LocalExecutor
 
     return LocalExecutor(settings.home)
+
+
+def served_here(settings: Settings) -> set[str]:
+    """The executors this home's agent schedules: its own machine's, and a cluster's it is set up
+    for (whether or not the cluster answers yet)."""
+    return {DEFAULT} | ({"ray"} if settings.ray else set())

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.config import Settings
-from runyard.exec.executors import kind_of
+from runyard.exec.executors import kind_of, served_here
 from runyard.exec.spec import Executor, LaunchSpec, Mount
 from runyard.store.api import Claim, Run, RunPatch
 from runyard.store.claims_sql import AGENT_LEASE, agent_lease
@@ -304,15 +304,35 @@ class Scheduler:
         return [m for m in found if m is not None and m.executor == self.kind]
 
     def _release_orphans(self) -> None:
-        """Act on the runs of agents whose lease expired: they will never report on them again."""
+        """Act on the runs of agents whose lease expired: they will never report on them again.
+
+        A run on a cluster outlives the agent that sent it there: a scheduler of that cluster takes
+        it over while its job still runs. Other schedulers leave it to them, and act on it only when
+        no live agent serves its executor, this one included (its cluster may not answer yet)."""
+        served: set[str] | None = None
         for run, claim in self.store.orphaned_runs():
             if claim.agent == self.agent:
+                continue
+            kind = kind_of(run.executor)
+            if kind != self.kind:
+                if self.kind != "local":
+                    continue
+                served = self._served() if served is None else served
+                if kind in served:
+                    continue
+            elif kind != "local" and claim.submitted_at is not None and self.executor.alive(run.id) \
+                    and self.store.take_over_run(run.number, claim.agent, self.agent, self.machine.host):
                 continue
             message = (f"its agent on {claim.host or 'another machine'} stopped renewing its lease "
                        f"(lease: {self.lease:g} s); the agent or its machine went away")
             status = self.store.release_orphan(run.number, claim.agent, message)
             if status is RunStatus.LOST and self.on_status is not None:
                 self.on_status(run.number, status.value, message)
+
+    def _served(self) -> set[str]:
+        """The executors that some live agent serving this database schedules."""
+        machines = [Machine.of(lease.info) for lease, live in self.store.leases(AGENT_LEASE) if live]
+        return {m.executor for m in machines if m is not None} | served_here(self.settings)
 
     def _adopt(self) -> None:
         """Hold the runs this home launched before claims were recorded (an upgraded database)."""

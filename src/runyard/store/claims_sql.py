@@ -175,6 +175,25 @@ def release_orphan(store: SqlStore, number: int, agent: str, lost_message: str,
         return RunStatus.LOST
 
 
+def take_over(store: SqlStore, number: int, gone: str, agent: str, host: str | None) -> bool:
+    """Move to ``agent`` the claim of an active run whose holder ``gone`` let its lease lapse, if it
+    still does (a run on a cluster outlives the agent that sent it there). Stop requests carry over."""
+    with store._write() as conn:
+        now = store.lease_clock(conn)
+        held = conn.execute(sa.select(run_claims).where(_C.run_number == number).with_for_update()).one_or_none()
+        if held is None or held.agent != gone:
+            return False
+        expires = conn.execute(sa.select(_L.expires_at).where(_L.name == agent_lease(gone))).scalar()
+        if expires is not None and expires > now:
+            return False  # it came back
+        status = conn.execute(sa.select(_R.status).where(_R.number == number)).scalar()
+        if status not in _ACTIVE:
+            return False
+        conn.execute(sa.update(run_claims).where(_C.run_number == number, _C.agent == gone)
+                     .values(agent=agent, host=host, stop_sent_at=None))
+        return True
+
+
 def adopt(store: SqlStore, number: int, agent: str, host: str | None, submitted: bool) -> bool:
     """Claim for ``agent`` an active run that has no claim (claimed before claims were recorded)."""
     with store._write() as conn:

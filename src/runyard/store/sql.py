@@ -578,6 +578,10 @@ class SqlStore:
         """Queue again, stop or mark lost a run whose holder ``agent`` is gone (see claims_sql)."""
         return claims_sql.release_orphan(self, number, agent, lost_message, holder_gone)
 
+    def take_over_run(self, number: int, gone: str, agent: str, host: str | None) -> bool:
+        """Hold, as ``agent``, an active run whose holder ``gone`` is gone (see claims_sql)."""
+        return claims_sql.take_over(self, number, gone, agent, host)
+
     def adopt_run(self, number: int, agent: str, host: str | None, submitted: bool) -> bool:
         return claims_sql.adopt(self, number, agent, host, submitted)
 

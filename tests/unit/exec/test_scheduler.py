@@ -224,7 +224,7 @@ class Cluster(RecordingExecutor):
     """A cluster's executor: what it offers and what is in use on it, as its last report says."""
 
     def __init__(self, offers: Machine) -> None:
-        super().__init__("cluster")
+        super().__init__(offers.executor)
         self.offers = offers
 
     def machine(self) -> Machine:
@@ -281,3 +281,43 @@ def test_runs_wait_in_runyards_queue_while_other_work_holds_the_clusters_gpus(st
     store.update_run(first, RunPatch(status=RunStatus.FINISHED, ended_at=time.time()))
     assert scheduler.tick() == (1, 0)
     assert started(executor) == [first, second, third]
+
+
+def test_a_cluster_run_whose_agent_went_away_is_taken_over_while_its_job_runs(
+        store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The agent that sent two runs to a cluster dies for good. Another home's agent serving the same
+    # cluster finds one job still running there and takes the run over; the other's job is gone, so
+    # that run is lost. Its local scheduler leaves both to the cluster's scheduler.
+    from runyard.exec import scheduler as scheduling
+    from runyard.store.api import RunPatch
+
+    settings = resolve(environ={"RUNYARD_HOME": str(tmp_path / "home"), "RUNYARD_LEASE": "30",
+                                "RUNYARD_RAY": "http://127.0.0.1:8265"}, cwd=tmp_path)
+    clock = [1000.0]
+    store.clock = lambda: clock[0]
+    monkeypatch.setattr(scheduling.time, "monotonic", lambda: clock[0])
+    offers = Machine("ray", 8, 2, 8, 16 * GIB, "ray")
+    gone_cluster = Cluster(offers)
+    gone = Scheduler(store, settings, gone_cluster, 2, agent="gone", machine=offers)
+    still, ended = queue(store, executor="ray", gpus=1), queue(store, executor="ray", gpus=1)
+    assert gone.tick() == (2, 0)
+    for number in (still, ended):
+        store.update_run(number, RunPatch(status=RunStatus.RUNNING, started_at=clock[0]))
+    b_cluster = Cluster(offers)
+    b_cluster.running = {store.get_run(still).id}  # the cluster still runs one of the two jobs
+    b_local, _ = agent(store, settings, "b-local")
+    b = Scheduler(store, settings, b_cluster, 2, agent="b-cluster", machine=offers)
+    clock[0] += settings.lease + 1
+    b_local.tick()  # before b's cluster scheduler first renews its lease: it is live...
+    b.tick()
+    clock[0] += settings.lease / 3
+    b_local.tick()  # ...so b's local scheduler leaves the cluster's runs to it
+    b.tick()
+    assert store.get_run(still).status is RunStatus.RUNNING
+    assert [run.number for run, _ in store.held_by("b-cluster")] == [still]
+    lost = store.get_run(ended)
+    assert lost.status is RunStatus.LOST and "stopped renewing its lease" in (lost.status_message or "")
+    # b now stops the run it took over on the cluster.
+    store.request_stop(still)
+    b.tick()
+    assert b_cluster.stopped == [store.get_run(still).id]
