@@ -17,8 +17,11 @@ it starts). For the whole run, 20 client threads of this process, each on its ow
     others start, and before the measurement).
 The health checks are also timed for 3 s before the abuse begins (200 streams open), which shows how
 busy the machine is without it. Meanwhile the server's resident memory is sampled every 50 ms (/proc/PID/status), and
-/api/health is asked every 100 ms on a connection of its own: its latency is the figure a load
-balancer or `runyard ui` would see. Targets: peak RSS under 1 GB, health p99 within 200 ms, no
+/api/health is asked every 100 ms on a connection of its own, from a process of its own: its latency
+is the figure a load balancer or `runyard ui` would see. (Until 2026-12-01 the checks ran in a
+thread of this process, beside the 16 busy client threads, and also timed how long that thread
+waited for the interpreter's lock; `--probe-in-process` measures that way again.)
+Targets: peak RSS under 1 GB, health p99 within 200 ms, no
 health check failing. The answers the abusers got are counted (413: refused by a cap; 503 with
 Retry-After: no slot free; 200: an upload stored).
 """
@@ -225,7 +228,36 @@ def stream_holder(served: Served, stop: threading.Event, tally: Tally, token: st
 # -- the measurement ---------------------------------------------------------------------------------
 
 
-def abuse(seconds: float, upload_size: int) -> dict[str, object]:
+def probe(health: httpx.Client, url: str, seconds: float) -> tuple[list[float], Counter[str]]:
+    """Ask ``url`` every 100 ms for ``seconds``: each answer's latency (ms), and the failures."""
+    latencies: list[float] = []
+    failures: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        try:
+            answer = health.get(url)
+            if answer.status_code != 200:
+                failures[str(answer.status_code)] += 1
+        except httpx.HTTPError as e:
+            failures[type(e).__name__] += 1
+        latencies.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.1)
+    return latencies, failures
+
+
+def probe_main(url: str, token: str, seconds: float) -> int:
+    """The prober's process: 3 s of checks, a line saying so (the abuse starts), then ``seconds``
+    more; prints the latencies as JSON."""
+    with httpx.Client(timeout=10, headers=auth(token)) as health:
+        calm, calm_failures = probe(health, f"{url}/api/health", 3.0)
+        print("calm done", flush=True)
+        latencies, failures = probe(health, f"{url}/api/health", seconds)
+    print(json.dumps({"calm": calm, "latencies": latencies, "failures": dict(failures + calm_failures)}))
+    return 0
+
+
+def abuse(seconds: float, upload_size: int, in_process: bool = False) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="runyard-abuse-") as tmp_name, server(Path(tmp_name)) as served:
         stop, tally = threading.Event(), Tally()
         idle_rss = rss_mb(served.pid)
@@ -238,8 +270,6 @@ def abuse(seconds: float, upload_size: int) -> dict[str, object]:
                     for n in range(4)]
         assert len(clients) == 20
         rss: list[float] = []
-        latencies: list[float] = []
-        failures: Counter[str] = Counter()
 
         def sample_rss() -> None:
             while not stop.is_set():
@@ -251,26 +281,27 @@ def abuse(seconds: float, upload_size: int) -> dict[str, object]:
         for c in clients[-4:]:  # the streams first: they are opened, then left idle while the others abuse
             c.start()
         opened.wait(60)
-        with httpx.Client(timeout=10, headers=auth(served.readers[4])) as health:
-
-            def measure(seconds: float, into: list[float]) -> None:
-                deadline = time.monotonic() + seconds
-                while time.monotonic() < deadline:
-                    started = time.perf_counter()
-                    try:
-                        answer = health.get(f"{served.url}/api/health")
-                        if answer.status_code != 200:
-                            failures[str(answer.status_code)] += 1
-                    except httpx.HTTPError as e:
-                        failures[type(e).__name__] += 1
-                    into.append((time.perf_counter() - started) * 1000)
-                    time.sleep(0.1)
-
-            calm: list[float] = []
-            measure(3.0, calm)  # the machine's own pace, before any abuse: the same checks, streams idle
+        calm: list[float] = []
+        if in_process:
+            with httpx.Client(timeout=10, headers=auth(served.readers[4])) as health:
+                calm, calm_failures = probe(health, f"{served.url}/api/health", 3.0)
+                for c in clients[:-4]:
+                    c.start()
+                latencies, failures = probe(health, f"{served.url}/api/health", seconds)
+                failures += calm_failures
+        else:
+            # The prober is a process of its own, as a load balancer is: it waits for no lock of ours.
+            prober = subprocess.Popen([sys.executable, __file__, "--probe", served.url, served.readers[4],
+                                       str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert prober.stdout is not None
+            assert prober.stdout.readline().strip() == "calm done"  # 3 s of checks before the abuse
             for c in clients[:-4]:
                 c.start()
-            measure(seconds, latencies)
+            out, err = prober.communicate(timeout=seconds + 120)
+            if prober.returncode != 0:
+                raise RuntimeError(f"the health prober failed: {err[-2000:]}")
+            measured = json.loads(out)
+            calm, latencies, failures = measured["calm"], measured["latencies"], Counter(measured["failures"])
         stop.set()
         for c in [*clients, sampler]:
             c.join(60)
@@ -290,8 +321,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="5 s and 32 MiB uploads")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--probe-in-process", action="store_true",
+                        help="time the health checks from a thread of this process, beside the abusers "
+                             "(the method used until 2026-12-01)")
+    parser.add_argument("--probe", nargs=3, metavar=("URL", "TOKEN", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    figures = abuse(5.0 if args.quick else 20.0, (32 if args.quick else 256) * MIB)
+    if args.probe:
+        return probe_main(args.probe[0], args.probe[1], float(args.probe[2]))
+    figures = abuse(5.0 if args.quick else 20.0, (32 if args.quick else 256) * MIB, args.probe_in_process)
     peak, p99 = float(figures["peak_rss_mb"]), float(figures["health_p99_ms"])  # type: ignore[arg-type]
     failed = sum(figures["health_failures"].values())  # type: ignore[attr-defined]
     rows = [
@@ -305,7 +342,8 @@ def main() -> int:
     rows += [(f"  abusers' answers: {what}", "", str(count), "") for what, count in figures["answers"].items()]  # type: ignore[attr-defined]
     width = max(len(r[0]) for r in rows)
     print(f"20 clients for {figures['seconds']:g} s: 6 ingest bombs, 2 JSON bombs, 8 uploads of "
-          f"{figures['upload_mib']} MiB (msgpack), 200 idle streams")
+          f"{figures['upload_mib']} MiB (msgpack), 200 idle streams; health checked from "
+          + ("a thread beside the abusers" if args.probe_in_process else "a process of its own"))
     print(f"{'benchmark':<{width}}  {'target':<10}  {'measured':<10}  result")
     for r in rows:
         print(f"{r[0]:<{width}}  {r[1]:<10}  {r[2]:<10}  {r[3]}")
