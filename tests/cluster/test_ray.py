@@ -181,6 +181,15 @@ def _is_node_supervisor(pid: int, run_id: str) -> bool:
 
 def test_pip_runs_on_a_node_share_its_environment_and_leave_no_home_behind(cluster: Cluster) -> None:
     (cluster.project / "probe.py").write_text("import termcolor\nprint('termcolor from', termcolor.__file__)\n")
+    # An environment on the node that no run used for 31 days: the jobs' clean-up removes it.
+    from runyard.exec.venvs import READY
+
+    stale = cluster.ray.temp_dir / "node-cache" / "envs" / "0123456789abcdef-stale"
+    (stale / "lib").mkdir(parents=True)
+    (stale / READY).touch()
+    month_ago = time.time() - 31 * 86400
+    for path in (stale / READY, stale / "lib", stale):
+        os.utime(path, (month_ago, month_ago))
     first = cluster.launch("--pip", "termcolor", "--", "python", "probe.py")
     assert cluster.wait([first], {"finished", "failed", "lost", "stopped"})[first]["status"] == "finished"
     second = cluster.launch("--pip", "termcolor", "--", "python", "probe.py")
@@ -195,7 +204,8 @@ def test_pip_runs_on_a_node_share_its_environment_and_leave_no_home_behind(clust
     while any(home.exists() for home in homes) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not any(home.exists() for home in homes), homes
-    assert list((cluster.ray.temp_dir / "node-cache" / "envs").iterdir())
+    kept = list((cluster.ray.temp_dir / "node-cache" / "envs").iterdir())
+    assert kept and stale not in kept, kept
 
 
 def test_runs_wait_in_runyards_queue_by_priority_while_other_work_holds_a_gpu(cluster: Cluster) -> None:

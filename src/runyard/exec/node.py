@@ -7,6 +7,8 @@ as on the submitter's machine; only where things are differs:
 - its home is a fresh directory on the node (the spool, the run's working directory), removed once
   its records are shipped; its ``--pip`` environments are the node's (``RUNYARD_NODE_CACHE``,
   default ~/.cache/runyard/node), built once per requirement set and shared by the runs on it;
+  each job, once done, removes the ones no run used for ``RUNYARD_NODE_ENV_DAYS`` days (default 30,
+  as ``runyard gc --env-days``), so that a long-lived node's disk does not fill up with them;
 - its code and mounts come from the server's content (``client.ServerBlobs``), never from a disk
   the node does not have, and the outputs it keeps go there;
 - its records, and the command's (the SDK attaches to the run), ship to the server through this
@@ -27,6 +29,9 @@ from pathlib import Path
 ENV_SPEC = "RUNYARD_NODE_SPEC"
 #: Where a node keeps what outlives a run: its package environments (``envs/``).
 ENV_CACHE = "RUNYARD_NODE_CACHE"
+#: Days a node keeps a package environment no run used (``runyard gc --env-days`` at home).
+ENV_DAYS = "RUNYARD_NODE_ENV_DAYS"
+DEFAULT_ENV_DAYS = 30.0
 #: Seconds the job waits, once the command ended, for its records to reach the server (which may
 #: be down for a while: the agent retries) before it gives up and says what is left.
 SHIP_WAIT = 600.0
@@ -76,7 +81,25 @@ def main() -> int:
 
     stop_agents(home)
     shutil.rmtree(home, ignore_errors=True)  # everything is on the server; the envs link goes, not the envs
+    _prune_environments(cache)
     return code
+
+
+def _prune_environments(cache: Path) -> None:
+    """Remove the node's package environments that no run used for a while (never one in use)."""
+    from runyard.exec.reclaim import remove_stale_environments
+
+    try:
+        days = float(os.environ.get(ENV_DAYS) or DEFAULT_ENV_DAYS)
+    except ValueError:
+        print(f"runyard node: {ENV_DAYS} must be a number of days; keeping every environment", file=sys.stderr)
+        return
+    try:
+        for env, size in remove_stale_environments(cache, days):
+            print(f"runyard node: removed the package environment {env.name} ({size / 2**20:.0f} MiB), "
+                  f"unused for {days:g} days", file=sys.stderr)
+    except OSError as e:  # the run is done and shipped: a cleanup that fails is tried by the next job
+        print(f"runyard node: could not clean {cache / 'envs'}: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,13 @@ def stale_environments(home: Path, days: float, now: float) -> list[tuple[Path, 
     return found
 
 
+def remove_stale_environments(home: Path, days: float, now: float | None = None) -> list[tuple[Path, int]]:
+    """Remove the package environments of ``home`` unused for ``days``, unless in use; returns the
+    ones removed, with their sizes."""
+    now = time.time() if now is None else now
+    return [(env, size) for env, size in stale_environments(home, days, now) if _remove_environment(env, days, now)]
+
+
 def _remove_environment(env: Path, days: float, now: float) -> bool:
     """Remove an environment under its build lock, unless a run is building or reusing it right now."""
     with (env.parent / f"{env.name}.lock").open("a") as lock:
