@@ -551,6 +551,9 @@ class ServerBlobs:
         self.client.put_blob(digest.hexdigest(), src)
         return Blob(digest.hexdigest(), size)
 
-    def put_file(self, source: Path) -> Any:
+    def put_file(self, source: Path, progress: Any = None) -> Any:
         with source.open("rb") as f:
-            return self.put_stream(f)
+            blob = self.put_stream(f)
+        if progress is not None:
+            progress(blob.size)
+        return blob

@@ -79,7 +79,10 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
                                                                             settings.machines),
         machine=o["machine"], executor=o["on"],
     )
-    done = submit(settings, sub)
+    from runyard.cli.transfer import transfer_bar
+
+    with transfer_bar("storing the snapshot") as progress:
+        done = submit(settings, sub, progress)
     for warning in done.warnings:
         print(f"runyard: warning: {warning}", file=sys.stderr)
     if o["as_json"]:
@@ -119,11 +122,12 @@ def _env_options(texts: Sequence[str]) -> dict[str, str]:
 
 def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any]) -> int:
     """`runyard run` with RUNYARD_SERVER: snapshot here, upload what the server lacks, queue it there."""
+    from runyard.cli.transfer import transfer_bar
     from runyard.client import Client
     from runyard.credential import for_settings
     from runyard.exec import options
     from runyard.exec.snapshot import manifest_of, take
-    from runyard.store.artifacts import local_cache_of, sha_of_ref
+    from runyard.store.artifacts import CountedReads, local_cache_of, sha_of_ref
 
     for text in o["mounts"]:
         source, _ = options.mount(text)
@@ -147,11 +151,18 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
     client = Client(settings.server or "", for_settings(settings))
     try:
         uploaded = 0
-        for sha in client.missing_blobs(wanted):
-            with artifacts.open(f"sha256:{sha}") as f:
-                uploaded += f.seek(0, 2)
-                f.seek(0)
-                client.put_blob(sha, f)
+        missing = client.missing_blobs(wanted)
+        total = sum(artifacts.size(sha) or 0 for sha in missing)
+        with transfer_bar("uploading the snapshot") as advance:
+
+            def sent(n: int) -> None:
+                nonlocal uploaded
+                uploaded += n
+                advance(uploaded, total)
+
+            for sha in missing:
+                with artifacts.open(f"sha256:{sha}") as f:
+                    client.put_blob(sha, CountedReads(f, sent))  # type: ignore[arg-type]
         body = {
             "command": list(command), "shell": shell, "snapshot": snap.id, "git_commit": snap.git_commit,
             "git_branch": snap.git_branch, "git_diff_ref": snap.git_diff_ref, "project": o["project"],
@@ -620,18 +631,14 @@ def cp(source: str, dest: str) -> int:
 
 
 def _copy(export: Any, files: list[tuple[Any, Path, str]], total: int) -> None:
-    if total < 8 << 20 or not sys.stderr.isatty():
-        for a, root, rel in files:
-            export(a, root, rel)
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from runyard.cli.transfer import transfer_bar
 
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), transient=True) as progress:
-        task = progress.add_task("copying", total=total)
+    with transfer_bar("copying") as advance:
+        done = 0
         for a, root, rel in files:
             export(a, root, rel)
-            progress.advance(task, a.size)
+            done += a.size
+            advance(done, total)
 
 
 # -- rerun, label, note ---------------------------------------------------------------------------

@@ -18,13 +18,13 @@ import json
 import os
 import stat
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runyard.errors import InvalidArgument
 from runyard.names import validate_relpath
-from runyard.store.artifacts import ArtifactStore
+from runyard.store.artifacts import ArtifactStore, Blob
 
 IGNORE_FILE = ".runyardignore"
 #: Never part of a snapshot, git or not.
@@ -150,8 +150,10 @@ class HashCache:
             tmp.replace(self.path)
 
 
-def take(directory: Path, artifacts: ArtifactStore, cache_path: Path | None = None) -> Snapshot:
-    """Snapshot the working tree that holds ``directory`` (its git root, or ``directory`` itself)."""
+def take(directory: Path, artifacts: ArtifactStore, cache_path: Path | None = None,
+         progress: Callable[[int, int], None] | None = None) -> Snapshot:
+    """Snapshot the working tree that holds ``directory`` (its git root, or ``directory`` itself).
+    ``progress`` is told (bytes stored, of how many) as the new files go into the store."""
     directory = directory.resolve()
     root = git_root(directory) or directory
     files = list_files(root)
@@ -191,8 +193,11 @@ def take(directory: Path, artifacts: ArtifactStore, cache_path: Path | None = No
     if missing:
         small = [(rel, st) for rel, st in missing if st.st_size < SHARE_MIN]
         big = [(rel, st) for rel, st in missing if st.st_size >= SHARE_MIN]
-        blobs = artifacts.put_pack([root / rel for rel, _ in small])
-        blobs += [artifacts.put_file(root / rel) for rel, _ in big]
+        if progress is None:
+            blobs = artifacts.put_pack([root / rel for rel, _ in small])
+            blobs += [artifacts.put_file(root / rel) for rel, _ in big]
+        else:
+            blobs = _put_told(artifacts, root, small, big, progress)
         for (rel, st), blob in zip(small + big, blobs, strict=True):
             if cache:
                 cache.put(os.path.join(base, rel), st, blob.sha256)  # noqa: PTH118
@@ -259,3 +264,27 @@ def materialise(snapshot_id: str, artifacts: ArtifactStore, destination: Path,
             target = artifacts.export(ref, destination, rel)
         target.chmod(mode)
     return Materialised({rel: sha for rel, (sha, _) in files.items()}, reflinked, tuple(linked), shared)
+
+
+def _put_told(artifacts: ArtifactStore, root: Path, small: list[tuple[str, os.stat_result]],
+              big: list[tuple[str, os.stat_result]], progress: Callable[[int, int], None]) -> list[Blob]:
+    """Store the pack of small files, then each big one, telling ``progress`` as bytes go in (a
+    big file on S3 goes in parts, each told as it is sent)."""
+    import threading
+
+    total = sum(st.st_size for _, st in small + big)
+    done = 0
+    lock = threading.Lock()  # S3 sends a file's parts from several threads
+
+    def stored(n: int) -> None:
+        nonlocal done
+        with lock:
+            done += n
+            progress(done, total)
+
+    progress(0, total)
+    blobs = artifacts.put_pack([root / rel for rel, _ in small])
+    stored(sum(st.st_size for _, st in small))
+    for rel, _ in big:
+        blobs.append(artifacts.put_file(root / rel, stored))
+    return blobs

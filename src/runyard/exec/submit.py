@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,7 +182,9 @@ def _artifact_mount(settings: Settings, run_ref: str, path: str, target: str, te
         opened.close()
 
 
-def submit(settings: Settings, sub: Submission) -> Submitted:
+def submit(settings: Settings, sub: Submission, progress: Callable[[int, int], None] | None = None) -> Submitted:
+    """Queue ``sub``: its snapshot taken and stored (``progress`` told of the bytes stored, of how
+    many, as new files go in), every option checked."""
     if sub.name is not None:
         validate_run_name(sub.name)
     labels = [validate_label(x) for x in sub.labels]
@@ -229,7 +231,7 @@ def submit(settings: Settings, sub: Submission) -> Submitted:
     else:
         from runyard.exec.snapshot import take
 
-        snap = take(sub.cwd, artifacts, settings.home / "snapshot-cache.json")
+        snap = take(sub.cwd, artifacts, settings.home / "snapshot-cache.json", progress)
         snapshot_id, commit, branch, diff_ref = snap.id, snap.git_commit, snap.git_branch, snap.git_diff_ref
         files, new, root = snap.files, snap.new_bytes, snap.root
     warnings = _check_script(launch, snapshot_id, artifacts, sub.cwd, root)

@@ -48,16 +48,41 @@ def sha_of_ref(content_ref: str) -> str:
     return m.group(1)
 
 
-def put_file_with(put_stream: Callable[[BinaryIO], Blob], source: Path) -> Blob:
-    """Store a file through a store's ``put_stream``, a missing file or a directory said in words."""
+#: Told of bytes stored since it was last told (a progress bar advances by them).
+Stored = Callable[[int], None]
+
+
+def put_file_with(put_stream: Callable[[BinaryIO], Blob], source: Path, progress: Stored | None = None) -> Blob:
+    """Store a file through a store's ``put_stream``, a missing file or a directory said in words;
+    ``progress`` is told of the bytes as they are read from it."""
     source = Path(source)
     try:
         with source.open("rb") as src:
-            return put_stream(src)
+            return put_stream(src if progress is None else CountedReads(src, progress))  # type: ignore[arg-type]
     except FileNotFoundError:
         raise NotFound(f"cannot store {source}: no such file") from None
     except IsADirectoryError:
         raise ArtifactError(f"cannot store {source} as a file: it is a directory") from None
+
+
+class CountedReads:
+    """A file being read whose reads are told to ``progress`` (bytes read by each)."""
+
+    def __init__(self, src: BinaryIO, progress: Stored) -> None:
+        self._src, self._progress = src, progress
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._src.read(size)
+        if block:
+            self._progress(len(block))
+        return block
+
+    def __iter__(self) -> Iterator[bytes]:  # what an HTTP client sends it by
+        while block := self.read(CHUNK):
+            yield block
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._src, name)
 
 
 class ArtifactStore(Protocol):
@@ -75,7 +100,10 @@ class ArtifactStore(Protocol):
 
     def ensure(self) -> None:
         """Create what the store needs (directories), explicitly: constructors do no I/O."""
-    def put_file(self, source: Path) -> Blob: ...
+    def put_file(self, source: Path, progress: Stored | None = None) -> Blob:
+        """Store a file; ``progress`` is told of its bytes as they are stored (sent, on S3)."""
+        ...
+
     def put_stream(self, src: BinaryIO) -> Blob: ...
     def put_bytes(self, data: bytes) -> Blob: ...
     def put_pack(self, sources: list[Path]) -> list[Blob]:

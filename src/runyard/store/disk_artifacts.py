@@ -31,7 +31,7 @@ from runyard.files import fsync_dir, place
 from runyard.names import validate_relpath
 from runyard.store.artifacts import CHUNK as _CHUNK
 from runyard.store.artifacts import SHA as _SHA
-from runyard.store.artifacts import Blob, put_file_with, sha_of_ref
+from runyard.store.artifacts import Blob, Stored, put_file_with, sha_of_ref
 
 #: The index of packed objects, at the store's root (see ``DiskArtifacts.put_pack``).
 PACK_INDEX = "packs.idx"
@@ -85,8 +85,8 @@ class DiskArtifacts:
         sha = hashlib.sha256(data).hexdigest()
         return self._commit(sha, len(data), lambda f: f.write(data))
 
-    def put_file(self, source: Path) -> Blob:
-        return put_file_with(self.put_stream, source)
+    def put_file(self, source: Path, progress: Stored | None = None) -> Blob:
+        return put_file_with(self.put_stream, source, progress)
 
     def put_stream(self, src: BinaryIO) -> Blob:
         """Store what is left to read of an open file (one the caller opened safely, say)."""

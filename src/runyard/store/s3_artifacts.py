@@ -38,7 +38,7 @@ from typing import IO, Any, BinaryIO, TypeVar
 
 from runyard.errors import ArtifactError, NotFound
 from runyard.files import place
-from runyard.store.artifacts import CHUNK, SHA, Blob, put_file_with, sha_of_ref
+from runyard.store.artifacts import CHUNK, SHA, Blob, Stored, put_file_with, sha_of_ref
 from runyard.store.disk_artifacts import walk_tree
 
 #: Files of this size or more go up in parts (each ``MULTIPART_CHUNK`` bytes), several at a time.
@@ -356,18 +356,25 @@ class S3Artifacts:
             self._remember(sha, len(data))
         return Blob(sha, len(data))
 
-    def put_file(self, source: Path) -> Blob:
-        return put_file_with(self.put_stream, source)
+    def put_file(self, source: Path, progress: Stored | None = None) -> Blob:
+        # Told of the bytes as they are sent, not as they are read and hashed (the fast part).
+        return put_file_with(lambda src: self._put_stream(src, progress), source)
 
     def put_stream(self, src: BinaryIO) -> Blob:
         """Store what is left to read of an open file. Small content is read into memory and sent in
         one PUT; bigger content is copied to a file in ``scratch`` while it is hashed (so the bytes
         sent are the bytes hashed, even if the source changes meanwhile), then sent (in parts past
         the multipart threshold)."""
+        return self._put_stream(src, None)
+
+    def _put_stream(self, src: BinaryIO, progress: Stored | None) -> Blob:
         limit = min(self.multipart_threshold, IN_MEMORY)
         head = src.read(limit)
         if len(head) < limit:
-            return self.put_bytes(head)
+            blob = self.put_bytes(head)
+            if progress is not None:
+                progress(blob.size)
+            return blob
         digest = hashlib.sha256(head)
         self.ensure()
         with tempfile.TemporaryFile(dir=self._scratch, prefix="s3-put-") as tmp:
@@ -380,20 +387,23 @@ class S3Artifacts:
             sha = digest.hexdigest()
             if self.has(sha):
                 self._refresh(sha)
+                if progress is not None:
+                    progress(size)  # already there: nothing to send
             else:
                 tmp.seek(0)
-                self._upload(tmp, self._object_key(sha), f"storing {sha[:12]}...")
+                self._upload(tmp, self._object_key(sha), f"storing {sha[:12]}...", progress)
                 self._remember(sha, size)
         return Blob(sha, size)
 
-    def _upload(self, f: IO[bytes], key: str, what: str) -> None:
+    def _upload(self, f: IO[bytes], key: str, what: str, progress: Stored | None = None) -> None:
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(multipart_threshold=self.multipart_threshold,
                                 multipart_chunksize=self.multipart_chunk, max_concurrency=CONCURRENCY // 2)
         self._count("upload")
         with self._translate(what):
-            self.client().upload_fileobj(f, self.bucket, key, Config=config)
+            # boto3 calls back from its transfer threads, with the bytes of each part as it goes.
+            self.client().upload_fileobj(f, self.bucket, key, Config=config, Callback=progress)
 
     def put_pack(self, sources: list[Path]) -> list[Blob]:
         """Store many small files as one pack object and one index object: two PUTs, however many files."""

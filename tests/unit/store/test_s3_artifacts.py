@@ -193,3 +193,28 @@ def test_what_a_long_lived_process_knows_is_stored_is_asked_again_after_a_while(
     assert store.has(blob.sha256)  # remembered: no request
     monkeypatch.setattr(s3_artifacts, "KNOWN_FOR", 0.0)
     assert not store.has(blob.sha256) and store.size(blob.sha256) is None
+
+
+def test_a_snapshots_big_file_is_told_part_by_part_as_it_goes_up(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    # What `runyard run` draws its progress bar from: bytes sent, as each part of a multipart upload
+    # is sent, not once the file is hashed (the fast part) or only at the end.
+    store = s3_store(s3_server, s3_location, tmp_path, multipart_threshold=5 * MIB, multipart_chunk=5 * MIB)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("print('hi')\n")
+    (project / "weights.bin").write_bytes(os.urandom(16 * MIB))
+    told: list[tuple[int, int]] = []
+    cache = tmp_path / "snapshot-cache.json"
+    snap = take(project, store, cache, progress=lambda done, total: told.append((done, total)))
+    total = 16 * MIB + len("print('hi')\n")
+    assert told[0] == (0, total) and told[-1] == (total, total)
+    assert all(t == total for _, t in told)
+    assert [d for d, _ in told] == sorted(d for d, _ in told)  # only forward
+    during = [d for d, _ in told if 0 < d < total]
+    assert len(during) >= 3, told  # one step per part at least: 5 + 5 + 5 + 1 MiB
+    assert snap.new_bytes == total
+    # Unchanged, nothing is sent: the bar has nothing to show.
+    told.clear()
+    take(project, store, cache, progress=lambda done, total: told.append((done, total)))
+    assert told == []
