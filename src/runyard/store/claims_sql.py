@@ -53,7 +53,7 @@ def take_lease(store: SqlStore, name: str, holder: str, seconds: float, host: st
         now = store.lease_clock(conn)
         values = {"holder": holder, "host": host, "acquired_at": now, "expires_at": now + seconds,
                   "info": dict(info)}
-        store._insert_ignore(conn, leases, {"name": name, **values}, ["name"])
+        limits.insert_ignore(conn, leases, {"name": name, **values}, ["name"])
         held = conn.execute(sa.select(_L.holder, _L.expires_at, _L.acquired_at).where(_L.name == name)
                             .with_for_update()).one()
         if held.holder != holder and held.expires_at > now:
@@ -182,7 +182,7 @@ def adopt(store: SqlStore, number: int, agent: str, host: str | None, submitted:
         status = conn.execute(sa.select(_R.status).where(_R.number == number).with_for_update()).scalar()
         if status not in _ACTIVE:
             return False
-        store._insert_ignore(conn, run_claims, {"run_number": number, "agent": agent, "host": host,
+        limits.insert_ignore(conn, run_claims, {"run_number": number, "agent": agent, "host": host,
                                                 "claimed_at": now, "submitted_at": now if submitted else None},
                              ["run_number"])
         return conn.execute(sa.select(_C.agent).where(_C.run_number == number)).scalar() == agent

@@ -26,6 +26,7 @@ from runyard.store import (
     gc_sql,
     limits,
     notify,
+    projects_sql,
     runs_sql,
     transitions,
 )
@@ -129,43 +130,16 @@ class SqlStore:
                 raise
             raise Unstorable(f"the database cannot store this: {reason}") from e
 
-    def _insert_ignore(self, conn: Connection, table: sa.Table, values: dict[str, Any] | list[dict[str, Any]],
-                       keys: Sequence[str]) -> None:
-        """Insert one row, or several (in as few statements as the database's limits allow),
-        skipping those whose ``keys`` exist."""
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        rows = [values] if isinstance(values, dict) else values
-        for part in limits.batches(conn, rows, params=len(rows[0]) if rows else 1):
-            conn.execute(insert(table).values(list(part)).on_conflict_do_nothing(index_elements=list(keys)))
-
     # -- projects ---------------------------------------------------------------------------------
-
-    def _project_id(self, conn: Connection, name: str) -> int:
-        self._insert_ignore(conn, projects, {"name": name, "created_at": self.clock()}, ["name"])
-        return int(conn.execute(sa.select(projects.c.id).where(projects.c.name == name)).scalar_one())
 
     def ensure_project(self, name: str) -> Project:
         with self._write() as conn:
-            self._project_id(conn, name)
+            projects_sql.project_id(conn, name, self.clock)
         return next(p for p in self.list_projects() if p.name == name)
 
     def list_projects(self) -> list[Project]:
-        counts = (
-            sa.select(_R.project_id, sa.func.count().label("n")).group_by(_R.project_id).subquery()
-        )
-        stmt = (
-            sa.select(projects, sa.func.coalesce(counts.c.n, 0).label("run_count"))
-            .select_from(projects.outerjoin(counts, counts.c.project_id == projects.c.id))
-            .order_by(projects.c.name)
-        )
         with self._read() as conn:
-            return [
-                Project(r.id, r.name, r.description, r.created_at, int(r.run_count))
-                for r in conn.execute(stmt)
-            ]
+            return projects_sql.list_projects(conn)
 
     # -- runs -------------------------------------------------------------------------------------
 
@@ -189,7 +163,7 @@ class SqlStore:
             raise Conflict(f"a run with id {run_id} already exists")
         number = int(conn.execute(
             sa.insert(runs).values(
-                id=run_id, project_id=self._project_id(conn, new.project), name=new.name,
+                id=run_id, project_id=projects_sql.project_id(conn, new.project, self.clock), name=new.name,
                 status=status.value, command=new.command, created_at=created,
                 queued_at=created if status is RunStatus.QUEUED else None,
                 started_at=created if status is RunStatus.RUNNING else None,
@@ -290,7 +264,7 @@ class SqlStore:
         adding = sorted({validate_label(label) for label in add})
         removing = sorted({validate_label(label) for label in remove})
         if adding:
-            self._insert_ignore(conn, run_labels, [{"run_number": number, "label": label} for label in adding],
+            limits.insert_ignore(conn, run_labels, [{"run_number": number, "label": label} for label in adding],
                                 ["run_number", "label"])
         for part in limits.batches(conn, removing):
             conn.execute(sa.delete(run_labels).where(run_labels.c.run_number == number, run_labels.c.label.in_(part)))
@@ -323,7 +297,7 @@ class SqlStore:
         """The rows of these series of a run, created if new, locked until the transaction ends."""
         from runyard.store import series_sql
 
-        self._insert_ignore(conn, metric_series,
+        limits.insert_ignore(conn, metric_series,
                             [{"run_number": run, "key": key, "point_count": 0, "chunk_count": 0} for key in keys],
                             ["run_number", "key"])
         rows: dict[str, series_sql.SeriesRow] = {}
@@ -454,7 +428,7 @@ class SqlStore:
     def grant_content(self, project: str, sha256: str) -> None:
         """A token limited to ``project`` uploaded this content: it may refer to it from now on."""
         with self._write() as conn:
-            self._insert_ignore(conn, blob_grants, {"project_id": self._project_id(conn, project),
+            limits.insert_ignore(conn, blob_grants, {"project_id": projects_sql.project_id(conn, project, self.clock),
                                                     "sha256": sha256, "created_at": self.clock()},
                                 ["project_id", "sha256"])
 
@@ -728,7 +702,7 @@ class SqlStore:
             return self._insert_alert_rule(conn, rule)
 
     def _insert_alert_rule(self, conn: Connection, rule: AlertRule) -> AlertRule:
-        project_id = self._project_id(conn, rule.project) if rule.project else None
+        project_id = projects_sql.project_id(conn, rule.project, self.clock) if rule.project else None
         rule_id = conn.execute(
             sa.insert(alert_rules).values(
                 project_id=project_id, run_number=rule.run, name=rule.name, kind=rule.kind,
