@@ -98,7 +98,8 @@ def claim(store: SqlStore, number: int, gpus: Sequence[int], agent: str, host: s
         if row is None or row.status != RunStatus.QUEUED.value:
             return None
         resources = {**(row.resources or {}), "assigned_gpus": list(gpus)}
-        store._update_run(conn, number, RunPatch(status=RunStatus.STARTING), extra={"resources": resources})
+        runs_sql.update_run(conn, number, RunPatch(status=RunStatus.STARTING), store.clock,
+                            extra={"resources": resources})
         conn.execute(sa.delete(run_claims).where(_C.run_number == number))
         conn.execute(sa.insert(run_claims).values(run_number=number, agent=agent, host=host,
                                                   claimed_at=store.lease_clock(conn)))
@@ -165,13 +166,14 @@ def release_orphan(store: SqlStore, number: int, agent: str, lost_message: str,
         if held.submitted_at is None and row.status == RunStatus.STARTING.value:
             conn.execute(sa.delete(run_claims).where(_C.run_number == number))
             if held.stop_requested_at is not None:
-                store._update_run(conn, number, RunPatch(status=RunStatus.STOPPED,
-                                                         status_message="stopped before it started"))
+                runs_sql.update_run(conn, number, RunPatch(status=RunStatus.STOPPED,
+                                                           status_message="stopped before it started"), store.clock)
                 return RunStatus.STOPPED
             resources = {k: v for k, v in (row.resources or {}).items() if k != "assigned_gpus"}
-            store._update_run(conn, number, RunPatch(status=RunStatus.QUEUED), extra={"resources": resources})
+            runs_sql.update_run(conn, number, RunPatch(status=RunStatus.QUEUED), store.clock,
+                                extra={"resources": resources})
             return RunStatus.QUEUED
-        store._update_run(conn, number, RunPatch(status=RunStatus.LOST, status_message=lost_message))
+        runs_sql.update_run(conn, number, RunPatch(status=RunStatus.LOST, status_message=lost_message), store.clock)
         return RunStatus.LOST
 
 
@@ -204,7 +206,7 @@ def stop_if_queued(store: SqlStore, number: int, message: str) -> bool:
         status = conn.execute(sa.select(_R.status).where(_R.number == number).with_for_update()).scalar()
         if status != RunStatus.QUEUED.value:
             return False
-        store._update_run(conn, number, RunPatch(status=RunStatus.STOPPED, status_message=message))
+        runs_sql.update_run(conn, number, RunPatch(status=RunStatus.STOPPED, status_message=message), store.clock)
         return True
 
 

@@ -17,8 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from runyard.errors import Conflict, InvalidArgument, NotFound, Unstorable
-from runyard.ids import new_ulid
-from runyard.names import validate_label, validate_metric_key, validate_relpath, validate_run_name
+from runyard.names import validate_metric_key, validate_relpath
 from runyard.store import (
     alert_state_sql,
     blobs_sql,
@@ -59,7 +58,6 @@ from runyard.store.schema import (
     metric_series,
     projects,
     run_inputs,
-    run_labels,
     runs,
 )
 from runyard.types import RunStatus
@@ -73,9 +71,6 @@ if TYPE_CHECKING:
 _R = runs.c
 _S = metric_series.c
 _MAX_BUCKETS = 100_000
-#: Columns of a run that a project's live stream shows (server/events.py ``_signature``): a write
-#: to one of them changes the project's listing.
-_LISTED = frozenset({"status", "name", "status_message", "ended_at", "exit_code"})
 
 
 class SqlStore:
@@ -145,39 +140,8 @@ class SqlStore:
 
     def create_run(self, new: NewRun) -> Run:
         with self._write() as conn:
-            number = self._insert_run(conn, new)
+            number = runs_sql.insert_run(conn, new, self.clock)
             return runs_sql.fetch_runs(conn, _R.number == number)[0]
-
-    def _insert_run(self, conn: Connection, new: NewRun) -> int:
-        if new.name is not None:
-            validate_run_name(new.name)
-        labels = sorted({validate_label(label) for label in new.labels})
-        run_id = new.id or new_ulid()
-        created = new.created_at if new.created_at is not None else self.clock()
-        status = RunStatus(new.status)
-        if new.parent is not None and conn.execute(
-            sa.select(_R.number).where(_R.number == new.parent)
-        ).scalar() is None:
-            raise NotFound(f"parent run {new.parent} does not exist")
-        if conn.execute(sa.select(_R.number).where(_R.id == run_id)).scalar() is not None:
-            raise Conflict(f"a run with id {run_id} already exists")
-        number = int(conn.execute(
-            sa.insert(runs).values(
-                id=run_id, project_id=projects_sql.project_id(conn, new.project, self.clock), name=new.name,
-                status=status.value, command=new.command, created_at=created,
-                queued_at=created if status is RunStatus.QUEUED else None,
-                started_at=created if status is RunStatus.RUNNING else None,
-                executor=new.executor, host=new.host, resources=dict(new.resources),
-                priority=new.priority, snapshot_id=new.snapshot_id, git_commit=new.git_commit,
-                git_branch=new.git_branch, git_diff_ref=new.git_diff_ref, parent_number=new.parent,
-                notes=new.notes, config=dict(new.config), summary={}, environment=dict(new.environment),
-                launch=dict(new.launch) if new.launch is not None else None,
-            ).returning(_R.number)
-        ).scalar_one())
-        if labels:
-            conn.execute(sa.insert(run_labels), [{"run_number": number, "label": lb} for lb in labels])
-        notify.touch(conn, number, listing=True)
-        return number
 
     def resolve(self, ref: str | int, project: str | None = None) -> int:
         """A run's number from a reference (number, name or id prefix); with ``project``, only among
@@ -205,75 +169,20 @@ class SqlStore:
 
     def update_run(self, number: int, patch: RunPatch) -> Run:
         with self._write() as conn:
-            self._update_run(conn, number, patch)
+            runs_sql.update_run(conn, number, patch, self.clock)
             return runs_sql.fetch_runs(conn, _R.number == number)[0]
-
-    def _update_run(self, conn: Connection, number: int, patch: RunPatch, notes_append: Sequence[str] = (),
-                    extra: Mapping[str, Any] | None = None) -> None:
-        values: dict[str, Any] = dict(extra or {})
-        if patch.name is not None:
-            values["name"] = validate_run_name(patch.name)
-        for field in ("notes", "status_message", "exit_code", "started_at", "ended_at", "heartbeat_at"):
-            if getattr(patch, field) is not None:
-                values[field] = getattr(patch, field)
-        current = conn.execute(
-            sa.select(_R.status, _R.config, _R.summary, _R.environment, _R.started_at, _R.notes)
-            .where(_R.number == number)
-            .with_for_update()
-        ).one_or_none()
-        if current is None:
-            raise NotFound(f"no run number {number}")
-        if patch.status is not None:
-            values.update(self._status_change(RunStatus(current.status), RunStatus(patch.status),
-                                              current.started_at, values))
-        for field in ("config", "summary", "environment"):
-            change = getattr(patch, field)
-            if change is not None:
-                values[field] = runs_sql.merge_json(getattr(current, field) or {}, change)
-        if notes_append:
-            base = values.get("notes", current.notes) or ""
-            values["notes"] = "\n\n".join([base, *notes_append]) if base else "\n\n".join(notes_append)
-        if values:
-            conn.execute(sa.update(runs).where(_R.number == number).values(**values))
-            notify.touch(conn, number, listing=not _LISTED.isdisjoint(values))
 
     def append_note(self, number: int, text: str) -> Run:
         """Add a paragraph to the run's notes."""
         with self._write() as conn:
-            self._update_run(conn, number, RunPatch(), notes_append=[text])
+            runs_sql.update_run(conn, number, RunPatch(), self.clock, notes_append=[text])
             return runs_sql.fetch_runs(conn, _R.number == number)[0]
-
-    def _status_change(self, old: RunStatus, new: RunStatus, started_at: float | None,
-                       values: Mapping[str, Any]) -> dict[str, Any]:
-        transitions.check_transition(old, new)
-        change: dict[str, Any] = {"status": new.value}
-        now = self.clock()
-        if new is RunStatus.RUNNING and started_at is None and "started_at" not in values:
-            change["started_at"] = now
-        if new.is_terminal() and "ended_at" not in values:
-            change["ended_at"] = now
-        return change
 
     def set_labels(self, number: int, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Run:
         with self._write() as conn:
-            self._require_run(conn, number)
-            self._set_labels(conn, number, add, remove)
+            runs_sql.require_run(conn, number)
+            runs_sql.set_labels(conn, number, add, remove)
             return runs_sql.fetch_runs(conn, _R.number == number)[0]
-
-    def _set_labels(self, conn: Connection, number: int, add: Sequence[str], remove: Sequence[str]) -> None:
-        adding = sorted({validate_label(label) for label in add})
-        removing = sorted({validate_label(label) for label in remove})
-        if adding:
-            limits.insert_ignore(conn, run_labels, [{"run_number": number, "label": label} for label in adding],
-                                ["run_number", "label"])
-        for part in limits.batches(conn, removing):
-            conn.execute(sa.delete(run_labels).where(run_labels.c.run_number == number, run_labels.c.label.in_(part)))
-        if adding or removing:
-            notify.touch(conn, number, listing=True)
-
-    def _require_run(self, conn: Connection, number: int) -> None:
-        if conn.execute(sa.select(_R.number).where(_R.number == number)).scalar() is None:
-            raise NotFound(f"no run number {number}")
 
     # -- metric series ----------------------------------------------------------------------------
 
@@ -282,7 +191,7 @@ class SqlStore:
         for key in series:
             validate_metric_key(key)
         with self._write() as conn:
-            self._require_run(conn, run)
+            runs_sql.require_run(conn, run)
             self._append_points(conn, run, series)
 
     def _append_points(self, conn: Connection, run: int, series: Mapping[str, Points]) -> None:
@@ -312,7 +221,7 @@ class SqlStore:
 
     def list_series(self, run: int) -> list[SeriesInfo]:
         with self._read() as conn:
-            self._require_run(conn, run)
+            runs_sql.require_run(conn, run)
             rows = conn.execute(
                 sa.select(_S.key, _S.point_count, _S.first_step, _S.last_step, _S.last_value, _S.last_time)
                 .where(_S.run_number == run)
@@ -332,7 +241,7 @@ class SqlStore:
             .where(_S.run_number == run, _S.key == key)
         ).one_or_none()
         if row is None:
-            self._require_run(conn, run)
+            runs_sql.require_run(conn, run)
             raise NotFound(f"run {run} has no metric {key!r}")
         return series_sql.SeriesRow(row.id, row.point_count, row.first_step, row.last_step, row.chunk_count)
 
@@ -359,7 +268,7 @@ class SqlStore:
         if not lines:
             return
         with self._write() as conn:
-            self._require_run(conn, run)
+            runs_sql.require_run(conn, run)
             self._append_logs(conn, run, lines)
 
     def _append_logs(self, conn: Connection, run: int, lines: Sequence[LogLine]) -> None:
@@ -373,7 +282,7 @@ class SqlStore:
         """The last ``count`` lines of the run's log, in order."""
         c = log_lines.c
         with self._read() as conn:
-            self._require_run(conn, run)
+            runs_sql.require_run(conn, run)
             rows = conn.execute(
                 sa.select(c.id, c.stream, c.time, c.text).where(c.run_number == run).order_by(c.id.desc()).limit(count)
             ).all()
@@ -382,7 +291,7 @@ class SqlStore:
     def read_logs(self, run: int, after: int = 0, limit: int = 1000) -> list[LogLine]:
         c = log_lines.c
         with self._read() as conn:
-            self._require_run(conn, run)
+            runs_sql.require_run(conn, run)
             rows = conn.execute(
                 sa.select(c.id, c.stream, c.time, c.text)
                 .where(c.run_number == run, c.id > after)
@@ -399,7 +308,7 @@ class SqlStore:
         # An upload says no mode: a mode recorded for an earlier file at this path is not its.
         values = {"size": size, "sha256": sha256, "content_ref": content_ref, "created_at": now, "mode": None}
         with self._write() as conn:
-            self._require_run(conn, run)
+            runs_sql.require_run(conn, run)
             self._record_artifact(conn, run, path, values)
         return ArtifactEntry(path, size, sha256, content_ref, now)
 
@@ -414,7 +323,7 @@ class SqlStore:
     def list_artifacts(self, run: int, prefix: str = "") -> list[ArtifactEntry]:
         c = artifacts.c
         with self._read() as conn:
-            self._require_run(conn, run)
+            runs_sql.require_run(conn, run)
             stmt = sa.select(c.path, c.size, c.sha256, c.content_ref, c.created_at, c.mode).where(c.run_number == run)
             if prefix:
                 stmt = stmt.where(c.path.startswith(prefix, autoescape=True))
@@ -434,7 +343,7 @@ class SqlStore:
 
     def add_input(self, run: int, item: RunInput) -> None:
         with self._write() as conn:
-            self._require_run(conn, run)
+            runs_sql.require_run(conn, run)
             self._add_input(conn, run, item)
 
     def _add_input(self, conn: Connection, run: int, item: RunInput) -> None:
@@ -471,12 +380,7 @@ class SqlStore:
     def runs_with_status(self, statuses: Sequence[RunStatus]) -> list[Run]:
         """Runs in these states, highest priority first, then oldest first (the queue's order)."""
         with self._read() as conn:
-            rows = conn.execute(
-                runs_sql._base_select().where(_R.status.in_([RunStatus(s).value for s in statuses]))
-                .order_by(_R.priority.desc(), _R.number)
-            ).all()
-            labels = runs_sql.labels_of(conn, [r.number for r in rows])
-            return [runs_sql.to_run(r, labels[r.number]) for r in rows]
+            return runs_sql.with_status(conn, statuses)
 
     # -- reclaiming disk: runyard gc and rm (see gc_sql) ------------------------------------------
 
@@ -603,7 +507,7 @@ class SqlStore:
             if number is None:
                 if batch.start is None:
                     raise NotFound(f"run {batch.run_id} is not in the store and these records do not start it")
-                number = self._insert_run(conn, _new_run_of(batch.run_id, batch.start))
+                number = runs_sql.insert_run(conn, _new_run_of(batch.run_id, batch.start), self.clock)
                 started_here = True
             else:
                 started_here = False
@@ -666,9 +570,9 @@ class SqlStore:
             # would start the command again, beside the first), only how its own process went.
             transitions.check_transition(current if status is None else status, patch.status, by_records=True,
                                          field="end.status" if end is not None else "start")
-        self._update_run(conn, number, patch, notes_append=notes, extra=extra)
+        runs_sql.update_run(conn, number, patch, self.clock, notes_append=notes, extra=extra)
         if labels_added or batch.labels_removed:
-            self._set_labels(conn, number, labels_added, batch.labels_removed)
+            runs_sql.set_labels(conn, number, labels_added, batch.labels_removed)
         if batch.points:
             self._append_points(conn, number, batch.points)
         if batch.logs:
@@ -687,13 +591,7 @@ class SqlStore:
     def mark_lost(self, run_id: str, message: str) -> bool:
         """Mark a run lost unless it already ended; True if it was marked."""
         with self._write() as conn:
-            row = conn.execute(sa.select(_R.number, _R.status).where(_R.id == run_id)).one_or_none()
-            # Only a run some process holds can be lost: not a queued one, nor one that ended.
-            if row is None or RunStatus(row.status) is RunStatus.LOST \
-                    or not transitions.may_become(RunStatus(row.status), RunStatus.LOST):
-                return False
-            self._update_run(conn, int(row.number), RunPatch(status=RunStatus.LOST, status_message=message))
-            return True
+            return runs_sql.mark_lost(conn, run_id, message, self.clock)
 
     # -- alerts -----------------------------------------------------------------------------------
 
@@ -745,7 +643,7 @@ class SqlStore:
 
     def add_alert_event(self, event: AlertEvent) -> AlertEvent:
         with self._write() as conn:
-            self._require_run(conn, event.run)
+            runs_sql.require_run(conn, event.run)
             return self._insert_alert_event(conn, event)
 
     def _insert_alert_event(self, conn: Connection, event: AlertEvent) -> AlertEvent:
