@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from runyard.errors import Conflict, InvalidArgument, NotFound, Unstorable
+from runyard.errors import Conflict, NotFound, Unstorable
 from runyard.names import validate_metric_key, validate_relpath
 from runyard.store import (
     alert_state_sql,
@@ -27,6 +27,7 @@ from runyard.store import (
     notify,
     projects_sql,
     runs_sql,
+    series_info_sql,
     transitions,
 )
 from runyard.store.api import (
@@ -55,7 +56,6 @@ from runyard.store.schema import (
     blob_grants,
     ingest_cursors,
     log_lines,
-    metric_series,
     projects,
     run_inputs,
     runs,
@@ -65,12 +65,9 @@ from runyard.types import RunStatus
 if TYPE_CHECKING:
     # The series modules load numpy (0.1 s): only what reads or writes points imports them, so that
     # `runyard ls` and the other commands listing runs do not pay for it.
-    from runyard.store import series_sql
     from runyard.store.series import Envelope, Points
 
 _R = runs.c
-_S = metric_series.c
-_MAX_BUCKETS = 100_000
 
 
 class SqlStore:
@@ -188,79 +185,32 @@ class SqlStore:
 
     def append_points(self, run: int, series: Mapping[str, Points]) -> None:
         """Add points to several series of a run in one transaction."""
+        from runyard.store import series_sql
+
         for key in series:
             validate_metric_key(key)
         with self._write() as conn:
             runs_sql.require_run(conn, run)
-            self._append_points(conn, run, series)
-
-    def _append_points(self, conn: Connection, run: int, series: Mapping[str, Points]) -> None:
-        from runyard.store import series_sql
-
-        keys = sorted(series)  # a fixed order: concurrent writers lock series alike
-        rows = self._locked_series_many(conn, run, keys)
-        series_sql.append_many(conn, [(rows[key], series[key]) for key in keys], self.chunk_points or _chunk_points())
-        notify.touch(conn, run)
-
-    def _locked_series_many(self, conn: Connection, run: int, keys: Sequence[str]) -> dict[str, series_sql.SeriesRow]:
-        """The rows of these series of a run, created if new, locked until the transaction ends."""
-        from runyard.store import series_sql
-
-        limits.insert_ignore(conn, metric_series,
-                            [{"run_number": run, "key": key, "point_count": 0, "chunk_count": 0} for key in keys],
-                            ["run_number", "key"])
-        rows: dict[str, series_sql.SeriesRow] = {}
-        for part in limits.batches(conn, keys):  # in key order, as every writer locks them
-            found = conn.execute(
-                sa.select(_S.id, _S.key, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
-                .where(_S.run_number == run, _S.key.in_(part)).order_by(_S.key).with_for_update()
-            )
-            rows.update((r.key, series_sql.SeriesRow(r.id, r.point_count, r.first_step, r.last_step, r.chunk_count))
-                        for r in found)
-        return rows
+            series_sql.append_points(conn, run, series, self.chunk_points)
 
     def list_series(self, run: int) -> list[SeriesInfo]:
         with self._read() as conn:
             runs_sql.require_run(conn, run)
-            rows = conn.execute(
-                sa.select(_S.key, _S.point_count, _S.first_step, _S.last_step, _S.last_value, _S.last_time)
-                .where(_S.run_number == run)
-                .order_by(_S.key)
-            )
-            return [
-                SeriesInfo(r.key, r.point_count, r.first_step, r.last_step,
-                           float("nan") if r.last_value is None and r.point_count else r.last_value, r.last_time)
-                for r in rows
-            ]
-
-    def _existing_series(self, conn: Connection, run: int, key: str) -> series_sql.SeriesRow:
-        from runyard.store import series_sql
-
-        row = conn.execute(
-            sa.select(_S.id, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
-            .where(_S.run_number == run, _S.key == key)
-        ).one_or_none()
-        if row is None:
-            runs_sql.require_run(conn, run)
-            raise NotFound(f"run {run} has no metric {key!r}")
-        return series_sql.SeriesRow(row.id, row.point_count, row.first_step, row.last_step, row.chunk_count)
+            return series_info_sql.list_series(conn, run)
 
     def history(self, run: int, key: str, start: int | None = None, end: int | None = None) -> Points:
         from runyard.store import series_sql
 
         with self._read() as conn:
-            return series_sql.history(conn, self._existing_series(conn, run, key), start, end)
+            return series_sql.history(conn, series_sql.existing_row(conn, run, key), start, end)
 
     def envelope(self, run: int, key: str, buckets: int = 1000, start: int | None = None,
                  end: int | None = None) -> Envelope:
         from runyard.store import series_sql
 
-        if not 1 <= buckets <= _MAX_BUCKETS:
-            raise InvalidArgument(f"buckets must be between 1 and {_MAX_BUCKETS}, not {buckets}")
-        if start is not None and end is not None and start > end:
-            raise InvalidArgument(f"start step {start} is after end step {end}")
+        series_sql.check_window(buckets, start, end)
         with self._read() as conn:
-            return series_sql.envelope(conn, self._existing_series(conn, run, key), buckets, start, end)
+            return series_sql.envelope(conn, series_sql.existing_row(conn, run, key), buckets, start, end)
 
     # -- logs -------------------------------------------------------------------------------------
 
@@ -574,7 +524,9 @@ class SqlStore:
         if labels_added or batch.labels_removed:
             runs_sql.set_labels(conn, number, labels_added, batch.labels_removed)
         if batch.points:
-            self._append_points(conn, number, batch.points)
+            from runyard.store import series_sql
+
+            series_sql.append_points(conn, number, batch.points, self.chunk_points)
         if batch.logs:
             self._append_logs(conn, number, batch.logs)
         for item in batch.inputs:
@@ -740,8 +692,3 @@ def _new_run_of(run_id: str, start: Mapping[str, Any]) -> NewRun:
         created_at=start.get("time"), status=RunStatus.RUNNING,
     )
 
-
-def _chunk_points() -> int:
-    from runyard.store.series import CHUNK_POINTS
-
-    return CHUNK_POINTS
