@@ -20,10 +20,13 @@ from runyard.errors import Conflict, NotFound, Unstorable
 from runyard.names import validate_metric_key, validate_relpath
 from runyard.store import (
     alert_state_sql,
+    artifacts_sql,
     blobs_sql,
     claims_sql,
     gc_sql,
+    inputs_sql,
     limits,
+    logs_sql,
     notify,
     projects_sql,
     runs_sql,
@@ -52,12 +55,8 @@ from runyard.store.engine import IMMEDIATE
 from runyard.store.schema import (
     alert_events,
     alert_rules,
-    artifacts,
-    blob_grants,
     ingest_cursors,
-    log_lines,
     projects,
-    run_inputs,
     runs,
 )
 from runyard.types import RunStatus
@@ -219,36 +218,18 @@ class SqlStore:
             return
         with self._write() as conn:
             runs_sql.require_run(conn, run)
-            self._append_logs(conn, run, lines)
-
-    def _append_logs(self, conn: Connection, run: int, lines: Sequence[LogLine]) -> None:
-        conn.execute(
-            sa.insert(log_lines),
-            [{"run_number": run, "stream": ln.stream, "time": ln.time, "text": ln.text} for ln in lines],
-        )
-        notify.touch(conn, run)
+            logs_sql.append(conn, run, lines)
 
     def tail_logs(self, run: int, count: int) -> list[LogLine]:
         """The last ``count`` lines of the run's log, in order."""
-        c = log_lines.c
         with self._read() as conn:
             runs_sql.require_run(conn, run)
-            rows = conn.execute(
-                sa.select(c.id, c.stream, c.time, c.text).where(c.run_number == run).order_by(c.id.desc()).limit(count)
-            ).all()
-            return [LogLine(r.time, r.text, r.stream, r.id) for r in reversed(rows)]
+            return logs_sql.tail(conn, run, count)
 
     def read_logs(self, run: int, after: int = 0, limit: int = 1000) -> list[LogLine]:
-        c = log_lines.c
         with self._read() as conn:
             runs_sql.require_run(conn, run)
-            rows = conn.execute(
-                sa.select(c.id, c.stream, c.time, c.text)
-                .where(c.run_number == run, c.id > after)
-                .order_by(c.id)
-                .limit(limit)
-            )
-            return [LogLine(r.time, r.text, r.stream, r.id) for r in rows]
+            return logs_sql.read(conn, run, after, limit)
 
     # -- artifacts and lineage --------------------------------------------------------------------
 
@@ -259,25 +240,13 @@ class SqlStore:
         values = {"size": size, "sha256": sha256, "content_ref": content_ref, "created_at": now, "mode": None}
         with self._write() as conn:
             runs_sql.require_run(conn, run)
-            self._record_artifact(conn, run, path, values)
+            artifacts_sql.record(conn, run, path, values)
         return ArtifactEntry(path, size, sha256, content_ref, now)
 
-    def _record_artifact(self, conn: Connection, run: int, path: str, values: Mapping[str, Any]) -> None:
-        c = artifacts.c
-        updated = conn.execute(
-            sa.update(artifacts).where(c.run_number == run, c.path == path).values(**values)
-        ).rowcount
-        if not updated:
-            conn.execute(sa.insert(artifacts).values(run_number=run, path=path, **values))
-
     def list_artifacts(self, run: int, prefix: str = "") -> list[ArtifactEntry]:
-        c = artifacts.c
         with self._read() as conn:
             runs_sql.require_run(conn, run)
-            stmt = sa.select(c.path, c.size, c.sha256, c.content_ref, c.created_at, c.mode).where(c.run_number == run)
-            if prefix:
-                stmt = stmt.where(c.path.startswith(prefix, autoescape=True))
-            return [ArtifactEntry(*r) for r in conn.execute(stmt.order_by(c.path))]
+            return artifacts_sql.list_artifacts(conn, run, prefix)
 
     def visible_content(self, project: str, shas: Sequence[str]) -> set[str]:
         """Those of ``shas`` that a token limited to ``project`` may see (see blobs_sql.py)."""
@@ -287,43 +256,27 @@ class SqlStore:
     def grant_content(self, project: str, sha256: str) -> None:
         """A token limited to ``project`` uploaded this content: it may refer to it from now on."""
         with self._write() as conn:
-            limits.insert_ignore(conn, blob_grants, {"project_id": projects_sql.project_id(conn, project, self.clock),
-                                                    "sha256": sha256, "created_at": self.clock()},
-                                ["project_id", "sha256"])
+            blobs_sql.grant(conn, project, sha256, self.clock)
 
     def add_input(self, run: int, item: RunInput) -> None:
         with self._write() as conn:
             runs_sql.require_run(conn, run)
-            self._add_input(conn, run, item)
-
-    def _add_input(self, conn: Connection, run: int, item: RunInput) -> None:
-        conn.execute(
-            sa.insert(run_inputs).values(
-                run_number=run, kind=item.kind, source_run_number=item.source_run,
-                source_path=item.source_path, sha256=item.sha256, mount=item.mount,
-            )
-        )
-
-    def _inputs(self, where: sa.ColumnElement[bool]) -> list[RunInput]:
-        c = run_inputs.c
-        with self._read() as conn:
-            rows = conn.execute(sa.select(run_inputs).where(where).order_by(c.id))
-            return [
-                RunInput(r.kind, r.sha256, r.source_run_number, r.source_path, r.mount, r.run_number)
-                for r in rows
-            ]
+            inputs_sql.add(conn, run, item)
 
     def inputs_of(self, run: int) -> list[RunInput]:
         """What ``run`` consumed."""
-        return self._inputs(run_inputs.c.run_number == run)
+        with self._read() as conn:
+            return inputs_sql.inputs_of(conn, run)
 
     def consumers_of(self, sha256: str) -> list[RunInput]:
         """Which runs consumed this content."""
-        return self._inputs(run_inputs.c.sha256 == sha256)
+        with self._read() as conn:
+            return inputs_sql.consumers_of(conn, sha256)
 
     def consumers_of_run(self, run: int) -> list[RunInput]:
         """Which runs consumed an artifact of ``run``."""
-        return self._inputs(run_inputs.c.source_run_number == run)
+        with self._read() as conn:
+            return inputs_sql.consumers_of_run(conn, run)
 
     # -- the queue --------------------------------------------------------------------------------
 
@@ -528,11 +481,11 @@ class SqlStore:
 
             series_sql.append_points(conn, number, batch.points, self.chunk_points)
         if batch.logs:
-            self._append_logs(conn, number, batch.logs)
+            logs_sql.append(conn, number, batch.logs)
         for item in batch.inputs:
-            self._add_input(conn, number, item)
+            inputs_sql.add(conn, number, item)
         for path, size, sha256, ref, mode in batch.artifacts:
-            self._record_artifact(conn, number, path, {"size": size, "sha256": sha256, "content_ref": ref,
+            artifacts_sql.record(conn, number, path, {"size": size, "sha256": sha256, "content_ref": ref,
                                                        "created_at": self.clock(), "mode": mode})
         for rule in batch.alert_rules:
             # A rule the script declared (run.alert): for this run; the same name replaces it.
