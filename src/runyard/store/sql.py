@@ -20,6 +20,7 @@ from runyard.errors import Conflict, NotFound, Unstorable
 from runyard.names import validate_metric_key, validate_relpath
 from runyard.store import (
     alert_state_sql,
+    alerts_sql,
     artifacts_sql,
     blobs_sql,
     claims_sql,
@@ -53,7 +54,6 @@ from runyard.store.api import (
 )
 from runyard.store.engine import IMMEDIATE
 from runyard.store.schema import (
-    alert_events,
     alert_rules,
     ingest_cursors,
     projects,
@@ -491,76 +491,38 @@ class SqlStore:
             # A rule the script declared (run.alert): for this run; the same name replaces it.
             c = alert_rules.c
             conn.execute(sa.delete(alert_rules).where(c.run_number == number, c.name == rule.name))
-            self._insert_alert_rule(conn, replace(rule, project=None, run=number))
+            alerts_sql.insert_rule(conn, replace(rule, project=None, run=number), self.clock)
 
     def mark_lost(self, run_id: str, message: str) -> bool:
         """Mark a run lost unless it already ended; True if it was marked."""
         with self._write() as conn:
             return runs_sql.mark_lost(conn, run_id, message, self.clock)
 
-    # -- alerts -----------------------------------------------------------------------------------
+    # -- alerts (see alerts_sql and alert_state_sql) ---------------------------------------------
 
     def add_alert_rule(self, rule: AlertRule) -> AlertRule:
         with self._write() as conn:
-            return self._insert_alert_rule(conn, rule)
-
-    def _insert_alert_rule(self, conn: Connection, rule: AlertRule) -> AlertRule:
-        project_id = projects_sql.project_id(conn, rule.project, self.clock) if rule.project else None
-        rule_id = conn.execute(
-            sa.insert(alert_rules).values(
-                project_id=project_id, run_number=rule.run, name=rule.name, kind=rule.kind,
-                spec=dict(rule.spec), action=rule.action, notify=list(rule.notify),
-                enabled=rule.enabled, source=rule.source, created_at=self.clock(),
-            ).returning(alert_rules.c.id)
-        ).scalar_one()
-        return replace(rule, id=int(rule_id))
+            return alerts_sql.insert_rule(conn, rule, self.clock)
 
     def alert_rules_stamp(self) -> tuple[int, int]:
         """(how many rules, highest id): changes whenever a rule is added or removed, for readers
         that keep the rules in memory (one cheap query instead of reading them all)."""
         with self._read() as conn:
-            count, highest = conn.execute(
-                sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(alert_rules.c.id), 0))).one()
-        return int(count), int(highest)
+            return alerts_sql.rules_stamp(conn)
 
     def list_alert_rules(self, project: str | None = None, run: int | None = None) -> list[AlertRule]:
-        c = alert_rules.c
-        stmt = (
-            sa.select(alert_rules, projects.c.name.label("project_name"))
-            .select_from(alert_rules.outerjoin(projects, projects.c.id == c.project_id))
-            .order_by(c.id)
-        )
-        if project is not None:
-            stmt = stmt.where(projects.c.name == project)
-        if run is not None:
-            stmt = stmt.where(c.run_number == run)
         with self._read() as conn:
-            return [
-                AlertRule(r.name, r.kind, r.spec, r.action, tuple(r.notify), r.project_name, r.run_number,
-                          bool(r.enabled), r.source, r.id)
-                for r in conn.execute(stmt)
-            ]
+            return alerts_sql.list_rules(conn, project, run)
 
     def remove_alert_rule(self, rule_id: int) -> bool:
         """Delete a rule (its past events stay, without it); False if there was none."""
         with self._write() as conn:
-            return bool(conn.execute(sa.delete(alert_rules).where(alert_rules.c.id == rule_id)).rowcount)
+            return alerts_sql.remove_rule(conn, rule_id)
 
     def add_alert_event(self, event: AlertEvent) -> AlertEvent:
         with self._write() as conn:
             runs_sql.require_run(conn, event.run)
-            return self._insert_alert_event(conn, event)
-
-    def _insert_alert_event(self, conn: Connection, event: AlertEvent) -> AlertEvent:
-        event_id = conn.execute(
-            sa.insert(alert_events).values(
-                rule_id=event.rule_id, run_number=event.run, time=event.time, kind=event.kind,
-                message=event.message, metric=event.metric, step=event.step, value=event.value,
-                seen_at=event.seen_at, delivery=dict(event.delivery),
-            ).returning(alert_events.c.id)
-        ).scalar_one()
-        return AlertEvent(event.run, event.kind, event.message, event.time, event.rule_id, event.metric,
-                          event.step, event.value, event.seen_at, event.delivery, int(event_id))
+            return alerts_sql.insert_event(conn, event)
 
     def alert_states(self, run: int) -> dict[int, tuple[dict[str, Any], int]]:
         """What each rule remembers about ``run``: rule id -> (state, version). See alert_state_sql."""
@@ -577,64 +539,31 @@ class SqlStore:
         return claims_sql.last_activity(self, runs)
 
     def list_alert_events(self, run: int | None = None, unseen_only: bool = False) -> list[AlertEvent]:
-        c = alert_events.c
-        stmt = sa.select(alert_events).order_by(c.id)
-        if run is not None:
-            stmt = stmt.where(c.run_number == run)
-        if unseen_only:
-            stmt = stmt.where(c.seen_at.is_(None))
         with self._read() as conn:
-            return [
-                AlertEvent(r.run_number, r.kind, r.message, r.time, r.rule_id, r.metric, r.step, r.value,
-                           r.seen_at, r.delivery, r.id)
-                for r in conn.execute(stmt)
-            ]
+            return alerts_sql.list_events(conn, run, unseen_only)
 
     def alert_events_after(self, event_id: int, since: float = 0.0, limit: int = 1000) -> list[AlertEvent]:
         """Events with an id above ``event_id`` and a time from ``since`` on, oldest first (the outbox)."""
-        c = alert_events.c
-        stmt = sa.select(alert_events).where(c.id > event_id, c.time >= since).order_by(c.id).limit(limit)
         with self._read() as conn:
-            return [AlertEvent(r.run_number, r.kind, r.message, r.time, r.rule_id, r.metric, r.step, r.value,
-                               r.seen_at, r.delivery, r.id) for r in conn.execute(stmt)]
+            return alerts_sql.events_after(conn, event_id, since, limit)
 
     def set_alert_delivery(self, event_id: int, delivery: Mapping[str, Any]) -> None:
         """Record how an event's delivery stands (channels still pending, whether its stop was done)."""
         with self._write() as conn:
-            conn.execute(sa.update(alert_events).where(alert_events.c.id == event_id).values(delivery=dict(delivery)))
+            alerts_sql.set_delivery(conn, event_id, delivery)
 
     def mark_alerts_seen(self, ids: Sequence[int]) -> None:
         if not ids:
             return
         now = self.clock()
         with self._write() as conn:
-            for part in limits.batches(conn, list(ids)):
-                conn.execute(
-                    sa.update(alert_events)
-                    .where(alert_events.c.id.in_(part), alert_events.c.seen_at.is_(None))
-                    .values(seen_at=now)
-                )
+            alerts_sql.mark_seen(conn, ids, now)
 
     def status_counts(self, since: float, project: str | None = None) -> dict[str, int]:
         """For ``runyard status``: runs running and queued, runs that failed (or were lost or timed
         out) since ``since``, and alerts nobody has seen; of one project if given."""
-        in_project = (_R.project_id == sa.select(projects.c.id).where(projects.c.name == project).scalar_subquery()
-                      if project is not None else sa.true())
-        active = (sa.select(_R.status, sa.func.count()).where(in_project, _R.status.in_(("queued", "starting",
-                                                                                         "running")))
-                  .group_by(_R.status))
-        failed = sa.select(sa.func.count()).where(in_project, _R.status.in_(("failed", "lost", "timeout")),
-                                                  _R.ended_at >= since)
-        e = alert_events.c
-        alerts = sa.select(sa.func.count()).select_from(alert_events).where(e.seen_at.is_(None))
-        if project is not None:
-            alerts = alerts.where(e.run_number.in_(sa.select(_R.number).where(in_project)))
         with self._read() as conn:
-            counts = {str(status): int(n) for status, n in conn.execute(active)}
-            return {"running": counts.get("running", 0) + counts.get("starting", 0),
-                    "queued": counts.get("queued", 0), "failed": int(conn.execute(failed).scalar_one()),
-                    "alerts": int(conn.execute(alerts).scalar_one())}
-
+            return alerts_sql.status_counts(conn, since, project)
 
 def _new_run_of(run_id: str, start: Mapping[str, Any]) -> NewRun:
     return NewRun(
