@@ -77,6 +77,15 @@ def fetch_runs(conn: Connection, where: ColumnElement[bool]) -> list[Run]:
     return [to_run(r, labels[r.number]) for r in rows]
 
 
+def fetch_run(conn: Connection, number: int) -> Run:
+    """The run ``number``, which exists."""
+    return fetch_runs(conn, _R.number == number)[0]
+
+
+def children_of(conn: Connection, number: int) -> list[Run]:
+    return fetch_runs(conn, _R.parent_number == number)
+
+
 def resolve_ref(conn: Connection, ref: str | int, project: str | None = None) -> int:
     """A run's number from its number, its name, or a unique prefix of its id; with ``project``,
     among that project's runs only: another project's runs are neither found nor listed."""

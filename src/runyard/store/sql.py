@@ -3,6 +3,12 @@
 Constructing a store does no I/O. Opening a home (creating it, migrating SQLite) is ``home.py``'s
 job, done explicitly at the CLI or SDK entry. Every write runs in one transaction; on SQLite it
 takes the write lock at BEGIN (``BEGIN IMMEDIATE``), on PostgreSQL the rows it changes are locked.
+
+This module holds the transactions; the SQL of each noun is in a module of its own, as functions
+over a connection (projects_sql, runs_sql, series_sql and series_info_sql, logs_sql, artifacts_sql,
+blobs_sql, inputs_sql, alerts_sql, ingest_sql, gc_sql) or over the store where they open
+transactions themselves (claims_sql, alert_state_sql). A method here opens one transaction and
+calls them, so that the pieces of one change (an ingested batch) share it.
 """
 
 from __future__ import annotations
@@ -10,13 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from runyard.errors import Conflict, NotFound, Unstorable
+from runyard.errors import Unstorable
 from runyard.names import validate_metric_key, validate_relpath
 from runyard.store import (
     alert_state_sql,
@@ -25,6 +30,7 @@ from runyard.store import (
     blobs_sql,
     claims_sql,
     gc_sql,
+    ingest_sql,
     inputs_sql,
     limits,
     logs_sql,
@@ -32,7 +38,6 @@ from runyard.store import (
     projects_sql,
     runs_sql,
     series_info_sql,
-    transitions,
 )
 from runyard.store.api import (
     AlertEvent,
@@ -53,20 +58,12 @@ from runyard.store.api import (
     SeriesInfo,
 )
 from runyard.store.engine import IMMEDIATE
-from runyard.store.schema import (
-    alert_rules,
-    ingest_cursors,
-    projects,
-    runs,
-)
 from runyard.types import RunStatus
 
 if TYPE_CHECKING:
     # The series modules load numpy (0.1 s): only what reads or writes points imports them, so that
     # `runyard ls` and the other commands listing runs do not pay for it.
     from runyard.store.series import Envelope, Points
-
-_R = runs.c
 
 
 class SqlStore:
@@ -137,7 +134,7 @@ class SqlStore:
     def create_run(self, new: NewRun) -> Run:
         with self._write() as conn:
             number = runs_sql.insert_run(conn, new, self.clock)
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
+            return runs_sql.fetch_run(conn, number)
 
     def resolve(self, ref: str | int, project: str | None = None) -> int:
         """A run's number from a reference (number, name or id prefix); with ``project``, only among
@@ -148,7 +145,7 @@ class SqlStore:
     def get_run(self, ref: str | int, project: str | None = None) -> Run:
         with self._read() as conn:
             number = runs_sql.resolve_ref(conn, ref, project)
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
+            return runs_sql.fetch_run(conn, number)
 
     def list_runs(self, query: RunQuery) -> Page[Run]:
         with self._read() as conn:
@@ -161,24 +158,24 @@ class SqlStore:
 
     def children_of(self, number: int) -> list[Run]:
         with self._read() as conn:
-            return runs_sql.fetch_runs(conn, _R.parent_number == number)
+            return runs_sql.children_of(conn, number)
 
     def update_run(self, number: int, patch: RunPatch) -> Run:
         with self._write() as conn:
             runs_sql.update_run(conn, number, patch, self.clock)
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
+            return runs_sql.fetch_run(conn, number)
 
     def append_note(self, number: int, text: str) -> Run:
         """Add a paragraph to the run's notes."""
         with self._write() as conn:
             runs_sql.update_run(conn, number, RunPatch(), self.clock, notes_append=[text])
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
+            return runs_sql.fetch_run(conn, number)
 
     def set_labels(self, number: int, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Run:
         with self._write() as conn:
             runs_sql.require_run(conn, number)
             runs_sql.set_labels(conn, number, add, remove)
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
+            return runs_sql.fetch_run(conn, number)
 
     # -- metric series ----------------------------------------------------------------------------
 
@@ -384,114 +381,17 @@ class SqlStore:
     def ingest_state(self, run_id: str, writer: str) -> tuple[int, int | None, str | None]:
         """One query for an ingest route: (cursor of ``writer`` or -1, the run's number, its project),
         the last two None when no run has this id."""
-        c = ingest_cursors.c
-        stmt = (sa.select(_R.number, projects.c.name, c.seq)
-                .select_from(runs.join(projects, projects.c.id == _R.project_id)
-                             .outerjoin(ingest_cursors, sa.and_(c.run_number == _R.number, c.writer == writer)))
-                .where(_R.id == run_id))
         with self._read() as conn:
-            row = conn.execute(stmt).one_or_none()
-        if row is None:
-            return -1, None, None
-        return (-1 if row.seq is None else int(row.seq)), int(row.number), str(row.name)
+            return ingest_sql.state(conn, run_id, writer)
 
     def ingest(self, batch: IngestBatch) -> IngestResult:
         """Apply a batch of spool records in one transaction, exactly once (see ``IngestBatch``)."""
         try:
-            return self._ingest(batch)
+            with self._write() as conn:
+                return ingest_sql.apply_batch(conn, batch, self.clock, self.chunk_points)
         except Unstorable as e:
             raise Unstorable(f"records {batch.first_seq}..{batch.last_seq} of writer {batch.writer} of run "
                              f"{batch.run_id} can never be applied: {e}") from e
-
-    def _ingest(self, batch: IngestBatch) -> IngestResult:
-        c = ingest_cursors.c
-        with self._write() as conn:
-            number = conn.execute(sa.select(_R.number).where(_R.id == batch.run_id)).scalar()
-            if number is None:
-                if batch.start is None:
-                    raise NotFound(f"run {batch.run_id} is not in the store and these records do not start it")
-                number = runs_sql.insert_run(conn, _new_run_of(batch.run_id, batch.start), self.clock)
-                started_here = True
-            else:
-                started_here = False
-            cursor = conn.execute(
-                sa.select(c.seq).where(c.run_number == number, c.writer == batch.writer).with_for_update()
-            ).scalar()
-            if cursor is not None and cursor >= batch.last_seq:
-                return IngestResult(int(number), applied=False)
-            if cursor is not None and cursor >= batch.first_seq:
-                raise Conflict(f"records {batch.first_seq}..{batch.last_seq} of writer {batch.writer} overlap "
-                               f"what is applied (up to {cursor}); filter by ingest_cursor() first")
-            self._apply(conn, int(number), batch, started_here)
-            if cursor is None:
-                conn.execute(sa.insert(ingest_cursors).values(run_number=number, writer=batch.writer,
-                                                              seq=batch.last_seq))
-            else:
-                conn.execute(sa.update(ingest_cursors).where(c.run_number == number, c.writer == batch.writer)
-                             .values(seq=batch.last_seq))
-            return IngestResult(int(number), applied=True)
-
-    def _apply(self, conn: Connection, number: int, batch: IngestBatch, started_here: bool) -> None:
-        current = RunStatus(conn.execute(sa.select(_R.status).where(_R.number == number)).scalar_one())
-        extra: dict[str, Any] = {}
-        config = dict(batch.config)
-        environment = dict(batch.environment)
-        labels_added = list(batch.labels_added)
-        notes = list(batch.notes)
-        status: RunStatus | None = None
-        if batch.start is not None and not started_here:
-            # A run made by `runyard run` (or a re-read start): merge what the script declares.
-            config = {**dict(batch.start.get("config") or {}), **config}
-            environment = {**dict(batch.start.get("environment") or {}), **environment}
-            labels_added += list(batch.start.get("labels") or [])
-            if batch.start.get("notes"):
-                notes.insert(0, str(batch.start["notes"]))
-            if current in (RunStatus.QUEUED, RunStatus.STARTING):
-                # Only a run its agent claimed: a start for a queued one would skip the scheduler.
-                transitions.check_transition(current, RunStatus.RUNNING, by_records=True, field="start")
-                status = RunStatus.RUNNING
-                if batch.start.get("time") is not None:
-                    extra["started_at"] = batch.start["time"]
-        for key in ("git_commit", "git_branch", "git_diff_ref"):
-            if key in environment:
-                extra[key] = environment.pop(key)
-        if batch.heartbeat is not None:
-            extra["heartbeat_at"] = batch.heartbeat
-        end = batch.end
-        patch = RunPatch(
-            config=config or None, summary=batch.summary or None, environment=environment or None,
-            status=RunStatus(end["status"]) if end is not None else status,
-            exit_code=end.get("exit_code") if end is not None else None,
-            ended_at=end.get("time") if end is not None else None,
-            status_message=end.get("message") if end is not None else None,
-        )
-        if end is not None and current.is_terminal() and current is not RunStatus.LOST:
-            # Stopped by a person or a rule before the script said how it ended: keep that.
-            patch = RunPatch(config=patch.config, summary=patch.summary, environment=patch.environment)
-        elif patch.status is not None:
-            # What a writer may say through its records: never back into the queue (the scheduler
-            # would start the command again, beside the first), only how its own process went.
-            transitions.check_transition(current if status is None else status, patch.status, by_records=True,
-                                         field="end.status" if end is not None else "start")
-        runs_sql.update_run(conn, number, patch, self.clock, notes_append=notes, extra=extra)
-        if labels_added or batch.labels_removed:
-            runs_sql.set_labels(conn, number, labels_added, batch.labels_removed)
-        if batch.points:
-            from runyard.store import series_sql
-
-            series_sql.append_points(conn, number, batch.points, self.chunk_points)
-        if batch.logs:
-            logs_sql.append(conn, number, batch.logs)
-        for item in batch.inputs:
-            inputs_sql.add(conn, number, item)
-        for path, size, sha256, ref, mode in batch.artifacts:
-            artifacts_sql.record(conn, number, path, {"size": size, "sha256": sha256, "content_ref": ref,
-                                                       "created_at": self.clock(), "mode": mode})
-        for rule in batch.alert_rules:
-            # A rule the script declared (run.alert): for this run; the same name replaces it.
-            c = alert_rules.c
-            conn.execute(sa.delete(alert_rules).where(c.run_number == number, c.name == rule.name))
-            alerts_sql.insert_rule(conn, replace(rule, project=None, run=number), self.clock)
 
     def mark_lost(self, run_id: str, message: str) -> bool:
         """Mark a run lost unless it already ended; True if it was marked."""
@@ -564,13 +464,3 @@ class SqlStore:
         out) since ``since``, and alerts nobody has seen; of one project if given."""
         with self._read() as conn:
             return alerts_sql.status_counts(conn, since, project)
-
-def _new_run_of(run_id: str, start: Mapping[str, Any]) -> NewRun:
-    return NewRun(
-        project=str(start.get("project") or "default"), id=run_id, name=start.get("name"),
-        command=list(start.get("command") or []) or None, config=dict(start.get("config") or {}),
-        labels=list(start.get("labels") or []), notes=str(start.get("notes") or ""),
-        host=start.get("host"), environment=dict(start.get("environment") or {}), executor="sdk",
-        created_at=start.get("time"), status=RunStatus.RUNNING,
-    )
-
