@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from runyard.store import alerts_sql
 from runyard.store.api import AlertEvent
 from runyard.store.schema import alert_state
 
@@ -62,7 +63,7 @@ def write(store: SqlStore, run: int, states: Mapping[int, tuple[Mapping[str, Any
             if stale:
                 raise _Stale(stale)
             for event in events:
-                store._insert_alert_event(conn, event)
+                alerts_sql.insert_event(conn, event)
     except _Stale as e:
         return e.rules
     return []

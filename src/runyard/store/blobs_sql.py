@@ -9,12 +9,12 @@ Knowing a hash proves nothing, so it grants nothing. Both lookups use an index o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from runyard.store import limits
+from runyard.store import limits, projects_sql
 from runyard.store.schema import artifacts, blob_grants, projects, runs
 
 
@@ -31,3 +31,10 @@ def visible(conn: Connection, project: str, shas: Sequence[str]) -> set[str]:
         found.update(conn.execute(
             sa.select(g.sha256).where(g.project_id == project_id, g.sha256.in_(wanted))).scalars())
     return found
+
+
+def grant(conn: Connection, project: str, sha256: str, clock: Callable[[], float]) -> None:
+    """A token limited to ``project`` uploaded this content: the project may see it from now on."""
+    limits.insert_ignore(conn, blob_grants, {"project_id": projects_sql.project_id(conn, project, clock),
+                                             "sha256": sha256, "created_at": clock()},
+                         ["project_id", "sha256"])

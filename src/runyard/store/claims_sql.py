@@ -53,7 +53,7 @@ def take_lease(store: SqlStore, name: str, holder: str, seconds: float, host: st
         now = store.lease_clock(conn)
         values = {"holder": holder, "host": host, "acquired_at": now, "expires_at": now + seconds,
                   "info": dict(info)}
-        store._insert_ignore(conn, leases, {"name": name, **values}, ["name"])
+        limits.insert_ignore(conn, leases, {"name": name, **values}, ["name"])
         held = conn.execute(sa.select(_L.holder, _L.expires_at, _L.acquired_at).where(_L.name == name)
                             .with_for_update()).one()
         if held.holder != holder and held.expires_at > now:
@@ -98,7 +98,8 @@ def claim(store: SqlStore, number: int, gpus: Sequence[int], agent: str, host: s
         if row is None or row.status != RunStatus.QUEUED.value:
             return None
         resources = {**(row.resources or {}), "assigned_gpus": list(gpus)}
-        store._update_run(conn, number, RunPatch(status=RunStatus.STARTING), extra={"resources": resources})
+        runs_sql.update_run(conn, number, RunPatch(status=RunStatus.STARTING), store.clock,
+                            extra={"resources": resources})
         conn.execute(sa.delete(run_claims).where(_C.run_number == number))
         conn.execute(sa.insert(run_claims).values(run_number=number, agent=agent, host=host,
                                                   claimed_at=store.lease_clock(conn)))
@@ -165,13 +166,14 @@ def release_orphan(store: SqlStore, number: int, agent: str, lost_message: str,
         if held.submitted_at is None and row.status == RunStatus.STARTING.value:
             conn.execute(sa.delete(run_claims).where(_C.run_number == number))
             if held.stop_requested_at is not None:
-                store._update_run(conn, number, RunPatch(status=RunStatus.STOPPED,
-                                                         status_message="stopped before it started"))
+                runs_sql.update_run(conn, number, RunPatch(status=RunStatus.STOPPED,
+                                                           status_message="stopped before it started"), store.clock)
                 return RunStatus.STOPPED
             resources = {k: v for k, v in (row.resources or {}).items() if k != "assigned_gpus"}
-            store._update_run(conn, number, RunPatch(status=RunStatus.QUEUED), extra={"resources": resources})
+            runs_sql.update_run(conn, number, RunPatch(status=RunStatus.QUEUED), store.clock,
+                                extra={"resources": resources})
             return RunStatus.QUEUED
-        store._update_run(conn, number, RunPatch(status=RunStatus.LOST, status_message=lost_message))
+        runs_sql.update_run(conn, number, RunPatch(status=RunStatus.LOST, status_message=lost_message), store.clock)
         return RunStatus.LOST
 
 
@@ -201,7 +203,7 @@ def adopt(store: SqlStore, number: int, agent: str, host: str | None, submitted:
         status = conn.execute(sa.select(_R.status).where(_R.number == number).with_for_update()).scalar()
         if status not in _ACTIVE:
             return False
-        store._insert_ignore(conn, run_claims, {"run_number": number, "agent": agent, "host": host,
+        limits.insert_ignore(conn, run_claims, {"run_number": number, "agent": agent, "host": host,
                                                 "claimed_at": now, "submitted_at": now if submitted else None},
                              ["run_number"])
         return conn.execute(sa.select(_C.agent).where(_C.run_number == number)).scalar() == agent
@@ -223,7 +225,7 @@ def stop_if_queued(store: SqlStore, number: int, message: str) -> bool:
         status = conn.execute(sa.select(_R.status).where(_R.number == number).with_for_update()).scalar()
         if status != RunStatus.QUEUED.value:
             return False
-        store._update_run(conn, number, RunPatch(status=RunStatus.STOPPED, status_message=message))
+        runs_sql.update_run(conn, number, RunPatch(status=RunStatus.STOPPED, status_message=message), store.clock)
         return True
 
 

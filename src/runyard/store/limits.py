@@ -8,7 +8,8 @@ left-deep tree, so an OR chain of n terms is n levels deep, and SQLite refuses 1
 flattens OR lists, but a long one makes a plan costly enough for its JIT to compile the condition,
 and LLVM took over an hour on 10,000 terms, deaf to cancel requests: so no statement carries more
 than ``MAX_ITEMS`` items. Every statement built from such a list runs once per slice that
-``batches`` yields, inside the caller's transaction, so the result is the same as one statement's.
+``batches`` yields, inside the caller's transaction, so the result is the same as one statement's;
+``insert_ignore`` inserts a caller-sized list of rows so, skipping those whose key exists.
 
 ``refusal`` tells a database's deterministic refusal of a value (a NUL character in PostgreSQL text,
 an integer beyond a column's range, a statement over a limit) from a transient failure (locked,
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # SQLAlchemy loads where statements are built: lite.py's fast path stays without it
+    import sqlalchemy as sa
     from sqlalchemy.engine import Connection
     from sqlalchemy.sql.elements import ColumnElement
 
@@ -77,6 +79,19 @@ def batches(on: Limits | Connection, items: Sequence[T], params: int = 1, terms:
     size = (on if isinstance(on, Limits) else limits_of(on)).per_statement(params, terms)
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any] | list[dict[str, Any]],
+                  keys: Sequence[str]) -> None:
+    """Insert one row, or several (in as few statements as the database's limits allow),
+    skipping those whose ``keys`` exist."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    rows = [values] if isinstance(values, dict) else values
+    for part in batches(conn, rows, params=len(rows[0]) if rows else 1):
+        conn.execute(insert(table).values(list(part)).on_conflict_do_nothing(index_elements=list(keys)))
 
 
 def any_of(conn: Connection, items: Sequence[tuple[Any, ...]],

@@ -1,4 +1,5 @@
-"""Runs in SQL: references, listing with filters, sorting and keyset cursors, and changes.
+"""Runs in SQL: references, listing with filters, sorting and keyset cursors, and changes (a new
+run, a patch whose status change transitions.py checks, labels).
 
 Sorting by a config or summary value happens in SQL on the JSON columns (``json_extract`` on SQLite,
 ``->`` on JSONB in PostgreSQL), runs lacking the key last, ties broken by run number, so a cursor
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,16 +18,20 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from runyard.errors import Ambiguous, InvalidArgument, NotFound
-from runyard.names import is_number, validate_label, validate_project_name
-from runyard.store import jsonvalues, limits
-from runyard.store.api import RUN_SORT_FIELDS, Page, Run, RunQuery
+from runyard.errors import Ambiguous, Conflict, InvalidArgument, NotFound
+from runyard.ids import new_ulid
+from runyard.names import is_number, validate_label, validate_project_name, validate_run_name
+from runyard.store import jsonvalues, limits, notify, projects_sql, transitions
+from runyard.store.api import RUN_SORT_FIELDS, NewRun, Page, Run, RunPatch, RunQuery
 from runyard.store.schema import log_lines, metric_series, projects, run_labels, runs
 from runyard.types import RunStatus
 
 _ULID_PREFIX = re.compile(r"^[0-9A-Za-z]{4,26}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _R = runs.c
+#: Columns of a run that a project's live stream shows (server/events.py ``_signature``): a write
+#: to one of them changes the project's listing.
+_LISTED = frozenset({"status", "name", "status_message", "ended_at", "exit_code"})
 
 
 def _run_columns() -> list[ColumnElement[Any]]:
@@ -70,6 +75,15 @@ def fetch_runs(conn: Connection, where: ColumnElement[bool]) -> list[Run]:
     rows = conn.execute(_base_select().where(where).order_by(_R.number)).all()
     labels = labels_of(conn, [r.number for r in rows])
     return [to_run(r, labels[r.number]) for r in rows]
+
+
+def fetch_run(conn: Connection, number: int) -> Run:
+    """The run ``number``, which exists."""
+    return fetch_runs(conn, _R.number == number)[0]
+
+
+def children_of(conn: Connection, number: int) -> list[Run]:
+    return fetch_runs(conn, _R.parent_number == number)
 
 
 def resolve_ref(conn: Connection, ref: str | int, project: str | None = None) -> int:
@@ -249,3 +263,120 @@ def activity(conn: Connection, numbers: Sequence[int]) -> dict[int, tuple[Any, .
                         .where(_R.number.in_(numbers))).all()
     return {r.number: (int(points.get(r.number) or 0), logs.get(r.number), r.status, r.status_message, r.exit_code)
             for r in rows}
+
+
+def with_status(conn: Connection, statuses: Sequence[RunStatus]) -> list[Run]:
+    """Runs in these states, highest priority first, then oldest first (the queue's order)."""
+    rows = conn.execute(
+        _base_select().where(_R.status.in_([RunStatus(s).value for s in statuses]))
+        .order_by(_R.priority.desc(), _R.number)
+    ).all()
+    labels = labels_of(conn, [r.number for r in rows])
+    return [to_run(r, labels[r.number]) for r in rows]
+
+
+# -- changes ----------------------------------------------------------------------------------------
+
+def require_run(conn: Connection, number: int) -> None:
+    if conn.execute(sa.select(_R.number).where(_R.number == number)).scalar() is None:
+        raise NotFound(f"no run number {number}")
+
+
+def insert_run(conn: Connection, new: NewRun, clock: Callable[[], float]) -> int:
+    """Insert a run (its project created if new); its number."""
+    if new.name is not None:
+        validate_run_name(new.name)
+    labels = sorted({validate_label(label) for label in new.labels})
+    run_id = new.id or new_ulid()
+    created = new.created_at if new.created_at is not None else clock()
+    status = RunStatus(new.status)
+    if new.parent is not None and conn.execute(
+        sa.select(_R.number).where(_R.number == new.parent)
+    ).scalar() is None:
+        raise NotFound(f"parent run {new.parent} does not exist")
+    if conn.execute(sa.select(_R.number).where(_R.id == run_id)).scalar() is not None:
+        raise Conflict(f"a run with id {run_id} already exists")
+    number = int(conn.execute(
+        sa.insert(runs).values(
+            id=run_id, project_id=projects_sql.project_id(conn, new.project, clock), name=new.name,
+            status=status.value, command=new.command, created_at=created,
+            queued_at=created if status is RunStatus.QUEUED else None,
+            started_at=created if status is RunStatus.RUNNING else None,
+            executor=new.executor, host=new.host, resources=dict(new.resources),
+            priority=new.priority, snapshot_id=new.snapshot_id, git_commit=new.git_commit,
+            git_branch=new.git_branch, git_diff_ref=new.git_diff_ref, parent_number=new.parent,
+            notes=new.notes, config=dict(new.config), summary={}, environment=dict(new.environment),
+            launch=dict(new.launch) if new.launch is not None else None,
+        ).returning(_R.number)
+    ).scalar_one())
+    if labels:
+        conn.execute(sa.insert(run_labels), [{"run_number": number, "label": lb} for lb in labels])
+    notify.touch(conn, number, listing=True)
+    return number
+
+
+def update_run(conn: Connection, number: int, patch: RunPatch, clock: Callable[[], float],
+               notes_append: Sequence[str] = (), extra: Mapping[str, Any] | None = None) -> None:
+    """Apply ``patch`` (a status change checked by transitions.py), append paragraphs to the notes,
+    and set the columns in ``extra`` as they are."""
+    values: dict[str, Any] = dict(extra or {})
+    if patch.name is not None:
+        values["name"] = validate_run_name(patch.name)
+    for field in ("notes", "status_message", "exit_code", "started_at", "ended_at", "heartbeat_at"):
+        if getattr(patch, field) is not None:
+            values[field] = getattr(patch, field)
+    current = conn.execute(
+        sa.select(_R.status, _R.config, _R.summary, _R.environment, _R.started_at, _R.notes)
+        .where(_R.number == number)
+        .with_for_update()
+    ).one_or_none()
+    if current is None:
+        raise NotFound(f"no run number {number}")
+    if patch.status is not None:
+        values.update(_status_change(RunStatus(current.status), RunStatus(patch.status),
+                                     current.started_at, values, clock))
+    for field in ("config", "summary", "environment"):
+        change = getattr(patch, field)
+        if change is not None:
+            values[field] = merge_json(getattr(current, field) or {}, change)
+    if notes_append:
+        base = values.get("notes", current.notes) or ""
+        values["notes"] = "\n\n".join([base, *notes_append]) if base else "\n\n".join(notes_append)
+    if values:
+        conn.execute(sa.update(runs).where(_R.number == number).values(**values))
+        notify.touch(conn, number, listing=not _LISTED.isdisjoint(values))
+
+
+def _status_change(old: RunStatus, new: RunStatus, started_at: float | None,
+                   values: Mapping[str, Any], clock: Callable[[], float]) -> dict[str, Any]:
+    transitions.check_transition(old, new)
+    change: dict[str, Any] = {"status": new.value}
+    now = clock()
+    if new is RunStatus.RUNNING and started_at is None and "started_at" not in values:
+        change["started_at"] = now
+    if new.is_terminal() and "ended_at" not in values:
+        change["ended_at"] = now
+    return change
+
+
+def set_labels(conn: Connection, number: int, add: Sequence[str], remove: Sequence[str]) -> None:
+    adding = sorted({validate_label(label) for label in add})
+    removing = sorted({validate_label(label) for label in remove})
+    if adding:
+        limits.insert_ignore(conn, run_labels, [{"run_number": number, "label": label} for label in adding],
+                             ["run_number", "label"])
+    for part in limits.batches(conn, removing):
+        conn.execute(sa.delete(run_labels).where(run_labels.c.run_number == number, run_labels.c.label.in_(part)))
+    if adding or removing:
+        notify.touch(conn, number, listing=True)
+
+
+def mark_lost(conn: Connection, run_id: str, message: str, clock: Callable[[], float]) -> bool:
+    """Mark a run lost unless it already ended; True if it was marked."""
+    row = conn.execute(sa.select(_R.number, _R.status).where(_R.id == run_id)).one_or_none()
+    # Only a run some process holds can be lost: not a queued one, nor one that ended.
+    if row is None or RunStatus(row.status) is RunStatus.LOST \
+            or not transitions.may_become(RunStatus(row.status), RunStatus.LOST):
+        return False
+    update_run(conn, int(row.number), RunPatch(status=RunStatus.LOST, status_message=message), clock)
+    return True

@@ -8,7 +8,7 @@ rolled up), so the number of blocks per level is derived, never stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from runyard.store import limits
+from runyard.errors import InvalidArgument, NotFound
+from runyard.store import limits, notify, runs_sql
 from runyard.store.schema import metric_blocks, metric_chunks, metric_series
 from runyard.store.series import (
     CHUNK_POINTS,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 _B = metric_blocks.c
 _C = metric_chunks.c
+_S = metric_series.c
 _STAT_COLUMNS = (_B.first_step, _B.last_step, _B.point_count, _B.nan_count, _B.vmin, _B.vmax, _B.vsum, _B.vlast)
 
 
@@ -408,3 +410,53 @@ def history(conn: Connection, row: SeriesRow, start: int | None, end: int | None
     last = _first_ordinal_reaching(conn, row.id, 0, hi)
     points = _decode_range(conn, row.id, first, row.chunk_count - 1 if last is None else last)
     return points.between(lo, hi)
+
+
+# -- a run's series, by key ---------------------------------------------------------------------------
+
+#: The most buckets one envelope may ask for.
+MAX_BUCKETS = 100_000
+
+
+def append_points(conn: Connection, run: int, series: Mapping[str, Points], chunk_points: int | None = None) -> None:
+    """Add points to several series of ``run`` (created if new); ``chunk_points``: None for CHUNK_POINTS."""
+    keys = sorted(series)  # a fixed order: concurrent writers lock series alike
+    rows = locked_rows(conn, run, keys)
+    append_many(conn, [(rows[key], series[key]) for key in keys], chunk_points or CHUNK_POINTS)
+    notify.touch(conn, run)
+
+
+def locked_rows(conn: Connection, run: int, keys: Sequence[str]) -> dict[str, SeriesRow]:
+    """The rows of these series of a run, created if new, locked until the transaction ends."""
+    limits.insert_ignore(conn, metric_series,
+                         [{"run_number": run, "key": key, "point_count": 0, "chunk_count": 0} for key in keys],
+                         ["run_number", "key"])
+    rows: dict[str, SeriesRow] = {}
+    for part in limits.batches(conn, keys):  # in key order, as every writer locks them
+        found = conn.execute(
+            sa.select(_S.id, _S.key, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
+            .where(_S.run_number == run, _S.key.in_(part)).order_by(_S.key).with_for_update()
+        )
+        rows.update((r.key, SeriesRow(r.id, r.point_count, r.first_step, r.last_step, r.chunk_count))
+                    for r in found)
+    return rows
+
+
+def existing_row(conn: Connection, run: int, key: str) -> SeriesRow:
+    """The row of the series ``key`` of ``run``; NotFound if the run or the series does not exist."""
+    row = conn.execute(
+        sa.select(_S.id, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
+        .where(_S.run_number == run, _S.key == key)
+    ).one_or_none()
+    if row is None:
+        runs_sql.require_run(conn, run)
+        raise NotFound(f"run {run} has no metric {key!r}")
+    return SeriesRow(row.id, row.point_count, row.first_step, row.last_step, row.chunk_count)
+
+
+def check_window(buckets: int, start: int | None, end: int | None) -> None:
+    """Refuse an envelope's arguments that no series could answer."""
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise InvalidArgument(f"buckets must be between 1 and {MAX_BUCKETS}, not {buckets}")
+    if start is not None and end is not None and start > end:
+        raise InvalidArgument(f"start step {start} is after end step {end}")

@@ -3,6 +3,12 @@
 Constructing a store does no I/O. Opening a home (creating it, migrating SQLite) is ``home.py``'s
 job, done explicitly at the CLI or SDK entry. Every write runs in one transaction; on SQLite it
 takes the write lock at BEGIN (``BEGIN IMMEDIATE``), on PostgreSQL the rows it changes are locked.
+
+This module holds the transactions; the SQL of each noun is in a module of its own, as functions
+over a connection (projects_sql, runs_sql, series_sql and series_info_sql, logs_sql, artifacts_sql,
+blobs_sql, inputs_sql, alerts_sql, ingest_sql, gc_sql) or over the store where they open
+transactions themselves (claims_sql, alert_state_sql). A method here opens one transaction and
+calls them, so that the pieces of one change (an ingested batch) share it.
 """
 
 from __future__ import annotations
@@ -10,24 +16,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from runyard.errors import Conflict, InvalidArgument, NotFound, Unstorable
-from runyard.ids import new_ulid
-from runyard.names import validate_label, validate_metric_key, validate_relpath, validate_run_name
+from runyard.errors import Unstorable
+from runyard.names import validate_metric_key, validate_relpath
 from runyard.store import (
     alert_state_sql,
+    alerts_sql,
+    artifacts_sql,
     blobs_sql,
     claims_sql,
     gc_sql,
+    ingest_sql,
+    inputs_sql,
     limits,
+    logs_sql,
     notify,
+    projects_sql,
     runs_sql,
-    transitions,
+    series_info_sql,
 )
 from runyard.store.api import (
     AlertEvent,
@@ -48,33 +58,12 @@ from runyard.store.api import (
     SeriesInfo,
 )
 from runyard.store.engine import IMMEDIATE
-from runyard.store.schema import (
-    alert_events,
-    alert_rules,
-    artifacts,
-    blob_grants,
-    ingest_cursors,
-    log_lines,
-    metric_series,
-    projects,
-    run_inputs,
-    run_labels,
-    runs,
-)
 from runyard.types import RunStatus
 
 if TYPE_CHECKING:
     # The series modules load numpy (0.1 s): only what reads or writes points imports them, so that
     # `runyard ls` and the other commands listing runs do not pay for it.
-    from runyard.store import series_sql
     from runyard.store.series import Envelope, Points
-
-_R = runs.c
-_S = metric_series.c
-_MAX_BUCKETS = 100_000
-#: Columns of a run that a project's live stream shows (server/events.py ``_signature``): a write
-#: to one of them changes the project's listing.
-_LISTED = frozenset({"status", "name", "status_message", "ended_at", "exit_code"})
 
 
 class SqlStore:
@@ -129,81 +118,23 @@ class SqlStore:
                 raise
             raise Unstorable(f"the database cannot store this: {reason}") from e
 
-    def _insert_ignore(self, conn: Connection, table: sa.Table, values: dict[str, Any] | list[dict[str, Any]],
-                       keys: Sequence[str]) -> None:
-        """Insert one row, or several (in as few statements as the database's limits allow),
-        skipping those whose ``keys`` exist."""
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        rows = [values] if isinstance(values, dict) else values
-        for part in limits.batches(conn, rows, params=len(rows[0]) if rows else 1):
-            conn.execute(insert(table).values(list(part)).on_conflict_do_nothing(index_elements=list(keys)))
-
     # -- projects ---------------------------------------------------------------------------------
-
-    def _project_id(self, conn: Connection, name: str) -> int:
-        self._insert_ignore(conn, projects, {"name": name, "created_at": self.clock()}, ["name"])
-        return int(conn.execute(sa.select(projects.c.id).where(projects.c.name == name)).scalar_one())
 
     def ensure_project(self, name: str) -> Project:
         with self._write() as conn:
-            self._project_id(conn, name)
+            projects_sql.project_id(conn, name, self.clock)
         return next(p for p in self.list_projects() if p.name == name)
 
     def list_projects(self) -> list[Project]:
-        counts = (
-            sa.select(_R.project_id, sa.func.count().label("n")).group_by(_R.project_id).subquery()
-        )
-        stmt = (
-            sa.select(projects, sa.func.coalesce(counts.c.n, 0).label("run_count"))
-            .select_from(projects.outerjoin(counts, counts.c.project_id == projects.c.id))
-            .order_by(projects.c.name)
-        )
         with self._read() as conn:
-            return [
-                Project(r.id, r.name, r.description, r.created_at, int(r.run_count))
-                for r in conn.execute(stmt)
-            ]
+            return projects_sql.list_projects(conn)
 
     # -- runs -------------------------------------------------------------------------------------
 
     def create_run(self, new: NewRun) -> Run:
         with self._write() as conn:
-            number = self._insert_run(conn, new)
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
-
-    def _insert_run(self, conn: Connection, new: NewRun) -> int:
-        if new.name is not None:
-            validate_run_name(new.name)
-        labels = sorted({validate_label(label) for label in new.labels})
-        run_id = new.id or new_ulid()
-        created = new.created_at if new.created_at is not None else self.clock()
-        status = RunStatus(new.status)
-        if new.parent is not None and conn.execute(
-            sa.select(_R.number).where(_R.number == new.parent)
-        ).scalar() is None:
-            raise NotFound(f"parent run {new.parent} does not exist")
-        if conn.execute(sa.select(_R.number).where(_R.id == run_id)).scalar() is not None:
-            raise Conflict(f"a run with id {run_id} already exists")
-        number = int(conn.execute(
-            sa.insert(runs).values(
-                id=run_id, project_id=self._project_id(conn, new.project), name=new.name,
-                status=status.value, command=new.command, created_at=created,
-                queued_at=created if status is RunStatus.QUEUED else None,
-                started_at=created if status is RunStatus.RUNNING else None,
-                executor=new.executor, host=new.host, resources=dict(new.resources),
-                priority=new.priority, snapshot_id=new.snapshot_id, git_commit=new.git_commit,
-                git_branch=new.git_branch, git_diff_ref=new.git_diff_ref, parent_number=new.parent,
-                notes=new.notes, config=dict(new.config), summary={}, environment=dict(new.environment),
-                launch=dict(new.launch) if new.launch is not None else None,
-            ).returning(_R.number)
-        ).scalar_one())
-        if labels:
-            conn.execute(sa.insert(run_labels), [{"run_number": number, "label": lb} for lb in labels])
-        notify.touch(conn, number, listing=True)
-        return number
+            number = runs_sql.insert_run(conn, new, self.clock)
+            return runs_sql.fetch_run(conn, number)
 
     def resolve(self, ref: str | int, project: str | None = None) -> int:
         """A run's number from a reference (number, name or id prefix); with ``project``, only among
@@ -214,7 +145,7 @@ class SqlStore:
     def get_run(self, ref: str | int, project: str | None = None) -> Run:
         with self._read() as conn:
             number = runs_sql.resolve_ref(conn, ref, project)
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
+            return runs_sql.fetch_run(conn, number)
 
     def list_runs(self, query: RunQuery) -> Page[Run]:
         with self._read() as conn:
@@ -227,157 +158,55 @@ class SqlStore:
 
     def children_of(self, number: int) -> list[Run]:
         with self._read() as conn:
-            return runs_sql.fetch_runs(conn, _R.parent_number == number)
+            return runs_sql.children_of(conn, number)
 
     def update_run(self, number: int, patch: RunPatch) -> Run:
         with self._write() as conn:
-            self._update_run(conn, number, patch)
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
-
-    def _update_run(self, conn: Connection, number: int, patch: RunPatch, notes_append: Sequence[str] = (),
-                    extra: Mapping[str, Any] | None = None) -> None:
-        values: dict[str, Any] = dict(extra or {})
-        if patch.name is not None:
-            values["name"] = validate_run_name(patch.name)
-        for field in ("notes", "status_message", "exit_code", "started_at", "ended_at", "heartbeat_at"):
-            if getattr(patch, field) is not None:
-                values[field] = getattr(patch, field)
-        current = conn.execute(
-            sa.select(_R.status, _R.config, _R.summary, _R.environment, _R.started_at, _R.notes)
-            .where(_R.number == number)
-            .with_for_update()
-        ).one_or_none()
-        if current is None:
-            raise NotFound(f"no run number {number}")
-        if patch.status is not None:
-            values.update(self._status_change(RunStatus(current.status), RunStatus(patch.status),
-                                              current.started_at, values))
-        for field in ("config", "summary", "environment"):
-            change = getattr(patch, field)
-            if change is not None:
-                values[field] = runs_sql.merge_json(getattr(current, field) or {}, change)
-        if notes_append:
-            base = values.get("notes", current.notes) or ""
-            values["notes"] = "\n\n".join([base, *notes_append]) if base else "\n\n".join(notes_append)
-        if values:
-            conn.execute(sa.update(runs).where(_R.number == number).values(**values))
-            notify.touch(conn, number, listing=not _LISTED.isdisjoint(values))
+            runs_sql.update_run(conn, number, patch, self.clock)
+            return runs_sql.fetch_run(conn, number)
 
     def append_note(self, number: int, text: str) -> Run:
         """Add a paragraph to the run's notes."""
         with self._write() as conn:
-            self._update_run(conn, number, RunPatch(), notes_append=[text])
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
-
-    def _status_change(self, old: RunStatus, new: RunStatus, started_at: float | None,
-                       values: Mapping[str, Any]) -> dict[str, Any]:
-        transitions.check_transition(old, new)
-        change: dict[str, Any] = {"status": new.value}
-        now = self.clock()
-        if new is RunStatus.RUNNING and started_at is None and "started_at" not in values:
-            change["started_at"] = now
-        if new.is_terminal() and "ended_at" not in values:
-            change["ended_at"] = now
-        return change
+            runs_sql.update_run(conn, number, RunPatch(), self.clock, notes_append=[text])
+            return runs_sql.fetch_run(conn, number)
 
     def set_labels(self, number: int, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Run:
         with self._write() as conn:
-            self._require_run(conn, number)
-            self._set_labels(conn, number, add, remove)
-            return runs_sql.fetch_runs(conn, _R.number == number)[0]
-
-    def _set_labels(self, conn: Connection, number: int, add: Sequence[str], remove: Sequence[str]) -> None:
-        adding = sorted({validate_label(label) for label in add})
-        removing = sorted({validate_label(label) for label in remove})
-        if adding:
-            self._insert_ignore(conn, run_labels, [{"run_number": number, "label": label} for label in adding],
-                                ["run_number", "label"])
-        for part in limits.batches(conn, removing):
-            conn.execute(sa.delete(run_labels).where(run_labels.c.run_number == number, run_labels.c.label.in_(part)))
-        if adding or removing:
-            notify.touch(conn, number, listing=True)
-
-    def _require_run(self, conn: Connection, number: int) -> None:
-        if conn.execute(sa.select(_R.number).where(_R.number == number)).scalar() is None:
-            raise NotFound(f"no run number {number}")
+            runs_sql.require_run(conn, number)
+            runs_sql.set_labels(conn, number, add, remove)
+            return runs_sql.fetch_run(conn, number)
 
     # -- metric series ----------------------------------------------------------------------------
 
     def append_points(self, run: int, series: Mapping[str, Points]) -> None:
         """Add points to several series of a run in one transaction."""
+        from runyard.store import series_sql
+
         for key in series:
             validate_metric_key(key)
         with self._write() as conn:
-            self._require_run(conn, run)
-            self._append_points(conn, run, series)
-
-    def _append_points(self, conn: Connection, run: int, series: Mapping[str, Points]) -> None:
-        from runyard.store import series_sql
-
-        keys = sorted(series)  # a fixed order: concurrent writers lock series alike
-        rows = self._locked_series_many(conn, run, keys)
-        series_sql.append_many(conn, [(rows[key], series[key]) for key in keys], self.chunk_points or _chunk_points())
-        notify.touch(conn, run)
-
-    def _locked_series_many(self, conn: Connection, run: int, keys: Sequence[str]) -> dict[str, series_sql.SeriesRow]:
-        """The rows of these series of a run, created if new, locked until the transaction ends."""
-        from runyard.store import series_sql
-
-        self._insert_ignore(conn, metric_series,
-                            [{"run_number": run, "key": key, "point_count": 0, "chunk_count": 0} for key in keys],
-                            ["run_number", "key"])
-        rows: dict[str, series_sql.SeriesRow] = {}
-        for part in limits.batches(conn, keys):  # in key order, as every writer locks them
-            found = conn.execute(
-                sa.select(_S.id, _S.key, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
-                .where(_S.run_number == run, _S.key.in_(part)).order_by(_S.key).with_for_update()
-            )
-            rows.update((r.key, series_sql.SeriesRow(r.id, r.point_count, r.first_step, r.last_step, r.chunk_count))
-                        for r in found)
-        return rows
+            runs_sql.require_run(conn, run)
+            series_sql.append_points(conn, run, series, self.chunk_points)
 
     def list_series(self, run: int) -> list[SeriesInfo]:
         with self._read() as conn:
-            self._require_run(conn, run)
-            rows = conn.execute(
-                sa.select(_S.key, _S.point_count, _S.first_step, _S.last_step, _S.last_value, _S.last_time)
-                .where(_S.run_number == run)
-                .order_by(_S.key)
-            )
-            return [
-                SeriesInfo(r.key, r.point_count, r.first_step, r.last_step,
-                           float("nan") if r.last_value is None and r.point_count else r.last_value, r.last_time)
-                for r in rows
-            ]
-
-    def _existing_series(self, conn: Connection, run: int, key: str) -> series_sql.SeriesRow:
-        from runyard.store import series_sql
-
-        row = conn.execute(
-            sa.select(_S.id, _S.point_count, _S.first_step, _S.last_step, _S.chunk_count)
-            .where(_S.run_number == run, _S.key == key)
-        ).one_or_none()
-        if row is None:
-            self._require_run(conn, run)
-            raise NotFound(f"run {run} has no metric {key!r}")
-        return series_sql.SeriesRow(row.id, row.point_count, row.first_step, row.last_step, row.chunk_count)
+            runs_sql.require_run(conn, run)
+            return series_info_sql.list_series(conn, run)
 
     def history(self, run: int, key: str, start: int | None = None, end: int | None = None) -> Points:
         from runyard.store import series_sql
 
         with self._read() as conn:
-            return series_sql.history(conn, self._existing_series(conn, run, key), start, end)
+            return series_sql.history(conn, series_sql.existing_row(conn, run, key), start, end)
 
     def envelope(self, run: int, key: str, buckets: int = 1000, start: int | None = None,
                  end: int | None = None) -> Envelope:
         from runyard.store import series_sql
 
-        if not 1 <= buckets <= _MAX_BUCKETS:
-            raise InvalidArgument(f"buckets must be between 1 and {_MAX_BUCKETS}, not {buckets}")
-        if start is not None and end is not None and start > end:
-            raise InvalidArgument(f"start step {start} is after end step {end}")
+        series_sql.check_window(buckets, start, end)
         with self._read() as conn:
-            return series_sql.envelope(conn, self._existing_series(conn, run, key), buckets, start, end)
+            return series_sql.envelope(conn, series_sql.existing_row(conn, run, key), buckets, start, end)
 
     # -- logs -------------------------------------------------------------------------------------
 
@@ -385,37 +214,19 @@ class SqlStore:
         if not lines:
             return
         with self._write() as conn:
-            self._require_run(conn, run)
-            self._append_logs(conn, run, lines)
-
-    def _append_logs(self, conn: Connection, run: int, lines: Sequence[LogLine]) -> None:
-        conn.execute(
-            sa.insert(log_lines),
-            [{"run_number": run, "stream": ln.stream, "time": ln.time, "text": ln.text} for ln in lines],
-        )
-        notify.touch(conn, run)
+            runs_sql.require_run(conn, run)
+            logs_sql.append(conn, run, lines)
 
     def tail_logs(self, run: int, count: int) -> list[LogLine]:
         """The last ``count`` lines of the run's log, in order."""
-        c = log_lines.c
         with self._read() as conn:
-            self._require_run(conn, run)
-            rows = conn.execute(
-                sa.select(c.id, c.stream, c.time, c.text).where(c.run_number == run).order_by(c.id.desc()).limit(count)
-            ).all()
-            return [LogLine(r.time, r.text, r.stream, r.id) for r in reversed(rows)]
+            runs_sql.require_run(conn, run)
+            return logs_sql.tail(conn, run, count)
 
     def read_logs(self, run: int, after: int = 0, limit: int = 1000) -> list[LogLine]:
-        c = log_lines.c
         with self._read() as conn:
-            self._require_run(conn, run)
-            rows = conn.execute(
-                sa.select(c.id, c.stream, c.time, c.text)
-                .where(c.run_number == run, c.id > after)
-                .order_by(c.id)
-                .limit(limit)
-            )
-            return [LogLine(r.time, r.text, r.stream, r.id) for r in rows]
+            runs_sql.require_run(conn, run)
+            return logs_sql.read(conn, run, after, limit)
 
     # -- artifacts and lineage --------------------------------------------------------------------
 
@@ -425,26 +236,14 @@ class SqlStore:
         # An upload says no mode: a mode recorded for an earlier file at this path is not its.
         values = {"size": size, "sha256": sha256, "content_ref": content_ref, "created_at": now, "mode": None}
         with self._write() as conn:
-            self._require_run(conn, run)
-            self._record_artifact(conn, run, path, values)
+            runs_sql.require_run(conn, run)
+            artifacts_sql.record(conn, run, path, values)
         return ArtifactEntry(path, size, sha256, content_ref, now)
 
-    def _record_artifact(self, conn: Connection, run: int, path: str, values: Mapping[str, Any]) -> None:
-        c = artifacts.c
-        updated = conn.execute(
-            sa.update(artifacts).where(c.run_number == run, c.path == path).values(**values)
-        ).rowcount
-        if not updated:
-            conn.execute(sa.insert(artifacts).values(run_number=run, path=path, **values))
-
     def list_artifacts(self, run: int, prefix: str = "") -> list[ArtifactEntry]:
-        c = artifacts.c
         with self._read() as conn:
-            self._require_run(conn, run)
-            stmt = sa.select(c.path, c.size, c.sha256, c.content_ref, c.created_at, c.mode).where(c.run_number == run)
-            if prefix:
-                stmt = stmt.where(c.path.startswith(prefix, autoescape=True))
-            return [ArtifactEntry(*r) for r in conn.execute(stmt.order_by(c.path))]
+            runs_sql.require_run(conn, run)
+            return artifacts_sql.list_artifacts(conn, run, prefix)
 
     def visible_content(self, project: str, shas: Sequence[str]) -> set[str]:
         """Those of ``shas`` that a token limited to ``project`` may see (see blobs_sql.py)."""
@@ -454,55 +253,34 @@ class SqlStore:
     def grant_content(self, project: str, sha256: str) -> None:
         """A token limited to ``project`` uploaded this content: it may refer to it from now on."""
         with self._write() as conn:
-            self._insert_ignore(conn, blob_grants, {"project_id": self._project_id(conn, project),
-                                                    "sha256": sha256, "created_at": self.clock()},
-                                ["project_id", "sha256"])
+            blobs_sql.grant(conn, project, sha256, self.clock)
 
     def add_input(self, run: int, item: RunInput) -> None:
         with self._write() as conn:
-            self._require_run(conn, run)
-            self._add_input(conn, run, item)
-
-    def _add_input(self, conn: Connection, run: int, item: RunInput) -> None:
-        conn.execute(
-            sa.insert(run_inputs).values(
-                run_number=run, kind=item.kind, source_run_number=item.source_run,
-                source_path=item.source_path, sha256=item.sha256, mount=item.mount,
-            )
-        )
-
-    def _inputs(self, where: sa.ColumnElement[bool]) -> list[RunInput]:
-        c = run_inputs.c
-        with self._read() as conn:
-            rows = conn.execute(sa.select(run_inputs).where(where).order_by(c.id))
-            return [
-                RunInput(r.kind, r.sha256, r.source_run_number, r.source_path, r.mount, r.run_number)
-                for r in rows
-            ]
+            runs_sql.require_run(conn, run)
+            inputs_sql.add(conn, run, item)
 
     def inputs_of(self, run: int) -> list[RunInput]:
         """What ``run`` consumed."""
-        return self._inputs(run_inputs.c.run_number == run)
+        with self._read() as conn:
+            return inputs_sql.inputs_of(conn, run)
 
     def consumers_of(self, sha256: str) -> list[RunInput]:
         """Which runs consumed this content."""
-        return self._inputs(run_inputs.c.sha256 == sha256)
+        with self._read() as conn:
+            return inputs_sql.consumers_of(conn, sha256)
 
     def consumers_of_run(self, run: int) -> list[RunInput]:
         """Which runs consumed an artifact of ``run``."""
-        return self._inputs(run_inputs.c.source_run_number == run)
+        with self._read() as conn:
+            return inputs_sql.consumers_of_run(conn, run)
 
     # -- the queue --------------------------------------------------------------------------------
 
     def runs_with_status(self, statuses: Sequence[RunStatus]) -> list[Run]:
         """Runs in these states, highest priority first, then oldest first (the queue's order)."""
         with self._read() as conn:
-            rows = conn.execute(
-                runs_sql._base_select().where(_R.status.in_([RunStatus(s).value for s in statuses]))
-                .order_by(_R.priority.desc(), _R.number)
-            ).all()
-            labels = runs_sql.labels_of(conn, [r.number for r in rows])
-            return [runs_sql.to_run(r, labels[r.number]) for r in rows]
+            return runs_sql.with_status(conn, statuses)
 
     # -- reclaiming disk: runyard gc and rm (see gc_sql) ------------------------------------------
 
@@ -607,187 +385,48 @@ class SqlStore:
     def ingest_state(self, run_id: str, writer: str) -> tuple[int, int | None, str | None]:
         """One query for an ingest route: (cursor of ``writer`` or -1, the run's number, its project),
         the last two None when no run has this id."""
-        c = ingest_cursors.c
-        stmt = (sa.select(_R.number, projects.c.name, c.seq)
-                .select_from(runs.join(projects, projects.c.id == _R.project_id)
-                             .outerjoin(ingest_cursors, sa.and_(c.run_number == _R.number, c.writer == writer)))
-                .where(_R.id == run_id))
         with self._read() as conn:
-            row = conn.execute(stmt).one_or_none()
-        if row is None:
-            return -1, None, None
-        return (-1 if row.seq is None else int(row.seq)), int(row.number), str(row.name)
+            return ingest_sql.state(conn, run_id, writer)
 
     def ingest(self, batch: IngestBatch) -> IngestResult:
         """Apply a batch of spool records in one transaction, exactly once (see ``IngestBatch``)."""
         try:
-            return self._ingest(batch)
+            with self._write() as conn:
+                return ingest_sql.apply_batch(conn, batch, self.clock, self.chunk_points)
         except Unstorable as e:
             raise Unstorable(f"records {batch.first_seq}..{batch.last_seq} of writer {batch.writer} of run "
                              f"{batch.run_id} can never be applied: {e}") from e
 
-    def _ingest(self, batch: IngestBatch) -> IngestResult:
-        c = ingest_cursors.c
-        with self._write() as conn:
-            number = conn.execute(sa.select(_R.number).where(_R.id == batch.run_id)).scalar()
-            if number is None:
-                if batch.start is None:
-                    raise NotFound(f"run {batch.run_id} is not in the store and these records do not start it")
-                number = self._insert_run(conn, _new_run_of(batch.run_id, batch.start))
-                started_here = True
-            else:
-                started_here = False
-            cursor = conn.execute(
-                sa.select(c.seq).where(c.run_number == number, c.writer == batch.writer).with_for_update()
-            ).scalar()
-            if cursor is not None and cursor >= batch.last_seq:
-                return IngestResult(int(number), applied=False)
-            if cursor is not None and cursor >= batch.first_seq:
-                raise Conflict(f"records {batch.first_seq}..{batch.last_seq} of writer {batch.writer} overlap "
-                               f"what is applied (up to {cursor}); filter by ingest_cursor() first")
-            self._apply(conn, int(number), batch, started_here)
-            if cursor is None:
-                conn.execute(sa.insert(ingest_cursors).values(run_number=number, writer=batch.writer,
-                                                              seq=batch.last_seq))
-            else:
-                conn.execute(sa.update(ingest_cursors).where(c.run_number == number, c.writer == batch.writer)
-                             .values(seq=batch.last_seq))
-            return IngestResult(int(number), applied=True)
-
-    def _apply(self, conn: Connection, number: int, batch: IngestBatch, started_here: bool) -> None:
-        current = RunStatus(conn.execute(sa.select(_R.status).where(_R.number == number)).scalar_one())
-        extra: dict[str, Any] = {}
-        config = dict(batch.config)
-        environment = dict(batch.environment)
-        labels_added = list(batch.labels_added)
-        notes = list(batch.notes)
-        status: RunStatus | None = None
-        if batch.start is not None and not started_here:
-            # A run made by `runyard run` (or a re-read start): merge what the script declares.
-            config = {**dict(batch.start.get("config") or {}), **config}
-            environment = {**dict(batch.start.get("environment") or {}), **environment}
-            labels_added += list(batch.start.get("labels") or [])
-            if batch.start.get("notes"):
-                notes.insert(0, str(batch.start["notes"]))
-            if current in (RunStatus.QUEUED, RunStatus.STARTING):
-                # Only a run its agent claimed: a start for a queued one would skip the scheduler.
-                transitions.check_transition(current, RunStatus.RUNNING, by_records=True, field="start")
-                status = RunStatus.RUNNING
-                if batch.start.get("time") is not None:
-                    extra["started_at"] = batch.start["time"]
-        for key in ("git_commit", "git_branch", "git_diff_ref"):
-            if key in environment:
-                extra[key] = environment.pop(key)
-        if batch.heartbeat is not None:
-            extra["heartbeat_at"] = batch.heartbeat
-        end = batch.end
-        patch = RunPatch(
-            config=config or None, summary=batch.summary or None, environment=environment or None,
-            status=RunStatus(end["status"]) if end is not None else status,
-            exit_code=end.get("exit_code") if end is not None else None,
-            ended_at=end.get("time") if end is not None else None,
-            status_message=end.get("message") if end is not None else None,
-        )
-        if end is not None and current.is_terminal() and current is not RunStatus.LOST:
-            # Stopped by a person or a rule before the script said how it ended: keep that.
-            patch = RunPatch(config=patch.config, summary=patch.summary, environment=patch.environment)
-        elif patch.status is not None:
-            # What a writer may say through its records: never back into the queue (the scheduler
-            # would start the command again, beside the first), only how its own process went.
-            transitions.check_transition(current if status is None else status, patch.status, by_records=True,
-                                         field="end.status" if end is not None else "start")
-        self._update_run(conn, number, patch, notes_append=notes, extra=extra)
-        if labels_added or batch.labels_removed:
-            self._set_labels(conn, number, labels_added, batch.labels_removed)
-        if batch.points:
-            self._append_points(conn, number, batch.points)
-        if batch.logs:
-            self._append_logs(conn, number, batch.logs)
-        for item in batch.inputs:
-            self._add_input(conn, number, item)
-        for path, size, sha256, ref, mode in batch.artifacts:
-            self._record_artifact(conn, number, path, {"size": size, "sha256": sha256, "content_ref": ref,
-                                                       "created_at": self.clock(), "mode": mode})
-        for rule in batch.alert_rules:
-            # A rule the script declared (run.alert): for this run; the same name replaces it.
-            c = alert_rules.c
-            conn.execute(sa.delete(alert_rules).where(c.run_number == number, c.name == rule.name))
-            self._insert_alert_rule(conn, replace(rule, project=None, run=number))
-
     def mark_lost(self, run_id: str, message: str) -> bool:
         """Mark a run lost unless it already ended; True if it was marked."""
         with self._write() as conn:
-            row = conn.execute(sa.select(_R.number, _R.status).where(_R.id == run_id)).one_or_none()
-            # Only a run some process holds can be lost: not a queued one, nor one that ended.
-            if row is None or RunStatus(row.status) is RunStatus.LOST \
-                    or not transitions.may_become(RunStatus(row.status), RunStatus.LOST):
-                return False
-            self._update_run(conn, int(row.number), RunPatch(status=RunStatus.LOST, status_message=message))
-            return True
+            return runs_sql.mark_lost(conn, run_id, message, self.clock)
 
-    # -- alerts -----------------------------------------------------------------------------------
+    # -- alerts (see alerts_sql and alert_state_sql) ---------------------------------------------
 
     def add_alert_rule(self, rule: AlertRule) -> AlertRule:
         with self._write() as conn:
-            return self._insert_alert_rule(conn, rule)
-
-    def _insert_alert_rule(self, conn: Connection, rule: AlertRule) -> AlertRule:
-        project_id = self._project_id(conn, rule.project) if rule.project else None
-        rule_id = conn.execute(
-            sa.insert(alert_rules).values(
-                project_id=project_id, run_number=rule.run, name=rule.name, kind=rule.kind,
-                spec=dict(rule.spec), action=rule.action, notify=list(rule.notify),
-                enabled=rule.enabled, source=rule.source, created_at=self.clock(),
-            ).returning(alert_rules.c.id)
-        ).scalar_one()
-        return replace(rule, id=int(rule_id))
+            return alerts_sql.insert_rule(conn, rule, self.clock)
 
     def alert_rules_stamp(self) -> tuple[int, int]:
         """(how many rules, highest id): changes whenever a rule is added or removed, for readers
         that keep the rules in memory (one cheap query instead of reading them all)."""
         with self._read() as conn:
-            count, highest = conn.execute(
-                sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(alert_rules.c.id), 0))).one()
-        return int(count), int(highest)
+            return alerts_sql.rules_stamp(conn)
 
     def list_alert_rules(self, project: str | None = None, run: int | None = None) -> list[AlertRule]:
-        c = alert_rules.c
-        stmt = (
-            sa.select(alert_rules, projects.c.name.label("project_name"))
-            .select_from(alert_rules.outerjoin(projects, projects.c.id == c.project_id))
-            .order_by(c.id)
-        )
-        if project is not None:
-            stmt = stmt.where(projects.c.name == project)
-        if run is not None:
-            stmt = stmt.where(c.run_number == run)
         with self._read() as conn:
-            return [
-                AlertRule(r.name, r.kind, r.spec, r.action, tuple(r.notify), r.project_name, r.run_number,
-                          bool(r.enabled), r.source, r.id)
-                for r in conn.execute(stmt)
-            ]
+            return alerts_sql.list_rules(conn, project, run)
 
     def remove_alert_rule(self, rule_id: int) -> bool:
         """Delete a rule (its past events stay, without it); False if there was none."""
         with self._write() as conn:
-            return bool(conn.execute(sa.delete(alert_rules).where(alert_rules.c.id == rule_id)).rowcount)
+            return alerts_sql.remove_rule(conn, rule_id)
 
     def add_alert_event(self, event: AlertEvent) -> AlertEvent:
         with self._write() as conn:
-            self._require_run(conn, event.run)
-            return self._insert_alert_event(conn, event)
-
-    def _insert_alert_event(self, conn: Connection, event: AlertEvent) -> AlertEvent:
-        event_id = conn.execute(
-            sa.insert(alert_events).values(
-                rule_id=event.rule_id, run_number=event.run, time=event.time, kind=event.kind,
-                message=event.message, metric=event.metric, step=event.step, value=event.value,
-                seen_at=event.seen_at, delivery=dict(event.delivery),
-            ).returning(alert_events.c.id)
-        ).scalar_one()
-        return AlertEvent(event.run, event.kind, event.message, event.time, event.rule_id, event.metric,
-                          event.step, event.value, event.seen_at, event.delivery, int(event_id))
+            runs_sql.require_run(conn, event.run)
+            return alerts_sql.insert_event(conn, event)
 
     def alert_states(self, run: int) -> dict[int, tuple[dict[str, Any], int]]:
         """What each rule remembers about ``run``: rule id -> (state, version). See alert_state_sql."""
@@ -804,76 +443,28 @@ class SqlStore:
         return claims_sql.last_activity(self, runs)
 
     def list_alert_events(self, run: int | None = None, unseen_only: bool = False) -> list[AlertEvent]:
-        c = alert_events.c
-        stmt = sa.select(alert_events).order_by(c.id)
-        if run is not None:
-            stmt = stmt.where(c.run_number == run)
-        if unseen_only:
-            stmt = stmt.where(c.seen_at.is_(None))
         with self._read() as conn:
-            return [
-                AlertEvent(r.run_number, r.kind, r.message, r.time, r.rule_id, r.metric, r.step, r.value,
-                           r.seen_at, r.delivery, r.id)
-                for r in conn.execute(stmt)
-            ]
+            return alerts_sql.list_events(conn, run, unseen_only)
 
     def alert_events_after(self, event_id: int, since: float = 0.0, limit: int = 1000) -> list[AlertEvent]:
         """Events with an id above ``event_id`` and a time from ``since`` on, oldest first (the outbox)."""
-        c = alert_events.c
-        stmt = sa.select(alert_events).where(c.id > event_id, c.time >= since).order_by(c.id).limit(limit)
         with self._read() as conn:
-            return [AlertEvent(r.run_number, r.kind, r.message, r.time, r.rule_id, r.metric, r.step, r.value,
-                               r.seen_at, r.delivery, r.id) for r in conn.execute(stmt)]
+            return alerts_sql.events_after(conn, event_id, since, limit)
 
     def set_alert_delivery(self, event_id: int, delivery: Mapping[str, Any]) -> None:
         """Record how an event's delivery stands (channels still pending, whether its stop was done)."""
         with self._write() as conn:
-            conn.execute(sa.update(alert_events).where(alert_events.c.id == event_id).values(delivery=dict(delivery)))
+            alerts_sql.set_delivery(conn, event_id, delivery)
 
     def mark_alerts_seen(self, ids: Sequence[int]) -> None:
         if not ids:
             return
         now = self.clock()
         with self._write() as conn:
-            for part in limits.batches(conn, list(ids)):
-                conn.execute(
-                    sa.update(alert_events)
-                    .where(alert_events.c.id.in_(part), alert_events.c.seen_at.is_(None))
-                    .values(seen_at=now)
-                )
+            alerts_sql.mark_seen(conn, ids, now)
 
     def status_counts(self, since: float, project: str | None = None) -> dict[str, int]:
         """For ``runyard status``: runs running and queued, runs that failed (or were lost or timed
         out) since ``since``, and alerts nobody has seen; of one project if given."""
-        in_project = (_R.project_id == sa.select(projects.c.id).where(projects.c.name == project).scalar_subquery()
-                      if project is not None else sa.true())
-        active = (sa.select(_R.status, sa.func.count()).where(in_project, _R.status.in_(("queued", "starting",
-                                                                                         "running")))
-                  .group_by(_R.status))
-        failed = sa.select(sa.func.count()).where(in_project, _R.status.in_(("failed", "lost", "timeout")),
-                                                  _R.ended_at >= since)
-        e = alert_events.c
-        alerts = sa.select(sa.func.count()).select_from(alert_events).where(e.seen_at.is_(None))
-        if project is not None:
-            alerts = alerts.where(e.run_number.in_(sa.select(_R.number).where(in_project)))
         with self._read() as conn:
-            counts = {str(status): int(n) for status, n in conn.execute(active)}
-            return {"running": counts.get("running", 0) + counts.get("starting", 0),
-                    "queued": counts.get("queued", 0), "failed": int(conn.execute(failed).scalar_one()),
-                    "alerts": int(conn.execute(alerts).scalar_one())}
-
-
-def _new_run_of(run_id: str, start: Mapping[str, Any]) -> NewRun:
-    return NewRun(
-        project=str(start.get("project") or "default"), id=run_id, name=start.get("name"),
-        command=list(start.get("command") or []) or None, config=dict(start.get("config") or {}),
-        labels=list(start.get("labels") or []), notes=str(start.get("notes") or ""),
-        host=start.get("host"), environment=dict(start.get("environment") or {}), executor="sdk",
-        created_at=start.get("time"), status=RunStatus.RUNNING,
-    )
-
-
-def _chunk_points() -> int:
-    from runyard.store.series import CHUNK_POINTS
-
-    return CHUNK_POINTS
+            return alerts_sql.status_counts(conn, since, project)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import sqlalchemy as sa
 
 from runyard.errors import Ambiguous, InvalidArgument, NotFound
+from runyard.store import projects_sql
 from runyard.store.schema import api_tokens, projects
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class Tokens:
         secret = f"ry_{prefix}_{secrets.token_urlsafe(32)}"
         now = self.store.clock()
         with self.store._write() as conn:
-            project_id = self.store._project_id(conn, project) if project else None
+            project_id = projects_sql.project_id(conn, project, self.store.clock) if project else None
             token_id = conn.execute(sa.insert(api_tokens).values(
                 name=name or f"token-{prefix}", role=role, project_id=project_id, token_sha256=digest(secret),
                 prefix=prefix, created_at=now).returning(api_tokens.c.id)).scalar_one()

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from runyard.store import notify
+from runyard.store import logs_sql, notify
 from runyard.store.api import LogLine, RunPatch
 from runyard.store.newrun import NewRun
 from runyard.store.notify import EVERYTHING, Change, Listener
@@ -44,7 +44,7 @@ def test_a_write_is_told_when_it_commits_never_before(store: SqlStore, heard: ps
     run = store.create_run(NewRun(project="p", status=RunStatus.RUNNING))
     assert changes(heard) == [Change(frozenset({run.number}), frozenset({"p"}))]  # created: the listing too
     with store._write() as conn:
-        store._append_logs(conn, run.number, [LogLine(time.time(), "hello", "stdout")])
+        logs_sql.append(conn, run.number, [LogLine(time.time(), "hello", "stdout")])
         assert changes(heard) == []  # not committed yet: nobody may read it, so nobody is told
     assert changes(heard) == [Change(frozenset({run.number}))]  # a log line: not the project's listing
     store.update_run(run.number, RunPatch(status=RunStatus.FINISHED))
@@ -55,7 +55,7 @@ def test_a_write_that_rolls_back_tells_nobody(store: SqlStore, heard: psycopg.Co
     run = store.create_run(NewRun(project="p", status=RunStatus.RUNNING))
     changes(heard)
     with pytest.raises(RuntimeError), store._write() as conn:
-        store._append_logs(conn, run.number, [LogLine(time.time(), "never", "stdout")])
+        logs_sql.append(conn, run.number, [LogLine(time.time(), "never", "stdout")])
         raise RuntimeError("the writer failed half way")
     store.ensure_project("q")  # a write that touches no run: nothing to tell either
     assert changes(heard) == []
