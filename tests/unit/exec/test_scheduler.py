@@ -321,3 +321,41 @@ def test_a_cluster_run_whose_agent_went_away_is_taken_over_while_its_job_runs(
     store.request_stop(still)
     b.tick()
     assert b_cluster.stopped == [store.get_run(still).id]
+
+
+def test_a_run_whose_supervisor_the_executor_says_ended_is_lost_unless_its_end_arrived(
+        store: SqlStore, settings: Settings) -> None:
+    # A cluster's job can end without its run recording how (its node died, it was killed): the
+    # executor says so, and the scheduler marks the run lost with the executor's words. A run whose
+    # end record arrived meanwhile keeps the status it recorded.
+    from runyard.store.api import RunPatch
+
+    class Ending(Cluster):
+        def __init__(self, offers: Machine) -> None:
+            super().__init__(offers)
+            self.ends: dict[str, str] = {}
+
+        def ended(self, run_id: str) -> str | None:
+            return self.ends.get(run_id)
+
+    offers = Machine("ray", 8, 2, 8, 16 * GIB, "cluster")
+    executor = Ending(offers)
+    scheduler = Scheduler(store, settings, executor, 2, agent="a-cluster", machine=offers)
+    heard: list[tuple[int, str, str]] = []
+    scheduler.on_status = lambda number, status, message: heard.append((number, status, message))
+    died, finished = queue(store, executor="cluster", gpus=1), queue(store, executor="cluster", gpus=1)
+    assert scheduler.tick() == (2, 0)
+    for number in (died, finished):
+        store.update_run(number, RunPatch(status=RunStatus.RUNNING, started_at=1.0))
+    assert scheduler.tick() == (0, 0) and scheduler.holding == 2  # nothing ended yet
+    executor.ends = {store.get_run(died).id: "the Ray job FAILED: node died",
+                     store.get_run(finished).id: "the Ray job SUCCEEDED"}
+    store.update_run(finished, RunPatch(status=RunStatus.FINISHED, exit_code=0, ended_at=2.0))
+    scheduler.tick()
+    lost = store.get_run(died)
+    assert lost.status is RunStatus.LOST
+    assert lost.status_message == ("its supervisor ended without recording how the run ended: "
+                                   "the Ray job FAILED: node died")
+    assert heard == [(died, "lost", lost.status_message)]
+    assert store.get_run(finished).status is RunStatus.FINISHED
+    assert scheduler.holding == 0
