@@ -26,7 +26,6 @@ from starlette.routing import Route
 
 from runyard import wire
 from runyard._version import __version__
-from runyard.agent import alert_outbox
 from runyard.config import Settings
 from runyard.errors import (
     AccessDenied,
@@ -43,17 +42,16 @@ from runyard.errors import (
     Unstorable,
 )
 from runyard.exec import options
-from runyard.ingest.alerting import Outbox, Watcher
 from runyard.names import validate_relpath
 from runyard.server import events, ingest, login, ui
-from runyard.server.capacity import RETRY_AFTER_SECONDS, Capacity, Limits
+from runyard.server.capacity import RETRY_AFTER_SECONDS, Limits
 from runyard.server.headers import SecurityHeaders
 from runyard.server.ratelimit import RateLimit
-from runyard.server.security import DATABASE_ANSWERED, BodyTooLarge, Gate, Policy, Principal, requires
+from runyard.server.security import DATABASE_ANSWERED, BodyTooLarge, Gate, Policy, requires
+from runyard.server.state import Server, error_response, principal_of
 from runyard.store.api import RunQuery
 from runyard.store.artifacts import ArtifactStore
 from runyard.store.sql import SqlStore
-from runyard.store.tokens import Tokens
 from runyard.types import RECENT_FAILURES, RunStatus
 
 #: The health check: answered on threads of its own (``Limits.health_threads``), its token too.
@@ -153,18 +151,10 @@ class NewToken(BaseModel):
     project: str | None = Field(None, max_length=100)
 
 
-def _error(status: int, message: str, retry_after: float = RETRY_AFTER_SECONDS) -> JSONResponse:
-    """An error answer; every 503 says when to try again (``Retry-After``, whole seconds)."""
-    headers = {"x-content-type-options": "nosniff"}
-    if status == 503:
-        headers["retry-after"] = str(max(1, round(retry_after)))
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-
-
 def _may_launch(request: Request) -> None:
     """A launched run executes as the server's user, with access to all it can reach: a token
     limited to one project would not stay limited, so only unlimited writers launch."""
-    scope = _principal(request).project
+    scope = principal_of(request).project
     if scope is not None:
         raise AccessDenied(f"this token is limited to project {scope}, and a launched run could reach every "
                            "project on the server machine: launching needs a token without --project")
@@ -178,39 +168,9 @@ def _run_view(request: Request, run: Any, compact: bool = False) -> dict[str, An
     if compact:
         data["environment"], data["launch"], data["notes"] = {}, None, ""
     data = wire.masked(data)
-    if _principal(request).role == "reader":
+    if principal_of(request).role == "reader":
         wire.hide_env(data)
     return data
-
-
-def _principal(request: Request) -> Principal:
-    principal: Principal = request.state.principal
-    return principal
-
-
-class Server:
-    """The app's shared parts: store, artifacts, hub. Handlers are methods bound to one of these."""
-
-    def __init__(self, settings: Settings, store: SqlStore, artifacts: ArtifactStore, limits: Limits) -> None:
-        self.settings = settings
-        self.store = store
-        self.artifacts = artifacts
-        self.limits = limits
-        #: Heavy requests: those decoding a body in memory, and uploads (see capacity.py).
-        self.decoding = Capacity("requests decoding a body", limits.decode_slots, limits.slot_wait)
-        self.uploads = Capacity("uploads", limits.upload_slots, limits.slot_wait)
-        #: The health check's own threads (see ``HEALTH``).
-        self.health_lane = anyio.CapacityLimiter(limits.health_threads)
-        self.tokens = Tokens(store)
-        self.hub = events.Hub(store)
-        self.watcher = Watcher(store)
-        #: Started by `runyard server` (an app built in a test starts no threads).
-        self.outbox: Outbox = alert_outbox(store, settings)
-
-    def run_for(self, request: Request, ref: str) -> Any:
-        """The run ``ref`` names among those the caller may see: a project token resolves it among
-        its project's runs only, so another project's runs are neither found nor named in an error."""
-        return self.store.get_run(ref, _principal(request).project)
 
 
 def create_app(settings: Settings, store: SqlStore, artifacts: ArtifactStore, bind_host: str = "127.0.0.1",
@@ -247,7 +207,7 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(RunyardError)
     async def runyard_error(request: Request, exc: RunyardError) -> JSONResponse:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
-        return _error(status, str(exc), getattr(exc, "retry_after", RETRY_AFTER_SECONDS))
+        return error_response(status, str(exc), getattr(exc, "retry_after", RETRY_AFTER_SECONDS))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -255,13 +215,13 @@ def _errors(app: FastAPI) -> None:
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return _error(400, "; ".join(problems) or "invalid request")
+        return error_response(400, "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         messages = {404: "no such endpoint (the API is under /api/v1; see /api/openapi.json)",
                     405: "this endpoint does not accept that method"}
-        return _error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+        return error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -271,7 +231,7 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return _error(413, str(exc))
+        return error_response(413, str(exc))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
@@ -279,13 +239,13 @@ def _errors(app: FastAPI) -> None:
 
         if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.TimeoutError):
             # Locked, out of connections, or restarting: the client retries what is safe to repeat.
-            return _error(503, "the database is busy or unreachable; try again")
+            return error_response(503, "the database is busy or unreachable; try again")
         if isinstance(exc, sqlalchemy.exc.IntegrityError):
-            return _error(409, "a concurrent change conflicted with this one; try again")
+            return error_response(409, "a concurrent change conflicted with this one; try again")
         import traceback
 
         traceback.print_exception(exc)
-        return _error(500, "internal error; the server's log has the details")
+        return error_response(500, "internal error; the server's log has the details")
 
 
 def _artifact_path(path: str) -> str:
@@ -340,7 +300,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     @requires("reader")
     def projects(request: Request) -> list[dict[str, Any]]:
         """Every project and how many runs it holds."""
-        scope = _principal(request).project
+        scope = principal_of(request).project
         return [wire.plain_out(p) for p in store.list_projects() if scope is None or p.name == scope]
 
     @app.get(f"{v1}/runs", tags=["runs"])
@@ -360,7 +320,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         """Runs, filtered and sorted, one page at a time (pass ``next_cursor`` back as ``cursor``)."""
         import orjson
 
-        scope = _principal(request).project
+        scope = principal_of(request).project
         if scope is not None:
             if project not in (None, scope):
                 return Response(b'{"items":[],"next_cursor":null}', media_type="application/json")
@@ -440,7 +400,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         wanted = [sha for sha in dict.fromkeys(body.sha256) if re.fullmatch(r"[0-9a-f]{64}", sha)]
         present = server.artifacts.has_many(wanted)
         held = [sha for sha in wanted if sha in present]
-        if (scope := _principal(request).project) is not None:
+        if (scope := principal_of(request).project) is not None:
             seen = store.visible_content(scope, held)
             held = [sha for sha in held if sha in seen]
         have = set(held)
@@ -542,7 +502,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         """Fired alerts, oldest first (the last ``limit``); ``unseen`` only those nobody has marked seen."""
         number = server.run_for(request, run).number if run is not None else None
         events = store.list_alert_events(number, unseen_only=unseen)[-limit:]
-        scope = _principal(request).project
+        scope = principal_of(request).project
         if scope is not None:
             visible = {n for n in {e.run for e in events} if store.get_run(n).project == scope}
             events = [e for e in events if e.run in visible]
@@ -558,7 +518,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     def alerts_seen(request: Request, body: AlertIds) -> dict[str, int]:
         """Mark alerts seen: they stop drawing attention (the header chip, `runyard status`)."""
         ids = body.ids
-        scope = _principal(request).project
+        scope = principal_of(request).project
         if scope is not None:
             mine = {e.id for e in store.list_alert_events(unseen_only=True)
                     if store.get_run(e.run).project == scope}
@@ -568,7 +528,7 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     def rule_visible(request: Request, rule: Any) -> bool:
         """A project token sees rules for every run, for its project and for its project's runs."""
-        scope = _principal(request).project
+        scope = principal_of(request).project
         if scope is None or rule.project == scope:
             return True
         if rule.project is not None:
@@ -589,7 +549,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         """Add a rule; a malformed one is refused (400) with what is wrong."""
         from runyard.alerts.rules import check
 
-        scope = _principal(request).project
+        scope = principal_of(request).project
         number = server.run_for(request, body.run).number if body.run is not None else None
         project = body.project
         if scope is not None:
@@ -607,7 +567,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         rule = next((r for r in store.list_alert_rules() if r.id == rule_id), None)
         if rule is None or not rule_visible(request, rule):
             raise NotFound(f"no alert rule {rule_id}")
-        if _principal(request).project is not None and rule.project is None and rule.run is None:
+        if principal_of(request).project is not None and rule.project is None and rule.run is None:
             # A limited token reads the rules for every run, but does not remove them for everyone.
             raise AccessDenied(f"alert rule {rule_id} covers every project: removing it needs a token without "
                                "--project")
@@ -621,7 +581,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         """What `runyard status` prints: runs running and queued, runs failed since ``since`` (default:
         the last 24 hours), unseen alerts."""
         since = time.time() - RECENT_FAILURES if since is None else since
-        return store.status_counts(since, _principal(request).project)
+        return store.status_counts(since, principal_of(request).project)
 
     @app.get(f"{v1}/runs/{{ref}}/artifacts", tags=["artifacts"])
     @requires("reader")
@@ -646,7 +606,8 @@ def _routes(app: FastAPI, server: Server) -> None:
         if (wanted := request.headers.get("range")) is not None:
             span = _parse_range(wanted, entry.size)
             if span is None:
-                refused = _error(416, f"that byte range cannot be satisfied: the artifact has {entry.size} bytes")
+                refused = error_response(416, "that byte range cannot be satisfied: the artifact has "
+                                         f"{entry.size} bytes")
                 refused.headers["content-range"] = f"bytes */{entry.size}"
                 return refused
             (start, end), status = span, 206
@@ -680,7 +641,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         blob = await _receive_blob(request, server)
         if blob.sha256 != sha256:
             raise InvalidArgument(f"the content's SHA-256 is {blob.sha256}, not {sha256}")
-        if (scope := _principal(request).project) is not None:
+        if (scope := principal_of(request).project) is not None:
             # The bytes arrived, so the token holds them: its project may refer to them (even when
             # the store held them already, for whoever).
             await anyio.to_thread.run_sync(store.grant_content, scope, blob.sha256)
@@ -694,7 +655,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         artifacts, and what was uploaded or granted for them); anything else is 404, held or not."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise InvalidArgument("a blob is named by the lowercase hex SHA-256 of its content")
-        scope = _principal(request).project
+        scope = principal_of(request).project
         size = server.artifacts.size(sha256)
         if size is None or (scope is not None and sha256 not in store.visible_content(scope, [sha256])):
             raise NotFound(f"no content {sha256} here")
@@ -708,13 +669,13 @@ def _routes(app: FastAPI, server: Server) -> None:
                writer: Annotated[str, Query(max_length=64, pattern=r"^[0-9A-Za-z_-]{1,64}$")]) -> dict[str, Any]:
         """The highest sequence number of this writer's records the server holds (-1: none)."""
         cursor, _, project = store.ingest_state(run, writer)
-        scope = _principal(request).project
+        scope = principal_of(request).project
         return {"cursor": -1 if scope is not None and project not in (None, scope) else cursor}
 
     async def ingest_route(request: Request) -> Response:
         """Spool records from a shipper (msgpack, deflate): applied once, acknowledged by cursor."""
         deflated = request.headers.get("content-encoding", "") == wire.ENCODING_DEFLATE
-        scope = _principal(request).project
+        scope = principal_of(request).project
         # The body waits on disk past its first MiB, so clients sending at once hold no memory; only
         # the few holding a decode slot have theirs in memory, inflated and decoded within bounds.
         with await _spooled_body(request, ingest.MAX_BODY) as spooled:
@@ -752,7 +713,7 @@ def _routes(app: FastAPI, server: Server) -> None:
                            project: Annotated[str | None, Query(max_length=100)] = None) -> Response:
         """Server-sent events: with ``run``, its metric points, log lines and status; with ``project``
         (or neither), runs that change state."""
-        principal = _principal(request)
+        principal = principal_of(request)
         scope = principal.project
         hide = principal.role == "reader"
         if run is not None:
@@ -766,7 +727,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         refused = server.hub.admit(holder)
         if refused is not None:
             await stream.aclose()  # type: ignore[attr-defined]
-            return _error(503, refused)
+            return error_response(503, refused)
         return StreamingResponse(events.counted(server.hub, holder, stream), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
@@ -775,7 +736,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     def tokens(request: Request, include_revoked: bool = False) -> list[dict[str, Any]]:
         """Active tokens, or all with ``include_revoked`` (never their secrets); an admin of one project
         sees that project's."""
-        scope = _principal(request).project
+        scope = principal_of(request).project
         return [_token_out(t) for t in server.tokens.list(include_revoked) if scope is None or t.project == scope]
 
     @app.post(f"{v1}/tokens", tags=["access"])
@@ -783,7 +744,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     def create_token(request: Request, body: NewToken) -> dict[str, Any]:
         """A new token; its secret is in this response and nowhere else. An admin of one project
         makes tokens of that project only."""
-        scope = _principal(request).project
+        scope = principal_of(request).project
         if scope is not None and body.project not in (None, scope):
             raise AccessDenied(f"this token administers project {scope} only")
         info, secret = server.tokens.create(body.role, body.name, scope or body.project)
@@ -793,7 +754,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     @requires("admin")
     def revoke_token(request: Request, ref: str) -> dict[str, Any]:
         """Revoke a token by id, name or prefix: requests carrying it get 401 from now on."""
-        scope = _principal(request).project
+        scope = principal_of(request).project
         if scope is not None and server.tokens.find(ref).project != scope:
             raise NotFound(f"no token {ref!r} (see `runyard token list`)")
         return _token_out(server.tokens.revoke(ref))
