@@ -43,19 +43,18 @@ from runyard.errors import (
 )
 from runyard.exec import options
 from runyard.names import validate_relpath
-from runyard.server import events, ingest, login, ui
+from runyard.server import events, ingest, login, routes, ui
 from runyard.server.capacity import RETRY_AFTER_SECONDS, Limits
 from runyard.server.headers import SecurityHeaders
 from runyard.server.ratelimit import RateLimit
-from runyard.server.security import DATABASE_ANSWERED, BodyTooLarge, Gate, Policy, requires
+from runyard.server.routes.health import HEALTH
+from runyard.server.security import BodyTooLarge, Gate, Policy, requires
 from runyard.server.state import Server, error_response, principal_of
 from runyard.store.api import RunQuery
 from runyard.store.artifacts import ArtifactStore
 from runyard.store.sql import SqlStore
 from runyard.types import RECENT_FAILURES, RunStatus
 
-#: The health check: answered on threads of its own (``Limits.health_threads``), its token too.
-HEALTH = "/api/health"
 #: HTTP status of each error a handler can raise (the first matching class wins).
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (AccessDenied, 403),
@@ -160,7 +159,7 @@ def _may_launch(request: Request) -> None:
                            "project on the server machine: launching needs a token without --project")
 
 
-def _run_view(request: Request, run: Any, compact: bool = False) -> dict[str, Any]:
+def run_view(request: Request, run: Any, compact: bool = False) -> dict[str, Any]:
     """A run as this caller may see it: credentials masked for everyone (``wire.masked``), and a
     reader does not see the values of ``--env`` (they often hold secrets), only their names.
     ``compact`` leaves out environment, launch and notes (before masking: nothing left to mask)."""
@@ -186,6 +185,7 @@ def create_app(settings: Settings, store: SqlStore, artifacts: ArtifactStore, bi
                     insecure_local=insecure_local)
     app.state.policy = policy
     _errors(app)
+    routes.add_routes(app, server)
     _routes(app, server)
     login.add_routes(app, policy)
     ui.mount(app)
@@ -205,7 +205,7 @@ def _declare_builtin_roles(app: FastAPI) -> None:
 
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(RunyardError)
-    async def runyard_error(request: Request, exc: RunyardError) -> JSONResponse:
+    async def runyarderror_response(request: Request, exc: RunyardError) -> JSONResponse:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         return error_response(status, str(exc), getattr(exc, "retry_after", RETRY_AFTER_SECONDS))
 
@@ -218,7 +218,7 @@ def _errors(app: FastAPI) -> None:
         return error_response(400, "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def httperror_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         messages = {404: "no such endpoint (the API is under /api/v1; see /api/openapi.json)",
                     405: "this endpoint does not accept that method"}
         return error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
@@ -277,25 +277,6 @@ def _routes(app: FastAPI, server: Server) -> None:
     store = server.store
     v1 = wire.API_PREFIX
 
-    from runyard.spool.rundir import target_key
-    from runyard.store.revision import REVISIONS
-
-    # "store" names the database and artifact store (a hash): `runyard ui` tells its own server
-    # from another home's on the same port.
-    healthy = {"status": "ok", "version": __version__, "schema": REVISIONS[-1], "dialect": store.dialect,
-               "store": target_key(server.settings)}
-
-    @app.get(HEALTH, tags=["server"])
-    @requires("reader")
-    async def health(request: Request) -> dict[str, Any]:
-        """Whether the server and its database answer."""
-        # The database answered for the caller's token a moment ago, on the health check's own
-        # threads (security.py); asked again only when no token was needed. Each hop to a thread and
-        # back is a wait for the GIL and the loop, which the busiest requests make long.
-        if not getattr(request.state, DATABASE_ANSWERED, False):
-            await anyio.to_thread.run_sync(store.list_projects, limiter=server.health_lane)
-        return healthy
-
     @app.get(f"{v1}/projects", tags=["runs"])
     @requires("reader")
     def projects(request: Request) -> list[dict[str, Any]]:
@@ -327,7 +308,7 @@ def _routes(app: FastAPI, server: Server) -> None:
             project = scope
         page = store.list_runs(RunQuery(project=project, labels=label, status=status, sort=sort,
                                         descending=order == "desc", limit=limit, cursor=cursor))
-        items = [_run_view(request, r, compact) for r in page.items]
+        items = [run_view(request, r, compact) for r in page.items]
         return Response(orjson.dumps({"items": items, "next_cursor": page.next_cursor}),
                         media_type="application/json")
 
@@ -335,14 +316,14 @@ def _routes(app: FastAPI, server: Server) -> None:
     @requires("reader")
     def get_run(request: Request, ref: str) -> dict[str, Any]:
         """One run, by number, name or a unique prefix of its id."""
-        return _run_view(request, server.run_for(request, ref))
+        return run_view(request, server.run_for(request, ref))
 
     @app.get(f"{v1}/runs/{{ref}}/children", tags=["lineage"])
     @requires("reader")
     def children(request: Request, ref: str) -> list[dict[str, Any]]:
         """Runs launched as reruns of this one."""
         run = server.run_for(request, ref)
-        return [_run_view(request, r) for r in store.children_of(run.number)]
+        return [run_view(request, r) for r in store.children_of(run.number)]
 
     @app.get(f"{v1}/runs/{{ref}}/inputs", tags=["lineage"])
     @requires("reader")
@@ -368,7 +349,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         if change.append_note:
             run = store.append_note(run.number, change.append_note)
         server.hub.publish(run.number, run.project)
-        return _run_view(request, run)
+        return run_view(request, run)
 
     @app.post(f"{v1}/runs", tags=["execution"])
     @requires("writer")
@@ -415,7 +396,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         run = server.run_for(request, ref)
         message = stop_run(store, server.settings, run)
         server.hub.publish(run.number, run.project)
-        return {"message": message, "run": _run_view(request, store.get_run(run.number))}
+        return {"message": message, "run": run_view(request, store.get_run(run.number))}
 
     @app.post(f"{v1}/runs/{{ref}}/rerun", tags=["execution"])
     @requires("writer")
@@ -436,7 +417,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         artifact_mounts_only(body.mounts)
         overrides = Overrides(body.pip, body.env, body.timeout, body.mounts, body.gpus)
         number = queue_again(server.settings, parent, body.params, body.name, server.settings.home, overrides)
-        return {"number": number, "run": _run_view(request, store.get_run(number))}
+        return {"number": number, "run": run_view(request, store.get_run(number))}
 
     @app.post(f"{v1}/runs/{{ref}}/lost", tags=["ingest"])
     @requires("writer")

@@ -20,7 +20,8 @@ from runyard.store.tokens import Tokens
 
 
 class Server:
-    """The app's shared parts: store, artifacts, hub. Handlers are closures over one of these."""
+    """The app's shared parts: store, artifacts, hub. Handlers are closures over one of these
+    (each module of ``routes/`` adds its own with ``add_routes(app, server)``)."""
 
     def __init__(self, settings: Settings, store: SqlStore, artifacts: ArtifactStore, limits: Limits) -> None:
         self.settings = settings
@@ -30,7 +31,7 @@ class Server:
         #: Heavy requests: those decoding a body in memory, and uploads (see capacity.py).
         self.decoding = Capacity("requests decoding a body", limits.decode_slots, limits.slot_wait)
         self.uploads = Capacity("uploads", limits.upload_slots, limits.slot_wait)
-        #: The health check's own threads (see ``app.HEALTH``).
+        #: The health check's own threads (see ``routes.health.HEALTH``).
         self.health_lane = anyio.CapacityLimiter(limits.health_threads)
         self.tokens = Tokens(store)
         self.hub = events.Hub(store)
