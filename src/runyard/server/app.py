@@ -7,12 +7,11 @@ never repeat request headers back.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import anyio
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -35,7 +34,7 @@ from runyard.errors import (
     TooLarge,
     Unstorable,
 )
-from runyard.server import events, login, routes, ui
+from runyard.server import login, routes, ui
 from runyard.server.capacity import RETRY_AFTER_SECONDS, Limits
 from runyard.server.headers import SecurityHeaders
 from runyard.server.ratelimit import RateLimit
@@ -145,32 +144,7 @@ def _errors(app: FastAPI) -> None:
 
 
 def _routes(app: FastAPI, server: Server) -> None:
-    store = server.store
     v1 = wire.API_PREFIX
-
-    @app.get(f"{v1}/events", tags=["events"])
-    @requires("reader")
-    async def event_stream(request: Request, run: Annotated[str | None, Query(max_length=200)] = None,
-                           project: Annotated[str | None, Query(max_length=100)] = None) -> Response:
-        """Server-sent events: with ``run``, its metric points, log lines and status; with ``project``
-        (or neither), runs that change state."""
-        principal = principal_of(request)
-        scope = principal.project
-        hide = principal.role == "reader"
-        if run is not None:
-            found = await anyio.to_thread.run_sync(server.run_for, request, run)
-            stream = events.run_stream(store, server.hub, found.number, request.is_disconnected, hide)
-        else:
-            if scope is not None and project not in (None, scope):
-                raise NotFound(f"no project {project!r}")
-            stream = events.project_stream(store, server.hub, project or scope, request.is_disconnected, hide)
-        holder = f"token:{principal.token_id}" if principal.token_id is not None else principal.name
-        refused = server.hub.admit(holder)
-        if refused is not None:
-            await stream.aclose()  # type: ignore[attr-defined]
-            return error_response(503, refused)
-        return StreamingResponse(events.counted(server.hub, holder, stream), media_type="text/event-stream",
-                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
     @app.get(f"{v1}/tokens", tags=["access"])
     @requires("admin")
