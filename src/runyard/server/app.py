@@ -1,23 +1,19 @@
 """The server's ASGI app: ``create_app(settings, store, artifacts, ...)``; no module-level state.
 
 Handlers are thin: parse, check the caller may see the run, call the store, answer in the forms of
-``runyard.wire``. Errors are JSON ``{"error": message, "status": code}`` from one table below, and
-never repeat request headers back.
+``runyard.wire``; they are in ``routes/``, one module per noun. Errors are JSON
+``{"error": message, "status": code}`` from one table below, and never repeat request headers back.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
-from runyard import wire
 from runyard._version import __version__
 from runyard.config import Settings
 from runyard.errors import (
@@ -39,8 +35,8 @@ from runyard.server.capacity import RETRY_AFTER_SECONDS, Limits
 from runyard.server.headers import SecurityHeaders
 from runyard.server.ratelimit import RateLimit
 from runyard.server.routes.health import HEALTH
-from runyard.server.security import BodyTooLarge, Gate, Policy, requires
-from runyard.server.state import Server, error_response, principal_of
+from runyard.server.security import BodyTooLarge, Gate, Policy
+from runyard.server.state import Server, error_response
 from runyard.store.artifacts import ArtifactStore
 from runyard.store.sql import SqlStore
 
@@ -61,12 +57,6 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
-class NewToken(BaseModel):
-    role: Literal["reader", "writer", "admin"]
-    name: str | None = Field(None, max_length=100)
-    project: str | None = Field(None, max_length=100)
-
-
 def create_app(settings: Settings, store: SqlStore, artifacts: ArtifactStore, bind_host: str = "127.0.0.1",
                port: int = 8765, allowed_hosts: tuple[str, ...] = (), limits: Limits | None = None,
                insecure_local: bool = False) -> FastAPI:
@@ -81,7 +71,6 @@ def create_app(settings: Settings, store: SqlStore, artifacts: ArtifactStore, bi
     app.state.policy = policy
     _errors(app)
     routes.add_routes(app, server)
-    _routes(app, server)
     login.add_routes(app, policy)
     ui.mount(app)
     # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
@@ -100,7 +89,7 @@ def _declare_builtin_roles(app: FastAPI) -> None:
 
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(RunyardError)
-    async def runyarderror_response(request: Request, exc: RunyardError) -> JSONResponse:
+    async def runyard_error(request: Request, exc: RunyardError) -> JSONResponse:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         return error_response(status, str(exc), getattr(exc, "retry_after", RETRY_AFTER_SECONDS))
 
@@ -113,7 +102,7 @@ def _errors(app: FastAPI) -> None:
         return error_response(400, "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def httperror_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         messages = {404: "no such endpoint (the API is under /api/v1; see /api/openapi.json)",
                     405: "this endpoint does not accept that method"}
         return error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
@@ -141,40 +130,3 @@ def _errors(app: FastAPI) -> None:
 
         traceback.print_exception(exc)
         return error_response(500, "internal error; the server's log has the details")
-
-
-def _routes(app: FastAPI, server: Server) -> None:
-    v1 = wire.API_PREFIX
-
-    @app.get(f"{v1}/tokens", tags=["access"])
-    @requires("admin")
-    def tokens(request: Request, include_revoked: bool = False) -> list[dict[str, Any]]:
-        """Active tokens, or all with ``include_revoked`` (never their secrets); an admin of one project
-        sees that project's."""
-        scope = principal_of(request).project
-        return [_token_out(t) for t in server.tokens.list(include_revoked) if scope is None or t.project == scope]
-
-    @app.post(f"{v1}/tokens", tags=["access"])
-    @requires("admin")
-    def create_token(request: Request, body: NewToken) -> dict[str, Any]:
-        """A new token; its secret is in this response and nowhere else. An admin of one project
-        makes tokens of that project only."""
-        scope = principal_of(request).project
-        if scope is not None and body.project not in (None, scope):
-            raise AccessDenied(f"this token administers project {scope} only")
-        info, secret = server.tokens.create(body.role, body.name, scope or body.project)
-        return {**_token_out(info), "token": secret}
-
-    @app.delete(f"{v1}/tokens/{{ref}}", tags=["access"])
-    @requires("admin")
-    def revoke_token(request: Request, ref: str) -> dict[str, Any]:
-        """Revoke a token by id, name or prefix: requests carrying it get 401 from now on."""
-        scope = principal_of(request).project
-        if scope is not None and server.tokens.find(ref).project != scope:
-            raise NotFound(f"no token {ref!r} (see `runyard token list`)")
-        return _token_out(server.tokens.revoke(ref))
-
-
-def _token_out(t: Any) -> dict[str, Any]:
-    return {"id": t.id, "name": t.name, "role": t.role, "project": t.project, "prefix": t.prefix,
-            "created_at": t.created_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}
