@@ -1,32 +1,20 @@
 """The server's ASGI app: ``create_app(settings, store, artifacts, ...)``; no module-level state.
 
 Handlers are thin: parse, check the caller may see the run, call the store, answer in the forms of
-``runyard.wire``. Errors are JSON ``{"error": message, "status": code}`` from one table below, and
-never repeat request headers back.
+``runyard.wire``; they are in ``routes/``, one module per noun. Errors are JSON
+``{"error": message, "status": code}`` from one table below, and never repeat request headers back.
 """
 
 from __future__ import annotations
 
-import re
-import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Annotated, Any, Literal
-
-import anyio
-import msgpack
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
-from runyard import wire
 from runyard._version import __version__
-from runyard.agent import alert_outbox
 from runyard.config import Settings
 from runyard.errors import (
     AccessDenied,
@@ -42,22 +30,16 @@ from runyard.errors import (
     TooLarge,
     Unstorable,
 )
-from runyard.exec import options
-from runyard.ingest.alerting import Outbox, Watcher
-from runyard.names import validate_relpath
-from runyard.server import events, ingest, login, ui
-from runyard.server.capacity import RETRY_AFTER_SECONDS, Capacity, Limits
+from runyard.server import login, routes, ui
+from runyard.server.capacity import RETRY_AFTER_SECONDS, Limits
 from runyard.server.headers import SecurityHeaders
 from runyard.server.ratelimit import RateLimit
-from runyard.server.security import DATABASE_ANSWERED, BodyTooLarge, Gate, Policy, Principal, requires
-from runyard.store.api import RunQuery
+from runyard.server.routes.health import HEALTH
+from runyard.server.security import BodyTooLarge, Gate, Policy
+from runyard.server.state import Server, error_response
 from runyard.store.artifacts import ArtifactStore
 from runyard.store.sql import SqlStore
-from runyard.store.tokens import Tokens
-from runyard.types import RECENT_FAILURES, RunStatus
 
-#: The health check: answered on threads of its own (``Limits.health_threads``), its token too.
-HEALTH = "/api/health"
 #: HTTP status of each error a handler can raise (the first matching class wins).
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (AccessDenied, 403),
@@ -73,144 +55,6 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (ArtifactError, 500),
     (RunyardError, 400),
 )
-_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
-
-
-class RunChange(BaseModel):
-    """Fields to change; omitted fields stay as they are."""
-
-    name: str | None = Field(None, description="New name (1-100 characters)", max_length=100)
-    notes: str | None = Field(None, description="Replace the notes (Markdown)", max_length=1_000_000)
-    append_note: str | None = Field(None, description="Append a paragraph to the notes", max_length=1_000_000)
-    add_labels: list[str] = Field(default_factory=list, max_length=100)
-    remove_labels: list[str] = Field(default_factory=list, max_length=100)
-
-
-class Rerun(BaseModel):
-    params: dict[str, str] = Field(default_factory=dict, description="Params to change, as for --param KEY=VALUE")
-    name: str | None = Field(None, max_length=100)
-    pip: list[str] = Field(default_factory=list, max_length=1000, description="Packages replacing the parent's")
-    env: dict[str, str] = Field(default_factory=dict, description="Variables set over the parent's --env")
-    timeout: str | None = Field(None, max_length=30)
-    mounts: list[str] = Field(default_factory=list, max_length=100, description="RUN:PATH:TARGET artifact mounts")
-    gpus: int | None = Field(None, ge=0, le=4096)
-
-
-class Launch(BaseModel):
-    """A run to queue on the server's machine, as `runyard run` sends it (see exec/remote_launch.py)."""
-
-    command: list[str] = Field(min_length=1, max_length=10_000)
-    shell: bool = False
-    snapshot: str = Field(pattern="^sha256:[0-9a-f]{64}$", description="Content reference of the snapshot manifest")
-    git_commit: str | None = Field(None, max_length=100)
-    git_branch: str | None = Field(None, max_length=300)
-    git_diff_ref: str | None = Field(None, pattern="^sha256:[0-9a-f]{64}$")
-    project: str | None = Field(None, max_length=100)
-    name: str | None = Field(None, max_length=100)
-    labels: list[str] = Field(default_factory=list, max_length=100)
-    note: str = Field("", max_length=1_000_000)
-    params: dict[str, str] = Field(default_factory=dict)
-    pip: list[str] = Field(default_factory=list, max_length=1000)
-    requirements: str | None = Field(None, max_length=1_000_000)
-    mounts: list[str] = Field(default_factory=list, max_length=100)
-    env: dict[str, str] = Field(default_factory=dict)
-    gpus: int | None = Field(None, ge=0, le=4096)
-    cpus: int | None = Field(None, ge=0, le=4096)
-    memory: str | None = Field(None, max_length=30)
-    timeout: str | None = Field(None, max_length=30)
-    priority: int | None = Field(None, ge=-1_000_000, le=1_000_000,
-                                 description="Higher starts first; default: the machine profile's, else 0")
-    machine: str | None = Field(None, max_length=100)
-    executor: str | None = Field(None, max_length=32, description="Where the run executes (runyard run --on); "
-                                 "default: the server's executor setting")
-
-
-class BlobList(BaseModel):
-    sha256: list[str] = Field(max_length=200_000)
-
-
-class AlertIds(BaseModel):
-    ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(max_length=10_000,
-                                                             description="Alert event ids to mark seen")
-
-
-class NewAlertRule(BaseModel):
-    """A rule as `runyard alert add` sends it: the keys of a runyard.toml ``[[alerts]]`` table."""
-
-    rule: dict[str, Any] = Field(description="name, when, metric, value, by, steps, epsilon, for, mode, "
-                                             "cooldown, action, notify (see `runyard alert add --help`)")
-    project: str | None = Field(None, max_length=100, description="Only this project's runs")
-    run: str | None = Field(None, max_length=200, description="Only this run (number, name or id prefix)")
-
-
-class Lost(BaseModel):
-    message: str = Field(max_length=2000)
-
-
-class NewToken(BaseModel):
-    role: Literal["reader", "writer", "admin"]
-    name: str | None = Field(None, max_length=100)
-    project: str | None = Field(None, max_length=100)
-
-
-def _error(status: int, message: str, retry_after: float = RETRY_AFTER_SECONDS) -> JSONResponse:
-    """An error answer; every 503 says when to try again (``Retry-After``, whole seconds)."""
-    headers = {"x-content-type-options": "nosniff"}
-    if status == 503:
-        headers["retry-after"] = str(max(1, round(retry_after)))
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-
-
-def _may_launch(request: Request) -> None:
-    """A launched run executes as the server's user, with access to all it can reach: a token
-    limited to one project would not stay limited, so only unlimited writers launch."""
-    scope = _principal(request).project
-    if scope is not None:
-        raise AccessDenied(f"this token is limited to project {scope}, and a launched run could reach every "
-                           "project on the server machine: launching needs a token without --project")
-
-
-def _run_view(request: Request, run: Any, compact: bool = False) -> dict[str, Any]:
-    """A run as this caller may see it: credentials masked for everyone (``wire.masked``), and a
-    reader does not see the values of ``--env`` (they often hold secrets), only their names.
-    ``compact`` leaves out environment, launch and notes (before masking: nothing left to mask)."""
-    data = wire.run_out(run)
-    if compact:
-        data["environment"], data["launch"], data["notes"] = {}, None, ""
-    data = wire.masked(data)
-    if _principal(request).role == "reader":
-        wire.hide_env(data)
-    return data
-
-
-def _principal(request: Request) -> Principal:
-    principal: Principal = request.state.principal
-    return principal
-
-
-class Server:
-    """The app's shared parts: store, artifacts, hub. Handlers are methods bound to one of these."""
-
-    def __init__(self, settings: Settings, store: SqlStore, artifacts: ArtifactStore, limits: Limits) -> None:
-        self.settings = settings
-        self.store = store
-        self.artifacts = artifacts
-        self.limits = limits
-        #: Heavy requests: those decoding a body in memory, and uploads (see capacity.py).
-        self.decoding = Capacity("requests decoding a body", limits.decode_slots, limits.slot_wait)
-        self.uploads = Capacity("uploads", limits.upload_slots, limits.slot_wait)
-        #: The health check's own threads (see ``HEALTH``).
-        self.health_lane = anyio.CapacityLimiter(limits.health_threads)
-        self.tokens = Tokens(store)
-        self.hub = events.Hub(store)
-        self.watcher = Watcher(store)
-        #: Started by `runyard server` (an app built in a test starts no threads).
-        self.outbox: Outbox = alert_outbox(store, settings)
-
-    def run_for(self, request: Request, ref: str) -> Any:
-        """The run ``ref`` names among those the caller may see: a project token resolves it among
-        its project's runs only, so another project's runs are neither found nor named in an error."""
-        return self.store.get_run(ref, _principal(request).project)
 
 
 def create_app(settings: Settings, store: SqlStore, artifacts: ArtifactStore, bind_host: str = "127.0.0.1",
@@ -226,7 +70,7 @@ def create_app(settings: Settings, store: SqlStore, artifacts: ArtifactStore, bi
                     insecure_local=insecure_local)
     app.state.policy = policy
     _errors(app)
-    _routes(app, server)
+    routes.add_routes(app, server)
     login.add_routes(app, policy)
     ui.mount(app)
     # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
@@ -247,7 +91,7 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(RunyardError)
     async def runyard_error(request: Request, exc: RunyardError) -> JSONResponse:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
-        return _error(status, str(exc), getattr(exc, "retry_after", RETRY_AFTER_SECONDS))
+        return error_response(status, str(exc), getattr(exc, "retry_after", RETRY_AFTER_SECONDS))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -255,13 +99,13 @@ def _errors(app: FastAPI) -> None:
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return _error(400, "; ".join(problems) or "invalid request")
+        return error_response(400, "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         messages = {404: "no such endpoint (the API is under /api/v1; see /api/openapi.json)",
                     405: "this endpoint does not accept that method"}
-        return _error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+        return error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -271,7 +115,7 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return _error(413, str(exc))
+        return error_response(413, str(exc))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
@@ -279,626 +123,10 @@ def _errors(app: FastAPI) -> None:
 
         if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.TimeoutError):
             # Locked, out of connections, or restarting: the client retries what is safe to repeat.
-            return _error(503, "the database is busy or unreachable; try again")
+            return error_response(503, "the database is busy or unreachable; try again")
         if isinstance(exc, sqlalchemy.exc.IntegrityError):
-            return _error(409, "a concurrent change conflicted with this one; try again")
+            return error_response(409, "a concurrent change conflicted with this one; try again")
         import traceback
 
         traceback.print_exception(exc)
-        return _error(500, "internal error; the server's log has the details")
-
-
-def _artifact_path(path: str) -> str:
-    """An artifact path from a URL, decoded exactly once (by the router) and then checked."""
-    if _PERCENT.search(path) or any(c in path for c in "?#;"):
-        raise ArtifactPathError(f"artifact path {path[:200]!r} contains an encoded or reserved character")
-    return validate_relpath(path)
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One byte range ``bytes=a-b`` / ``a-`` / ``-n`` as (start, end exclusive); None if unsatisfiable."""
-    unit, _, spec = header.partition("=")
-    if unit.strip() != "bytes" or "," in spec:
-        return None
-    first, _, last = spec.strip().partition("-")
-    try:
-        if first == "":
-            n = int(last)
-            return (max(0, size - n), size) if n > 0 and size > 0 else None
-        start = int(first)
-        end = int(last) + 1 if last else size
-    except ValueError:
-        return None
-    end = min(end, size)
-    return (start, end) if 0 <= start < end else None
-
-
-def _routes(app: FastAPI, server: Server) -> None:
-    store = server.store
-    v1 = wire.API_PREFIX
-
-    from runyard.spool.rundir import target_key
-    from runyard.store.revision import REVISIONS
-
-    # "store" names the database and artifact store (a hash): `runyard ui` tells its own server
-    # from another home's on the same port.
-    healthy = {"status": "ok", "version": __version__, "schema": REVISIONS[-1], "dialect": store.dialect,
-               "store": target_key(server.settings)}
-
-    @app.get(HEALTH, tags=["server"])
-    @requires("reader")
-    async def health(request: Request) -> dict[str, Any]:
-        """Whether the server and its database answer."""
-        # The database answered for the caller's token a moment ago, on the health check's own
-        # threads (security.py); asked again only when no token was needed. Each hop to a thread and
-        # back is a wait for the GIL and the loop, which the busiest requests make long.
-        if not getattr(request.state, DATABASE_ANSWERED, False):
-            await anyio.to_thread.run_sync(store.list_projects, limiter=server.health_lane)
-        return healthy
-
-    @app.get(f"{v1}/projects", tags=["runs"])
-    @requires("reader")
-    def projects(request: Request) -> list[dict[str, Any]]:
-        """Every project and how many runs it holds."""
-        scope = _principal(request).project
-        return [wire.plain_out(p) for p in store.list_projects() if scope is None or p.name == scope]
-
-    @app.get(f"{v1}/runs", tags=["runs"])
-    @requires("reader")
-    def list_runs(
-        request: Request,
-        project: str | None = None,
-        label: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006 - FastAPI reads it, never mutates
-        status: Annotated[list[RunStatus], Query(max_length=8)] = [],  # noqa: B006
-        sort: Annotated[str, Query(max_length=200, description="number, name, status, created_at, started_at, "
-                                   "ended_at, priority, config.<key> or summary.<key>")] = "number",
-        order: Literal["asc", "desc"] = "desc",
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-        cursor: Annotated[str | None, Query(max_length=2000)] = None,
-        compact: Annotated[bool, Query(description="leave out environment, launch and notes (for tables)")] = False,
-    ) -> Response:
-        """Runs, filtered and sorted, one page at a time (pass ``next_cursor`` back as ``cursor``)."""
-        import orjson
-
-        scope = _principal(request).project
-        if scope is not None:
-            if project not in (None, scope):
-                return Response(b'{"items":[],"next_cursor":null}', media_type="application/json")
-            project = scope
-        page = store.list_runs(RunQuery(project=project, labels=label, status=status, sort=sort,
-                                        descending=order == "desc", limit=limit, cursor=cursor))
-        items = [_run_view(request, r, compact) for r in page.items]
-        return Response(orjson.dumps({"items": items, "next_cursor": page.next_cursor}),
-                        media_type="application/json")
-
-    @app.get(f"{v1}/runs/{{ref}}", tags=["runs"])
-    @requires("reader")
-    def get_run(request: Request, ref: str) -> dict[str, Any]:
-        """One run, by number, name or a unique prefix of its id."""
-        return _run_view(request, server.run_for(request, ref))
-
-    @app.get(f"{v1}/runs/{{ref}}/children", tags=["lineage"])
-    @requires("reader")
-    def children(request: Request, ref: str) -> list[dict[str, Any]]:
-        """Runs launched as reruns of this one."""
-        run = server.run_for(request, ref)
-        return [_run_view(request, r) for r in store.children_of(run.number)]
-
-    @app.get(f"{v1}/runs/{{ref}}/inputs", tags=["lineage"])
-    @requires("reader")
-    def inputs(request: Request, ref: str) -> list[dict[str, Any]]:
-        """What the run read: artifacts of other runs, datasets and paths, by content hash."""
-        run = server.run_for(request, ref)
-        return [wire.plain_out(i) for i in store.inputs_of(run.number)]
-
-    @app.patch(f"{v1}/runs/{{ref}}", tags=["runs"])
-    @requires("writer")
-    def patch_run(request: Request, ref: str, change: RunChange) -> dict[str, Any]:
-        """Rename a run, change its labels, replace or extend its notes."""
-        from runyard.names import validate_run_name
-        from runyard.store.api import RunPatch
-
-        run = server.run_for(request, ref)
-        if change.name is not None:
-            validate_run_name(change.name)
-        if change.name is not None or change.notes is not None:
-            run = store.update_run(run.number, RunPatch(name=change.name, notes=change.notes))
-        if change.add_labels or change.remove_labels:
-            run = store.set_labels(run.number, change.add_labels, change.remove_labels)
-        if change.append_note:
-            run = store.append_note(run.number, change.append_note)
-        server.hub.publish(run.number, run.project)
-        return _run_view(request, run)
-
-    @app.post(f"{v1}/runs", tags=["execution"])
-    @requires("writer")
-    def launch(request: Request, body: Launch) -> dict[str, Any]:
-        """Queue a run on the server's machine from an uploaded code snapshot (what `runyard run` does
-        with RUNYARD_SERVER set). Answers 409 with the missing blobs when the snapshot is incomplete."""
-        from runyard.exec import options
-        from runyard.exec.remote_launch import queue
-        from runyard.exec.submit import Submission
-
-        _may_launch(request)
-        fields = body.model_dump()
-        snapshot = (fields.pop("snapshot"), fields.pop("git_commit"), fields.pop("git_branch"),
-                    fields.pop("git_diff_ref"))
-        requirements = fields.pop("requirements")
-        fields["priority"] = options.priority(fields["priority"], fields["machine"], server.settings.machines)
-        done = queue(server.settings, server.artifacts, Submission(cwd=Path(), snapshot=snapshot, **fields),
-                     requirements)
-        run = store.get_run(done.number)
-        server.hub.publish(run.number, run.project)
-        return {"number": done.number, "id": done.run_id, "status": run.status.value}
-
-    @app.post(f"{v1}/blobs/missing", tags=["ingest"])
-    @requires("writer")
-    def missing_blobs(request: Request, body: BlobList) -> dict[str, list[str]]:
-        """Which of these SHA-256s the caller must upload (PUT /blobs/{sha256}) before referring to
-        them: those the server does not hold and, for a project token, those its project may not see
-        yet (holding the bytes is the proof; the answer never says what other projects hold)."""
-        wanted = [sha for sha in dict.fromkeys(body.sha256) if re.fullmatch(r"[0-9a-f]{64}", sha)]
-        present = server.artifacts.has_many(wanted)
-        held = [sha for sha in wanted if sha in present]
-        if (scope := _principal(request).project) is not None:
-            seen = store.visible_content(scope, held)
-            held = [sha for sha in held if sha in seen]
-        have = set(held)
-        return {"missing": [sha for sha in wanted if sha not in have]}
-
-    @app.post(f"{v1}/runs/{{ref}}/stop", tags=["execution"])
-    @requires("writer")
-    def stop(request: Request, ref: str) -> dict[str, Any]:
-        """Stop a queued or running run (SIGTERM to its supervisor, SIGKILL after the grace period)."""
-        from runyard.exec.control import stop_run
-
-        run = server.run_for(request, ref)
-        message = stop_run(store, server.settings, run)
-        server.hub.publish(run.number, run.project)
-        return {"message": message, "run": _run_view(request, store.get_run(run.number))}
-
-    @app.post(f"{v1}/runs/{{ref}}/rerun", tags=["execution"])
-    @requires("writer")
-    def rerun(request: Request, ref: str, body: Rerun | None = None) -> dict[str, Any]:
-        """Queue the run's launch again with the same code snapshot, optionally with changed params (only
-        ones it has), packages, variables, timeout, artifact mounts or GPUs."""
-        from runyard.exec.control import Overrides
-        from runyard.exec.control import rerun as queue_again
-        from runyard.exec.remote_launch import artifact_mounts_only
-
-        _may_launch(request)
-        body = body or Rerun(name=None, timeout=None, gpus=None)
-        parent = server.run_for(request, ref)
-        for key, value in body.params.items():
-            options.key_value(f"{key}={value}", "--param")
-        for key, value in body.env.items():
-            options.key_value(f"{key}={value}", "--env")
-        artifact_mounts_only(body.mounts)
-        overrides = Overrides(body.pip, body.env, body.timeout, body.mounts, body.gpus)
-        number = queue_again(server.settings, parent, body.params, body.name, server.settings.home, overrides)
-        return {"number": number, "run": _run_view(request, store.get_run(number))}
-
-    @app.post(f"{v1}/runs/{{ref}}/lost", tags=["ingest"])
-    @requires("writer")
-    def lost(request: Request, ref: str, body: Lost) -> dict[str, Any]:
-        """Mark a run lost: its process died without saying how it ended (sent by shippers)."""
-        run = server.run_for(request, ref)
-        changed = store.mark_lost(run.id, body.message)
-        if changed:
-            server.watcher.after_status(run.number, "lost", body.message)
-        server.hub.publish(run.number, run.project)
-        return {"changed": changed}
-
-    @app.get(f"{v1}/runs/{{ref}}/metrics", tags=["metrics"])
-    @requires("reader")
-    def metrics(request: Request, ref: str) -> list[dict[str, Any]]:
-        """The run's metric series: point counts, step range and last value."""
-        run = server.run_for(request, ref)
-        return [wire.plain_out(s) for s in store.list_series(run.number)]
-
-    @app.get(f"{v1}/runs/{{ref}}/metrics/{{key:path}}", tags=["metrics"])
-    @requires("reader")
-    def envelope(request: Request, ref: str, key: str, buckets: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-                 start: int | None = None, end: int | None = None) -> dict[str, Any]:
-        """The exact envelope of a series: per bucket its step range, min, max, mean, last and counts."""
-        run = server.run_for(request, ref)
-        return {"key": key, **wire.envelope_out(store.envelope(run.number, key, buckets, start, end))}
-
-    @app.get(f"{v1}/runs/{{ref}}/points/{{key:path}}", tags=["metrics"])
-    @requires("reader")
-    def points(request: Request, ref: str, key: str, start: int | None = None, end: int | None = None) -> Response:
-        """Every point of a series in a step range: msgpack with little-endian int64/float64 arrays
-        (``step``, ``time``, ``value``), or JSON lists when the client does not accept msgpack."""
-        run = server.run_for(request, ref)
-        pts = store.history(run.number, key, start, end)
-        if wire.MSGPACK in request.headers.get("accept", ""):
-            return Response(msgpack.packb(wire.points_out(pts)), media_type=wire.MSGPACK)
-        return JSONResponse({"step": pts.steps.tolist(), "time": pts.times.tolist(),
-                             "value": wire.plain(pts.values.tolist())})
-
-    @app.get(f"{v1}/runs/{{ref}}/logs", tags=["logs"])
-    @requires("reader")
-    def logs(request: Request, ref: str, after: Annotated[int, Query(ge=0)] = 0,
-             limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-             tail: Annotated[int | None, Query(ge=1, le=10_000)] = None) -> list[dict[str, Any]]:
-        """Log lines after the line id ``after`` (or the last ``tail`` lines)."""
-        run = server.run_for(request, ref)
-        lines = store.tail_logs(run.number, tail) if tail is not None else store.read_logs(run.number, after, limit)
-        return [wire.plain_out(line) for line in lines]
-
-    @app.get(f"{v1}/runs/{{ref}}/diff", tags=["runs"])
-    @requires("reader")
-    def diff(request: Request, ref: str) -> Response:
-        """The uncommitted changes the run's code had against its git commit, as a unified diff."""
-        run = server.run_for(request, ref)
-        if not run.git_diff_ref:
-            raise NotFound(f"run {run.number} recorded no uncommitted changes")
-        return Response(server.artifacts.read_bytes(run.git_diff_ref), media_type="text/plain; charset=utf-8")
-
-    @app.get(f"{v1}/alerts", tags=["alerts"])
-    @requires("reader")
-    def alerts(request: Request, run: Annotated[str | None, Query(max_length=200)] = None, unseen: bool = False,
-               limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
-        """Fired alerts, oldest first (the last ``limit``); ``unseen`` only those nobody has marked seen."""
-        number = server.run_for(request, run).number if run is not None else None
-        events = store.list_alert_events(number, unseen_only=unseen)[-limit:]
-        scope = _principal(request).project
-        if scope is not None:
-            visible = {n for n in {e.run for e in events} if store.get_run(n).project == scope}
-            events = [e for e in events if e.run in visible]
-        out = []
-        for e in events:
-            item = wire.plain_out(e)
-            item.pop("delivery", None)  # channel details stay on the server
-            out.append(item)
-        return out
-
-    @app.post(f"{v1}/alerts/seen", tags=["alerts"])
-    @requires("writer")
-    def alerts_seen(request: Request, body: AlertIds) -> dict[str, int]:
-        """Mark alerts seen: they stop drawing attention (the header chip, `runyard status`)."""
-        ids = body.ids
-        scope = _principal(request).project
-        if scope is not None:
-            mine = {e.id for e in store.list_alert_events(unseen_only=True)
-                    if store.get_run(e.run).project == scope}
-            ids = [i for i in ids if i in mine]
-        store.mark_alerts_seen(ids)
-        return {"marked": len(ids)}
-
-    def rule_visible(request: Request, rule: Any) -> bool:
-        """A project token sees rules for every run, for its project and for its project's runs."""
-        scope = _principal(request).project
-        if scope is None or rule.project == scope:
-            return True
-        if rule.project is not None:
-            return False
-        return rule.run is None or store.get_run(rule.run).project == scope
-
-    @app.get(f"{v1}/alert-rules", tags=["alerts"])
-    @requires("reader")
-    def alert_rules(request: Request,
-                    project: Annotated[str | None, Query(max_length=100)] = None) -> list[dict[str, Any]]:
-        """Alert rules kept on the server (from `runyard alert add` and run.alert()), oldest first."""
-        rules = [r for r in store.list_alert_rules(project) if rule_visible(request, r)]
-        return [wire.plain_out(r) for r in rules]
-
-    @app.post(f"{v1}/alert-rules", tags=["alerts"], status_code=201)
-    @requires("writer")
-    def add_alert_rule(request: Request, body: NewAlertRule) -> dict[str, Any]:
-        """Add a rule; a malformed one is refused (400) with what is wrong."""
-        from runyard.alerts.rules import check
-
-        scope = _principal(request).project
-        number = server.run_for(request, body.run).number if body.run is not None else None
-        project = body.project
-        if scope is not None:
-            if project not in (None, scope):
-                raise AccessDenied(f"this token is limited to project {scope}")
-            if number is None:
-                project = scope  # a limited token's rule covers its own project, not every run
-        rule = store.add_alert_rule(check(body.rule, "runyard alert add", project, number))
-        return wire.plain_out(rule)
-
-    @app.delete(f"{v1}/alert-rules/{{rule_id}}", tags=["alerts"])
-    @requires("writer")
-    def remove_alert_rule(request: Request, rule_id: int) -> dict[str, Any]:
-        """Remove a rule; the alerts it raised stay in the inbox."""
-        rule = next((r for r in store.list_alert_rules() if r.id == rule_id), None)
-        if rule is None or not rule_visible(request, rule):
-            raise NotFound(f"no alert rule {rule_id}")
-        if _principal(request).project is not None and rule.project is None and rule.run is None:
-            # A limited token reads the rules for every run, but does not remove them for everyone.
-            raise AccessDenied(f"alert rule {rule_id} covers every project: removing it needs a token without "
-                               "--project")
-        if not store.remove_alert_rule(rule_id):
-            raise NotFound(f"no alert rule {rule_id}")
-        return {"removed": rule_id}
-
-    @app.get(f"{v1}/status", tags=["alerts"])
-    @requires("reader")
-    def status(request: Request, since: Annotated[float | None, Query(ge=0)] = None) -> dict[str, int]:
-        """What `runyard status` prints: runs running and queued, runs failed since ``since`` (default:
-        the last 24 hours), unseen alerts."""
-        since = time.time() - RECENT_FAILURES if since is None else since
-        return store.status_counts(since, _principal(request).project)
-
-    @app.get(f"{v1}/runs/{{ref}}/artifacts", tags=["artifacts"])
-    @requires("reader")
-    def artifacts(request: Request, ref: str,
-                  prefix: Annotated[str, Query(max_length=1024)] = "") -> list[dict[str, Any]]:
-        """The run's artifacts (path, size, sha256)."""
-        run = server.run_for(request, ref)
-        return [wire.plain_out(a) for a in store.list_artifacts(run.number, prefix)]
-
-    @app.get(f"{v1}/runs/{{ref}}/artifacts/{{path:path}}", tags=["artifacts"])
-    @requires("reader")
-    def download(request: Request, ref: str, path: str) -> Response:
-        """An artifact's content, as an attachment; honours one ``Range: bytes=`` range."""
-        run = server.run_for(request, ref)
-        path = _artifact_path(path)
-        entry = next((a for a in store.list_artifacts(run.number, path) if a.path == path), None)
-        if entry is None:
-            raise NotFound(f"run {run.number} has no artifact {path!r}")
-        start, end, status = 0, entry.size, 200
-        headers = {"content-disposition": f"attachment; filename*=UTF-8''{_quote(path.rsplit('/', 1)[-1])}",
-                   "accept-ranges": "bytes", "etag": f'"{entry.sha256}"'}
-        if (wanted := request.headers.get("range")) is not None:
-            span = _parse_range(wanted, entry.size)
-            if span is None:
-                refused = _error(416, f"that byte range cannot be satisfied: the artifact has {entry.size} bytes")
-                refused.headers["content-range"] = f"bytes */{entry.size}"
-                return refused
-            (start, end), status = span, 206
-            headers["content-range"] = f"bytes {start}-{end - 1}/{entry.size}"
-        headers["content-length"] = str(end - start)
-        return StreamingResponse(_read_span(server.artifacts, entry.content_ref, start, end), status_code=status,
-                                 media_type="application/octet-stream", headers=headers)
-
-    @app.put(f"{v1}/runs/{{ref}}/artifacts/{{path:path}}", tags=["artifacts"],
-             openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
-                 "type": "string", "format": "binary"}}}, "required": True}})
-    @requires("writer")
-    async def upload(request: Request, ref: str, path: str) -> dict[str, Any]:
-        """Store a file as an artifact of the run (the body is its content). Where it is kept is the
-        server's choice; the path only names it within the run."""
-        run = await anyio.to_thread.run_sync(server.run_for, request, ref)
-        path = _artifact_path(path)
-        blob = await _receive_blob(request, server)
-        entry = await anyio.to_thread.run_sync(store.record_artifact, run.number, path, blob.size, blob.sha256,
-                                               blob.content_ref)
-        return wire.plain_out(entry)
-
-    @app.put(f"{v1}/blobs/{{sha256}}", tags=["ingest"],
-             openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
-                 "type": "string", "format": "binary"}}}, "required": True}})
-    @requires("writer")
-    async def put_blob(request: Request, sha256: str) -> dict[str, Any]:
-        """Content named by its SHA-256, uploaded before the ingest batch that records it."""
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise InvalidArgument("a blob is named by the lowercase hex SHA-256 of its content")
-        blob = await _receive_blob(request, server)
-        if blob.sha256 != sha256:
-            raise InvalidArgument(f"the content's SHA-256 is {blob.sha256}, not {sha256}")
-        if (scope := _principal(request).project) is not None:
-            # The bytes arrived, so the token holds them: its project may refer to them (even when
-            # the store held them already, for whoever).
-            await anyio.to_thread.run_sync(store.grant_content, scope, blob.sha256)
-        return {"sha256": blob.sha256, "size": blob.size}
-
-    @app.get(f"{v1}/blobs/{{sha256}}", tags=["ingest"])
-    @requires("reader")
-    def get_blob(request: Request, sha256: str) -> Response:
-        """Content by its SHA-256: what a run's supervisor on another machine (a Ray node) reads its
-        code and mounts from. A project token gets only content its project may see (its runs'
-        artifacts, and what was uploaded or granted for them); anything else is 404, held or not."""
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise InvalidArgument("a blob is named by the lowercase hex SHA-256 of its content")
-        scope = _principal(request).project
-        size = server.artifacts.size(sha256)
-        if size is None or (scope is not None and sha256 not in store.visible_content(scope, [sha256])):
-            raise NotFound(f"no content {sha256} here")
-        return StreamingResponse(_read_span(server.artifacts, f"sha256:{sha256}", 0, size),
-                                 media_type="application/octet-stream",
-                                 headers={"content-length": str(size), "etag": f'"{sha256}"'})
-
-    @app.get(f"{v1}/ingest/cursor", tags=["ingest"])
-    @requires("writer")
-    def cursor(request: Request, run: Annotated[str, Query(max_length=64, pattern=r"^[0-9A-Za-z]{10,64}$")],
-               writer: Annotated[str, Query(max_length=64, pattern=r"^[0-9A-Za-z_-]{1,64}$")]) -> dict[str, Any]:
-        """The highest sequence number of this writer's records the server holds (-1: none)."""
-        cursor, _, project = store.ingest_state(run, writer)
-        scope = _principal(request).project
-        return {"cursor": -1 if scope is not None and project not in (None, scope) else cursor}
-
-    async def ingest_route(request: Request) -> Response:
-        """Spool records from a shipper (msgpack, deflate): applied once, acknowledged by cursor."""
-        deflated = request.headers.get("content-encoding", "") == wire.ENCODING_DEFLATE
-        scope = _principal(request).project
-        # The body waits on disk past its first MiB, so clients sending at once hold no memory; only
-        # the few holding a decode slot have theirs in memory, inflated and decoded within bounds.
-        with await _spooled_body(request, ingest.MAX_BODY) as spooled:
-
-            def decode_and_apply() -> ingest.Applied:  # off the event loop: streams keep flowing meanwhile
-                spooled.seek(0)
-                run_id, writer, items = ingest.decode(spooled.read(), deflated)
-                return ingest.apply(store, server.artifacts, run_id, writer, items, scope, server.watcher)
-
-            async with server.decoding.slot():
-                applied = await anyio.to_thread.run_sync(decode_and_apply)
-        server.hub.publish(applied.run_number, applied.project)
-        return Response(msgpack.packb({"run_number": applied.run_number, "cursor": applied.cursor}),
-                        media_type=wire.MSGPACK)
-
-    # The hot path skips FastAPI's body parsing: a plain route, described in the OpenAPI spec by hand.
-    # What a shipper does with each answer: retry a 503; set aside a batch refused with a 4xx, which
-    # sending again cannot change (see server/ingest.py).
-    refusals: dict[int | str, dict[str, Any]] = {
-        400: {"description": "The records are malformed"},
-        413: {"description": "The body, or what it decodes to, is more than one request may carry: send the "
-                             "records in smaller batches"},
-        422: {"description": "The records are well formed, but the database cannot store them"},
-        503: {"description": "The database or the server is busy: send the batch again after Retry-After "
-                             "seconds"},
-    }
-    app.add_api_route(f"{v1}/ingest", requires("writer")(ingest_route), methods=["POST"], tags=["ingest"],
-                      responses=refusals,
-                      openapi_extra={"requestBody": {"required": True, "content": {wire.MSGPACK: {"schema": {
-                          "type": "string", "format": "binary"}}}}})
-
-    @app.get(f"{v1}/events", tags=["events"])
-    @requires("reader")
-    async def event_stream(request: Request, run: Annotated[str | None, Query(max_length=200)] = None,
-                           project: Annotated[str | None, Query(max_length=100)] = None) -> Response:
-        """Server-sent events: with ``run``, its metric points, log lines and status; with ``project``
-        (or neither), runs that change state."""
-        principal = _principal(request)
-        scope = principal.project
-        hide = principal.role == "reader"
-        if run is not None:
-            found = await anyio.to_thread.run_sync(server.run_for, request, run)
-            stream = events.run_stream(store, server.hub, found.number, request.is_disconnected, hide)
-        else:
-            if scope is not None and project not in (None, scope):
-                raise NotFound(f"no project {project!r}")
-            stream = events.project_stream(store, server.hub, project or scope, request.is_disconnected, hide)
-        holder = f"token:{principal.token_id}" if principal.token_id is not None else principal.name
-        refused = server.hub.admit(holder)
-        if refused is not None:
-            await stream.aclose()  # type: ignore[attr-defined]
-            return _error(503, refused)
-        return StreamingResponse(events.counted(server.hub, holder, stream), media_type="text/event-stream",
-                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
-
-    @app.get(f"{v1}/tokens", tags=["access"])
-    @requires("admin")
-    def tokens(request: Request, include_revoked: bool = False) -> list[dict[str, Any]]:
-        """Active tokens, or all with ``include_revoked`` (never their secrets); an admin of one project
-        sees that project's."""
-        scope = _principal(request).project
-        return [_token_out(t) for t in server.tokens.list(include_revoked) if scope is None or t.project == scope]
-
-    @app.post(f"{v1}/tokens", tags=["access"])
-    @requires("admin")
-    def create_token(request: Request, body: NewToken) -> dict[str, Any]:
-        """A new token; its secret is in this response and nowhere else. An admin of one project
-        makes tokens of that project only."""
-        scope = _principal(request).project
-        if scope is not None and body.project not in (None, scope):
-            raise AccessDenied(f"this token administers project {scope} only")
-        info, secret = server.tokens.create(body.role, body.name, scope or body.project)
-        return {**_token_out(info), "token": secret}
-
-    @app.delete(f"{v1}/tokens/{{ref}}", tags=["access"])
-    @requires("admin")
-    def revoke_token(request: Request, ref: str) -> dict[str, Any]:
-        """Revoke a token by id, name or prefix: requests carrying it get 401 from now on."""
-        scope = _principal(request).project
-        if scope is not None and server.tokens.find(ref).project != scope:
-            raise NotFound(f"no token {ref!r} (see `runyard token list`)")
-        return _token_out(server.tokens.revoke(ref))
-
-
-def _token_out(t: Any) -> dict[str, Any]:
-    return {"id": t.id, "name": t.name, "role": t.role, "project": t.project, "prefix": t.prefix,
-            "created_at": t.created_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}
-
-
-def _quote(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
-
-
-def _read_span(artifacts: ArtifactStore, ref: str, start: int, end: int) -> Iterator[bytes]:
-    """The bytes ``start``..``end`` of a blob. Opened here, before the response starts, so a blob that
-    is missing or refused (a symlink out of the store) is a 404 or 400, not a truncated 200."""
-    f = artifacts.open(ref)
-
-    def chunks() -> Iterator[bytes]:
-        with f:
-            f.seek(start)
-            left = end - start
-            while left > 0:
-                chunk = f.read(min(left, 1 << 20))
-                if not chunk:
-                    return
-                left -= len(chunk)
-                yield chunk
-
-    return chunks()
-
-
-async def _spooled_body(request: Request, limit: int) -> Any:
-    """The request's body in a temporary file (in memory up to 1 MiB, then on disk); 413 past ``limit``."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise TooLarge(f"the body is larger than {limit >> 20} MiB; send smaller batches")
-    spooled = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 - returned to the caller's `with`
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"the body is larger than {limit >> 20} MiB; send smaller batches")
-            spooled.write(chunk)
-    except BaseException:
-        spooled.close()
-        raise
-    return spooled
-
-
-#: msgpack's bin formats: the marker byte, and how many bytes of length follow it.
-_BIN_HEADERS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
-
-
-async def _msgpack_bin(chunks: AsyncIterator[bytes]) -> tuple[int, bytes]:
-    """The length a msgpack bin header declares, and the bytes after the header read with it."""
-    head = b""
-    async for chunk in chunks:
-        head += chunk
-        if head and head[0] not in _BIN_HEADERS:
-            break
-        if head and len(head) > _BIN_HEADERS[head[0]]:
-            width = _BIN_HEADERS[head[0]]
-            return int.from_bytes(head[1:1 + width], "big"), head[1 + width:]
-    raise InvalidArgument("a msgpack upload body must be one bin value")
-
-
-async def _receive_blob(request: Request, server: Server) -> Any:
-    """Stream the body to a temporary file in the store, then add it by content. A msgpack body (one
-    bin value) streams as well, past its header: no upload is held in memory, whatever its type,
-    and none may pass the server's upload limit."""
-    limit = server.limits.max_upload
-    too_large = f"the upload is larger than the server takes ({limit >> 20} MiB)"
-    content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit + 5:  # a msgpack bin header takes up to 5 bytes
-        raise TooLarge(too_large)
-    tmp_dir = server.artifacts.scratch
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    async with server.uploads.slot():
-        with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="upload-", delete=True) as tmp:
-            chunks = request.stream()
-            declared = None
-            if content_type == wire.MSGPACK:
-                declared, first = await _msgpack_bin(chunks)
-                if declared > limit:
-                    raise TooLarge(too_large)
-                if len(first) > declared:
-                    raise InvalidArgument("a msgpack upload body must be one bin value, and nothing after it")
-                tmp.write(first)
-                size = len(first)
-            else:
-                size = 0
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(too_large)
-                if declared is not None and size > declared:
-                    raise InvalidArgument("a msgpack upload body must be one bin value, and nothing after it")
-                tmp.write(chunk)
-            if declared is not None and size != declared:
-                raise InvalidArgument(f"the msgpack bin value declares {declared} bytes; the body holds {size}")
-            tmp.flush()
-            return await anyio.to_thread.run_sync(server.artifacts.put_file, Path(tmp.name))
+        return error_response(500, "internal error; the server's log has the details")
