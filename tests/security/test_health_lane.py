@@ -49,3 +49,56 @@ def test_health_answers_while_every_shared_thread_is_busy(db_url: str, tmp_path:
             for t in holders:
                 t.join(90)
         assert answers == [200] * HELD  # the held requests were answered too, once let go
+
+
+def test_health_answers_while_an_upload_waits_for_the_disk(db_url: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # While the kernel writes back a lot of dirty pages it holds up the processes that write more:
+    # an upload's write can wait for the disk. It must wait on its own, not on the event loop.
+    import tempfile
+    import time
+
+    real = tempfile.NamedTemporaryFile
+    writing = threading.Event()
+
+    class StalledDisk:
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def write(self, data: bytes) -> int:
+            writing.set()
+            time.sleep(1.5)
+            return int(self.f.write(data))
+
+        def __enter__(self) -> StalledDisk:
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.__exit__(*exc)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", lambda *a, **k: StalledDisk(real(*a, **k)))
+    with serving(tmp_path, Limits(), db_url) as port:
+        url = f"http://127.0.0.1:{port}"
+        content = b"x" * (3 << 20)
+        import hashlib
+
+        sha = hashlib.sha256(content).hexdigest()
+        uploaded: list[int] = []
+        upload = threading.Thread(target=lambda: uploaded.append(httpx.put(
+            f"{url}/api/v1/blobs/{sha}", content=content, headers={"content-type": "application/octet-stream"},
+            timeout=60).status_code))
+        upload.start()
+        try:
+            assert writing.wait(30), "the upload never reached its file"
+            started = time.monotonic()
+            health = httpx.get(f"{url}/api/health", timeout=20)
+            waited = time.monotonic() - started
+            assert health.status_code == 200
+            assert waited < 0.75, f"the health check waited {waited:.2f} s for an upload's write"
+        finally:
+            upload.join(60)
+        assert uploaded == [200]

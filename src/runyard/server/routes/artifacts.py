@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from runyard import wire
 from runyard.errors import ArtifactPathError, InvalidArgument, NotFound, TooLarge
 from runyard.names import validate_relpath
+from runyard.server.bodies import BodyFile
 from runyard.server.security import requires
 from runyard.server.state import Server, error_response, principal_of
 from runyard.store.artifacts import ArtifactStore
@@ -209,6 +210,7 @@ async def _receive_blob(request: Request, server: Server) -> Any:
     tmp_dir.mkdir(parents=True, exist_ok=True)
     async with server.uploads.slot():
         with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="upload-", delete=True) as tmp:
+            body = BodyFile(tmp)  # written by worker threads: a disk that stalls must not stall the loop
             chunks = request.stream()
             declared = None
             if content_type == wire.MSGPACK:
@@ -217,7 +219,7 @@ async def _receive_blob(request: Request, server: Server) -> Any:
                     raise TooLarge(too_large)
                 if len(first) > declared:
                     raise InvalidArgument("a msgpack upload body must be one bin value, and nothing after it")
-                tmp.write(first)
+                await body.write(first)
                 size = len(first)
             else:
                 size = 0
@@ -227,8 +229,9 @@ async def _receive_blob(request: Request, server: Server) -> Any:
                     raise TooLarge(too_large)
                 if declared is not None and size > declared:
                     raise InvalidArgument("a msgpack upload body must be one bin value, and nothing after it")
-                tmp.write(chunk)
+                await body.write(chunk)
             if declared is not None and size != declared:
                 raise InvalidArgument(f"the msgpack bin value declares {declared} bytes; the body holds {size}")
-            tmp.flush()
+            await body.flush()
+            await anyio.to_thread.run_sync(tmp.flush)
             return await anyio.to_thread.run_sync(server.artifacts.put_file, Path(tmp.name))

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from runyard import wire
 from runyard.errors import TooLarge
 from runyard.server import ingest
+from runyard.server.bodies import BodyFile
 from runyard.server.security import requires
 from runyard.server.state import Server, principal_of
 
@@ -72,14 +73,17 @@ async def _spooled_body(request: Request, limit: int) -> Any:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise TooLarge(f"the body is larger than {limit >> 20} MiB; send smaller batches")
-    spooled = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 - returned to the caller's `with`
+    in_memory = 1 << 20
+    spooled = tempfile.SpooledTemporaryFile(max_size=in_memory)  # noqa: SIM115 - returned to the caller's `with`
+    body = BodyFile(spooled, in_memory)  # past its first MiB, on disk: written off the event loop
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise TooLarge(f"the body is larger than {limit >> 20} MiB; send smaller batches")
-            spooled.write(chunk)
+            await body.write(chunk)
+        await body.flush()
     except BaseException:
         spooled.close()
         raise
