@@ -146,6 +146,19 @@ def orphaned(store: SqlStore) -> list[tuple[Run, Claim]]:
         return _claimed_runs(conn, sa.or_(holder.is_(None), holder <= now))
 
 
+def _claim_if_gone(conn: sa.Connection, number: int, agent: str, now: float | None) -> Any:
+    """The claim of run ``number``, locked, if ``agent`` still holds it and its lease has lapsed by
+    ``now`` (None: whatever the lease says); else None."""
+    held = conn.execute(sa.select(run_claims).where(_C.run_number == number).with_for_update()).one_or_none()
+    if held is None or held.agent != agent:
+        return None
+    if now is not None:
+        expires = conn.execute(sa.select(_L.expires_at).where(_L.name == agent_lease(agent))).scalar()
+        if expires is not None and expires > now:
+            return None
+    return held
+
+
 def release_orphan(store: SqlStore, number: int, agent: str, lost_message: str,
                    holder_gone: bool = True) -> RunStatus | None:
     """Act on a run whose holder ``agent`` is gone, if it still is: queue it again if it was never
@@ -153,12 +166,8 @@ def release_orphan(store: SqlStore, number: int, agent: str, lost_message: str,
     run's new status, or None if nothing was done (the holder came back, or someone acted first).
     ``holder_gone=False``: the holder itself, restarted, releases what its previous life claimed."""
     with store._write() as conn:
-        now = store.lease_clock(conn)
-        held = conn.execute(sa.select(run_claims).where(_C.run_number == number).with_for_update()).one_or_none()
-        if held is None or held.agent != agent:
-            return None
-        expires = conn.execute(sa.select(_L.expires_at).where(_L.name == agent_lease(agent))).scalar()
-        if holder_gone and expires is not None and expires > now:
+        held = _claim_if_gone(conn, number, agent, store.lease_clock(conn) if holder_gone else None)
+        if held is None:
             return None
         row = conn.execute(sa.select(_R.status, _R.resources).where(_R.number == number).with_for_update()).one()
         if row.status not in _ACTIVE:
@@ -181,13 +190,8 @@ def take_over(store: SqlStore, number: int, gone: str, agent: str, host: str | N
     """Move to ``agent`` the claim of an active run whose holder ``gone`` let its lease lapse, if it
     still does (a run on a cluster outlives the agent that sent it there). Stop requests carry over."""
     with store._write() as conn:
-        now = store.lease_clock(conn)
-        held = conn.execute(sa.select(run_claims).where(_C.run_number == number).with_for_update()).one_or_none()
-        if held is None or held.agent != gone:
-            return False
-        expires = conn.execute(sa.select(_L.expires_at).where(_L.name == agent_lease(gone))).scalar()
-        if expires is not None and expires > now:
-            return False  # it came back
+        if _claim_if_gone(conn, number, gone, store.lease_clock(conn)) is None:
+            return False  # it came back, or another agent was first
         status = conn.execute(sa.select(_R.status).where(_R.number == number)).scalar()
         if status not in _ACTIVE:
             return False
