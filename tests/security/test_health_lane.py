@@ -6,6 +6,7 @@ bench/abuse.py."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,6 @@ def test_health_answers_while_an_upload_waits_for_the_disk(db_url: str, tmp_path
     # While the kernel writes back a lot of dirty pages it holds up the processes that write more:
     # an upload's write can wait for the disk. It must wait on its own, not on the event loop.
     import tempfile
-    import time
 
     real = tempfile.NamedTemporaryFile
     writing = threading.Event()
@@ -102,3 +102,53 @@ def test_health_answers_while_an_upload_waits_for_the_disk(db_url: str, tmp_path
         finally:
             upload.join(60)
         assert uploaded == [200]
+
+
+def test_with_its_watch_the_health_check_says_when_the_database_stops_answering_and_forgets_revoked_tokens(
+        db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `runyard server` answers the health check from a watch whose thread asks the database every
+    # second, and takes a token it has just accepted again for a few seconds, on that path only.
+    from tests.unit.server.conftest import served_app
+
+    from runyard.errors import StoreUnavailable
+    from runyard.server import health_watch
+    from runyard.store.tokens import Tokens
+
+    monkeypatch.setattr(health_watch, "PING_EVERY", 0.05)
+    monkeypatch.setattr(health_watch, "TOKEN_TTL", 0.5)
+    with served_app(db_url, tmp_path) as served:
+        tokens = Tokens(served.store)
+        info, secret = tokens.create("reader", name="balancer")
+        watch = served.client.app.state.server.health_watch  # type: ignore[attr-defined]
+        down = threading.Event()
+        answer = watch._ping
+
+        def ping() -> object:
+            if down.is_set():
+                raise StoreUnavailable("cannot reach the database: connection refused")
+            return answer()
+
+        watch._ping = ping
+        watch.start()
+        try:
+            auth = {"authorization": f"Bearer {secret}"}
+            assert served.client.get("/api/health", headers=auth).status_code == 200
+            down.set()  # the database stops answering: within a ping, the check says so
+            deadline = time.monotonic() + 5
+            while (got := served.client.get("/api/health", headers=auth)).status_code == 200:
+                assert time.monotonic() < deadline, "the health check still says ok"
+                time.sleep(0.02)
+            assert got.status_code == 503 and "the database does not answer" in got.json()["error"]
+            assert got.headers["retry-after"]
+            down.clear()
+            deadline = time.monotonic() + 5
+            while served.client.get("/api/health", headers=auth).status_code != 200:
+                assert time.monotonic() < deadline, "the health check did not recover"
+                time.sleep(0.02)
+            # Revoked: every other route refuses it at once; the health check once TOKEN_TTL passed.
+            tokens.revoke(str(info.id))
+            assert served.client.get("/api/v1/runs", headers=auth).status_code == 401
+            time.sleep(0.6)
+            assert served.client.get("/api/health", headers=auth).status_code == 401
+        finally:
+            watch.close()

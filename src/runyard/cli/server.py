@@ -94,6 +94,7 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
         app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts, capacity,
                          insecure_local=insecure_local)
         outbox = app.state.server.outbox.start()  # acts on fired alerts: stops runs, delivers notices
+        health = app.state.server.health_watch.start()  # the health check's view of the database
         shown = f"[{host}]" if ":" in host else host
         print(f"runyard server on http://{shown}:{port}  ({auth})\n  database  {_public_db(settings.db)}\n"
               f"  artifacts {settings.artifacts}\n  API       http://{shown}:{port}/api/v1  "
@@ -101,6 +102,7 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
         try:
             uvicorn.Server(uvicorn_config(app, host, port, capacity)).run()
         finally:
+            health.close()
             outbox.dispatcher.drain(timeout=5)
             outbox.close()
         return 0

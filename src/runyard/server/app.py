@@ -75,7 +75,8 @@ def create_app(settings: Settings, store: SqlStore, artifacts: ArtifactStore, bi
     ui.mount(app)
     # The gate wraps the whole app (so error pages too); it matches routes itself to read their roles.
     app.add_middleware(Gate, policy=policy, routes=lambda: app.router.routes, decoding=server.decoding,
-                       lanes={HEALTH: server.health_lane}, rates=RateLimit(server.limits.rate, server.limits.burst))
+                       lanes={HEALTH: server.health_lane}, rates=RateLimit(server.limits.rate, server.limits.burst),
+                       remembered={HEALTH: server.health_watch})
     app.add_middleware(SecurityHeaders)
     _declare_builtin_roles(app)
     return app

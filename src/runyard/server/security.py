@@ -336,7 +336,7 @@ class Gate:
 
     def __init__(self, app: ASGIApp, policy: Policy, routes: Callable[[], list[BaseRoute]],
                  decoding: Capacity | None = None, lanes: Mapping[str, CapacityLimiter] | None = None,
-                 rates: RateLimit | None = None) -> None:
+                 rates: RateLimit | None = None, remembered: Mapping[str, Any] | None = None) -> None:
         self.app = app
         self.policy = policy
         self.routes = routes
@@ -346,6 +346,9 @@ class Gate:
         self.lanes = dict(lanes or {})
         #: Requests per second per token (or browser session).
         self.rates = rates
+        #: Paths whose accepted tokens are remembered a moment (``token(key)``/``accepted(key, token)``:
+        #: the health check's, see health_watch.py), so that a check sent again asks no database.
+        self.remembered = dict(remembered or {})
 
     def _match(self, scope: Scope) -> BaseRoute | None:
         partial = None
@@ -394,8 +397,15 @@ class Gate:
             if self.rates is not None and (wait := self.rates.wait(key)):  # refused before asking the database
                 await _too_many(send, wait)
                 return
-            if authorization or session is None:
+            memory = self.remembered.get(scope["path"])
+            token = memory.token(key) if memory is not None and authorization else None
+            asked = token is None  # else accepted a moment ago, for this path only
+            if token is not None:
+                pass
+            elif authorization or session is None:
                 token = await anyio.to_thread.run_sync(policy.authenticate, credential, limiter=lane)
+                if token is not None and memory is not None:
+                    memory.accepted(key, token)
             else:
                 token = await anyio.to_thread.run_sync(policy.session_token, credential, limiter=lane)
             if token is None:
@@ -407,7 +417,8 @@ class Gate:
                 await _too_many(send, wait)
                 return
             principal = Principal(token.role, token.project, token.id, token.name)
-            scope.setdefault("state", {})[DATABASE_ANSWERED] = True  # it was asked for the token, just now
+            if asked:
+                scope.setdefault("state", {})[DATABASE_ANSWERED] = True  # it was asked for the token, just now
         if role is None:
             await send_error(send, 403, "this route declares no access rule, so it is closed")
             return

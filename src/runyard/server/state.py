@@ -13,6 +13,7 @@ from runyard.config import Settings
 from runyard.ingest.alerting import Outbox, Watcher
 from runyard.server import events
 from runyard.server.capacity import RETRY_AFTER_SECONDS, Capacity, Limits
+from runyard.server.health_watch import HealthWatch
 from runyard.server.security import Principal
 from runyard.store.artifacts import ArtifactStore
 from runyard.store.sql import SqlStore
@@ -38,6 +39,8 @@ class Server:
         self.watcher = Watcher(store)
         #: Started by `runyard server` (an app built in a test starts no threads).
         self.outbox: Outbox = alert_outbox(store, settings)
+        #: The health check's view of the database; started by `runyard server` too.
+        self.health_watch = HealthWatch(store.list_projects)
 
     def run_for(self, request: Request, ref: str) -> Any:
         """The run ``ref`` names among those the caller may see: a project token resolves it among
