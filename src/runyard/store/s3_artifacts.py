@@ -55,6 +55,9 @@ KNOWN_FOR = 60.0
 #: A store estimated (from one shard) at up to this many pages of 1,000 objects is listed whole
 #: (pages one after another) rather than shard by shard (all 256 at worst, 16 at a time).
 WHOLE_LISTING = 8
+#: Bytes of local pack copies this machine keeps (``scratch/../s3-packs``): past it, the copies
+#: used least lately go (each is fetched again if a run needs it).
+PACK_CACHE_BYTES = 1 << 30
 #: Seconds: content stored again whose object was last written longer ago is written again in place
 #: (a copy onto itself), so that `runyard gc`, which keeps what was written recently, keeps it.
 REFRESH_AFTER = 600.0
@@ -443,6 +446,7 @@ class S3Artifacts:
             else:
                 self._upload(tmp, self._object_key(pack), f"storing pack {pack[:12]}...")
             tmp.flush()
+            self._trim_packs()
             with contextlib.suppress(OSError):
                 os.link(tmp.name, cache / pack)
         self._remember(pack, total)
@@ -488,8 +492,11 @@ class S3Artifacts:
         """This machine's copy of a pack (checked against its SHA-256 when fetched)."""
         local = self._pack_cache() / pack
         if local.is_file():
+            with contextlib.suppress(OSError):
+                os.utime(local)  # used now: the last to go
             return local
         local.parent.mkdir(parents=True, exist_ok=True)
+        self._trim_packs()
         fd, name = tempfile.mkstemp(dir=local.parent, prefix=".s3-pack-")
         try:
             digest = hashlib.sha256()
@@ -504,6 +511,25 @@ class S3Artifacts:
             Path(name).unlink(missing_ok=True)
             raise
         return local
+
+    def _trim_packs(self, keep: int | None = None) -> None:
+        """Remove the local pack copies used least lately until they take at most ``keep`` bytes
+        (PACK_CACHE_BYTES), before another comes in."""
+        keep = PACK_CACHE_BYTES if keep is None else keep
+        copies = []
+        for path in self._pack_cache().iterdir():
+            if path.name.startswith("."):
+                continue  # one being written
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                copies.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in copies)
+        for _, size, path in sorted(copies):
+            if total <= keep:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()  # a reader holding it open keeps reading; the next one fetches it again
+                total -= size
 
     def read_bytes(self, content_ref: str) -> bytes:
         with self.open(content_ref) as f:

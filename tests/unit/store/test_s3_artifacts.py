@@ -218,3 +218,34 @@ def test_a_snapshots_big_file_is_told_part_by_part_as_it_goes_up(
     told.clear()
     take(project, store, cache, progress=lambda done, total: told.append((done, total)))
     assert told == []
+
+
+def test_local_pack_copies_are_kept_within_their_bound_least_lately_used_first(
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every snapshot that changed leaves a pack; a machine that launched for months must not keep
+    # them all. Past the bound the copies used least lately go, and are fetched again when needed.
+    monkeypatch.setattr(s3_artifacts, "PACK_CACHE_BYTES", 3 * MIB)
+    store = s3_store(s3_server, s3_location, tmp_path)
+    packs = []
+    for n in range(5):
+        files = []
+        for i in range(4):
+            f = tmp_path / f"src{n}" / f"f{i}.bin"
+            f.parent.mkdir(exist_ok=True)
+            f.write_bytes(os.urandom(256 << 10))
+            files.append(f)
+        packs.append((files, store.put_pack(files)))
+        time.sleep(0.02)  # modification times apart
+    cache = store._pack_cache()
+
+    def kept() -> int:
+        return sum(p.stat().st_size for p in cache.iterdir() if not p.name.startswith("."))
+
+    assert kept() <= 3 * MIB + MIB  # the bound, plus the pack just written
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) < 5
+    # The first pack's copy is gone; its files are still read whole, from S3, by another process.
+    first_files, first_blobs = packs[0]
+    again = s3_store(s3_server, s3_location, tmp_path)
+    for f, blob in zip(first_files, first_blobs, strict=True):
+        assert again.read_bytes(blob.content_ref) == f.read_bytes()
+    assert kept() <= 3 * MIB + MIB
