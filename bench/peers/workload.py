@@ -233,19 +233,21 @@ def readback_runyard(steps: int) -> float:
 
 
 def calibrate() -> Callable[[], None]:
-    """A step of numpy work taking about 100 µs on this machine."""
+    """A step of numpy work taking about 100 µs on this machine: as many 64x64 matrix products as
+    take that long at the fastest pace measured. (Until 2026-12-01 the pace was the mean over the
+    first calls: a child started while the agent was still busy with the last measurement's records
+    measured a slow pace and chose a step of ~20 µs, five times shorter, which made any logging cost
+    look five times bigger.)"""
     x = np.random.default_rng(0).normal(size=(64, 64))
-    reps = 1
-    while True:
+    for _ in range(500):  # warm: the BLAS library's threads and buffers exist
+        x @ x
+    fastest = float("inf")
+    for _ in range(30):  # other work only ever makes a batch slower: its fastest is the machine's pace
         t0 = time.perf_counter()
-        for _ in range(200):
-            for _ in range(reps):
-                y = x @ x
-        per = (time.perf_counter() - t0) / 200
-        if per >= 100e-6 or reps > 1000:
-            break
-        reps = max(reps + 1, int(reps * 100e-6 / max(per, 1e-9)))
-    del y
+        for _ in range(50):
+            x @ x
+        fastest = min(fastest, (time.perf_counter() - t0) / 50)
+    reps = max(1, round(100e-6 / fastest))
 
     def work() -> None:
         for _ in range(reps):
