@@ -181,6 +181,14 @@ class RayExecutor:
             return True
         return status is not None and status[0] in _LIVE
 
+    def placed(self, run_id: str) -> bool:
+        """Whether Ray has given the run's job its resources (it is no longer pending)."""
+        try:
+            status = self._status(run_id)
+        except Exception:  # noqa: BLE001 - unreachable for now: not known to be placed
+            return False
+        return status is not None and status[0] != "PENDING"
+
     def ended(self, run_id: str) -> str | None:
         try:
             status = self._status(run_id)

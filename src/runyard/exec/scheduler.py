@@ -43,8 +43,11 @@ START_TIMEOUT = 120.0
 FORGET_EVERY = 2.0
 #: Seconds between measurements of a cluster: other work on it takes and frees resources.
 MEASURE_EVERY = 2.0
-#: Seconds a run that ended is still counted as holding its resources in a cluster's reports.
+#: Seconds a run that ended is remembered, for the cluster's reports made before it ended.
 ENDED_HELD_FOR = 60.0
+#: Seconds after a run left us that the cluster may still count its resources as in use (its job
+#: ends a moment after the run records its end, and the cluster's accounting lags a little).
+RELEASE_LAG = 3.0
 
 
 def default_slots(gpu_count: int) -> int:
@@ -148,6 +151,11 @@ class Need:
         return cls(int(r.get("gpus") or 0), int(r.get("cpus") or 0), int(r.get("memory") or 0))
 
 
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
 def _size(n: int) -> str:
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
         if n >= size:
@@ -178,8 +186,11 @@ class Scheduler:
         #: The runs of its executor this agent held at the last tick (starting or running).
         self.holding = 0
         self._renewed = self._forgot = self._measured = -float("inf")
-        #: The runs held at the last tick: number -> (what it asked for, when it started).
+        #: The runs held at the last tick: number -> (what it asked for, since when it holds it on
+        #: the cluster: when its job was seen placed, or when it started).
         self._held: dict[int, tuple[Need, float | None]] = {}
+        #: When each held run's job was first seen placed by the cluster (before its start arrives).
+        self._placed: dict[int, float] = {}
         #: Runs held until lately: number -> (what it asked for, when it started, when it left us).
         self._left: dict[int, tuple[Need, float | None, float]] = {}
 
@@ -264,10 +275,20 @@ class Scheduler:
             self.gpus, self.slots = self.machine.gpus, self.machine.slots
 
     def _remember(self, held: list[Run]) -> None:
-        """Note the runs that left us since the last tick: a cluster's report made before they
-        ended still counts their resources as in use, by them and not by other work."""
+        """Note since when each run holds its resources on a cluster, and the runs that left us
+        since the last tick: a cluster's report made before they ended still counts their
+        resources as in use, by them and not by other work."""
         now = time.time()
-        current = {run.number: (Need.of(run), run.started_at) for run in held}
+        placed = getattr(self.executor, "placed", None)
+        if placed is not None:
+            # Seen placed before its start arrives (its supervisor takes a moment to start and to
+            # say so): from then on the cluster's reports count it, as ours.
+            self._placed = {n: t for n, t in self._placed.items() if any(r.number == n for r in held)}
+            for run in held:
+                if run.started_at is None and run.number not in self._placed and placed(run.id):
+                    self._placed[run.number] = now
+        current = {run.number: (Need.of(run), _earliest(run.started_at, self._placed.get(run.number)))
+                   for run in held}
         for number, (need, started) in self._held.items():
             if number not in current:
                 self._left[number] = (need, started, now)
@@ -276,8 +297,8 @@ class Scheduler:
 
     def _used_by_others(self) -> tuple[int, int, int]:
         """GPUs, cores and memory that work other than this scheduler's runs took on its cluster
-        when last measured: the cluster's use less what our runs held then. A run counts from its
-        start (its job had its resources by then) until it left us; one placed but not yet started
+        when last measured: the cluster's use less what our runs held then. A run counts from when
+        its job was seen placed (or its start) until it left us; one placed but not yet seen so
         counts as other work for a moment, which errs on the side of waiting."""
         machine = self.machine
         if machine.measured_at <= 0:
@@ -285,7 +306,7 @@ class Scheduler:
         at = machine.measured_at
         ours = [need for need, started in self._held.values() if started is not None and started <= at]
         ours += [need for need, started, left in self._left.values()
-                 if started is not None and started <= at < left]
+                 if started is not None and started <= at < left + RELEASE_LAG]
         gpus, cpus, memory = machine.used
         return (max(0, gpus - sum(n.gpus for n in ours)), max(0, cpus - sum(n.cpus for n in ours)),
                 max(0, memory - sum(n.memory for n in ours)))
