@@ -108,6 +108,23 @@ def points(key: str, value: float, steps: range) -> list[dict[str, Any]]:
     return [{key: value, "\x00": step + 1, "\x01": now, "\x02": step} for step in steps]
 
 
+def start_with_rules(servers: list[LiveServer], db_url: str, hook: Hook, config: str = "") -> None:
+    """Start ``servers`` on one database, each delivering to ``hook``, and add the alert rules."""
+    for server in servers:
+        server.home.mkdir(parents=True)
+        (server.home / "config.toml").write_text(f'{config}[notify]\nallow_private = true\n'
+                                                 f'[notify.webhook]\nurl = "{hook.url}"\n')
+        server.start()
+    add_rules({**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")},
+               "RUNYARD_HOME": str(servers[0].home), "RUNYARD_DB": db_url})
+
+
+def start_record() -> list[Any]:
+    """The start event of the run the servers are sent points of, as the SDK writes it."""
+    return [0, "e", time.time(), {"event": "start", "project": "once", "name": "shared", "config": {},
+                                  "labels": [], "notes": "", "command": [], "host": "h", "environment": {}}]
+
+
 @pytest.mark.postgres
 def test_two_servers_on_one_database_say_an_alert_once(pg_schema_url: str, tmp_path: Path) -> None:
     from runyard.ids import new_ulid
@@ -117,17 +134,9 @@ def test_two_servers_on_one_database_say_an_alert_once(pg_schema_url: str, tmp_p
     hook = Hook()
     servers = [LiveServer(tmp_path / f"server-{i}", pg_schema_url) for i in (1, 2)]
     try:
-        for server in servers:
-            server.home.mkdir(parents=True)
-            (server.home / "config.toml").write_text(f'[notify]\nallow_private = true\n'
-                                                     f'[notify.webhook]\nurl = "{hook.url}"\n')
-            server.start()
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")},
-               "RUNYARD_HOME": str(servers[0].home), "RUNYARD_DB": pg_schema_url}
-        add_rules(env)
+        start_with_rules(servers, pg_schema_url, hook)
         run_id = new_ulid()
-        start = [0, "e", time.time(), {"event": "start", "project": "once", "name": "shared", "config": {},
-                                       "labels": [], "notes": "", "command": [], "host": "h", "environment": {}}]
+        start = start_record()
         first, second = servers[0].url, servers[1].url
         post(first, run_id, [start, *points("acc", 0.05, range(0, 10))])  # the first server says it
         wait_for(lambda: "below" in kinds(hook), 30, "the first alert's notice")
@@ -157,16 +166,8 @@ def test_when_the_server_holding_the_outbox_dies_its_alert_is_delivered_once_by_
     hook = Hook(statuses=[503] * 1000)  # down at first: the outbox's holder can only retry
     servers = [LiveServer(tmp_path / f"server-{i}", pg_schema_url) for i in (1, 2)]
     try:
-        for server in servers:
-            server.home.mkdir(parents=True)
-            (server.home / "config.toml").write_text(f'lease = "3"\n[notify]\nallow_private = true\n'
-                                                     f'[notify.webhook]\nurl = "{hook.url}"\n')
-            server.start()
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")},
-               "RUNYARD_HOME": str(servers[0].home), "RUNYARD_DB": pg_schema_url}
-        add_rules(env)
-        start = [0, "e", time.time(), {"event": "start", "project": "once", "name": "shared", "config": {},
-                                       "labels": [], "notes": "", "command": [], "host": "h", "environment": {}}]
+        start_with_rules(servers, pg_schema_url, hook, 'lease = "3"\n')
+        start = start_record()
         post(servers[0].url, new_ulid(), [start, *points("acc", 0.05, range(0, 10))])
         wait_for(lambda: len(hook.statuses) < 1000, 30, "a first attempt to deliver the alert")
         [(lease, _)] = store.leases("outbox")
