@@ -187,10 +187,8 @@ class Scheduler:
         self.holding = 0
         self._renewed = self._forgot = self._measured = -float("inf")
         #: The runs held at the last tick: number -> (what it asked for, since when it holds it on
-        #: the cluster: when its job was seen placed, or when it started).
+        #: the cluster: when its job was first seen placed, or when it started).
         self._held: dict[int, tuple[Need, float | None]] = {}
-        #: When each held run's job was first seen placed by the cluster (before its start arrives).
-        self._placed: dict[int, float] = {}
         #: Runs held until lately: number -> (what it asked for, when it started, when it left us).
         self._left: dict[int, tuple[Need, float | None, float]] = {}
 
@@ -280,15 +278,14 @@ class Scheduler:
         resources as in use, by them and not by other work."""
         now = time.time()
         placed = getattr(self.executor, "placed", None)
-        if placed is not None:
-            # Seen placed before its start arrives (its supervisor takes a moment to start and to
-            # say so): from then on the cluster's reports count it, as ours.
-            self._placed = {n: t for n, t in self._placed.items() if any(r.number == n for r in held)}
-            for run in held:
-                if run.started_at is None and run.number not in self._placed and placed(run.id):
-                    self._placed[run.number] = now
-        current = {run.number: (Need.of(run), _earliest(run.started_at, self._placed.get(run.number)))
-                   for run in held}
+        current: dict[int, tuple[Need, float | None]] = {}
+        for run in held:
+            since = _earliest(run.started_at, self._held.get(run.number, (None, None))[1])
+            if since is None and placed is not None and placed(run.id):
+                # Seen placed before its start arrives (its supervisor takes a moment to start and
+                # to say so): from then on the cluster's reports count it, as ours.
+                since = now
+            current[run.number] = (Need.of(run), since)
         for number, (need, started) in self._held.items():
             if number not in current:
                 self._left[number] = (need, started, now)

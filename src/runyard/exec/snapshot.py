@@ -193,11 +193,7 @@ def take(directory: Path, artifacts: ArtifactStore, cache_path: Path | None = No
     if missing:
         small = [(rel, st) for rel, st in missing if st.st_size < SHARE_MIN]
         big = [(rel, st) for rel, st in missing if st.st_size >= SHARE_MIN]
-        if progress is None:
-            blobs = artifacts.put_pack([root / rel for rel, _ in small])
-            blobs += [artifacts.put_file(root / rel) for rel, _ in big]
-        else:
-            blobs = _put_told(artifacts, root, small, big, progress)
+        blobs = _put_told(artifacts, root, small, big, progress or _untold)
         for (rel, st), blob in zip(small + big, blobs, strict=True):
             if cache:
                 cache.put(os.path.join(base, rel), st, blob.sha256)  # noqa: PTH118
@@ -264,6 +260,10 @@ def materialise(snapshot_id: str, artifacts: ArtifactStore, destination: Path,
             target = artifacts.export(ref, destination, rel)
         target.chmod(mode)
     return Materialised({rel: sha for rel, (sha, _) in files.items()}, reflinked, tuple(linked), shared)
+
+
+def _untold(done: int, total: int) -> None:
+    pass
 
 
 def _put_told(artifacts: ArtifactStore, root: Path, small: list[tuple[str, os.stat_result]],

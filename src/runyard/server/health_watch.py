@@ -34,7 +34,7 @@ class HealthWatch:
         self._ping = ping
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._answered_at = -float("inf")
+        self._answered_at: float | None = None
         self._error: str | None = None
         self._tokens: dict[bytes, tuple[Any, float]] = {}
 
@@ -64,11 +64,10 @@ class HealthWatch:
         """Why the database is not answering, or None if it answered a moment ago."""
         if self._error is not None:
             return self._error
+        if self._answered_at is None:
+            return "the database has not answered yet"
         silent = time.monotonic() - self._answered_at
-        if silent > STALE_AFTER:
-            return f"the database has not answered for {silent:.0f} s" if silent < 1e9 else \
-                "the database has not answered yet"
-        return None
+        return f"the database has not answered for {silent:.0f} s" if silent > STALE_AFTER else None
 
     # -- the tokens the check accepted (security.Gate asks, for the health check's path only) --------
 

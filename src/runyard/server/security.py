@@ -400,13 +400,11 @@ class Gate:
             memory = self.remembered.get(scope["path"])
             token = memory.token(key) if memory is not None and authorization else None
             asked = token is None  # else accepted a moment ago, for this path only
-            if token is not None:
-                pass
-            elif authorization or session is None:
+            if asked and (authorization or session is None):
                 token = await anyio.to_thread.run_sync(policy.authenticate, credential, limiter=lane)
                 if token is not None and memory is not None:
                     memory.accepted(key, token)
-            else:
+            elif asked:
                 token = await anyio.to_thread.run_sync(policy.session_token, credential, limiter=lane)
             if token is None:
                 what = "the token is unknown or revoked" if authorization else \
