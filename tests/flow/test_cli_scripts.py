@@ -173,9 +173,13 @@ def test_gc_frees_unreferenced_content_and_stale_environments_and_keeps_what_run
     store = DiskArtifacts(settings.artifacts)
     orphan = b"nobody refers to this" * 100
     store.put_bytes(orphan)
+    torn = Path(settings.artifacts) / "tmp" / "put-killed-writer"
+    torn.write_bytes(b"half a checkpoint" * 100)  # its writer was killed before it was placed
     _age_everything(Path(settings.artifacts), 7200)  # old enough for gc, referenced or not
     fresh = b"written a moment ago" * 100
     store.put_bytes(fresh)  # a submission may be about to refer to it: kept
+    writing = Path(settings.artifacts) / "tmp" / "put-still-writing"
+    writing.write_bytes(b"a checkpoint on its way")
     envs = settings.home / "envs"
     for name, age_days in (("oldenv", 40), ("newenv", 1)):
         (envs / name / "lib").mkdir(parents=True)
@@ -187,12 +191,14 @@ def test_gc_frees_unreferenced_content_and_stale_environments_and_keeps_what_run
     dry = json.loads(cli(env, project, "gc", "--dry-run", "--json").stdout)
     assert dry["dry_run"] and dry["content"] == {"count": 1, "bytes": len(orphan)}
     assert dry["environments"]["count"] == 1 and dry["run_directories"]["count"] == 0
+    assert dry["unfinished_uploads"] == {"count": 1, "bytes": torn.stat().st_size}
     assert _object(env, project, orphan).exists() and (envs / "oldenv").exists()  # a dry run deletes nothing
 
     done = json.loads(cli(env, project, "gc", "--json").stdout)
     assert done["content"] == {"count": 1, "bytes": len(orphan)} and done["environments"]["count"] == 1
     assert not _object(env, project, orphan).exists() and _object(env, project, fresh).exists()
     assert not (envs / "oldenv").exists() and (envs / "newenv").exists()
+    assert done["unfinished_uploads"]["count"] == 1 and not torn.exists() and writing.exists()
     copied = project / "copy.bin"
     cli(env, project, "cp", f"{number}:outputs/model.bin", str(copied))
     assert copied.read_bytes() == model

@@ -92,7 +92,8 @@ def gc(env_days: float, runs_older_than: str | None, all_finished: bool, dry_run
         return 0
     rows = [("content", report.content, "unreferenced blobs"),
             ("environments", report.environments, f"package environments unused for {env_days:g} days"),
-            ("run directories", report.run_directories, "directories of finished runs")]
+            ("run directories", report.run_directories, "directories of finished runs"),
+            ("uploads", report.uploads, "uploads begun over an hour before any active run and never finished")]
     print("would free (dry run, nothing deleted):" if dry_run else "freed:")
     for name, kind, what in rows:
         print(f"  {name:<16} {kind.count:>6,} {_size(kind.bytes):>12}   {what}")

@@ -67,16 +67,17 @@ class Report:
     content: Kind = field(default_factory=Kind)
     environments: Kind = field(default_factory=Kind)
     run_directories: Kind = field(default_factory=Kind)
+    uploads: Kind = field(default_factory=Kind)
     runs: list[int] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
-        return self.content.bytes + self.environments.bytes + self.run_directories.bytes
+        return self.content.bytes + self.environments.bytes + self.run_directories.bytes + self.uploads.bytes
 
     def as_dict(self) -> dict[str, Any]:
         kinds = {name: {"count": k.count, "bytes": k.bytes} for name, k in
                  (("content", self.content), ("environments", self.environments),
-                  ("run_directories", self.run_directories))}
+                  ("run_directories", self.run_directories), ("unfinished_uploads", self.uploads))}
         return {"dry_run": self.dry_run, **kinds, "total_bytes": self.total_bytes, "runs_deleted": self.runs}
 
 
@@ -251,6 +252,9 @@ def collect(store: Any, artifacts: ArtifactStore, home: Path, *, env_days: float
     report = Report(dry_run)
     since = _protected_since(store, now, GRACE_S)
     _remove_content(store, artifacts, unreferenced(store, artifacts, since, progress=progress), report, progress)
+    # Begun before every active run and the grace period: no sender is coming back to finish them.
+    for name, size in artifacts.unfinished(since, remove=not dry_run):
+        report.uploads.add(name, size)
     for env, size in stale_environments(home, env_days, now):
         if dry_run or _remove_environment(env, env_days, now):
             report.environments.add(str(env), size)

@@ -127,6 +127,10 @@ class ArtifactStore(Protocol):
         """Which files each pack holds (a pack may be removed only with all of them)."""
     def remove(self, sha256: str) -> int:
         """Delete a stored object; returns the bytes freed (0 if it was not there)."""
+    def unfinished(self, before: float, remove: bool) -> list[tuple[str, int]]:
+        """Uploads begun before ``before`` (a time) and never finished, as (name, bytes): temporary
+        files of a writer that died, multipart uploads whose sender went away. Removed (aborted)
+        unless ``remove`` is false."""
 
 
 def open_artifacts(location: str | Path, *, s3_endpoint: str | None = None,

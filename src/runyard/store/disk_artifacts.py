@@ -194,6 +194,18 @@ class DiskArtifacts:
             out.append((rel, self.put_file(path)))
         return out
 
+    def unfinished(self, before: float, remove: bool) -> list[tuple[str, int]]:
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self._real("tmp")):
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
+                        if remove:
+                            Path(entry.path).unlink()
+                        found.append((entry.name, st.st_size))
+        return found
+
     def _new_tmp(self) -> tuple[int, str]:
         return tempfile.mkstemp(dir=self._real("tmp"), prefix="put-")
 

@@ -160,7 +160,7 @@ class S3Artifacts:
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if code in ("404", "NoSuchKey", "NotFound", "NoSuchUpload"):
                 raise NotFound(f"{what}: no such object in {self._where()}") from None
             if code == "NoSuchBucket":
                 raise ArtifactError(f"{what}: the bucket {self.bucket!r} does not exist at {self._where()}; "
@@ -399,14 +399,88 @@ class S3Artifacts:
         return Blob(sha, size)
 
     def _upload(self, f: IO[bytes], key: str, what: str, progress: Stored | None = None) -> None:
+        """Send the file ``f`` (positioned at its start) to ``key``: in one streamed PUT under the
+        multipart threshold, else in parts that a later attempt resumes (``_send_parts``)."""
+        self._count("upload")
+        size = os.fstat(f.fileno()).st_size
+        if size >= self.multipart_threshold:
+            self._send_parts(f, key, size, what, progress)
+            return
         from boto3.s3.transfer import TransferConfig
 
-        config = TransferConfig(multipart_threshold=self.multipart_threshold,
-                                multipart_chunksize=self.multipart_chunk, max_concurrency=CONCURRENCY // 2)
-        self._count("upload")
         with self._translate(what):
-            # boto3 calls back from its transfer threads, with the bytes of each part as it goes.
-            self.client().upload_fileobj(f, self.bucket, key, Config=config, Callback=progress)
+            # One PUT (boto3's own threshold is lower), streamed from the file; boto3 calls back with
+            # the bytes sent as they go.
+            self.client().upload_fileobj(f, self.bucket, key, Callback=progress,
+                                         Config=TransferConfig(multipart_threshold=self.multipart_threshold))
+
+    def _send_parts(self, f: IO[bytes], key: str, size: int, what: str, progress: Stored | None) -> None:
+        """A multipart upload that resumes: the parts an earlier attempt sent to this key (the same
+        content, as keys are content hashes) are kept when their size and MD5 match, and only the
+        rest are sent. A checkpoint whose upload a dead node, a killed supervisor or a network failure
+        cut short is finished from where it stopped, not sent again whole. Parts go several at a time,
+        read with ``os.pread`` (no shared file position) and held in memory one part per thread."""
+        chunk = self.multipart_chunk
+        count = -(-size // chunk)
+        upload_id, sent = self._upload_under_way(f, key, size, what)
+        if upload_id is None:
+            upload_id = self._call("create_multipart_upload", what, Key=key)["UploadId"]
+        if progress is not None and sent:
+            progress(sum(min(chunk, size - (n - 1) * chunk) for n in sent))
+        told = threading.Lock()
+
+        def send(number: int) -> tuple[int, str]:
+            body = os.pread(f.fileno(), chunk, (number - 1) * chunk)
+            answer = self._call("upload_part", f"{what} (part {number} of {count})", Key=key, UploadId=upload_id,
+                                PartNumber=number, Body=body)
+            if progress is not None:
+                with told:
+                    progress(len(body))
+            return number, str(answer["ETag"])
+
+        missing = [n for n in range(1, count + 1) if n not in sent]
+        with ThreadPoolExecutor(max(1, min(CONCURRENCY // 2, len(missing))), thread_name_prefix="runyard-s3") as pool:
+            sent.update(pool.map(send, missing))
+        parts = [{"PartNumber": n, "ETag": sent[n]} for n in sorted(sent)]
+        try:
+            self._call("complete_multipart_upload", what, Key=key, UploadId=upload_id,
+                       MultipartUpload={"Parts": parts})
+        except NotFound:
+            # Another process storing the same content completed this upload meanwhile: fine when the
+            # object is there now.
+            self._call("head_object", what, Key=key)
+
+    def _upload_under_way(self, f: IO[bytes], key: str, size: int, what: str) -> tuple[str | None, dict[int, str]]:
+        """The newest unfinished multipart upload to ``key`` and its parts that match ``f``
+        (part number -> ETag), or (None, {}) when there is none. Parts that do not match (another
+        part size) are sent again under the same upload; completing it drops what is not listed."""
+        uploads = self._call("list_multipart_uploads", f"{what} (looking for an upload to resume)",
+                             Prefix=key).get("Uploads", [])
+        uploads = sorted((u for u in uploads if u.get("Key") == key), key=lambda u: u.get("Initiated") or 0)
+        if not uploads:
+            return None, {}
+        upload_id = str(uploads[-1]["UploadId"])
+        chunk = self.multipart_chunk
+        kept: dict[int, str] = {}
+        marker = 0
+        while True:
+            try:
+                page = self._call("list_parts", f"{what} (resuming)", Key=key, UploadId=upload_id,
+                                  PartNumberMarker=marker)
+            except NotFound:  # finished or aborted since it was listed
+                return None, {}
+            for part in page.get("Parts", []):
+                number, etag = int(part["PartNumber"]), str(part["ETag"])
+                start = (number - 1) * chunk
+                if start >= size or int(part["Size"]) != min(chunk, size - start):
+                    continue  # sent with another part size: sent again
+                local = hashlib.md5(os.pread(f.fileno(), chunk, start), usedforsecurity=False).hexdigest()
+                if etag.strip('"') == local:  # S3's ETag of a part is its MD5 (not under SSE-KMS: sent again)
+                    kept[number] = etag
+            if not page.get("IsTruncated"):
+                break
+            marker = int(page["NextPartNumberMarker"])
+        return upload_id, kept
 
     def put_pack(self, sources: list[Path]) -> list[Blob]:
         """Store many small files as one pack object and one index object: two PUTs, however many files."""
@@ -567,6 +641,30 @@ class S3Artifacts:
             shard, rest = key.rsplit("/", 2)[-2:]
             if SHA.match(shard + rest):
                 yield shard + rest, size, written
+
+    def unfinished(self, before: float, remove: bool) -> list[tuple[str, int]]:
+        found = []
+        marker: dict[str, str] = {}
+        while True:
+            page = self._call("list_multipart_uploads", "listing unfinished uploads", Prefix=self._key("objects") + "/",
+                              **marker)
+            for upload in page.get("Uploads", []):
+                initiated = upload.get("Initiated")
+                if initiated is None or initiated.timestamp() >= before:
+                    continue
+                key, upload_id = str(upload["Key"]), str(upload["UploadId"])
+                try:
+                    parts = self._call("list_parts", f"listing the parts of {key}", Key=key, UploadId=upload_id)
+                    size = sum(int(p["Size"]) for p in parts.get("Parts", []))
+                    if remove:
+                        self._call("abort_multipart_upload", f"aborting the upload to {key}", Key=key,
+                                   UploadId=upload_id)
+                except NotFound:
+                    continue  # finished or aborted meanwhile
+                found.append((f"{key} (upload {upload_id[:16]})", size))
+            if not page.get("IsTruncated"):
+                return found
+            marker = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
     def remove(self, sha256: str) -> int:
         if not SHA.match(sha256):

@@ -249,3 +249,55 @@ def test_local_pack_copies_are_kept_within_their_bound_least_lately_used_first(
     for f, blob in zip(first_files, first_blobs, strict=True):
         assert again.read_bytes(blob.content_ref) == f.read_bytes()
     assert kept() <= 3 * MIB + MIB
+
+
+def test_a_checkpoint_upload_cut_short_is_resumed_not_sent_again_whole(
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A node dies, a supervisor is killed or the network drops while a big checkpoint goes up: the
+    # next attempt (the next pass over the outputs, or another process) sends only what is missing.
+    big = tmp_path / "checkpoint.pt"
+    big.write_bytes(os.urandom(21 * MIB + 7))  # five parts of 5 MiB: 5 + 5 + 5 + 5 + 1
+    sha = hashlib.sha256(big.read_bytes()).hexdigest()
+    cut = s3_store(s3_server, s3_location, tmp_path, multipart_threshold=5 * MIB, multipart_chunk=5 * MIB)
+    send = cut._call
+
+    def network_drops_after_two_parts(operation: str, what: str, **kwargs: object) -> object:
+        if operation == "upload_part" and int(kwargs["PartNumber"]) > 2:  # type: ignore[call-overload]
+            raise ArtifactError(f"{what}: cannot reach the S3 server")
+        return send(operation, what, **kwargs)
+
+    monkeypatch.setattr(cut, "_call", network_drops_after_two_parts)
+    with pytest.raises(ArtifactError, match="part"):
+        cut.put_file(big)
+    assert not s3_store(s3_server, s3_location, tmp_path).has(sha)
+    # A part under way whose bytes are not the file's (it cannot be trusted) is sent again.
+    bucket, key = bucket_and_key(cut, sha)
+    client = s3_server.client()
+    upload_id = client.list_multipart_uploads(Bucket=bucket, Prefix=key)["Uploads"][0]["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=4, Body=os.urandom(5 * MIB))
+    again = s3_store(s3_server, s3_location, tmp_path, multipart_threshold=5 * MIB, multipart_chunk=5 * MIB)
+    told: list[int] = []
+    blob = again.put_file(big, progress=told.append)
+    assert blob.sha256 == sha
+    assert again.requests["upload_part"] == 3  # parts 3, 4 (wrong bytes) and 5; not 1 and 2
+    assert "create_multipart_upload" not in again.requests
+    assert sum(told) == big.stat().st_size  # the bar starts where the last attempt stopped
+    assert client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-5")
+    assert s3_store(s3_server, s3_location, tmp_path).read_bytes(blob.content_ref) == big.read_bytes()
+    assert client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []) == []
+
+
+def test_gc_aborts_uploads_nobody_came_back_to_finish(
+        s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
+    # An upload whose sender went for good keeps its parts (and the bill) until someone aborts it.
+    store = s3_store(s3_server, s3_location, tmp_path)
+    client = s3_server.client()
+    key = store._object_key(hashlib.sha256(b"never finished").hexdigest())
+    upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=store.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1000)
+    assert store.unfinished(time.time() - 3600, remove=True) == []  # begun within the grace: kept
+    found = store.unfinished(time.time() + 60, remove=False)  # a dry run names it and keeps it
+    assert [(name.split(" ")[0], size) for name, size in found] == [(key, 1000)]
+    assert len(client.list_multipart_uploads(Bucket=store.bucket, Prefix=key).get("Uploads", [])) == 1
+    assert len(store.unfinished(time.time() + 60, remove=True)) == 1
+    assert client.list_multipart_uploads(Bucket=store.bucket, Prefix=key).get("Uploads", []) == []
