@@ -52,7 +52,9 @@ CONCURRENCY = 16
 HEAD_LIMIT = 64
 #: Seconds an object this process stored or saw is taken as present without asking S3 again.
 KNOWN_FOR = 60.0
-#: A store estimated (from one shard) at up to this many pages of 1,000 objects is listed whole
+#: Objects a listing request returns at most (S3's own limit).
+PAGE = 1000
+#: A store estimated (from one shard) at up to this many pages of PAGE objects is listed whole
 #: (pages one after another) rather than shard by shard (all 256 at worst, 16 at a time).
 WHOLE_LISTING = 8
 #: Bytes of local pack copies this machine keeps (``scratch/../s3-packs``): past it, the copies
@@ -214,8 +216,8 @@ class S3Artifacts:
             # shard listed first tells how big shards are (a big store has pages of them).
             shards = sorted({sha[:2] for sha in rest})
             first = self._list_shard(shards[0], rest, found)
-            pages = len(first) // 1000 + 1
-            if len(first) * 256 <= WHOLE_LISTING * 1000:  # a small store: its whole listing is a few pages
+            pages = len(first) // PAGE + 1
+            if len(first) * 256 <= WHOLE_LISTING * PAGE:  # a small store: its whole listing is a few pages
                 self._list_shard("", rest, found)
                 return found
             if pages * (len(shards) - 1) <= len(rest):
@@ -274,7 +276,7 @@ class S3Artifacts:
         out = []
         token = None
         while True:
-            kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": 1000}
+            kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": PAGE}
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("list_objects_v2", f"listing {prefix}", **kwargs)

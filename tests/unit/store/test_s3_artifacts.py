@@ -82,6 +82,25 @@ def test_many_existence_checks_are_batched_not_one_request_per_object(
     assert few.requests["head_object"] == 10 <= HEAD_LIMIT
 
 
+def test_in_a_store_too_big_to_list_shard_by_shard_many_checks_fall_back_to_heads(
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With millions of objects a shard is many pages: listing every shard a snapshot's files fall in
+    # would cost more requests than a HEAD per file. One shard listed tells; the rest go by HEAD.
+    monkeypatch.setattr(s3_artifacts, "PAGE", 1)  # every object a page of its own: a "huge" store
+    monkeypatch.setattr(s3_artifacts, "WHOLE_LISTING", 0)
+    store = s3_store(s3_server, s3_location, tmp_path)
+    stored = sorted(store.put_bytes(f"object {i}".encode()).sha256 for i in range(HEAD_LIMIT + 10))
+    absent = [hashlib.sha256(f"absent {i}".encode()).hexdigest() for i in range(10)]
+    fresh = s3_store(s3_server, s3_location, tmp_path)
+    assert fresh.has_many(stored + absent) == set(stored)
+    first_shard = min(sha[:2] for sha in stored + absent)
+    in_first = [sha for sha in stored if sha[:2] == first_shard]
+    outside = [sha for sha in stored + absent if sha[:2] != first_shard]
+    assert fresh.requests["head_object"] == len(outside)
+    # The packs (one page, empty), then the first shard: a page per object, one when it has none.
+    assert fresh.requests["list_objects_v2"] == 1 + max(1, len(in_first))
+
+
 def test_a_second_snapshot_of_an_unchanged_tree_uploads_nothing(
         s3_server: S3Server, s3_location: str, tmp_path: Path) -> None:
     tree = tmp_path / "project"
