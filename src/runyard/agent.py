@@ -82,7 +82,7 @@ def main() -> int:
     from runyard.store.home import open_store
 
     opened = open_store(settings)
-    watcher = Watcher(opened.store)
+    watcher = Watcher(opened.store, sender=alert_sender(settings))
     executor = LocalExecutor(settings.home)
     tailer = Tailer(StoreSink(opened.store, opened.artifacts, watcher), settings.spool_dir, target_key(settings),
                     abandoned=executor.end_abandoned)
@@ -218,7 +218,15 @@ def alert_outbox(store: Any, settings: Settings, holder: str | None = None) -> A
 
     dispatcher = Dispatcher(for_home(settings.home / HOME_CONFIG_NAME))
     return Outbox(store, dispatcher, functools.partial(stop_for_alert, store, settings), holder=holder,
-                  lease=settings.lease)
+                  lease=settings.lease, sender=alert_sender(settings))
+
+
+def alert_sender(settings: Settings) -> str:
+    """The outbox group of this home: what its processes fire, an outbox with its [notify] delivers."""
+    from runyard.alerts.dispatch import sender_of
+    from runyard.config import HOME_CONFIG_NAME
+
+    return sender_of(settings.home / HOME_CONFIG_NAME)
 
 
 def _ship(settings: Settings) -> int:

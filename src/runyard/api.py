@@ -168,9 +168,19 @@ class Api:
         else:
             assert self._opened is not None
             # Whoever finds a supervisor dead first kills what is left of its run (its slot is freed).
-            tailer = Tailer(StoreSink(self._opened.store, self._opened.artifacts), self.settings.spool_dir, target,
-                            abandoned=self._end_abandoned)
+            from runyard.ingest.alerting import Watcher
+
+            # What this catch-up fires belongs to this home's outbox group, as the agent's would.
+            watcher = Watcher(self._opened.store, sender=self._alert_sender)
+            tailer = Tailer(StoreSink(self._opened.store, self._opened.artifacts, watcher), self.settings.spool_dir,
+                            target, abandoned=self._end_abandoned)
         return tailer.poll(include_live=include_live, run_ids=runs)
+
+    def _alert_sender(self) -> str:
+        from runyard.alerts.dispatch import sender_of
+        from runyard.config import HOME_CONFIG_NAME
+
+        return sender_of(self.settings.home / HOME_CONFIG_NAME)
 
     def stop(self, run: Run) -> str:
         """Stop a run; returns what happened, in words."""

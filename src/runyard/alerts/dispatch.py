@@ -88,6 +88,25 @@ class Notice:
     settings: NotifySettings | None = None
 
 
+def sender_of(home_config: Path) -> str:
+    """The group of outboxes that delivers what a process with this home fires: a digest of the
+    home's ``[notify]`` table, "" without one. An alert is delivered with the settings in force where
+    it fired (a teammate's agent with its own ``[notify]`` on the team's database sends what it fired,
+    and never the servers' alerts with its own settings); read once, when the process starts."""
+    import hashlib
+    import json
+
+    from runyard.alerts.rules import load_notify
+
+    try:
+        table = load_notify(home_config)
+    except (OSError, ConfigError):
+        return ""  # unreadable or wrong: no settings to deliver with (the dispatcher says what is wrong)
+    if not table:
+        return ""
+    return hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def for_home(home_config: Path) -> Callable[[Notice], NotifySettings]:
     """NotifySettings for a notice: its run's project file's [notify], else the home config's (re-read
     when the file changes). ``allow_private`` always comes from the home config."""

@@ -17,10 +17,12 @@ and a crash between the two can at worst leave that one batch unevaluated, never
 
 ``Outbox``: in the agent and the server, a thread that reads those events from the store and does
 what they ask: stops the run, hands the notice to the dispatcher (alerts/dispatch.py), and records
-each delivery. Exactly one outbox acts per database: the one holding the store's ``outbox`` lease
-(renewed while it lives; taken over by another when it lapses, and given up at once on exit).
-Working from the store, nothing is lost when the process that evaluated a rule is gone before the
-notice went out.
+each delivery. Each event belongs to the sender group of the process that fired it (a digest of its
+home's ``[notify]`` table, ``dispatch.sender_of``), so it is delivered with the settings in force
+where it fired, whichever processes share the database. Exactly one outbox per group acts: the one
+holding the store's ``outbox`` lease of that group (renewed while it lives; taken over by another
+of the group when it lapses, and given up at once on exit). Working from the store, nothing is lost
+when the process that evaluated a rule is gone before the notice went out.
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ class Watcher:
     #: Evaluations of one batch retried when other ingesters keep changing the same run's states.
     RETRIES = 8
 
-    def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Any, clock: Callable[[], float] = time.time,
+                 sender: str | Callable[[], str] = "") -> None:
         self.store = store
+        #: The outbox group that acts on what this watcher fires (``dispatch.sender_of``); a callable
+        #: is asked when something first fires (a catch-up that fires nothing need not read [notify]).
+        self._sender = sender
         self.clock = clock
         self.evaluator = Evaluator()
         #: The store's rules as last read, and their stamp then (see SqlStore.alert_rules_stamp).
@@ -155,7 +161,7 @@ class Watcher:
                            if before.get(rule_id, blank) != state}
                 if not changed:
                     return fired  # nothing fired either: firing always records when
-                stale = self.store.save_alert_states(number, changed, [self._event(f) for f in fired])
+                stale = self.store.save_alert_states(number, changed, [self._event(f, self.sender) for f in fired])
                 if not stale:
                     for rule_id, (_, version) in changed.items():
                         self._versions[(rule_id, number)] = (version or 0) + 1
@@ -168,11 +174,17 @@ class Watcher:
         raise Conflict(f"alert rules of run {number}: other ingesters kept changing their state; "
                        "this batch was not evaluated")
 
+    @property
+    def sender(self) -> str:
+        if callable(self._sender):
+            self._sender = self._sender()
+        return self._sender
+
     @staticmethod
-    def _event(f: Fired) -> AlertEvent:
+    def _event(f: Fired, sender: str) -> AlertEvent:
         rule = f.rule
         delivery: dict[str, Any] = {"pending": [c for c in rule.notify if c != "inbox"], "action": rule.action,
-                                    "rule": rule.name, "done": rule.action != "stop"}
+                                    "rule": rule.name, "done": rule.action != "stop", "sender": sender}
         rule_id = rule.id if rule.id > 0 else None  # a rule from runyard.toml is in no table
         return AlertEvent(f.run, rule.kind, f.message, f.time, rule_id, f.metric, f.step, f.value, delivery=delivery)
 
@@ -180,16 +192,17 @@ class Watcher:
 class Outbox:
     """Acts on recorded alerts: stops runs, hands notices to the dispatcher, records deliveries.
 
-    Only while it holds the store's ``outbox`` lease (see the module's doc); ``holder`` names this
-    process in it.
+    Only while it holds its sender group's ``outbox`` lease (see the module's doc), and only on the
+    events of its group; ``holder`` names this process in the lease.
     """
 
-    LEASE = "outbox"
-
     def __init__(self, store: Any, dispatcher: Dispatcher, stop: Callable[[int, str], object],
-                 clock: Callable[[], float] = time.time, holder: str | None = None, lease: float = 30.0) -> None:
+                 clock: Callable[[], float] = time.time, holder: str | None = None, lease: float = 30.0,
+                 sender: str = "") -> None:
         from runyard.ids import new_ulid
 
+        self.sender = sender
+        self.LEASE = f"outbox:{sender}" if sender else "outbox"
         self.store = store
         self.dispatcher = dispatcher
         self.stop = stop
@@ -262,15 +275,20 @@ class Outbox:
         self._after = 0
 
     def poll(self) -> int:
-        """Act on the events recorded since the last look (on taking the lease: those of the last day)."""
+        """Act on this group's events recorded since the last look (on taking the lease: those of the
+        last day); returns how many."""
         if not self._hold():
             return 0
         if self._after == 0:
             self._started = self.clock()
         events = self.store.alert_events_after(self._after, self._started - GIVE_UP_AFTER)
+        acted = 0
         for event in events:
             self._after = max(self._after, event.id)
             delivery = dict(event.delivery or {})
+            if delivery.get("sender", "") != self.sender:
+                continue  # another group's: delivered with the settings of where it fired
+            acted += 1
             if not delivery.get("done"):
                 try:
                     self.stop(event.run, event.message)
@@ -284,7 +302,7 @@ class Outbox:
                 project, settings = self._run_of(event.run)
                 self.dispatcher.put(Notice(event.id, event.run, project, event.kind, event.message, event.time,
                                            channels, delivery.get("rule"), settings))
-        return len(events)
+        return acted
 
     def _run_of(self, number: int) -> tuple[str, NotifySettings | None]:
         """The run's project, and the [notify] table its project file gave it, if any. Read once per

@@ -8,7 +8,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from runyard.agent import alert_outbox
+from runyard.agent import alert_outbox, alert_sender
 from runyard.config import Settings
 from runyard.ingest.alerting import Outbox, Watcher
 from runyard.server import events
@@ -36,7 +36,7 @@ class Server:
         self.health_lane = anyio.CapacityLimiter(limits.health_threads)
         self.tokens = Tokens(store)
         self.hub = events.Hub(store)
-        self.watcher = Watcher(store)
+        self.watcher = Watcher(store, sender=alert_sender(settings))
         #: Started by `runyard server` (an app built in a test starts no threads).
         self.outbox: Outbox = alert_outbox(store, settings)
         #: The health check's view of the database; started by `runyard server` too.

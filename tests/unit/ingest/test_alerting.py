@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from tests.flow.test_execution import wait_for
 
@@ -61,3 +63,43 @@ def test_only_the_outbox_holding_the_lease_acts(store: SqlStore) -> None:
     wait_for(lambda: b.poll() == 1, 10, "b to take the outbox over")
     assert b.dispatcher.deliver_due() == 0  # b looked at the same event: nothing was left to do
     assert [name for name, _ in sent] == ["a"]
+
+
+def test_an_alert_is_delivered_by_an_outbox_with_the_notify_settings_of_where_it_fired(
+        store: SqlStore, tmp_path: Path) -> None:
+    # A team's servers share one [notify] (the team's chat); a teammate's agent writing to the same
+    # database has its own (an email to her). Whoever holds a lease, each alert goes out once, with
+    # the settings of the process that fired it: never the servers' alerts to her, nor hers to the chat.
+    from runyard.alerts.dispatch import sender_of
+
+    team, alice, bare = tmp_path / "team.toml", tmp_path / "alice.toml", tmp_path / "bare.toml"
+    team.write_text('[notify.webhook]\nurl = "https://chat.example.org/hooks/runyard"\n')
+    alice.write_text('[notify.email]\nhost = "smtp.example.org"\nto = "alice@example.org"\n')
+    bare.write_text('db = "sqlite:///x.db"\n')
+    groups = {name: sender_of(path) for name, path in (("team", team), ("alice", alice), ("bare", bare))}
+    assert groups["bare"] == "" and len({groups["team"], groups["alice"], ""}) == 3
+    assert sender_of(team) == groups["team"]  # the same settings on every server: one group
+
+    store.add_alert_rule(check({"name": "low", "when": "below", "metric": "acc", "value": 0.1,
+                                "notify": ["inbox", "webhook"]}, "test"))
+    on_server = store.create_run(NewRun(project="p", status=RunStatus.RUNNING))
+    on_laptop = store.create_run(NewRun(project="p", status=RunStatus.RUNNING))
+    Watcher(store, sender=groups["team"]).after_ingest(on_server.number, batch(on_server.id, "acc", [0], [0.0]))
+    Watcher(store, sender=lambda: groups["alice"]).after_ingest(
+        on_laptop.number, batch(on_laptop.id, "acc", [0], [0.0]))
+    sent: list[tuple[str, int]] = []
+
+    def outbox(name: str, sender: str) -> Outbox:
+        def send(settings: object, title: str, lines: list[str], notices: list[Notice]) -> None:
+            sent.extend((name, n.run) for n in notices)
+
+        return Outbox(store, Dispatcher(senders={"webhook": send}), lambda number, why: None, holder=name,
+                      lease=30, sender=sender)
+
+    # Her agent polls first, then both servers, then an agent with no [notify] at all.
+    outboxes = [outbox("alice", groups["alice"]), outbox("server-a", groups["team"]),
+                outbox("server-b", groups["team"]), outbox("bare", "")]
+    assert [o.poll() for o in outboxes] == [1, 1, 0, 0]
+    for o in outboxes:
+        o.dispatcher.deliver_due()
+    assert sorted(sent) == [("alice", on_laptop.number), ("server-a", on_server.number)]
