@@ -1,0 +1,138 @@
+"""JupyterLab as runyard starts it, against a real JupyterLab: loopback only, the token required, a
+cell run through the kernel API, and runyard's own judgement of when it is idle."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.flow.test_execution import wait_for
+from tests.s3server import _free_ports
+
+from runyard.notebook.lab import IdleJudge, lab_command, lab_environment
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    root = tmp_path_factory.mktemp("lab")
+    (port,) = _free_ports(1)
+    token = secrets.token_hex(24)
+    base = "/runs/abc/"
+    env = {**os.environ, **lab_environment(token), "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
+           "JUPYTER_RUNTIME_DIR": str(root / ".jupyter-runtime"), "JUPYTER_DATA_DIR": str(root / ".jupyter-data")}
+    log = (root / ".lab.log").open("wb")
+    process = subprocess.Popen(lab_command(sys.executable, port=port, root_dir=root, base_url=base), env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    url = f"http://127.0.0.1:{port}{base.rstrip('/')}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}/api/status", headers={"Authorization": f"token {token}"}, timeout=2).is_success
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(answers, 60, "JupyterLab to answer its API")
+        yield Lab(url, token, root, process)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def execute(lab: Lab, kernel: str, code: str, timeout: float = 60) -> list[dict[str, object]]:
+    """Run ``code`` in the kernel through Jupyter's kernel API (its websocket); the iopub messages."""
+    import websocket
+
+    ws = websocket.create_connection(f"{lab.url.replace('http', 'ws', 1)}/api/kernels/{kernel}/channels",
+                                     header=[f"Authorization: token {lab.token}"], timeout=timeout)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({"header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                                       "msg_type": "execute_request", "version": "5.3"},
+                            "parent_header": {}, "metadata": {}, "channel": "shell",
+                            "content": {"code": code, "silent": False, "store_history": True,
+                                        "user_expressions": {}, "allow_stdin": False}}))
+        seen: list[dict[str, object]] = []
+        while True:
+            message = json.loads(ws.recv())
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            seen.append(message)
+            if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
+                return seen
+    finally:
+        ws.close()
+
+
+def test_jupyterlab_listens_on_loopback_only_and_only_with_its_token(lab: Lab) -> None:
+    assert httpx.get(f"{lab.url}/api/kernels", timeout=5).status_code == 403
+    assert httpx.get(f"{lab.url}/api/kernels", headers={"Authorization": "token wrong"}, timeout=5).status_code == 403
+    assert httpx.get(f"{lab.url}/api/kernels", headers={"Authorization": f"token {lab.token}"}, timeout=5).is_success
+    # The token is in the environment, not on the command line every user can read.
+    assert lab.token not in " ".join(lab_command(sys.executable, port=1, root_dir=lab.root))
+    with open(f"/proc/{lab.process.pid}/cmdline", "rb") as f:
+        assert lab.token.encode() not in f.read()
+    with pytest.raises(ValueError, match="32"):
+        lab_environment("short")
+
+
+def test_a_busy_cell_keeps_it_active_and_idleness_counts_from_the_last_activity(lab: Lab) -> None:
+    headers = {"Authorization": f"token {lab.token}"}
+    kernel = httpx.post(f"{lab.url}/api/kernels", headers=headers, json={"name": "python3"}, timeout=30).json()["id"]
+    now = [time.time()]
+    judge = IdleJudge(lab.url, lab.token, clock=lambda: now[0])
+    execute(lab, kernel, "x = 1")
+    judge.look()
+    assert judge.last is not None and judge.last.kernels == 1
+    # A long, silent cell (training): busy, so never idle, however long it stays silent.
+    import threading
+
+    running = threading.Thread(target=execute, args=(lab, kernel, "import time; time.sleep(4); "
+                                                     "open('made-by-the-cell.txt', 'w').write('ok')"))
+    running.start()
+    wait_for(lambda: judge.ask().busy == 1, 30, "the kernel to be busy")
+    now[0] += 3600
+    assert judge.look() == 0.0
+    running.join(60)
+    assert (lab.root / "made-by-the-cell.txt").read_text() == "ok"  # the work directory is the run's
+    # Done: the kernel's activity moved once more (it went idle), then nothing happens.
+    now[0] += 10
+    judge.look()
+    assert judge.idle_for == 0.0
+    for _ in range(3):
+        now[0] += 600
+        judge.look()  # asking does not count as activity (no_track_activity)
+    assert judge.idle_for == 1800.0
+    # A GPU process of the run counts even when no kernel is busy (a script started from a terminal).
+    judge.gpu_busy = lambda: True
+    judge.look()
+    assert judge.idle_for == 0.0
+    judge.gpu_busy = lambda: False
+    now[0] += 60
+    execute(lab, kernel, "y = 2")  # a cell run between two looks is seen through its kernel's activity
+    judge.look()
+    assert judge.idle_for == 0.0
+    httpx.delete(f"{lab.url}/api/kernels/{kernel}", headers=headers, timeout=30)
