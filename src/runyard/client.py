@@ -8,6 +8,7 @@ nothing else. Failures raise runyard's errors: ``ServerError`` when the server c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -53,6 +54,9 @@ def _ref(ref: str | int) -> str:
 MAX_INGEST_BYTES = 32 << 20
 #: Blob names asked about per request (about 700 KB of JSON).
 MISSING_BATCH = 10_000
+#: Content of this many bytes or more is uploaded in pieces of PIECE_BYTES that resume (server/resumable.py).
+RESUMABLE_FROM = 64 << 20
+PIECE_BYTES = 16 << 20
 #: Calls that are safe to repeat: reads, content-addressed uploads, and ingest (idempotent by sequence).
 _IDEMPOTENT = ("GET", "PUT")
 #: Gateway answers that mean "try again" rather than "you asked wrongly".
@@ -298,12 +302,43 @@ class Client:
         return int(self.get("/ingest/cursor", params={"run": run_id, "writer": writer})["cursor"])
 
     def put_blob(self, sha256: str, source: Path | BinaryIO) -> None:
-        """Upload content named by its SHA-256 (the server checks the name)."""
+        """Upload content named by its SHA-256 (the server checks the name): what is left to read of
+        ``source``. From RESUMABLE_FROM bytes, in pieces that resume where an earlier attempt (this
+        call's retries, or another process's) stopped, so a checkpoint cut short is not sent whole again."""
         if isinstance(source, Path):
             with source.open("rb") as f:
                 self.put_blob(sha256, f)
             return
+        start = source.tell()
+        size = source.seek(0, os.SEEK_END) - start
+        source.seek(start)
+        if size >= RESUMABLE_FROM:
+            self._put_in_pieces(sha256, source, start, size)
+            return
         self.request("PUT", f"/blobs/{sha256}", content=source, headers={"content-type": "application/octet-stream"})
+
+    def _put_in_pieces(self, sha256: str, source: BinaryIO, start: int, size: int) -> None:
+        offset = int(self.request("GET", f"/blobs/{sha256}/upload").json()["offset"])
+        refused = 0
+        while True:
+            if offset > size:
+                raise ServerError(f"the server holds {offset} bytes of an upload of {size}: not this content")
+            source.seek(start + offset)
+            piece = source.read(PIECE_BYTES)
+            headers = {"content-type": "application/octet-stream", "upload-offset": str(offset),
+                       "upload-length": str(size)}
+            try:
+                answer = self.request("PUT", f"/blobs/{sha256}", content=piece, headers=headers).json()
+            except Conflict:
+                # A retry of a piece cut short, part of which arrived: go on from what the server holds.
+                refused += 1
+                if refused > 5:
+                    raise
+                offset = int(self.request("GET", f"/blobs/{sha256}/upload").json()["offset"])
+                continue
+            if "offset" not in answer:
+                return  # that piece completed it: stored
+            offset, refused = int(answer["offset"]), 0
 
     def missing_blobs(self, shas: Sequence[str]) -> list[str]:
         missing: list[str] = []

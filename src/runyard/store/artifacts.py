@@ -31,6 +31,11 @@ _REF = re.compile(r"^sha256:([0-9a-f]{64})$")
 SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
+#: Scratch files of uploads that arrive in pieces (server/resumable.py) begin with this: ``unfinished``
+#: removes those nobody finished, wherever the scratch directory is.
+PARTIAL_PREFIX = "partial-"
+
+
 @dataclass(frozen=True)
 class Blob:
     sha256: str

@@ -320,3 +320,10 @@ def test_gc_aborts_uploads_nobody_came_back_to_finish(
     assert len(client.list_multipart_uploads(Bucket=store.bucket, Prefix=key).get("Uploads", [])) == 1
     assert len(store.unfinished(time.time() + 60, remove=True)) == 1
     assert client.list_multipart_uploads(Bucket=store.bucket, Prefix=key).get("Uploads", []) == []
+    # A server on this store gathers pieces of uploads in its scratch directory: those go too, and
+    # nothing else there (it may be the machine's temporary directory).
+    piece, other = store.scratch / "partial-0123abcd", store.scratch / "someone-elses-file"
+    piece.write_bytes(b"p" * 100)
+    other.write_bytes(b"o")
+    assert store.unfinished(time.time() + 60, remove=True) == [("partial-0123abcd", 100)]
+    assert not piece.exists() and other.exists()

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from runyard import wire
 from runyard.errors import ArtifactPathError, InvalidArgument, NotFound, TooLarge
 from runyard.names import validate_relpath
+from runyard.server import resumable
 from runyard.server.bodies import BodyFile
 from runyard.server.security import requires
 from runyard.server.state import Server, error_response, principal_of
@@ -100,10 +101,22 @@ def add_routes(app: FastAPI, server: Server) -> None:
                  "type": "string", "format": "binary"}}}, "required": True}})
     @requires("writer")
     async def put_blob(request: Request, sha256: str) -> dict[str, Any]:
-        """Content named by its SHA-256, uploaded before the ingest batch that records it."""
+        """Content named by its SHA-256, uploaded before the ingest batch that records it: whole, or
+        in pieces that resume where they stopped (``Upload-Offset`` and ``Upload-Length`` headers;
+        ``GET /blobs/{sha256}/upload`` says where an upload stands). A piece that does not complete
+        the content answers ``{"offset": bytes arrived}``."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise InvalidArgument("a blob is named by the lowercase hex SHA-256 of its content")
-        blob = await _receive_blob(request, server)
+        position = resumable.upload_position(request.headers, server.limits.max_upload)
+        if position is None:
+            blob = await _receive_blob(request, server)
+        else:
+            async with server.uploads.slot():
+                got = await resumable.receive_piece(request.stream(), server.artifacts.scratch, server.artifacts,
+                                                    _caller(request), sha256, *position)
+            if isinstance(got, int):
+                return {"sha256": sha256, "offset": got}
+            blob = got
         if blob.sha256 != sha256:
             raise InvalidArgument(f"the content's SHA-256 is {blob.sha256}, not {sha256}")
         if (scope := principal_of(request).project) is not None:
@@ -111,6 +124,14 @@ def add_routes(app: FastAPI, server: Server) -> None:
             # the store held them already, for whoever).
             await anyio.to_thread.run_sync(store.grant_content, scope, blob.sha256)
         return {"sha256": blob.sha256, "size": blob.size}
+
+    @app.get(f"{v1}/blobs/{{sha256}}/upload", tags=["ingest"])
+    @requires("writer")
+    def blob_upload(request: Request, sha256: str) -> dict[str, Any]:
+        """How many bytes of the caller's upload of this content have arrived (0: none)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise InvalidArgument("a blob is named by the lowercase hex SHA-256 of its content")
+        return {"sha256": sha256, "offset": resumable.arrived(server.artifacts.scratch, _caller(request), sha256)}
 
     @app.get(f"{v1}/blobs/{{sha256}}", tags=["ingest"])
     @requires("reader")
@@ -127,6 +148,12 @@ def add_routes(app: FastAPI, server: Server) -> None:
         return StreamingResponse(_read_span(server.artifacts, f"sha256:{sha256}", 0, size),
                                  media_type="application/octet-stream",
                                  headers={"content-length": str(size), "etag": f'"{sha256}"'})
+
+
+def _caller(request: Request) -> str:
+    """Whose upload this is: each token's pieces gather apart from every other's."""
+    who = principal_of(request)
+    return f"token {who.token_id}" if who.token_id is not None else who.name
 
 
 def _artifact_path(path: str) -> str:

@@ -1,0 +1,111 @@
+"""Uploads of content that resume where they stopped: a checkpoint a Ray node sends through the
+server goes in pieces, and a piece cut short (the node's network, a killed supervisor, a restarted
+server) costs that piece, not the whole file.
+
+A piece is ``PUT /blobs/{sha256}`` with ``Upload-Offset`` (where it starts) and ``Upload-Length``
+(the whole content's size); ``GET /blobs/{sha256}/upload`` says how much has arrived. The bytes
+gather in a file of the store's scratch directory named after the caller and the content, so one
+token's upload can be neither spoiled nor finished by another's. The piece that completes it has the
+content checked against its name and stored; a mismatch discards it all. A piece that does not start
+where the upload stands is refused (409) and the caller asks where it stands. Files nobody finished
+go with ``runyard gc`` (the store's ``unfinished``: scratch files untouched for its grace period).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+
+from runyard.errors import Conflict, InvalidArgument, TooLarge
+from runyard.server.bodies import BodyFile
+from runyard.store.artifacts import PARTIAL_PREFIX, ArtifactStore, Blob
+
+
+def partial_path(scratch: Path, caller: str, sha256: str) -> Path:
+    """Where one caller's upload of one content gathers."""
+    return scratch / f"{PARTIAL_PREFIX}{hashlib.sha256(f'{caller}:{sha256}'.encode()).hexdigest()[:40]}"
+
+
+def arrived(scratch: Path, caller: str, sha256: str) -> int:
+    """Bytes of this caller's upload of this content the server holds."""
+    try:
+        return partial_path(scratch, caller, sha256).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def upload_position(headers: Any, limit: int) -> tuple[int, int] | None:
+    """(offset, length) from a piece's headers, or None for a whole upload."""
+    offset, length = headers.get("upload-offset"), headers.get("upload-length")
+    if offset is None and length is None:
+        return None
+    if offset is None or length is None or not offset.isdigit() or not length.isdigit():
+        raise InvalidArgument("a piece of an upload needs Upload-Offset and Upload-Length, both whole numbers")
+    start, total = int(offset), int(length)
+    if total > limit:
+        raise TooLarge(f"the upload is larger than the server takes ({limit >> 20} MiB)")
+    if start > total:
+        raise InvalidArgument(f"Upload-Offset {start} is past Upload-Length {total}")
+    return start, total
+
+
+async def receive_piece(chunks: AsyncIterator[bytes], scratch: Path, artifacts: ArtifactStore, caller: str,
+                        sha256: str, start: int, total: int) -> Blob | int:
+    """Append one piece; the stored content when it completes the upload, else the bytes arrived."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = partial_path(scratch, caller, sha256)
+    with _locked(path) as f:
+        held = os.fstat(f.fileno()).st_size
+        if held != start:
+            raise Conflict(f"this upload stands at byte {held}, not {start}: ask GET /blobs/{sha256}/upload "
+                           "and send from there")
+        body = BodyFile(f)
+        size = held
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > total:
+                break
+            await body.write(chunk)
+        await body.flush()
+        await anyio.to_thread.run_sync(f.flush)
+        if size > total:
+            await anyio.to_thread.run_sync(_truncate, f, held)  # the piece is refused whole
+            raise InvalidArgument(f"the piece runs past Upload-Length {total}")
+        if size < total:
+            return size
+        try:
+            blob = await anyio.to_thread.run_sync(artifacts.put_file, path)
+        finally:
+            path.unlink(missing_ok=True)
+    if blob.sha256 != sha256:
+        raise InvalidArgument(f"the content's SHA-256 is {blob.sha256}, not {sha256}; the upload was discarded")
+    return blob
+
+
+def _truncate(f: IO[bytes], size: int) -> None:
+    f.truncate(size)
+    f.seek(size)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[IO[bytes]]:
+    """The partial file, open for appending and held by this request alone (a retry racing the
+    request it retries would interleave their bytes)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    f = os.fdopen(fd, "r+b")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Conflict("a piece of this upload is arriving already; ask where it stands once it ends") from None
+        f.seek(0, os.SEEK_END)
+        yield f
+    finally:
+        f.close()
