@@ -136,3 +136,41 @@ def test_a_busy_cell_keeps_it_active_and_idleness_counts_from_the_last_activity(
     judge.look()
     assert judge.idle_for == 0.0
     httpx.delete(f"{lab.url}/api/kernels/{kernel}", headers=headers, timeout=30)
+
+
+def test_runyard_notebook_serves_jupyterlab_as_a_run_that_stops_when_idle_and_keeps_its_files(
+        tmp_path: Path) -> None:
+    from tests.flow.test_execution import TERMINAL, cli, wait_status
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "data.csv").write_text("x,y\n1,2\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")},
+           "RUNYARD_HOME": str(tmp_path / "home"), "RUNYARD_SYSTEM_INTERVAL": "0"}
+    started = json.loads(cli(env, project, "notebook", "--idle", "15s", "--json").stdout)
+    number, url = started["number"], started["url"]
+    base, _, token = url.partition("/lab?token=")
+    headers = {"Authorization": f"token {token}"}
+    assert httpx.get(f"{base}/api/kernels", timeout=10).status_code == 403  # the token is needed
+    # The run's files, and a notebook written through JupyterLab's own API.
+    listing = httpx.get(f"{base}/api/contents", headers=headers, timeout=10).json()
+    assert "data.csv" in {item["name"] for item in listing["content"]}
+    made = {"type": "notebook", "content": {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}}
+    assert httpx.put(f"{base}/api/contents/analysis.ipynb", headers=headers, json=made, timeout=10).is_success
+    kernel = httpx.post(f"{base}/api/kernels", headers=headers, json={"name": "python3"}, timeout=60).json()["id"]
+    lab = Lab(base, token, project, None)  # type: ignore[arg-type]
+    execute(lab, kernel, "open('results.txt', 'w').write('trained')")
+    shown = json.loads(cli(env, project, "show", str(number), "--json").stdout)
+    assert shown["status"] == "running" and "jupyterlab" in shown["labels"]
+    assert cli(env, project, "notebook", "--url", str(number)).stdout.strip() == url
+    # Nothing runs now: it stops itself, its files kept as the run's outputs, its token nowhere kept.
+    assert wait_status(env, project, number, TERMINAL, timeout=120) == "finished"
+    log = cli(env, project, "logs", str(number)).stdout
+    assert "idle" in log and token not in log
+    out = tmp_path / "back"
+    cli(env, project, "cp", f"{number}:results.txt", str(out / "results.txt"))
+    cli(env, project, "cp", f"{number}:analysis.ipynb", str(out / "analysis.ipynb"))
+    assert (out / "results.txt").read_text() == "trained"
+    assert json.loads((out / "analysis.ipynb").read_text())["nbformat"] == 4
+    gone = cli(env, project, "notebook", "--url", str(number), check=False)
+    assert gone.returncode != 0 and "no JupyterLab" in gone.stderr

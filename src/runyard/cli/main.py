@@ -440,6 +440,44 @@ def rerun(ref: str, **options: Any) -> None:
     sys.exit(impl.rerun(ref, **options))
 
 
+@cli.command()
+@click.option("--idle", metavar="DURATION", default="1h", show_default=True,
+              help="Stop JupyterLab once it has been idle this long: no kernel busy, no terminal in use, no "
+                   "process of it on a GPU (an open browser tab alone does not count).")
+@_gpus_option
+@click.option("--cpus", type=int, help="CPU cores JupyterLab's run holds.")
+@click.option("--memory", metavar="SIZE", help="Memory JupyterLab's run holds, e.g. 16G.")
+@_pip_option
+@click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path),
+              help="A requirements file for its environment, as for `runyard run`.")
+@click.option("--project", help="Project of the run (default: the `project` setting).")
+@click.option("--name", help="A name to refer to the run by.")
+@click.option("--label", "labels", multiple=True, metavar="LABEL", help="A label (repeatable).")
+@click.option("--on", metavar="EXECUTOR", help="Where it runs: local only, for now.")
+@click.option("--wait", type=float, default=120.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for JupyterLab to answer before returning (it may wait in the queue).")
+@click.option("--url", metavar="RUN", help="Print the address of notebook run RUN, and start nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print {number, url} as JSON.")
+def notebook(**options: Any) -> None:
+    """Start JupyterLab as a run, on the files here, and print its address with its token.
+
+    \b
+    runyard notebook                       JupyterLab on this machine, stopped after 1 h idle
+    runyard notebook --gpus 1 --idle 30m   holding one GPU while it runs
+    runyard notebook --url 42              the address of notebook run 42 again
+
+    It is a run like any other: it waits in the queue for its resources, shows in `runyard ps`
+    (labelled jupyterlab), `runyard stop` stops it, and when it stops, idle or stopped, the files
+    it created or changed in its directory are kept as the run's outputs (`runyard cp RUN:. dir`).
+    JupyterLab listens on loopback only, with a token that is not stored anywhere but the run's
+    directory (readable by you alone). Idle means no kernel busy, no terminal in use and no process
+    on a GPU for --idle: a long, silent training cell keeps it running; an open tab does not.
+    """
+    from runyard.cli import notebook as impl
+
+    sys.exit(impl.notebook(options))
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("ref", metavar="RUN")
 @click.argument("changes", nargs=-1, required=True, metavar="+LABEL|-LABEL...")

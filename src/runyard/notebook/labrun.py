@@ -1,0 +1,197 @@
+"""What a JupyterLab run executes: ``python -m runyard.notebook.labrun --idle SECONDS``.
+
+The supervisor runs this like any command, in the run's work directory (the snapshot it was given,
+or the files of the notebook run it resumes). It serves JupyterLab on loopback with a fresh token,
+writes where it answers to ``lab.json`` in the run's directory (readable by the run's owner only,
+and not an output: the token never reaches the store), and stops JupyterLab once runyard's judge
+(``lab.IdleJudge``) has found it idle for ``--idle`` seconds, saying so in the run's log a while
+before. The supervisor then keeps the work directory as the run's outputs, as for any run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runyard.notebook.lab import LOOK_EVERY, IdleJudge, lab_command, lab_environment
+
+#: The file, in the run's directory, that says where its JupyterLab answers (with its token).
+CONNECTION_FILE = "lab.json"
+#: Seconds JupyterLab may take to answer its API once started.
+START_TIMEOUT = 180.0
+
+
+def connection_file(home: Path, run_id: str) -> Path:
+    from runyard.exec.spec import run_directory
+
+    return run_directory(home, run_id) / CONNECTION_FILE
+
+
+def read_connection(home: Path, run_id: str) -> dict[str, Any] | None:
+    """Where the run's JupyterLab answers ({url, token, port, pid}), or None before it does."""
+    try:
+        data = json.loads(connection_file(home, run_id).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runyard.notebook.labrun",
+                                     description="Serve JupyterLab for a runyard run until it is idle.")
+    parser.add_argument("--idle", type=float, default=3600.0, help="seconds idle before stopping (default 3600)")
+    parser.add_argument("--warn", type=float, help="seconds before stopping to say so (default: 300, at most a "
+                                                   "quarter of --idle)")
+    args = parser.parse_args(argv)
+    if args.idle <= 0:
+        parser.error("--idle must be more than 0 seconds")
+    warn = args.warn if args.warn is not None else min(300.0, args.idle / 4)
+    look_every = min(LOOK_EVERY, max(1.0, args.idle / 10))  # a short --idle is judged as closely
+    home, run_id = os.environ.get("RUNYARD_HOME"), os.environ.get("RUNYARD_RUN_ID")
+    if not home or not run_id:
+        print("runyard: labrun runs inside a runyard run: use `runyard notebook`", file=sys.stderr)
+        return 2
+    token = secrets.token_urlsafe(32)
+    port = _free_port()
+    root = Path.cwd()
+    lab = subprocess.Popen(lab_command(sys.executable, port=port, root_dir=root),
+                           env={**os.environ, **lab_environment(token)}, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    stopping = {"signal": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopping["signal"] = signum  # the supervisor stops the process group: JupyterLab got it too
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    judge = IdleJudge(url, token, gpu_busy=lambda: _on_gpu(lab.pid))
+    if not _wait_until_up(judge, lab, stopping):
+        _stop(lab)
+        return lab.returncode if lab.returncode not in (None, 0) else 1
+    _write_connection(connection_file(Path(home), run_id), {"url": f"{url}/lab", "token": token, "port": port,
+                                                            "pid": lab.pid})
+    print(f"JupyterLab is up on {url}/lab; it stops after {_words(args.idle)} idle "
+          "(no busy kernel, no terminal in use, no process on a GPU)", flush=True)
+    warned = False
+    while lab.poll() is None and not stopping["signal"]:
+        _sleep(look_every, lab, stopping)
+        if lab.poll() is not None or stopping["signal"]:
+            break
+        try:
+            idle = judge.look()
+        except Exception as e:  # noqa: BLE001 - a look that fails is said; JupyterLab may be busy answering
+            print(f"runyard: could not ask JupyterLab about its activity: {type(e).__name__}: {e}", flush=True)
+            continue
+        if idle < args.idle - warn:
+            warned = False
+        elif idle < args.idle and not warned:
+            print(f"JupyterLab has been idle for {_words(idle)}: it stops in {_words(args.idle - idle)} "
+                  "unless something runs", flush=True)
+            warned = True
+        elif idle >= args.idle:
+            print(f"JupyterLab was idle for {_words(idle)}: stopping it; its work directory is kept as this "
+                  "run's outputs", flush=True)
+            _stop(lab)
+            return 0
+    _stop(lab)
+    if stopping["signal"]:
+        return 128 + stopping["signal"]
+    print(f"JupyterLab exited by itself (code {lab.returncode})", flush=True)
+    return lab.returncode or 0
+
+
+def _wait_until_up(judge: IdleJudge, lab: subprocess.Popen[bytes], stopping: dict[str, int]) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and not stopping["signal"]:
+        if lab.poll() is not None:
+            print(f"runyard: JupyterLab exited while starting (code {lab.returncode})", file=sys.stderr)
+            return False
+        try:
+            judge.ask()
+            return True
+        except Exception:  # noqa: BLE001 - not answering yet
+            time.sleep(0.2)
+    if not stopping["signal"]:
+        print(f"runyard: JupyterLab did not answer within {START_TIMEOUT:g} s", file=sys.stderr)
+    return False
+
+
+def _write_connection(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the token: its owner's eyes only
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    tmp.replace(path)
+
+
+def _stop(lab: subprocess.Popen[bytes]) -> None:
+    """Stop JupyterLab (its kernels with it): SIGTERM, then SIGKILL after 30 s."""
+    if lab.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            lab.terminate()
+        try:
+            lab.wait(30)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+            lab.wait()
+
+
+def _sleep(seconds: float, lab: subprocess.Popen[bytes], stopping: dict[str, int]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and lab.poll() is None and not stopping["signal"]:
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def _on_gpu(root_pid: int) -> bool:
+    """Whether a process under ``root_pid`` (JupyterLab, its kernels, what they started) is on a GPU."""
+    try:
+        import psutil
+        import pynvml
+    except ImportError:
+        return False
+    try:
+        ours = {root_pid, *(p.pid for p in psutil.Process(root_pid).children(recursive=True))}
+        pynvml.nvmlInit()
+    except (psutil.Error, pynvml.NVMLError):
+        return False
+    try:
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid in ours:
+                    return True
+        return False
+    except pynvml.NVMLError:
+        return False
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _words(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.0f} s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
