@@ -174,3 +174,20 @@ def test_runyard_notebook_serves_jupyterlab_as_a_run_that_stops_when_idle_and_ke
     assert json.loads((out / "analysis.ipynb").read_text())["nbformat"] == 4
     gone = cli(env, project, "notebook", "--url", str(number), check=False)
     assert gone.returncode != 0 and "no JupyterLab" in gone.stderr
+    # Resumed with other resources: the files as run 1 left them, writable, in a new run.
+    (project / "data.csv").write_text("changed on the laptop since\n")
+    again = json.loads(cli(env, project, "notebook", "--resume", str(number), "--idle", "20s", "--json").stdout)
+    resumed, url = again["number"], again["url"]
+    refused = cli(env, project, "notebook", "--resume", str(resumed), "--idle", "1s", check=False)
+    assert refused.returncode == 2 and "stop it first" in refused.stderr
+    base, _, token = url.partition("/lab?token=")
+    headers = {"Authorization": f"token {token}"}
+    got = httpx.get(f"{base}/api/contents/results.txt", headers=headers, params={"content": "1"}, timeout=10).json()
+    assert got["content"] == "trained" and got["writable"]
+    data = httpx.get(f"{base}/api/contents/data.csv", headers=headers, params={"content": "1"}, timeout=10).json()
+    assert data["content"] == "x,y\n1,2\n"  # run 1's snapshot, not the laptop's file now
+    shown = json.loads(cli(env, project, "show", str(resumed), "--json").stdout)
+    assert shown["parent"] == number and shown["config"]["idle"] == 20 and "jupyterlab" in shown["labels"]
+    assert wait_status(env, project, resumed, TERMINAL, timeout=120) == "finished"
+    cli(env, project, "cp", f"{resumed}:results.txt", str(out / "again.txt"))
+    assert (out / "again.txt").read_text() == "trained"  # kept again: a chain of resumes carries the files

@@ -456,6 +456,8 @@ def rerun(ref: str, **options: Any) -> None:
 @click.option("--on", metavar="EXECUTOR", help="Where it runs: local only, for now.")
 @click.option("--wait", type=float, default=120.0, show_default=True, metavar="SECONDS",
               help="How long to wait for JupyterLab to answer before returning (it may wait in the queue).")
+@click.option("--resume", metavar="RUN", help="A new notebook run on the files notebook run RUN left (its "
+              "outputs over its snapshot), with the --gpus, --pip and --idle given now.")
 @click.option("--url", metavar="RUN", help="Print the address of notebook run RUN, and start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print {number, url} as JSON.")
 def notebook(**options: Any) -> None:
@@ -465,6 +467,7 @@ def notebook(**options: Any) -> None:
     runyard notebook                       JupyterLab on this machine, stopped after 1 h idle
     runyard notebook --gpus 1 --idle 30m   holding one GPU while it runs
     runyard notebook --url 42              the address of notebook run 42 again
+    runyard notebook --resume 42 --gpus 2  go on with run 42's files, on two GPUs
 
     It is a run like any other: it waits in the queue for its resources, shows in `runyard ps`
     (labelled jupyterlab), `runyard stop` stops it, and when it stops, idle or stopped, the files

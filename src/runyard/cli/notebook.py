@@ -11,9 +11,7 @@ from typing import Any
 
 from runyard.config import resolve
 from runyard.errors import InvalidArgument
-
-#: What JupyterLab runs are labelled with, to tell them in `runyard ps`.
-LABEL = "jupyterlab"
+from runyard.notebook.lab import LABEL
 
 
 def notebook(o: dict[str, Any]) -> int:
@@ -33,11 +31,14 @@ def notebook(o: dict[str, Any]) -> int:
     if importlib.util.find_spec("jupyterlab") is None:
         raise InvalidArgument(f"JupyterLab is not installed in {sys.executable}: pip install 'runyard[notebook]'")
     idle = options.duration(o["idle"]) if o["idle"] else 3600.0
-    command = [sys.executable, "-m", "runyard.notebook.labrun", "--idle", f"{idle:g}"]
+    if o["resume"] is not None:
+        return _resume(settings, o, idle)
+    # The idle time is a param (RUNYARD_PARAM_idle), not part of the command: a resumed run changes it.
+    command = [sys.executable, "-m", "runyard.notebook.labrun"]
     sub = Submission(command=command, shell=False, cwd=Path.cwd(), project=o["project"], name=o["name"],
-                     labels=[LABEL, *o["labels"]], pip=o["pip"], requirements=o["requirements"],
-                     environment=inherited(os.environ), gpus=o["gpus"], cpus=o["cpus"],
-                     memory=o["memory"], executor="local")
+                     labels=[LABEL, *o["labels"]], params={"idle": f"{idle:g}"}, pip=o["pip"],
+                     requirements=o["requirements"], environment=inherited(os.environ), gpus=o["gpus"],
+                     cpus=o["cpus"], memory=o["memory"], executor="local")
     from runyard.cli.transfer import transfer_bar
 
     with transfer_bar("storing the snapshot") as progress:
@@ -48,6 +49,33 @@ def notebook(o: dict[str, Any]) -> int:
         print(f"run {done.number} queued: JupyterLab on the files here, stopped after {idle / 60:g} min idle",
               file=sys.stderr)
     return _wait_and_print(settings, done.number, done.run_id, float(o["wait"]), o["as_json"])
+
+
+def _resume(settings: Any, o: dict[str, Any], idle: float) -> int:
+    """A new notebook run on the files of notebook run ``--resume`` as it left them (its snapshot and
+    outputs), with the resources given now: a rerun of it, which restores its outputs as it starts."""
+    from runyard.api import Api
+    from runyard.exec.control import Overrides
+
+    if o["requirements"] is not None or o["cpus"] is not None or o["memory"] is not None:
+        raise InvalidArgument("--resume takes --gpus, --pip, --idle and --name; --cpus, --memory and "
+                              "--requirements are the resumed run's")
+    api = Api(settings)
+    try:
+        parent = api.store.get_run(o["resume"])
+        if LABEL not in parent.labels:
+            raise InvalidArgument(f"run {parent.number} is not a notebook run (runyard notebook); "
+                                  f"to run it again: runyard rerun {parent.number}")
+        if parent.status.value in ("queued", "starting", "running"):
+            raise InvalidArgument(f"notebook run {parent.number} is {parent.status.value}: stop it first "
+                                  f"(runyard stop {parent.number}), so that its files are all kept")
+        number = api.rerun(parent, {"idle": f"{idle:g}"}, o["name"], Overrides(pip=list(o["pip"]), gpus=o["gpus"]))
+        run_id = api.store.get_run(number).id
+    finally:
+        api.close()
+    if not o["as_json"]:
+        print(f"run {number} queued: JupyterLab on the files of run {parent.number}", file=sys.stderr)
+    return _wait_and_print(settings, number, run_id, float(o["wait"]), o["as_json"])
 
 
 def _wait_and_print(settings: Any, number: int, run_id: str, wait: float, as_json: bool) -> int:

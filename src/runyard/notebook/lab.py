@@ -23,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+#: The label of JupyterLab runs (``runyard notebook``): a rerun of one resumes it.
+LABEL = "jupyterlab"
 #: Seconds between two looks at JupyterLab's activity.
 LOOK_EVERY = 30.0
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runyard.notebook.lab import LOOK_EVERY, IdleJudge, lab_command, lab_environment
+from runyard.notebook.lab import LABEL, LOOK_EVERY, IdleJudge, lab_command, lab_environment
 
 #: The file, in the run's directory, that says where its JupyterLab answers (with its token).
 CONNECTION_FILE = "lab.json"
@@ -49,7 +49,9 @@ def read_connection(home: Path, run_id: str) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runyard.notebook.labrun",
                                      description="Serve JupyterLab for a runyard run until it is idle.")
-    parser.add_argument("--idle", type=float, default=3600.0, help="seconds idle before stopping (default 3600)")
+    parser.add_argument("--idle", type=float, default=float(os.environ.get("RUNYARD_PARAM_idle")  # noqa: SIM112 - a param's name as written
+                                                                  or 3600.0),
+                        help="seconds idle before stopping (default: the run's param idle, else 3600)")
     parser.add_argument("--warn", type=float, help="seconds before stopping to say so (default: 300, at most a "
                                                    "quarter of --idle)")
     args = parser.parse_args(argv)
@@ -61,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     if not home or not run_id:
         print("runyard: labrun runs inside a runyard run: use `runyard notebook`", file=sys.stderr)
         return 2
+    root = Path.cwd()
+    restored = restore_parent(run_id, root)
+    if restored:
+        print(f"restored {restored} file(s) of notebook run {restored.parent}", flush=True)
     token = secrets.token_urlsafe(32)
     port = _free_port()
-    root = Path.cwd()
     lab = subprocess.Popen(lab_command(sys.executable, port=port, root_dir=root),
                            env={**os.environ, **lab_environment(token)}, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -108,6 +113,42 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + stopping["signal"]
     print(f"JupyterLab exited by itself (code {lab.returncode})", flush=True)
     return lab.returncode or 0
+
+
+class Restored(int):
+    """How many files were restored, and from which run (``parent``)."""
+
+    parent: int = 0
+
+
+def restore_parent(run_id: str, root: Path) -> Restored:
+    """When this run resumes a notebook run (``runyard notebook --resume``: a rerun of one), put that
+    run's files, its outputs, into ``root`` as they were when it stopped: writable copies, over the
+    snapshot's. Each resumed run keeps them as its own outputs in turn, so a chain of resumes carries
+    the files along."""
+    from runyard.api import Api
+
+    api = Api(catch_up=False)
+    try:
+        run = api.run(run_id)
+        if run.parent is None:
+            return Restored(0)
+        parent = api.run(run.parent)
+        if LABEL not in parent.labels:
+            return Restored(0)
+        count = 0
+        for entry in parent.artifacts():
+            target = root / entry.path
+            if target.is_symlink() or target.is_file():
+                target.unlink()  # the snapshot's copy: the notebook's version replaces it
+            api.export(parent.record, entry, root, entry.path)
+            target.chmod(target.stat().st_mode | 0o200)  # the user goes on editing it
+            count += 1
+        done = Restored(count)
+        done.parent = parent.number
+        return done
+    finally:
+        api.close()
 
 
 def _wait_until_up(judge: IdleJudge, lab: subprocess.Popen[bytes], stopping: dict[str, int]) -> bool:
