@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ ENV_CAPTURED = "RUNYARD_CAPTURED"
 ENV_STRICT = "RUNYARD_STRICT"
 
 #: Top-level tables of a configuration file that belong to other features, not to settings.
-SECTIONS = frozenset({"alerts", "notify", "machines"})
+SECTIONS = frozenset({"alerts", "notify", "machines", "environments"})
 #: Where launched runs can execute (``runyard run --on NAME``; see runyard.exec.executors).
 EXECUTORS = ("local", "ray")
 
@@ -335,6 +335,8 @@ class Settings:
     strict: bool = False
     #: Named resource profiles (``[machines.NAME]`` tables): {"gpus": 1, "cpus": 8, "memory": "32G", ...}.
     machines: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Named package sets (``[environments.NAME] pip = [...]``): ``runyard run --environment NAME``.
+    environments: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @property
     def token(self) -> str | None:
@@ -468,6 +470,26 @@ def _machines(path: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _environments(path: Path, data: dict[str, Any]) -> dict[str, list[str]]:
+    table = data.get("environments", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: environments must be a table of [environments.NAME] tables")
+    out: dict[str, list[str]] = {}
+    for name, profile in table.items():
+        example = f'[environments.{name}] pip = ["torch", "torchvision"]'
+        if not isinstance(profile, dict):
+            raise ConfigError(f"{path}: environments.{name} must be a table, like {example}")
+        unknown = set(profile) - {"pip"}
+        if unknown:
+            raise ConfigError(f"{path}: environments.{name}: unknown key {sorted(unknown)[0]!r}; the one known "
+                              f"key is pip, like {example}")
+        pip = profile.get("pip", [])
+        if not isinstance(pip, list) or not all(isinstance(p, str) and p.strip() for p in pip):
+            raise ConfigError(f"{path}: environments.{name}: pip must be a list of requirements, like {example}")
+        out[name] = list(pip)
+    return out
+
+
 def _file_values(path: Path, data: dict[str, Any]) -> dict[str, str]:
     values: dict[str, str] = {}
     for key, raw in data.items():
@@ -566,6 +588,7 @@ def resolve(
     home_file = home / HOME_CONFIG_NAME
     project_file = find_project_file(here)
     machines: dict[str, dict[str, Any]] = {}
+    environments: dict[str, list[str]] = {}
     for path in (home_file, project_file):
         if path is None or not path.is_file():
             continue
@@ -573,6 +596,7 @@ def resolve(
         if path == project_file:
             _refuse_secrets(path, data, home)
         machines.update(_machines(path, data))
+        environments.update(_environments(path, data))
         for key, raw in _file_values(path, data).items():
             setting = SETTINGS_BY_KEY[key]
             resolved[key] = Value(_parse(setting, raw, path.parent, str(path)), str(path))
@@ -593,4 +617,5 @@ def resolve(
     _create_private(home)
     return Settings(home=home, home_source=home_source, values=resolved, project_file=project_file,
                     run_id=env.get(ENV_RUN_ID) or None, captured=env.get(ENV_CAPTURED) == "1",
-                    strict=env.get(ENV_STRICT) == "1", machines=machines)
+                    strict=env.get(ENV_STRICT) == "1", machines=machines,
+                    environments=environments)

@@ -638,6 +638,15 @@ def check_pip(home: Home) -> None:
     assert spec_of(home, "--pip", "termcolor").pip == ["termcolor"]
 
 
+def check_environment(home: Home) -> None:
+    home.home.mkdir(parents=True, exist_ok=True)
+    (home.home / "config.toml").write_text('[environments.plots]\npip = ["termcolor", "rich>=13"]\n')
+    # The named set's packages, then --pip's; a --pip naming one of them wins.
+    assert spec_of(home, "--environment", "plots", "--pip", "rich==13.7.1").pip == ["termcolor", "rich==13.7.1"]
+    unknown = CliRunner().invoke(cli, ["run", "--environment", "nope", "--", "python", "train.py"], env=home.env)
+    assert unknown.exit_code == 2 and "known: plots" in unknown.output
+
+
 def check_requirements(home: Home) -> None:
     (home.project / "reqs.txt").write_text("termcolor\n")
     assert spec_of(home, "--requirements", "reqs.txt").requirements == "termcolor\n"
@@ -683,7 +692,7 @@ RUN_OPTION_CHECKS: dict[str, Callable[[Home], None]] = {
     "machine": check_machine, "timeout": check_timeout, "env": check_env, "params": check_param, "pip": check_pip,
     "requirements": check_requirements, "mounts": check_mount, "name": check_name, "labels": check_label,
     "note": check_note, "project": check_run_project, "as_json": check_json, "follow": check_follow,
-    "on": check_on,
+    "on": check_on, "environment_profile": check_environment,
 }
 
 

@@ -109,3 +109,24 @@ def test_numbers_in_a_file_are_taken_as_toml_writes_them(layout: tuple[Path, Pat
     (home / "config.toml").write_text("slots = 2\noutput_limit = 512\noutputs_interval = 2.5\n")
     s = resolve(environ={"RUNYARD_HOME": str(home)}, cwd=sub)
     assert (s.slots, s.output_limit, s.outputs_interval) == (2, 512 << 20, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('[environments]\nplots = "termcolor"\n', "environments.plots must be a table"),
+        ('[environments.plots]\npackages = ["termcolor"]\n', "unknown key 'packages'"),
+        ('[environments.plots]\npip = "termcolor"\n', "pip must be a list of requirements"),
+        ('[environments.plots]\npip = ["termcolor", ""]\n', "pip must be a list of requirements"),
+    ],
+)
+def test_environment_profiles_are_checked_when_read(layout: tuple[Path, Path, Path], content: str,
+                                                     message: str) -> None:
+    home, _, sub = layout
+    (home / "config.toml").write_text(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve(environ={"RUNYARD_HOME": str(home)}, cwd=sub)
+    assert str(home / "config.toml") in str(info.value)
+    (home / "config.toml").write_text('[environments.torch]\npip = ["torch", "torchvision>=0.17"]\n')
+    assert resolve(environ={"RUNYARD_HOME": str(home)}, cwd=sub).environments == {
+        "torch": ["torch", "torchvision>=0.17"]}

@@ -171,6 +171,11 @@ _mount_option = click.option("--mount", "mounts", multiple=True, metavar="SOURCE
 _env_option = click.option("--env", "env", multiple=True, metavar="KEY[=VALUE]",
                            help="An environment variable for the command (repeatable); KEY alone passes this "
                                 "shell's value.")
+_environment_option = click.option(
+    "--environment", "environment_profile", metavar="NAME",
+    help="A named package set from the configuration, [environments.NAME] pip = [\"torch\", ...], installed "
+         "as --pip would (built once, then reused by every run that asks for the same packages); a --pip "
+         "naming the same package wins.")
 _gpus_option = click.option("--gpus", type=int, help="GPUs the run needs; refused unless this machine, or another "
                                                     "serving the same database, has that many.")
 _timeout_option = click.option("--timeout", metavar="DURATION", help="Stop the run after this long, e.g. 90s, 2h.")
@@ -186,6 +191,7 @@ _timeout_option = click.option("--timeout", metavar="DURATION", help="Stop the r
               help="A parameter (repeatable, each KEY once): {KEY} in the command, in the run's config, in "
                    "runyard-params.json and in the variable RUNYARD_PARAM_<KEY>, KEY as written.")
 @_pip_option
+@_environment_option
 @click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path),
               help="A requirements file, one requirement a line ('name @ URL' too; installer options such as "
                    "-f, --index-url or -r are refused); the same set as --pip options (names compared as pip does, "
@@ -448,6 +454,7 @@ def rerun(ref: str, **options: Any) -> None:
 @click.option("--cpus", type=int, help="CPU cores JupyterLab's run holds.")
 @click.option("--memory", metavar="SIZE", help="Memory JupyterLab's run holds, e.g. 16G.")
 @_pip_option
+@_environment_option
 @click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path),
               help="A requirements file for its environment, as for `runyard run`.")
 @click.option("--project", help="Project of the run (default: the `project` setting).")

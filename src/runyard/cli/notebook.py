@@ -37,8 +37,9 @@ def notebook(o: dict[str, Any]) -> int:
     command = [sys.executable, "-m", "runyard.notebook.labrun"]
     sub = Submission(command=command, shell=False, cwd=Path.cwd(), project=o["project"], name=o["name"],
                      labels=[LABEL, *o["labels"]], params={"idle": f"{idle:g}"}, pip=o["pip"],
-                     requirements=o["requirements"], environment=inherited(os.environ), gpus=o["gpus"],
-                     cpus=o["cpus"], memory=o["memory"], executor="local")
+                     environment_profile=o["environment_profile"], requirements=o["requirements"],
+                     environment=inherited(os.environ), gpus=o["gpus"], cpus=o["cpus"], memory=o["memory"],
+                     executor="local")
     from runyard.cli.transfer import transfer_bar
 
     with transfer_bar("storing the snapshot") as progress:
@@ -57,9 +58,10 @@ def _resume(settings: Any, o: dict[str, Any], idle: float) -> int:
     from runyard.api import Api
     from runyard.exec.control import Overrides
 
-    if o["requirements"] is not None or o["cpus"] is not None or o["memory"] is not None:
-        raise InvalidArgument("--resume takes --gpus, --pip, --idle and --name; --cpus, --memory and "
-                              "--requirements are the resumed run's")
+    if (o["requirements"] is not None or o["cpus"] is not None or o["memory"] is not None
+            or o["environment_profile"] is not None):
+        raise InvalidArgument("--resume takes --gpus, --pip, --idle and --name; --cpus, --memory, "
+                              "--environment and --requirements are the resumed run's")
     api = Api(settings)
     try:
         parent = api.store.get_run(o["resume"])

@@ -77,7 +77,7 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
         env=_env_options(o["env"]), environment=inherited(os.environ), gpus=o["gpus"], cpus=o["cpus"],
         memory=o["memory"], timeout=o["timeout"], priority=options.priority(o["priority"], o["machine"],
                                                                             settings.machines),
-        machine=o["machine"], executor=o["on"],
+        machine=o["machine"], executor=o["on"], environment_profile=o["environment_profile"],
     )
     from runyard.cli.transfer import transfer_bar
 
@@ -127,8 +127,11 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
     from runyard.credential import for_settings
     from runyard.exec import options
     from runyard.exec.snapshot import manifest_of, take
+    from runyard.exec.submit import with_environment
     from runyard.store.artifacts import CountedReads, local_cache_of, sha_of_ref
 
+    # The named environment is this machine's configuration: sent as the packages it names.
+    pip = with_environment([options.pip_spec(p) for p in o["pip"]], o["environment_profile"], settings)
     for text in o["mounts"]:
         source, _ = options.mount(text)
         if (Path.cwd() / source).expanduser().exists():
@@ -167,7 +170,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
             "command": list(command), "shell": shell, "snapshot": snap.id, "git_commit": snap.git_commit,
             "git_branch": snap.git_branch, "git_diff_ref": snap.git_diff_ref, "project": o["project"],
             "name": o["name"], "labels": list(o["labels"]), "note": o["note"] or "",
-            "params": options.params(o["params"]), "pip": [options.pip_spec(p) for p in o["pip"]],
+            "params": options.params(o["params"]), "pip": pip,
             "requirements": requirements, "mounts": list(o["mounts"]),
             "env": _env_options(o["env"]), "gpus": o["gpus"], "cpus": o["cpus"],
             "memory": o["memory"], "timeout": o["timeout"], "priority": o["priority"], "machine": o["machine"],

@@ -50,6 +50,8 @@ class Submission:
     timeout: str | None = None
     priority: int = 0
     machine: str | None = None
+    #: A named package set (``[environments.NAME]``) installed with ``pip``; ``pip`` wins for a package both name.
+    environment_profile: str | None = None
     #: Where the run executes (``--on``; a rerun: its parent's); None: the ``executor`` setting.
     executor: str | None = None
     parent: int | None = None
@@ -102,6 +104,7 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
             raise InvalidArgument(f"--requirements {sub.requirements}: cannot read it ({e.strerror})") from None
         options.requirement_lines(requirements, f"--requirements {sub.requirements}")
     mounts = [asdict(m) for m in _mounts(sub, settings)]
+    pip = with_environment([options.pip_spec(p) for p in sub.pip], sub.environment_profile, settings)
     argv = template.substitute(sub.command, sub.shell, sub.params)
     if not argv:
         raise InvalidArgument("no command once {params} is expanded (no --param given): name the program first, "
@@ -110,13 +113,30 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
         # The command as typed is kept, so that a rerun with other params substitutes them again.
         "argv": argv, "template": list(sub.command), "shell": sub.shell, "env": dict(sub.env),
         "params": dict(sub.params),
-        "pip": [options.pip_spec(p) for p in sub.pip], "requirements": requirements,
+        "pip": pip, "requirements": requirements,
         "site_packages": site_directories(),
         "python": sys.executable, "mounts": mounts, "timeout": timeout,
         "environment": sub.environment if sub.environment is not None else inherited(os.environ),
     }
+    if sub.environment_profile is not None:
+        launch["environment_profile"] = sub.environment_profile
     config = {key: options.param_value(value) for key, value in sub.params.items()}
     return launch, resources, config
+
+
+def with_environment(pip: list[str], name: str | None, settings: Settings) -> list[str]:
+    """``--pip`` requirements (checked) with those of the named environment ``[environments.NAME]``
+    before them, less the packages ``--pip`` names itself."""
+    if name is None:
+        return pip
+    if name not in settings.environments:
+        known = ", ".join(sorted(settings.environments)) or "none are configured"
+        raise InvalidArgument(f"--environment {name!r}: no such environment ([environments.NAME] in runyard.toml); "
+                              f"known: {known}")
+    given = {options.pip_name(p) for p in pip}
+    where = f"[environments.{name}] pip"
+    return [spec for spec in (options.requirement(p, where, urls=False) for p in settings.environments[name])
+            if options.pip_name(spec) not in given] + pip
 
 
 def _without(requirements: str, names: set[str]) -> str | None:
