@@ -27,10 +27,24 @@ from runyard.errors import Conflict, InvalidArgument, TooLarge
 from runyard.server.bodies import BodyFile
 from runyard.store.artifacts import PARTIAL_PREFIX, ArtifactStore, Blob
 
+#: Unfinished uploads one caller may have at once: a new one past this is refused until one ends
+#: (finished, or removed by `runyard gc`).
+MAX_UNFINISHED = 16
+
+
+def _caller_prefix(caller: str) -> str:
+    return f"{PARTIAL_PREFIX}{hashlib.sha256(caller.encode()).hexdigest()[:24]}-"
+
 
 def partial_path(scratch: Path, caller: str, sha256: str) -> Path:
     """Where one caller's upload of one content gathers."""
-    return scratch / f"{PARTIAL_PREFIX}{hashlib.sha256(f'{caller}:{sha256}'.encode()).hexdigest()[:40]}"
+    return scratch / f"{_caller_prefix(caller)}{sha256}"
+
+
+def _unfinished(scratch: Path, caller: str) -> int:
+    prefix = _caller_prefix(caller)
+    with os.scandir(scratch) as entries:
+        return sum(1 for entry in entries if entry.name.startswith(prefix))
 
 
 def arrived(scratch: Path, caller: str, sha256: str) -> int:
@@ -61,6 +75,9 @@ async def receive_piece(chunks: AsyncIterator[bytes], scratch: Path, artifacts: 
     """Append one piece; the stored content when it completes the upload, else the bytes arrived."""
     scratch.mkdir(parents=True, exist_ok=True)
     path = partial_path(scratch, caller, sha256)
+    if start == 0 and not path.exists() and _unfinished(scratch, caller) >= MAX_UNFINISHED:
+        raise Conflict(f"{MAX_UNFINISHED} uploads of this token are unfinished: finish one (GET /blobs/SHA/upload "
+                       "says where each stands) before starting another")
     with _locked(path) as f:
         held = os.fstat(f.fileno()).st_size
         if held != start:

@@ -106,3 +106,24 @@ def test_each_tokens_pieces_are_its_own_and_content_that_is_not_its_name_is_disc
     for start in range(0, len(data), MIB):
         api.client.put(url, content=data[start:start + MIB], headers={**b, **piece(start, len(data))})
     assert api.client.get(url, headers=b).content == data
+
+
+def test_a_token_cannot_leave_unfinished_uploads_without_bound(api: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runyard.server import resumable
+
+    monkeypatch.setattr(resumable, "MAX_UNFINISHED", 3)
+    started = []
+    for i in range(3):
+        data = f"checkpoint {i}".encode() * 1000
+        sha = hashlib.sha256(data).hexdigest()
+        answer = api.client.put(f"/api/v1/blobs/{sha}", content=data[:100], headers=piece(0, len(data)))
+        assert answer.json()["offset"] == 100
+        started.append((sha, data))
+    fourth = hashlib.sha256(b"one too many").hexdigest()
+    refused = api.client.put(f"/api/v1/blobs/{fourth}", content=b"one", headers=piece(0, 12))
+    assert refused.status_code == 409 and "unfinished" in refused.json()["error"]
+    # Those under way go on; once one is finished, a new one may start.
+    sha, data = started[0]
+    done = api.client.put(f"/api/v1/blobs/{sha}", content=data[100:], headers=piece(100, len(data)))
+    assert done.json() == {"sha256": sha, "size": len(data)}
+    assert api.client.put(f"/api/v1/blobs/{fourth}", content=b"one", headers=piece(0, 12)).json()["offset"] == 3
