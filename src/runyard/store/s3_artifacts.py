@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import stat
 import tempfile
@@ -66,6 +67,7 @@ PACK_CACHE_BYTES = 1 << 30
 REFRESH_AFTER = 600.0
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 class S3Artifacts:
@@ -457,8 +459,13 @@ class S3Artifacts:
         """The newest unfinished multipart upload to ``key`` and its parts that match ``f``
         (part number -> ETag), or (None, {}) when there is none. Parts that do not match (another
         part size) are sent again under the same upload; completing it drops what is not listed."""
-        uploads = self._call("list_multipart_uploads", f"{what} (looking for an upload to resume)",
-                             Prefix=key).get("Uploads", [])
+        try:
+            uploads = self._call("list_multipart_uploads", f"{what} (looking for an upload to resume)",
+                                 Prefix=key).get("Uploads", [])
+        except ArtifactError:
+            # Credentials allowed to put objects are not always allowed to list uploads under way
+            # (s3:ListBucketMultipartUploads): then every upload starts afresh, as boto3's would.
+            return None, {}
         uploads = sorted((u for u in uploads if u.get("Key") == key), key=lambda u: u.get("Initiated") or 0)
         if not uploads:
             return None, {}
@@ -471,6 +478,8 @@ class S3Artifacts:
                 page = self._call("list_parts", f"{what} (resuming)", Key=key, UploadId=upload_id,
                                   PartNumberMarker=marker)
             except NotFound:  # finished or aborted since it was listed
+                return None, {}
+            except ArtifactError:  # not allowed to list its parts (s3:ListMultipartUploadParts)
                 return None, {}
             for part in page.get("Parts", []):
                 number, etag = int(part["PartNumber"]), str(part["ETag"])
@@ -649,8 +658,14 @@ class S3Artifacts:
         found = _stale_partials(self._scratch, before, remove)
         marker: dict[str, str] = {}
         while True:
-            page = self._call("list_multipart_uploads", "listing unfinished uploads", Prefix=self._key("objects") + "/",
-                              **marker)
+            try:
+                page = self._call("list_multipart_uploads", "listing unfinished uploads",
+                                  Prefix=self._key("objects") + "/", **marker)
+            except ArtifactError as e:
+                # Not allowed to list them: say so, and leave them to the bucket's lifecycle rules.
+                log.warning("runyard gc: %s (an AbortIncompleteMultipartUpload lifecycle rule on the bucket "
+                            "removes them too)", e)
+                return found
             for upload in page.get("Uploads", []):
                 initiated = upload.get("Initiated")
                 if initiated is None or initiated.timestamp() >= before:

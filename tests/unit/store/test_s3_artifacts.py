@@ -327,3 +327,24 @@ def test_gc_aborts_uploads_nobody_came_back_to_finish(
     other.write_bytes(b"o")
     assert store.unfinished(time.time() + 60, remove=True) == [("partial-0123abcd", 100)]
     assert not piece.exists() and other.exists()
+
+
+def test_credentials_that_may_not_list_uploads_under_way_still_upload_and_gc_still_runs(
+        s3_server: S3Server, s3_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Minimal IAM policies grant PutObject but not s3:ListBucketMultipartUploads: resuming is then
+    # not possible, uploading must still be.
+    store = s3_store(s3_server, s3_location, tmp_path, multipart_threshold=5 * MIB, multipart_chunk=5 * MIB)
+    send = store._call
+
+    def refused_listings(operation: str, what: str, **kwargs: object) -> object:
+        if operation in ("list_multipart_uploads", "list_parts"):
+            raise ArtifactError(f"{what}: refused the credentials (AccessDenied)")
+        return send(operation, what, **kwargs)
+
+    monkeypatch.setattr(store, "_call", refused_listings)
+    big = tmp_path / "model.bin"
+    big.write_bytes(os.urandom(11 * MIB))
+    blob = store.put_file(big)
+    assert store.requests["upload_part"] == 3
+    assert s3_store(s3_server, s3_location, tmp_path).read_bytes(blob.content_ref) == big.read_bytes()
+    assert store.unfinished(time.time() + 60, remove=True) == []  # said in the log, not a failure
