@@ -1,0 +1,1 @@
+"""Notebooks: the IPython magics and live widget, and notebooks run as runs."""

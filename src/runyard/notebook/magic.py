@@ -1,0 +1,234 @@
+"""The ``%%runyard`` cell magic and the ``%runyard`` line magic (``%load_ext runyard``).
+
+    %%runyard run --gpus 1 --pip scikit-image --name unet
+    ...the cell...                 -> experiments/model_001.py, launched as a run; a live widget
+
+    %runyard ls                    any `runyard` command, run in the kernel: ls, ps, logs 3, stop 3...
+    %runyard watch 3               the live widget for any run
+    %runyard cp 3:outputs/ck/ ./ck brings a run's files back to this machine
+
+``run`` takes exactly the options of ``runyard run``: they go through the same click command and
+the same submission, so they are checked, and refused, with the same words. The cell is the
+command: it is written, as plain Python (IPython syntax converted), to the next free
+``experiments/model_NNN.py`` (created with O_EXCL, so two launches, from two kernels too, never
+share a number) and run by ``python experiments/model_NNN.py`` on a snapshot of the project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+
+#: Where cells are written, under the notebook's working directory.
+EXPERIMENTS = "experiments"
+_MODEL = re.compile(r"^model_(\d+)\.py$")
+#: Stands for the cell's script while the options alone are checked.
+_PLACEHOLDER = ("python", "CELL.py")
+#: Ends the line %%runyard run adds above the cell.
+PREAMBLE_MARK = "# added by %%runyard run: imports as in the notebook"
+
+USAGE = """\
+%%runyard run [OPTIONS]     (first line of a cell) launch the cell as a run; the options of
+                            `runyard run`, e.g. --gpus 1 --pip scikit-image --name unet
+%runyard watch RUN          the live widget of a run
+%runyard cp RUN:PATH DEST   copy a run's files here, e.g. %runyard cp 3:outputs/checkpoints/ ./ck
+%runyard COMMAND ...        any other runyard command: ls, ps, show 3, logs 3, stop 3, --help"""
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics; import now what a launch needs, so the first one returns fast."""
+    ipython.register_magics(RunyardMagics)
+    import runyard.cli.main  # noqa: F401
+    from runyard.notebook import widget
+
+    widget.warm()
+
+
+@dataclass(frozen=True)
+class Launched:
+    number: int
+    name: str | None
+    script: Path
+    #: The command the run executes, e.g. ``python experiments/model_001.py``.
+    command: tuple[str, ...]
+
+
+@magics_class
+class RunyardMagics(Magics):
+    @no_var_expand  # `{x}` and `$x` in the cell are the script's own text, not the kernel's variables
+    @line_cell_magic
+    def runyard(self, line: str, cell: str | None = None) -> Any:
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            raise UsageError(f"%runyard {line}: {e}") from None
+        if cell is not None:
+            if words[:1] != ["run"]:
+                raise UsageError(f"%%runyard takes `run [OPTIONS]` as a cell magic, not {line!r}\n{USAGE}")
+            done = launch(words[1:], cell, Path.cwd())
+            from runyard.config import resolve
+            from runyard.notebook.widget import launched, show, widgets_usable
+
+            if not widgets_usable():
+                print(f"run {done.number} queued: {' '.join(done.command)} "
+                      f"(%runyard watch {done.number} follows it)")
+                return None
+            settings = resolve()
+            show(done.number, settings, launched(done.number, done.name, settings))
+            return None
+        if not words:
+            print(USAGE)
+            return None
+        if words[0] == "run":
+            raise UsageError("%%runyard run is a cell magic: put it on the first line of the cell to launch, "
+                             "e.g.\n%%runyard run --gpus 1\nimport train\n...")
+        if words[0] == "watch":
+            watch(words[1:])
+            return None
+        command(words)
+        return None
+
+
+def watch(args: list[str]) -> None:
+    """``%runyard watch RUN``: the widget, or in a terminal one line each time the run changes."""
+    if len(args) != 1:
+        raise UsageError("%runyard watch RUN: give one run (a number, a name or an id prefix)")
+    from runyard.api import Api
+    from runyard.errors import Ambiguous, NotFound
+    from runyard.notebook.widget import follow, read, show, widgets_usable
+
+    try:
+        with Api(catch_up=False) as api:
+            first = read(api, api.store.get_run(args[0]).number)
+    except (NotFound, Ambiguous) as e:
+        raise UsageError(str(e)) from None
+    if widgets_usable():
+        show(first.number, first=first)
+        return
+    with contextlib.suppress(KeyboardInterrupt):  # stops watching; the run goes on
+        follow(first.number)
+
+
+def command(args: list[str]) -> str:
+    """Run ``runyard ARGS`` in this process, as the shell would; its output appears in the cell.
+    A refusal (exit code not 0) raises UsageError with the command's own message. Returns what it
+    printed on stdout when that was captured (never: it goes to the cell as it is printed)."""
+    return _cli(args, capture=False)
+
+
+def _cli(args: list[str], capture: bool) -> str:
+    import click
+
+    from runyard.cli.main import cli
+
+    out = io.StringIO()
+    err = io.StringIO()
+    code: int | str | None = 0
+    with contextlib.redirect_stderr(err), (contextlib.redirect_stdout(out) if capture
+                                           else contextlib.nullcontext()):
+        try:
+            result = cli.main(args, prog_name="runyard", standalone_mode=False)
+            code = result if isinstance(result, int) else 0
+        except SystemExit as e:
+            code = e.code
+        except click.exceptions.Abort:
+            code = 1
+        except click.ClickException as e:
+            hint = f" (see %runyard {args[0]} --help)" if args and isinstance(e, click.UsageError) else ""
+            raise UsageError(f"{e.format_message().rstrip('.')}{hint}") from None
+    said = err.getvalue()
+    if code not in (0, None):
+        message = said.strip().removeprefix("runyard: error: ") or f"runyard {' '.join(args)}: exit code {code}"
+        raise UsageError(message)
+    if said:
+        sys.stderr.write(said)  # warnings of a command that succeeded
+    return out.getvalue()
+
+
+def check_options(words: list[str]) -> dict[str, Any]:
+    """The options of ``%%runyard run`` as click reads them for ``runyard run``; UsageError for what
+    it refuses, for arguments (the cell is the command) and for --follow (it would hold the kernel)."""
+    import click
+
+    from runyard.cli.main import run as run_command
+
+    try:
+        ctx = run_command.make_context("%%runyard run", [*words, "--", *_PLACEHOLDER])
+    except click.exceptions.Exit:  # --help was printed
+        raise UsageError("%%runyard run: nothing launched (--help)") from None
+    except click.ClickException as e:
+        raise UsageError(f"{e.format_message().rstrip('.')} (see %%runyard run --help)") from None
+    if tuple(ctx.params["command"]) != _PLACEHOLDER:
+        extra = " ".join(ctx.params["command"][: -len(_PLACEHOLDER)])
+        raise UsageError(f"%%runyard run takes options only, the cell is the command (got {extra!r}); "
+                         "to run another command, use !runyard run -- ...")
+    if ctx.params["follow"]:
+        raise UsageError("--follow would hold the kernel until the run ends: the widget follows it (or "
+                         "%runyard logs -f RUN)")
+    return dict(ctx.params)
+
+
+def script_text(cell: str, notebook_dir: str = ".") -> str:
+    """The cell as plain Python: ``!pip ...``, ``%time ...`` and the like turned into the calls IPython
+    makes of them (``get_ipython().system(...)``); those need IPython where the run executes. A first
+    line puts the notebook's directory (``notebook_dir``, from the run's root) on ``sys.path``, as
+    the kernel has it: ``python experiments/model_NNN.py`` alone would look in experiments/ only."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return (f"import sys as _sys; _sys.path.insert(0, {notebook_dir!r})  {PREAMBLE_MARK}\n"
+            + str(TransformerManager().transform_cell(cell)))  # type: ignore[no-untyped-call]
+
+
+def new_script(directory: Path, text: str) -> Path:
+    """Write ``text`` to the next free ``directory/model_NNN.py`` (numbers ascending from the highest
+    there). O_EXCL makes each number one writer's: another launch that took it moves us on."""
+    directory.mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for p in directory.iterdir() if (m := _MODEL.match(p.name))]
+    number = max(taken, default=0) + 1
+    while True:
+        path = directory / f"model_{number:03d}.py"
+        try:
+            with open(path, "x", encoding="utf-8") as f:
+                f.write(text)
+            return path
+        except FileExistsError:
+            number += 1
+
+
+def python_command() -> str:
+    """``python`` when that is the kernel's own interpreter, else the kernel's path: the cell ran
+    (and will run) with the kernel's packages, whatever the PATH of the kernel finds first."""
+    found = shutil.which("python")
+    if found and Path(found).absolute() == Path(sys.executable).absolute():
+        return "python"
+    return sys.executable
+
+
+def launch(words: list[str], cell: str, cwd: Path) -> Launched:
+    """Launch ``cell`` as a run with the options ``words`` of ``runyard run``; returns at once."""
+    options = check_options(words)  # before any file is written
+    from runyard.exec.snapshot import git_root
+
+    root = git_root(cwd) or cwd  # a run starts at its snapshot's root: name the script from there
+    notebook_dir = cwd.resolve().relative_to(root.resolve()).as_posix()
+    script = new_script(cwd / EXPERIMENTS, script_text(cell, notebook_dir))
+    relative = script.resolve().relative_to(root.resolve()).as_posix()
+    argv = (python_command(), relative)
+    try:
+        printed = _cli(["run", *words, "--json", "--", *argv], capture=True)
+        number = int(json.loads(printed.strip().splitlines()[-1])["number"])
+    except BaseException:
+        script.unlink(missing_ok=True)  # nothing launched: the number is free again
+        raise
+    return Launched(number, options["name"], script, argv)

@@ -1,0 +1,232 @@
+"""%%runyard run from a real notebook: a real ipykernel driven by nbclient, a real agent, the local
+executor. A cell becomes experiments/model_NNN.py and a run; the cell returns while the run is still
+going, the widget keeps changing while the kernel is busy with another cell, the run's outputs come
+back with %runyard cp. Without widgets (a plain IPython shell) the same commands print text."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from runyard.agent import stop_agents
+from runyard.api import Api
+from runyard.config import resolve
+from runyard.notebook.magic import new_script
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "helpers.py").write_text("SCALE = 2\n")
+    return root
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    env = {**keep, "RUNYARD_HOME": str(tmp_path / "home"), "RUNYARD_SYSTEM_INTERVAL": "0",
+           "RUNYARD_SLOTS": "2", "RUNYARD_OUTPUTS_INTERVAL": "0.3"}
+    yield env
+    stop_agents(tmp_path / "home")
+
+
+class Notebook:
+    """One kernel, cells executed one at a time as Jupyter would, outputs and widget state kept."""
+
+    def __init__(self, client: NotebookClient) -> None:
+        self.client = client
+        self.nb = client.nb
+
+    def run(self, source: str) -> tuple[list[Any], float]:
+        cell = nbformat.v4.new_code_cell(source)
+        self.nb.cells.append(cell)
+        t0 = time.monotonic()
+        self.client.execute_cell(cell, len(self.nb.cells) - 1)
+        return cell.outputs, time.monotonic() - t0
+
+    def widget(self, model_id: str) -> dict[str, Any]:
+        return self.client.widget_state[model_id]
+
+
+@pytest.fixture
+def notebook(project: Path, env: dict[str, str]) -> Iterator[Notebook]:
+    nb = nbformat.v4.new_notebook()
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(project)}})
+    with client.setup_kernel(env=env):
+        yield Notebook(client)
+
+
+def text(outputs: list[Any]) -> str:
+    out = []
+    for o in outputs:
+        if o.output_type == "stream":
+            out.append(o.text)
+        elif o.output_type == "error":
+            out.append(f"{o.ename}: {o.evalue}")
+        elif "text/plain" in o.get("data", {}):
+            out.append(o.data["text/plain"])
+    return "\n".join(out)
+
+
+def api_of(env: dict[str, str], cwd: Path) -> Api:
+    return Api(resolve(environ=env, cwd=cwd))
+
+
+def wait_for(check: Any, timeout: float = 90.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def test_a_cell_becomes_a_run_whose_widget_follows_it_and_whose_outputs_come_back(
+        notebook: Notebook, project: Path, env: dict[str, str], tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    notebook.run("%load_ext runyard")
+    cell = textwrap.dedent(f"""\
+        import json, os, time
+        from helpers import SCALE
+        while not os.path.exists({str(go)!r}):   # held until the test lets it go
+            time.sleep(0.05)
+        os.makedirs("outputs/checkpoints", exist_ok=True)
+        with open("outputs/checkpoints/ck.txt", "w") as f:
+            f.write("weights {{x}} $y")
+        for step in range(5):
+            print(json.dumps({{"step": step, "loss": SCALE / (step + 1)}}))
+    """)
+    outputs, seconds = notebook.run("%%runyard run --name unet --param lr=0.1\n" + cell)
+    assert [o.output_type for o in outputs if o.output_type == "error"] == [], text(outputs)
+    # The cell is back while its run is held: launching does not wait for the run.
+    with api_of(env, project) as api:
+        run = api.run(1)
+        assert run.status.value in ("queued", "starting", "running")
+        assert run.name == "unet" and run.config == {"lr": 0.1}
+        assert run.command[-1] == "experiments/model_001.py"
+    assert seconds < 30, seconds  # generous: bench/notebook.py measures it (target 300 ms)
+    script = project / "experiments" / "model_001.py"
+    first, rest = script.read_text().split("\n", 1)
+    assert first.endswith("# added by %%runyard run: imports as in the notebook")  # helpers.py is found
+    assert rest == cell  # {x} and $y stay as written (no variable expansion)
+    views = [o for o in outputs if WIDGET_VIEW in o.get("data", {})]
+    assert len(views) == 1, outputs
+    assert "run 1" in views[0].data["text/html"]  # the fallback for frontends without widgets
+    model_id = views[0].data[WIDGET_VIEW]["model_id"]
+
+    outputs, _ = notebook.run("%%runyard run --name second\nprint('two')")
+    assert (project / "experiments" / "model_002.py").read_text().endswith("\nprint('two')\n")
+
+    # The kernel is busy with a cell that waits for the run to end; the widget still moves meanwhile:
+    # its updates (comm messages from the widget's thread) arrive while that cell runs.
+    go.write_text("")
+    busy = textwrap.dedent("""\
+        import time, runyard
+        api = runyard.Api()
+        while not api.run(1).refresh().status.is_terminal():
+            time.sleep(0.2)
+        time.sleep(3)   # the widget reads the run once a second
+    """)
+    before = dict(notebook.widget(model_id))
+    notebook.run(busy)
+    after = notebook.widget(model_id)
+    assert before.get("status") in (None, "queued", "starting", "running"), before
+    assert after["status"] == "finished", after
+    assert after["title"] == "unet" and after["url"].endswith("/runs/1")
+    loss = [m for m in after["metrics"] if m["key"] == "loss"]
+    assert loss and loss[0]["last"] == 2 / 5 and loss[0]["step"] == 4 and len(loss[0]["spark"]) == 5
+
+    outputs, _ = notebook.run("%runyard cp 1:outputs/checkpoints/ ./ck")
+    assert "copied 1 file(s)" in text(outputs)
+    assert (project / "ck" / "ck.txt").read_text() == "weights {x} $y"
+
+    outputs, _ = notebook.run("%runyard ls")
+    listing = text(outputs)
+    assert "unet" in listing and "finished" in listing and "second" in listing
+
+    outputs, _ = notebook.run("%runyard watch unet")
+    views = [o for o in outputs if WIDGET_VIEW in o.get("data", {})]
+    assert len(views) == 1 and "finished" in views[0].data["text/html"]
+
+
+def test_bad_options_say_what_is_wrong_and_launch_nothing(notebook: Notebook, project: Path,
+                                                          env: dict[str, str]) -> None:
+    notebook.run("%load_ext runyard")
+    cases = {
+        "%%runyard run --gpus lots\nprint(1)": "'lots' is not a valid integer",
+        "%%runyard run --pip '-f http://evil'\nprint(1)": "not a package requirement",
+        "%%runyard run --timeout soon\nprint(1)": "--timeout 'soon'",
+        "%%runyard run --follow\nprint(1)": "--follow would hold the kernel",
+        "%%runyard run train.py\nprint(1)": "options only, the cell is the command",
+        "%%runyard ls\nprint(1)": "%%runyard takes `run [OPTIONS]`",
+        "%runyard run --gpus 1": "is a cell magic",
+        "%runyard cp 7:outputs ./x": "7",
+    }
+    for source, said in cases.items():
+        outputs, _ = notebook.run(source)
+        # IPython's way for a magic's refusal: one line, no traceback (and the cell counts as failed)
+        said_here = text(outputs)
+        assert said_here.startswith("UsageError: ") and "Traceback" not in said_here, (source, outputs)
+        assert said in said_here, (source, said_here)
+    assert not (project / "experiments").exists() or not list((project / "experiments").iterdir())
+    with api_of(env, project) as api:
+        assert api.runs() == []
+
+
+def test_without_widgets_the_commands_print_text(project: Path, env: dict[str, str]) -> None:
+    # A plain IPython shell (a terminal, no kernel to carry widgets), in a process of its own.
+    code = textwrap.dedent("""\
+        from IPython.core.interactiveshell import InteractiveShell
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "runyard")
+        shell.run_cell("%%runyard run --name plain\\n!echo from-the-shell\\n%time x = 1\\nprint({'a': 1})")
+        shell.run_cell("%runyard watch 1")
+        shell.run_cell("%runyard logs 1")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=project, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("run 1 queued: ") and lines[0].endswith(
+        "experiments/model_001.py (%runyard watch 1 follows it)"), lines
+    # The script is plain Python: IPython syntax turned into the calls IPython makes of it.
+    script = (project / "experiments" / "model_001.py").read_text()
+    assert "get_ipython().system('echo from-the-shell')" in script
+    assert "get_ipython().run_line_magic('time', 'x = 1')" in script
+    # watch prints a line as the run changes, until it ends (no IPython in a plain python run: it fails)
+    watched = [line for line in lines if line.startswith("run 1 plain: ")]
+    assert watched and watched[-1].startswith("run 1 plain: failed"), lines
+    assert "NameError" in out.stdout  # the run's log, from %runyard logs
+
+
+def test_two_launches_at_once_never_share_a_number(tmp_path: Path) -> None:
+    directory = tmp_path / "experiments"
+    made: list[Path] = []
+    barrier = threading.Barrier(8)
+
+    def write(i: int) -> None:
+        barrier.wait()
+        made.append(new_script(directory, f"print({i})\n"))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in made) == [f"model_{n:03d}.py" for n in range(1, 9)]
+    assert sorted(p.read_text() for p in made) == sorted(f"print({i})\n" for i in range(8))
