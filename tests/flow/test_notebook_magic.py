@@ -164,6 +164,30 @@ def test_a_cell_becomes_a_run_whose_widget_follows_it_and_whose_outputs_come_bac
     assert len(views) == 1 and "finished" in views[0].data["text/html"]
 
 
+def test_the_stop_button_stops_the_run(notebook: Notebook, project: Path, env: dict[str, str]) -> None:
+    notebook.run("%load_ext runyard")
+    outputs, _ = notebook.run("%%runyard run --name long\nimport time\ntime.sleep(600)")
+    model_id = next(o.data[WIDGET_VIEW]["model_id"] for o in outputs if WIDGET_VIEW in o.get("data", {}))
+    with api_of(env, project) as api:
+        wait_for(lambda: api.run(1).status.value == "running", what="run 1 to run")
+    # What the view sends when the button is clicked: a custom message on the widget's comm.
+    kc = notebook.client.kc
+    kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": model_id, "data": {
+        "method": "custom", "content": {"type": "stop"}}}))
+    notebook.run(textwrap.dedent("""\
+        import time, runyard
+        api = runyard.Api()
+        deadline = time.monotonic() + 60
+        while not api.run(1).status.is_terminal() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+    """))
+    state = notebook.widget(model_id)
+    assert state["status"] == "stopped", state
+    with api_of(env, project) as api:
+        assert api.run(1).status.value == "stopped"
+
+
 def test_bad_options_say_what_is_wrong_and_launch_nothing(notebook: Notebook, project: Path,
                                                           env: dict[str, str]) -> None:
     notebook.run("%load_ext runyard")
