@@ -2,6 +2,7 @@
 
     python bench/notebook.py            # prints target and measured for every section
     python bench/notebook.py --quick    # fewer repetitions
+    python bench/notebook.py --json F   # also write the figures as JSON
 
 Sections, each a function of SECTIONS returning table rows (add one by appending to SECTIONS):
 
@@ -23,6 +24,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
+import json
 import importlib.util
 import os
 import statistics
@@ -30,7 +32,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,8 +145,12 @@ SECTIONS: list[Callable[[argparse.Namespace], list[Row]]] = [bench_cell_to_run]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()
-    rows = [row.cells() for section in SECTIONS for row in section(args)]
+    measured = [row for section in SECTIONS for row in section(args)]
+    if args.json:
+        args.json.write_text(json.dumps([asdict(row) for row in measured], indent=2))
+    rows = [row.cells() for row in measured]
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  {'target':<10}  {'measured':<10}  result")
     for r in rows:

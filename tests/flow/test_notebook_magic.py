@@ -254,3 +254,4 @@ def test_two_launches_at_once_never_share_a_number(tmp_path: Path) -> None:
         t.join()
     assert sorted(p.name for p in made) == [f"model_{n:03d}.py" for n in range(1, 9)]
     assert sorted(p.read_text() for p in made) == sorted(f"print({i})\n" for i in range(8))
+
