@@ -218,7 +218,8 @@ def test_without_widgets_the_commands_print_text(project: Path, env: dict[str, s
         from IPython.core.interactiveshell import InteractiveShell
         shell = InteractiveShell.instance()
         shell.run_line_magic("load_ext", "runyard")
-        shell.run_cell("%%runyard run --name plain\\n!echo from-the-shell\\n%time x = 1\\nprint({'a': 1})")
+        shell.run_cell("lr = 0.1")
+        shell.run_cell("%%runyard run --name plain\\n!echo from-the-shell\\n%time x = 1\\nprint({'a': 1}, x, lr)")
         shell.run_cell("%runyard watch 1")
         shell.run_cell("%runyard logs 1")
     """)
@@ -236,6 +237,9 @@ def test_without_widgets_the_commands_print_text(project: Path, env: dict[str, s
     watched = [line for line in lines if line.startswith("run 1 plain: ")]
     assert watched and watched[-1].startswith("run 1 plain: failed"), lines
     assert "NameError" in out.stdout  # the run's log, from %runyard logs
+    # ...as the launch warned: what works in the notebook and will not in the run
+    assert "runyard: warning: the cell uses IPython syntax" in out.stderr
+    assert "runyard: warning: the cell uses lr from earlier cells" in out.stderr
 
 
 def test_two_launches_at_once_never_share_a_number(tmp_path: Path) -> None:

@@ -87,6 +87,8 @@ class RunyardMagics(Magics):
             if words[:1] != ["run"]:
                 raise UsageError(f"%%runyard takes `run [OPTIONS]` as a cell magic, not {line!r}\n{USAGE}")
             done = launch(words[1:], cell, Path.cwd())
+            for warning in cell_warnings(cell, self.shell.user_ns if self.shell is not None else {}):
+                print(f"runyard: warning: {warning}", file=sys.stderr)
             from runyard.config import resolve
             from runyard.notebook.widget import launched, show, widgets_usable
 
@@ -152,8 +154,8 @@ def _cli(args: list[str], capture: bool) -> str:
             code = result if isinstance(result, int) else 0
         except SystemExit as e:
             code = e.code
-        except click.exceptions.Abort:
-            code = 1
+        except click.exceptions.Abort:  # interrupted (the stop button of the notebook): nothing to add
+            return out.getvalue()
         except click.ClickException as e:
             hint = f" (see %runyard {args[0]} --help)" if args and isinstance(e, click.UsageError) else ""
             raise UsageError(f"{e.format_message().rstrip('.')}{hint}") from None
@@ -198,6 +200,46 @@ def script_text(cell: str, notebook_dir: str = ".") -> str:
 
     return (f"import sys as _sys; _sys.path.insert(0, {notebook_dir!r})  {PREAMBLE_MARK}\n"
             + str(TransformerManager().transform_cell(cell)))  # type: ignore[no-untyped-call]
+
+
+def free_names(source: str) -> set[str]:
+    """Names the code reads at module level (in functions too) that it never binds there."""
+    import symtable
+
+    try:
+        table = symtable.symtable(source, "<cell>", "exec")
+    except SyntaxError:
+        return set()  # the run will say so, with the line
+    bound = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()
+             or s.is_namespace()}
+    used: set[str] = set()
+    pending = [table]
+    while pending:
+        t = pending.pop()
+        pending.extend(t.get_children())
+        for s in t.get_symbols():
+            if s.is_referenced() and (t is table or s.is_global()):
+                used.add(s.get_name())
+    return used - bound
+
+
+def cell_warnings(cell: str, user_ns: dict[str, Any]) -> list[str]:
+    """What will fail in the run though it works in the notebook: variables of earlier cells, and
+    IPython syntax (the run is plain Python, without IPython's get_ipython)."""
+    import builtins
+
+    script = script_text(cell)
+    free = free_names(script)
+    out = []
+    # (IPython puts get_ipython among the builtins of its own process: not those of the run.)
+    if "get_ipython" in free and "get_ipython" not in free_names(cell):
+        out.append("the cell uses IPython syntax (!command, %magic), which the run executes as plain Python, "
+                   "without IPython: use --pip for packages, subprocess for commands")
+    earlier = sorted(name for name in free - set(dir(builtins)) - {"get_ipython"} if name in user_ns)
+    if earlier:
+        out.append(f"the cell uses {', '.join(earlier)} from earlier cells: the run has only what the cell "
+                   "defines and imports (define them in the cell, or load them from files)")
+    return out
 
 
 def new_script(directory: Path, text: str) -> Path:
