@@ -87,6 +87,8 @@ class RunyardMagics(Magics):
             if words[:1] != ["run"]:
                 raise UsageError(f"%%runyard takes `run [OPTIONS]` as a cell magic, not {line!r}\n{USAGE}")
             done = launch(words[1:], cell, Path.cwd())
+            if done is None:  # --help was asked for, and printed
+                return None
             for warning in cell_warnings(cell, self.shell.user_ns if self.shell is not None else {}):
                 print(f"runyard: warning: {warning}", file=sys.stderr)
             from runyard.config import resolve
@@ -168,9 +170,10 @@ def _cli(args: list[str], capture: bool) -> str:
     return out.getvalue()
 
 
-def check_options(words: list[str]) -> dict[str, Any]:
-    """The options of ``%%runyard run`` as click reads them for ``runyard run``; UsageError for what
-    it refuses, for arguments (the cell is the command) and for --follow (it would hold the kernel)."""
+def check_options(words: list[str]) -> dict[str, Any] | None:
+    """The options of ``%%runyard run`` as click reads them for ``runyard run`` (None once --help is
+    printed); UsageError for what it refuses, for arguments (the cell is the command) and for
+    --follow (it would hold the kernel)."""
     import click
 
     from runyard.cli.main import run as run_command
@@ -178,7 +181,8 @@ def check_options(words: list[str]) -> dict[str, Any]:
     try:
         ctx = run_command.make_context("%%runyard run", [*words, "--", *_PLACEHOLDER])
     except click.exceptions.Exit:  # --help was printed
-        raise UsageError("%%runyard run: nothing launched (--help)") from None
+        print("\nIn a notebook: %%runyard run [OPTIONS] on a cell's first line; the cell is the command.")
+        return None
     except click.ClickException as e:
         raise UsageError(f"{e.format_message().rstrip('.')} (see %%runyard run --help)") from None
     if tuple(ctx.params["command"]) != _PLACEHOLDER:
@@ -267,9 +271,12 @@ def python_command() -> str:
     return sys.executable
 
 
-def launch(words: list[str], cell: str, cwd: Path) -> Launched:
-    """Launch ``cell`` as a run with the options ``words`` of ``runyard run``; returns at once."""
+def launch(words: list[str], cell: str, cwd: Path) -> Launched | None:
+    """Launch ``cell`` as a run with the options ``words`` of ``runyard run``; returns at once (None,
+    launching nothing, when ``words`` ask for --help)."""
     options = check_options(words)  # before any file is written
+    if options is None:
+        return None
     from runyard.exec.snapshot import git_root
 
     root = git_root(cwd) or cwd  # a run starts at its snapshot's root: name the script from there
