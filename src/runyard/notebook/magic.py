@@ -78,11 +78,19 @@ class Launched:
 class RunyardMagics(Magics):
     @no_var_expand  # `{x}` and `$x` in the cell are the script's own text, not the kernel's variables
     @line_cell_magic
-    def runyard(self, line: str, cell: str | None = None) -> Any:
+    def runyard(self, line: str, cell: str | None = None) -> None:
+        from runyard.errors import RunyardError
+
         try:
             words = shlex.split(line)
         except ValueError as e:
             raise UsageError(f"%runyard {line}: {e}") from None
+        try:
+            self._runyard(words, line, cell)
+        except RunyardError as e:  # a setting or a store refused (outside the CLI's own handling): one line
+            raise UsageError(str(e)) from None
+
+    def _runyard(self, words: list[str], line: str, cell: str | None) -> None:
         if cell is not None:
             if words[:1] != ["run"]:
                 raise UsageError(f"%%runyard takes `run [OPTIONS]` as a cell magic, not {line!r}\n{USAGE}")
@@ -262,10 +270,14 @@ def new_script(directory: Path, text: str) -> Path:
             number += 1
 
 
-def python_command() -> str:
+def python_command(here: bool = True) -> str:
     """``python`` when that is the kernel's own interpreter, else the kernel's path: the cell ran
-    (and will run) with the kernel's packages, whatever the PATH of the kernel finds first."""
+    (and will run) with the kernel's packages, whatever the PATH of the kernel finds first. A run
+    elsewhere (``here`` False: a server's machine, a cluster) gets ``python``: the path is this
+    machine's."""
     found = shutil.which("python")
+    if not here:
+        return "python"
     if found and Path(found).absolute() == Path(sys.executable).absolute():
         return "python"
     return sys.executable
@@ -283,7 +295,11 @@ def launch(words: list[str], cell: str, cwd: Path) -> Launched | None:
     notebook_dir = cwd.resolve().relative_to(root.resolve()).as_posix()
     script = new_script(cwd / EXPERIMENTS, script_text(cell, notebook_dir))
     relative = script.resolve().relative_to(root.resolve()).as_posix()
-    argv = (python_command(), relative)
+    from runyard.config import resolve
+
+    settings = resolve()
+    here = not settings.server and (options["on"] or settings.executor) == "local"
+    argv = (python_command(here), relative)
     try:
         printed = _cli(["run", *words, "--json", "--", *argv], capture=True)
         number = int(json.loads(printed.strip().splitlines()[-1])["number"])
