@@ -109,7 +109,7 @@ def test_a_cell_becomes_a_run_whose_widget_follows_it_and_whose_outputs_come_bac
         with open("outputs/checkpoints/ck.txt", "w") as f:
             f.write("weights {{x}} $y")
         for step in range(5):
-            print(json.dumps({{"step": step, "loss": SCALE / (step + 1)}}))
+            print(json.dumps({{"step": step, "loss": SCALE / (step + 1), "gnorm": float("nan") if step == 4 else 1.0}}))
     """)
     outputs, seconds = notebook.run("%%runyard run --name unet --param lr=0.1\n" + cell)
     assert [o.output_type for o in outputs if o.output_type == "error"] == [], text(outputs)
@@ -150,6 +150,8 @@ def test_a_cell_becomes_a_run_whose_widget_follows_it_and_whose_outputs_come_bac
     assert after["title"] == "unet" and after["url"].endswith("/runs/1")
     loss = [m for m in after["metrics"] if m["key"] == "loss"]
     assert loss and loss[0]["last"] == 2 / 5 and loss[0]["step"] == 4 and len(loss[0]["spark"]) == 5
+    gnorm = [m for m in after["metrics"] if m["key"] == "gnorm"]  # NaN crosses to the view as text
+    assert gnorm and gnorm[0]["last"] is None and gnorm[0]["text"] == "nan"
 
     outputs, _ = notebook.run("%runyard cp 1:outputs/checkpoints/ ./ck")
     assert "copied 1 file(s)" in text(outputs)

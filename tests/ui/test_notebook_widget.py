@@ -41,8 +41,8 @@ window.ready = true;
 STATE = {
     "number": 3, "title": "unet", "status": "running", "message": "", "elapsed": 61.0,
     "url": "http://127.0.0.1:8765/runs/3",
-    "metrics": [{"key": "loss", "last": 0.31234, "step": 41, "spark": [1.0, 0.7, 0.5, 0.31]},
-                {"key": "system/cpu_percent", "last": 12.0, "step": 41, "spark": []}],
+    "metrics": [{"key": "loss", "last": 0.31234, "text": "0.3123", "step": 41, "spark": [1.0, 0.7, 0.5, 0.31]},
+                {"key": "system/cpu_percent", "last": None, "text": "nan", "step": 41, "spark": []}],
 }
 
 
@@ -75,6 +75,7 @@ def test_the_view_shows_the_run_and_its_metrics_and_keeps_the_clock_going(page: 
     rows = page.locator("#el div div div")
     assert rows.count() == 2
     assert rows.nth(0).inner_text().split() == ["loss", "0.3123", "(step", "41)"]
+    assert rows.nth(1).inner_text().split() == ["system/cpu_percent", "nan", "(step", "41)"]
     assert page.locator("#el polyline").count() == 1  # a sparkline where there are points to draw
     assert page.locator("#el polyline").get_attribute("points").count(",") == 4
     # 61 s when the update came; the view counts on by itself while the run runs

@@ -142,14 +142,15 @@ def watch(args: list[str]) -> None:
         follow(first.number)
 
 
-def command(args: list[str]) -> str:
-    """Run ``runyard ARGS`` in this process, as the shell would; its output appears in the cell.
-    A refusal (exit code not 0) raises UsageError with the command's own message. Returns what it
-    printed on stdout when that was captured (never: it goes to the cell as it is printed)."""
-    return _cli(args, capture=False)
+def command(args: list[str]) -> None:
+    """Run ``runyard ARGS`` in this process, as the shell would; its output appears in the cell as it
+    is printed. A refusal (exit code not 0) raises UsageError with the command's own message."""
+    _cli(args, capture=False)
 
 
 def _cli(args: list[str], capture: bool) -> str:
+    """``runyard ARGS`` in this process; what it printed on stdout when ``capture``. Its stderr is held
+    until it ends: the message of a refusal becomes the UsageError's, warnings are passed on."""
     import click
 
     from runyard.cli.main import cli

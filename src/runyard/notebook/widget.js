@@ -20,7 +20,6 @@ function spark(values) {
   }
   return svg;
 }
-function fmt(v) { return v === null || v === undefined ? "-" : Number(v).toPrecision(4).replace(/\.?0+$/, ""); }
 function render({ model, el }) {
   const box = document.createElement("div");
   box.style.cssText = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; padding: 4px 0;";
@@ -49,7 +48,7 @@ function render({ model, el }) {
     table.replaceChildren(...model.get("metrics").map((m) => {
       const row = document.createElement("div"), key = document.createElement("span");
       key.textContent = `${m.key} `; key.style.opacity = "0.8";
-      const val = document.createElement("span"); val.textContent = ` ${fmt(m.last)}` + (m.step === null ? "" : ` (step ${m.step})`);
+      const val = document.createElement("span"); val.textContent = ` ${m.text}` + (m.step === null ? "" : ` (step ${m.step})`);
       row.append(key, spark(m.spark), val);
       return row;
     }));

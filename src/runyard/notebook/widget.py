@@ -13,6 +13,7 @@ ipykernel 7 ties to the cell that made them). The thread ends with the run.
 from __future__ import annotations
 
 import html
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -74,7 +75,7 @@ def read(api: Api, number: int, now: float | None = None) -> Snapshot:
         spark: tuple[float, ...] = ()
         if info.count > 1:
             envelope = api.store.envelope(run.number, info.key, SPARK_POINTS)
-            spark = tuple(float(v) for v in envelope.mean.tolist() if v == v)  # NaN buckets left out
+            spark = tuple(float(v) for v in envelope.mean.tolist() if math.isfinite(v))  # NaN buckets left out
         metrics.append(Metric(info.key, info.last_value, info.last_step, spark))
     message = run.status_message or ""
     if run.exit_code is not None and run.status.value != "finished":
@@ -212,12 +213,19 @@ def widget_class() -> Any:
             with self.hold_sync():  # one comm message per change, not one per trait
                 self.title, self.status, self.message = s.title, s.status, s.message
                 self.elapsed, self.url = s.elapsed, s.url
-                self.metrics = [{"key": m.key, "last": m.last, "step": m.step, "spark": list(m.spark)}
+                # JSON has no NaN or infinity: the value goes as a number when finite, and as text always
+                self.metrics = [{"key": m.key, "text": _value(m.last), "step": m.step, "spark": list(m.spark),
+                                 "last": m.last if m.last is not None and math.isfinite(m.last) else None}
                                 for m in s.metrics]
 
         def _message(self, _widget: Any, content: Any, _buffers: Any) -> None:
             if isinstance(content, dict) and content.get("type") == "stop":
-                self.message = self.stop()
+                from runyard.errors import RunyardError
+
+                try:
+                    self.message = self.stop()
+                except RunyardError as e:  # removed meanwhile, a server that refuses: said in the view
+                    self.message = f"cannot stop it: {e}"
 
         def stop(self) -> str:
             """Stop the run, as `runyard stop` does; returns what happened, in words."""
