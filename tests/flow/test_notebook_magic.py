@@ -18,6 +18,8 @@ from typing import Any
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from tests.unit.server.conftest import LiveServer, client_env
+from tests.unit.server.conftest import live_server as live_server
 
 from runyard.agent import stop_agents
 from runyard.api import Api
@@ -242,6 +244,32 @@ def test_without_widgets_the_commands_print_text(project: Path, env: dict[str, s
     # ...as the launch warned: what works in the notebook and will not in the run
     assert "runyard: warning: the cell uses IPython syntax" in out.stderr
     assert "runyard: warning: the cell uses lr from earlier cells" in out.stderr
+
+
+@pytest.mark.engines("sqlite")
+def test_with_a_server_the_cell_runs_on_the_servers_machine(live_server: LiveServer, project: Path,
+                                                            tmp_path: Path) -> None:
+    env = client_env(tmp_path / "laptop", live_server.url)
+    code = textwrap.dedent("""\
+        from IPython.core.interactiveshell import InteractiveShell
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "runyard")
+        shell.run_cell("%%runyard run --name remote\\nimport json\\nprint(json.dumps({'step': 0, 'acc': 0.5}))")
+        shell.run_cell("%runyard watch remote")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=project, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    # The kernel's interpreter is this machine's: the server's machine runs its own `python`.
+    assert lines[0] == "run 1 queued: python experiments/model_001.py (%runyard watch 1 follows it)", lines
+    assert lines[-1].startswith("run 1 remote: finished") and lines[-1].endswith("acc=0.5"), lines
+    try:
+        with Api(resolve(environ=env, cwd=project)) as api:
+            assert api.remote and api.run(1).status.value == "finished"
+    finally:
+        stop_agents(live_server.home)
+        stop_agents(tmp_path / "laptop")
 
 
 def test_two_launches_at_once_never_share_a_number(tmp_path: Path) -> None:
