@@ -9,6 +9,8 @@
     api = runyard.Api()                         # read runs back: history, exact envelopes
     api.run("12").history("loss")
 
+    %load_ext runyard                           # in a notebook: %%runyard run launches a cell
+
 Importing runyard is cheap: every name below loads its module on first use (PEP 562), so a
 script that imports runyard and never calls it pays for almost nothing.
 """
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from runyard.sdk.current import current_run, finish, init, log
     from runyard.sdk.run import Run
 
-__all__ = ["Api", "Run", "__version__", "current_run", "finish", "init", "log"]
+__all__ = ["Api", "Run", "__version__", "current_run", "finish", "init", "load_ipython_extension", "log"]
 
 _LAZY = {
     "Api": "runyard.api",
@@ -31,6 +33,13 @@ _LAZY = {
     "init": "runyard.sdk.current",
     "log": "runyard.sdk.current",
 }
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext runyard``: the %%runyard and %runyard magics (IPython loads only then)."""
+    from runyard.notebook.magic import load_ipython_extension as load
+
+    load(ipython)
 
 
 def __getattr__(name: str) -> object:

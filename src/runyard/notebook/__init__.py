@@ -1,1 +1,1 @@
-"""Notebooks: notebook runs, the %%runyard magic and its widget, JupyterLab as a run."""
+"""Notebooks: notebook runs, the %%runyard magic and its live widget, JupyterLab as a run."""
