@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/alerts.py
 	$(BIN)/python bench/abuse.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/notebook.py
 
 # Side virtual environments with MLflow, wandb, Aim and tensorboardX, for bench/logging.py.
 bench-peers:

@@ -6,6 +6,9 @@
 
 Sections, each a function of SECTIONS returning table rows (add one by appending to SECTIONS):
 
+- lab (bench/notebook_lab.py): from `runyard notebook` to a cell run in the JupyterLab it
+  printed, against `jupyter lab` started by hand on the same machine and the same cell (no target:
+  the overhead is what runyard adds).
 - cell to run: in a real kernel (nbclient, this venv's ipykernel) with `%load_ext runyard`, the time
   from sending a `%%runyard run` cell to the cell returning, as the notebook's user waits for it,
   and from sending it to the run's user code starting (the run's started_at). The project is a git
@@ -40,11 +43,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Row:
     label: str
-    #: Milliseconds the measure should stay under.
-    target_ms: float
+    #: Milliseconds the measure should stay under (None: reported, with no target).
+    target_ms: float | None
     measured_ms: float
 
     def cells(self) -> tuple[str, str, str, str]:
+        if self.target_ms is None:
+            return self.label, "-", f"{self.measured_ms:.0f} ms", "-"
         met = "met" if self.measured_ms <= self.target_ms else "NOT MET"
         return self.label, f"<= {self.target_ms:.0f} ms", f"{self.measured_ms:.0f} ms", met
 
@@ -138,8 +143,21 @@ def wait_ended(api: object, number: int, timeout: float = 120) -> None:
     raise SystemExit(f"run {number} did not end within {timeout:g} s")
 
 
+def bench_lab(args: argparse.Namespace) -> list[Row]:
+    """Section "lab" (bench/notebook_lab.py): `runyard notebook` to a cell run in its JupyterLab,
+    against `jupyter lab` started by hand and the same cell, in the same run. No target."""
+    spec = importlib.util.spec_from_file_location("notebook_lab_bench", ROOT / "bench" / "notebook_lab.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ours, bare = module.measure(args.quick)
+    return [Row("runyard notebook -> a cell run in its JupyterLab (median)", None, ours * 1000),
+            Row("jupyter lab by hand -> the same cell (median)", None, bare * 1000),
+            Row("runyard notebook's overhead over the bare start", None, (ours - bare) * 1000)]
+
+
 #: Every section, in the order the table lists them.
-SECTIONS: list[Callable[[argparse.Namespace], list[Row]]] = [bench_cell_to_run]
+SECTIONS: list[Callable[[argparse.Namespace], list[Row]]] = [bench_cell_to_run, bench_lab]
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """bench/notebook.py, section "lab": from `runyard notebook` to a usable JupyterLab.
 
-    python bench/notebook_lab.py [--quick]     # this section alone
+    python bench/notebook_lab.py [--quick]     # this section alone (bench/notebook.py runs them all)
 
 Timed from starting `runyard notebook --json` in a fresh home until JupyterLab, at the address it
 printed, has run a cell (`1 + 1`) in a new kernel: the CLI's snapshot and queueing, the agent's
@@ -105,8 +105,8 @@ def time_bare(work: Path, n: int) -> float:
         lab.wait(30)
 
 
-def lab_rows(quick: bool) -> list[tuple[str, str, str, str]]:
-    """(figure, target, measured, result) rows, as bench/notebook.py prints them."""
+def measure(quick: bool) -> tuple[float, float]:
+    """Medians (seconds): (runyard notebook to a cell run, jupyter lab by hand to the same)."""
     repetitions = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="runyard-bench-lab-") as tmp:
         work = Path(tmp)
@@ -114,23 +114,17 @@ def lab_rows(quick: bool) -> list[tuple[str, str, str, str]]:
         for n in range(repetitions):
             bare.append(time_bare(work, n))
             ours.append(time_runyard(work, n))
-    ours_s, bare_s = statistics.median(ours), statistics.median(bare)
-    return [
-        ("`runyard notebook` to a cell run in JupyterLab (median)", "report", f"{ours_s:.2f} s", "-"),
-        ("`jupyter lab` by hand to the same cell (median)", "report", f"{bare_s:.2f} s", "-"),
-        ("runyard's overhead over the bare start", "report", f"{ours_s - bare_s:+.2f} s", "-"),
-    ]
+    return statistics.median(ours), statistics.median(bare)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    rows = lab_rows(args.quick)
-    width = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{width}}  {'target':>8}  {'measured':>10}")
-    for label, target, measured, _ in rows:
-        print(f"{label:<{width}}  {target:>8}  {measured:>10}")
+    ours, bare = measure(args.quick)
+    print(f"runyard notebook -> a cell run in its JupyterLab (median)  {ours:.2f} s")
+    print(f"jupyter lab by hand -> the same cell (median)              {bare:.2f} s")
+    print(f"overhead                                                   {ours - bare:+.2f} s")
 
 
 if __name__ == "__main__":
