@@ -7,12 +7,12 @@ tracebacks (ANSI colours turned into spans). Dropped, with a note in their place
 outputs and widget views, which are programs, not documents.
 
 Untrusted HTML (markdown, text/html and text/markdown outputs) goes through nh3 (ammonia) with an
-allowlist: no scripts, no event handlers, no ``javascript:``/``data:`` links, no iframes, objects,
-embeds, forms, SVG or MathML. Everything else is built here from escaped text. The sanitiser is one
-of three walls: the page also carries a Content-Security-Policy that allows no script at all
-(``PAGE_CSP`` as a header, ``META_CSP`` inside the page for when it is shown through ``srcdoc``),
-and the dashboard shows it in an ``<iframe sandbox>`` without ``allow-scripts`` or
-``allow-same-origin``.
+allowlist: no scripts, no event handlers, no ``javascript:``/``data:`` links, no images but ``data:``
+ones, no iframes, objects, embeds, forms, SVG, MathML or style sheets. Everything else is built here
+from escaped text. The sanitiser is one of three walls: the page also carries a
+Content-Security-Policy that allows no script at all (``PAGE_CSP`` as a header, ``META_CSP`` inside
+the page for when it is shown through ``srcdoc``), and the dashboard shows it in an
+``<iframe sandbox>`` without ``allow-scripts`` or ``allow-same-origin``.
 
 nbconvert is not used: importing it loads nbformat's jsonschema, whose URI grammar alone takes
 seconds to build, and its own sanitiser relies on the archived bleach. Markdown is mistune (what
@@ -100,10 +100,13 @@ def sanitise(fragment: str) -> str:
 
 
 def _attribute(tag: str, name: str, value: str) -> str | None:
-    # A data: URL is kept only as an image (an <img> never runs what it shows, SVG included), and
-    # never as a link: a data: page opened from a link would be a document of its own.
+    # An image is shown only from the notebook itself, as a data: image (an <img> never runs what
+    # it shows, SVG included): one from elsewhere would tell that server who reads the notebook.
+    # A data: URL is never kept as a link: a data: page opened from a link is a document of its own.
+    if tag == "img" and name == "src":
+        return value if _DATA_IMAGE.match(value.strip()) else None
     if value.lstrip().lower().startswith("data:"):
-        return value if tag == "img" and name == "src" and _DATA_IMAGE.match(value.strip()) else None
+        return None
     return value
 
 
