@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import base64
 import struct
+import sys
+import threading
+import time
 import zlib
 from html.parser import HTMLParser
+from pathlib import Path
 
+import httpx
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
-from tests.unit.server.conftest import Served
+from tests.security.servers import serving
+from tests.unit.server.conftest import Served, home_env
 from tests.unit.server.conftest import api as api
 
+from runyard.config import resolve
 from runyard.server import notebook_html
+from runyard.server.capacity import Limits
 from runyard.store.api import NewRun
+from runyard.store.home import open_store
 from runyard.store.tokens import Tokens
 from runyard.types import RunStatus
 
@@ -201,3 +210,61 @@ def test_a_page_shown_before_is_answered_from_its_tag(api: Served) -> None:
     again = api.client.get(URL, headers={"if-none-match": first.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
     assert api.client.get(URL).text == first.text
+
+
+def big_notebook(cells: int = 800) -> bytes:
+    """About 16 MiB: cells of code, printed lines, a figure and a table each (what a long
+    training notebook holds)."""
+    figure = base64.b64encode(png(90, 60) + bytes(15000)).decode()
+    nb = new_notebook()
+    for i in range(cells):
+        nb.cells.append(new_markdown_cell(f"## Epoch {i}\n\nThe *loss* after epoch {i}."))
+        nb.cells.append(new_code_cell(f"for batch in loader:\n    step({i})\nplot()", execution_count=i, outputs=[
+            new_output("stream", name="stdout", text="".join(f"batch {j}\n" for j in range(10))),
+            new_output("display_data", data={"image/png": figure, "text/plain": "<Figure>"}),
+            new_output("display_data", data={"text/html": "<table><tr><td>1</td></tr></table>", "text/plain": "1"}),
+        ]))
+    return nbformat.writes(nb).encode()
+
+
+def test_a_big_notebook_is_converted_while_other_requests_are_answered(tmp_path: Path, db_url: str) -> None:
+    data = big_notebook()
+    opened = open_store(resolve(environ=home_env(tmp_path / "tuned-home", db_url), cwd=tmp_path))
+    try:
+        number = opened.store.create_run(NewRun(project="a", name="big", status=RunStatus.FINISHED)).number
+        blob = opened.artifacts.put_bytes(data)
+        opened.store.record_artifact(number, PATH, blob.size, blob.sha256, blob.content_ref)
+    finally:
+        opened.close()
+    with serving(tmp_path, Limits(), db_url) as port:
+        base = f"http://127.0.0.1:{port}"
+        converted: list[tuple[httpx.Response, float]] = []
+
+        def convert() -> None:
+            began = time.monotonic()
+            answer = httpx.get(f"{base}/api/v1/runs/{number}/rendered/{PATH}", timeout=120)
+            converted.append((answer, time.monotonic() - began))
+
+        converting = threading.Thread(target=convert)
+        converting.start()
+        waits: list[float] = []
+        with httpx.Client(base_url=base, timeout=60) as other:
+            while converting.is_alive():
+                began = time.monotonic()
+                assert other.get("/api/v1/runs").status_code == 200
+                waits.append(time.monotonic() - began)
+        converting.join()
+        answer, took = converted[0]
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.text.count('<img class="image"') == 800
+        # Converted on a worker thread: the event loop kept answering others in moments. (On the
+        # loop, one of them would have waited for most of the conversion.)
+        assert len(waits) >= 3 and max(waits) < took / 3, (took, max(waits), len(waits))
+
+
+def test_a_server_without_the_notebook_extra_says_how_to_get_it(api: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nh3", None)  # what `import nh3` meets where it is not installed
+    a_run_with(api, hostile_notebook())
+    answer = api.client.get(URL)
+    assert answer.status_code == 501
+    assert "pip install 'runyard[notebook]'" in answer.json()["error"]

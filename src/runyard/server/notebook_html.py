@@ -77,12 +77,12 @@ def render(data: bytes, title: str) -> str:
     notebook (not JSON, no cells, an nbformat this does not read)."""
     notebook = _parse(data)
     markdown = _markdown_renderer()
-    language = _language(notebook)
+    code = _highlighter(_language(notebook))
     body: list[str] = []
     cells = notebook.get("cells")
     for cell in cells if isinstance(cells, list) else ():
         if isinstance(cell, dict):
-            body.append(_cell(cell, language, markdown))
+            body.append(_cell(cell, code, markdown))
     return _page(title, "\n".join(body))
 
 
@@ -190,7 +190,7 @@ def _text(value: Any) -> str:
     return ""
 
 
-def _cell(cell: dict[str, Any], language: str, markdown: Callable[[str, dict[str, Any]], str]) -> str:
+def _cell(cell: dict[str, Any], code: Callable[[str], str], markdown: Callable[[str, dict[str, Any]], str]) -> str:
     kind = cell.get("cell_type")
     source = _text(cell.get("source"))
     if kind == "markdown":
@@ -200,7 +200,7 @@ def _cell(cell: dict[str, Any], language: str, markdown: Callable[[str, dict[str
     count = cell.get("execution_count")
     number = str(count) if isinstance(count, int) else " "
     parts = [f'<div class="cell code"><div class="input"><span class="prompt">In [{number}]:</span>'
-             f'<pre class="highlight">{_highlight(source, language)}</pre></div>']
+             f'<pre class="highlight">{code(source)}</pre></div>']
     outputs = cell.get("outputs")
     for output in outputs if isinstance(outputs, list) else ():
         if isinstance(output, dict):
@@ -272,7 +272,9 @@ def _image(mime: str, value: Any) -> str | None:
     return f'<img class="image" alt="" src="data:{mime};base64,{payload}">'
 
 
-def _highlight(source: str, language: str) -> str:
+def _highlighter(language: str) -> Callable[[str], str]:
+    """Code of the notebook's language as HTML spans (pygments classes); one lexer and formatter for
+    the whole notebook, since making a formatter builds its style sheet."""
     from pygments import highlight  # type: ignore[import-untyped]
     from pygments.formatters import HtmlFormatter  # type: ignore[import-untyped]
     from pygments.lexers import get_lexer_by_name  # type: ignore[import-untyped]
@@ -283,7 +285,8 @@ def _highlight(source: str, language: str) -> str:
         lexer = get_lexer_by_name(language)
     except ClassNotFound:
         lexer = TextLexer()
-    return str(highlight(source, lexer, HtmlFormatter(nowrap=True)))
+    formatter = HtmlFormatter(nowrap=True)
+    return lambda source: str(highlight(source, lexer, formatter))
 
 
 def _markdown_renderer() -> Callable[[str, dict[str, Any]], str]:
