@@ -6,8 +6,9 @@ output, ``javascript:`` links, iframes, a meta refresh, CSS that loads a URL). E
 call a listener this test runs on loopback, set the dashboard's title, or open a dialog. The run's
 page shows the notebook's text, code and figure, and the listener hears nothing, no dialog opens,
 the title stays. The frame showing it has an opaque origin (the dashboard cannot reach into it,
-so nothing in it can reach the dashboard), and even HTML put into that frame unsanitised runs
-nothing. The server requires a token, so the page goes through the dashboard's authenticated fetch.
+so nothing in it can reach the dashboard), a link clicked in it opens in a tab of its own, and
+even HTML put into that frame unsanitised runs nothing. The server requires a token, so the page
+goes through the dashboard's authenticated fetch.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ nb = new_notebook(metadata={{"kernelspec": {{"name": "python3", "language": "pyt
 nb.cells = [
     new_markdown_cell("# Quarterly loss report\\n\\nThe *loss* fell by half.\\n\\n"
                       f"<script>{{hit('markdown-script')}}</script>\\n\\n"
-                      f"<img src=y onerror=\\"{{hit('markdown-img')}}\\">"),
+                      f"<img src=y onerror=\\"{{hit('markdown-img')}}\\">\\n\\n"
+                      f"See [the training log]({{SPY}}/followed-link)."),
     new_code_cell("plot(history)", execution_count=7, outputs=[
         new_output("stream", name="stdout", text="epoch 3: loss 0.125\\n"),
         new_output("display_data", data={{"text/html": html_output, "text/plain": "<table>"}}),
@@ -106,9 +108,13 @@ class Listener:
         class Handler(BaseHTTPRequestHandler):
             def _record(self) -> None:
                 heard.append(f"{self.command} {self.path}")
-                self.send_response(204)
+                body = b"<!doctype html><title>listener</title><p>heard</p>"
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.send_header("content-length", str(len(body)))
                 self.send_header("access-control-allow-origin", "*")
                 self.end_headers()
+                self.wfile.write(body)
 
             do_GET = do_POST = do_OPTIONS = do_HEAD = _record
 
@@ -119,6 +125,10 @@ class Listener:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def heard(self) -> list[str]:
+        """The requests, less a favicon that the tab a test opens on purpose asks for."""
+        return [r for r in self.requests if r != "GET /favicon.ico"]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -222,7 +232,7 @@ def test_the_run_page_shows_the_notebook_and_nothing_of_it_executes(browser: Any
         # Chromium log refused scripts of its own, whatever the page holds: not counted from here on.)
         frame.locator("text=click me").click()
         page.wait_for_timeout(1500)
-        assert listener.requests == [], listener.requests
+        assert listener.heard() == [], listener.heard()
         assert dialogs == [] and popups == []
         assert page.title() == title and TITLE_MARK not in page.title()
         SHOTS.mkdir(exist_ok=True)
@@ -234,7 +244,20 @@ def test_the_run_page_shows_the_notebook_and_nothing_of_it_executes(browser: Any
             const f = document.querySelector('[data-testid=notebook-frame]');
             return [f.getAttribute('sandbox'), f.contentDocument === null];
         }""")
-        assert sandbox == "" and opaque
+        assert set(sandbox.split()) == {"allow-popups", "allow-popups-to-escape-sandbox"} and opaque
+
+        # A link the reader clicks opens in a tab of its own, which cannot reach back to the dashboard.
+        with context.expect_page() as opened:
+            frame.locator("text=the training log").click()
+        tab = opened.value
+        tab.wait_for_load_state()
+        assert tab.url == f"http://127.0.0.1:{listener.port}/followed-link"
+        assert tab.evaluate("() => window.opener === null")
+        assert listener.heard() == ["GET /followed-link"]
+        assert page.title() == title and frame.locator("h1", has_text="Quarterly loss report").is_visible()
+        tab.close()
+        listener.requests.clear()
+        popups.clear()
 
         # Markup the server would never send, put into the same frame: the frame alone holds.
         page.evaluate("html => { document.querySelector('[data-testid=notebook-frame]').srcdoc = html; }",
@@ -243,7 +266,7 @@ def test_the_run_page_shows_the_notebook_and_nothing_of_it_executes(browser: Any
                                          spy=f"http://127.0.0.1:{listener.port}"))
         frame.locator("#raw").wait_for()
         page.wait_for_timeout(1500)
-        assert listener.requests == [], listener.requests
+        assert listener.heard() == [], listener.heard()
         assert dialogs == [] and popups == []
         assert page.title() == title
         assert frame.locator("#raw").is_visible()  # the frame was not navigated away (meta refresh, form)

@@ -42,10 +42,15 @@ if TYPE_CHECKING:
 MAX_NOTEBOOK = 50 << 20
 #: Changes whenever the rendering changes, so that cached pages of an older renderer are not served.
 RENDERER = "1"
-#: The page's policy, sent as a header: nothing but inline styles and ``data:`` images, in a
-#: sandbox (an opaque origin without scripts) even when the page is opened on its own.
+#: The sandbox of the page, as the dashboard's frame and the page's policy set it: an opaque origin
+#: without scripts, forms or navigation of the page around it. A link the reader clicks opens in a
+#: tab of its own (links get ``target=_blank``), as a normal page there: a link in a frame that may
+#: not navigate anywhere else would only replace the notebook with an error.
+SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
+#: The page's policy, sent as a header: nothing but inline styles and ``data:`` images, in that
+#: sandbox even when the page is opened on its own.
 PAGE_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
-            "form-action 'none'; frame-ancestors 'none'; sandbox")
+            f"form-action 'none'; frame-ancestors 'none'; sandbox {SANDBOX}")
 #: The same inside the page, for a copy shown through an iframe's ``srcdoc`` (which has no headers;
 #: ``sandbox`` and ``frame-ancestors`` are ignored in a meta tag, the iframe's attribute does that).
 META_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -95,6 +100,7 @@ def sanitise(fragment: str) -> str:
                                  "a": {"href", "hreflang"}, "img": {"src", "alt", "width", "height"},
                                  "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan", "scope"},
                                  "ol": {"start"}, "col": {"span"}, "colgroup": {"span"}},
+                     set_tag_attribute_values={"a": {"target": "_blank"}},
                      attribute_filter=_attribute, url_schemes={"http", "https", "mailto", "data"},
                      url_relative="deny", filter_style_properties=_STYLES)
 

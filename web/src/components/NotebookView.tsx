@@ -1,9 +1,11 @@
 // An executed notebook, as the server renders it, in a frame where nothing can run.
 //
 // The server already drops every script and serves a policy that allows none; this frame is the
-// third wall. `sandbox` with no allow-* at all: no scripts, no forms, no popups, no navigation of
-// this page, and an opaque origin, so that even markup the sanitiser missed could neither read the
-// dashboard's token (localStorage) nor call the API as the user. The HTML arrives through the
+// third wall. `sandbox` without allow-scripts or allow-same-origin: no scripts, no forms, no
+// navigation of this page, and an opaque origin, so that even markup the sanitiser missed could
+// neither read the dashboard's token (localStorage) nor call the API as the user. The one thing
+// allowed: a link the reader clicks opens in a tab of its own (the server gives links
+// target=_blank; SANDBOX in server/notebook_html.py is the same list). The HTML arrives through the
 // dashboard's own authenticated fetch and goes in through `srcdoc`: a frame's `src` could not send
 // the token, which travels in a header.
 import { useEffect, useState } from "react";
@@ -42,7 +44,7 @@ export function NotebookView({ run, path, onClose, onDownload }: {
       {!error && html === null && <div className="muted">Rendering…</div>}
       {html !== null && (
         <iframe className="notebook-frame" data-testid="notebook-frame" title={`notebook ${path}`}
-          sandbox="" referrerPolicy="no-referrer" srcDoc={html} />
+          sandbox="allow-popups allow-popups-to-escape-sandbox" referrerPolicy="no-referrer" srcDoc={html} />
       )}
     </div>
   );
