@@ -93,6 +93,8 @@ def hostile_notebook() -> bytes:
                 "image/svg+xml": f"<svg xmlns='http://www.w3.org/2000/svg' onload=\"{PAYLOAD}('svg-img')\"/>"}),
             new_output("execute_result", execution_count=3, data={"text/plain": "0.125"}),
         ]),
+        new_markdown_cell("The curve: ![loss curve](attachment:curve.png)",
+                          attachments={"curve.png": {"image/png": PNG_B64}}),
         new_code_cell("1 / 0", execution_count=4, outputs=[
             new_output("error", ename="ZeroDivisionError", evalue="division by zero",
                        traceback=["\x1b[0;31mZeroDivisionError\x1b[0m: division by zero"])]),
@@ -154,7 +156,8 @@ def test_script_in_a_notebook_does_not_survive_but_its_content_does(api: Served)
     for shown in ("Quarterly loss report", "The loss fell by half.", "print('training done')", "training done",
                   "Table of results", "0.125", "ZeroDivisionError: division by zero", "In [3]:", "Out[3]:"):
         assert shown in text, shown
-    assert f"data:image/png;base64,{PNG_B64}" in page  # the figure, as an image
+    assert f'<img class="image" alt="" src="data:image/png;base64,{PNG_B64}">' in page  # the figure
+    assert f'<img class="image" alt="loss curve" src="data:image/png;base64,{PNG_B64}">' in page  # attached
     assert "data:image/svg+xml;base64," in page  # an SVG is shown as an image, where it runs nothing
     assert "\x1b" not in page  # the traceback's colours became spans
     assert '<span class="ansi-red-fg">ZeroDivisionError</span>' in page

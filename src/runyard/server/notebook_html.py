@@ -266,7 +266,7 @@ def _shows_something(fragment: str) -> bool:
     return "<img" in fragment or "<table" in fragment or bool(re.sub(r"<[^>]*>|\s|&nbsp;", "", fragment))
 
 
-def _image(mime: str, value: Any) -> str | None:
+def _image(mime: str, value: Any, alt: str = "") -> str | None:
     if mime == "image/svg+xml":  # kept as text in the notebook: encoded here, to be shown as an image
         payload = base64.b64encode(_text(value).encode()).decode()
     else:
@@ -275,7 +275,7 @@ def _image(mime: str, value: Any) -> str | None:
             base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             return None
-    return f'<img class="image" alt="" src="data:{mime};base64,{payload}">'
+    return f'<img class="image" alt="{html.escape(alt)}" src="data:{mime};base64,{payload}">'
 
 
 def _highlighter(language: str) -> Callable[[str], str]:
@@ -309,7 +309,7 @@ def _markdown_renderer() -> Callable[[str, dict[str, Any]], str]:
             if url.startswith("attachment:"):
                 bundle = self.attachments.get(url.removeprefix("attachment:"))
                 types = [m for m in IMAGE_TYPES if isinstance(bundle, dict) and m in bundle]
-                shown = _image(types[0], bundle[types[0]]) if types and isinstance(bundle, dict) else None
+                shown = _image(types[0], bundle[types[0]], text) if types and isinstance(bundle, dict) else None
                 return shown or html.escape(text)
             return str(super().image(text, url, title))
 
