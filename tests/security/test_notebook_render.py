@@ -60,7 +60,8 @@ def hostile_notebook() -> bytes:
     """An executed notebook whose markdown and outputs try every way of running script."""
     nb = new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
     nb.cells = [
-        new_markdown_cell(f"# Quarterly loss report\n\nThe *loss* fell by half.\n\n<script>{PAYLOAD}('md')</script>"
+        new_markdown_cell("# Quarterly loss report\n\nThe *loss* fell by half at $\\alpha < 0.01$.\n\n"
+                          f"<script>{PAYLOAD}('md')</script>"
                           f"\n\n<a href=\"javascript:{PAYLOAD}('link')\">details</a>"
                           f"\n\n<img src=x onerror=\"{PAYLOAD}('md-img')\">"
                           "\n\nAs in [the paper](https://example.org/paper)."),
@@ -153,8 +154,9 @@ def test_script_in_a_notebook_does_not_survive_but_its_content_does(api: Served)
 
     # What a reader came for is all there.
     text = "".join(parsed.text)
-    for shown in ("Quarterly loss report", "The loss fell by half.", "print('training done')", "training done",
-                  "Table of results", "0.125", "ZeroDivisionError: division by zero", "In [3]:", "Out[3]:"):
+    for shown in ("Quarterly loss report", "The loss fell by half at $\\alpha < 0.01$.", "print('training done')",
+                  "training done", "Table of results", "0.125", "ZeroDivisionError: division by zero", "In [3]:",
+                  "Out[3]:"):
         assert shown in text, shown
     assert f'<img class="image" alt="" src="data:image/png;base64,{PNG_B64}">' in page  # the figure
     assert f'<img class="image" alt="loss curve" src="data:image/png;base64,{PNG_B64}">' in page  # attached

@@ -305,6 +305,10 @@ def _markdown_renderer() -> Callable[[str, dict[str, Any]], str]:
             #: The cell's attachments, set before each cell is converted.
             self.attachments: dict[str, Any] = {}
 
+        def inline_math(self, text: str) -> str:
+            # As written ($x$), not as MathJax's \(x\): no MathJax runs here to turn either into math.
+            return f'<span class="math">${html.escape(text)}$</span>'
+
         def image(self, text: str, url: str, title: str | None = None) -> str:
             if url.startswith("attachment:"):
                 bundle = self.attachments.get(url.removeprefix("attachment:"))
