@@ -279,3 +279,15 @@ def test_a_server_without_the_notebook_extra_says_how_to_get_it(api: Served, mon
     answer = api.client.get(URL)
     assert answer.status_code == 501
     assert "pip install 'runyard[notebook]'" in answer.json()["error"]
+
+
+def test_the_same_notebook_is_converted_once_whichever_run_holds_it(api: Served,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    conversions: list[int] = []
+    render = notebook_html.render
+    monkeypatch.setattr(notebook_html, "render", lambda data, title: conversions.append(1) or render(data, title))
+    report = hostile_notebook()  # (made once: each cell gets a random id)
+    first, second = a_run_with(api, report), a_run_with(api, report)
+    pages = [api.client.get(f"/api/v1/runs/{n}/rendered/{PATH}").text for n in (first, second, first)]
+    assert pages[0] == pages[1] == pages[2] and "Quarterly loss report" in pages[0]
+    assert len(conversions) == 1  # kept by content, not by run
