@@ -57,8 +57,8 @@ META_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-u
 
 #: Image types shown, in order of preference, as ``<img src="data:...">``.
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/svg+xml")
-#: What a display output is shown as, in order of preference (as nbconvert's ``display_data_priority``,
-#: with images before HTML only where HTML is known to be a script: see ``_output``).
+#: What a display output is shown as, in order of preference (as nbconvert's ``display_data_priority``);
+#: HTML that shows nothing once sanitised (a figure that was only a script) gives way to the next.
 DISPLAY_ORDER = ("text/html", *IMAGE_TYPES, "text/markdown", "text/latex", "text/plain")
 SCRIPT_TYPES = ("application/javascript", "text/javascript", "application/vnd.jupyter.widget-view+json")
 
@@ -79,7 +79,7 @@ _COLOURS = ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white
 
 def render(data: bytes, title: str) -> str:
     """The page showing the notebook ``data`` (the file's bytes); ``InvalidArgument`` when it is not a
-    notebook (not JSON, no cells, an nbformat this does not read)."""
+    notebook (not JSON, no nbformat version, or one this does not read)."""
     notebook = _parse(data)
     markdown = _markdown_renderer()
     code = _highlighter(_language(notebook))
@@ -127,17 +127,18 @@ class RenderCache:
         self._lock = threading.Lock()
 
     def get(self, sha256: str) -> str | None:
+        key = f"{sha256}:{RENDERER}"
         with self._lock:
-            page = self._pages.get(f"{sha256}:{RENDERER}")
+            page = self._pages.get(key)
             if page is not None:
-                self._pages.move_to_end(f"{sha256}:{RENDERER}")
+                self._pages.move_to_end(key)
             return page
 
     def put(self, sha256: str, page: str) -> None:
         if len(page) > self.budget:
             return
+        key = f"{sha256}:{RENDERER}"
         with self._lock:
-            key = f"{sha256}:{RENDERER}"
             if key in self._pages:
                 return
             self._pages[key] = page
