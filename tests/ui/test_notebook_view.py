@@ -150,34 +150,35 @@ def served(tmp_path_factory: pytest.TempPathFactory, listener: Listener) -> Iter
     root = tmp_path_factory.mktemp("nbview")
     live = LiveServer(root / "server-home", f"sqlite:///{root / 'runyard.db'}")
     live.start()
+    try:
+        def token(*options: str) -> str:
+            made = subprocess.run([sys.executable, "-m", "runyard.cli.main", "token", "create", *options, "--json"],
+                                  env=home_env(live.home, live.db_url), capture_output=True, text=True, timeout=60)
+            assert made.returncode == 0, made.stderr
+            return str(json.loads(made.stdout)["token"])
 
-    def token(*options: str) -> str:
-        made = subprocess.run([sys.executable, "-m", "runyard.cli.main", "token", "create", *options, "--json"],
-                              env=home_env(live.home, live.db_url), capture_output=True, text=True, timeout=60)
-        assert made.returncode == 0, made.stderr
-        return str(json.loads(made.stdout)["token"])
+        launcher = token("--role", "writer")  # launching needs a token of every project
+        reader = token("--role", "reader", "--project", "nb")  # the browser's: a teammate reading project nb
+        code = root / "code"
+        code.mkdir()
+        (code / "make_report.py").write_text(textwrap.dedent(MAKE_REPORT.format(port=listener.port, mark=TITLE_MARK)))
+        launched = subprocess.run([sys.executable, "-m", "runyard.cli.main", "run", "--project", "nb", "--name",
+                                   "report", "--", sys.executable, "make_report.py"],
+                                  env=client_env(root / "laptop", live.url, launcher), cwd=code, capture_output=True,
+                                  text=True, timeout=120)
+        assert launched.returncode == 0, launched.stderr
+        auth = {"authorization": f"Bearer {reader}"}
 
-    launcher = token("--role", "writer")  # launching needs a token of every project
-    reader = token("--role", "reader", "--project", "nb")  # the browser's: a teammate reading project nb
-    code = root / "code"
-    code.mkdir()
-    (code / "make_report.py").write_text(textwrap.dedent(MAKE_REPORT.format(port=listener.port, mark=TITLE_MARK)))
-    launched = subprocess.run([sys.executable, "-m", "runyard.cli.main", "run", "--project", "nb", "--name", "report",
-                               "--", sys.executable, "make_report.py"],
-                              env=client_env(root / "laptop", live.url, launcher), cwd=code, capture_output=True,
-                              text=True, timeout=120)
-    assert launched.returncode == 0, launched.stderr
-    auth = {"authorization": f"Bearer {reader}"}
+        def finished() -> int | None:
+            run = httpx.get(f"{live.url}/api/v1/runs/report", headers=auth).json()
+            assert run.get("status") not in ("failed", "lost"), run
+            paths = [a["path"] for a in httpx.get(f"{live.url}/api/v1/runs/report/artifacts", headers=auth).json()]
+            return int(run["number"]) if run.get("status") == "finished" and "outputs/report.ipynb" in paths else None
 
-    def finished() -> int | None:
-        run = httpx.get(f"{live.url}/api/v1/runs/report", headers=auth).json()
-        assert run.get("status") not in ("failed", "lost"), run
-        paths = [a["path"] for a in httpx.get(f"{live.url}/api/v1/runs/report/artifacts", headers=auth).json()]
-        return int(run["number"]) if run.get("status") == "finished" and "outputs/report.ipynb" in paths else None
-
-    number = wait_until(finished, 120, "the report run finishes with its notebook stored")
-    yield live, reader, number
-    live.kill()
+        number = wait_until(finished, 120, "the report run finishes with its notebook stored")
+        yield live, reader, number
+    finally:  # also when setting up failed: no server outlives its test
+        live.kill()
 
 
 @pytest.fixture(scope="module")
