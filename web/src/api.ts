@@ -117,20 +117,23 @@ function numbers(list: unknown[]): number[] {
   });
 }
 
+/** The server's refusal as an error: its JSON message, or the status line. */
+async function failure(response: Response): Promise<ApiError> {
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const data = await response.json();
+    if (data && typeof data.error === "string") message = data.error;
+  } catch {
+    /* not JSON: keep the status line */
+  }
+  return new ApiError(response.status, message);
+}
+
 async function call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
   const init: RequestInit = { method, headers: headers(body === undefined ? {} : { "content-type": "application/json" }), signal };
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(path, init);
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      const data = await response.json();
-      if (data && typeof data.error === "string") message = data.error;
-    } catch {
-      /* not JSON: keep the status line */
-    }
-    throw new ApiError(response.status, message);
-  }
+  if (!response.ok) throw await failure(response);
   return (await response.json()) as T;
 }
 
@@ -176,6 +179,14 @@ export const api = {
   alerts: (unseen: boolean, run?: number, signal?: AbortSignal) =>
     call<Alert[]>("GET", `${V1}/alerts?unseen=${unseen}${run !== undefined ? `&run=${run}` : ""}`, undefined, signal),
   alertsSeen: (ids: number[]) => call<{ marked: number }>("POST", `${V1}/alerts/seen`, { ids }),
+  /** A notebook artifact as the server renders it (sanitised, script-free HTML), fetched with the
+   * token in a header: shown through an iframe's srcdoc, since an iframe's src could not carry it. */
+  notebookHtml: async (ref: number, path: string, signal?: AbortSignal): Promise<string> => {
+    const response = await fetch(`${V1}/runs/${ref}/rendered/${path.split("/").map(enc).join("/")}`,
+      { headers: headers({ accept: "text/html" }), signal });
+    if (!response.ok) throw await failure(response);
+    return response.text();
+  },
   text: async (path: string, limit = 2_000_000): Promise<string> => {
     const response = await fetch(path, { headers: headers({ range: `bytes=0-${limit - 1}` }) });
     if (!response.ok) throw new ApiError(response.status, `${response.status} ${response.statusText}`);

@@ -15,7 +15,7 @@ from starlette.datastructures import MutableHeaders
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-#: The UI's pages get a strict Content-Security-Policy.
+#: The UI's pages get a strict Content-Security-Policy (unless a route sets a stricter one).
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
@@ -35,7 +35,8 @@ class SecurityHeaders:
                 headers.setdefault("x-content-type-options", "nosniff")
                 headers.setdefault("referrer-policy", "no-referrer")
                 if headers.get("content-type", "").startswith("text/html"):
-                    headers["content-security-policy"] = CSP
+                    # A page that brings its own policy keeps it (a rendered notebook's is stricter).
+                    headers.setdefault("content-security-policy", CSP)
                     headers["x-frame-options"] = "DENY"
             await send(message)
 

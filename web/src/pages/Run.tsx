@@ -7,6 +7,7 @@ import { Labels } from "../components/Labels";
 import { Link, projectHref, runHref } from "../components/Link";
 import { LogViewer } from "../components/LogViewer";
 import { Notes } from "../components/Notes";
+import { isNotebook, NotebookView } from "../components/NotebookView";
 import { bytes, duration, flatten, runDuration, value, when } from "../format";
 import { navigate, useLocation, withQuery } from "../router";
 
@@ -127,6 +128,9 @@ export function RunPage({ ref_ }: { ref_: string }) {
   const patch = async (change: Record<string, unknown>) => { setRun(await api.patch(run.number, change)); };
   const active = ACTIVE.has(run.status);
   const shownArtifacts = artifacts.filter((a) => a.path.includes(artifactFilter));
+  // The notebook being viewed is in the URL (?notebook=path), so that a view can be shared.
+  const notebook = query.get("notebook");
+  const viewNotebook = (path: string | null) => navigate(withQuery({ notebook: path }), true);
 
   return (
     <div className="run pad" data-testid="run-page">
@@ -201,9 +205,17 @@ export function RunPage({ ref_ }: { ref_: string }) {
             <tr key={a.path}>
               <th><a href={api.artifactUrl(run.number, a.path)} onClick={(e) => { e.preventDefault(); void download(run.number, a.path); }}>{a.path}</a></th>
               <td className="num">{bytes(a.size)}</td><td className="muted">{a.sha256.slice(0, 12)}</td>
+              <td>{isNotebook(a.path) && (
+                <button className="link" data-testid="view-notebook" aria-label={`view ${a.path}`}
+                  onClick={() => viewNotebook(notebook === a.path ? null : a.path)}>{notebook === a.path ? "hide" : "view"}</button>
+              )}</td>
             </tr>
           ))}</tbody></table>
         ) : <p className="muted">None.</p>}
+        {notebook !== null && isNotebook(notebook) && (
+          <NotebookView run={run.number} path={notebook} onClose={() => viewNotebook(null)}
+            onDownload={() => void download(run.number, notebook)} />
+        )}
         {inputs.length > 0 && (
           <>
             <h3>Inputs</h3>

@@ -13,11 +13,22 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from runyard.server.routes import alerts, artifacts, events, execution, health, ingest, metrics, runs, tokens
+from runyard.server.routes import (
+    alerts,
+    artifacts,
+    events,
+    execution,
+    health,
+    ingest,
+    metrics,
+    notebooks,
+    runs,
+    tokens,
+)
 from runyard.server.state import Server
 
 #: Each noun's routes, in the order they are added.
-MODULES = (health, runs, execution, metrics, alerts, artifacts, ingest, events, tokens)
+MODULES = (health, runs, execution, metrics, alerts, artifacts, notebooks, ingest, events, tokens)
 
 
 def add_routes(app: FastAPI, server: Server) -> None:
