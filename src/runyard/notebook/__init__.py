@@ -1,0 +1,1 @@
+"""Notebooks: run a notebook headless as a background run (``runyard run notebook.ipynb``)."""
