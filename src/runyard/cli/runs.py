@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 from runyard.cli.printable import printable
 from runyard.config import Settings, resolve
 from runyard.errors import InvalidArgument, NotFound
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 TERMINAL = {"finished", "failed", "stopped", "timeout", "lost"}
 
@@ -68,21 +69,30 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
 
     settings = resolve()
     shell = not argv_form and len(command) == 1
-    if settings.server:
-        return _run_on_server(settings, command, shell, o)
     params = options.params(o["params"])
+    kind, notes = RunKind.SCRIPT, tuple[str, ...]()
+    if len(command) == 1 and command[0].endswith(".ipynb"):  # a notebook, whether after -- or not
+        kind, shell = RunKind.NOTEBOOK, False
+        command, notes = _notebook(command[0], params)
+    if settings.server:
+        if kind is RunKind.NOTEBOOK:
+            raise InvalidArgument("notebook runs through a server (RUNYARD_SERVER) are not supported yet: run the "
+                                  "notebook with this machine's agent (unset RUNYARD_SERVER), or run "
+                                  f"`python -m runyard.notebook.execute {command[-1]}` as a script")
+        return _run_on_server(settings, command, shell, o)
     sub = Submission(
         command=command, shell=shell, cwd=Path.cwd(), project=o["project"], name=o["name"], labels=o["labels"],
         note=o["note"], params=params, pip=o["pip"], requirements=o["requirements"], mounts=o["mounts"],
         env=_env_options(o["env"]), environment=inherited(os.environ), gpus=o["gpus"], cpus=o["cpus"],
         memory=o["memory"], timeout=o["timeout"], priority=options.priority(o["priority"], o["machine"],
                                                                             settings.machines),
-        machine=o["machine"], executor=o["on"],
+        machine=o["machine"], executor=o["on"], kind=kind,
     )
     from runyard.cli.transfer import transfer_bar
 
     with transfer_bar("storing the snapshot") as progress:
         done = submit(settings, sub, progress)
+    done = dataclasses.replace(done, warnings=(*notes, *done.warnings))
     for warning in done.warnings:
         print(f"runyard: warning: {warning}", file=sys.stderr)
     if o["as_json"]:
@@ -94,6 +104,16 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
     if o["follow"]:
         return _follow(settings, str(done.number))
     return 0
+
+
+def _notebook(path: str, params: dict[str, str]) -> tuple[list[str], tuple[str, ...]]:
+    """The command of a notebook run, and its warnings: the notebook read and its parameters checked
+    here, so that a broken notebook or an unknown parameter queues nothing."""
+    from runyard.exec.submit import notebook_command
+    from runyard.notebook.params import check, load
+
+    nb = load(Path.cwd() / path)
+    return notebook_command(path), check(path, nb, params)
 
 
 def _env_options(texts: Sequence[str]) -> dict[str, str]:
@@ -325,6 +345,7 @@ def _run_json(r: Any) -> dict[str, Any]:
 
     data = asdict(r)
     data["status"] = r.status.value
+    data["kind"] = r.kind.value
     return redact.run_data(data)  # the launch record's credentials masked (the store keeps them for the run)
 
 
@@ -357,6 +378,7 @@ def show(ref: str, as_json: bool) -> int:
             f"run {r.number}  {r.name or ''}".rstrip(),
             f"  id         {r.id}",
             f"  project    {r.project}",
+            f"  kind       {r.kind.value}",
             f"  status     {r.status.value}" + (f" ({r.status_message})" if r.status_message else "")
             + (f", exit code {r.exit_code}" if r.exit_code is not None else ""),
             f"  created    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.created_at))}",
