@@ -4,6 +4,7 @@ real CLI, agent and supervisor; parameters, a failing cell, a dead kernel, sys.e
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,13 +122,21 @@ def test_a_failing_cell_fails_the_run_naming_it_and_a_dead_kernel_is_told_apart(
 
 def test_sys_exit_0_finishes_and_a_notebook_without_a_parameters_cell_gets_them_at_the_top(
         project: Path, nb_env: dict[str, str], tmp_path: Path) -> None:
-    write_notebook(project / "early.ipynb", "print('seed is', seed)", "import sys\nsys.exit(0)", "print('never')")
-    result = cli(nb_env, project, "run", "--json", "early.ipynb", "-p", "seed=7")
+    (project / "nbs").mkdir()
+    (project / "nbs" / "data.txt").write_text("beside the notebook")
+    write_notebook(project / "nbs" / "early.ipynb", "print('seed is', seed)\nprint(open('data.txt').read())",
+                   "import sys\nsys.exit(0)", "print('never')")
+    # Named from a subdirectory of a git work tree, the snapshot's root: the run names it from the
+    # root, where it starts; the kernel starts beside the notebook.
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    result = cli(nb_env, project / "nbs", "run", "--json", "early.ipynb", "-p", "seed=7")
     warning = "early.ipynb has no cell tagged 'parameters'"
     assert warning in result.stderr and warning in json.loads(result.stdout)["warnings"][0]
     number = int(json.loads(result.stdout)["number"])
     assert wait_status(nb_env, project, number, TERMINAL, 120) == "finished", log_of(nb_env, project, number)
-    assert ("stdout", "seed is 7") in log_of(nb_env, project, number)
+    assert {("stdout", "seed is 7"), ("stdout", "beside the notebook")} <= set(log_of(nb_env, project, number))
+    assert shown(nb_env, project, number)["command"] == ["python", "-m", "runyard.notebook.execute",
+                                                         "nbs/early.ipynb"]
     api = api_of(nb_env, project)
     try:
         run = api.run(number)
@@ -186,3 +195,20 @@ def test_a_broken_notebook_or_an_unknown_parameter_exits_2_and_queues_nothing(
         assert said in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert cli(nb_env, project, "ls").stdout.strip() == "no runs match"
+
+
+def test_values_are_python_literals_else_text_and_the_parameters_are_the_names_the_cell_assigns() -> None:
+    from runyard.notebook.params import declared, values_of
+
+    assert values_of({"lr": "0.1", "n": "3", "on": "True", "off": "false", "none": "None", "layers": "[16, 32]",
+                      "quoted": "'a b'", "text": "wide net", "eq": "a=b", "set": "{1, 2}"}) == {
+        "lr": 0.1, "n": 3, "on": True, "off": False, "none": None, "layers": [16, 32], "quoted": "a b",
+        "text": "wide net", "eq": "a=b", "set": "{1, 2}"}
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("%matplotlib inline\nlr: float = 0.1\na, (b, c) = 1, (2, 3)\n"
+                                     "if False:\n    hidden = 1\nprint(lr)")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_code_cell("before = 1"), cell]
+    found = declared(nb)
+    assert found.tagged and found.names == ("lr", "a", "b", "c")
+    assert not declared(nbformat.v4.new_notebook()).tagged

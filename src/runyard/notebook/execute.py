@@ -108,7 +108,10 @@ def _kernel_spec(directory: Path) -> None:
     spec = directory / "kernels" / KERNEL_NAME
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        # The kernel's own log at ERROR: at WARNING every run's log would start with ipykernel's notice
+        # that its loopback TCP is unencrypted. What cells print is not the kernel's log.
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--IPKernelApp.log_level=ERROR"],
         "display_name": "Python (runyard run)", "language": "python",
         "metadata": {"debugger": False}}))
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(directory), os.environ.get("JUPYTER_PATH")) if p)
@@ -255,7 +258,11 @@ def execute(notebook: str) -> int:
         _kernel_spec(Path(kernels))
         try:
             papermill.execute_notebook(
-                str(source), str(output), parameters=values, engine_name="runyard", kernel_name=KERNEL_NAME,
+                # The kernel starts in the notebook's directory, as Jupyter starts it: its relative
+                # paths mean what they meant when it was written. Paths absolute: papermill saves
+                # from inside that directory.
+                str(source.resolve()), str(output.resolve()), cwd=str(source.resolve().parent),
+                parameters=values, engine_name="runyard", kernel_name=KERNEL_NAME,
                 language="python", progress_bar=False, log_output=False, stdout_file=sys.stdout,
                 stderr_file=sys.stderr, autosave_cell_every=AUTOSAVE_SECONDS)
         except _Stopped:
