@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nbformat
 import pytest
 from tests.flow.test_execution import TERMINAL, api_of, cli, launch, log_of, wait_for, wait_status
 from tests.flow.test_execution import env as env
 from tests.flow.test_execution import project as project
+from tests.unit.server.conftest import LiveServer, client_env
+from tests.unit.server.conftest import live_server as live_server
 
 
 @pytest.fixture
@@ -212,3 +215,28 @@ def test_values_are_python_literals_else_text_and_the_parameters_are_the_names_t
     found = declared(nb)
     assert found.tagged and found.names == ("lr", "a", "b", "c")
     assert not declared(nbformat.v4.new_notebook()).tagged
+
+
+@pytest.fixture
+def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This Python first on the PATH of what the test starts: a server's runs get its environment."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{Path('/usr/bin')}:{Path('/bin')}")
+
+
+@pytest.mark.engines("sqlite")  # what is under test is the route, not the engine
+def test_a_notebook_run_through_a_server(python_on_path: None, live_server: LiveServer, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "nbs").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    write_notebook(project / "nbs" / "remote.ipynb", "print('through the server', lr)", parameters="lr = 0.01")
+    laptop = client_env(tmp_path / "laptop", live_server.url)
+    refused = cli(laptop, project, "run", "nbs/remote.ipynb", "-p", "lrr=1", check=False)
+    assert refused.returncode == 2 and "its parameters: lr" in refused.stderr
+    number = launch(laptop, project / "nbs", "remote.ipynb", "-p", "lr=0.5")
+    url = f"{live_server.url}/api/v1/runs/{number}"
+    wait_for(lambda: httpx.get(url).json()["status"] in TERMINAL, 120, f"run {number} to end")
+    run = httpx.get(url).json()
+    texts = [line["text"] for line in httpx.get(f"{url}/logs").json()]
+    assert run["status"] == "finished", texts
+    assert run["kind"] == "notebook" and run["command"][-1] == "nbs/remote.ipynb" and run["config"] == {"lr": 0.5}
+    assert "through the server 0.5" in texts

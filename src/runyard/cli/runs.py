@@ -75,11 +75,9 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
         kind, shell = RunKind.NOTEBOOK, False
         command, notes = _notebook(command[0], params)
     if settings.server:
-        if kind is RunKind.NOTEBOOK:
-            raise InvalidArgument("notebook runs through a server (RUNYARD_SERVER) are not supported yet: run the "
-                                  "notebook with this machine's agent (unset RUNYARD_SERVER), or run "
-                                  f"`python -m runyard.notebook.execute {command[-1]}` as a script")
-        return _run_on_server(settings, command, shell, o)
+        for note in notes:
+            print(f"runyard: warning: {note}", file=sys.stderr)
+        return _run_on_server(settings, command, shell, o, kind)
     sub = Submission(
         command=command, shell=shell, cwd=Path.cwd(), project=o["project"], name=o["name"], labels=o["labels"],
         note=o["note"], params=params, pip=o["pip"], requirements=o["requirements"], mounts=o["mounts"],
@@ -140,7 +138,8 @@ def _env_options(texts: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any]) -> int:
+def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any],
+                   kind: RunKind = RunKind.SCRIPT) -> int:
     """`runyard run` with RUNYARD_SERVER: snapshot here, upload what the server lacks, queue it there."""
     from runyard.cli.transfer import transfer_bar
     from runyard.client import Client
@@ -165,6 +164,10 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
     settings.home.mkdir(parents=True, exist_ok=True)
     artifacts.ensure()
     snap = take(Path.cwd(), artifacts, settings.home / "snapshot-cache.json")
+    if kind is RunKind.NOTEBOOK:  # named from the snapshot's root, where the run starts on the server
+        from runyard.exec.submit import notebook_command, notebook_from_root
+
+        command = notebook_command(notebook_from_root(command[-1], Path.cwd(), snap.root))
     wanted = [sha_of_ref(snap.id)] + [sha for sha, _ in manifest_of(snap.id, artifacts).values()]
     if snap.git_diff_ref:
         wanted.append(sha_of_ref(snap.git_diff_ref))
@@ -191,7 +194,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
             "requirements": requirements, "mounts": list(o["mounts"]),
             "env": _env_options(o["env"]), "gpus": o["gpus"], "cpus": o["cpus"],
             "memory": o["memory"], "timeout": o["timeout"], "priority": o["priority"], "machine": o["machine"],
-            "executor": o["on"],
+            "executor": o["on"], "kind": kind.value,
         }
         queued = client.request("POST", "/runs", json=body).json()
     finally:

@@ -324,26 +324,35 @@ def _check_script(launch: dict[str, Any], snapshot_id: str, artifacts: ArtifactS
     raise InvalidArgument(f"{script}: no such file in {where}, where the run starts; {hint}")
 
 
-def _place_notebook(launch: dict[str, Any], snapshot_id: str, artifacts: ArtifactStore, cwd: Path,
-                    root: Path | None) -> tuple[str, ...]:
-    """A notebook named from ``cwd`` is named from the snapshot's root, where the run starts (the
-    command rewritten so); one the snapshot lacks is refused now rather than failing once started."""
-    from runyard.exec.snapshot import manifest_of
-
-    notebook = launch["argv"][-1]
+def notebook_from_root(notebook: str, cwd: Path, root: Path | None) -> str:
+    """A notebook named from ``cwd``, named from the snapshot's ``root`` (where the run starts)."""
     if root is not None and not notebook.startswith("/"):
         real = (cwd / notebook).resolve()
         if real.is_relative_to(root.resolve()):
-            notebook = real.relative_to(root.resolve()).as_posix()
-            launch["argv"] = [*launch["argv"][:-1], notebook]
-            launch["template"] = list(launch["argv"])
-    if notebook.startswith("/"):
-        raise InvalidArgument(f"{notebook}: a notebook run executes a notebook of the project (its snapshot); put "
-                              "the notebook in the project and name it from there")
+            return real.relative_to(root.resolve()).as_posix()
+    return notebook
+
+
+def _place_notebook(launch: dict[str, Any], snapshot_id: str, artifacts: ArtifactStore, cwd: Path,
+                    root: Path | None) -> tuple[str, ...]:
+    """A notebook named from ``cwd`` is named from the snapshot's root, where the run starts (the
+    command rewritten so); one the snapshot lacks is refused now rather than failing once started.
+    A notebook run's command is the executor's and nothing else (a server checks what clients send)."""
+    from runyard.exec.snapshot import manifest_of
+
+    argv = list(launch["argv"])
+    if launch.get("shell") or len(argv) != 4 or argv[:3] != notebook_command("")[:3]:
+        raise InvalidArgument(f"a notebook run's command is {' '.join(notebook_command('NOTEBOOK'))}, not "
+                              f"{' '.join(argv)}")
+    notebook = notebook_from_root(argv[-1], cwd, root)
+    if notebook != argv[-1]:
+        launch["argv"] = launch["template"] = notebook_command(notebook)
+    if notebook.startswith("/") or not notebook.endswith(".ipynb"):
+        raise InvalidArgument(f"{notebook}: a notebook run executes a .ipynb file of the project (its snapshot); "
+                              "put the notebook in the project and name it from there")
     if notebook not in manifest_of(snapshot_id, artifacts):
         where = f"the snapshot of {root}" if root is not None else "the run's snapshot"
-        hint = "ignored by .gitignore or .runyardignore?" if (cwd / launch["argv"][-1]).exists() else \
-            "check the name"
+        hint = "ignored by .gitignore or .runyardignore?" if (cwd / argv[-1]).exists() else "check the name"
         raise InvalidArgument(f"{notebook}: no such notebook in {where}; {hint}")
     return ()
 
