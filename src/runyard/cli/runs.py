@@ -110,7 +110,7 @@ def _notebook(path: str, params: dict[str, str]) -> tuple[list[str], tuple[str, 
     from runyard.exec.submit import notebook_command
     from runyard.notebook.params import check, load
 
-    nb = load(Path.cwd() / path)
+    nb = load(Path(path))  # relative to this directory, and said as typed
     return notebook_command(path), check(path, nb, params)
 
 

@@ -6,12 +6,14 @@ top when no cell is tagged, with a warning. Unlike papermill, which only warns, 
 the ``parameters`` cell does not assign is refused before anything is queued (nteract/papermill#818:
 a typo otherwise runs the notebook with its defaults, silently).
 
-Reading uses nbformat and :mod:`ast` only (no kernel, no papermill), so ``runyard run`` stays quick.
+Reading uses :mod:`json` and :mod:`ast` only (no kernel, no nbformat, no papermill), so ``runyard
+run`` stays quick.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +34,11 @@ class Declared:
     tagged: bool
 
 
-def load(path: Path) -> Any:
-    """The notebook at ``path`` as an nbformat v4 node; InvalidArgument (one line) if it is not one."""
-    import nbformat
-
+def load(path: Path) -> dict[str, Any]:
+    """The notebook at ``path``, as its JSON; InvalidArgument (one line) if it is not an nbformat 4
+    notebook. Checked by hand, not by nbformat: importing nbformat's validator (jsonschema) takes
+    over a second, which every ``runyard run`` of a notebook would wait for; the executor loads it
+    with nbformat (through papermill), which checks the rest."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -43,21 +46,39 @@ def load(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:
-        nb = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
-        nbformat.validate(nb)
-    except Exception as e:  # noqa: BLE001 - nbformat raises JSON, validation and version errors alike
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InvalidArgument(f"{path}: not a valid Jupyter notebook ({first})") from None
+        nb = json.loads(text)
+    except ValueError as e:
+        raise InvalidArgument(f"{path}: not a valid Jupyter notebook (not JSON: {e})") from None
+    if not isinstance(nb, dict) or "nbformat" not in nb:
+        raise InvalidArgument(f"{path}: not a valid Jupyter notebook (no nbformat version)")
+    if nb["nbformat"] != 4:
+        raise InvalidArgument(f"{path}: not a valid Jupyter notebook (nbformat {nb['nbformat']!r}; runyard runs "
+                              "nbformat 4 notebooks: open it in Jupyter and save it to upgrade it)")
+    cells = nb.get("cells")
+    if not isinstance(cells, list):
+        raise InvalidArgument(f"{path}: not a valid Jupyter notebook (its 'cells' is not a list)")
+    for number, cell in enumerate(cells, 1):
+        source = cell.get("source") if isinstance(cell, dict) else None
+        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw") or not (
+                isinstance(source, str) or (isinstance(source, list) and all(isinstance(x, str) for x in source))):
+            raise InvalidArgument(f"{path}: not a valid Jupyter notebook (cell {number} is not a code, markdown "
+                                  "or raw cell with a source)")
     return nb
 
 
-def declared(nb: Any) -> Declared:
+def _source(cell: Mapping[str, Any]) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def declared(nb: Mapping[str, Any]) -> Declared:
     """The names assigned at the top level of the first cell tagged ``parameters``."""
-    for cell in nb.cells:
-        if cell.get("cell_type") != "code" or PARAMETERS_TAG not in cell.get("metadata", {}).get("tags", []):
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code" or PARAMETERS_TAG not in (cell.get("metadata") or {}).get("tags", []):
             continue
         # IPython lines (%magic, !shell) are not Python: they assign nothing, so they are left out.
-        source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        source = "\n".join(line for line in _source(cell).splitlines()
+                           if not line.lstrip().startswith(("%", "!")))
         try:
             tree = ast.parse(source)
         except SyntaxError as e:
@@ -75,7 +96,7 @@ def declared(nb: Any) -> Declared:
     return Declared((), False)
 
 
-def check(path: str, nb: Any, given: Mapping[str, str]) -> tuple[str, ...]:
+def check(path: str, nb: Mapping[str, Any], given: Mapping[str, str]) -> tuple[str, ...]:
     """Refuse values for names the notebook does not declare; the warnings to give otherwise."""
     found = declared(nb)
     if not found.tagged:
