@@ -4,6 +4,8 @@ real CLI, agent and supervisor; parameters, a failing cell, a dead kernel, sys.e
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,17 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
-from tests.flow.test_execution import TERMINAL, api_of, cli, launch, log_of, wait_for, wait_status
+from tests.flow.test_execution import (
+    TERMINAL,
+    api_of,
+    cli,
+    launch,
+    log_of,
+    run_directory_of,
+    supervisor_pid,
+    wait_for,
+    wait_status,
+)
 from tests.flow.test_execution import env as env
 from tests.flow.test_execution import project as project
 from tests.unit.server.conftest import LiveServer, client_env
@@ -162,9 +174,18 @@ def test_stop_interrupts_the_kernel_and_keeps_the_notebook_as_far_as_it_went(
                    "import time\nprint('training', flush=True)\nfor _ in range(600):\n    time.sleep(0.1)",
                    "print('never')")
     number = launch(nb_env, project, "long.ipynb")
-    wait_for(lambda: ("stdout", "training") in log_of(nb_env, project, number), 120, "the long cell to start")
+    abandoned = launch(nb_env, project, "long.ipynb")
+    for n in (number, abandoned):
+        wait_for(lambda n=n: ("stdout", "training") in log_of(nb_env, project, n), 120, "the long cell to start")
     cli(nb_env, project, "stop", str(number))
+    # A killed supervisor: the run is lost and its kernel, in a session of its own, does not outlive it.
+    directory = run_directory_of(nb_env, project, abandoned)
+    kernel = int((directory / "groups").read_text().split()[-1])
+    assert Path(f"/proc/{kernel}").exists()
+    os.kill(supervisor_pid(nb_env, project, abandoned), signal.SIGKILL)
     assert wait_status(nb_env, project, number, TERMINAL, 60) == "stopped"
+    assert wait_status(nb_env, project, abandoned, TERMINAL, 60) == "lost"
+    wait_for(lambda: not Path(f"/proc/{kernel}").exists(), 20, f"the lost run's kernel {kernel} to end")
     api = api_of(nb_env, project)
     try:
         run = api.run(number)

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: The variable naming the file the executor writes how the run ended to (one JSON object).
+#: The variable naming the file, in the run's directory, the executor writes how the run ended to
+#: (one JSON object).
 OUTCOME_ENV = "RUNYARD_NOTEBOOK_OUTCOME"
 #: Where the executed notebook goes, in the run's directory: kept as an output of the run.
 OUTPUT_DIRECTORY = "outputs"
@@ -117,6 +118,20 @@ def _kernel_spec(directory: Path) -> None:
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(directory), os.environ.get("JUPYTER_PATH")) if p)
 
 
+def _record_kernel(process: Any) -> None:
+    """The kernel leads a session of its own (jupyter_client starts it so), out of the reach of the
+    parent-death signal and of the supervisor's signals to the executor's group: its group is
+    recorded with the run's (``runyard.exec.groups``, in the run's directory, where the outcome
+    file is), so that whoever finds the run abandoned kills it too."""
+    target = os.environ.get(OUTCOME_ENV)
+    if process is None or not target:
+        return
+    from runyard.exec.groups import record
+
+    with contextlib.suppress(OSError):
+        record(Path(target).parent, os.getpgid(process.pid))
+
+
 def _first_line(source: str) -> str:
     line = next((x.strip() for x in source.splitlines() if x.strip()), "")
     return line if len(line) <= 60 else line[:57] + "..."
@@ -139,6 +154,7 @@ def _watch(nb_man: Any, state: _State) -> None:
             state.started = time.monotonic()
             if state.kernel is None and state.client is not None:
                 state.kernel = getattr(getattr(state.client.km, "provisioner", None), "process", None)
+                _record_kernel(state.kernel)
             tag = " (injected parameters)" if "injected-parameters" in cell.metadata.get("tags", []) else ""
             _say(f"cell {state.current}/{state.cells}{tag} started: {_first_line(cell.source)}")
         return result
