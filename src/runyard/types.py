@@ -41,6 +41,16 @@ class RunStatus(StrEnum):
         return not self.is_terminal()
 
 
+class RunKind(StrEnum):
+    """What a launched run executes; a kind decides the command its submission builds. Stored as its
+    plain string value: a closed set, extended by adding a member (and what builds its command)."""
+
+    #: A command (``runyard run -- python train.py``), and every run the SDK starts itself.
+    SCRIPT = "script"
+    #: A notebook executed headless with its parameters (``runyard run notebook.ipynb -p lr=0.1``).
+    NOTEBOOK = "notebook"
+
+
 _TERMINAL = frozenset(
     {RunStatus.FINISHED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.TIMEOUT, RunStatus.LOST}
 )

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 if TYPE_CHECKING:
     from runyard.store.api import (
@@ -75,6 +75,7 @@ def run_out(run: Run) -> dict[str, Any]:
     # for 10,000 runs at once. ``plain`` copies what it changes.
     data = {name: getattr(run, name) for name in _run_fields()}
     data["status"] = run.status.value
+    data["kind"] = run.kind.value
     data["labels"] = list(run.labels)
     for key in ("config", "summary", "environment", "resources", "launch"):
         data[key] = plain(data[key])
@@ -112,6 +113,10 @@ def run_in(data: dict[str, Any]) -> Run:
     fields = {f.name for f in dataclasses.fields(Run)}
     values = {k: v for k, v in data.items() if k in fields}
     values["status"] = RunStatus(values["status"])
+    # A server older than run kinds sends none: its runs are scripts. A newer server's kind this
+    # client does not know reads as a script too (its command says what it runs), not as an error.
+    kind = values.get("kind") or RunKind.SCRIPT.value
+    values["kind"] = RunKind(kind) if kind in RunKind._value2member_map_ else RunKind.SCRIPT
     values["labels"] = tuple(values.get("labels") or ())
     for key in ("config", "environment", "resources", "launch"):
         values[key] = _untag(values.get(key))

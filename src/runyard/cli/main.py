@@ -182,14 +182,16 @@ _timeout_option = click.option("--timeout", metavar="DURATION", help="Stop the r
 
 
 @cli.command(cls=RunCommand, context_settings={"ignore_unknown_options": False})
-@click.argument("command", nargs=-1, required=True, metavar="-- COMMAND [ARGS]... | 'SHELL LINE'")
+@click.argument("command", nargs=-1, required=True,
+                metavar="-- COMMAND [ARGS]... | 'SHELL LINE' | NOTEBOOK.ipynb")
 @click.option("--project", help="Project of the run (default: the `project` setting).")
 @click.option("--name", help="A name to refer to the run by.")
 @click.option("--label", "labels", multiple=True, metavar="LABEL", help="A label (repeatable).")
 @click.option("--note", default="", help="Notes for the run, in Markdown.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter (repeatable, each KEY once): {KEY} in the command, in the run's config, in "
-                   "runyard-params.json and in the variable RUNYARD_PARAM_<KEY>, KEY as written.")
+                   "runyard-params.json and in the variable RUNYARD_PARAM_<KEY>, KEY as written; for a "
+                   "notebook, a name its 'parameters' cell assigns, set to VALUE read as a Python literal.")
 @_pip_option
 @_environment_option
 @click.option("--requirements", type=click.Path(dir_okay=False, path_type=Path),
@@ -219,6 +221,18 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **options: Any) -> None
     runyard run -- python train.py --lr 0.1       argv, run without a shell
     runyard run 'cd models; python model_12.py'   one string, run by sh -c
     runyard run --gpus 1 --pip scikit-image --param lr=0.1 -- python train.py
+    runyard run analysis.ipynb -p lr=0.1 -p epochs=3   a notebook, executed headless
+
+    \b
+    A notebook (one argument ending in .ipynb) runs headless in a Jupyter kernel of the run's
+    Python (papermill's conventions): -p values are set in a cell injected after the cell tagged
+    `parameters` (at the top, with a warning, if none is), read as Python literals (0.1, True,
+    None, [1, 2], 'text') or else as text; a name that cell does not assign is refused before
+    anything is queued. Each cell's start, output and duration go to the run's log; the executed
+    notebook is kept as outputs/NAME.ipynb (saved as it goes). A cell's exception fails the run
+    and names the cell (exit code 1); a kernel that dies is said apart (exit code 138);
+    sys.exit(0) finishes it. The run's Python needs ipykernel and papermill
+    (runyard[notebook]). See docs/notebook-runs.md.
 
     \b
     Params in the command: {KEY} is replaced by the value of --param KEY (`runyard show` prints
@@ -419,7 +433,7 @@ def cp(source: str, destination: str) -> None:
 
 @cli.command()
 @click.argument("ref", metavar="RUN")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Change one of RUN's params (repeatable, each KEY once).")
 @click.option("--name", help="A name for the new run.")
 @_pip_option

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 from runyard.cli.printable import printable
 from runyard.config import Settings, resolve
 from runyard.errors import InvalidArgument, NotFound
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 TERMINAL = {"finished", "failed", "stopped", "timeout", "lost"}
 
@@ -68,21 +69,28 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
 
     settings = resolve()
     shell = not argv_form and len(command) == 1
-    if settings.server:
-        return _run_on_server(settings, command, shell, o)
     params = options.params(o["params"])
+    kind, notes = RunKind.SCRIPT, tuple[str, ...]()
+    if len(command) == 1 and command[0].endswith(".ipynb"):  # a notebook, whether after -- or not
+        kind, shell = RunKind.NOTEBOOK, False
+        command, notes = _notebook(command[0], params)
+    if settings.server:
+        for note in notes:
+            print(f"runyard: warning: {note}", file=sys.stderr)
+        return _run_on_server(settings, command, shell, o, kind)
     sub = Submission(
         command=command, shell=shell, cwd=Path.cwd(), project=o["project"], name=o["name"], labels=o["labels"],
         note=o["note"], params=params, pip=o["pip"], requirements=o["requirements"], mounts=o["mounts"],
         env=_env_options(o["env"]), environment=inherited(os.environ), gpus=o["gpus"], cpus=o["cpus"],
         memory=o["memory"], timeout=o["timeout"], priority=options.priority(o["priority"], o["machine"],
                                                                             settings.machines),
-        machine=o["machine"], executor=o["on"], environment_profile=o["environment_profile"],
+        machine=o["machine"], executor=o["on"], environment_profile=o["environment_profile"], kind=kind,
     )
     from runyard.cli.transfer import transfer_bar
 
     with transfer_bar("storing the snapshot") as progress:
         done = submit(settings, sub, progress)
+    done = dataclasses.replace(done, warnings=(*notes, *done.warnings))
     for warning in done.warnings:
         print(f"runyard: warning: {warning}", file=sys.stderr)
     if o["as_json"]:
@@ -94,6 +102,16 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
     if o["follow"]:
         return _follow(settings, str(done.number))
     return 0
+
+
+def _notebook(path: str, params: dict[str, str]) -> tuple[list[str], tuple[str, ...]]:
+    """The command of a notebook run, and its warnings: the notebook read and its parameters checked
+    here, so that a broken notebook or an unknown parameter queues nothing."""
+    from runyard.exec.submit import notebook_command
+    from runyard.notebook.params import check, load
+
+    nb = load(Path(path))  # relative to this directory, and said as typed
+    return notebook_command(path), check(path, nb, params)
 
 
 def _env_options(texts: Sequence[str]) -> dict[str, str]:
@@ -120,7 +138,8 @@ def _env_options(texts: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any]) -> int:
+def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any],
+                   kind: RunKind = RunKind.SCRIPT) -> int:
     """`runyard run` with RUNYARD_SERVER: snapshot here, upload what the server lacks, queue it there."""
     from runyard.cli.transfer import transfer_bar
     from runyard.client import Client
@@ -148,6 +167,10 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
     settings.home.mkdir(parents=True, exist_ok=True)
     artifacts.ensure()
     snap = take(Path.cwd(), artifacts, settings.home / "snapshot-cache.json")
+    if kind is RunKind.NOTEBOOK:  # named from the snapshot's root, where the run starts on the server
+        from runyard.exec.submit import notebook_command, notebook_from_root
+
+        command = notebook_command(notebook_from_root(command[-1], Path.cwd(), snap.root))
     wanted = [sha_of_ref(snap.id)] + [sha for sha, _ in manifest_of(snap.id, artifacts).values()]
     if snap.git_diff_ref:
         wanted.append(sha_of_ref(snap.git_diff_ref))
@@ -174,7 +197,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
             "requirements": requirements, "mounts": list(o["mounts"]),
             "env": _env_options(o["env"]), "gpus": o["gpus"], "cpus": o["cpus"],
             "memory": o["memory"], "timeout": o["timeout"], "priority": o["priority"], "machine": o["machine"],
-            "executor": o["on"],
+            "executor": o["on"], "kind": kind.value,
         }
         queued = client.request("POST", "/runs", json=body).json()
     finally:
@@ -328,6 +351,7 @@ def _run_json(r: Any) -> dict[str, Any]:
 
     data = asdict(r)
     data["status"] = r.status.value
+    data["kind"] = r.kind.value
     return redact.run_data(data)  # the launch record's credentials masked (the store keeps them for the run)
 
 
@@ -360,6 +384,7 @@ def show(ref: str, as_json: bool) -> int:
             f"run {r.number}  {r.name or ''}".rstrip(),
             f"  id         {r.id}",
             f"  project    {r.project}",
+            f"  kind       {r.kind.value}",
             f"  status     {r.status.value}" + (f" ({r.status_message})" if r.status_message else "")
             + (f", exit code {r.exit_code}" if r.exit_code is not None else ""),
             f"  created    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.created_at))}",

@@ -110,6 +110,6 @@ def rerun(settings: Settings, parent: Run, params: dict[str, str], name: str | N
                      cwd=cwd, project=parent.project, name=name, labels=parent.labels, params=params,
                      pip=more.pip, env=dict(more.env), timeout=more.timeout, mounts=more.mounts, gpus=more.gpus,
                      priority=parent.priority, parent=parent.number, launch=parent.launch, resources=resources,
-                     executor=executors.kind_of(parent.executor),
+                     executor=executors.kind_of(parent.executor), kind=parent.kind,
                      snapshot=(parent.snapshot_id, parent.git_commit, parent.git_branch, parent.git_diff_ref))
     return submit(settings, sub).number

@@ -440,5 +440,5 @@ class Scheduler:
             outputs_interval=settings.outputs_interval,
             output_limit=int(launch.get("output_limit") or settings.output_limit),
             big_code_files=str(launch.get("big_code_files") or settings.big_code_files),
-            executor=self.kind,
+            executor=self.kind, kind=run.kind.value,
         )

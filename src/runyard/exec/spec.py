@@ -68,6 +68,9 @@ class LaunchSpec:
     #: runyard server its records ship to, and that its code and outputs go through. Its command
     #: then keeps the GPUs the executor gave the process (CUDA_VISIBLE_DEVICES) instead of ``gpus``.
     server: str = ""
+    #: What the run executes (``runyard.types.RunKind`` value): a notebook run's command is the
+    #: notebook executor, whose outcome the supervisor reads (``runyard.notebook.execute``).
+    kind: str = "script"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -22,7 +22,7 @@ from runyard.exec.spec import Mount
 from runyard.exec.venvs import site_directories
 from runyard.names import validate_label, validate_run_name
 from runyard.store.newrun import NewRun
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 if TYPE_CHECKING:
     from runyard.store.artifacts import ArtifactStore
@@ -59,6 +59,18 @@ class Submission:
     snapshot: tuple[str, str | None, str | None, str | None] | None = None
     launch: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
+    #: What the run executes: a notebook's command is the notebook executor (``notebook_command``).
+    kind: RunKind = RunKind.SCRIPT
+
+
+#: The module a notebook run's command runs, with the run's Python (see runyard.notebook.execute).
+NOTEBOOK_EXECUTOR = "runyard.notebook.execute"
+
+
+def notebook_command(notebook: str) -> list[str]:
+    """The command of a notebook run: the executor, started by the ``python`` the run's PATH finds
+    (a --pip environment's when it has one), so the kernel runs in the run's own Python."""
+    return ["python", "-m", NOTEBOOK_EXECUTOR, notebook]
 
 
 @dataclass(frozen=True)
@@ -120,8 +132,16 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
     }
     if sub.environment_profile is not None:
         launch["environment_profile"] = sub.environment_profile
-    config = {key: options.param_value(value) for key, value in sub.params.items()}
-    return launch, resources, config
+    return launch, resources, _config(sub.kind, sub.params)
+
+
+def _config(kind: RunKind, params: dict[str, str]) -> dict[str, Any]:
+    """The run's config: its params as the command sees them (a notebook: as Python literals)."""
+    if kind is RunKind.NOTEBOOK:
+        from runyard.notebook.params import values_of
+
+        return values_of(params)
+    return {key: options.param_value(value) for key, value in params.items()}
 
 
 def with_environment(pip: list[str], name: str | None, settings: Settings) -> list[str]:
@@ -220,7 +240,7 @@ def submit(settings: Settings, sub: Submission, progress: Callable[[int, int], N
         # What the parent asks pip for is checked again: it may have been queued before these checks.
         launch["pip"] = [options.pip_spec(p) for p in launch.get("pip") or []]
         options.requirement_lines(launch.get("requirements") or "", "--requirements (the parent's)")
-        config = {key: options.param_value(value) for key, value in launch["params"].items()}
+        config = _config(sub.kind, launch["params"])
     else:
         launch, resources, config = launch_options(sub, settings)
         if settings.project_file is not None:
@@ -254,7 +274,10 @@ def submit(settings: Settings, sub: Submission, progress: Callable[[int, int], N
         snap = take(sub.cwd, artifacts, settings.home / "snapshot-cache.json", progress)
         snapshot_id, commit, branch, diff_ref = snap.id, snap.git_commit, snap.git_branch, snap.git_diff_ref
         files, new, root = snap.files, snap.new_bytes, snap.root
-    warnings = _check_script(launch, snapshot_id, artifacts, sub.cwd, root)
+    if sub.kind is RunKind.NOTEBOOK:
+        warnings = _place_notebook(launch, snapshot_id, artifacts, sub.cwd, root)
+    else:
+        warnings = _check_script(launch, snapshot_id, artifacts, sub.cwd, root)
     from runyard import redact
 
     # What readers see of the command is recorded with its credentials masked; the launch record
@@ -264,7 +287,7 @@ def submit(settings: Settings, sub: Submission, progress: Callable[[int, int], N
         project=sub.project or settings.project, status=RunStatus.QUEUED, name=sub.name, command=command,
         config=config, labels=labels, notes=sub.note, resources=resources or {"gpus": 0},
         priority=sub.priority, executor=executor, parent=sub.parent, snapshot_id=snapshot_id,
-        git_commit=commit, git_branch=branch, git_diff_ref=diff_ref, launch=launch,
+        git_commit=commit, git_branch=branch, git_diff_ref=diff_ref, launch=launch, kind=sub.kind,
     )
     number, run_id = _enqueue(settings, new_run)
     from runyard.sdk.agent_launch import ensure_agent
@@ -319,6 +342,39 @@ def _check_script(launch: dict[str, Any], snapshot_id: str, artifacts: ArtifactS
         else:
             hint = f"it is outside {root}, which is what the run gets"
     raise InvalidArgument(f"{script}: no such file in {where}, where the run starts; {hint}")
+
+
+def notebook_from_root(notebook: str, cwd: Path, root: Path | None) -> str:
+    """A notebook named from ``cwd``, named from the snapshot's ``root`` (where the run starts)."""
+    if root is not None and not notebook.startswith("/"):
+        real = (cwd / notebook).resolve()
+        if real.is_relative_to(root.resolve()):
+            return real.relative_to(root.resolve()).as_posix()
+    return notebook
+
+
+def _place_notebook(launch: dict[str, Any], snapshot_id: str, artifacts: ArtifactStore, cwd: Path,
+                    root: Path | None) -> tuple[str, ...]:
+    """A notebook named from ``cwd`` is named from the snapshot's root, where the run starts (the
+    command rewritten so); one the snapshot lacks is refused now rather than failing once started.
+    A notebook run's command is the executor's and nothing else (a server checks what clients send)."""
+    from runyard.exec.snapshot import manifest_of
+
+    argv = list(launch["argv"])
+    if launch.get("shell") or len(argv) != 4 or argv[:3] != notebook_command("")[:3]:
+        raise InvalidArgument(f"a notebook run's command is {' '.join(notebook_command('NOTEBOOK'))}, not "
+                              f"{' '.join(argv)}")
+    notebook = notebook_from_root(argv[-1], cwd, root)
+    if notebook != argv[-1]:
+        launch["argv"] = launch["template"] = notebook_command(notebook)
+    if notebook.startswith("/") or not notebook.endswith(".ipynb"):
+        raise InvalidArgument(f"{notebook}: a notebook run executes a .ipynb file of the project (its snapshot); "
+                              "put the notebook in the project and name it from there")
+    if notebook not in manifest_of(snapshot_id, artifacts):
+        where = f"the snapshot of {root}" if root is not None else "the run's snapshot"
+        hint = "ignored by .gitignore or .runyardignore?" if (cwd / argv[-1]).exists() else "check the name"
+        raise InvalidArgument(f"{notebook}: no such notebook in {where}; {hint}")
+    return ()
 
 
 def _enqueue(settings: Settings, new_run: NewRun) -> tuple[int, str]:

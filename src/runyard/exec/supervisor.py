@@ -51,6 +51,7 @@ from runyard.sdk.writer import Writer
 from runyard.spool import records
 from runyard.spool.rundir import TARGET_FILE, run_dir, target_key_of
 from runyard.store.artifacts import ArtifactStore, open_artifacts
+from runyard.types import RunKind
 
 WORK = "work"
 PID_FILE = "supervisor.pid"
@@ -268,6 +269,7 @@ class Supervisor:
             self.system(f"{message} ({detail})")
             return "failed", code, message
         self.system(f"command: {shlex.join(redact.argv([resolved or argv[0], *argv[1:]]))} ({describe(env)})")
+        outcome_file = self._notebook_outcome(env)
         argv = [*_parent_death_guard(), resolved or argv[0], *argv[1:]]
         try:
             child = subprocess.Popen(argv, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
@@ -313,6 +315,8 @@ class Supervisor:
             outcome = ("stopped", "stopped on request")
         if outcome is not None:
             return outcome[0], code, outcome[1]
+        if outcome_file is not None:
+            return _notebook_ended(code, outcome_file)
         if code == 0:
             return "finished", 0, None
         if code < 0:
@@ -322,6 +326,17 @@ class Supervisor:
         if self._read_only_hint is not None:
             return "failed", code, f"exited with code {code}; {self._read_only_hint}"
         return "failed", code, f"exited with code {code}"
+
+    def _notebook_outcome(self, env: dict[str, str]) -> Path | None:
+        """For a notebook run: the file its executor says how it ended in (named in ``env``)."""
+        if self.spec.kind != RunKind.NOTEBOOK.value:
+            return None
+        from runyard.notebook.execute import OUTCOME_ENV
+
+        path = self.directory / "notebook-outcome.json"
+        path.unlink(missing_ok=True)  # a previous attempt's
+        env[OUTCOME_ENV] = str(path)
+        return path
 
     def _find(self, program: str, path: str) -> tuple[str | None, tuple[int, str, str] | None]:
         """The program to run, or why it cannot: (exit code, message, detail), as a shell would say it."""
@@ -426,6 +441,22 @@ class Supervisor:
     def _written_by_command(self) -> set[str]:
         child = self.child
         return written_by(child.pid) if child is not None and child.poll() is None else set()
+
+
+def _notebook_ended(code: int, outcome_file: Path) -> tuple[str, int | None, str | None]:
+    """How a notebook run ended, in its executor's words: the cell and its exception, a dead kernel
+    (told apart, as papermill's exit code 138 does), or an interrupt in the kernel (stopped)."""
+    from runyard.notebook.execute import STOPPED, outcome_of
+
+    said = outcome_of(outcome_file)
+    if code == 0:
+        return "finished", 0, said
+    if code < 0:
+        return "failed", code, f"the notebook executor was killed by signal {signal.Signals(-code).name}"
+    if said is None:
+        return "failed", code, (f"exited with code {code} before executing the notebook: see the log (the run's "
+                                "python needs runyard[notebook]: runyard, ipykernel and papermill)")
+    return ("stopped" if code == STOPPED else "failed"), code, said
 
 
 def _kind_of(value: Any) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from runyard.store.newrun import NewRun as NewRun  # re-exported: part of this contract
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 if TYPE_CHECKING:
     from runyard.store.series import Envelope, Points
@@ -66,6 +66,8 @@ class Run:
     environment: dict[str, Any]
     labels: tuple[str, ...]
     launch: dict[str, Any] | None = None
+    #: What it executes: a command, or a notebook (``runyard run notebook.ipynb``).
+    kind: RunKind = RunKind.SCRIPT
 
     @property
     def display_name(self) -> str:

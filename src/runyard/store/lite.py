@@ -122,15 +122,15 @@ class LiteStore:
             cursor = c.execute(
                 "INSERT INTO runs (id, project_id, name, status, command, created_at, queued_at, started_at,"
                 " executor, host, resources, priority, snapshot_id, git_commit, git_branch, git_diff_ref,"
-                " parent_number, notes, config, summary, environment, launch)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)",
+                " parent_number, notes, config, summary, environment, launch, kind)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?)",
                 (run_id, project_id, new.name, status.value, _json(new.command), created,
                  created if status is RunStatus.QUEUED else None,
                  created if status is RunStatus.RUNNING else None,
                  new.executor, new.host, _json(dict(new.resources)), new.priority, new.snapshot_id,
                  new.git_commit, new.git_branch, new.git_diff_ref, new.parent, new.notes,
                  _json(dict(new.config)), _json(dict(new.environment)),
-                 _json(dict(new.launch)) if new.launch is not None else None),
+                 _json(dict(new.launch)) if new.launch is not None else None, new.kind.value),
             )
             number = int(cursor.lastrowid or 0)
             c.executemany("INSERT INTO run_labels (run_number, label) VALUES (?, ?)",

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class NewRun:
     resources: Mapping[str, Any] = field(default_factory=dict)
     priority: int = 0
     executor: str | None = None
+    #: What it executes (a command, a notebook): decides the command a submission builds.
+    kind: RunKind = RunKind.SCRIPT
     host: str | None = None
     parent: int | None = None
     snapshot_id: str | None = None

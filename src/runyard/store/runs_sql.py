@@ -24,7 +24,7 @@ from runyard.names import is_number, validate_label, validate_project_name, vali
 from runyard.store import jsonvalues, limits, notify, projects_sql, transitions
 from runyard.store.api import RUN_SORT_FIELDS, NewRun, Page, Run, RunPatch, RunQuery
 from runyard.store.schema import log_lines, metric_series, projects, run_labels, runs
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 _ULID_PREFIX = re.compile(r"^[0-9A-Za-z]{4,26}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -67,7 +67,7 @@ def to_run(row: sa.Row[Any], labels: tuple[str, ...]) -> Run:
         git_branch=m["git_branch"], git_diff_ref=m["git_diff_ref"], parent=m["parent_number"],
         notes=m["notes"], config=dict(m["config"] or {}), summary=dict(m["summary"] or {}),
         environment=dict(m["environment"] or {}), labels=labels,
-        launch=dict(m["launch"]) if m["launch"] is not None else None,
+        launch=dict(m["launch"]) if m["launch"] is not None else None, kind=RunKind(m["kind"]),
     )
 
 
@@ -306,7 +306,7 @@ def insert_run(conn: Connection, new: NewRun, clock: Callable[[], float]) -> int
             priority=new.priority, snapshot_id=new.snapshot_id, git_commit=new.git_commit,
             git_branch=new.git_branch, git_diff_ref=new.git_diff_ref, parent_number=new.parent,
             notes=new.notes, config=dict(new.config), summary={}, environment=dict(new.environment),
-            launch=dict(new.launch) if new.launch is not None else None,
+            launch=dict(new.launch) if new.launch is not None else None, kind=new.kind.value,
         ).returning(_R.number)
     ).scalar_one())
     if labels:

@@ -81,6 +81,8 @@ runs = Table(
     Column("heartbeat_at", Double, nullable=True),
     Column("exit_code", Integer, nullable=True),
     Column("executor", String(32), nullable=True),
+    # What it executes (runyard.types.RunKind): "script" or "notebook".
+    Column("kind", String(16), nullable=False, server_default="script"),
     Column("host", String(255), nullable=True),
     # {"gpus": 1, "cpus": 4, "memory": "16G", "timeout": 7200, "machine": "a100", ...}
     Column("resources", Json, nullable=False),

@@ -15,6 +15,7 @@ from runyard.exec import options
 from runyard.server.routes.runs import run_view
 from runyard.server.security import requires
 from runyard.server.state import Server, principal_of
+from runyard.types import RunKind
 
 
 class Launch(BaseModel):
@@ -44,6 +45,8 @@ class Launch(BaseModel):
     machine: str | None = Field(None, max_length=100)
     executor: str | None = Field(None, max_length=32, description="Where the run executes (runyard run --on); "
                                  "default: the server's executor setting")
+    kind: RunKind = Field(RunKind.SCRIPT, description="What the run executes: a command (script), or a notebook "
+                          "of the snapshot, whose command is then python -m runyard.notebook.execute NOTEBOOK")
 
 
 class Rerun(BaseModel):
