@@ -49,6 +49,8 @@ class RunKind(StrEnum):
     SCRIPT = "script"
     #: A notebook executed headless with its parameters (``runyard run notebook.ipynb -p lr=0.1``).
     NOTEBOOK = "notebook"
+    #: JupyterLab served for its user until it is idle (``runyard notebook``): long-lived, its files kept.
+    JUPYTERLAB = "jupyterlab"
 
 
 _TERMINAL = frozenset(

@@ -161,7 +161,16 @@ def test_runyard_notebook_serves_jupyterlab_as_a_run_that_stops_when_idle_and_ke
     lab = Lab(base, token, project, None)  # type: ignore[arg-type]
     execute(lab, kernel, "open('results.txt', 'w').write('trained')")
     shown = json.loads(cli(env, project, "show", str(number), "--json").stdout)
-    assert shown["status"] == "running" and "jupyterlab" in shown["labels"]
+    assert shown["status"] == "running" and shown["kind"] == "jupyterlab" and "jupyterlab" in shown["labels"]
+    # The kind is not a way to run anything else as a long-lived notebook run.
+    from runyard.config import resolve
+    from runyard.errors import InvalidArgument
+    from runyard.exec.submit import Submission, submit
+    from runyard.types import RunKind
+
+    with pytest.raises(InvalidArgument, match="labrun"):
+        submit(resolve(environ=env, cwd=project), Submission(command=["python", "evil.py"], shell=False, cwd=project,
+                                                             kind=RunKind.JUPYTERLAB))
     assert cli(env, project, "notebook", "--url", str(number)).stdout.strip() == url
     # Nothing runs now: it stops itself, its files kept as the run's outputs, its token nowhere kept.
     assert wait_status(env, project, number, TERMINAL, timeout=120) == "finished"
@@ -187,7 +196,7 @@ def test_runyard_notebook_serves_jupyterlab_as_a_run_that_stops_when_idle_and_ke
     data = httpx.get(f"{base}/api/contents/data.csv", headers=headers, params={"content": "1"}, timeout=10).json()
     assert data["content"] == "x,y\n1,2\n"  # run 1's snapshot, not the laptop's file now
     shown = json.loads(cli(env, project, "show", str(resumed), "--json").stdout)
-    assert shown["parent"] == number and shown["config"]["idle"] == 20 and "jupyterlab" in shown["labels"]
+    assert shown["parent"] == number and shown["config"]["idle"] == 20 and shown["kind"] == "jupyterlab"
     assert wait_status(env, project, resumed, TERMINAL, timeout=120) == "finished"
     cli(env, project, "cp", f"{resumed}:results.txt", str(out / "again.txt"))
     assert (out / "again.txt").read_text() == "trained"  # kept again: a chain of resumes carries the files

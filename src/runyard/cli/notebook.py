@@ -19,7 +19,8 @@ def notebook(o: dict[str, Any]) -> int:
 
     from runyard.exec import options
     from runyard.exec.environment import inherited
-    from runyard.exec.submit import Submission, submit
+    from runyard.exec.submit import LAB_COMMAND, Submission, submit
+    from runyard.types import RunKind
 
     settings = resolve()
     if o["url"] is not None:
@@ -34,12 +35,12 @@ def notebook(o: dict[str, Any]) -> int:
     if o["resume"] is not None:
         return _resume(settings, o, idle)
     # The idle time is a param (RUNYARD_PARAM_idle), not part of the command: a resumed run changes it.
-    command = [sys.executable, "-m", "runyard.notebook.labrun"]
+    command = [sys.executable, *LAB_COMMAND]
     sub = Submission(command=command, shell=False, cwd=Path.cwd(), project=o["project"], name=o["name"],
                      labels=[LABEL, *o["labels"]], params={"idle": f"{idle:g}"}, pip=o["pip"],
                      environment_profile=o["environment_profile"], requirements=o["requirements"],
                      environment=inherited(os.environ), gpus=o["gpus"], cpus=o["cpus"], memory=o["memory"],
-                     executor="local")
+                     executor="local", kind=RunKind.JUPYTERLAB)
     from runyard.cli.transfer import transfer_bar
 
     with transfer_bar("storing the snapshot") as progress:
@@ -65,7 +66,7 @@ def _resume(settings: Any, o: dict[str, Any], idle: float) -> int:
     api = Api(settings)
     try:
         parent = api.store.get_run(o["resume"])
-        if LABEL not in parent.labels:
+        if parent.kind.value != "jupyterlab":
             raise InvalidArgument(f"run {parent.number} is not a notebook run (runyard notebook); "
                                   f"to run it again: runyard rerun {parent.number}")
         if parent.status.value in ("queued", "starting", "running"):

@@ -135,6 +135,10 @@ def launch_options(sub: Submission, settings: Settings) -> tuple[dict[str, Any],
     return launch, resources, _config(sub.kind, sub.params)
 
 
+#: What a jupyterlab run's Python runs (``runyard notebook``).
+LAB_COMMAND = ("-m", "runyard.notebook.labrun")
+
+
 def _config(kind: RunKind, params: dict[str, str]) -> dict[str, Any]:
     """The run's config: its params as the command sees them (a notebook: as Python literals)."""
     if kind is RunKind.NOTEBOOK:
@@ -276,6 +280,11 @@ def submit(settings: Settings, sub: Submission, progress: Callable[[int, int], N
         files, new, root = snap.files, snap.new_bytes, snap.root
     if sub.kind is RunKind.NOTEBOOK:
         warnings = _place_notebook(launch, snapshot_id, artifacts, sub.cwd, root)
+    elif sub.kind is RunKind.JUPYTERLAB:
+        if launch["argv"][1:] != list(LAB_COMMAND):
+            raise InvalidArgument("a jupyterlab run's command is python -m runyard.notebook.labrun: start one "
+                                  "with runyard notebook")
+        warnings = ()
     else:
         warnings = _check_script(launch, snapshot_id, artifacts, sub.cwd, root)
     from runyard import redact

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runyard.notebook.lab import LABEL, LOOK_EVERY, IdleJudge, lab_command, lab_environment
+from runyard.notebook.lab import LOOK_EVERY, IdleJudge, lab_command, lab_environment
 
 #: The file, in the run's directory, that says where its JupyterLab answers (with its token).
 CONNECTION_FILE = "lab.json"
@@ -134,7 +134,7 @@ def restore_parent(run_id: str, root: Path) -> Restored:
         if run.parent is None:
             return Restored(0)
         parent = api.run(run.parent)
-        if LABEL not in parent.labels:
+        if parent.kind.value != "jupyterlab":
             return Restored(0)
         count = 0
         for entry in parent.artifacts():

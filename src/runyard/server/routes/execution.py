@@ -45,8 +45,9 @@ class Launch(BaseModel):
     machine: str | None = Field(None, max_length=100)
     executor: str | None = Field(None, max_length=32, description="Where the run executes (runyard run --on); "
                                  "default: the server's executor setting")
-    kind: RunKind = Field(RunKind.SCRIPT, description="What the run executes: a command (script), or a notebook "
-                          "of the snapshot, whose command is then python -m runyard.notebook.execute NOTEBOOK")
+    kind: RunKind = Field(RunKind.SCRIPT, description="What the run executes: a command (script), a notebook "
+                          "of the snapshot, whose command is then python -m runyard.notebook.execute NOTEBOOK, or "
+                          "JupyterLab (jupyterlab), whose command is python -m runyard.notebook.labrun")
 
 
 class Rerun(BaseModel):
