@@ -57,6 +57,8 @@ MISSING_BATCH = 10_000
 #: Content of this many bytes or more is uploaded in pieces of PIECE_BYTES that resume (server/resumable.py).
 RESUMABLE_FROM = 64 << 20
 PIECE_BYTES = 16 << 20
+#: Pauses a resumable upload waits out (refused pieces, content being stored) before it gives up.
+UPLOAD_WAITS = 66
 #: Calls that are safe to repeat: reads, content-addressed uploads, and ingest (idempotent by sequence).
 _IDEMPOTENT = ("GET", "PUT")
 #: Gateway answers that mean "try again" rather than "you asked wrongly".
@@ -318,27 +320,53 @@ class Client:
         self.request("PUT", f"/blobs/{sha256}", content=source, headers={"content-type": "application/octet-stream"})
 
     def _put_in_pieces(self, sha256: str, source: BinaryIO, start: int, size: int) -> None:
-        offset = int(self.request("GET", f"/blobs/{sha256}/upload").json()["offset"])
-        refused = 0
-        while True:
+
+        offset, stored = self._upload_stands(sha256)
+        waited = 0
+        while not stored:
             if offset > size:
                 raise ServerError(f"the server holds {offset} bytes of an upload of {size}: not this content")
+            if offset == size:
+                # Every byte arrived and the server is storing them: the answer to the last piece was
+                # lost (a timeout while it stored a big file). Wait for it, rather than send again.
+                waited = self._wait_a_while(waited, sha256)
+                offset, stored = self._upload_stands(sha256)
+                continue
             source.seek(start + offset)
             piece = source.read(PIECE_BYTES)
+            if not piece:
+                raise InvalidArgument(f"the file got shorter while it was uploaded ({start + offset} bytes of the "
+                                      f"{start + size} it had): upload it again once it is written")
             headers = {"content-type": "application/octet-stream", "upload-offset": str(offset),
                        "upload-length": str(size)}
             try:
                 answer = self.request("PUT", f"/blobs/{sha256}", content=piece, headers=headers).json()
-            except Conflict:
-                # A retry of a piece cut short, part of which arrived: go on from what the server holds.
-                refused += 1
-                if refused > 5:
-                    raise
-                offset = int(self.request("GET", f"/blobs/{sha256}/upload").json()["offset"])
+            except (Conflict, ServerError):
+                # A retry of a piece cut short (part of it arrived), a piece still arriving, a lost
+                # answer: go on from what the server holds, after a pause that grows.
+                waited = self._wait_a_while(waited, sha256)
+                offset, stored = self._upload_stands(sha256)
                 continue
             if "offset" not in answer:
                 return  # that piece completed it: stored
-            offset, refused = int(answer["offset"]), 0
+            arrived = int(answer["offset"])
+            if arrived <= offset:
+                raise ServerError(f"the server took none of the piece sent at byte {offset} of {sha256[:12]}...")
+            offset, waited = arrived, 0
+
+    def _upload_stands(self, sha256: str) -> tuple[int, bool]:
+        answer = self.request("GET", f"/blobs/{sha256}/upload").json()
+        return int(answer["offset"]), bool(answer.get("stored"))
+
+    @staticmethod
+    def _wait_a_while(waited: int, sha256: str) -> int:
+        """Sleep before asking again (0.2 s, doubling, at most 10 s; about 10 minutes in all)."""
+        import time
+
+        if waited >= UPLOAD_WAITS:
+            raise ServerError(f"the upload of {sha256[:12]}... made no progress after {waited} tries; try again later")
+        time.sleep(min(10.0, 0.2 * 2 ** waited))
+        return waited + 1
 
     def missing_blobs(self, shas: Sequence[str]) -> list[str]:
         missing: list[str] = []

@@ -19,7 +19,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 import anyio
 
@@ -75,10 +75,11 @@ async def receive_piece(chunks: AsyncIterator[bytes], scratch: Path, artifacts: 
     """Append one piece; the stored content when it completes the upload, else the bytes arrived."""
     scratch.mkdir(parents=True, exist_ok=True)
     path = partial_path(scratch, caller, sha256)
-    if start == 0 and not path.exists() and _unfinished(scratch, caller) >= MAX_UNFINISHED:
+    creating = start == 0 and not path.exists()
+    if creating and _unfinished(scratch, caller) >= MAX_UNFINISHED:
         raise Conflict(f"{MAX_UNFINISHED} uploads of this token are unfinished: finish one (GET /blobs/SHA/upload "
                        "says where each stands) before starting another")
-    with _locked(path) as f:
+    with _locked(path, create=creating or start == 0, sha256=sha256) as f:
         held = os.fstat(f.fileno()).st_size
         if held != start:
             raise Conflict(f"this upload stands at byte {held}, not {start}: ask GET /blobs/{sha256}/upload "
@@ -95,12 +96,17 @@ async def receive_piece(chunks: AsyncIterator[bytes], scratch: Path, artifacts: 
         if size > total:
             await anyio.to_thread.run_sync(_truncate, f, held)  # the piece is refused whole
             raise InvalidArgument(f"the piece runs past Upload-Length {total}")
+        if size == held and size < total:
+            raise InvalidArgument("an empty piece: send the bytes from Upload-Offset on")
         if size < total:
             return size
         try:
-            blob = await anyio.to_thread.run_sync(artifacts.put_file, path)
+            f.seek(0)
+            # Stored from this file, under its lock: never from the path, which a new upload of the
+            # same content may take once this one is gone.
+            blob = await anyio.to_thread.run_sync(artifacts.put_stream, cast(BinaryIO, f))
         finally:
-            path.unlink(missing_ok=True)
+            _unlink_if_same(path, f)
     if blob.sha256 != sha256:
         raise InvalidArgument(f"the content's SHA-256 is {blob.sha256}, not {sha256}; the upload was discarded")
     return blob
@@ -111,17 +117,33 @@ def _truncate(f: IO[bytes], size: int) -> None:
     f.seek(size)
 
 
+def _unlink_if_same(path: Path, f: IO[bytes]) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_ino == os.fstat(f.fileno()).st_ino:
+            path.unlink()
+
+
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[IO[bytes]]:
+def _locked(path: Path, create: bool, sha256: str) -> Iterator[IO[bytes]]:
     """The partial file, open for appending and held by this request alone (a retry racing the
-    request it retries would interleave their bytes)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    request it retries would interleave their bytes). Created only for a piece at offset 0: a piece
+    further on of an upload the server does not hold leaves nothing behind."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0), 0o600)
+    except FileNotFoundError:
+        raise Conflict(f"this upload stands at byte 0: ask GET /blobs/{sha256}/upload and send from there") from None
     f = os.fdopen(fd, "r+b")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise Conflict("a piece of this upload is arriving already; ask where it stands once it ends") from None
+        try:
+            same = path.stat().st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # completed (and removed) by the request that held the lock before this one
+            raise Conflict(f"this upload ended meanwhile: ask GET /blobs/{sha256}/upload where it stands")
         f.seek(0, os.SEEK_END)
         yield f
     finally:

@@ -43,6 +43,9 @@ from runyard.files import place
 from runyard.store.artifacts import CHUNK, PARTIAL_PREFIX, SHA, Blob, Stored, put_file_with, sha_of_ref
 from runyard.store.disk_artifacts import walk_tree
 
+MIB = 1 << 20
+#: S3's most parts in one multipart upload.
+MAX_PARTS = 10_000
 #: Files of this size or more go up in parts (each ``MULTIPART_CHUNK`` bytes), several at a time.
 MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNK = 16 << 20
@@ -425,7 +428,7 @@ class S3Artifacts:
         rest are sent. A checkpoint whose upload a dead node, a killed supervisor or a network failure
         cut short is finished from where it stopped, not sent again whole. Parts go several at a time,
         read with ``os.pread`` (no shared file position) and held in memory one part per thread."""
-        chunk = self.multipart_chunk
+        chunk = self._part_size(size)
         count = -(-size // chunk)
         upload_id, sent = self._upload_under_way(f, key, size, what)
         if upload_id is None:
@@ -444,16 +447,23 @@ class S3Artifacts:
             return number, str(answer["ETag"])
 
         missing = [n for n in range(1, count + 1) if n not in sent]
-        with ThreadPoolExecutor(max(1, min(CONCURRENCY // 2, len(missing))), thread_name_prefix="runyard-s3") as pool:
-            sent.update(pool.map(send, missing))
-        parts = [{"PartNumber": n, "ETag": sent[n]} for n in sorted(sent)]
         try:
+            with ThreadPoolExecutor(max(1, min(CONCURRENCY // 2, len(missing))),
+                                    thread_name_prefix="runyard-s3") as pool:
+                sent.update(pool.map(send, missing))
+            parts = [{"PartNumber": n, "ETag": sent[n]} for n in sorted(sent)]
             self._call("complete_multipart_upload", what, Key=key, UploadId=upload_id,
                        MultipartUpload={"Parts": parts})
         except NotFound:
-            # Another process storing the same content completed this upload meanwhile: fine when the
-            # object is there now.
+            # Another process storing the same content (it found the same upload under way) completed
+            # it meanwhile: fine when the object is there now.
             self._call("head_object", what, Key=key)
+
+    def _part_size(self, size: int) -> int:
+        """Bytes per part: ``multipart_chunk``, or more for content that would need more than S3's
+        10,000 parts (past 156 GiB at 16 MiB), in whole MiB. A function of the size alone, so that a
+        resumed upload cuts the same parts."""
+        return max(self.multipart_chunk, -(-size // (MAX_PARTS * MIB)) * MIB)
 
     def _upload_under_way(self, f: IO[bytes], key: str, size: int, what: str) -> tuple[str | None, dict[int, str]]:
         """The newest unfinished multipart upload to ``key`` and its parts that match ``f``
@@ -470,7 +480,7 @@ class S3Artifacts:
         if not uploads:
             return None, {}
         upload_id = str(uploads[-1]["UploadId"])
-        chunk = self.multipart_chunk
+        chunk = self._part_size(size)
         kept: dict[int, str] = {}
         marker = 0
         while True:
@@ -673,7 +683,11 @@ class S3Artifacts:
                 key, upload_id = str(upload["Key"]), str(upload["UploadId"])
                 try:
                     parts = self._call("list_parts", f"listing the parts of {key}", Key=key, UploadId=upload_id)
-                    size = sum(int(p["Size"]) for p in parts.get("Parts", []))
+                    listed = parts.get("Parts", [])
+                    if any(p.get("LastModified") is not None and p["LastModified"].timestamp() >= before
+                           for p in listed):
+                        continue  # begun long ago, but resumed lately: someone is finishing it
+                    size = sum(int(p["Size"]) for p in listed)
                     if remove:
                         self._call("abort_multipart_upload", f"aborting the upload to {key}", Key=key,
                                    UploadId=upload_id)

@@ -18,6 +18,7 @@ from tests.unit.server.conftest import live_server as live_server
 
 from runyard import client as client_module
 from runyard.client import Client
+from runyard.errors import InvalidArgument
 from runyard.store.tokens import Tokens
 
 __all__ = ["api", "live_server"]
@@ -127,3 +128,89 @@ def test_a_token_cannot_leave_unfinished_uploads_without_bound(api: Served, monk
     done = api.client.put(f"/api/v1/blobs/{sha}", content=data[100:], headers=piece(100, len(data)))
     assert done.json() == {"sha256": sha, "size": len(data)}
     assert api.client.put(f"/api/v1/blobs/{fourth}", content=b"one", headers=piece(0, 12)).json()["offset"] == 3
+
+
+def counting(node: Client, monkeypatch: pytest.MonkeyPatch, after: Any = None) -> list[tuple[str, int, int]]:
+    """Record (method, offset, bytes) of each request ``node`` sends; ``after(method, headers, answer)``
+    may act once a request was answered."""
+    sent: list[tuple[str, int, int]] = []
+    http_request = node.http.request
+
+    def counted(method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.get("headers") or {}
+        sent.append((method, int(headers.get("upload-offset", -1)), len(kwargs.get("content") or b"")))
+        answer = http_request(method, path, **kwargs)
+        if after is not None:
+            after(method, headers, answer)
+        return answer
+
+    monkeypatch.setattr(node.http, "request", counted)
+    return sent
+
+
+def test_a_lost_answer_to_the_last_piece_does_not_send_the_content_again(
+        live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Storing a big checkpoint can outlast the client's read timeout: the last piece's answer is
+    # lost, though the server stored it. The client asks, and stops there.
+    monkeypatch.setattr(client_module, "RESUMABLE_FROM", 2 * MIB)
+    monkeypatch.setattr(client_module, "PIECE_BYTES", MIB)
+    data = os.urandom(3 * MIB + 5)
+    source = tmp_path / "checkpoint.pt"
+    source.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    node = Client(live_server.url)
+    lost = []
+
+    def lose_the_last_answer(method: str, headers: dict[str, str], answer: httpx.Response) -> None:
+        if method == "PUT" and "offset" not in answer.json() and not lost:
+            lost.append(answer)
+            raise httpx.ReadTimeout("the server took too long to answer")
+
+    sent = counting(node, monkeypatch, lose_the_last_answer)
+    try:
+        node.put_blob(sha, source)
+    finally:
+        node.close()
+    assert lost  # the answer was lost once
+    assert sum(size for method, _, size in sent if method == "PUT") <= len(data) + MIB  # not twice the content
+    assert httpx.get(f"{live_server.url}/api/v1/blobs/{sha}").content == data
+
+
+def test_a_file_that_gets_shorter_while_it_goes_up_is_an_error_not_an_endless_loop(
+        live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "RESUMABLE_FROM", 2 * MIB)
+    monkeypatch.setattr(client_module, "PIECE_BYTES", MIB)
+    source = tmp_path / "last.ckpt"
+    source.write_bytes(os.urandom(3 * MIB))
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    node = Client(live_server.url)
+
+    def training_rewrites_it(method: str, headers: dict[str, str], answer: httpx.Response) -> None:
+        if method == "PUT":
+            with source.open("r+b") as f:
+                f.truncate(MIB)  # truncate-then-write, as torch.save does
+
+    sent = counting(node, monkeypatch, training_rewrites_it)
+    try:
+        with pytest.raises(InvalidArgument, match="got shorter"):
+            node.put_blob(sha, source)
+    finally:
+        node.close()
+    assert len([m for m, _, _ in sent if m == "PUT"]) == 1
+    empty = httpx.put(f"{live_server.url}/api/v1/blobs/{sha}", content=b"", headers=piece(MIB, 3 * MIB))
+    assert empty.status_code == 400 and "empty piece" in empty.json()["error"]
+
+
+def test_pieces_refused_leave_nothing_behind(api: Served) -> None:
+    # A piece further on of an upload the server does not hold is refused, and creates no file: a
+    # token cannot fill the server's disk with them, nor use up its own bound on unfinished uploads.
+    for i in range(40):
+        sha = hashlib.sha256(f"never started {i}".encode()).hexdigest()
+        refused = api.client.put(f"/api/v1/blobs/{sha}", content=b"x", headers=piece(1, 2))
+        assert refused.status_code == 409 and "byte 0" in refused.json()["error"]
+    scratch = api.opened.artifacts.scratch
+    assert [p for p in scratch.iterdir() if p.name.startswith("partial-")] == []
+    data = b"a real upload" * 10
+    sha = hashlib.sha256(data).hexdigest()
+    assert api.client.put(f"/api/v1/blobs/{sha}", content=data[:7], headers=piece(0, len(data))).json()["offset"] == 7
+    assert api.client.get(f"/api/v1/blobs/{sha}/upload").json() == {"sha256": sha, "offset": 7, "stored": False}

@@ -315,6 +315,15 @@ def test_gc_aborts_uploads_nobody_came_back_to_finish(
     upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]
     client.upload_part(Bucket=store.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1000)
     assert store.unfinished(time.time() - 3600, remove=True) == []  # begun within the grace: kept
+    # Begun before the cut-off but resumed since: someone is finishing it, kept.
+    time.sleep(2.1)
+    between = time.time()
+    time.sleep(1.1)
+    client.upload_part(Bucket=store.bucket, Key=key, UploadId=upload_id, PartNumber=2, Body=b"y" * 10)
+    assert store.unfinished(between, remove=True) == []
+    client.abort_multipart_upload(Bucket=store.bucket, Key=key, UploadId=upload_id)
+    upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=store.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1000)
     found = store.unfinished(time.time() + 60, remove=False)  # a dry run names it and keeps it
     assert [(name.split(" ")[0], size) for name, size in found] == [(key, 1000)]
     assert len(client.list_multipart_uploads(Bucket=store.bucket, Prefix=key).get("Uploads", [])) == 1
@@ -348,3 +357,13 @@ def test_credentials_that_may_not_list_uploads_under_way_still_upload_and_gc_sti
     assert store.requests["upload_part"] == 3
     assert s3_store(s3_server, s3_location, tmp_path).read_bytes(blob.content_ref) == big.read_bytes()
     assert store.unfinished(time.time() + 60, remove=True) == []  # said in the log, not a failure
+
+
+def test_content_past_ten_thousand_parts_goes_up_in_bigger_parts() -> None:
+    # S3 takes at most 10,000 parts: at 16 MiB a part, content past 156 GiB needs bigger ones, the
+    # same for every attempt at the same content (a resumed upload cuts the same parts).
+    store = S3Artifacts("bucket")
+    for size in (1 << 30, 156 << 30, 157 << 30, 5 << 40):
+        part = store._part_size(size)
+        assert part >= store.multipart_chunk and part % MIB == 0 and -(-size // part) <= 10_000
+    assert store._part_size(1 << 30) == store.multipart_chunk

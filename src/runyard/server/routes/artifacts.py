@@ -128,10 +128,15 @@ def add_routes(app: FastAPI, server: Server) -> None:
     @app.get(f"{v1}/blobs/{{sha256}}/upload", tags=["ingest"])
     @requires("writer")
     def blob_upload(request: Request, sha256: str) -> dict[str, Any]:
-        """How many bytes of the caller's upload of this content have arrived (0: none)."""
+        """How many bytes of the caller's upload of this content have arrived (0: none), and whether
+        the content is stored for the caller (its upload completed, even if the answer to its last
+        piece was lost: then there is nothing more to send)."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise InvalidArgument("a blob is named by the lowercase hex SHA-256 of its content")
-        return {"sha256": sha256, "offset": resumable.arrived(server.artifacts.scratch, _caller(request), sha256)}
+        scope = principal_of(request).project
+        stored = server.artifacts.has(sha256) and (scope is None or bool(store.visible_content(scope, [sha256])))
+        return {"sha256": sha256, "offset": resumable.arrived(server.artifacts.scratch, _caller(request), sha256),
+                "stored": stored}
 
     @app.get(f"{v1}/blobs/{{sha256}}", tags=["ingest"])
     @requires("reader")
