@@ -219,6 +219,9 @@ def test_a_broken_notebook_or_an_unknown_parameter_exits_2_and_queues_nothing(
         assert said in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert cli(nb_env, project, "ls").stdout.strip() == "no runs match"
+    # A shell line that merely ends in .ipynb is a command, as before notebook runs existed.
+    shell_line = cli(nb_env, project, "run", "--json", "cp good.ipynb copy.ipynb")
+    assert json.loads(shell_line.stdout)["number"] == 1
 
 
 def test_values_are_python_literals_else_text_and_the_parameters_are_the_names_the_cell_assigns() -> None:

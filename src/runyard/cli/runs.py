@@ -71,7 +71,9 @@ def run(command: list[str], argv_form: bool, **o: Any) -> int:
     shell = not argv_form and len(command) == 1
     params = options.params(o["params"])
     kind, notes = RunKind.SCRIPT, tuple[str, ...]()
-    if len(command) == 1 and command[0].endswith(".ipynb"):  # a notebook, whether after -- or not
+    # One word naming a notebook, whether after -- or not; a shell line that ends in .ipynb
+    # ('papermill in.ipynb out.ipynb') stays a shell line.
+    if len(command) == 1 and command[0].endswith(".ipynb") and not any(c.isspace() for c in command[0]):
         kind, shell = RunKind.NOTEBOOK, False
         command, notes = _notebook(command[0], params)
     if settings.server:
