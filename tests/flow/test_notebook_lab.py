@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -85,6 +86,21 @@ def execute(lab: Lab, kernel: str, code: str, timeout: float = 60) -> list[dict[
                 return seen
     finally:
         ws.close()
+
+
+def kernels_of(run_id: str) -> list[Any]:
+    """The kernel processes of a run (ipykernel with the run's RUNYARD_RUN_ID in its environment)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "ipykernel_launcher" in " ".join(proc.info["cmdline"] or []) and \
+                    proc.environ().get("RUNYARD_RUN_ID") == run_id:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
 
 
 def test_jupyterlab_listens_on_loopback_only_and_only_with_its_token(lab: Lab) -> None:
@@ -160,6 +176,16 @@ def test_runyard_notebook_serves_jupyterlab_as_a_run_that_stops_when_idle_and_ke
     kernel = httpx.post(f"{base}/api/kernels", headers=headers, json={"name": "python3"}, timeout=60).json()["id"]
     lab = Lab(base, token, project, None)  # type: ignore[arg-type]
     execute(lab, kernel, "open('results.txt', 'w').write('trained')")
+    # The kernel leads a session of its own: its group is recorded with the run's, so that nothing
+    # of the run outlives it, whoever ends it.
+    from runyard.exec.groups import recorded
+    from runyard.exec.spec import run_directory
+
+    run_id = json.loads(cli(env, project, "show", str(number), "--json").stdout)["id"]
+    kernels = kernels_of(run_id)
+    assert kernels
+    wait_for(lambda: all(os.getpgid(k.pid) in recorded(run_directory(tmp_path / "home", run_id)) for k in kernels),
+             15, "the kernel's group to be recorded")
     shown = json.loads(cli(env, project, "show", str(number), "--json").stdout)
     assert shown["status"] == "running" and shown["kind"] == "jupyterlab" and "jupyterlab" in shown["labels"]
     # The kind is not a way to run anything else as a long-lived notebook run.
@@ -174,6 +200,7 @@ def test_runyard_notebook_serves_jupyterlab_as_a_run_that_stops_when_idle_and_ke
     assert cli(env, project, "notebook", "--url", str(number)).stdout.strip() == url
     # Nothing runs now: it stops itself, its files kept as the run's outputs, its token nowhere kept.
     assert wait_status(env, project, number, TERMINAL, timeout=120) == "finished"
+    wait_for(lambda: not any(k.is_running() and k.status() != "zombie" for k in kernels), 15, "the kernel to end")
     log = cli(env, project, "logs", str(number)).stdout
     assert "idle" in log and token not in log
     out = tmp_path / "back"

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     judge = IdleJudge(url, token, gpu_busy=lambda: _on_gpu(lab.pid))
+    kernels = _Groups(connection_file(Path(home), run_id).parent, lab.pid)
     if not _wait_until_up(judge, lab, stopping):
-        _stop(lab)
+        _stop(lab, kernels)
         return lab.returncode if lab.returncode not in (None, 0) else 1
     _write_connection(connection_file(Path(home), run_id), {"url": f"{url}/lab", "token": token, "port": port,
                                                             "pid": lab.pid})
@@ -89,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
           "(no busy kernel, no terminal in use, no process on a GPU)", flush=True)
     warned = False
     while lab.poll() is None and not stopping["signal"]:
-        _sleep(look_every, lab, stopping)
+        _sleep(look_every, lab, stopping, kernels.note)
         if lab.poll() is not None or stopping["signal"]:
             break
+        kernels.note()
         try:
             idle = judge.look()
         except Exception as e:  # noqa: BLE001 - a look that fails is said; JupyterLab may be busy answering
@@ -106,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         elif idle >= args.idle:
             print(f"JupyterLab was idle for {_words(idle)}: stopping it; its work directory is kept as this "
                   "run's outputs", flush=True)
-            _stop(lab)
+            _stop(lab, kernels)
             return 0
-    _stop(lab)
+    _stop(lab, kernels)
     if stopping["signal"]:
         return 128 + stopping["signal"]
     print(f"JupyterLab exited by itself (code {lab.returncode})", flush=True)
@@ -175,8 +178,57 @@ def _write_connection(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _stop(lab: subprocess.Popen[bytes]) -> None:
-    """Stop JupyterLab (its kernels with it): SIGTERM, then SIGKILL after 30 s."""
+class _Groups:
+    """The process groups of JupyterLab's kernels and terminals: each leads a session of its own
+    (jupyter_client and terminado start them so), out of reach of the signals the supervisor sends
+    the command's group. Recorded with the run's groups (``runyard.exec.groups``), so that whoever
+    finds the run abandoned ends them too, and ended by ``_stop`` when JupyterLab did not."""
+
+    def __init__(self, directory: Path, root: int) -> None:
+        self.directory = directory
+        self.root = root
+        self.seen: set[int] = set()
+
+    def note(self) -> None:
+        import psutil
+
+        from runyard.exec.groups import record
+
+        ours = os.getpgid(0)
+        try:
+            children = psutil.Process(self.root).children(recursive=True)
+        except psutil.Error:
+            return
+        for child in children:
+            with contextlib.suppress(OSError, psutil.Error):
+                pgid = os.getpgid(child.pid)
+                if pgid != ours and pgid not in self.seen:
+                    self.seen.add(pgid)
+                    record(self.directory, pgid)
+
+    def end(self) -> None:
+        """SIGTERM to each group still there, then SIGKILL to what is left after 5 s."""
+        for sig, pause in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+            alive = [g for g in self.seen if _signal_group(g, sig)]
+            if not alive:
+                return
+            deadline = time.monotonic() + pause
+            while pause and time.monotonic() < deadline and any(_signal_group(g, 0) for g in alive):
+                time.sleep(0.1)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _stop(lab: subprocess.Popen[bytes], kernels: _Groups) -> None:
+    """Stop JupyterLab (it shuts its kernels down): SIGTERM, then SIGKILL after 30 s; then end the
+    kernels and terminals it left."""
+    kernels.note()
     if lab.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             lab.terminate()
@@ -185,12 +237,18 @@ def _stop(lab: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             lab.kill()
             lab.wait()
+    kernels.end()
 
 
-def _sleep(seconds: float, lab: subprocess.Popen[bytes], stopping: dict[str, int]) -> None:
+def _sleep(seconds: float, lab: subprocess.Popen[bytes], stopping: dict[str, int],
+           every_2s: Callable[[], None]) -> None:
     deadline = time.monotonic() + seconds
+    ticks = 0
     while time.monotonic() < deadline and lab.poll() is None and not stopping["signal"]:
         time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        ticks += 1
+        if ticks % 4 == 0:
+            every_2s()
 
 
 def _on_gpu(root_pid: int) -> bool:
