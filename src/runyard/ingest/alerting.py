@@ -287,7 +287,15 @@ class Outbox:
             self._after = max(self._after, event.id)
             delivery = dict(event.delivery or {})
             if delivery.get("sender", "") != self.sender:
-                continue  # another group's: delivered with the settings of where it fired
+                # Another group's notices go out with the settings of where it fired. A stop needs no
+                # settings: whoever sees it first acts (stopping twice is harmless), so that a group
+                # with no live member (its [notify] changed, its last process gone) stops no run late.
+                if not delivery.get("done"):
+                    try:
+                        self.stop(event.run, event.message)
+                    finally:
+                        self.store.set_alert_delivery(event.id, {**delivery, "done": True})
+                continue
             acted += 1
             if not delivery.get("done"):
                 try:

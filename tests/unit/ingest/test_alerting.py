@@ -103,3 +103,18 @@ def test_an_alert_is_delivered_by_an_outbox_with_the_notify_settings_of_where_it
     for o in outboxes:
         o.dispatcher.deliver_due()
     assert sorted(sent) == [("alice", on_laptop.number), ("server-a", on_server.number)]
+
+    for o in outboxes:
+        o.close()
+    # A rule that stops the run fired in a group none of whose members is alive now (its [notify]
+    # was changed and its processes restarted): another group's outbox stops the run all the same.
+    store.add_alert_rule(check({"name": "nan", "when": "nan", "metric": "loss", "action": "stop"}, "test"))
+    nan_run = store.create_run(NewRun(project="p", status=RunStatus.RUNNING))
+    Watcher(store, sender="a-group-gone").after_ingest(nan_run.number, batch(nan_run.id, "loss", [0], [float("nan")]))
+    stopped: list[int] = []
+    survivor = Outbox(store, Dispatcher(senders={}), lambda number, why: stopped.append(number), holder="s",
+                      lease=30, sender=groups["team"])
+    survivor.poll()
+    assert stopped == [nan_run.number]
+    survivor.poll()
+    assert stopped == [nan_run.number]  # once
