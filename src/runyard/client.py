@@ -235,13 +235,16 @@ class Client:
         url = wire.API_PREFIX + path if path.startswith("/") else path
         repeatable = method in _IDEMPOTENT or path == "/ingest"
         asked = 0.0  # what the last answer's Retry-After asked for
+        content = kwargs.get("content")
+        # A file body is sent from where it stood, again on each try (not from its start: an upload
+        # of what is left to read of a file).
+        origin = content.tell() if content is not None and hasattr(content, "tell") else None
         for attempt in range(1 + self.retries):
             if attempt:
                 jitter = random.uniform(0, 0.25 * 2 ** attempt)  # noqa: S311 - jitter, not secrecy
                 time.sleep(max(jitter, min(asked, MAX_RETRY_AFTER)))
-            content = kwargs.get("content")
-            if content is not None and hasattr(content, "seek"):
-                content.seek(0)  # a file body is read again from its start
+            if origin is not None:
+                content.seek(origin)  # type: ignore[union-attr]
             try:
                 self._authorize()
                 response = self.http.request(method, url, **kwargs)
@@ -314,7 +317,9 @@ class Client:
         start = source.tell()
         size = source.seek(0, os.SEEK_END) - start
         source.seek(start)
-        if size >= RESUMABLE_FROM:
+        if size >= RESUMABLE_FROM or start:
+            # (A file body is sent by httpx with the whole file's length: what is left of a file
+            # read part-way goes in pieces, each of exact length.)
             self._put_in_pieces(sha256, source, start, size)
             return
         self.request("PUT", f"/blobs/{sha256}", content=source, headers={"content-type": "application/octet-stream"})

@@ -214,3 +214,30 @@ def test_pieces_refused_leave_nothing_behind(api: Served) -> None:
     sha = hashlib.sha256(data).hexdigest()
     assert api.client.put(f"/api/v1/blobs/{sha}", content=data[:7], headers=piece(0, len(data))).json()["offset"] == 7
     assert api.client.get(f"/api/v1/blobs/{sha}/upload").json() == {"sha256": sha, "offset": 7, "stored": False}
+
+
+def test_a_retried_upload_sends_what_was_left_to_read_not_the_file_from_its_start(
+        live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(100_000)
+    source = tmp_path / "archive.bin"
+    source.write_bytes(b"a header before the content" + data)
+    sha = hashlib.sha256(data).hexdigest()
+    node = Client(live_server.url)
+    http_request = node.http.request
+    calls = []
+
+    def first_try_fails(method: str, path: str, **kwargs: Any) -> httpx.Response:
+        calls.append(method)
+        if calls.count("PUT") == 1 and method == "PUT":
+            raise httpx.ConnectError("connection reset")
+        return http_request(method, path, **kwargs)
+
+    monkeypatch.setattr(node.http, "request", first_try_fails)
+    try:
+        with source.open("rb") as f:
+            f.seek(len(b"a header before the content"))
+            node.put_blob(sha, f)
+    finally:
+        node.close()
+    assert calls.count("PUT") == 2
+    assert httpx.get(f"{live_server.url}/api/v1/blobs/{sha}").content == data
