@@ -291,3 +291,7 @@ def test_the_same_notebook_is_converted_once_whichever_run_holds_it(api: Served,
     pages = [api.client.get(f"/api/v1/runs/{n}/rendered/{PATH}").text for n in (first, second, first)]
     assert pages[0] == pages[1] == pages[2] and "Quarterly loss report" in pages[0]
     assert len(conversions) == 1  # kept by content, not by run
+    # The same content under another name (another project's run): its page says its own name.
+    other = a_run_with(api, report, path="outputs/board-minutes.ipynb", project="b")
+    page = api.client.get(f"/api/v1/runs/{other}/rendered/outputs/board-minutes.ipynb").text
+    assert "board-minutes.ipynb" in page and "report.ipynb" not in page

@@ -148,9 +148,9 @@ class RenderCache:
                 self._size -= len(dropped)
 
 
-def etag(sha256: str) -> str:
-    """The page's entity tag: its notebook's content and the renderer that made it."""
-    return '"' + hashlib.sha256(f"{sha256}:{RENDERER}".encode()).hexdigest()[:32] + '"'
+def etag(key: str) -> str:
+    """The page's entity tag: its notebook's content and name (``key``) and the renderer that made it."""
+    return '"' + hashlib.sha256(f"{key}:{RENDERER}".encode()).hexdigest()[:32] + '"'
 
 
 def _parse(data: bytes) -> dict[str, Any]:

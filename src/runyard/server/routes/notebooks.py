@@ -46,13 +46,13 @@ def add_routes(app: FastAPI, server: Server) -> None:
                            "MiB are not shown here: download it instead")
         return path, entry.content_ref, entry.sha256
 
-    def convert(content_ref: str, sha256: str, title: str) -> str:
+    def convert(content_ref: str, key: str, title: str) -> str:
         with server.artifacts.open(content_ref) as f:
             data = f.read(notebook_html.MAX_NOTEBOOK + 1)
         if len(data) > notebook_html.MAX_NOTEBOOK:  # the record's size was wrong: the bytes decide
             raise TooLarge(f"{title} is larger than {notebook_html.MAX_NOTEBOOK >> 20} MiB: download it instead")
         page = notebook_html.render(data, title)
-        cache.put(sha256, page)
+        cache.put(key, page)
         return page
 
     @app.get(f"{wire.API_PREFIX}/runs/{{ref}}/rendered/{{path:path}}", tags=["artifacts"],
@@ -63,16 +63,20 @@ def add_routes(app: FastAPI, server: Server) -> None:
         sanitised HTML; no script of the notebook runs (none is kept, and the page's
         Content-Security-Policy allows none, in a sandbox). Past 50 MiB: 413, download it instead."""
         path, content_ref, sha256 = await anyio.to_thread.run_sync(notebook_entry, request, ref, path)
-        tag = notebook_html.etag(sha256)
+        title = path.rsplit("/", 1)[-1]
+        # Kept by content and name: the page's title is the file's name, which another run (another
+        # project's, maybe) holding the same notebook need not share.
+        key = f"{sha256}/{title}"
+        tag = notebook_html.etag(key)
         headers = {"content-security-policy": notebook_html.PAGE_CSP, "x-content-type-options": "nosniff",
                    "cache-control": "private, no-cache", "etag": tag}
         if request.headers.get("if-none-match") == tag:
             return Response(status_code=304, headers=headers)
-        page = cache.get(sha256)
+        page = cache.get(key)
         if page is None:
             try:
                 async with conversions.slot():
-                    page = await anyio.to_thread.run_sync(convert, content_ref, sha256, path.rsplit("/", 1)[-1])
+                    page = await anyio.to_thread.run_sync(convert, content_ref, key, title)
             except ImportError:
                 return error_response(501, NO_EXTRA)
         return Response(page, media_type="text/html; charset=utf-8", headers=headers)
