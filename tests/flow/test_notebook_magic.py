@@ -289,3 +289,12 @@ def test_two_launches_at_once_never_share_a_number(tmp_path: Path) -> None:
     assert sorted(p.name for p in made) == [f"model_{n:03d}.py" for n in range(1, 9)]
     assert sorted(p.read_text() for p in made) == sorted(f"print({i})\n" for i in range(8))
 
+
+
+def test_what_the_kernels_threads_print_during_a_launch_does_not_lose_the_runs_number() -> None:
+    # The launch's output is captured process-wide: a progress bar or a log line of another thread
+    # may land after runyard run's JSON line. The run is queued all the same; its number is found.
+    from runyard.notebook.magic import _queued_number
+
+    assert _queued_number('{"number": 7, "id": "01J"}\n 50%|#####     | 5/10 [00:01<00:01]\n') == 7
+    assert _queued_number('INFO loading data\n{"number": 8, "id": "01K"}') == 8

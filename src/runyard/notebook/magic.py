@@ -303,8 +303,20 @@ def launch(words: list[str], cell: str, cwd: Path) -> Launched | None:
     argv = (python_command(here), relative)
     try:
         printed = _cli(["run", *words, "--json", "--", *argv], capture=True)
-        number = int(json.loads(printed.strip().splitlines()[-1])["number"])
     except BaseException:
         script.unlink(missing_ok=True)  # nothing launched: the number is free again
         raise
-    return Launched(number, options["name"], script, argv)
+    # The run is queued now, whatever else the kernel's threads printed meanwhile (the capture is
+    # process-wide): the script stays, and the number is the JSON line that says it.
+    return Launched(_queued_number(printed), options["name"], script, argv)
+
+
+def _queued_number(printed: str) -> int:
+    from runyard.errors import RunyardError
+
+    for line in reversed(printed.strip().splitlines()):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            answer = json.loads(line)
+            if isinstance(answer, dict) and isinstance(answer.get("number"), int):
+                return int(answer["number"])
+    raise RunyardError(f"the run was queued, but its number was not in what runyard run printed: {printed[-300:]!r}")
