@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"JupyterLab is up on {url}/lab; it stops after {_words(args.idle)} idle "
           "(no busy kernel, no terminal in use, no process on a GPU)", flush=True)
     warned = False
+    failing_since: float | None = None
     while lab.poll() is None and not stopping["signal"]:
         _sleep(look_every, lab, stopping, kernels.note)
         if lab.poll() is not None or stopping["signal"]:
@@ -97,8 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         kernels.note()
         try:
             idle = judge.look()
+            failing_since = None
         except Exception as e:  # noqa: BLE001 - a look that fails is said; JupyterLab may be busy answering
             print(f"runyard: could not ask JupyterLab about its activity: {type(e).__name__}: {e}", flush=True)
+            failing_since = failing_since if failing_since is not None else time.monotonic()
+            if time.monotonic() - failing_since >= args.idle:
+                print(f"JupyterLab has not answered for {_words(args.idle)}: stopping it; its work directory is "
+                      "kept as this run's outputs", flush=True)
+                _stop(lab, kernels)
+                return 1
             continue
         if idle < args.idle - warn:
             warned = False
