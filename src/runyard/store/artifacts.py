@@ -9,7 +9,10 @@ everything else gets its store from :func:`open_artifacts` and types against ``A
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,21 @@ def sha_of_ref(content_ref: str) -> str:
 
 #: Told of bytes stored since it was last told (a progress bar advances by them).
 Stored = Callable[[int], None]
+
+
+def stale_files(directory: Path, before: float, remove: bool, prefix: str = "") -> list[tuple[str, int]]:
+    """Regular files of ``directory`` named ``prefix...`` and untouched since ``before``, as (name,
+    bytes): uploads a writer never finished. Removed unless ``remove`` is false."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if entry.name.startswith(prefix) and stat.S_ISREG(st.st_mode) and st.st_mtime < before:
+                    if remove:
+                        Path(entry.path).unlink()
+                    found.append((entry.name, st.st_size))
+    return found
 
 
 def put_file_with(put_stream: Callable[[BinaryIO], Blob], source: Path, progress: Stored | None = None) -> Blob:

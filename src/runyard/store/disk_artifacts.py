@@ -31,7 +31,7 @@ from runyard.files import fsync_dir, place
 from runyard.names import validate_relpath
 from runyard.store.artifacts import CHUNK as _CHUNK
 from runyard.store.artifacts import SHA as _SHA
-from runyard.store.artifacts import Blob, Stored, put_file_with, sha_of_ref
+from runyard.store.artifacts import Blob, Stored, put_file_with, sha_of_ref, stale_files
 
 #: The index of packed objects, at the store's root (see ``DiskArtifacts.put_pack``).
 PACK_INDEX = "packs.idx"
@@ -195,16 +195,7 @@ class DiskArtifacts:
         return out
 
     def unfinished(self, before: float, remove: bool) -> list[tuple[str, int]]:
-        found = []
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self._real("tmp")):
-                with contextlib.suppress(OSError):
-                    st = entry.stat(follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
-                        if remove:
-                            Path(entry.path).unlink()
-                        found.append((entry.name, st.st_size))
-        return found
+        return stale_files(self._real("tmp"), before, remove)
 
     def _new_tmp(self) -> tuple[int, str]:
         return tempfile.mkstemp(dir=self._real("tmp"), prefix="put-")

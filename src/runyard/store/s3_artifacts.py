@@ -29,7 +29,6 @@ import hashlib
 import io
 import logging
 import os
-import stat
 import tempfile
 import threading
 import time
@@ -40,7 +39,7 @@ from typing import IO, Any, BinaryIO, TypeVar
 
 from runyard.errors import ArtifactError, NotFound
 from runyard.files import place
-from runyard.store.artifacts import CHUNK, PARTIAL_PREFIX, SHA, Blob, Stored, put_file_with, sha_of_ref
+from runyard.store.artifacts import CHUNK, PARTIAL_PREFIX, SHA, Blob, Stored, put_file_with, sha_of_ref, stale_files
 from runyard.store.disk_artifacts import walk_tree
 
 MIB = 1 << 20
@@ -665,7 +664,8 @@ class S3Artifacts:
                 yield shard + rest, size, written
 
     def unfinished(self, before: float, remove: bool) -> list[tuple[str, int]]:
-        found = _stale_partials(self._scratch, before, remove)
+        # Only pieces of uploads to a server: the scratch directory may be the system's temporary one.
+        found = stale_files(self._scratch, before, remove, PARTIAL_PREFIX)
         marker: dict[str, str] = {}
         while True:
             try:
@@ -713,21 +713,6 @@ class S3Artifacts:
             return 0
         self._call("delete_object", f"removing {sha256[:12]}...", Key=self._object_key(sha256))
         return size
-
-
-def _stale_partials(scratch: Path, before: float, remove: bool) -> list[tuple[str, int]]:
-    """Pieces of uploads to a server (``PARTIAL_PREFIX`` files of ``scratch``) untouched since ``before``.
-    Only those: the scratch directory may be the system's temporary directory."""
-    found = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(scratch):
-            with contextlib.suppress(OSError):
-                st = entry.stat(follow_symlinks=False)
-                if entry.name.startswith(PARTIAL_PREFIX) and stat.S_ISREG(st.st_mode) and st.st_mtime < before:
-                    if remove:
-                        Path(entry.path).unlink()
-                    found.append((entry.name, st.st_size))
-    return found
 
 
 def _require_boto3(location: str) -> None:
