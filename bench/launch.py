@@ -150,11 +150,16 @@ def main() -> int:
         limit = 100 if name.startswith("runyard status") else 150  # status is for a shell prompt
         rows.append((label, f"<= {limit} ms" if ours else "(peer)", f"{seconds * 1000:.0f} ms",
                      ("met" if seconds * 1000 <= limit else "NOT MET") if ours else ""))
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    """(benchmark, target, measured, result) rows, aligned (bench/notebook.py prints its own so too)."""
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  {'target':<10}  {'measured':<10}  result")
     for r in rows:
         print(f"{r[0]:<{width}}  {r[1]:<10}  {r[2]:<10}  {r[3]}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -168,11 +168,7 @@ def main() -> int:
     measured = [row for section in SECTIONS for row in section(args)]
     if args.json:
         args.json.write_text(json.dumps([asdict(row) for row in measured], indent=2))
-    rows = [row.cells() for row in measured]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'benchmark':<{width}}  {'target':<10}  {'measured':<10}  result")
-    for r in rows:
-        print(f"{r[0]:<{width}}  {r[1]:<10}  {r[2]:<10}  {r[3]}")
+    _launch_module().print_table([row.cells() for row in measured])  # type: ignore[attr-defined]
     return 0
 
 
