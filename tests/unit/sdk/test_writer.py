@@ -235,26 +235,27 @@ def test_a_disk_that_refuses_any_one_write_loses_no_record(tmp_path: Path, small
 def test_records_wait_in_memory_while_the_disk_is_full_and_none_is_said_safe_that_is_not(
         tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FailingOs(fail_at=10**9)
-    stack = contextlib.ExitStack()
-    stack.enter_context(faulty_disk(fake))
-    writer = Writer(tmp_path / RUN, RUN, "w1", tick=0.002, queue_limit=500)
-    problems: list[str] = []
-    writer.on_problem = problems.append
-    writer.start()
-    fake.fill()  # from now on the disk takes nothing
-    for step in range(2000):
-        writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
-    assert writer.pending() == 500 and writer.lost_records > 0
-    wait_for(lambda: any("training continues" in p for p in problems), 10, "the keeper's first failed attempt")
-    assert any("cannot create a spool segment" in p and "training continues" in p for p in problems)
-    assert any("being lost" in p for p in problems)
-    assert not writer.flush(0.2)  # never says everything is written while it is not
-    fake.free()  # space again
-    assert not writer.close(5)  # what was lost stays lost: close says so
+    with faulty_disk(fake):  # restored even when an assertion fails: later tests get a sound disk
+        writer = Writer(tmp_path / RUN, RUN, "w1", tick=0.002, queue_limit=500)
+        problems: list[str] = []
+        writer.on_problem = problems.append
+        writer.start()
+        # The keeper makes its spare segments before the disk fills: one it was still making then
+        # would take held records later, and fewer than queue_limit would wait in memory.
+        wait_for(lambda: len(writer._spares) == writer._spares_wanted(), 10, "the keeper's spare segments")
+        fake.fill()  # from now on the disk takes nothing
+        for step in range(2000):
+            writer.queue.extend(({"x": float(step)}, records.UNNUMBERED, time.time(), step))
+        assert writer.pending() == 500 and writer.lost_records > 0
+        wait_for(lambda: any("training continues" in p for p in problems), 10, "the keeper's first failed attempt")
+        assert any("cannot create a spool segment" in p and "training continues" in p for p in problems)
+        assert any("being lost" in p for p in problems)
+        assert not writer.flush(0.2)  # never says everything is written while it is not
+        fake.free()  # space again
+        assert not writer.close(5)  # what was lost stays lost: close says so
     recs = steps(ingested(tmp_path))
     assert len(recs) == 2000 - writer.lost_records and recs == sorted(set(recs))
     assert any("written again" in p for p in problems)
-    stack.close()
 
 
 def test_records_logged_while_held_records_are_written_again_come_after_them(tmp_path: Path) -> None:
