@@ -8,12 +8,16 @@ export type Status =
 export const ACTIVE: ReadonlySet<Status> = new Set(["queued", "starting", "running"]);
 export const BAD: ReadonlySet<Status> = new Set(["failed", "timeout", "lost"]);
 
+/** What a run executes (runyard.types.RunKind): a command, a notebook run headless, or a JupyterLab served. */
+export type Kind = "script" | "notebook" | "jupyterlab";
+
 export interface Run {
   number: number;
   id: string;
   project: string;
   name: string | null;
   status: Status;
+  kind: Kind;
   status_message: string | null;
   command: string[] | null;
   created_at: number;

@@ -3,6 +3,7 @@ import { useEffect, useMemo, useRef, useState } from "react";
 import { ACTIVE, api, Artifact, follow, Input, LogLine, Run, SeriesInfo, token, V1 } from "../api";
 import { markSeen } from "../attention";
 import { Chart, ChartOptions, PALETTE } from "../components/Chart";
+import { KindBadge } from "../components/Kind";
 import { Labels } from "../components/Labels";
 import { Link, projectHref, runHref } from "../components/Link";
 import { LogViewer } from "../components/LogViewer";
@@ -137,7 +138,8 @@ export function RunPage({ ref_ }: { ref_: string }) {
       <div className="run-head">
         <h1>
           <span className="muted">#{run.number}</span> {run.name ?? `run ${run.number}`}{" "}
-          <span className={`status ${run.status}`} data-testid="run-status">{run.status}</span>
+          <span className={`status ${run.status}`} data-testid="run-status">{run.status}</span>{" "}
+          <KindBadge kind={run.kind} />
         </h1>
         <span className="spacer" />
         <button data-testid="stop" disabled={!active} onClick={() => act(api.stop(run.number).then((r) => setRun(r.run)), "Stop requested.")}>Stop</button>
