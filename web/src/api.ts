@@ -180,6 +180,10 @@ export const api = {
   patch: (ref: number, change: Record<string, unknown>) => call<Run>("PATCH", `${V1}/runs/${ref}`, change),
   stop: (ref: number) => call<{ message: string; run: Run }>("POST", `${V1}/runs/${ref}/stop`, {}),
   rerun: (ref: number) => call<{ number: number; run: Run }>("POST", `${V1}/runs/${ref}/rerun`, {}),
+  /** A one-time address of a JupyterLab run's lab (good for ``expires_in`` seconds); refused with 404
+   * when the run is no JupyterLab or its lab is not answering, 409 once it ended, 503 when the server
+   * serves no labs. */
+  lab: (ref: number) => call<{ url: string; expires_in: number }>("POST", `${V1}/runs/${ref}/lab`, {}),
   alerts: (unseen: boolean, run?: number, signal?: AbortSignal) =>
     call<Alert[]>("GET", `${V1}/alerts?unseen=${unseen}${run !== undefined ? `&run=${run}` : ""}`, undefined, signal),
   alertsSeen: (ids: number[]) => call<{ marked: number }>("POST", `${V1}/alerts/seen`, { ids }),
