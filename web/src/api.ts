@@ -8,12 +8,16 @@ export type Status =
 export const ACTIVE: ReadonlySet<Status> = new Set(["queued", "starting", "running"]);
 export const BAD: ReadonlySet<Status> = new Set(["failed", "timeout", "lost"]);
 
+/** What a run executes (runyard.types.RunKind): a command, a notebook run headless, or a JupyterLab served. */
+export type Kind = "script" | "notebook" | "jupyterlab";
+
 export interface Run {
   number: number;
   id: string;
   project: string;
   name: string | null;
   status: Status;
+  kind: Kind;
   status_message: string | null;
   command: string[] | null;
   created_at: number;
@@ -176,6 +180,10 @@ export const api = {
   patch: (ref: number, change: Record<string, unknown>) => call<Run>("PATCH", `${V1}/runs/${ref}`, change),
   stop: (ref: number) => call<{ message: string; run: Run }>("POST", `${V1}/runs/${ref}/stop`, {}),
   rerun: (ref: number) => call<{ number: number; run: Run }>("POST", `${V1}/runs/${ref}/rerun`, {}),
+  /** A one-time address of a JupyterLab run's lab (good for ``expires_in`` seconds); refused with 404
+   * when the run is no JupyterLab or its lab is not answering, 409 once it ended, 503 when the server
+   * serves no labs. */
+  lab: (ref: number) => call<{ url: string; expires_in: number }>("POST", `${V1}/runs/${ref}/lab`, {}),
   alerts: (unseen: boolean, run?: number, signal?: AbortSignal) =>
     call<Alert[]>("GET", `${V1}/alerts?unseen=${unseen}${run !== undefined ? `&run=${run}` : ""}`, undefined, signal),
   alertsSeen: (ids: number[]) => call<{ marked: number }>("POST", `${V1}/alerts/seen`, { ids }),

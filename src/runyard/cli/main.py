@@ -18,6 +18,7 @@ import click
 
 from runyard._version import __version__
 from runyard.errors import Ambiguous, ArtifactPathError, ConfigError, InvalidArgument, NotFound, RunyardError
+from runyard.types import RunKind
 
 #: Exit code for a mistake in what the user typed (unknown reference, bad value), as click uses.
 EXIT_USAGE = 2
@@ -295,6 +296,8 @@ def ps(as_json: bool) -> None:
 @click.option("--status", "statuses", multiple=True,
               type=click.Choice(["queued", "starting", "running", "finished", "failed", "stopped", "timeout", "lost"]),
               help="Only runs in this state (repeatable).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice([k.value for k in RunKind]),
+              help="Only runs of this kind (repeatable).")
 @click.option("--sort", default="number", show_default=True, help="A field, config.KEY or summary.KEY.")
 @click.option("--asc", is_flag=True, help="Ascending order (default: descending).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)

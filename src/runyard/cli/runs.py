@@ -231,7 +231,7 @@ def ps(as_json: bool) -> int:
     rows = [{"number": r.number, "name": r.name, "project": r.project, "status": r.status.value,
              "created_at": r.created_at, "started_at": r.started_at,
              "gpus": r.resources.get("assigned_gpus", []) or r.resources.get("gpus", 0),
-             "latest": r.latest, "executor": r.executor} for r in active]
+             "latest": r.latest, "executor": r.executor, "kind": r.kind.value} for r in active]
     if any(r["status"] == "queued" for r in rows) and not settings.server:
         from runyard.sdk.agent_launch import ensure_agent
 
@@ -251,7 +251,7 @@ def ps(as_json: bool) -> int:
         where = f" on {r['executor']}" if r["executor"] not in (None, "local", "sdk") else ""
         table.append([str(r["number"]), r["name"] or "-", r["status"] + where, _age(now - r["created_at"]),
                       gpus or "-", latest])
-    print(_table(["RUN", "NAME", "STATUS", "AGE", "GPUS", "LATEST"], table))
+    print(_table(*_with_kinds(["RUN", "NAME", "STATUS", "AGE", "GPUS", "LATEST"], table, [r["kind"] for r in rows])))
     return 0
 
 
@@ -269,7 +269,7 @@ def _active_runs_full(settings: Settings) -> list[Any]:
         runs.sort(key=lambda r: (order[r.status], -r.priority, r.number))
         return [ActiveRun(r.number, r.id, r.name, r.project, r.status, r.created_at, r.started_at, r.resources,
                           {s.key: s.last_value for s in store.list_series(r.number) if not s.key.startswith("system/")},
-                          r.executor)
+                          r.executor, r.kind)
                 for r in runs]
     finally:
         api.close()
@@ -282,11 +282,11 @@ def _open() -> Any:
 
 
 def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], sort: str, asc: bool, limit: int,
-       as_json: bool, columns: str | None = None) -> int:
+       as_json: bool, columns: str | None = None, kinds: tuple[str, ...] = ()) -> int:
     from runyard.cli import columns as cols
 
     extra = cols.parse(columns) if columns is not None else []
-    if not as_json and not extra and sort == "number" and _ls_fast(project, labels, statuses, asc, limit):
+    if not as_json and not extra and sort == "number" and _ls_fast(project, labels, statuses, asc, limit, kinds):
         return 0
     from runyard.store.api import RunQuery
     from runyard.types import RunStatus
@@ -294,7 +294,8 @@ def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], 
     api = _open()
     try:
         page = api.store.list_runs(RunQuery(project=project, labels=list(labels),
-                                            status=[RunStatus(s) for s in statuses], sort=sort,
+                                            status=[RunStatus(s) for s in statuses],
+                                            kinds=[RunKind(k) for k in kinds], sort=sort,
                                             descending=not asc, limit=limit))
         if as_json:
             rows = [_run_json(r) for r in page.items]
@@ -310,7 +311,7 @@ def ls(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], 
 
 
 def _ls_fast(project: str | None, labels: tuple[str, ...], statuses: tuple[str, ...], asc: bool,
-             limit: int) -> bool:
+             limit: int, kinds: tuple[str, ...] = ()) -> bool:
     """``runyard ls`` on a SQLite home through the standard library, as ``runyard ps`` is (importing
     SQLAlchemy alone costs more than the whole listing), and on PostgreSQL through psycopg alone;
     False when the full path must answer (a server, a database not at this code's schema, or
@@ -325,7 +326,7 @@ def _ls_fast(project: str | None, labels: tuple[str, ...], statuses: tuple[str, 
     if lite is None:
         return False
     try:
-        listed = lite.list_runs(project, labels, statuses, not asc, limit)
+        listed = lite.list_runs(project, labels, statuses, not asc, limit, kinds)
     finally:
         lite.close()
     _print_runs(listed)
@@ -342,8 +343,19 @@ def _print_runs(listed: Sequence[Any], extra: Sequence[str] = ()) -> None:
         rows.append([str(r.number), r.name or "-", r.project, r.status.value, ",".join(r.labels) or "-",
                      _age(now - r.created_at), _age(duration) if duration is not None else "-",
                      *(cols.text(cols.value_of(r, c)) for c in extra)])
-    print(_table(["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED", "DURATION", *extra], rows)
-          if rows else "no runs match")
+    headers = ["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED", "DURATION", *extra]
+    print(_table(*_with_kinds(headers, rows, [r.kind.value for r in listed])) if rows else "no runs match")
+
+
+def _with_kinds(headers: list[str], rows: list[list[str]], kinds: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """The table with a KIND column after NAME when a run is not a script (a notebook, a JupyterLab),
+    a script's cell empty; without one when all are scripts, so the everyday table stays as narrow."""
+    if all(k == RunKind.SCRIPT.value for k in kinds):
+        return headers, rows
+    at = headers.index("NAME") + 1
+    cells = ["" if k == RunKind.SCRIPT.value else k for k in kinds]
+    return ([*headers[:at], "KIND", *headers[at:]],
+            [[*row[:at], cell, *row[at:]] for row, cell in zip(rows, cells, strict=True)])
 
 
 def _run_json(r: Any) -> dict[str, Any]:

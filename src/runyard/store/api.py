@@ -90,6 +90,8 @@ class RunQuery:
     #: A run must carry every one of these labels.
     labels: Sequence[str] = ()
     status: Sequence[RunStatus] = ()
+    #: A run must be of one of these kinds (none: any kind).
+    kinds: Sequence[RunKind] = ()
     #: A field of RUN_SORT_FIELDS, or ``config.<key>`` / ``summary.<key>``.
     sort: str = "number"
     descending: bool = True

@@ -24,7 +24,7 @@ from runyard.store import jsonvalues
 from runyard.store.limits import POSTGRES_PARAMS, Limits, batches, sqlite_limits
 from runyard.store.newrun import NewRun
 from runyard.store.revision import SCHEMA_REVISION
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -51,6 +51,7 @@ class ActiveRun:
     latest: dict[str, float | None]
     #: Where it runs (``runyard run --on``); None for runs queued before runs recorded it, or an SDK run's.
     executor: str | None = None
+    kind: RunKind = RunKind.SCRIPT
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ListedRun:
     created_at: float
     started_at: float | None
     ended_at: float | None
+    kind: RunKind = RunKind.SCRIPT
 
     def duration(self, now: float) -> float | None:
         if self.started_at is None:
@@ -144,8 +146,8 @@ class LiteStore:
     def active_runs(self) -> list[ActiveRun]:
         """Queued, starting and running runs, running first, with each one's latest metric values."""
         rows = self.conn.execute(
-            "SELECT r.number, r.id, r.name, p.name, r.status, r.created_at, r.started_at, r.resources, r.executor"
-            " FROM runs r JOIN projects p ON p.id = r.project_id"
+            "SELECT r.number, r.id, r.name, p.name, r.status, r.created_at, r.started_at, r.resources, r.executor,"
+            " r.kind FROM runs r JOIN projects p ON p.id = r.project_id"
             " WHERE r.status IN ('queued', 'starting', 'running')"
             " ORDER BY CASE r.status WHEN 'running' THEN 0 WHEN 'starting' THEN 1 ELSE 2 END,"
             " r.priority DESC, r.number"
@@ -160,14 +162,15 @@ class LiteStore:
                 latest.setdefault(number, {})[key] = value
         return [
             ActiveRun(r[0], r[1], r[2], r[3], RunStatus(r[4]), r[5], r[6], jsonvalues.loads(r[7] or "{}"),
-                      latest.get(r[0], {}), r[8])
+                      latest.get(r[0], {}), r[8], RunKind(r[9]))
             for r in rows
         ]
 
     def list_runs(self, project: str | None, labels: Sequence[str], statuses: Sequence[str], descending: bool,
-                  limit: int) -> list[ListedRun]:
+                  limit: int, kinds: Sequence[str] = ()) -> list[ListedRun]:
         """``runyard ls`` in its usual form (ordered by number): as ``SqlStore.list_runs`` lists them."""
-        return _list_runs(self.conn, "?", sqlite_limits(self.conn), project, labels, statuses, descending, limit)
+        return _list_runs(self.conn, "?", sqlite_limits(self.conn), project, labels, statuses, descending, limit,
+                          kinds)
 
     def status_counts(self, since: float) -> dict[str, int]:
         """For ``runyard status``: runs running and queued, runs that failed (or were lost or timed
@@ -221,13 +224,13 @@ class PostgresListing:
         self.conn.close()
 
     def list_runs(self, project: str | None, labels: Sequence[str], statuses: Sequence[str], descending: bool,
-                  limit: int) -> list[ListedRun]:
+                  limit: int, kinds: Sequence[str] = ()) -> list[ListedRun]:
         return _list_runs(self.conn, "%s", Limits(POSTGRES_PARAMS, None), project, labels, statuses, descending,
-                          limit)
+                          limit, kinds)
 
 
 def _list_runs(conn: Any, mark: str, limits: Limits, project: str | None, labels: Sequence[str],
-               statuses: Sequence[str], descending: bool, limit: int) -> list[ListedRun]:
+               statuses: Sequence[str], descending: bool, limit: int, kinds: Sequence[str] = ()) -> list[ListedRun]:
     """The rows of ``runyard ls`` through a DB-API connection whose parameters are written ``mark``."""
     where: list[str] = []
     args: list[Any] = []
@@ -243,8 +246,11 @@ def _list_runs(conn: Any, mark: str, limits: Limits, project: str | None, labels
     if statuses:
         where.append(f"r.status IN ({','.join([mark] * len(statuses))})")
         args += [RunStatus(s).value for s in statuses]
+    if kinds:
+        where.append(f"r.kind IN ({','.join([mark] * len(kinds))})")
+        args += [RunKind(k).value for k in kinds]
     rows = conn.execute(
-        "SELECT r.number, r.name, p.name, r.status, r.created_at, r.started_at, r.ended_at"
+        "SELECT r.number, r.name, p.name, r.status, r.created_at, r.started_at, r.ended_at, r.kind"
         " FROM runs r JOIN projects p ON p.id = r.project_id"
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY r.number {'DESC' if descending else 'ASC'} LIMIT {mark}", [*args, limit]).fetchall()
@@ -255,7 +261,7 @@ def _list_runs(conn: Any, mark: str, limits: Limits, project: str | None, labels
                 f"SELECT run_number, label FROM run_labels WHERE run_number IN ({marks}) ORDER BY label",
                 list(numbers)):
             tags.setdefault(number, []).append(label)
-    return [ListedRun(r[0], r[1], r[2], RunStatus(r[3]), tuple(tags.get(r[0], ())), r[4], r[5], r[6])
+    return [ListedRun(r[0], r[1], r[2], RunStatus(r[3]), tuple(tags.get(r[0], ())), r[4], r[5], r[6], RunKind(r[7]))
             for r in rows]
 
 

@@ -214,6 +214,8 @@ def list_runs(conn: Connection, query: RunQuery) -> Page[Run]:
         conditions.append(_R.number.in_(_carrying_all(conn, query.labels)))
     if query.status:
         conditions.append(_R.status.in_([RunStatus(s).value for s in query.status]))
+    if query.kinds:
+        conditions.append(_R.kind.in_([RunKind(k).value for k in query.kinds]))
     if query.cursor:
         conditions.append(_after(conn, keys, _decode_cursor(query.cursor, len(keys)), query.descending))
     order = [k.desc() if query.descending and i >= len(keys) - 2 else k.asc() for i, k in enumerate(keys)]

@@ -149,3 +149,98 @@ def test_a_new_home_is_private_and_doctor_warns_about_one_others_can_read(env: d
     checks = {c["name"]: c for c in json.loads(result.output)["checks"]}
     assert checks["home"]["status"] == "warn" and "chmod 700" in checks["home"]["detail"]
     assert checks["database"]["status"] == "ok"  # and the other checks still ran
+
+
+def _runs_of_each_kind(env: dict[str, str], tmp_path: Path) -> dict[str, int]:
+    """A running script, a running JupyterLab, a finished notebook run: made in the store directly."""
+    from runyard.config import resolve
+    from runyard.store.api import RunPatch
+    from runyard.store.home import open_store
+    from runyard.store.newrun import NewRun
+    from runyard.types import RunKind, RunStatus
+
+    opened = open_store(resolve(environ=env, cwd=tmp_path))
+    try:
+        store = opened.store
+        made = {kind.value: store.create_run(NewRun(project="p", name=f"a-{kind.value}", kind=kind,
+                                                    status=RunStatus.RUNNING, command=["true"])).number
+                for kind in (RunKind.SCRIPT, RunKind.JUPYTERLAB, RunKind.NOTEBOOK)}
+        store.update_run(made["notebook"], RunPatch(status=RunStatus.FINISHED))
+    finally:
+        opened.close()
+    return made
+
+
+def _table_rows(output: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The header and each row's cells (split on two spaces or more), keyed by run number."""
+    import re
+
+    lines = output.splitlines()
+    cells = [re.split(r" {2,}", line) for line in lines]
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    rows = {line[: starts[1]].strip(): [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+            for line in lines[1:]}
+    return cells[0], rows
+
+
+def test_ps_and_ls_show_the_kind_of_a_run_that_is_not_a_script(env: dict[str, str], tmp_path: Path) -> None:
+    made = _runs_of_each_kind(env, tmp_path)
+    header, rows = _table_rows(invoke(["ps"], env).output)
+    assert header[:3] == ["RUN", "NAME", "KIND"]
+    assert rows[str(made["jupyterlab"])][1:4] == ["a-jupyterlab", "jupyterlab", "running"]
+    assert rows[str(made["script"])][1:4] == ["a-script", "", "running"]  # a script's cell stays empty
+    assert str(made["notebook"]) not in rows  # finished: not in ps
+    ps_json = json.loads(invoke(["ps", "--json"], env).output)
+    assert {r["number"]: r["kind"] for r in ps_json} == {made["script"]: "script", made["jupyterlab"]: "jupyterlab"}
+
+    header, rows = _table_rows(invoke(["ls"], env).output)
+    assert header[:4] == ["RUN", "NAME", "KIND", "PROJECT"]
+    assert {n: r[2] for n, r in rows.items()} == {str(made["script"]): "", str(made["jupyterlab"]): "jupyterlab",
+                                                  str(made["notebook"]): "notebook"}
+    ls_json = json.loads(invoke(["ls", "--json"], env).output)
+    assert {r["number"]: r["kind"] for r in ls_json} == {v: k for k, v in made.items()}
+
+
+def test_ls_and_ps_of_scripts_only_keep_their_narrow_table(env: dict[str, str], tmp_path: Path) -> None:
+    from runyard.config import resolve
+    from runyard.store.home import open_store
+    from runyard.store.newrun import NewRun
+    from runyard.types import RunStatus
+
+    opened = open_store(resolve(environ=env, cwd=tmp_path))
+    try:
+        opened.store.create_run(NewRun(project="p", name="plain", status=RunStatus.RUNNING, command=["true"]))
+    finally:
+        opened.close()
+    assert invoke(["ls"], env).output.split()[:7] == ["RUN", "NAME", "PROJECT", "STATUS", "LABELS", "CREATED",
+                                                      "DURATION"]
+    assert invoke(["ps"], env).output.split()[:6] == ["RUN", "NAME", "STATUS", "AGE", "GPUS", "LATEST"]
+
+
+def test_ls_lists_runs_of_the_kinds_asked_for(env: dict[str, str], tmp_path: Path) -> None:
+    made = _runs_of_each_kind(env, tmp_path)
+    # The fast path (a table ordered by number) and the full one (--json, another sort) alike.
+    _, rows = _table_rows(invoke(["ls", "--kind", "jupyterlab"], env).output)
+    assert list(rows) == [str(made["jupyterlab"])]
+    _, rows = _table_rows(invoke(["ls", "--kind", "notebook", "--kind", "script"], env).output)
+    assert sorted(rows) == sorted([str(made["notebook"]), str(made["script"])])
+    listed = json.loads(invoke(["ls", "--kind", "notebook", "--json"], env).output)
+    assert [r["number"] for r in listed] == [made["notebook"]]
+    listed = json.loads(invoke(["ls", "--kind", "script", "--sort", "name", "--json"], env).output)
+    assert [r["number"] for r in listed] == [made["script"]]
+    wrong = CliRunner().invoke(cli, ["ls", "--kind", "serve"], env=env)
+    assert wrong.exit_code == 2 and "jupyterlab" in wrong.output
+
+
+def test_ls_by_kind_through_a_server_says_it_cannot_yet_rather_than_list_every_kind() -> None:
+    from runyard.client import RemoteStore
+    from runyard.errors import InvalidArgument
+    from runyard.store.api import RunQuery
+    from runyard.types import RunKind
+
+    class Unreachable:
+        def get(self, *args: object, **kwargs: object) -> object:
+            raise AssertionError("asked the server")
+
+    with pytest.raises(InvalidArgument, match="not available through a server"):
+        RemoteStore(Unreachable()).list_runs(RunQuery(kinds=[RunKind.JUPYTERLAB]))  # type: ignore[arg-type]

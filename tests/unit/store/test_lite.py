@@ -12,7 +12,7 @@ from runyard.store.lite import LiteStore, PostgresListing
 from runyard.store.migrate import upgrade
 from runyard.store.series import Points
 from runyard.store.sql import SqlStore
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 
 def test_a_run_queued_through_the_fast_path_reads_back_like_any_other(tmp_path: Path) -> None:
@@ -24,7 +24,8 @@ def test_a_run_queued_through_the_fast_path_reads_back_like_any_other(tmp_path: 
     new = NewRun(project="p", status=RunStatus.QUEUED, name="fast", command=["python", "t.py"],
                  config={"lr": 0.1, "deep": {"x": [1, 2]}, "bad": math.inf}, labels=["b", "a"], notes="n",
                  resources={"gpus": 1}, priority=3, executor="local", snapshot_id="sha256:" + "0" * 64,
-                 git_commit="abc", launch={"argv": ["python", "t.py"], "shell": False, "env": {"A": "1"}})
+                 git_commit="abc", launch={"argv": ["python", "t.py"], "shell": False, "env": {"A": "1"}},
+                 kind=RunKind.NOTEBOOK)
     lite = LiteStore.open(url)
     assert lite is not None
     number, run_id = lite.create_run(new, now=100.0)
@@ -41,6 +42,7 @@ def test_a_run_queued_through_the_fast_path_reads_back_like_any_other(tmp_path: 
     active = lite.active_runs()
     assert [(a.number, a.status.value) for a in active] == [(slow.number, "running"), (number, "queued")]
     assert active[1].latest == {"loss": 1.5} and active[1].resources == {"gpus": 1}
+    assert [a.kind for a in active] == [RunKind.NOTEBOOK, RunKind.NOTEBOOK]
     assert lite.count_queued() == 1
     lite.close()
     store.close()
@@ -56,22 +58,26 @@ def test_runyard_ls_through_the_fast_path_lists_what_the_store_lists(db_url: str
     store = SqlStore(engine)
     for n in range(12):
         run = store.create_run(NewRun(project="p" if n % 3 else "q", name=f"r{n}", labels=["a", "b"][: n % 3],
-                                      status=RunStatus.RUNNING if n % 4 else RunStatus.QUEUED))
+                                      status=RunStatus.RUNNING if n % 4 else RunStatus.QUEUED,
+                                      kind=list(RunKind)[n % 3 if n % 2 else 0]))
         if n % 5 == 0:
             if run.status is RunStatus.QUEUED:  # claimed first, as every queued run is before it ends
                 store.update_run(run.number, RunPatch(status=RunStatus.STARTING))
             store.update_run(run.number, RunPatch(status=RunStatus.FINISHED))
     lite = LiteStore.open(url) or PostgresListing.open(url)
     assert lite is not None
-    for project, labels, statuses, descending, limit in [
-            (None, [], [], True, 50), ("p", [], [], True, 3), (None, ["a"], [], False, 50),
-            (None, ["a", "b"], ["running", "finished"], True, 50), ("q", ["b"], ["queued"], False, 1)]:
+    for project, labels, statuses, descending, limit, kinds in [
+            (None, [], [], True, 50, []), ("p", [], [], True, 3, []), (None, ["a"], [], False, 50, []),
+            (None, ["a", "b"], ["running", "finished"], True, 50, []), ("q", ["b"], ["queued"], False, 1, []),
+            (None, [], [], True, 50, ["jupyterlab"]), ("p", [], ["running"], False, 50, ["notebook", "script"])]:
         full = store.list_runs(RunQuery(project=project, labels=labels, status=[RunStatus(s) for s in statuses],
-                                        descending=descending, limit=limit)).items
-        fast = lite.list_runs(project, labels, statuses, descending, limit)
-        assert [(r.number, r.name, r.project, r.status, r.labels, r.created_at, r.started_at, r.ended_at)
+                                        kinds=[RunKind(k) for k in kinds], descending=descending, limit=limit)).items
+        fast = lite.list_runs(project, labels, statuses, descending, limit, kinds)
+        assert [(r.number, r.name, r.project, r.status, r.labels, r.created_at, r.started_at, r.ended_at, r.kind)
                 for r in fast] == [(r.number, r.name, r.project, r.status, r.labels, r.created_at, r.started_at,
-                                    r.ended_at) for r in full], (project, labels, statuses)
+                                    r.ended_at, r.kind) for r in full], (project, labels, statuses, kinds)
+        if kinds:
+            assert fast and {r.kind.value for r in fast} <= set(kinds)
     lite.close()
     store.close()
 

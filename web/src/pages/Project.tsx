@@ -7,28 +7,34 @@ import { useVirtualizer } from "@tanstack/react-virtual";
 import { ACTIVE, api, BAD, follow, Run, unplain } from "../api";
 import { useSeen } from "../attention";
 import { duration, flatten, runDuration, value, when } from "../format";
+import { KindBadge } from "../components/Kind";
 import { Link, runHref } from "../components/Link";
 import { navigate, useLocation, withQuery } from "../router";
 
 const STATUSES = ["queued", "starting", "running", "finished", "failed", "stopped", "timeout", "lost"];
+const KINDS = ["script", "notebook", "jupyterlab"];
 
 interface Filter {
   status: string[];
+  kinds: string[];
   labels: string[];
   compare: { key: string; op: string; value: string }[];
   words: string[];
   errors: string[];
 }
 
-/** The filter box: the filters of `runyard ls` (status:, label:) plus comparisons and words. */
+/** The filter box: the filters of `runyard ls` (status:, kind:, label:) plus comparisons and words. */
 export function parseFilter(text: string): Filter {
-  const f: Filter = { status: [], labels: [], compare: [], words: [], errors: [] };
+  const f: Filter = { status: [], kinds: [], labels: [], compare: [], words: [], errors: [] };
   for (const token of text.match(/\S+/g) ?? []) {
-    const m = token.match(/^(status|label|project):(.+)$/);
+    const m = token.match(/^(status|kind|label|project):(.+)$/);
     const c = token.match(/^((?:config|summary)\.[^<>=!]+)(>=|<=|!=|=|>|<)(.+)$/);
     if (m && m[1] === "status") {
       if (!STATUSES.includes(m[2])) f.errors.push(`unknown status ${m[2]} (one of ${STATUSES.join(", ")})`);
       else f.status.push(m[2]);
+    } else if (m && m[1] === "kind") {
+      if (!KINDS.includes(m[2])) f.errors.push(`unknown kind ${m[2]} (one of ${KINDS.join(", ")})`);
+      else f.kinds.push(m[2]);
     } else if (m && m[1] === "label") f.labels.push(m[2]);
     else if (c) f.compare.push({ key: c[1], op: c[2], value: c[3] });
     else f.words.push(token.toLowerCase());
@@ -54,6 +60,7 @@ export function lookup(run: Run, key: string): unknown {
 
 function matches(run: Run, f: Filter): boolean {
   if (f.status.length && !f.status.includes(run.status)) return false;
+  if (f.kinds.length && !f.kinds.includes(run.kind ?? "script")) return false;
   for (const l of f.labels) if (!run.labels.includes(l)) return false;
   for (const c of f.compare) {
     const v = lookup(run, c.key);
@@ -138,7 +145,10 @@ export function ProjectPage({ project }: { project: string }) {
     { id: "number", header: "#", size: 64, accessorFn: (r) => r.number,
       cell: ({ row }) => <Link href={runHref(row.original.number)}>{row.original.number}</Link> },
     { id: "name", header: "name", size: 200, accessorFn: (r) => r.name ?? "",
-      cell: ({ row }) => <Link href={runHref(row.original.number)}>{row.original.name ?? `run ${row.original.number}`}</Link> },
+      cell: ({ row }) => (
+        <><Link href={runHref(row.original.number)}>{row.original.name ?? `run ${row.original.number}`}</Link>{" "}
+          <KindBadge kind={row.original.kind} /></>
+      ) },
     { id: "status", header: "status", size: 110, accessorFn: (r) => r.status,
       cell: ({ row }) => {
         const r = row.original;

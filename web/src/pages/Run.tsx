@@ -3,7 +3,9 @@ import { useEffect, useMemo, useRef, useState } from "react";
 import { ACTIVE, api, Artifact, follow, Input, LogLine, Run, SeriesInfo, token, V1 } from "../api";
 import { markSeen } from "../attention";
 import { Chart, ChartOptions, PALETTE } from "../components/Chart";
+import { KindBadge } from "../components/Kind";
 import { Labels } from "../components/Labels";
+import { LabButton } from "../components/LabButton";
 import { Link, projectHref, runHref } from "../components/Link";
 import { LogViewer } from "../components/LogViewer";
 import { Notes } from "../components/Notes";
@@ -137,9 +139,11 @@ export function RunPage({ ref_ }: { ref_: string }) {
       <div className="run-head">
         <h1>
           <span className="muted">#{run.number}</span> {run.name ?? `run ${run.number}`}{" "}
-          <span className={`status ${run.status}`} data-testid="run-status">{run.status}</span>
+          <span className={`status ${run.status}`} data-testid="run-status">{run.status}</span>{" "}
+          <KindBadge kind={run.kind} />
         </h1>
         <span className="spacer" />
+        {run.kind === "jupyterlab" && (run.status === "starting" || run.status === "running") && <LabButton run={run} />}
         <button data-testid="stop" disabled={!active} onClick={() => act(api.stop(run.number).then((r) => setRun(r.run)), "Stop requested.")}>Stop</button>
         <button data-testid="rerun" onClick={() => act(api.rerun(run.number).then((r) => navigate(runHref(r.number))), "Queued again.")}
           disabled={!run.snapshot_id} title={run.snapshot_id ? "queue the same code again" : "only runs launched with `runyard run` can be rerun"}>Rerun</button>
