@@ -18,7 +18,7 @@ from runyard import credential, wire
 from runyard._version import __version__
 from runyard.credential import Credential
 from runyard.errors import AccessDenied, Busy, Conflict, InvalidArgument, NotFound, ServerError, TooLarge, Unstorable
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 if TYPE_CHECKING:
     import httpx
@@ -400,13 +400,10 @@ class RemoteStore:
         return self.get_run(ref).number
 
     def list_runs(self, query: RunQuery) -> Page[Run]:
-        if query.kinds:
-            # The server's GET /runs takes no kind yet and would answer with runs of every kind.
-            raise InvalidArgument("listing runs by kind is not available through a server yet; "
-                                  "filter `runyard ls --json` by its \"kind\" instead")
         params: dict[str, Any] = {"sort": query.sort, "order": "desc" if query.descending else "asc",
                                   "limit": query.limit, "label": list(query.labels),
-                                  "status": [RunStatus(s).value for s in query.status]}
+                                  "status": [RunStatus(s).value for s in query.status],
+                                  "kind": [RunKind(k).value for k in query.kinds]}
         if query.project is not None:
             params["project"] = query.project
         if query.cursor is not None:

@@ -232,15 +232,3 @@ def test_ls_lists_runs_of_the_kinds_asked_for(env: dict[str, str], tmp_path: Pat
     assert wrong.exit_code == 2 and "jupyterlab" in wrong.output
 
 
-def test_ls_by_kind_through_a_server_says_it_cannot_yet_rather_than_list_every_kind() -> None:
-    from runyard.client import RemoteStore
-    from runyard.errors import InvalidArgument
-    from runyard.store.api import RunQuery
-    from runyard.types import RunKind
-
-    class Unreachable:
-        def get(self, *args: object, **kwargs: object) -> object:
-            raise AssertionError("asked the server")
-
-    with pytest.raises(InvalidArgument, match="not available through a server"):
-        RemoteStore(Unreachable()).list_runs(RunQuery(kinds=[RunKind.JUPYTERLAB]))  # type: ignore[arg-type]

@@ -37,6 +37,28 @@ def test_runs_list_get_and_patch(api: Served) -> None:
     assert missing.status_code == 404 and missing.json()["error"] == "no run number 9999"
 
 
+def test_runs_are_listed_by_kind_through_the_server(api: Served) -> None:
+    from runyard.client import RemoteStore
+    from runyard.store.api import RunQuery
+    from runyard.types import RunKind
+
+    script = _seed(api)
+    lab = api.store.create_run(NewRun(project="gan", name="lab", status=RunStatus.RUNNING,
+                                      kind=RunKind.JUPYTERLAB)).number
+    listed = api.client.get("/api/v1/runs", params={"kind": "jupyterlab"}).json()
+    assert [r["number"] for r in listed["items"]] == [lab]
+    both = api.client.get("/api/v1/runs", params={"kind": ["jupyterlab", "script"]}).json()
+    assert sorted(r["number"] for r in both["items"]) == sorted([script, lab])
+    assert api.client.get("/api/v1/runs", params={"kind": "serve-me"}).status_code in (400, 422)
+
+    class Through:  # RemoteStore's client: its GETs go to the served API
+        def get(self, path: str, **kwargs: object) -> object:
+            return api.client.get(f"/api/v1{path}", **kwargs).json()  # type: ignore[arg-type]
+
+    remote = RemoteStore(Through()).list_runs(RunQuery(kinds=[RunKind.JUPYTERLAB]))  # type: ignore[arg-type]
+    assert [r.number for r in remote.items] == [lab]
+
+
 def test_metrics_envelope_and_points_keep_nan(api: Served) -> None:
     number = _seed(api)
     series = api.client.get(f"/api/v1/runs/{number}/metrics").json()

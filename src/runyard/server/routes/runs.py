@@ -14,7 +14,7 @@ from runyard.errors import NotFound
 from runyard.server.security import requires
 from runyard.server.state import Server, principal_of
 from runyard.store.api import RunQuery
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 
 class RunChange(BaseModel):
@@ -45,6 +45,7 @@ def add_routes(app: FastAPI, server: Server) -> None:
         project: str | None = None,
         label: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006 - FastAPI reads it, never mutates
         status: Annotated[list[RunStatus], Query(max_length=8)] = [],  # noqa: B006
+        kind: Annotated[list[RunKind], Query(max_length=8)] = [],  # noqa: B006
         sort: Annotated[str, Query(max_length=200, description="number, name, status, created_at, started_at, "
                                    "ended_at, priority, config.<key> or summary.<key>")] = "number",
         order: Literal["asc", "desc"] = "desc",
@@ -60,7 +61,7 @@ def add_routes(app: FastAPI, server: Server) -> None:
             if project not in (None, scope):
                 return Response(b'{"items":[],"next_cursor":null}', media_type="application/json")
             project = scope
-        page = store.list_runs(RunQuery(project=project, labels=label, status=status, sort=sort,
+        page = store.list_runs(RunQuery(project=project, labels=label, status=status, kinds=kind, sort=sort,
                                         descending=order == "desc", limit=limit, cursor=cursor))
         items = [run_view(request, r, compact) for r in page.items]
         return Response(orjson.dumps({"items": items, "next_cursor": page.next_cursor}),
