@@ -192,8 +192,10 @@ def test_the_dashboards_port_serves_no_jupyterlab(lab: Lab) -> None:
     assert answer.status_code == 404 and "set-cookie" not in answer.headers
     assert httpx.get(f"{lab.server.url}/lab/{lab.run_id}/api/status", headers=writer, timeout=10).status_code == 404
     assert httpx.get(url, timeout=10).status_code == 303  # the ticket was not spent there
-    # Nor does the lab origin serve the API.
+    # Nor does the lab origin serve the API, nor answer to a name that is not the server's (DNS rebinding).
     assert httpx.get(f"{lab.origin}/api/v1/runs", headers=writer, timeout=10).status_code == 404
+    assert httpx.get(url, headers={"host": f"evil.example:{lab.lab_port}"}, timeout=10).status_code == 400
+    assert httpx.get(url, timeout=10).status_code == 401  # used above
 
 
 def test_a_revoked_token_ends_its_sessions(lab: Lab) -> None:

@@ -1,0 +1,57 @@
+"""Tickets and sessions of the lab origin (server/lab_access.py), and the API's answers around them."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.unit.server.conftest import Served, free_port, home_env
+
+from runyard.server.lab_access import SESSION_TTL, TICKET_TTL, LabAccess
+
+RUN_A, RUN_B = "01J" + "A" * 23, "01J" + "B" * 23
+
+
+def test_a_ticket_opens_its_run_once_within_two_minutes_as_the_token_that_asked() -> None:
+    now = [1000.0]
+    access = LabAccess(clock=lambda: now[0])
+    ticket = access.ticket(RUN_A, 7)
+    made = access.redeem(ticket, RUN_A)
+    assert made is not None
+    session, grant = made
+    assert (grant.run_id, grant.token_id) == (RUN_A, 7)
+    assert access.redeem(ticket, RUN_A) is None  # used up
+    assert access.session(session, RUN_A) == grant
+    assert access.session(session, RUN_B) is None  # run A's cookie is no key to run B
+    # A ticket presented at another run's path opens nothing, and is used up.
+    other = access.ticket(RUN_A, 7)
+    assert access.redeem(other, RUN_B) is None and access.redeem(other, RUN_A) is None
+    # It lapses after TICKET_TTL; a session after SESSION_TTL.
+    late = access.ticket(RUN_A, 7)
+    now[0] += TICKET_TTL
+    assert access.redeem(late, RUN_A) is None
+    now[0] += SESSION_TTL
+    assert access.session(session, RUN_A) is None
+    access.end(session)
+
+
+@pytest.mark.engines("sqlite")
+def test_asking_for_a_link_answers_503_when_the_server_serves_no_lab_port(api: Served) -> None:
+    answer = api.client.post("/api/v1/runs/1/lab", json={})
+    assert answer.status_code == 503 and "--lab-port" in answer.json()["error"]
+    assert answer.headers["retry-after"]
+
+
+def test_a_lab_port_in_use_stops_the_server_with_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = home_env(tmp_path / "home", f"sqlite:///{tmp_path / 'runyard.db'}")
+        done = subprocess.run([sys.executable, "-m", "runyard.cli.main", "server", "--insecure-local", "--port",
+                               str(free_port()), "--lab-port", str(port)], env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode != 0 and f"127.0.0.1:{port}" in done.stderr and "--lab-port 0" in done.stderr
