@@ -75,7 +75,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     server_env = home_env(root / "server-home", db)
     tokens = {role: token(server_env, root, role) for role in ("admin", "writer", "reader")}
     lab_port = free_port()
-    server = LiveServer(root / "server-home", db, insecure_local=False, args=("--lab-port", str(lab_port)))
+    server = LiveServer(root / "server-home", db, insecure_local=False,
+                        args=("--lab-port", str(lab_port), "--max-upload", "1"))
     server.start()
     project = root / "project"
     project.mkdir()
@@ -123,6 +124,22 @@ def test_runyard_notebook_through_a_server_prints_a_one_time_link_that_opens_jup
                        headers={"authorization": f"Bearer {lab.writer['RUNYARD_TOKEN']}"}, timeout=10)
     assert asked.status_code == 200 and asked.json()["expires_in"] == 120
     assert asked.json()["url"].startswith(f"http://127.0.0.1:{lab.lab_port}/lab/{lab.run_id}/?ticket=")
+
+
+def test_a_body_past_the_servers_upload_limit_is_refused(lab: Lab) -> None:
+    jar = {"runyard_lab": lab.session()}
+    url = f"{lab.origin}/lab/{lab.run_id}/api/contents/big.txt"
+    big = b"x" * (1 << 20) + b"x"
+    said = httpx.put(url, cookies=jar, content=big, headers={"origin": lab.origin}, timeout=30)
+    assert said.status_code == 413
+
+    def pieces() -> Iterator[bytes]:
+        for _ in range(5):
+            yield b"x" * (256 << 10)
+
+    streamed = httpx.put(url, cookies=jar, content=pieces(), headers={"origin": lab.origin}, timeout=30)
+    assert streamed.status_code == 413
+    assert httpx.get(f"{lab.origin}/lab/{lab.run_id}/api/status", cookies=jar, timeout=10).status_code == 200
 
 
 def test_a_cell_runs_in_a_kernel_over_the_websocket_through_the_proxy(lab: Lab) -> None:

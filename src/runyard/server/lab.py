@@ -43,11 +43,12 @@ if TYPE_CHECKING:
 LAB_COOKIE = "runyard_lab"
 #: A lab path: the run id (a ULID), then JupyterLab's own path.
 LAB_PATH = re.compile(r"/lab/([0-9A-HJKMNP-TV-Z]{26})(/.*)?")
-#: Headers that belong to one connection, never forwarded (RFC 9110 7.6.1), nor the ones this proxy sets.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "transfer-encoding", "upgrade", "host", "authorization", "cookie", "origin",
-                        "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-                        "sec-websocket-protocol", "sec-websocket-accept", "content-length"})
+#: Headers not passed on either way: those of one connection (RFC 9110 7.6.1), and those this proxy sets
+#: itself (credentials, Host, Origin, the websocket handshake, the length).
+NOT_PASSED_ON = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
+    "upgrade", "host", "authorization", "cookie", "origin", "sec-websocket-key", "sec-websocket-version",
+    "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept", "content-length"})
 #: Seconds a session's check (token active, run running, where its JupyterLab is) is trusted before
 #: asking again: a page loads dozens of files at once.
 CHECK_EVERY = 2.0
@@ -231,7 +232,7 @@ class LabProxy:
         try:
             out = [(k.lower(), _local(v, upstream) if k.lower() == "location" else v)
                    for k, v in response.headers.multi_items()
-                   if k.lower() not in HOP_BY_HOP and not _login_cookie(k, v)]
+                   if k.lower() not in NOT_PASSED_ON and not _login_cookie(k, v)]
             if "content-length" in response.headers:  # the raw body is passed on, encoded as it came
                 out.append(("content-length", response.headers["content-length"]))
             await send({"type": "http.response.start", "status": response.status_code,
@@ -355,7 +356,7 @@ def _forwarded(scope: Scope, upstream: Upstream) -> list[tuple[str, str]]:
     """The request's headers for JupyterLab: its token instead of any credential, the browser's other
     cookies (Jupyter's own) without runyard's, no Origin (checked here), no hop-by-hop header."""
     out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
-           if k.decode("latin-1").lower() not in HOP_BY_HOP and not k.lower().startswith(b"sec-websocket-")]
+           if k.decode("latin-1").lower() not in NOT_PASSED_ON and not k.lower().startswith(b"sec-websocket-")]
     cookies = [part.strip() for part in Headers(scope=scope).get("cookie", "").split(";")]
     kept = "; ".join(c for c in cookies if c and c.partition("=")[0] != LAB_COOKIE)
     if kept:
