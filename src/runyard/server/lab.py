@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 #: The lab session cookie (one per run: each is scoped to its run's path).
 LAB_COOKIE = "runyard_lab"
+#: The browser's cookies JupyterLab is sent. Cookies know no port: the browser sends the lab origin
+#: the dashboard's session cookie too (and any other of this host's), which must never reach a
+#: JupyterLab, whose server extensions are the run's own code.
+UPSTREAM_COOKIES = frozenset({"_xsrf"})
 #: A lab path: the run id (a ULID), then JupyterLab's own path.
 LAB_PATH = re.compile(r"/lab/([0-9A-HJKMNP-TV-Z]{26})(/.*)?")
 #: Headers not passed on either way: those of one connection (RFC 9110 7.6.1), and those this proxy sets
@@ -353,12 +357,12 @@ def _target(scope: Scope, upstream: Upstream) -> str:
 
 
 def _forwarded(scope: Scope, upstream: Upstream) -> list[tuple[str, str]]:
-    """The request's headers for JupyterLab: its token instead of any credential, the browser's other
-    cookies (Jupyter's own) without runyard's, no Origin (checked here), no hop-by-hop header."""
+    """The request's headers for JupyterLab: its token instead of any credential, of the browser's
+    cookies only Jupyter's own (UPSTREAM_COOKIES), no Origin (checked here), no hop-by-hop header."""
     out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
            if k.decode("latin-1").lower() not in NOT_PASSED_ON and not k.lower().startswith(b"sec-websocket-")]
     cookies = [part.strip() for part in Headers(scope=scope).get("cookie", "").split(";")]
-    kept = "; ".join(c for c in cookies if c and c.partition("=")[0] != LAB_COOKIE)
+    kept = "; ".join(c for c in cookies if c.partition("=")[0] in UPSTREAM_COOKIES)
     if kept:
         out.append(("cookie", kept))
     out.append(("authorization", f"token {upstream.token}"))

@@ -55,3 +55,15 @@ def test_a_lab_port_in_use_stops_the_server_with_a_clear_error(tmp_path: Path) -
                                str(free_port()), "--lab-port", str(port)], env=env, capture_output=True, text=True,
                               timeout=60)
     assert done.returncode != 0 and f"127.0.0.1:{port}" in done.stderr and "--lab-port 0" in done.stderr
+
+
+def test_jupyterlab_is_sent_its_token_and_its_own_cookies_only() -> None:
+    from runyard.server.lab import Upstream, _forwarded
+
+    scope = {"type": "http", "headers": [
+        (b"host", b"yard.internal:8766"), (b"origin", b"http://yard.internal:8766"),
+        (b"authorization", b"Bearer ry_someone"), (b"accept", b"application/json"),
+        # Cookies know no port: the dashboard's session comes along with the lab's.
+        (b"cookie", b"runyard_session=dashboard; runyard_lab=lab; _xsrf=x; grafana_session=g")]}
+    sent = dict(_forwarded(scope, Upstream(1234, "jupyter-token")))
+    assert sent == {"accept": "application/json", "cookie": "_xsrf=x", "authorization": "token jupyter-token"}
