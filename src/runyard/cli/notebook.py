@@ -143,7 +143,7 @@ def _wait_and_print(settings: Any, number: int, run_id: str, wait: float, as_jso
                 print(f"runyard: error: the notebook run {number} ended ({status}) before JupyterLab answered; "
                       f"see runyard logs {number}", file=sys.stderr)
                 return 1
-            time.sleep(0.25)
+            time.sleep(0.5 if settings.server else 0.25)  # a server is asked over the network
     finally:
         api.close()
     print(f"runyard: JupyterLab of run {number} is not up yet (queued for resources, or still starting); "
