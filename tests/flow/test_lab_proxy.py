@@ -244,3 +244,14 @@ def test_once_the_run_has_stopped_its_session_and_tickets_are_refused(lab: Lab) 
     # --on ray is refused through a server as here.
     ray = cli(lab.writer, lab.project, "notebook", "--on", "ray", check=False)
     assert ray.returncode != 0 and "--on local" in ray.stderr
+
+
+def test_a_stopped_notebook_run_resumes_through_the_server(lab: Lab) -> None:
+    again = json.loads(cli(lab.writer, lab.project, "notebook", "--resume", str(lab.number), "--idle", "10m",
+                           "--wait", "150", "--json").stdout)
+    assert again["number"] != lab.number and again["url"]
+    resumed = again["url"].split("/lab/", 1)[1].split("/", 1)[0]
+    jar = {"runyard_lab": lab.session(again["url"])}
+    kept = httpx.get(f"{lab.origin}/lab/{resumed}/api/contents/analysis.ipynb", cookies=jar, timeout=10)
+    assert kept.status_code == 200  # written through the proxy into run 1, kept, restored here
+    cli(lab.writer, lab.project, "stop", str(again["number"]))
