@@ -250,13 +250,18 @@ def ui(port: int, no_browser: bool, insecure_local: bool = False) -> int:
         settings.home.mkdir(parents=True, exist_ok=True)
         log_path = settings.home / "server.log"
         with log_path.open("ab") as log:
-            subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "server", "--port", str(port),
+            start = log.tell()
+            started = subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "server", "--port", str(port),
                               "--db", settings.db, "--artifacts", str(settings.artifacts),
                               *(["--insecure-local"] if insecure_local else [])],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                              close_fds=True, cwd=str(settings.home))
         deadline = time.monotonic() + START_WAIT
         while (health := _health(url)) is None:
+            if started.poll() is not None:  # it said why (a port in use, say) in its log
+                said = log_path.read_bytes()[start:].decode(errors="replace").strip().splitlines()
+                raise ConfigError(f"the server did not start: {said[-1] if said else 'no reason given'} "
+                                  f"(log: {log_path})")
             if time.monotonic() > deadline:
                 raise ConfigError(f"the server did not start within {START_WAIT:g} s; see {log_path}")
             time.sleep(0.2)

@@ -67,3 +67,14 @@ def test_jupyterlab_is_sent_its_token_and_its_own_cookies_only() -> None:
         (b"cookie", b"runyard_session=dashboard; runyard_lab=lab; _xsrf=x; grafana_session=g")]}
     sent = dict(_forwarded(scope, Upstream(1234, "jupyter-token")))
     assert sent == {"accept": "application/json", "cookie": "_xsrf=x", "authorization": "token jupyter-token"}
+
+
+def test_runyard_ui_says_at_once_why_its_server_did_not_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        lab_port = taken.getsockname()[1]
+        env = home_env(tmp_path / "home", f"sqlite:///{tmp_path / 'runyard.db'}")
+        done = subprocess.run([sys.executable, "-m", "runyard.cli.main", "ui", "--no-browser", "--port",
+                               str(lab_port - 1)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "--lab-port" in done.stderr and "did not start" in done.stderr
