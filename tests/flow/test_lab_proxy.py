@@ -88,6 +88,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         number, url = started["number"], started["url"]
         assert url and url.startswith(f"http://127.0.0.1:{lab_port}/lab/"), started
         run_id = url.split("/lab/", 1)[1].split("/", 1)[0]
+        shown = json.loads(cli(envs["writer"], project, "show", str(number), "--json").stdout)
+        assert shown["kind"] == "jupyterlab" and "jupyterlab" in shown["labels"] and shown["id"] == run_id
+        assert shown["command"] == [sys.executable, "-m", "runyard.notebook.labrun"]  # the server's Python
         yield Lab(server, lab_port, envs["writer"], envs["reader"], envs["admin"], project, number, run_id, url)
     finally:
         server.kill()

@@ -69,8 +69,8 @@ def _on_server(settings: Any, o: dict[str, Any]) -> int:
 
     idle = options.duration(o["idle"]) if o["idle"] else 3600.0
     # The server runs it with its own Python (the one runyard runs in there), whatever this names.
-    launch = {**o, "mounts": (), "note": "", "params": [f"idle={idle:g}"], "env": (), "timeout": None,
-              "priority": None, "machine": None, "on": "local"}
+    launch = {**o, "labels": [LABEL, *o["labels"]], "mounts": (), "note": "", "params": [f"idle={idle:g}"],
+              "env": (), "timeout": None, "priority": None, "machine": None, "on": "local"}
     queued, _, _ = queue_on_server(settings, ["python", *LAB_COMMAND], False, launch, RunKind.JUPYTERLAB)
     number, run_id = int(queued["number"]), str(queued["id"])
     if not o["as_json"]:
