@@ -78,3 +78,12 @@ def test_runyard_ui_says_at_once_why_its_server_did_not_start(tmp_path: Path) ->
         done = subprocess.run([sys.executable, "-m", "runyard.cli.main", "ui", "--no-browser", "--port",
                                str(lab_port - 1)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "--lab-port" in done.stderr and "did not start" in done.stderr
+
+
+@pytest.mark.engines("sqlite")
+def test_a_jupyterlab_launch_runs_labrun_on_the_servers_machine_and_nothing_else(api: Served) -> None:
+    base = {"snapshot": "sha256:" + "0" * 64, "kind": "jupyterlab"}
+    for command, executor in ((["python", "evil.py"], None), (["python", "-m", "runyard.notebook.labrun"], "ray")):
+        answer = api.client.post("/api/v1/runs", json={**base, "command": command, "executor": executor})
+        assert answer.status_code == 400, answer.text
+        assert "labrun" in answer.json()["error"] or "ray" in answer.json()["error"]

@@ -81,6 +81,7 @@ def add_routes(app: FastAPI, server: Server) -> None:
         fields = body.model_dump()
         if body.kind is RunKind.JUPYTERLAB:
             fields["command"] = lab_command(body)
+            fields["executor"] = "local"  # where the lab origin reaches it
         snapshot = (fields.pop("snapshot"), fields.pop("git_commit"), fields.pop("git_branch"),
                     fields.pop("git_diff_ref"))
         requirements = fields.pop("requirements")
@@ -143,6 +144,9 @@ def lab_command(body: Launch) -> list[str]:
 
     from runyard.exec.submit import LAB_COMMAND
 
+    if body.executor not in (None, "local"):
+        raise InvalidArgument("a jupyterlab run executes on the server's machine (--on local): reaching one on "
+                              f"{body.executor} is not done yet")
     if body.shell or body.command[1:] != list(LAB_COMMAND):
         raise InvalidArgument("a jupyterlab run's command is python -m runyard.notebook.labrun: start one with "
                               "runyard notebook")
