@@ -257,4 +257,6 @@ def test_a_stopped_notebook_run_resumes_through_the_server(lab: Lab) -> None:
     jar = {"runyard_lab": lab.session(again["url"])}
     kept = httpx.get(f"{lab.origin}/lab/{resumed}/api/contents/analysis.ipynb", cookies=jar, timeout=10)
     assert kept.status_code == 200  # written through the proxy into run 1, kept, restored here
+    # This run's cookie is no key to the first run's path (nor would the browser send it there).
+    assert httpx.get(f"{lab.origin}/lab/{lab.run_id}/api/status", cookies=jar, timeout=10).status_code == 401
     cli(lab.writer, lab.project, "stop", str(again["number"]))
