@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,41 @@ def test_a_jupyterlab_launch_runs_labrun_on_the_servers_machine_and_nothing_else
         answer = api.client.post("/api/v1/runs", json={**base, "command": command, "executor": executor})
         assert answer.status_code == 400, answer.text
         assert "labrun" in answer.json()["error"] or "ray" in answer.json()["error"]
+
+
+@pytest.mark.engines("sqlite")
+def test_the_lab_origin_says_what_is_wrong_when_a_jupyterlab_is_gone_or_its_run_ended(api: Served) -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from runyard.exec.spec import run_directory
+    from runyard.server.lab import CHECK_EVERY, lab_app
+    from runyard.store.newrun import NewRun
+    from runyard.types import RunKind, RunStatus
+
+    server, policy = api.client.app.state.server, api.client.app.state.policy  # type: ignore[attr-defined]
+    run = api.store.create_run(NewRun(project="p", status=RunStatus.RUNNING, kind=RunKind.JUPYTERLAB))
+    gone = free_port()  # nothing listens there: the JupyterLab went without its run knowing yet
+    directory = run_directory(server.settings.home, run.id)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "lab.json").write_text(json.dumps({"url": "x", "token": "t" * 43, "port": gone, "pid": 1,
+                                                    "base": f"/lab/{run.id}/"}))
+    lab_port = free_port()
+    app = lab_app(server, policy, server.lab_access, lab_port)
+    with TestClient(app, base_url=f"http://127.0.0.1:{lab_port}") as browser:
+        opened = browser.get(f"/lab/{run.id}/?ticket={server.lab_access.ticket(run.id, None)}",
+                             follow_redirects=False)
+        assert opened.status_code == 303
+        answer = browser.get(f"/lab/{run.id}/api/status")
+        assert answer.status_code == 502 and "does not answer" in answer.text
+        assert answer.headers["content-type"].startswith("text/html")
+        # Once the run has ended (here: lost), its sessions are answered 410, after the moment a check lasts.
+        api.store.mark_lost(run.id, "its machine went away")
+        time.sleep(CHECK_EVERY)
+        ended = browser.get(f"/lab/{run.id}/api/status")
+        assert ended.status_code == 410 and "has ended" in ended.text
+        # And a path that is no JupyterLab's, without a session, says where to get one.
+        assert browser.get("/").status_code == 404
+        browser.cookies.clear()
+        assert "runyard notebook --url" in browser.get(f"/lab/{run.id}/lab").text
