@@ -477,7 +477,8 @@ def rerun(ref: str, **options: Any) -> None:
 @click.option("--project", help="Project of the run (default: the `project` setting).")
 @click.option("--name", help="A name to refer to the run by.")
 @click.option("--label", "labels", multiple=True, metavar="LABEL", help="A label (repeatable).")
-@click.option("--on", metavar="EXECUTOR", help="Where it runs: local only, for now.")
+@click.option("--on", metavar="EXECUTOR", help="Where it runs: local only, for now (through a server: its "
+              "machine's agent).")
 @click.option("--wait", type=float, default=120.0, show_default=True, metavar="SECONDS",
               help="How long to wait for JupyterLab to answer before returning (it may wait in the queue).")
 @click.option("--resume", metavar="RUN", help="A new notebook run on the files notebook run RUN left (its "
@@ -499,6 +500,10 @@ def notebook(**options: Any) -> None:
     JupyterLab listens on loopback only, with a token that is not stored anywhere but the run's
     directory (readable by you alone). Idle means no kernel busy, no terminal in use and no process
     on a GPU for --idle: a long, silent training cell keeps it running; an open tab does not.
+
+    With RUNYARD_SERVER set (a writer's token), it runs on the server's machine, and the address
+    printed (by --url too) is a one-time link, valid two minutes, to the server's JupyterLab port
+    (`runyard server --lab-port`), which proxies to it: run --url again for a new link.
     """
     from runyard.cli import notebook as impl
 
@@ -550,13 +555,18 @@ def note(ref: str, text: str) -> None:
                    "--burst a request is answered 429 with Retry-After, which runyard's clients wait for.")
 @click.option("--burst", type=click.IntRange(1), default=5000, show_default=True, metavar="N",
               help="Requests one token may make at once before --rate applies.")
+@click.option("--lab-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Port of the JupyterLab origin, on the same --host: teammates open a notebook run's JupyterLab "
+                   "there (from the dashboard or `runyard notebook --url RUN`), proxied to it, on an origin apart "
+                   "from the dashboard's so that a notebook's scripts cannot act as the dashboard. Default: the "
+                   "port + 1; 0 serves no JupyterLab.")
 @click.option("--min-body-rate", type=click.IntRange(0), default=1024, show_default=True, metavar="BYTES",
               help="Bytes a second a request body must arrive at (averaged over 10 s), else the connection is "
                    "closed (408): a client trickling a body cannot hold a connection. 0 turns the check off "
                    "(clients on very slow links).")
 def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
            insecure_local: bool, max_connections: int, max_upload: int, rate: float, burst: int,
-           min_body_rate: int) -> None:
+           lab_port: int | None, min_body_rate: int) -> None:
     """Run the tracking server: the HTTP API, ingest from remote runs, live events.
 
     \b
@@ -565,6 +575,10 @@ def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_
     this home's runyard (CLI, SDK, `runyard ui`) sends without being asked. Bound to another
     address it refuses to start until a token exists (clients: set RUNYARD_SERVER and
     RUNYARD_TOKEN).
+
+    JupyterLab runs (`runyard notebook`) are served on a second port, --lab-port (default: the
+    port + 1), an origin of their own: a writer's one-time link (the dashboard's Open button,
+    `runyard notebook --url RUN`) opens one there; every request is proxied to it with its token.
 
     \b
     Examples:
@@ -577,7 +591,7 @@ def server(host: str, port: int, db: str | None, artifacts: str | None, allowed_
 
     sys.exit(impl.serve(host, port, db, artifacts, allowed_hosts, insecure_local,
                         {"max_connections": max_connections, "max_upload": max_upload << 20, "rate": rate,
-                         "burst": burst, "min_body_rate": min_body_rate}))
+                         "burst": burst, "min_body_rate": min_body_rate}, lab_port))
 
 
 @cli.command()

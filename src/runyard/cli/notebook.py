@@ -1,4 +1,5 @@
-"""``runyard notebook``: JupyterLab as a run, on this machine's agent, stopped when idle."""
+"""``runyard notebook``: JupyterLab as a run, on this machine's agent (or, through a server, on the
+server's machine, reached through its lab origin: server/lab.py), stopped when idle."""
 
 from __future__ import annotations
 
@@ -23,13 +24,18 @@ def notebook(o: dict[str, Any]) -> int:
     from runyard.types import RunKind
 
     settings = resolve()
+    # Through a server, the server's executor setting is not this machine's: only --on counts.
+    if (o["on"] or ("local" if settings.server else settings.executor)) != "local":
+        # Its address is a port on the machine that runs it: reaching a Ray node's comes later.
+        raise InvalidArgument("runyard notebook runs JupyterLab on this machine's agent (or, through a server, on "
+                              "the server's machine) only for now: leave --on out (or --on local)")
     if o["url"] is not None:
+        if settings.server:
+            return _say(*_ticket(settings, o["url"]), o["as_json"])
         return _print_url(settings, o["url"], o["as_json"])
-    if settings.server or (o["on"] or settings.executor) != "local":
-        # Its address is a port on the machine that runs it: reaching it through the server comes later.
-        raise InvalidArgument("runyard notebook runs JupyterLab on this machine's agent only for now: unset "
-                              "RUNYARD_SERVER and leave --on out (or --on local)")
-    if importlib.util.find_spec("jupyterlab") is None:
+    if settings.server and o["resume"] is None:
+        return _on_server(settings, o)
+    if not settings.server and importlib.util.find_spec("jupyterlab") is None:
         raise InvalidArgument(f"JupyterLab is not installed in {sys.executable}: pip install 'runyard[notebook]'")
     idle = options.duration(o["idle"]) if o["idle"] else 3600.0
     if o["resume"] is not None:
@@ -51,6 +57,39 @@ def notebook(o: dict[str, Any]) -> int:
         print(f"run {done.number} queued: JupyterLab on the files here, stopped after {idle / 60:g} min idle",
               file=sys.stderr)
     return _wait_and_print(settings, done.number, done.run_id, float(o["wait"]), o["as_json"])
+
+
+def _on_server(settings: Any, o: dict[str, Any]) -> int:
+    """Through a server: the run queued there (on its machine's agent), then a link to it through the
+    server's lab origin once JupyterLab answers."""
+    from runyard.cli.runs import queue_on_server
+    from runyard.exec import options
+    from runyard.exec.submit import LAB_COMMAND
+    from runyard.types import RunKind
+
+    idle = options.duration(o["idle"]) if o["idle"] else 3600.0
+    # The server runs it with its own Python (the one runyard runs in there), whatever this names.
+    launch = {**o, "labels": [LABEL, *o["labels"]], "mounts": (), "note": "", "params": [f"idle={idle:g}"],
+              "env": (), "timeout": None, "priority": None, "machine": None, "on": "local"}
+    queued, _, _ = queue_on_server(settings, ["python", *LAB_COMMAND], False, launch, RunKind.JUPYTERLAB)
+    number, run_id = int(queued["number"]), str(queued["id"])
+    if not o["as_json"]:
+        print(f"run {number} queued on {settings.server}: JupyterLab on the files here, stopped after "
+              f"{idle / 60:g} min idle", file=sys.stderr)
+    return _wait_and_print(settings, number, run_id, float(o["wait"]), o["as_json"])
+
+
+def _ticket(settings: Any, ref: str | int) -> tuple[int, dict[str, Any]]:
+    """A one-time link to the run's JupyterLab through the server (``POST /runs/{ref}/lab``)."""
+    from runyard.client import Client
+    from runyard.credential import for_settings
+
+    client = Client(settings.server or "", for_settings(settings), retries=0)
+    try:
+        number = int(client.get(f"/runs/{ref}")["number"])
+        return number, client.request("POST", f"/runs/{number}/lab").json()
+    finally:
+        client.close()
 
 
 def _resume(settings: Any, o: dict[str, Any], idle: float) -> int:
@@ -83,21 +122,28 @@ def _resume(settings: Any, o: dict[str, Any], idle: float) -> int:
 
 def _wait_and_print(settings: Any, number: int, run_id: str, wait: float, as_json: bool) -> int:
     from runyard.api import Api
+    from runyard.errors import Conflict, NotFound
     from runyard.notebook.labrun import read_connection
 
     deadline = time.monotonic() + wait
     api = Api(settings)
     try:
         while time.monotonic() < deadline:
-            found = read_connection(settings.home, run_id)
-            if found is not None:
-                return _say(number, found, as_json)
+            if settings.server:
+                try:
+                    return _say(*_ticket(settings, number), as_json)
+                except (NotFound, Conflict):
+                    pass  # not answering yet, or no more: its status says which
+            else:
+                found = read_connection(settings.home, run_id)
+                if found is not None:
+                    return _say(number, found, as_json)
             status = api.run(number).status.value
             if status not in ("queued", "starting", "running"):
                 print(f"runyard: error: the notebook run {number} ended ({status}) before JupyterLab answered; "
                       f"see runyard logs {number}", file=sys.stderr)
                 return 1
-            time.sleep(0.25)
+            time.sleep(0.5 if settings.server else 0.25)  # a server is asked over the network
     finally:
         api.close()
     print(f"runyard: JupyterLab of run {number} is not up yet (queued for resources, or still starting); "
@@ -124,7 +170,8 @@ def _print_url(settings: Any, ref: str, as_json: bool) -> int:
 
 
 def _say(number: int, found: dict[str, Any], as_json: bool) -> int:
-    url = f"{found['url']}?token={found['token']}"
+    """Print the address: a local JupyterLab's with its token, or a server's one-time link (``ticket``)."""
+    url = found["url"] if "token" not in found else f"{found['url']}?token={found['token']}"
     if as_json:
         print(json.dumps({"number": number, "url": url}))
     else:

@@ -143,6 +143,21 @@ def _env_options(texts: Sequence[str]) -> dict[str, str]:
 def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any],
                    kind: RunKind = RunKind.SCRIPT) -> int:
     """`runyard run` with RUNYARD_SERVER: snapshot here, upload what the server lacks, queue it there."""
+    queued, files, uploaded = queue_on_server(settings, command, shell, o, kind)
+    if o["as_json"]:
+        print(json.dumps({"number": queued["number"], "id": queued["id"], "status": "queued",
+                          "snapshot_files": files, "snapshot_new_bytes": uploaded}))
+    else:
+        print(f"run {queued['number']} queued")
+    if o["follow"]:
+        return _follow(settings, str(queued["number"]))
+    return 0
+
+
+def queue_on_server(settings: Settings, command: list[str], shell: bool, o: dict[str, Any],
+                    kind: RunKind = RunKind.SCRIPT) -> tuple[dict[str, Any], int, int]:
+    """Snapshot here, upload what the server lacks, queue the run there (``o``: the options of
+    `runyard run`); the server's answer {number, id, status}, the snapshot's files and the bytes sent."""
     from runyard.cli.transfer import transfer_bar
     from runyard.client import Client
     from runyard.credential import for_settings
@@ -204,14 +219,7 @@ def _run_on_server(settings: Settings, command: list[str], shell: bool, o: dict[
         queued = client.request("POST", "/runs", json=body).json()
     finally:
         client.close()
-    if o["as_json"]:
-        print(json.dumps({"number": queued["number"], "id": queued["id"], "status": "queued",
-                          "snapshot_files": snap.files, "snapshot_new_bytes": uploaded}))
-    else:
-        print(f"run {queued['number']} queued")
-    if o["follow"]:
-        return _follow(settings, str(queued["number"]))
-    return 0
+    return queued, snap.files, uploaded
 
 
 # -- ps and ls ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -50,11 +51,61 @@ def _local_credential(home: Path, tokens: Tokens) -> Path:
     return credential.write_local(home, secret)
 
 
-def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
-          insecure_local: bool = False, limits: Mapping[str, Any] | None = None) -> int:
-    """``limits``: fields of ``server.capacity.Limits`` to set, by name (the flags of ``runyard server``)."""
+def lab_socket(host: str, port: int, api_port: int) -> socket.socket:
+    """The lab origin's listening socket (``--lab-port``), bound before anything starts, so that a
+    port in use is said at once."""
+    if port == api_port:
+        raise ConfigError(f"--lab-port {port} is the API's port: JupyterLab needs an origin of its own, so "
+                          "another port (or --lab-port 0 to serve no JupyterLab)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} for JupyterLab (--lab-port, default the port + 1): "
+                          f"{e.strerror or e}; another program may use it: choose another with --lab-port N, or "
+                          "serve no JupyterLab with --lab-port 0") from None
+    sock.listen(2048)
+    return sock
+
+
+def _serve(api_config: Any, lab: tuple[Any, socket.socket] | None) -> None:
+    """Serve the API and the lab origin (uvicorn configs; the lab's with its socket, or None) on one
+    event loop: the API's server handles the signals, and the lab's stops with it."""
+    import asyncio
+
     import uvicorn
 
+    class QuietServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield  # the API's server has them
+
+    api = uvicorn.Server(api_config)
+
+    async def both() -> None:
+        if lab is None:
+            await api.serve()
+            return
+        lab_server = QuietServer(lab[0])
+        lab_task = asyncio.ensure_future(lab_server.serve(sockets=[lab[1]]))
+        try:
+            await api.serve()
+        finally:
+            lab_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await lab_task
+
+    with asyncio.Runner(loop_factory=api.config.get_loop_factory()) as runner:
+        runner.run(both())
+
+
+def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_hosts: tuple[str, ...],
+          insecure_local: bool = False, limits: Mapping[str, Any] | None = None, lab_port: int | None = None) -> int:
+    """``limits``: fields of ``server.capacity.Limits`` to set, by name (the flags of ``runyard server``).
+    ``lab_port``: where JupyterLabs are served (server/lab.py); None: ``port`` + 1; 0: nowhere."""
     from runyard.server.app import create_app
     from runyard.server.capacity import Limits
     from runyard.server.connections import uvicorn_config
@@ -70,6 +121,9 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
         raise ConfigError(f"listening on {host} (every interface) needs the name clients reach the server by: "
                          "add --allow-host NAME (repeatable), e.g. --allow-host runyard.example.org; "
                          "loopback names (localhost, 127.0.0.1) are always allowed")
+    if lab_port is None:
+        lab_port = port + 1 if port < 65535 else 0
+    lab_sock = lab_socket(host, lab_port, port) if lab_port else None
     overrides = {k: v for k, v in (("db", db), ("artifacts", artifacts)) if v}
     # A server serves its own store, never another server: the agents and runs it starts inherit this
     # environment, and with RUNYARD_SERVER they would ship to a server instead of running.
@@ -92,15 +146,23 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
             auth = f"tokens required; this home's credential: {_local_credential(settings.home, tokens)}"
         capacity = dataclasses.replace(Limits(), **(limits or {}))
         app = create_app(settings, opened.store, opened.artifacts, host, port, allowed_hosts, capacity,
-                         insecure_local=insecure_local)
+                         insecure_local=insecure_local, lab_port=lab_port)
         outbox = app.state.server.outbox.start()  # acts on fired alerts: stops runs, delivers notices
         health = app.state.server.health_watch.start()  # the health check's view of the database
         shown = f"[{host}]" if ":" in host else host
         print(f"runyard server on http://{shown}:{port}  ({auth})\n  database  {_public_db(settings.db)}\n"
               f"  artifacts {settings.artifacts}\n  API       http://{shown}:{port}/api/v1  "
               f"(spec: /api/openapi.json)", flush=True)
+        lab = None
+        if lab_sock is not None:
+            from runyard.server.lab import lab_app
+
+            print(f"  JupyterLab http://{shown}:{lab_port}/lab/RUN_ID/  (an origin of its own; open one from "
+                  "the dashboard or with `runyard notebook --url RUN`)", flush=True)
+            lab = (uvicorn_config(lab_app(app.state.server, app.state.policy, app.state.server.lab_access, lab_port),
+                                  host, lab_port, capacity), lab_sock)
         try:
-            uvicorn.Server(uvicorn_config(app, host, port, capacity)).run()
+            _serve(uvicorn_config(app, host, port, capacity), lab)
         finally:
             health.close()
             outbox.dispatcher.drain(timeout=5)
@@ -108,6 +170,8 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
         return 0
     finally:
         opened.close()
+        if lab_sock is not None:
+            lab_sock.close()
 
 
 def _health(url: str) -> dict[str, object] | None:
@@ -143,7 +207,7 @@ def _login_link(url: str, settings: Settings, local: bool) -> str:
         # This home's servers make its credential before they answer: one without is another's.
         raise ConfigError(f"{url} is a runyard server of another home or database, not of {settings.home}: "
                           "open that one there, or start this home's on another port (runyard ui --port "
-                          f"{int(url.rsplit(':', 1)[1]) + 1})")
+                          f"{int(url.rsplit(':', 1)[1]) + 2})")
     if given is None:
         return url
     if local:
@@ -162,7 +226,7 @@ def _login_link(url: str, settings: Settings, local: bool) -> str:
         if local and store != target_key(settings):
             raise ConfigError(f"{url} is a runyard server of another home or database, not of {settings.home}: "
                               "open that one there, or start this home's on another port (runyard ui --port "
-                              f"{int(url.rsplit(':', 1)[1]) + 1})")
+                              f"{int(url.rsplit(':', 1)[1]) + 2})")
         path = client.request("POST", "/login-codes").json()["path"]
     finally:
         client.close()
@@ -181,18 +245,23 @@ def ui(port: int, no_browser: bool, insecure_local: bool = False) -> int:
     if health and health.get("store", target_key(settings)) != target_key(settings):
         raise ConfigError(f"{url} is a runyard server of another home or database, not of {settings.home}: "
                           f"open that one there, or start this home's on another port (runyard ui --port "
-                          f"{port + 1})")
+                          f"{port + 2})")
     if not settings.server and health is None:
         settings.home.mkdir(parents=True, exist_ok=True)
         log_path = settings.home / "server.log"
         with log_path.open("ab") as log:
-            subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "server", "--port", str(port),
+            start = log.tell()
+            started = subprocess.Popen([sys.executable, "-m", "runyard.cli.main", "server", "--port", str(port),
                               "--db", settings.db, "--artifacts", str(settings.artifacts),
                               *(["--insecure-local"] if insecure_local else [])],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                              close_fds=True, cwd=str(settings.home))
         deadline = time.monotonic() + START_WAIT
         while (health := _health(url)) is None:
+            if started.poll() is not None:  # it said why (a port in use, say) in its log
+                said = log_path.read_bytes()[start:].decode(errors="replace").strip().splitlines()
+                raise ConfigError(f"the server did not start: {said[-1] if said else 'no reason given'} "
+                                  f"(log: {log_path})")
             if time.monotonic() > deadline:
                 raise ConfigError(f"the server did not start within {START_WAIT:g} s; see {log_path}")
             time.sleep(0.2)

@@ -29,6 +29,12 @@ LABEL = "jupyterlab"
 LOOK_EVERY = 30.0
 
 
+def base_url(run_id: str) -> str:
+    """The path JupyterLab of run ``run_id`` serves under: the one the runyard server's lab origin
+    proxies it at (``/lab/<run id>/``), so that its own links work there and on its loopback port."""
+    return f"/lab/{run_id}/"
+
+
 def lab_command(python: str, *, port: int, root_dir: Path, base_url: str = "/") -> list[str]:
     """The command that serves JupyterLab on loopback only, for ``root_dir``, without a browser. The
     token comes from the environment (``JUPYTER_TOKEN``, see ``lab_environment``), never the command

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runyard.notebook.lab import LOOK_EVERY, IdleJudge, lab_command, lab_environment
+from runyard.notebook.lab import LOOK_EVERY, IdleJudge, base_url, lab_command, lab_environment
 
 #: The file, in the run's directory, that says where its JupyterLab answers (with its token).
 CONNECTION_FILE = "lab.json"
@@ -39,7 +39,8 @@ def connection_file(home: Path, run_id: str) -> Path:
 
 
 def read_connection(home: Path, run_id: str) -> dict[str, Any] | None:
-    """Where the run's JupyterLab answers ({url, token, port, pid}), or None before it does."""
+    """Where the run's JupyterLab answers ({url, token, port, pid, base}: ``base`` is the path it
+    serves under, ``lab.base_url``), or None before it does."""
     try:
         data = json.loads(connection_file(home, run_id).read_text())
     except (OSError, ValueError):
@@ -70,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"restored {restored} file(s) of notebook run {restored.parent}", flush=True)
     token = secrets.token_urlsafe(32)
     port = _free_port()
-    lab = subprocess.Popen(lab_command(sys.executable, port=port, root_dir=root),
+    # Under /lab/<run id>/: the path the runyard server's lab origin proxies it at (server/lab.py), so
+    # that JupyterLab's own links are right there as well as on its loopback port.
+    base = base_url(run_id)
+    lab = subprocess.Popen(lab_command(sys.executable, port=port, root_dir=root, base_url=base),
                            env={**os.environ, **lab_environment(token)}, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}{base.rstrip('/')}"
     stopping = {"signal": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         _stop(lab, kernels)
         return lab.returncode if lab.returncode not in (None, 0) else 1
     _write_connection(connection_file(Path(home), run_id), {"url": f"{url}/lab", "token": token, "port": port,
-                                                            "pid": lab.pid})
+                                                            "pid": lab.pid, "base": base})
     print(f"JupyterLab is up on {url}/lab; it stops after {_words(args.idle)} idle "
           "(no busy kernel, no terminal in use, no process on a GPU)", flush=True)
     warned = False

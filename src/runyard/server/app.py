@@ -59,9 +59,10 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
 
 def create_app(settings: Settings, store: SqlStore, artifacts: ArtifactStore, bind_host: str = "127.0.0.1",
                port: int = 8765, allowed_hosts: tuple[str, ...] = (), limits: Limits | None = None,
-               insecure_local: bool = False) -> FastAPI:
-    """The app. Every request needs a token, but with ``insecure_local`` on loopback while none exists."""
-    server = Server(settings, store, artifacts, limits or Limits())
+               insecure_local: bool = False, lab_port: int = 0) -> FastAPI:
+    """The app. Every request needs a token, but with ``insecure_local`` on loopback while none exists.
+    ``lab_port``: where the lab origin (``server.lab.lab_app``, served beside it) listens; 0: none."""
+    server = Server(settings, store, artifacts, limits or Limits(), lab_port)
     app = FastAPI(title="runyard", version=__version__, openapi_url="/api/openapi.json", docs_url=None,
                   redoc_url=None,
                   description="The runyard tracking server: runs, metrics, logs, artifacts, live events.")

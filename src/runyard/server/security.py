@@ -232,14 +232,16 @@ class Policy:
     def loopback(self) -> bool:
         return is_loopback(self.bind_host)
 
-    def host_allowed(self, host_header: str | None) -> bool:
+    def host_allowed(self, host_header: str | None, port: int | None = None) -> bool:
+        """Whether the Host header names this server (on ``port``: the API's unless given, e.g. the
+        lab origin's, server/lab.py)."""
         if not host_header:
             return False
-        host, _, port = host_header.rpartition(":") if not host_header.endswith("]") else (host_header, "", "")
-        if not host or (port and not is_number(port)):
-            host, port = host_header, ""
+        host, _, port_given = host_header.rpartition(":") if not host_header.endswith("]") else (host_header, "", "")
+        if not host or (port_given and not is_number(port_given)):
+            host, port_given = host_header, ""
         host = host.strip("[]").lower()
-        if port and int(port) != self.port:
+        if port_given and int(port_given) != (self.port if port is None else port):
             return False
         if host in self.allowed_hosts:
             return True

@@ -14,6 +14,7 @@ from runyard.ingest.alerting import Outbox, Watcher
 from runyard.server import events
 from runyard.server.capacity import RETRY_AFTER_SECONDS, Capacity, Limits
 from runyard.server.health_watch import HealthWatch
+from runyard.server.lab_access import LabAccess
 from runyard.server.security import Principal
 from runyard.store.artifacts import ArtifactStore
 from runyard.store.sql import SqlStore
@@ -24,7 +25,8 @@ class Server:
     """The app's shared parts: store, artifacts, hub. Handlers are closures over one of these
     (each module of ``routes/`` adds its own with ``add_routes(app, server)``)."""
 
-    def __init__(self, settings: Settings, store: SqlStore, artifacts: ArtifactStore, limits: Limits) -> None:
+    def __init__(self, settings: Settings, store: SqlStore, artifacts: ArtifactStore, limits: Limits,
+                 lab_port: int = 0) -> None:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
@@ -41,6 +43,10 @@ class Server:
         self.outbox: Outbox = alert_outbox(store, settings)
         #: The health check's view of the database; started by `runyard server` too.
         self.health_watch = HealthWatch(store.list_projects)
+        #: The port of the lab origin (``runyard server --lab-port``; 0: none), and who may reach a
+        #: run's JupyterLab through it (server/lab.py).
+        self.lab_port = lab_port
+        self.lab_access = LabAccess()
 
     def run_for(self, request: Request, ref: str) -> Any:
         """The run ``ref`` names among those the caller may see: a project token resolves it among

@@ -121,7 +121,9 @@ class LiveServer:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "runyard.cli.main", "server", "--host", self.host, "--port", str(self.port),
                  *(arg for name in self.allow_hosts for arg in ("--allow-host", name)),
-                 *(["--insecure-local"] if self.insecure_local and self.host == "127.0.0.1" else []), *self.args],
+                 *(["--insecure-local"] if self.insecure_local and self.host == "127.0.0.1" else []),
+                 # The JupyterLab origin on a port known free, not the port + 1 that another test's may hold.
+                 *([] if "--lab-port" in self.args else ["--lab-port", str(free_port())]), *self.args],
                 env=env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

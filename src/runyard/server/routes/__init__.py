@@ -20,6 +20,7 @@ from runyard.server.routes import (
     execution,
     health,
     ingest,
+    lab,
     metrics,
     notebooks,
     runs,
@@ -28,7 +29,7 @@ from runyard.server.routes import (
 from runyard.server.state import Server
 
 #: Each noun's routes, in the order they are added.
-MODULES = (health, runs, execution, metrics, alerts, artifacts, notebooks, ingest, events, tokens)
+MODULES = (health, runs, execution, lab, metrics, alerts, artifacts, notebooks, ingest, events, tokens)
 
 
 def add_routes(app: FastAPI, server: Server) -> None:

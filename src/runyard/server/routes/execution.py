@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 
 from runyard import wire
-from runyard.errors import AccessDenied
+from runyard.errors import AccessDenied, InvalidArgument
 from runyard.exec import options
 from runyard.server.routes.runs import run_view
 from runyard.server.security import requires
@@ -77,8 +77,11 @@ def add_routes(app: FastAPI, server: Server) -> None:
         from runyard.exec.remote_launch import queue
         from runyard.exec.submit import Submission
 
-        _may_launch(request)
+        may_launch(request)
         fields = body.model_dump()
+        if body.kind is RunKind.JUPYTERLAB:
+            fields["command"] = lab_command(body)
+            fields["executor"] = "local"  # where the lab origin reaches it
         snapshot = (fields.pop("snapshot"), fields.pop("git_commit"), fields.pop("git_branch"),
                     fields.pop("git_diff_ref"))
         requirements = fields.pop("requirements")
@@ -109,7 +112,7 @@ def add_routes(app: FastAPI, server: Server) -> None:
         from runyard.exec.control import rerun as queue_again
         from runyard.exec.remote_launch import artifact_mounts_only
 
-        _may_launch(request)
+        may_launch(request)
         body = body or Rerun(name=None, timeout=None, gpus=None)
         parent = server.run_for(request, ref)
         for key, value in body.params.items():
@@ -133,10 +136,31 @@ def add_routes(app: FastAPI, server: Server) -> None:
         return {"changed": changed}
 
 
-def _may_launch(request: Request) -> None:
+def lab_command(body: Launch) -> list[str]:
+    """A JupyterLab run's command on this machine: ``runyard.notebook.labrun`` in the server's own
+    Python (where runyard and JupyterLab are installed), whichever Python the client named."""
+    import importlib.util
+    import sys
+
+    from runyard.exec.submit import LAB_COMMAND
+
+    if body.executor not in (None, "local"):
+        raise InvalidArgument("a jupyterlab run executes on the server's machine (--on local): reaching one on "
+                              f"{body.executor} is not done yet")
+    if body.shell or body.command[1:] != list(LAB_COMMAND):
+        raise InvalidArgument("a jupyterlab run's command is python -m runyard.notebook.labrun: start one with "
+                              "runyard notebook")
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise InvalidArgument("JupyterLab is not installed on the server's machine: pip install 'runyard[notebook]' "
+                              f"into {sys.executable} there")
+    return [sys.executable, *LAB_COMMAND]
+
+
+def may_launch(request: Request, what: str = "launching") -> None:
     """A launched run executes as the server's user, with access to all it can reach: a token
-    limited to one project would not stay limited, so only unlimited writers launch."""
+    limited to one project would not stay limited, so only unlimited writers launch (or open a
+    JupyterLab, which runs code as well)."""
     scope = principal_of(request).project
     if scope is not None:
         raise AccessDenied(f"this token is limited to project {scope}, and a launched run could reach every "
-                           "project on the server machine: launching needs a token without --project")
+                           f"project on the server machine: {what} needs a token without --project")

@@ -1,0 +1,77 @@
+"""Who may reach a run's JupyterLab through the server's lab origin (``server/lab.py``).
+
+``POST /api/v1/runs/{ref}/lab`` (a writer) gets a *ticket*: one-time, lapsing after TICKET_TTL,
+bound to the run and the token that asked, as a login code of ``runyard ui`` is (``Policy``). The
+browser redeems it at the lab origin for a *session*: a cookie scoped to that run's path, which
+acts for the same token on the same run only, and only while the token is active (checked by the
+caller on every request: ``LabAccess`` knows nothing of tokens or runs).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: Seconds a ticket waits for its browser; a lab session lasts as long as the token and the run, at
+#: most SESSION_TTL.
+TICKET_TTL = 120.0
+SESSION_TTL = 7 * 86_400.0
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a ticket or a session allows: the run ``run_id``, as the token ``token_id`` (None: a
+    server started with ``--insecure-local`` while no token exists)."""
+
+    run_id: str
+    token_id: int | None
+    expires: float
+
+
+@dataclass
+class LabAccess:
+    """Tickets and lab sessions, in memory (a restarted server forgets them: open the lab again)."""
+
+    clock: Callable[[], float] = time.monotonic
+    _tickets: dict[str, Grant] = field(default_factory=dict)
+    _sessions: dict[str, Grant] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ticket(self, run_id: str, token_id: int | None) -> str:
+        """A ticket that opens run ``run_id``'s JupyterLab once, as ``token_id``, within TICKET_TTL."""
+        secret = secrets.token_urlsafe(24)
+        now = self.clock()
+        with self._lock:
+            self._tickets = {t: g for t, g in self._tickets.items() if g.expires > now}
+            self._tickets[secret] = Grant(run_id, token_id, now + TICKET_TTL)
+        return secret
+
+    def redeem(self, ticket: str, run_id: str) -> tuple[str, Grant] | None:
+        """A new session for a ticket of run ``run_id``, which is used up (whichever run it was
+        presented at); None for an unknown, expired or other run's ticket."""
+        now = self.clock()
+        with self._lock:
+            grant = self._tickets.pop(ticket, None)
+            if grant is None or grant.expires <= now or grant.run_id != run_id:
+                return None
+            session = secrets.token_urlsafe(32)
+            self._sessions = {s: g for s, g in self._sessions.items() if g.expires > now}
+            granted = Grant(run_id, grant.token_id, now + SESSION_TTL)
+            self._sessions[session] = granted
+        return session, granted
+
+    def session(self, secret: str, run_id: str) -> Grant | None:
+        """What session ``secret`` allows at run ``run_id``'s path: None unless it was made for that run."""
+        with self._lock:
+            grant = self._sessions.get(secret)
+        if grant is None or grant.expires <= self.clock() or grant.run_id != run_id:
+            return None
+        return grant
+
+    def end(self, secret: str) -> None:
+        """Forget a session (its run ended, or its token was revoked)."""
+        with self._lock:
+            self._sessions.pop(secret, None)
