@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from tests.cluster.conftest import RayHead
+from tests.flow.test_lab_proxy import run_cell
 from tests.unit.server.conftest import LiveServer, client_env, home_env, migrate_postgres
 
 pytestmark = [pytest.mark.engines("postgresql"), pytest.mark.timeout(600)]
@@ -168,6 +169,44 @@ def test_stop_stops_a_run_on_the_cluster_and_a_killed_supervisor_marks_its_run_l
     # server's (Ray says the job failed).
     assert final["status"] == "lost", final
     assert any(why in str(final["status_message"]) for why in ("Ray job", "stopped without finishing")), final
+
+
+def test_a_jupyterlab_on_a_ray_node_opens_through_the_server_and_keeps_its_files(cluster: Cluster) -> None:
+    """`runyard notebook --on ray` through the server: JupyterLab starts on a node, the node's supervisor
+    tells the server where it answers, and the link `runyard notebook` prints opens it through the
+    server's lab origin, HTTP and a kernel's websocket; a stop keeps its files as the run's outputs."""
+    import httpx
+
+    started = json.loads(cluster.runyard("notebook", "--on", "ray", "--gpus", "1", "--idle", "10m", "--wait", "240",
+                                         "--json", timeout=300).stdout)
+    number, url = int(started["number"]), started["url"]
+    assert url, (started, cluster.server_log())
+    run = cluster.run(number)
+    assert run["executor"] == "ray" and run["kind"] == "jupyterlab"
+    opened = httpx.get(url, timeout=10)
+    assert opened.status_code == 303, opened.text
+    lab = url.split("/lab/", 1)[0]
+    base = f"{lab}/lab/{run['id']}"
+    jar = {"runyard_lab": opened.cookies["runyard_lab"]}
+    listing = httpx.get(f"{base}/api/contents", cookies=jar, timeout=30)
+    assert listing.status_code == 200 and "train.py" in {i["name"] for i in listing.json()["content"]}
+    made = httpx.put(f"{base}/api/contents/notes.txt", cookies=jar, headers={"origin": lab}, timeout=30,
+                     json={"type": "file", "format": "text", "content": "written on the node"})
+    assert made.status_code in (200, 201), made.text
+    # A cell runs over the kernel's websocket through the lab origin, and sees the GPU Ray gave the run.
+    kernel = httpx.post(f"{base}/api/kernels", cookies=jar, headers={"origin": lab}, json={}, timeout=60)
+    assert kernel.status_code == 201, kernel.text
+    channels = f"{base.replace('http://', 'ws://', 1)}/api/kernels/{kernel.json()['id']}/channels"
+    seen = run_cell(channels, f"Cookie: runyard_lab={jar['runyard_lab']}", lab,
+                    "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))")
+    assert seen in ("0", "1"), seen
+    cluster.runyard("stop", str(number))
+    ended = cluster.wait([number], {"stopped", "failed", "finished", "lost"}, timeout=120)[number]
+    assert ended["status"] == "stopped", ended
+    assert httpx.get(f"{base}/api/status", cookies=jar, timeout=10).status_code == 410
+    out = Path(cluster.project) / "notes-back.txt"
+    cluster.runyard("cp", f"{number}:notes.txt", str(out))
+    assert out.read_text() == "written on the node"
 
 
 def _is_node_supervisor(pid: int, run_id: str) -> bool:

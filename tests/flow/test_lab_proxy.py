@@ -145,22 +145,17 @@ def test_a_body_past_the_servers_upload_limit_is_refused(lab: Lab) -> None:
     assert httpx.get(f"{lab.origin}/lab/{lab.run_id}/api/status", cookies=jar, timeout=10).status_code == 200
 
 
-def test_a_cell_runs_in_a_kernel_over_the_websocket_through_the_proxy(lab: Lab) -> None:
+def run_cell(url: str, cookie: str, origin: str, code: str) -> str:
+    """What a cell prints, run over kernel channels' websocket ``url`` as a browser on ``origin`` would."""
     import websocket
 
-    jar = {"runyard_lab": lab.session()}
-    kernel = httpx.post(f"{lab.origin}/lab/{lab.run_id}/api/kernels", cookies=jar, json={"name": "python3"},
-                        headers={"origin": lab.origin}, timeout=60)
-    assert kernel.status_code == 201, kernel.text
-    url = f"ws://127.0.0.1:{lab.lab_port}/lab/{lab.run_id}/api/kernels/{kernel.json()['id']}/channels"
-    cookie = f"Cookie: runyard_lab={jar['runyard_lab']}"
-    ws = websocket.create_connection(url, header=[cookie], origin=lab.origin, timeout=60)
+    ws = websocket.create_connection(url, header=[cookie], origin=origin, timeout=60)
     try:
         msg_id = uuid.uuid4().hex
         ws.send(json.dumps({"header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
                                        "msg_type": "execute_request", "version": "5.3"},
                             "parent_header": {}, "metadata": {}, "channel": "shell",
-                            "content": {"code": "print(6 * 7)", "silent": False, "store_history": True,
+                            "content": {"code": code, "silent": False, "store_history": True,
                                         "user_expressions": {}, "allow_stdin": False}}))
         printed = []
         while True:
@@ -170,10 +165,21 @@ def test_a_cell_runs_in_a_kernel_over_the_websocket_through_the_proxy(lab: Lab) 
             if message["msg_type"] == "stream":
                 printed.append(message["content"]["text"])
             if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
-                break
-        assert "".join(printed).strip() == "42"
+                return "".join(printed).strip()
     finally:
         ws.close()
+
+
+def test_a_cell_runs_in_a_kernel_over_the_websocket_through_the_proxy(lab: Lab) -> None:
+    import websocket
+
+    jar = {"runyard_lab": lab.session()}
+    kernel = httpx.post(f"{lab.origin}/lab/{lab.run_id}/api/kernels", cookies=jar, json={"name": "python3"},
+                        headers={"origin": lab.origin}, timeout=60)
+    assert kernel.status_code == 201, kernel.text
+    url = f"ws://127.0.0.1:{lab.lab_port}/lab/{lab.run_id}/api/kernels/{kernel.json()['id']}/channels"
+    cookie = f"Cookie: runyard_lab={jar['runyard_lab']}"
+    assert run_cell(url, cookie, lab.origin, "print(6 * 7)") == "42"
     # JupyterLab's own subprotocol is passed on, and answered.
     protocol = "v1.kernel.websocket.jupyter.org"
     ws = websocket.create_connection(url, header=[cookie], origin=lab.origin, subprotocols=[protocol], timeout=30)
@@ -273,9 +279,10 @@ def test_once_the_run_has_stopped_its_session_and_tickets_are_refused(lab: Lab) 
                                timeout=10).status_code == 410, 15, "the session to be refused")
     gone = cli(lab.writer, lab.project, "notebook", "--url", str(lab.number), check=False)
     assert gone.returncode != 0 and "ended" in gone.stderr
-    # --on ray is refused through a server as here.
-    ray = cli(lab.writer, lab.project, "notebook", "--on", "ray", check=False)
-    assert ray.returncode != 0 and "--on local" in ray.stderr
+    # Without a server, --on ray has no lab origin to be reached through: refused before anything queues.
+    alone = {k: v for k, v in lab.writer.items() if k not in ("RUNYARD_SERVER", "RUNYARD_TOKEN")}
+    ray = cli(alone, lab.project, "notebook", "--on", "ray", check=False)
+    assert ray.returncode == 2 and "RUNYARD_SERVER" in ray.stderr, ray.stderr
 
 
 def test_a_stopped_notebook_run_resumes_through_the_server(lab: Lab) -> None:

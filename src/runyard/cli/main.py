@@ -477,8 +477,8 @@ def rerun(ref: str, **options: Any) -> None:
 @click.option("--project", help="Project of the run (default: the `project` setting).")
 @click.option("--name", help="A name to refer to the run by.")
 @click.option("--label", "labels", multiple=True, metavar="LABEL", help="A label (repeatable).")
-@click.option("--on", metavar="EXECUTOR", help="Where it runs: local only, for now (through a server: its "
-              "machine's agent).")
+@click.option("--on", type=click.Choice(["local", "ray"]), help="Where it runs: local (default; through a "
+              "server: the server's machine) or ray (a node of the server's cluster; needs RUNYARD_SERVER).")
 @click.option("--wait", type=float, default=120.0, show_default=True, metavar="SECONDS",
               help="How long to wait for JupyterLab to answer before returning (it may wait in the queue).")
 @click.option("--resume", metavar="RUN", help="A new notebook run on the files notebook run RUN left (its "
@@ -503,7 +503,12 @@ def notebook(**options: Any) -> None:
 
     With RUNYARD_SERVER set (a writer's token), it runs on the server's machine, and the address
     printed (by --url too) is a one-time link, valid two minutes, to the server's JupyterLab port
-    (`runyard server --lab-port`), which proxies to it: run --url again for a new link.
+    (`runyard server --lab-port`), which proxies to it: run --url again for a new link. With --on ray
+    as well, JupyterLab runs on a node of the server's Ray cluster (with --gpus, one with a GPU), and
+    the same link reaches it through the server.
+
+    \b
+    RUNYARD_SERVER=http://yard:8765 runyard notebook --on ray --gpus 1
     """
     from runyard.cli import notebook as impl
 

@@ -25,10 +25,11 @@ def notebook(o: dict[str, Any]) -> int:
 
     settings = resolve()
     # Through a server, the server's executor setting is not this machine's: only --on counts.
-    if (o["on"] or ("local" if settings.server else settings.executor)) != "local":
-        # Its address is a port on the machine that runs it: reaching a Ray node's comes later.
-        raise InvalidArgument("runyard notebook runs JupyterLab on this machine's agent (or, through a server, on "
-                              "the server's machine) only for now: leave --on out (or --on local)")
+    if not settings.server and (o["on"] or settings.executor) != "local":
+        # Reached through the server its node reports to (its lab origin): there is none here.
+        raise InvalidArgument("runyard notebook --on ray goes through the runyard server your cluster's nodes "
+                              "report to: set RUNYARD_SERVER (and RUNYARD_TOKEN); without it, leave --on out "
+                              "(or --on local) for JupyterLab on this machine")
     if o["url"] is not None:
         if settings.server:
             return _say(*_ticket(settings, o["url"]), o["as_json"])
@@ -60,8 +61,8 @@ def notebook(o: dict[str, Any]) -> int:
 
 
 def _on_server(settings: Any, o: dict[str, Any]) -> int:
-    """Through a server: the run queued there (on its machine's agent), then a link to it through the
-    server's lab origin once JupyterLab answers."""
+    """Through a server: the run queued there (on its machine's agent, or a Ray node with --on ray),
+    then a link to it through the server's lab origin once JupyterLab answers."""
     from runyard.cli.runs import queue_on_server
     from runyard.exec import options
     from runyard.exec.submit import LAB_COMMAND
@@ -70,7 +71,7 @@ def _on_server(settings: Any, o: dict[str, Any]) -> int:
     idle = options.duration(o["idle"]) if o["idle"] else 3600.0
     # The server runs it with its own Python (the one runyard runs in there), whatever this names.
     launch = {**o, "labels": [LABEL, *o["labels"]], "mounts": (), "note": "", "params": [f"idle={idle:g}"],
-              "env": (), "timeout": None, "priority": None, "machine": None, "on": "local"}
+              "env": (), "timeout": None, "priority": None, "machine": None, "on": o["on"] or "local"}
     queued, _, _ = queue_on_server(settings, ["python", *LAB_COMMAND], False, launch, RunKind.JUPYTERLAB)
     number, run_id = int(queued["number"]), str(queued["id"])
     if not o["as_json"]:
@@ -123,7 +124,7 @@ def _resume(settings: Any, o: dict[str, Any], idle: float) -> int:
 def _wait_and_print(settings: Any, number: int, run_id: str, wait: float, as_json: bool) -> int:
     from runyard.api import Api
     from runyard.errors import Conflict, NotFound
-    from runyard.notebook.labrun import read_connection
+    from runyard.notebook.connection import read_connection
 
     deadline = time.monotonic() + wait
     api = Api(settings)
@@ -156,7 +157,7 @@ def _wait_and_print(settings: Any, number: int, run_id: str, wait: float, as_jso
 def _print_url(settings: Any, ref: str, as_json: bool) -> int:
     from runyard.api import Api
     from runyard.errors import NotFound
-    from runyard.notebook.labrun import read_connection
+    from runyard.notebook.connection import read_connection
 
     api = Api(settings)
     try:

@@ -24,6 +24,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runyard.exec.spec import LaunchSpec
+    from runyard.notebook.announce import Announcer
 
 #: The launch spec's variable in the job's environment.
 ENV_SPEC = "RUNYARD_NODE_SPEC"
@@ -60,12 +65,19 @@ def main() -> int:
     # The submitter's shell is on another machine: the command runs with this node's environment.
     spec = dataclasses.replace(LaunchSpec.from_json(text), home=str(home), server=server,
                                environment=inherited(os.environ), site_packages=[])
+    announcer = None
+    if spec.kind == "jupyterlab":
+        spec, announcer = _lab_on_node(spec, home, server, token)
     client = Client(server, token)
     try:
         supervisor = Supervisor(spec, ServerBlobs(client))
         ensure_agent(settings)
+        if announcer is not None:
+            announcer.start()
         code = supervisor.run()
     finally:
+        if announcer is not None:
+            announcer.stop()
         client.close()
     deadline = time.monotonic() + SHIP_WAIT
     while waiting_for_catch_up(settings.spool_dir, target_key(settings)):
@@ -83,6 +95,23 @@ def main() -> int:
     shutil.rmtree(home, ignore_errors=True)  # everything is on the server; the envs link goes, not the envs
     _prune_environments(cache)
     return code
+
+
+def _lab_on_node(spec: LaunchSpec, home: Path, server: str, token: str) -> tuple[LaunchSpec, Announcer]:
+    """A JupyterLab run answers on this node's address toward the server (the server is its only
+    client: it proxies teammates to it with JupyterLab's token), and the server is told where."""
+    from runyard.client import Client
+    from runyard.notebook.announce import Announcer, address_toward
+    from runyard.notebook.connection import LAB_IP, read_connection
+
+    environment = {**(spec.environment or {}), LAB_IP: address_toward(server)}
+    announcing = Client(server, token)  # its own: the supervisor's client is not shared across threads
+
+    def send(path: str, body: dict[str, object]) -> None:
+        announcing.request("PUT", path, json=body)
+
+    announcer = Announcer(spec.run_id, lambda: read_connection(home, spec.run_id), send)
+    return dataclasses.replace(spec, environment=environment), announcer
 
 
 def _prune_environments(cache: Path) -> None:

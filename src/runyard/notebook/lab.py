@@ -35,18 +35,24 @@ def base_url(run_id: str) -> str:
     return f"/lab/{run_id}/"
 
 
-def lab_command(python: str, *, port: int, root_dir: Path, base_url: str = "/") -> list[str]:
-    """The command that serves JupyterLab on loopback only, for ``root_dir``, without a browser. The
-    token comes from the environment (``JUPYTER_TOKEN``, see ``lab_environment``), never the command
-    line, which every user of the machine can read."""
+def lab_command(python: str, *, port: int, root_dir: Path, base_url: str = "/", ip: str = "127.0.0.1") -> list[str]:
+    """The command that serves JupyterLab on ``ip`` (loopback unless a Ray node's supervisor says
+    otherwise), for ``root_dir``, without a browser. The token comes from the environment
+    (``JUPYTER_TOKEN``, see ``lab_environment``), never the command line, which every user of the
+    machine can read."""
+    import ipaddress
+
     if not base_url.startswith("/") or not base_url.endswith("/"):
         raise ValueError(f"base_url must start and end with '/', not {base_url!r}")
-    return [python, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+    # Jupyter refuses a Host that is not loopback unless told: on a node, the runyard server's
+    # requests name the node's address (still only with the token).
+    remote = not ipaddress.ip_address(ip).is_loopback
+    return [python, "-m", "jupyterlab", "--no-browser", f"--ip={ip}", f"--port={port}",
             "--ServerApp.port_retries=0", f"--ServerApp.base_url={base_url}", f"--ServerApp.root_dir={root_dir}",
             # runyard judges idleness (this module): Jupyter's own culling would stop a silent
             # training cell, and its shutdown timer never fires while a tab is open.
             "--MappingKernelManager.cull_idle_timeout=0", "--ServerApp.shutdown_no_activity_timeout=0",
-            "--ServerApp.allow_remote_access=False",
+            f"--ServerApp.allow_remote_access={remote}",
             # Containers and cloud machines often run everything as root, which Jupyter refuses
             # unless told: the runyard run is the sandbox here, not the user account.
             *(["--allow-root"] if os.geteuid() == 0 else [])]

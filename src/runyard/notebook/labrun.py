@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -24,28 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runyard.notebook.connection import LAB_IP, connection_file, write_connection
 from runyard.notebook.lab import LOOK_EVERY, IdleJudge, base_url, lab_command, lab_environment
 
-#: The file, in the run's directory, that says where its JupyterLab answers (with its token).
-CONNECTION_FILE = "lab.json"
 #: Seconds JupyterLab may take to answer its API once started.
 START_TIMEOUT = 180.0
-
-
-def connection_file(home: Path, run_id: str) -> Path:
-    from runyard.exec.spec import run_directory
-
-    return run_directory(home, run_id) / CONNECTION_FILE
-
-
-def read_connection(home: Path, run_id: str) -> dict[str, Any] | None:
-    """Where the run's JupyterLab answers ({url, token, port, pid, base}: ``base`` is the path it
-    serves under, ``lab.base_url``), or None before it does."""
-    try:
-        data = json.loads(connection_file(home, run_id).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     if restored:
         print(f"restored {restored} file(s) of notebook run {restored.parent}", flush=True)
     token = secrets.token_urlsafe(32)
-    port = _free_port()
+    # Loopback, unless a Ray node's supervisor names the node's address toward the runyard server
+    # (LAB_IP): the server is then its only client, with its token.
+    host = os.environ.get(LAB_IP) or "127.0.0.1"
+    port = _free_port(host)
     # Under /lab/<run id>/: the path the runyard server's lab origin proxies it at (server/lab.py), so
     # that JupyterLab's own links are right there as well as on its loopback port.
     base = base_url(run_id)
-    lab = subprocess.Popen(lab_command(sys.executable, port=port, root_dir=root, base_url=base),
+    lab = subprocess.Popen(lab_command(sys.executable, port=port, root_dir=root, base_url=base, ip=host),
                            env={**os.environ, **lab_environment(token)}, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}{base.rstrip('/')}"
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}{base.rstrip('/')}"
     stopping = {"signal": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -89,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if not _wait_until_up(judge, lab, stopping):
         _stop(lab, kernels)
         return lab.returncode if lab.returncode not in (None, 0) else 1
-    _write_connection(connection_file(Path(home), run_id), {"url": f"{url}/lab", "token": token, "port": port,
-                                                            "pid": lab.pid, "base": base})
+    write_connection(connection_file(Path(home), run_id), {"url": f"{url}/lab", "token": token, "host": host,
+                                                           "port": port, "pid": lab.pid, "base": base})
     print(f"JupyterLab is up on {url}/lab; it stops after {_words(args.idle)} idle "
           "(no busy kernel, no terminal in use, no process on a GPU)", flush=True)
     warned = False
@@ -180,14 +166,6 @@ def _wait_until_up(judge: IdleJudge, lab: subprocess.Popen[bytes], stopping: dic
     if not stopping["signal"]:
         print(f"runyard: JupyterLab did not answer within {START_TIMEOUT:g} s", file=sys.stderr)
     return False
-
-
-def _write_connection(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the token: its owner's eyes only
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    tmp.replace(path)
 
 
 class _Groups:
@@ -289,9 +267,9 @@ def _on_gpu(root_pid: int) -> bool:
             pynvml.nvmlShutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 

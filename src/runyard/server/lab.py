@@ -72,6 +72,8 @@ class Upstream:
 
     port: int
     token: str
+    #: Loopback for a run on the server's machine; a Ray node's address for one announced from there.
+    host: str = "127.0.0.1"
 
 
 class Refused(Exception):
@@ -310,8 +312,8 @@ def upstream_of(server: Server, run_id: str) -> Upstream:
     """Where run ``run_id``'s JupyterLab answers on this machine (Refused: 404 when it is not a
     JupyterLab run answering here, 410 once the run has ended)."""
     from runyard.errors import NotFound
+    from runyard.notebook.connection import read_connection
     from runyard.notebook.lab import base_url
-    from runyard.notebook.labrun import read_connection
 
     try:
         run = server.store.get_run(run_id)
@@ -319,6 +321,12 @@ def upstream_of(server: Server, run_id: str) -> Upstream:
         raise Refused(404, "no such run") from None
     if run.status.is_terminal():
         raise Refused(410, ended_message(run.number, run.status.value))
+    if run.kind.value == "jupyterlab" and run.executor not in (None, "local"):
+        announced = server.lab_access.announced(run.id)
+        if announced is None:
+            raise Refused(404, f"run {run.number}'s JupyterLab on {run.executor} has not said where it answers "
+                          "(yet): it is starting, or its node cannot reach this server")
+        return Upstream(announced.port, announced.token, announced.host)
     found = read_connection(server.settings.home, run.id)
     if run.kind.value != "jupyterlab" or found is None:
         raise Refused(404, f"run {run.number} has no JupyterLab answering on this server's machine")
@@ -352,7 +360,8 @@ async def _body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
 def _target(scope: Scope, upstream: Upstream) -> str:
     path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string", b"")
-    return f"http://127.0.0.1:{upstream.port}{path.decode('latin-1')}" + (f"?{query.decode('latin-1')}"
+    host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
+    return f"http://{host}:{upstream.port}{path.decode('latin-1')}" + (f"?{query.decode('latin-1')}"
                                                                           if query else "")
 
 

@@ -5,6 +5,10 @@ bound to the run and the token that asked, as a login code of ``runyard ui`` is 
 browser redeems it at the lab origin for a *session*: a cookie scoped to that run's path, which
 acts for the same token on the same run only, and only while the token is active (checked by the
 caller on every request: ``LabAccess`` knows nothing of tokens or runs).
+
+A JupyterLab on a Ray node is *announced*: the node's supervisor says where it answers, and its
+token, every ``announce.EVERY`` seconds (``PUT /api/v1/runs/{ref}/lab``); kept here, in memory only,
+until ``announce.KEPT_FOR`` passes without news.
 """
 
 from __future__ import annotations
@@ -31,6 +35,17 @@ class Grant:
     expires: float
 
 
+@dataclass(frozen=True)
+class Announced:
+    """Where a run's JupyterLab on another machine answers, with its token, and until when this is
+    believed (monotonic)."""
+
+    host: str
+    port: int
+    token: str
+    until: float
+
+
 @dataclass
 class LabAccess:
     """Tickets and lab sessions, in memory (a restarted server forgets them: open the lab again)."""
@@ -38,6 +53,7 @@ class LabAccess:
     clock: Callable[[], float] = time.monotonic
     _tickets: dict[str, Grant] = field(default_factory=dict)
     _sessions: dict[str, Grant] = field(default_factory=dict)
+    _announced: dict[str, Announced] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ticket(self, run_id: str, token_id: int | None) -> str:
@@ -75,3 +91,16 @@ class LabAccess:
         """Forget a session (its run ended, or its token was revoked)."""
         with self._lock:
             self._sessions.pop(secret, None)
+
+    def announce(self, run_id: str, host: str, port: int, token: str, kept_for: float) -> None:
+        """Run ``run_id``'s JupyterLab answers at ``host:port`` with ``token``, for ``kept_for`` seconds."""
+        now = self.clock()
+        with self._lock:
+            self._announced = {r: a for r, a in self._announced.items() if a.until > now}
+            self._announced[run_id] = Announced(host, port, token, now + kept_for)
+
+    def announced(self, run_id: str) -> Announced | None:
+        """Where run ``run_id``'s JupyterLab was last said to answer, unless that is too old."""
+        with self._lock:
+            found = self._announced.get(run_id)
+        return found if found is not None and found.until > self.clock() else None

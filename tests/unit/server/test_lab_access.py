@@ -82,12 +82,26 @@ def test_runyard_ui_says_at_once_why_its_server_did_not_start(tmp_path: Path) ->
 
 
 @pytest.mark.engines("sqlite")
-def test_a_jupyterlab_launch_runs_labrun_on_the_servers_machine_and_nothing_else(api: Served) -> None:
-    base = {"snapshot": "sha256:" + "0" * 64, "kind": "jupyterlab"}
-    for command, executor in ((["python", "evil.py"], None), (["python", "-m", "runyard.notebook.labrun"], "ray")):
+def test_a_jupyterlab_launch_runs_labrun_on_the_servers_machine_or_a_ray_node_and_nothing_else(
+        api: Served, tmp_path: Path) -> None:
+
+    from runyard.exec.snapshot import take
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "data.csv").write_text("x\n1\n")
+    snapshot = take(tmp_path / "work", api.opened.artifacts, tmp_path / "cache.json").id
+    base = {"snapshot": snapshot, "kind": "jupyterlab"}
+    labrun = ["python", "-m", "runyard.notebook.labrun"]
+    for command, executor in ((["python", "evil.py"], None), (labrun, "kubernetes")):
         answer = api.client.post("/api/v1/runs", json={**base, "command": command, "executor": executor})
         assert answer.status_code == 400, answer.text
-        assert "labrun" in answer.json()["error"] or "ray" in answer.json()["error"]
+        assert "labrun" in answer.json()["error"] or "kubernetes" in answer.json()["error"]
+    here = api.client.post("/api/v1/runs", json={**base, "command": ["/usr/bin/python9", *labrun[1:]]}).json()
+    on_ray = api.client.post("/api/v1/runs", json={**base, "command": labrun, "executor": "ray"}).json()
+    here_run, ray_run = (api.store.get_run(int(r["number"])) for r in (here, on_ray))
+    # Here in the server's own Python, whatever the client named; on a node in the node's python.
+    assert (here_run.executor, here_run.command) == ("local", [sys.executable, *labrun[1:]])
+    assert (ray_run.executor, ray_run.command) == ("ray", labrun)
 
 
 @pytest.mark.engines("sqlite")
@@ -126,3 +140,37 @@ def test_the_lab_origin_says_what_is_wrong_when_a_jupyterlab_is_gone_or_its_run_
         assert browser.get("/").status_code == 404
         browser.cookies.clear()
         assert "runyard notebook --url" in browser.get(f"/lab/{run.id}/lab").text
+
+
+@pytest.mark.engines("sqlite")
+def test_only_a_ray_runs_own_job_says_where_its_jupyterlab_answers_and_only_from_there(api: Served) -> None:
+    """The lab origin proxies to what a node announces: a stranger's token, or an address other than the
+    announcer's own, would point it (and its teammates' browsers) at any service the server can reach."""
+    from runyard.exec.ray import TOKEN_PREFIX
+    from runyard.store.api import NewRun, RunPatch
+    from runyard.store.tokens import Tokens
+    from runyard.types import RunKind, RunStatus
+
+    on_ray = api.store.create_run(NewRun(project="p", name="lab", status=RunStatus.RUNNING, executor="ray",
+                                         kind=RunKind.JUPYTERLAB))
+    here = api.store.create_run(NewRun(project="p", name="here", status=RunStatus.RUNNING, executor="local",
+                                       kind=RunKind.JUPYTERLAB))
+    tokens = Tokens(api.store)
+    _, own = tokens.create("writer", f"{TOKEN_PREFIX}{on_ray.number}", project="p")
+    _, other_job = tokens.create("writer", f"{TOKEN_PREFIX}{here.number}", project="p")
+    _, writer = tokens.create("writer", "alice")
+    body = {"host": "127.0.0.1", "port": 8888, "token": "t" * 40}
+
+    def announce(ref: int, secret: str, **changes: object) -> tuple[int, str]:
+        answer = api.client.put(f"/api/v1/runs/{ref}/lab", json={**body, **changes},
+                                headers={"authorization": f"Bearer {secret}"})
+        return answer.status_code, answer.json().get("error", "")
+
+    assert announce(on_ray.number, writer)[0] == 403  # a teammate's token, even a writer's
+    assert announce(on_ray.number, other_job)[0] == 403  # another run's job
+    status, error = announce(on_ray.number, own)  # its own job, but an address it does not come from
+    assert status == 400 and "must answer there" in error
+    assert announce(here.number, f"{other_job}")[0] == 400  # a JupyterLab on the server's machine is never announced
+    assert announce(on_ray.number, own, port=0)[0] in (400, 422)
+    api.store.update_run(on_ray.number, RunPatch(status=RunStatus.STOPPED))
+    assert announce(on_ray.number, own)[0] == 409

@@ -80,8 +80,7 @@ def add_routes(app: FastAPI, server: Server) -> None:
         may_launch(request)
         fields = body.model_dump()
         if body.kind is RunKind.JUPYTERLAB:
-            fields["command"] = lab_command(body)
-            fields["executor"] = "local"  # where the lab origin reaches it
+            fields["command"], fields["executor"] = lab_launch(body)
         snapshot = (fields.pop("snapshot"), fields.pop("git_commit"), fields.pop("git_branch"),
                     fields.pop("git_diff_ref"))
         requirements = fields.pop("requirements")
@@ -136,24 +135,28 @@ def add_routes(app: FastAPI, server: Server) -> None:
         return {"changed": changed}
 
 
-def lab_command(body: Launch) -> list[str]:
-    """A JupyterLab run's command on this machine: ``runyard.notebook.labrun`` in the server's own
-    Python (where runyard and JupyterLab are installed), whichever Python the client named."""
+def lab_launch(body: Launch) -> tuple[list[str], str]:
+    """A JupyterLab run's command and executor. On this machine (the default, whatever the server's
+    executor setting): ``runyard.notebook.labrun`` in the server's own Python, where runyard and
+    JupyterLab are installed, whichever Python the client named. On a Ray node: the node's ``python``,
+    as for a script; its supervisor tells the lab origin where JupyterLab answers (``exec/node.py``)."""
     import importlib.util
     import sys
 
     from runyard.exec.submit import LAB_COMMAND
 
-    if body.executor not in (None, "local"):
-        raise InvalidArgument("a jupyterlab run executes on the server's machine (--on local): reaching one on "
-                              f"{body.executor} is not done yet")
     if body.shell or body.command[1:] != list(LAB_COMMAND):
         raise InvalidArgument("a jupyterlab run's command is python -m runyard.notebook.labrun: start one with "
                               "runyard notebook")
+    if body.executor == "ray":
+        return ["python", *LAB_COMMAND], "ray"
+    if body.executor not in (None, "local"):
+        raise InvalidArgument(f"a jupyterlab run executes on the server's machine (--on local) or a Ray node "
+                              f"(--on ray), not {body.executor}")
     if importlib.util.find_spec("jupyterlab") is None:
         raise InvalidArgument("JupyterLab is not installed on the server's machine: pip install 'runyard[notebook]' "
                               f"into {sys.executable} there")
-    return [sys.executable, *LAB_COMMAND]
+    return [sys.executable, *LAB_COMMAND], "local"
 
 
 def may_launch(request: Request, what: str = "launching") -> None:

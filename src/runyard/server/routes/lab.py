@@ -3,17 +3,27 @@ lab origin (``server/lab.py``, ``runyard server --lab-port``)."""
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field
 
 from runyard import wire
-from runyard.errors import Conflict, NotFound
-from runyard.server.lab import Refused, upstream_of
+from runyard.errors import AccessDenied, Conflict, InvalidArgument, NotFound
+from runyard.server.lab import Refused, ended_message, upstream_of
 from runyard.server.lab_access import TICKET_TTL
 from runyard.server.routes.execution import may_launch
 from runyard.server.security import requires
 from runyard.server.state import Server, principal_of
+
+
+class Announcement(BaseModel):
+    """Where a run's JupyterLab on a Ray node answers (what its node's supervisor says)."""
+
+    host: Annotated[str, Field(max_length=64, description="the node's address, as this server sees it")]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    token: Annotated[str, Field(min_length=32, max_length=256)]
 
 
 def add_routes(app: FastAPI, server: Server) -> None:
@@ -46,3 +56,30 @@ def add_routes(app: FastAPI, server: Server) -> None:
         shown = f"[{host}]" if ":" in host else host
         return {"url": f"{scheme}://{shown}:{server.lab_port}/lab/{run.id}/?ticket={ticket}",
                 "expires_in": int(TICKET_TTL)}
+
+    @app.put(f"{v1}/runs/{{ref}}/lab", tags=["execution"])
+    @requires("writer")
+    def announce_lab(request: Request, ref: str, body: Announcement) -> dict[str, Any]:
+        """Where run ``ref``'s JupyterLab on a Ray node answers, said by that node's supervisor with the
+        run's own token, every ``announce.EVERY`` seconds (kept in memory, never stored). The address
+        must be the one the request comes from: a token cannot point the lab origin anywhere else."""
+        from runyard.exec.ray import TOKEN_PREFIX
+        from runyard.notebook.announce import KEPT_FOR
+
+        run = server.run_for(request, ref)
+        if principal_of(request).name != f"{TOKEN_PREFIX}{run.number}":
+            raise AccessDenied(f"only the Ray job of run {run.number} says where its JupyterLab answers")
+        if run.kind.value != "jupyterlab" or run.executor in (None, "local"):
+            raise InvalidArgument(f"run {run.number} is not a JupyterLab run on a cluster")
+        if run.status.is_terminal():
+            raise Conflict(ended_message(run.number, run.status.value))
+        peer = request.client.host if request.client is not None else ""
+        try:
+            same = ipaddress.ip_address(body.host) == ipaddress.ip_address(peer)
+        except ValueError:
+            same = False
+        if not same:
+            raise InvalidArgument(f"a JupyterLab announced from {peer or 'an unknown address'} must answer there, "
+                                  f"not at {body.host}")
+        server.lab_access.announce(run.id, body.host, body.port, body.token, KEPT_FOR)
+        return {"kept_for": KEPT_FOR}
