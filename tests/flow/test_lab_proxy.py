@@ -228,29 +228,24 @@ def test_the_dashboards_open_button_lands_a_teammate_in_the_runs_jupyterlab(lab:
     """The whole path in a real browser: a teammate logged in to the dashboard with a writer's token
     clicks Open JupyterLab on the run's page, and the new tab is JupyterLab itself, listing the run's
     files, served through the lab origin."""
-    from tests.ui.test_dashboard import CHROMIUM
+    from tests.browser import CHROMIUM, chromium
 
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM} (scripts/ensure-chromium)")
     writer = {"authorization": f"Bearer {lab.writer['RUNYARD_TOKEN']}"}
     code = httpx.post(f"{lab.server.url}/api/v1/login-codes", json={}, headers=writer, timeout=10).json()
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{lab.server.url}{code['path']}&next=/runs/{lab.number}")
-            page.locator("[data-testid=open-lab]").wait_for(timeout=30_000)
-            with page.context.expect_page() as opened:
-                page.locator("[data-testid=open-lab]").click()
-            tab = opened.value
-            tab.wait_for_url(f"{lab.origin}/lab/{lab.run_id}/lab**", timeout=30_000)
-            # JupyterLab's own file browser, filled by its API calls through the proxy.
-            tab.get_by_text("data.csv").first.wait_for(timeout=60_000)
-            assert page.locator("[data-testid=lab-error]").count() == 0
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"{lab.server.url}{code['path']}&next=/runs/{lab.number}")
+        page.locator("[data-testid=open-lab]").wait_for(timeout=30_000)
+        with page.context.expect_page() as opened:
+            page.locator("[data-testid=open-lab]").click()
+        tab = opened.value
+        tab.wait_for_url(f"{lab.origin}/lab/{lab.run_id}/lab**", timeout=30_000)
+        # JupyterLab's own file browser, filled by its API calls through the proxy.
+        tab.get_by_text("data.csv").first.wait_for(timeout=60_000)
+        assert page.locator("[data-testid=lab-error]").count() == 0
 
 
 def test_a_revoked_token_ends_its_sessions(lab: Lab) -> None:

@@ -7,7 +7,6 @@ No test may leave an error in the browser's console.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,17 +17,17 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.browser import needs_chromium
 from tests.unit.server.conftest import LiveServer, client_env
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = os.environ.get("RUNYARD_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parent / "screenshots"
 STATIC = Path(__file__).resolve().parents[2] / "src" / "runyard" / "server" / "static" / "index.html"
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM} (scripts/ensure-chromium)"),
+    needs_chromium,
 ]
 
 SEED = """
@@ -86,15 +85,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def _finished(url: str) -> int:
     items = httpx.get(f"{url}/api/v1/runs", params={"project": "ui", "status": "finished"}).json()["items"]
     return sum(1 for r in items if r["summary"].get("loss") is not None)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
 
 
 @pytest.fixture

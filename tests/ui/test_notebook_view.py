@@ -20,19 +20,19 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.ui.test_dashboard import CHROMIUM, SHOTS, STATIC, wait_until
+from tests.browser import needs_chromium
+from tests.ui.test_dashboard import SHOTS, STATIC, wait_until
 from tests.unit.server.conftest import LiveServer, client_env, home_env
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM} (scripts/ensure-chromium)"),
+    needs_chromium,
 ]
 
 TITLE_MARK = "pwned"
@@ -179,15 +179,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, listener: Listener) -> Iter
         yield live, reader, number
     finally:  # also when setting up failed: no server outlives its test
         live.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
 
 
 def test_the_run_page_shows_the_notebook_and_nothing_of_it_executes(browser: Any, served: tuple[LiveServer, str, int],

@@ -6,21 +6,20 @@ tests/flow/test_notebook_magic.py; this is the part a frontend runs."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.browser import chromium, needs_chromium
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = os.environ.get("RUNYARD_CHROMIUM", "/usr/bin/chromium")
 VIEW = Path(__file__).resolve().parents[2] / "src" / "runyard" / "notebook" / "widget.js"
 
 pytestmark = [
     pytest.mark.timeout(120),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM} (scripts/ensure-chromium)"),
+    needs_chromium,
 ]
 
 # A model as anywidget gives render(): get, on("change"), send; set() is the test's, as a kernel update.
@@ -48,9 +47,7 @@ STATE = {
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    with chromium() as browser:
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -64,7 +61,6 @@ def page() -> Iterator[Any]:
         page.wait_for_function("window.ready === true")
         yield page
         assert errors == []
-        browser.close()
 
 
 def test_the_view_shows_the_run_and_its_metrics_and_keeps_the_clock_going(page: Any) -> None:

@@ -15,18 +15,18 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.ui.test_dashboard import CHROMIUM, STATIC, numbers_in_table, shot
+from tests.browser import needs_chromium
+from tests.ui.test_dashboard import STATIC, numbers_in_table, shot
 from tests.unit.server.conftest import LiveServer
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM} (scripts/ensure-chromium)"),
+    needs_chromium,
 ]
 
 LAB_ROUTE = "**/api/v1/runs/*/lab"
@@ -75,15 +75,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     finally:
         store.close()
         live.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
 
 
 class Page:
