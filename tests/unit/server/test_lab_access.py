@@ -86,6 +86,7 @@ def test_a_jupyterlab_launch_runs_labrun_on_the_servers_machine_or_a_ray_node_an
         api: Served, tmp_path: Path) -> None:
 
     from runyard.exec.snapshot import take
+    from runyard.sdk.agent_launch import stop_agents
 
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "data.csv").write_text("x\n1\n")
@@ -98,7 +99,12 @@ def test_a_jupyterlab_launch_runs_labrun_on_the_servers_machine_or_a_ray_node_an
         assert "labrun" in answer.json()["error"] or "kubernetes" in answer.json()["error"]
     here = api.client.post("/api/v1/runs", json={**base, "command": ["/usr/bin/python9", *labrun[1:]]}).json()
     on_ray = api.client.post("/api/v1/runs", json={**base, "command": labrun, "executor": "ray"}).json()
-    here_run, ray_run = (api.store.get_run(int(r["number"])) for r in (here, on_ray))
+    try:
+        here_run, ray_run = (api.store.get_run(int(r["number"])) for r in (here, on_ray))
+    finally:  # queueing started this home's agent: no JupyterLab may outlive the test
+        for queued in (here, on_ray):
+            api.client.post(f"/api/v1/runs/{queued['number']}/stop", json={})
+        stop_agents(api.home)
     # Here in the server's own Python, whatever the client named; on a node in the node's python.
     assert (here_run.executor, here_run.command) == ("local", [sys.executable, *labrun[1:]])
     assert (ray_run.executor, ray_run.command) == ("ray", labrun)
