@@ -540,7 +540,9 @@ def test_each_run_sees_the_environment_of_the_shell_that_submitted_it(
         "import json, os, sys\n"
         "print(json.dumps({'python': sys.executable, 'env': dict(os.environ)}))\n"
     )
-    a = launch(shells["a"], project, "--env", "GREETING=hello from a", "--", "python", "probe.py")
+    # RUNYARD_LAB_IP would move a JupyterLab run off loopback: runyard's own, never the run's to set.
+    a = launch(shells["a"], project, "--env", "GREETING=hello from a", "--env", "RUNYARD_LAB_IP=0.0.0.0", "--",
+               "python", "probe.py")
     b = launch(shells["b"], project, "--env", "GREETING=hello from b", "--", "python", "probe.py")
     seen = {}
     for name, number in (("a", a), ("b", b)):
@@ -556,6 +558,7 @@ def test_each_run_sees_the_environment_of_the_shell_that_submitted_it(
         assert run_env["GREETING"] == f"hello from {name}"
         assert "ONLY_IN_THE_AGENTS_SHELL" not in run_env
         assert "RUNYARD_SLOTS" not in run_env  # the agent's own settings stay the agent's
+        assert run_env["RUNYARD_LAB_IP"] == ""
     shown = cli(env, project, "show", str(a)).stdout
     assert f"    VIRTUAL_ENV={shells['a']['VIRTUAL_ENV']}" in shown and "    GREETING=hello from a" in shown
     launch_json = json.loads(cli(env, project, "show", str(a), "--json").stdout)["launch"]

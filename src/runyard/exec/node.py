@@ -67,7 +67,7 @@ def main() -> int:
                                environment=inherited(os.environ), site_packages=[])
     announcer = None
     if spec.kind == "jupyterlab":
-        spec, announcer = _lab_on_node(spec, home, server, token)
+        announcer = _lab_on_node(spec, home, server, token)
     client = Client(server, token)
     try:
         supervisor = Supervisor(spec, ServerBlobs(client))
@@ -97,21 +97,20 @@ def main() -> int:
     return code
 
 
-def _lab_on_node(spec: LaunchSpec, home: Path, server: str, token: str) -> tuple[LaunchSpec, Announcer]:
+def _lab_on_node(spec: LaunchSpec, home: Path, server: str, token: str) -> Announcer:
     """A JupyterLab run answers on this node's address toward the server (the server is its only
     client: it proxies teammates to it with JupyterLab's token), and the server is told where."""
     from runyard.client import Client
     from runyard.notebook.announce import Announcer, address_toward
     from runyard.notebook.connection import LAB_IP, read_connection
 
-    environment = {**(spec.environment or {}), LAB_IP: address_toward(server)}
+    os.environ[LAB_IP] = address_toward(server)  # the supervisor (this process) hands it to labrun
     announcing = Client(server, token)  # its own: the supervisor's client is not shared across threads
 
     def send(path: str, body: dict[str, object]) -> None:
-        announcing.request("PUT", path, json=body)
+        announcing.request("POST", path, json=body)
 
-    announcer = Announcer(spec.run_id, lambda: read_connection(home, spec.run_id), send)
-    return dataclasses.replace(spec, environment=environment), announcer
+    return Announcer(spec.run_id, lambda: read_connection(home, spec.run_id), send)
 
 
 def _prune_environments(cache: Path) -> None:

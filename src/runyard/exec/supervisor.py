@@ -137,6 +137,8 @@ class Supervisor:
         for mount in spec.mounts:
             self._mount(mount, artifacts)
             self.outputs.place(mount.target)
+        from runyard.notebook.connection import LAB_IP
+
         environment = spec.environment
         if environment is None:
             environment = inherited(os.environ)
@@ -145,12 +147,16 @@ class Supervisor:
         if spec.server:
             # On a node: the SDK of the command ships to the server, with the node's token; the
             # GPUs are those the executor gave this process.
+            # GPUs are those the executor gave this process; a JupyterLab answers on the node's
+            # address the node's job chose (exec/node.py).
             where = {"RUNYARD_SERVER": spec.server, "RUNYARD_TOKEN": os.environ.get("RUNYARD_TOKEN", ""),
-                     "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+                     "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                     LAB_IP: os.environ.get(LAB_IP, "")}
         else:
+            # Set here, after --env: a run's own variables never move its JupyterLab off loopback.
             where = {"RUNYARD_DB": spec.db, "RUNYARD_ARTIFACTS": spec.artifacts,
                      "RUNYARD_S3_ENDPOINT": spec.s3_endpoint or "",
-                     "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus)}
+                     "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in spec.gpus), LAB_IP: ""}
         env = command_environment(environment, spec.env, {
             **{f"RUNYARD_PARAM_{k}": v for k, v in spec.params.items()},
             "RUNYARD_RUN_ID": spec.run_id, "RUNYARD_CAPTURED": "1", "RUNYARD_HOME": spec.home,

@@ -2,7 +2,7 @@
 
 On the submitter's machine the server finds a notebook run's JupyterLab in the run's directory
 (``lab.json``). A run on a Ray node has its directory on the node, so the node's supervisor tells the
-server instead: ``PUT /api/v1/runs/{run_id}/lab`` with the address and JupyterLab's token, with the
+server instead: ``POST /api/v1/runs/{run_id}/lab/address`` with the address and JupyterLab's token, with the
 run's own token (a writer limited to the run's project). It says it again every ``EVERY`` seconds:
 the server keeps it in memory only (the token never reaches the store) and forgets it after
 ``KEPT_FOR`` seconds without news, so a restarted server learns it again within a minute.
@@ -41,8 +41,8 @@ class Announcer:
 
     def __init__(self, run_id: str, read: Callable[[], dict[str, Any] | None],
                  send: Callable[[str, dict[str, Any]], object]) -> None:
-        """``read``: the run's connection (``labrun.read_connection``); ``send(path, body)``: a PUT
-        to the server (the node's client)."""
+        """``read``: the run's connection (``connection.read_connection``); ``send(path, body)``: a
+        POST to the server (the node's client)."""
         self.run_id = run_id
         self._read = read
         self._send = send
@@ -66,7 +66,7 @@ class Announcer:
                 self._stop.wait(STARTING_EVERY)
                 continue
             try:
-                self._send(f"/runs/{self.run_id}/lab",
+                self._send(f"/runs/{self.run_id}/lab/address",
                            {"host": found["host"], "port": found["port"], "token": found["token"]})
                 self.sent += 1
             except Exception as e:  # noqa: BLE001 - a server down for a while: said (once), and tried again

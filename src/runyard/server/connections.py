@@ -134,11 +134,35 @@ def protocol_for(limits: Limits) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
 
 
+#: The scope key that holds the peer as connected (host, port), before ``X-Forwarded-For`` from a
+#: trusted proxy replaced the scope's ``client``: what a check of where a request comes from must use.
+PEER = "runyard.peer"
+
+
+class _PeerKept:
+    """Keeps the connected peer under PEER, then hands the request to uvicorn's proxy-headers
+    middleware (trusted hosts: ``FORWARDED_ALLOW_IPS``, default 127.0.0.1, as uvicorn's default), which
+    may replace ``client`` with what a proxy on a trusted host says: any process on that host."""
+
+    def __init__(self, app: Any) -> None:
+        import os
+
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        self.app = ProxyHeadersMiddleware(app, trusted_hosts=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[PEER] = scope.get("client")
+        await self.app(scope, receive, send)
+
+
 def uvicorn_config(app: Any, host: str, port: int, limits: Limits) -> uvicorn.Config:
-    """How ``runyard server`` runs ``app``: h11 with the guards above, the keep-alive timeout of ``limits``.
+    """How ``runyard server`` runs ``app``: h11 with the guards above, the keep-alive timeout of ``limits``,
+    the connected peer kept beside the one a proxy names (PEER).
 
     h11, not httptools: httptools drops a "#fragment" from the request target before the app can see
     it, so "a#/../x" would arrive as "a"; h11 hands the target over as sent, and the app refuses it."""
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+    return uvicorn.Config(_PeerKept(app), host=host, port=port, log_level="warning", access_log=False,
                           timeout_graceful_shutdown=2, server_header=False, http=protocol_for(limits),
-                          timeout_keep_alive=limits.keep_alive)
+                          timeout_keep_alive=limits.keep_alive, proxy_headers=False)

@@ -31,7 +31,7 @@ import anyio
 from starlette.datastructures import Headers
 
 from runyard.server.lab_access import TICKET_TTL, Grant, LabAccess
-from runyard.server.security import Policy
+from runyard.server.security import Policy, SeveralCookies, cookie
 
 if TYPE_CHECKING:
     import httpx
@@ -52,7 +52,9 @@ LAB_PATH = re.compile(r"/lab/([0-9A-HJKMNP-TV-Z]{26})(/.*)?")
 NOT_PASSED_ON = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
     "upgrade", "host", "authorization", "cookie", "origin", "sec-websocket-key", "sec-websocket-version",
-    "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept", "content-length"})
+    "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept", "content-length",
+    # What a client says of where it is: JupyterLab is told nothing it could trust.
+    "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"})
 #: Seconds a session's check (token active, run running, where its JupyterLab is) is trusted before
 #: asking again: a page loads dozens of files at once.
 CHECK_EVERY = 2.0
@@ -155,10 +157,13 @@ class LabProxy:
             query = scope.get("query_string", b"").decode("latin-1")
             await _redirect(send, f"/lab/{run_id}/" + (f"?{query}" if query else ""))
             return
-        if rest == "/" and scope["type"] == "http" and "ticket" in parse_qs(scope["query_string"].decode()):
+        if rest == "/" and scope["type"] == "http" and "ticket" in parse_qs(scope["query_string"].decode("latin-1")):
             await self._redeem(scope, send, run_id)
             return
-        session = _cookie(headers, LAB_COOKIE)
+        try:
+            session = cookie(headers, LAB_COOKIE)
+        except SeveralCookies as e:
+            raise Refused(400, str(e)) from None
         if session is None or self.access.session(session, run_id) is None:
             raise Refused(401, "this JupyterLab needs a session: open it from the runyard dashboard, or get a new "
                           "link with `runyard notebook --url RUN` (each link works once, within "
@@ -170,7 +175,7 @@ class LabProxy:
             await self._http(scope, receive, send, upstream)
 
     async def _redeem(self, scope: Scope, send: Send, run_id: str) -> None:
-        ticket = parse_qs(scope["query_string"].decode()).get("ticket", [""])[0]
+        ticket = parse_qs(scope["query_string"].decode("latin-1")).get("ticket", [""])[0]
         redeemed = self.access.redeem(ticket, run_id)
         if redeemed is None:
             raise Refused(401, "this link is used up or has expired: open the JupyterLab from the runyard dashboard "
@@ -180,9 +185,9 @@ class LabProxy:
         # Lax, not Strict: a link opened from another site (chat, mail) leads through this redirect,
         # and a Strict cookie would not be sent on its next step. Cross-site requests that change
         # anything carry an Origin, refused above; the path keeps it to this run's JupyterLab.
-        cookie = (f"{LAB_COOKIE}={session}; Path=/lab/{run_id}/; HttpOnly; SameSite=Lax"
+        session_cookie = (f"{LAB_COOKIE}={session}; Path=/lab/{run_id}/; HttpOnly; SameSite=Lax"
                   + ("; Secure" if scope.get("scheme") == "https" else ""))
-        await _redirect(send, f"/lab/{run_id}/lab", [(b"set-cookie", cookie.encode())])
+        await _redirect(send, f"/lab/{run_id}/lab", [(b"set-cookie", session_cookie.encode())])
 
     async def _check(self, session: str, run_id: str) -> Upstream:
         """The session's JupyterLab, once its token is active and its run running (else Refused)."""
@@ -195,8 +200,10 @@ class LabProxy:
             raise Refused(401, "this JupyterLab session has ended: open it from the runyard dashboard again")
         try:
             upstream = await anyio.to_thread.run_sync(self._look_up, grant)
-        except Refused:
+        except Refused as e:
             self._checked.pop(session, None)
+            if e.status in (401, 410):  # for good: its token revoked, or its run ended
+                self.access.end(session)
             raise
         if len(self._checked) > 10_000:
             self._checked.clear()
@@ -204,16 +211,25 @@ class LabProxy:
         return upstream
 
     def _look_up(self, grant: Grant) -> Upstream:
-        if grant.token_id is None:
-            if self.policy.auth_required():
-                raise Refused(401, "tokens exist now: open this JupyterLab from the runyard dashboard again")
-        else:
-            token = None
-            with contextlib.suppress(Exception):
-                token = self.policy.tokens.get(grant.token_id)
-            if token is None or not token.active:
-                raise Refused(401, "the token this JupyterLab was opened with is revoked")
-        return upstream_of(self.server, grant.run_id)
+        from runyard.errors import NotFound
+
+        try:
+            if grant.token_id is None:
+                if self.policy.auth_required():
+                    raise Refused(401, "tokens exist now: open this JupyterLab from the runyard dashboard again")
+            else:
+                try:
+                    active = self.policy.tokens.get(grant.token_id).active
+                except NotFound:  # deleted: as revoked
+                    active = False
+                if not active:
+                    raise Refused(401, "the token this JupyterLab was opened with is revoked")
+            return upstream_of(self.server, grant.run_id)
+        except Refused:
+            raise
+        except Exception as e:  # noqa: BLE001 - the database away: said as such, the session kept
+            raise Refused(503, f"runyard cannot check this session now ({type(e).__name__}): try again in a "
+                          "moment") from None
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, upstream: Upstream) -> None:
         import httpx
@@ -236,9 +252,17 @@ class LabProxy:
             raise Refused(502, f"the run's JupyterLab does not answer ({type(e).__name__}): it may be stopping; "
                           "see runyard logs RUN") from None
         try:
-            out = [(k.lower(), _local(v, upstream) if k.lower() == "location" else v)
-                   for k, v in response.headers.multi_items()
-                   if k.lower() not in NOT_PASSED_ON and not _login_cookie(k, v)]
+            out = []
+            for k, v in response.headers.multi_items():
+                name = k.lower()
+                if name in NOT_PASSED_ON:
+                    continue
+                if name == "set-cookie":
+                    kept = _upstream_cookie(v, scope["path"])
+                    if kept is not None:
+                        out.append((name, kept))
+                    continue
+                out.append((name, _local(v, upstream) if name == "location" else v))
             if "content-length" in response.headers:  # the raw body is passed on, encoded as it came
                 out.append(("content-length", response.headers["content-length"]))
             await send({"type": "http.response.start", "status": response.status_code,
@@ -378,27 +402,33 @@ def _forwarded(scope: Scope, upstream: Upstream) -> list[tuple[str, str]]:
     return out
 
 
-def _login_cookie(name: str, value: str) -> bool:
-    """Jupyter's login cookie (set when a token authenticates a request): it would log the browser into
-    JupyterLab itself, past runyard's session, and is not needed (every request carries the token)."""
-    return name.lower() == "set-cookie" and value.lstrip().startswith("username-")
+def _upstream_cookie(header: str, path: str) -> str | None:
+    """A cookie JupyterLab sets, as passed on to the browser: only Jupyter's own (UPSTREAM_COOKIES),
+    kept to this run's path. Cookies know no port: one named as the dashboard's session, or another
+    run's lab session, set by a run's server extension (the run's own code) would reach them too.
+    Jupyter's login cookie (``username-*``) goes as well: every request carries the token."""
+    name = header.split("=", 1)[0].strip()
+    if name not in UPSTREAM_COOKIES:
+        return None
+    matched = LAB_PATH.fullmatch(path)
+    run_path = f"/lab/{matched.group(1)}/" if matched else "/lab/"
+    attributes = [a for a in header.split(";")[1:] if a.strip().split("=", 1)[0].strip().lower()
+                  not in ("path", "domain")]
+    return ";".join([header.split(";", 1)[0], *attributes, f" Path={run_path}"])
 
 
 def _local(location: str, upstream: Upstream) -> str:
-    """A redirect of JupyterLab's, as a path of the lab origin."""
-    for prefix in (f"http://127.0.0.1:{upstream.port}", f"http://localhost:{upstream.port}"):
-        if location.startswith(prefix):
-            return location[len(prefix):] or "/"
-    return location
+    """A redirect of JupyterLab's, as a path of the lab origin: its own address goes (a node's
+    would send the browser to the node), and one to another site becomes the run's path."""
+    from urllib.parse import urlsplit
 
-
-def _cookie(headers: Headers, name: str) -> str | None:
-    found = None
-    for part in headers.get("cookie", "").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name and value:
-            found = found or value
-    return found
+    parts = urlsplit(location)
+    if not parts.scheme and not parts.netloc:
+        return location
+    if parts.scheme in ("http", "https") and parts.port == upstream.port and parts.hostname in (
+            upstream.host, "127.0.0.1", "localhost"):
+        return location[len(f"{parts.scheme}://{parts.netloc}"):] or "/"
+    return "/"  # another site: never where a JupyterLab of this origin sends a browser
 
 
 async def _redirect(send: Send, location: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:

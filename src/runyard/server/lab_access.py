@@ -7,7 +7,7 @@ acts for the same token on the same run only, and only while the token is active
 caller on every request: ``LabAccess`` knows nothing of tokens or runs).
 
 A JupyterLab on a Ray node is *announced*: the node's supervisor says where it answers, and its
-token, every ``announce.EVERY`` seconds (``PUT /api/v1/runs/{ref}/lab``); kept here, in memory only,
+token, every ``announce.EVERY`` seconds (``POST /api/v1/runs/{ref}/lab/address``); kept here, in memory only,
 until ``announce.KEPT_FOR`` passes without news.
 """
 
@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 #: most SESSION_TTL.
 TICKET_TTL = 120.0
 SESSION_TTL = 7 * 86_400.0
+#: Tickets, and sessions, a token holds at most: opening one more ends its oldest (a script that
+#: opens links in a loop fills no memory; a person has a few browsers).
+MOST_PER_TOKEN = 64
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class LabAccess:
         secret = secrets.token_urlsafe(24)
         now = self.clock()
         with self._lock:
-            self._tickets = {t: g for t, g in self._tickets.items() if g.expires > now}
+            _drop_lapsed(self._tickets, now)
+            _keep_at_most(self._tickets, token_id, MOST_PER_TOKEN - 1)
             self._tickets[secret] = Grant(run_id, token_id, now + TICKET_TTL)
         return secret
 
@@ -74,7 +78,8 @@ class LabAccess:
             if grant is None or grant.expires <= now or grant.run_id != run_id:
                 return None
             session = secrets.token_urlsafe(32)
-            self._sessions = {s: g for s, g in self._sessions.items() if g.expires > now}
+            _drop_lapsed(self._sessions, now)
+            _keep_at_most(self._sessions, grant.token_id, MOST_PER_TOKEN - 1)
             granted = Grant(run_id, grant.token_id, now + SESSION_TTL)
             self._sessions[session] = granted
         return session, granted
@@ -92,15 +97,40 @@ class LabAccess:
         with self._lock:
             self._sessions.pop(secret, None)
 
-    def announce(self, run_id: str, host: str, port: int, token: str, kept_for: float) -> None:
-        """Run ``run_id``'s JupyterLab answers at ``host:port`` with ``token``, for ``kept_for`` seconds."""
+    def announce(self, run_id: str, host: str, port: int, token: str, kept_for: float) -> bool:
+        """Run ``run_id``'s JupyterLab answers at ``host:port`` with ``token``, for ``kept_for`` seconds.
+        False (nothing changed) while another address or token said for it has not lapsed: whoever
+        else holds the run's token cannot take a teammate's JupyterLab over once it is up."""
         now = self.clock()
         with self._lock:
-            self._announced = {r: a for r, a in self._announced.items() if a.until > now}
-            self._announced[run_id] = Announced(host, port, token, now + kept_for)
+            _drop_lapsed(self._announced, now)
+            said = self._announced.pop(run_id, None)
+            if said is not None and (said.host, said.port, said.token) != (host, port, token):
+                self._announced[run_id] = said
+                return False
+            self._announced[run_id] = Announced(host, port, token, now + kept_for)  # renewed: moved last
+            return True
 
     def announced(self, run_id: str) -> Announced | None:
         """Where run ``run_id``'s JupyterLab was last said to answer, unless that is too old."""
         with self._lock:
             found = self._announced.get(run_id)
         return found if found is not None and found.until > self.clock() else None
+
+
+def _drop_lapsed(grants: dict[str, Grant] | dict[str, Announced], now: float) -> None:
+    """Forget what lapsed. Each kind lives as long, so it lapses in the order it was made or renewed
+    (a dict's): only the front is looked at, not the whole (this runs on the event loop)."""
+    while grants:
+        first = next(iter(grants))
+        held = grants[first]
+        if (held.expires if isinstance(held, Grant) else held.until) > now:
+            return
+        del grants[first]
+
+
+def _keep_at_most(grants: dict[str, Grant], token_id: int | None, most: int) -> None:
+    """Leave ``token_id`` at most ``most`` grants, its oldest going first."""
+    held = [secret for secret, grant in grants.items() if grant.token_id == token_id]
+    for secret in held[:max(0, len(held) - most)]:
+        del grants[secret]

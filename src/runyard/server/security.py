@@ -312,12 +312,20 @@ class Policy:
         return None
 
 
-def _cookie(headers: Headers, name: str) -> str | None:
-    for part in headers.get("cookie", "").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name and value:
-            return value
-    return None
+class SeveralCookies(ValueError):
+    """The browser sent one cookie name with several values: one was set by a page of another port
+    of this host (cookies know no port: a notebook's output on the lab origin, say), for a longer
+    path, so that it comes first. Neither is trusted."""
+
+
+def cookie(headers: Headers, name: str) -> str | None:
+    """The value of cookie ``name``, or None; SeveralCookies when it comes with several values."""
+    found = {value for key, _, value in (part.strip().partition("=") for part in headers.get("cookie", "").split(";"))
+             if key == name and value}
+    if len(found) > 1:
+        raise SeveralCookies(f"the browser sent several {name} cookies: one was set by another page of this host. "
+                             "Remove this site's cookies in the browser, then open the link again")
+    return found.pop() if found else None
 
 
 async def send_error(send: Send, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
@@ -385,7 +393,11 @@ class Gate:
         elif policy.auth_settled or await anyio.to_thread.run_sync(policy.auth_required, limiter=lane):
             authorization = headers.get("authorization", "")
             scheme, _, secret = authorization.partition(" ")
-            session = _cookie(headers, SESSION_COOKIE)
+            try:
+                session = cookie(headers, SESSION_COOKIE)
+            except SeveralCookies as e:
+                await send_error(send, 400, str(e))
+                return
             if authorization or session is None:
                 if scheme.lower() != "bearer" or not secret.strip():
                     await send_error(send, 401, "this server needs a token: send `Authorization: Bearer <token>` "

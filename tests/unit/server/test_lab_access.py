@@ -168,7 +168,7 @@ def test_only_a_ray_runs_own_job_says_where_its_jupyterlab_answers_and_only_from
     body = {"host": "127.0.0.1", "port": 8888, "token": "t" * 40}
 
     def announce(ref: int, secret: str, **changes: object) -> tuple[int, str]:
-        answer = api.client.put(f"/api/v1/runs/{ref}/lab", json={**body, **changes},
+        answer = api.client.post(f"/api/v1/runs/{ref}/lab/address", json={**body, **changes},
                                 headers={"authorization": f"Bearer {secret}"})
         return answer.status_code, answer.json().get("error", "")
 

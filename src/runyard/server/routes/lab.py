@@ -57,14 +57,16 @@ def add_routes(app: FastAPI, server: Server) -> None:
         return {"url": f"{scheme}://{shown}:{server.lab_port}/lab/{run.id}/?ticket={ticket}",
                 "expires_in": int(TICKET_TTL)}
 
-    @app.put(f"{v1}/runs/{{ref}}/lab", tags=["execution"])
+    @app.post(f"{v1}/runs/{{ref}}/lab/address", tags=["execution"])
     @requires("writer")
     def announce_lab(request: Request, ref: str, body: Announcement) -> dict[str, Any]:
         """Where run ``ref``'s JupyterLab on a Ray node answers, said by that node's supervisor with the
         run's own token, every ``announce.EVERY`` seconds (kept in memory, never stored). The address
-        must be the one the request comes from: a token cannot point the lab origin anywhere else."""
+        must be the one the request is connected from (not what a proxy header says), and the first
+        one said holds until it lapses: a token cannot point the lab origin anywhere else."""
         from runyard.exec.ray import TOKEN_PREFIX
         from runyard.notebook.announce import KEPT_FOR
+        from runyard.server.connections import PEER
 
         run = server.run_for(request, ref)
         if principal_of(request).name != f"{TOKEN_PREFIX}{run.number}":
@@ -73,13 +75,23 @@ def add_routes(app: FastAPI, server: Server) -> None:
             raise InvalidArgument(f"run {run.number} is not a JupyterLab run on a cluster")
         if run.status.is_terminal():
             raise Conflict(ended_message(run.number, run.status.value))
-        peer = request.client.host if request.client is not None else ""
-        try:
-            same = ipaddress.ip_address(body.host) == ipaddress.ip_address(peer)
-        except ValueError:
-            same = False
-        if not same:
+        connected = request.scope.get(PEER) or request.scope.get("client")
+        peer = str(connected[0]) if connected else ""
+        if _address(body.host) is None or _address(body.host) != _address(peer):
             raise InvalidArgument(f"a JupyterLab announced from {peer or 'an unknown address'} must answer there, "
                                   f"not at {body.host}")
-        server.lab_access.announce(run.id, body.host, body.port, body.token, KEPT_FOR)
+        if not server.lab_access.announce(run.id, body.host, body.port, body.token, KEPT_FOR):
+            raise Conflict(f"run {run.number}'s JupyterLab was said to answer elsewhere a moment ago; that holds "
+                           f"until it lapses ({KEPT_FOR:g} s without news)")
         return {"kept_for": KEPT_FOR}
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address as compared: an IPv4 peer of a dual-stack server is seen as ::ffff:a.b.c.d."""
+    try:
+        found = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+        return found.ipv4_mapped
+    return found
