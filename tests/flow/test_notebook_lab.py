@@ -227,3 +227,46 @@ def test_runyard_notebook_serves_jupyterlab_as_a_run_that_stops_when_idle_and_ke
     assert wait_status(env, project, resumed, TERMINAL, timeout=120) == "finished"
     cli(env, project, "cp", f"{resumed}:results.txt", str(out / "again.txt"))
     assert (out / "again.txt").read_text() == "trained"  # kept again: a chain of resumes carries the files
+
+
+def test_a_process_that_took_jupyterlabs_port_first_is_never_sent_its_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """labrun picks a free port and JupyterLab binds it a moment later: another local user's process
+    that takes it in between must not receive the token (nor be written down as the lab)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from runyard.notebook import labrun
+    from runyard.notebook.connection import read_connection
+
+    asked: list[str] = []
+
+    class Squatter(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(f"{self.path} {self.headers.get('authorization')}")
+            body = b'{"kernels": 0, "connections": 0, "last_activity": "2026-01-01T00:00:00Z", "started": "x"}'
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    squatter = ThreadingHTTPServer(("127.0.0.1", 0), Squatter)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    run_id = "01J" + "C" * 23
+    monkeypatch.setenv("RUNYARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUNYARD_RUN_ID", run_id)
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "jupyter-config"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(labrun, "restore_parent", lambda run, root: labrun.Restored(0))
+    monkeypatch.setattr(labrun, "_free_port", lambda host: squatter.server_address[1])
+    (tmp_path / "home" / "runs" / run_id).mkdir(parents=True)
+    try:
+        code = labrun.main(["--idle", "60"])
+    finally:
+        squatter.shutdown()
+    assert code != 0  # JupyterLab could not listen there, and said so
+    assert asked == []  # nothing was asked of the squatter, so no token went to it
+    assert read_connection(tmp_path / "home", run_id) is None

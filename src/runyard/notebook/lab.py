@@ -58,11 +58,26 @@ def lab_command(python: str, *, port: int, root_dir: Path, base_url: str = "/", 
             *(["--allow-root"] if os.geteuid() == 0 else [])]
 
 
-def lab_environment(token: str) -> dict[str, str]:
-    """What the JupyterLab process needs in its environment: its token."""
+def lab_environment(token: str, runtime_dir: Path | None = None) -> dict[str, str]:
+    """What the JupyterLab process needs in its environment: its token, and where it writes its
+    runtime files (``jpserver-<pid>.json`` once it listens, its kernels' connection files): a
+    directory of the run's own, not the user's shared one."""
     if len(token) < 32:
         raise ValueError("a JupyterLab token must be at least 32 characters")
-    return {"JUPYTER_TOKEN": token}
+    return {"JUPYTER_TOKEN": token, **({"JUPYTER_RUNTIME_DIR": str(runtime_dir)} if runtime_dir else {})}
+
+
+def listening(runtime_dir: Path, pid: int, port: int) -> bool:
+    """Whether JupyterLab ``pid`` has said (in its runtime file, written once it listens) that it
+    listens on ``port``: until then, whatever answers there may be another process that took the
+    port first, and must not be sent the token."""
+    import json
+
+    try:
+        info = json.loads((runtime_dir / f"jpserver-{pid}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("port") == port and info.get("pid") == pid
 
 
 @dataclass(frozen=True)

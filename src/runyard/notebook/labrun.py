@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.notebook.connection import LAB_IP, connection_file, write_connection
-from runyard.notebook.lab import LOOK_EVERY, IdleJudge, base_url, lab_command, lab_environment
+from runyard.notebook.lab import LOOK_EVERY, IdleJudge, base_url, lab_command, lab_environment, listening
 
 #: Seconds JupyterLab may take to answer its API once started.
 START_TIMEOUT = 180.0
@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     # Under /lab/<run id>/: the path the runyard server's lab origin proxies it at (server/lab.py), so
     # that JupyterLab's own links are right there as well as on its loopback port.
     base = base_url(run_id)
+    runtime = connection_file(Path(home), run_id).parent / "jupyter-runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
     lab = subprocess.Popen(lab_command(sys.executable, port=port, root_dir=root, base_url=base, ip=host),
-                           env={**os.environ, **lab_environment(token)}, stdin=subprocess.DEVNULL)
+                           env={**os.environ, **lab_environment(token, runtime)}, stdin=subprocess.DEVNULL)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}{base.rstrip('/')}"
     stopping = {"signal": 0}
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     judge = IdleJudge(url, token, gpu_busy=lambda: _on_gpu(lab.pid))
     kernels = _Groups(connection_file(Path(home), run_id).parent, lab.pid)
-    if not _wait_until_up(judge, lab, stopping):
+    if not _wait_until_up(judge, lab, stopping, lambda: listening(runtime, lab.pid, port)):
         _stop(lab, kernels)
         return lab.returncode if lab.returncode not in (None, 0) else 1
     write_connection(connection_file(Path(home), run_id), {"url": f"{url}/lab", "token": token, "host": host,
@@ -152,12 +154,18 @@ def restore_parent(run_id: str, root: Path) -> Restored:
         api.close()
 
 
-def _wait_until_up(judge: IdleJudge, lab: subprocess.Popen[bytes], stopping: dict[str, int]) -> bool:
+def _wait_until_up(judge: IdleJudge, lab: subprocess.Popen[bytes], stopping: dict[str, int],
+                   bound: Callable[[], bool]) -> bool:
+    """Until JupyterLab answers its API. It is asked (with its token) only once ``bound`` says that it
+    is JupyterLab that listens on the port, not a process that took the port while it started."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline and not stopping["signal"]:
         if lab.poll() is not None:
             print(f"runyard: JupyterLab exited while starting (code {lab.returncode})", file=sys.stderr)
             return False
+        if not bound():
+            time.sleep(0.1)
+            continue
         try:
             judge.ask()
             return True

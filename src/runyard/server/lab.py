@@ -392,8 +392,10 @@ def _target(scope: Scope, upstream: Upstream) -> str:
 def _forwarded(scope: Scope, upstream: Upstream) -> list[tuple[str, str]]:
     """The request's headers for JupyterLab: its token instead of any credential, of the browser's
     cookies only Jupyter's own (UPSTREAM_COOKIES), no Origin (checked here), no hop-by-hop header."""
+    # Also those the request's Connection header names: this hop's own (RFC 9110 7.6.1).
+    hop = {name.strip().lower() for name in Headers(scope=scope).get("connection", "").split(",")}
     out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
-           if k.decode("latin-1").lower() not in NOT_PASSED_ON and not k.lower().startswith(b"sec-websocket-")]
+           if k.decode("latin-1").lower() not in NOT_PASSED_ON | hop and not k.lower().startswith(b"sec-websocket-")]
     cookies = [part.strip() for part in Headers(scope=scope).get("cookie", "").split(";")]
     kept = "; ".join(c for c in cookies if c.partition("=")[0] in UPSTREAM_COOKIES)
     if kept:

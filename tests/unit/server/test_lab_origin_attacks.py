@@ -123,10 +123,12 @@ def test_no_credential_and_no_forwarding_header_reaches_jupyterlab(
     SEEN.clear()
     call(app, f"/lab/{RUN}/api/status", headers=[
         (b"cookie", f"runyard_session=dash; runyard_lab={cookie}; _xsrf=x".encode()),
-        (b"authorization", b"Bearer ry_secret"), (b"x-forwarded-for", b"1.2.3.4"), (b"forwarded", b"for=1.2.3.4")])
+        (b"authorization", b"Bearer ry_secret"), (b"x-forwarded-for", b"1.2.3.4"), (b"forwarded", b"for=1.2.3.4"),
+        (b"connection", b"keep-alive, x-hop"), (b"x-hop", b"this hop's"), (b"x-kept", b"end to end")])
     seen = SEEN[-1]
     assert seen["cookie"] == "_xsrf=x" and seen["authorization"] == "token " + "t" * 32
     assert "x-forwarded-for" not in seen and "forwarded" not in seen
+    assert "x-hop" not in seen and seen["x-kept"] == "end to end"  # named by Connection: this hop's only
 
 
 def test_a_token_holds_a_bounded_number_of_sessions_and_tickets() -> None:
