@@ -211,3 +211,8 @@ def points_in(data: dict[str, Any]) -> Points:
 
     return Points(np.frombuffer(data["step"], "<i8").astype(np.int64), np.frombuffer(data["time"], "<f8").copy(),
                   np.frombuffer(data["value"], "<f8").copy())
+
+
+def url_host(host: str) -> str:
+    """A host as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host

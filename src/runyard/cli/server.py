@@ -149,7 +149,9 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
                          insecure_local=insecure_local, lab_port=lab_port)
         outbox = app.state.server.outbox.start()  # acts on fired alerts: stops runs, delivers notices
         health = app.state.server.health_watch.start()  # the health check's view of the database
-        shown = f"[{host}]" if ":" in host else host
+        from runyard.wire import url_host
+
+        shown = url_host(host)
         print(f"runyard server on http://{shown}:{port}  ({auth})\n  database  {_public_db(settings.db)}\n"
               f"  artifacts {settings.artifacts}\n  API       http://{shown}:{port}/api/v1  "
               f"(spec: /api/openapi.json)", flush=True)

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     runtime.mkdir(mode=0o700, exist_ok=True)
     lab = subprocess.Popen(lab_command(sys.executable, port=port, root_dir=root, base_url=base, ip=host),
                            env={**os.environ, **lab_environment(token, runtime)}, stdin=subprocess.DEVNULL)
-    shown = f"[{host}]" if ":" in host else host
+    from runyard.wire import url_host
+
+    shown = url_host(host)
     url = f"http://{shown}:{port}{base.rstrip('/')}"
     stopping = {"signal": 0}
 

@@ -382,10 +382,11 @@ async def _body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
 
 
 def _target(scope: Scope, upstream: Upstream) -> str:
+    from runyard.wire import url_host
+
     path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string", b"")
-    host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
-    return f"http://{host}:{upstream.port}{path.decode('latin-1')}" + (f"?{query.decode('latin-1')}"
+    return f"http://{url_host(upstream.host)}:{upstream.port}{path.decode('latin-1')}" + (f"?{query.decode('latin-1')}"
                                                                           if query else "")
 
 

@@ -53,7 +53,7 @@ def add_routes(app: FastAPI, server: Server) -> None:
         ticket = server.lab_access.ticket(run.id, principal.token_id)
         scheme = "https" if request.url.scheme == "https" else "http"
         host = request.url.hostname or "127.0.0.1"
-        shown = f"[{host}]" if ":" in host else host
+        shown = wire.url_host(host)
         return {"url": f"{scheme}://{shown}:{server.lab_port}/lab/{run.id}/?ticket={ticket}",
                 "expires_in": int(TICKET_TTL)}
 
