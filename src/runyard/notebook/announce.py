@@ -48,8 +48,6 @@ class Announcer:
         self._send = send
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runyard-lab-announce", daemon=True)
-        #: Announcements the server took (tests and diagnostics).
-        self.sent = 0
         self._last_said = ""
 
     def start(self) -> None:
@@ -68,7 +66,6 @@ class Announcer:
             try:
                 self._send(f"/runs/{self.run_id}/lab/address",
                            {"host": found["host"], "port": found["port"], "token": found["token"]})
-                self.sent += 1
             except Exception as e:  # noqa: BLE001 - a server down for a while: said (once), and tried again
                 said = f"runyard node: could not tell the server where JupyterLab answers: {e}"
                 if said != self._last_said:

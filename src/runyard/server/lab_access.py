@@ -46,7 +46,7 @@ class Announced:
     host: str
     port: int
     token: str
-    until: float
+    expires: float
 
 
 @dataclass
@@ -115,7 +115,7 @@ class LabAccess:
         """Where run ``run_id``'s JupyterLab was last said to answer, unless that is too old."""
         with self._lock:
             found = self._announced.get(run_id)
-        return found if found is not None and found.until > self.clock() else None
+        return found if found is not None and found.expires > self.clock() else None
 
 
 def _drop_lapsed(grants: dict[str, Grant] | dict[str, Announced], now: float) -> None:
@@ -123,8 +123,7 @@ def _drop_lapsed(grants: dict[str, Grant] | dict[str, Announced], now: float) ->
     (a dict's): only the front is looked at, not the whole (this runs on the event loop)."""
     while grants:
         first = next(iter(grants))
-        held = grants[first]
-        if (held.expires if isinstance(held, Grant) else held.until) > now:
+        if grants[first].expires > now:
             return
         del grants[first]
 
