@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.flow.test_execution import wait_for
+from tests.flow.test_notebook_lab import cell_messages
 from tests.unit.server.conftest import LiveServer, client_env, free_port, home_env
 
 from runyard.agent import stop_agents
@@ -147,27 +147,8 @@ def test_a_body_past_the_servers_upload_limit_is_refused(lab: Lab) -> None:
 
 def run_cell(url: str, cookie: str, origin: str, code: str) -> str:
     """What a cell prints, run over kernel channels' websocket ``url`` as a browser on ``origin`` would."""
-    import websocket
-
-    ws = websocket.create_connection(url, header=[cookie], origin=origin, timeout=60)
-    try:
-        msg_id = uuid.uuid4().hex
-        ws.send(json.dumps({"header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
-                                       "msg_type": "execute_request", "version": "5.3"},
-                            "parent_header": {}, "metadata": {}, "channel": "shell",
-                            "content": {"code": code, "silent": False, "store_history": True,
-                                        "user_expressions": {}, "allow_stdin": False}}))
-        printed = []
-        while True:
-            message = json.loads(ws.recv())
-            if message.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if message["msg_type"] == "stream":
-                printed.append(message["content"]["text"])
-            if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
-                return "".join(printed).strip()
-    finally:
-        ws.close()
+    messages = cell_messages(url, cookie, code, origin=origin)
+    return "".join(str(m["content"]["text"]) for m in messages if m["msg_type"] == "stream").strip()
 
 
 def test_a_cell_runs_in_a_kernel_over_the_websocket_through_the_proxy(lab: Lab) -> None:

@@ -65,10 +65,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def execute(lab: Lab, kernel: str, code: str, timeout: float = 60) -> list[dict[str, object]]:
     """Run ``code`` in the kernel through Jupyter's kernel API (its websocket); the iopub messages."""
+    return cell_messages(f"{lab.url.replace('http', 'ws', 1)}/api/kernels/{kernel}/channels",
+                         f"Authorization: token {lab.token}", code, timeout=timeout)
+
+
+def cell_messages(channels: str, credential: str, code: str, origin: str | None = None,
+                  timeout: float = 60) -> list[dict[str, Any]]:
+    """Run ``code`` over a kernel's channels websocket ``channels``, sending the header ``credential``
+    (JupyterLab's token, or a lab origin's cookie) as a browser on ``origin`` would; the messages
+    answering it, up to the kernel's idle."""
     import websocket
 
-    ws = websocket.create_connection(f"{lab.url.replace('http', 'ws', 1)}/api/kernels/{kernel}/channels",
-                                     header=[f"Authorization: token {lab.token}"], timeout=timeout)
+    ws = websocket.create_connection(channels, header=[credential], origin=origin, timeout=timeout)
     try:
         msg_id = uuid.uuid4().hex
         ws.send(json.dumps({"header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
@@ -76,7 +84,7 @@ def execute(lab: Lab, kernel: str, code: str, timeout: float = 60) -> list[dict[
                             "parent_header": {}, "metadata": {}, "channel": "shell",
                             "content": {"code": code, "silent": False, "store_history": True,
                                         "user_expressions": {}, "allow_stdin": False}}))
-        seen: list[dict[str, object]] = []
+        seen: list[dict[str, Any]] = []
         while True:
             message = json.loads(ws.recv())
             if message.get("parent_header", {}).get("msg_id") != msg_id:
