@@ -11,7 +11,7 @@ UI_SOURCES := $(wildcard web/src/*.ts web/src/*.tsx web/src/*.css web/src/*/*.ts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[postgres,dev,pandas,examples,ray,notebook]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[postgres,dev,pandas,examples,ray,notebook,serve]'
 	touch $(STAMP)
 
 # The dashboard: web/ built with npm into the package's static files, served by `runyard server`.

@@ -51,6 +51,8 @@ class RunKind(StrEnum):
     NOTEBOOK = "notebook"
     #: JupyterLab served for its user until it is idle (``runyard notebook``): long-lived, its files kept.
     JUPYTERLAB = "jupyterlab"
+    #: A model server (``runyard serve``): long-lived, its request counts and latency its metrics.
+    SERVE = "serve"
 
 
 _TERMINAL = frozenset(

@@ -515,6 +515,60 @@ def notebook(**options: Any) -> None:
     sys.exit(impl.notebook(options))
 
 
+@cli.command("serve")
+@click.argument("source", required=False, metavar="RUN[:PATH] | model:NAME[@ALIAS]")
+@click.option("--handler", metavar="FILE.py:Class", help="The class that loads and runs the model, in the "
+              "training run's code (default: handler under [serve] in runyard.toml).")
+@click.option("--name", help="The name it is served under: /serve/NAME/ on a runyard server (default: the "
+              "training run's name, else run-N).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port to listen on (default: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback lets anyone who reaches it use the model.")
+@_pip_option
+@_gpus_option
+@click.option("--label", "labels", multiple=True, metavar="LABEL", help="A label of the serve run (repeatable).")
+@click.option("--log-inputs", is_flag=True, help="Write each request's inputs in the run's log (never by default).")
+@click.option("--on", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where it is served: this machine (the server's, through a server), or a Ray Serve application.")
+@click.option("--replicas", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Replicas of a Ray Serve application (--on ray).")
+@click.option("--export", nargs=2, metavar="k8s DIR", default=None,
+              help="Write a Docker build context and Kubernetes manifests to DIR instead of serving.")
+@click.option("--wait", type=float, default=120.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the model to be loaded before returning.")
+@click.option("--url", "url_of", metavar="RUN", help="Print the address of serve run RUN, and start nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print {number, name, url} as JSON.")
+def serve_command(source: str | None, **options: Any) -> None:
+    """Serve a trained run's model over HTTP, with a demo page, as a run of its own.
+
+    \b
+    runyard serve 12:outputs/model --handler serve.py:Digits --name digits
+    runyard serve model:digits@production              a registered model (runyard model)
+    runyard serve --url 14                             the address of serve run 14 again
+    curl -d '{"image": [[0, 255, ...], ...]}' http://127.0.0.1:PORT/predict
+
+    The handler is a class in the training run's code, as it was when run 12 was submitted:
+    load(self, model_dir) once, predict(self, ...) per request, its inputs and output declared by
+    annotations (float, str, list[float], runyard.serve.Image, runyard.serve.Table, ...; see
+    docs/serving.md). runyard never unpickles anything itself: loading is the handler's. It runs
+    with run 12's packages (--pip adds some), with run 12's artifacts under PATH as model_dir.
+
+    It prints the URL once the model is loaded: / is a demo page built from the declared types,
+    POST /predict takes JSON (or a form), GET /health and /ready say whether it is alive and loaded,
+    /openapi.json describes it. It is a run: `runyard ps` lists it, `runyard stop` stops it, and its
+    request counts, latency (p50/p99) and error rate are its metrics (serve/...), for charts and
+    alerts. It listens on loopback; teammates reach it through a runyard server at /serve/NAME/
+    with their tokens (RUNYARD_SERVER set: it then runs on the server's machine).
+    """
+    from runyard.cli import serve as impl
+
+    if options["url_of"] is not None:
+        sys.exit(impl.print_url(options["url_of"], options["as_json"]))
+    if source is None:
+        raise click.UsageError("which model? give RUN[:PATH] (e.g. 12:outputs/model) or model:NAME[@ALIAS]")
+    sys.exit(impl.serve(source, options))
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("ref", metavar="RUN")
 @click.argument("changes", nargs=-1, required=True, metavar="+LABEL|-LABEL...")

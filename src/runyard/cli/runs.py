@@ -240,6 +240,9 @@ def ps(as_json: bool) -> int:
              "created_at": r.created_at, "started_at": r.started_at,
              "gpus": r.resources.get("assigned_gpus", []) or r.resources.get("gpus", 0),
              "latest": r.latest, "executor": r.executor, "kind": r.kind.value} for r in active]
+    for row, found in zip(rows, active, strict=True):
+        if row["kind"] == "serve":
+            row["url"] = _served_at(settings, found)
     if any(r["status"] == "queued" for r in rows) and not settings.server:
         from runyard.sdk.agent_launch import ensure_agent
 
@@ -254,6 +257,8 @@ def ps(as_json: bool) -> int:
     table = []
     for r in rows:
         latest = "  ".join(f"{k}={_number(v)}" for k, v in list(r["latest"].items())[:4])
+        if r["kind"] == "serve":  # where it answers says more than its request counts
+            latest = r["url"] or "(loading)"
         gpus = ",".join(map(str, r["gpus"])) if isinstance(r["gpus"], list) else str(r["gpus"] or "-")
         # Runs sent to a cluster say so: a queued one waits for an agent that has that executor.
         where = f" on {r['executor']}" if r["executor"] not in (None, "local", "sdk") else ""
@@ -261,6 +266,17 @@ def ps(as_json: bool) -> int:
                       gpus or "-", latest])
     print(_table(*_with_kinds(["RUN", "NAME", "STATUS", "AGE", "GPUS", "LATEST"], table, [r["kind"] for r in rows])))
     return 0
+
+
+def _served_at(settings: Settings, run: Any) -> str | None:
+    """Where a serve run answers: its address on this machine, or its path on the server."""
+    if settings.server:
+        # On the server's lab origin (another port): `runyard serve --url N` prints the whole address.
+        return f"/serve/{run.name}/ (runyard serve --url {run.number})" if run.status.value == "running" else None
+    from runyard.serve.connection import read_serve_file
+
+    found = read_serve_file(settings.home, run.id)
+    return str(found["url"]) if found else None
 
 
 def _active_runs_full(settings: Settings) -> list[Any]:

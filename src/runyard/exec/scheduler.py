@@ -35,7 +35,7 @@ from runyard.exec.spec import Executor, LaunchSpec, Mount
 from runyard.store.api import Claim, Run, RunPatch
 from runyard.store.claims_sql import AGENT_LEASE, agent_lease
 from runyard.store.sql import SqlStore
-from runyard.types import RunStatus
+from runyard.types import RunKind, RunStatus
 
 #: A run left "starting" this long without its supervisor has failed to start.
 START_TIMEOUT = 120.0
@@ -215,7 +215,9 @@ class Scheduler:
         self.holding = len(mine)
         local = [run for run, _ in mine]
         self._remember(local)
-        used = len(local)
+        # A model server waits for requests most of its life: it takes no slot from training runs,
+        # which would otherwise queue behind it for as long as it serves (its GPUs count as any run's).
+        used = sum(1 for r in local if r.kind is not RunKind.SERVE)
         busy = {g for r in local for g in r.resources.get("assigned_gpus", [])}
         # What other work takes on a cluster counts as taken: runs sent beyond it would wait in the
         # cluster's own queue, out of runyard's order and priorities.
@@ -236,7 +238,7 @@ class Scheduler:
                         status=RunStatus.FAILED, status_message=f"asks for {lacking}{elsewhere}"))
                     failed += 1
                 continue  # another machine serving this database could run it: leave it to that agent
-            if used >= self.slots:
+            if used >= self.slots and run.kind is not RunKind.SERVE:
                 continue  # still read on: a run that can never fit must fail now, not when a slot frees
             free = [g for g in range(self.gpus) if g not in busy]
             free = free[:max(0, len(free) - other_gpus)]
@@ -253,7 +255,7 @@ class Scheduler:
                                                                status_message="stopped before it started"))
                 continue
             self.executor.submit(self.spec_of(claimed, gpus))
-            used += 1
+            used += run.kind is not RunKind.SERVE
             busy.update(gpus)
             cpus += need.cpus
             memory += need.memory

@@ -285,6 +285,12 @@ def submit(settings: Settings, sub: Submission, progress: Callable[[int, int], N
             raise InvalidArgument("a jupyterlab run's command is python -m runyard.notebook.labrun: start one "
                                   "with runyard notebook")
         warnings = ()
+    elif sub.kind is RunKind.SERVE:
+        from runyard.exec.serving import SERVE_MODULE
+
+        if launch["argv"][1:3] != ["-m", SERVE_MODULE]:
+            raise InvalidArgument("a serve run's command is python -m runyard.serve.main: start one with runyard serve")
+        warnings = ()
     else:
         warnings = _check_script(launch, snapshot_id, artifacts, sub.cwd, root)
     from runyard import redact

@@ -1,0 +1,211 @@
+"""``runyard serve``: a trained run's model behind an HTTP endpoint with a demo page, as a run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runyard.errors import InvalidArgument
+
+
+def serve(source: str, o: dict[str, Any]) -> int:
+    from runyard.config import resolve
+    from runyard.exec.serving import ServeRequest, check_name
+
+    settings = resolve()
+    handler = o["handler"] or _project_handler(settings)
+    from runyard.serve.handler import parse_ref
+
+    parse_ref(handler)
+    if o["replicas"] != 1 and o["on"] != "ray":
+        raise InvalidArgument("--replicas is for --on ray (a Ray Serve application); on this machine a model "
+                              "server is one process")
+    if o["on"] == "ray":
+        raise InvalidArgument("--on ray is not available yet in this runyard: serve on this machine (--on local), "
+                              "or export it for a cluster with --export k8s DIR")
+    ref, path = _source(settings, source)
+    if o["export"] is not None:
+        return _export(settings, ref, path, handler, o)
+    if settings.server:
+        return _on_server(settings, ref, path, handler, o)
+    from runyard.api import Api
+    from runyard.cli.transfer import transfer_bar
+    from runyard.exec.serving import default_name, serving_now, submission
+    from runyard.exec.submit import submit
+
+    api = Api(settings)
+    try:
+        parent = api.store.get_run(ref)
+        name = check_name(o["name"] or default_name(parent))
+        already = serving_now(api.store, name)
+        if already is not None:
+            raise InvalidArgument(f"run {already.number} already serves {name!r} ({already.status.value}): stop it "
+                                  f"first (runyard stop {already.number}), or choose another --name")
+        request = ServeRequest(handler=handler, name=name, path=path, port=o["port"], host=o["host"],
+                               pip=tuple(o["pip"]), gpus=o["gpus"], log_inputs=o["log_inputs"],
+                               labels=tuple(o["labels"]))
+        sub = submission(settings, api.store, parent, path, request, Path.cwd())
+    finally:
+        api.close()
+    with transfer_bar("queueing") as progress:
+        done = submit(settings, sub, progress)
+    if not o["as_json"]:
+        print(f"run {done.number} queued: serving {name!r}, the model of run {parent.number}"
+              f"{':' + path if path else ''} with {handler}", file=sys.stderr)
+    return _wait_and_print(settings, done.number, done.run_id, name, float(o["wait"]), o["as_json"])
+
+
+def _project_handler(settings: Any) -> str:
+    """``[serve] handler`` of the project's runyard.toml, when --handler is not given."""
+    from runyard.serve.handler import serve_section
+
+    project = getattr(settings, "project_file", None)
+    section = serve_section(Path(project).parent) if project else {}
+    handler = section.get("handler")
+    if not isinstance(handler, str):
+        raise InvalidArgument("which handler serves the model? give --handler FILE.py:Class (e.g. serve.py:Model), "
+                              "or set handler = \"serve.py:Model\" under [serve] in runyard.toml")
+    return handler
+
+
+def _source(settings: Any, text: str) -> tuple[str, str]:
+    """(run reference, artifact path) of ``RUN[:PATH]`` or of a registered ``model:NAME[@ALIAS]``."""
+    if text.startswith("model:"):
+        return _registered(settings, text)
+    ref, _, path = text.partition(":")
+    if not ref:
+        raise InvalidArgument(f"{text!r}: expected RUN[:PATH], e.g. 12:outputs/model, or model:NAME[@ALIAS]")
+    return ref, path.strip("/")
+
+
+def _registered(settings: Any, text: str) -> tuple[str, str]:
+    try:
+        from runyard.models import resolve_model  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise InvalidArgument("this runyard has no model registry yet: serve RUN:PATH") from None
+    from runyard.api import Api
+
+    api = Api(settings)
+    try:
+        version = resolve_model(api, text)
+    finally:
+        api.close()
+    return str(version.run_number), str(version.path)
+
+
+def _export(settings: Any, ref: str, path: str, handler: str, o: dict[str, Any]) -> int:
+    kind, dest = o["export"]
+    if kind != "k8s":
+        raise InvalidArgument(f"--export {kind}: the one export is k8s (--export k8s DIR)")
+    try:
+        from runyard.cli.serve_export import export  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise InvalidArgument("this runyard cannot export to Kubernetes yet") from None
+    return int(export(settings, ref, path, handler, Path(dest), o))
+
+
+def _on_server(settings: Any, ref: str, path: str, handler: str, o: dict[str, Any]) -> int:
+    """Through a server: the serve run queued there; its address is the server's ``/serve/NAME/``."""
+    from runyard.client import Client
+    from runyard.credential import for_settings
+
+    client = Client(settings.server or "", for_settings(settings), retries=0)
+    try:
+        body = {"path": path, "handler": handler, "name": o["name"], "port": o["port"], "pip": list(o["pip"]),
+                "gpus": o["gpus"], "log_inputs": o["log_inputs"], "labels": list(o["labels"])}
+        queued = client.request("POST", f"/runs/{ref}/serve", json=body).json()
+        number, name = int(queued["number"]), str(queued["name"])
+        if not o["as_json"]:
+            print(f"run {number} queued on {settings.server}: serving {name!r}", file=sys.stderr)
+        deadline = time.monotonic() + float(o["wait"])
+        while time.monotonic() < deadline:
+            state = client.get(f"/serve/{name}")
+            if state.get("ready"):
+                return _say(number, name, state["url"], o["as_json"])
+            if state.get("status") not in ("queued", "starting", "running"):
+                print(f"runyard: error: the serve run {number} ended ({state.get('status')}) before its model "
+                      f"was ready; see runyard logs {number}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    finally:
+        client.close()
+    print(f"runyard: the model server of run {number} is not ready yet; `runyard ps` shows it, and "
+          f"`runyard logs {number}` what it is doing", file=sys.stderr)
+    return 0
+
+
+def _wait_and_print(settings: Any, number: int, run_id: str, name: str, wait: float, as_json: bool) -> int:
+    from runyard.api import Api
+    from runyard.serve.connection import read_serve_file
+
+    deadline = time.monotonic() + wait
+    api = Api(settings)
+    try:
+        while time.monotonic() < deadline:
+            found = read_serve_file(settings.home, run_id)
+            if found is not None:
+                return _say(number, name, str(found["url"]), as_json)
+            view = api.run(number)
+            status = view.status.value
+            if status not in ("queued", "starting", "running"):
+                last = [line.text for line in view.logs()][-6:]
+                print(f"runyard: error: the serve run {number} ended ({status}) before its model was ready; "
+                      f"the end of its log (runyard logs {number}):", file=sys.stderr)
+                from runyard.cli.printable import printable
+
+                for line in last:
+                    print(f"  {printable(line)}", file=sys.stderr)
+                return 1
+            time.sleep(0.25)
+    finally:
+        api.close()
+    print(f"runyard: the model server of run {number} is not ready yet (queued, or its model still loading); "
+          f"`runyard serve --url {number}` prints its address once it is", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"number": number, "id": run_id, "name": name, "url": None}))
+    return 0
+
+
+def print_url(ref: str, as_json: bool) -> int:
+    """``runyard serve --url RUN``: where serve run RUN answers."""
+    from runyard.api import Api
+    from runyard.config import resolve
+    from runyard.errors import NotFound
+    from runyard.serve.connection import read_serve_file
+
+    settings = resolve()
+    if settings.server:
+        from runyard.client import Client
+        from runyard.credential import for_settings
+
+        client = Client(settings.server or "", for_settings(settings), retries=0)
+        try:
+            run = client.get(f"/runs/{ref}")
+            if run.get("kind") != "serve":
+                raise NotFound(f"run {run['number']} is not a serve run (runyard serve)")
+            state = client.get(f"/serve/{run['name']}")
+        finally:
+            client.close()
+        if not state.get("ready"):
+            raise NotFound(f"run {run['number']}'s model server is not ready ({state.get('status')})")
+        return _say(int(run["number"]), str(run["name"]), state["url"], as_json)
+    api = Api(settings)
+    try:
+        run = api.store.get_run(ref)
+    finally:
+        api.close()
+    found = read_serve_file(settings.home, run.id)
+    if run.kind.value != "serve" or found is None or run.status.value not in ("starting", "running"):
+        raise NotFound(f"run {run.number} has no model server answering on this machine ({run.status.value})")
+    return _say(run.number, run.name or "", str(found["url"]), as_json)
+
+
+def _say(number: int, name: str, url: str, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"number": number, "name": name, "url": url}))
+    else:
+        print(url)
+    return 0
