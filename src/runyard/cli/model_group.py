@@ -45,8 +45,8 @@ def model_register(source: str, name: str, aliases: tuple[str, ...], description
 
     RUN is a run number, name or id prefix; PATH is as `runyard cp RUN:PATH` reads it. A run that
     stored nothing there is refused (exit code 2). The version records the run, the path, a digest
-    of the files there (their paths and SHA-256s), who registered it and when; a registered run is
-    kept by `runyard gc` and `runyard rm`.
+    of the files there (their paths and SHA-256s), who registered it and when; `runyard rm` refuses a
+    registered run.
     """
     from runyard.cli import models as impl
 

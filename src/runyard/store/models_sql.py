@@ -129,6 +129,17 @@ def list_models(conn: Connection) -> list[Model]:
     return out
 
 
+def registered(conn: Connection, numbers: Sequence[int]) -> dict[int, list[str]]:
+    """Of the runs ``numbers``, those model versions point at: run -> ["NAME@VERSION", ...]."""
+    found: dict[int, list[str]] = {}
+    for chunk in limits.batches(conn, list(numbers)):
+        for run, name, version in conn.execute(
+                sa.select(_V.run_number, _M.name, _V.version).join(models, _M.id == _V.model_id)
+                .where(_V.run_number.in_(list(chunk))).order_by(_M.name, _V.version)):
+            found.setdefault(run, []).append(f"{name}@{version}")
+    return found
+
+
 def _versions(conn: Connection, name: str, model_id: int, only: int | None = None) -> list[ModelVersion]:
     query = sa.select(model_versions).where(_V.model_id == model_id)
     if only is not None:

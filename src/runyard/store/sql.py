@@ -311,6 +311,11 @@ class SqlStore:
         with self._read() as conn:
             return models_sql.list_models(conn)
 
+    def registered_runs(self, numbers: Sequence[int]) -> dict[int, list[str]]:
+        """Of ``numbers``, the runs model versions point at: run -> ["NAME@VERSION", ...]."""
+        with self._read() as conn:
+            return models_sql.registered(conn, numbers)
+
     # -- the queue --------------------------------------------------------------------------------
 
     def runs_with_status(self, statuses: Sequence[RunStatus]) -> list[Run]:

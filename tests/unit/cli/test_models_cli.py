@@ -108,3 +108,11 @@ def test_help_teaches_with_examples() -> None:
     for command in ("register", "alias", "unalias", "ls", "model:NAME@production"):
         assert command in out
     assert "runyard model register 12:outputs/model --name digits" in out
+
+
+def test_rm_refuses_a_registered_run(env: dict[str, str], tmp_path: Path) -> None:
+    run = trained(env, tmp_path)
+    assert invoke(env, "model", "register", "best:outputs/model", "--name", "digits").exit_code == 0
+    refused = CliRunner().invoke(cli, ["rm", "--yes", "best"], env=env)
+    assert refused.exit_code == 2 and f"run {run} is model:digits@1" in refused.output, refused.output
+    assert json.loads(invoke(env, "show", "best", "--json").output)["number"] == run
