@@ -28,6 +28,8 @@ if TYPE_CHECKING:
         AlertRule,
         ArtifactEntry,
         LogLine,
+        Model,
+        ModelVersion,
         Page,
         Project,
         Run,
@@ -486,6 +488,31 @@ class RemoteStore:
     def mark_lost(self, run_id: str, message: str) -> bool:
         reply = self.client.request("POST", f"/runs/{_ref(run_id)}/lost", json={"message": message[:2000]})
         return bool(reply.json()["changed"])
+
+    # -- the model registry -----------------------------------------------------------------------
+
+    def register_model(self, name: str, run: int, path: str, description: str = "", registered_by: str = "",
+                       aliases: Sequence[str] = ()) -> ModelVersion:
+        """``registered_by`` is the server's to say (the token's name): it is not sent."""
+        body = {"run": str(run), "path": path, "description": description, "aliases": list(aliases)}
+        return wire.model_version_in(self.client.request("POST", f"/models/{_ref(name)}/versions", json=body).json())
+
+    def set_model_alias(self, name: str, alias: str, version: int) -> ModelVersion:
+        reply = self.client.request("PUT", f"/models/{_ref(name)}/aliases/{_ref(alias)}", json={"version": version})
+        return wire.model_version_in(reply.json())
+
+    def remove_model_alias(self, name: str, alias: str) -> int:
+        reply = self.client.request("DELETE", f"/models/{_ref(name)}/aliases/{_ref(alias)}")
+        return int(reply.json()["version"])
+
+    def model_version(self, name: str, selector: str | None = None) -> ModelVersion:
+        return wire.model_version_in(self.client.get(f"/models/{_ref(name)}/versions/{_ref(selector or 'latest')}"))
+
+    def model_versions(self, name: str) -> list[ModelVersion]:
+        return [wire.model_version_in(v) for v in self.client.get(f"/models/{_ref(name)}/versions")]
+
+    def list_models(self) -> list[Model]:
+        return [wire.model_in(m) for m in self.client.get("/models")]
 
     # -- alerts -----------------------------------------------------------------------------------
 

@@ -107,3 +107,29 @@ def validate_end_status(status: object, field: str = "status") -> RunStatus:
         choices = ", ".join(sorted(s.value for s in END_STATUSES))
         raise InvalidArgument(f"{field}: {shown} is not how a run ends; use one of {choices}")
     return RunStatus(status)
+
+
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: The alias every model has: its newest version. Nobody may set it.
+LATEST = "latest"
+
+
+def validate_model_name(name: str) -> str:
+    """A registered model's name: it appears in references (``model:NAME@ALIAS``) and in URLs."""
+    if not isinstance(name, str) or not _MODEL.match(name):
+        raise InvalidArgument(f"invalid model name {str(name)[:80]!r}: use 1-100 letters, digits or . _ -, "
+                              "starting with a letter or digit (e.g. digits, resnet-50)")
+    return name
+
+
+def validate_model_alias(alias: str) -> str:
+    """An alias a user sets on a model version: not ``latest`` (reserved), not a number (that is a version)."""
+    if not isinstance(alias, str) or not _MODEL.match(alias):
+        raise InvalidArgument(f"invalid alias {str(alias)[:80]!r}: use 1-100 letters, digits or . _ -, "
+                              "starting with a letter or digit (e.g. production, staging)")
+    if is_number(alias):
+        raise InvalidArgument(f"invalid alias {alias!r}: an alias may not be only digits (model:NAME@{alias} "
+                              "names version " + alias + ")")
+    if alias.lower() == LATEST:
+        raise InvalidArgument(f"the alias {alias!r} is reserved: it always names a model's newest version")
+    return alias

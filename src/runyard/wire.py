@@ -21,6 +21,8 @@ if TYPE_CHECKING:
         AlertRule,
         ArtifactEntry,
         LogLine,
+        Model,
+        ModelVersion,
         Page,
         Project,
         Run,
@@ -177,6 +179,30 @@ def alert_event_in(data: dict[str, Any]) -> AlertEvent:
     from runyard.store.api import AlertEvent
 
     return AlertEvent(**{"delivery": {}, **data, "value": _unplain(data.get("value"))})
+
+
+def model_version_out(version: ModelVersion) -> dict[str, Any]:
+    return {**dataclasses.asdict(version), "aliases": list(version.aliases)}
+
+
+def model_version_in(data: dict[str, Any]) -> ModelVersion:
+    from runyard.store.api import ModelVersion
+
+    fields = {f.name for f in dataclasses.fields(ModelVersion)}
+    values = {k: v for k, v in data.items() if k in fields}  # a newer server's fields are not this client's
+    return ModelVersion(**{**values, "aliases": tuple(values.get("aliases") or ())})
+
+
+def model_out(model: Model) -> dict[str, Any]:
+    return {"name": model.name, "created_at": model.created_at, "latest": model_version_out(model.latest),
+            "aliases": dict(model.aliases)}
+
+
+def model_in(data: dict[str, Any]) -> Model:
+    from runyard.store.api import Model
+
+    return Model(data["name"], data["created_at"], model_version_in(data["latest"]),
+                 {str(k): int(v) for k, v in (data.get("aliases") or {}).items()})
 
 
 ENVELOPE_FIELDS = ("start_step", "end_step", "count", "nan_count", "min", "max", "mean", "last")

@@ -117,6 +117,12 @@ def rm(refs: list[str], yes: bool) -> int:
                   f"first: runyard stop {numbers}", file=sys.stderr)
             return 2
         unique = list({r.number: r for r in runs}.values())
+        registered = api.store.registered_runs([r.number for r in unique])
+        if registered:  # a model version is an immutable pointer to its run's artifacts
+            said = "; ".join(f"run {n} is model:{', model:'.join(v)}" for n, v in sorted(registered.items()))
+            print(f"runyard: error: {said}; a registered run is kept (runyard model ls shows the registry)",
+                  file=sys.stderr)
+            return 2
         listed = ", ".join(f"{r.number}" + (f" ({r.name})" if r.name else "") for r in unique)
         if not yes:
             if not sys.stdin.isatty():

@@ -807,6 +807,12 @@ def status() -> None:
     sys.exit(impl.status())
 
 
+# `runyard model`: its declarations are a module of their own (click only, so still light).
+from runyard.cli.model_group import model  # noqa: E402
+
+cli.add_command(model)
+
+
 def main() -> None:
     cli(prog_name="runyard")
 

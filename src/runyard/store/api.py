@@ -304,6 +304,64 @@ class IngestBatch:
 
 
 @dataclass(frozen=True)
+class ModelVersion:
+    """One registered version of a model: an immutable pointer to the artifacts of run ``run_number``
+    under ``path`` ("" for all of them), with the digest those artifacts had when it was registered."""
+
+    name: str
+    version: int
+    run_number: int
+    run_id: str
+    path: str
+    #: sha256 over the sorted (path relative to ``path``, content sha256) of the entries (``entries_digest``).
+    digest: str
+    file_count: int
+    size: int
+    description: str
+    #: Who registered it: the token's name through a server, else the local user.
+    registered_by: str
+    created_at: float
+    #: The aliases naming this version now, sorted.
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Model:
+    """A registered model: its newest version and its aliases (alias -> version)."""
+
+    name: str
+    created_at: float
+    latest: ModelVersion
+    aliases: Mapping[str, int] = field(default_factory=dict)
+
+
+def entries_under(entries: Sequence[ArtifactEntry], path: str) -> list[tuple[str, ArtifactEntry]]:
+    """(path relative to ``path``, entry) of the artifacts ``path`` names: the file itself, or every
+    file under the directory ("" names them all), sorted by relative path."""
+    if not path:
+        return sorted(((e.path, e) for e in entries), key=_first)
+    exact = [e for e in entries if e.path == path]
+    if exact:
+        return [(path.rsplit("/", 1)[-1], exact[0])]
+    return sorted(((e.path[len(path) + 1:], e) for e in entries if e.path.startswith(path + "/")), key=_first)
+
+
+def _first(pair: tuple[str, ArtifactEntry]) -> str:
+    return pair[0]
+
+
+def entries_digest(named: Sequence[tuple[str, ArtifactEntry]]) -> str:
+    """sha256 of the lines "<relative path>\\0<content sha256>\\n" in relative-path order: changes
+    when a file under the path is added, removed, renamed or rewritten."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for relpath, entry in sorted(named, key=_first):
+        digest.update(f"{relpath}\0{entry.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
 class IngestResult:
     run_number: int
     #: False when the batch had been applied before (nothing changed).

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from runyard.store import limits
-from runyard.store.schema import artifacts, blob_grants, run_inputs, runs
+from runyard.store.schema import artifacts, blob_grants, model_versions, run_inputs, runs
 from runyard.types import RunStatus
 
 #: States in which a run may still need its content or directory: never deleted, never collected.
@@ -76,10 +76,13 @@ def ended_before(conn: Connection, cutoff: float | None) -> list[tuple[int, str]
 
 def delete_runs(conn: Connection, numbers: Sequence[int]) -> list[int]:
     """Delete those of ``numbers`` that are in a final state; returns the numbers deleted. A run that
-    became active meanwhile is left alone (the state is checked in the same statement)."""
+    became active meanwhile is left alone (the state is checked in the same statement), and so is a
+    run a model version points at (the registry's pointers are immutable)."""
     deleted: list[int] = []
+    registered = sa.select(model_versions.c.run_number)
     for chunk in limits.batches(conn, list(numbers)):
-        rows = conn.execute(sa.delete(runs).where(_R.number.in_(list(chunk)), _R.status.not_in(ACTIVE))
+        rows = conn.execute(sa.delete(runs).where(_R.number.in_(list(chunk)), _R.status.not_in(ACTIVE),
+                                                  _R.number.not_in(registered))
                             .returning(_R.number))
         deleted += [r[0] for r in rows]
     return sorted(deleted)

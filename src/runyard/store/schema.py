@@ -19,6 +19,7 @@ from sqlalchemy import (
     Column,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -332,4 +333,50 @@ api_tokens = Table(
     Column("revoked_at", Double, nullable=True),
     CheckConstraint("role IN ('reader','writer','admin')", name="role"),
     sqlite_autoincrement=True,
+)
+
+# The model registry (models_sql.py): a model is a name; each version an immutable pointer to the
+# artifacts of one run under one path, with a digest of what they were when it was registered.
+# ``latest_version`` is the last number handed out: incrementing it (a row lock on PostgreSQL, the
+# write lock on SQLite) is how concurrent registrations get distinct numbers.
+models = Table(
+    "models",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("latest_version", Integer, nullable=False),
+    Column("created_at", Double, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# A registered run is kept by `runyard gc` and `rm` (gc_sql.delete_runs): no ON DELETE here.
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("model_id", Integer, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("run_number", Integer, ForeignKey("runs.number"), nullable=False),
+    Column("run_id", String(26), nullable=False),
+    # The file or directory of the run's artifacts the version points at ("" for all of them).
+    Column("path", String(1024), nullable=False),
+    # sha256 over the sorted (relative path, content sha256) of the entries under ``path``.
+    Column("digest", String(64), nullable=False),
+    Column("file_count", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("registered_by", String(200), nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+Index("ix_model_versions_run", model_versions.c.run_number)
+
+# An alias names exactly one version of its model; setting it again moves it.
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("model_id", Integer, primary_key=True),
+    Column("alias", String(100), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    ForeignKeyConstraint(["model_id", "version"], ["model_versions.model_id", "model_versions.version"],
+                         ondelete="CASCADE"),
 )

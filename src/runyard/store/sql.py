@@ -34,6 +34,7 @@ from runyard.store import (
     inputs_sql,
     limits,
     logs_sql,
+    models_sql,
     notify,
     projects_sql,
     runs_sql,
@@ -48,6 +49,8 @@ from runyard.store.api import (
     IngestResult,
     Lease,
     LogLine,
+    Model,
+    ModelVersion,
     NewRun,
     Page,
     Project,
@@ -274,6 +277,44 @@ class SqlStore:
         """Which runs consumed an artifact of ``run``."""
         with self._read() as conn:
             return inputs_sql.consumers_of_run(conn, run)
+
+    # -- the model registry (see models_sql) ------------------------------------------------------
+
+    def register_model(self, name: str, run: int, path: str, description: str = "", registered_by: str = "",
+                       aliases: Sequence[str] = ()) -> ModelVersion:
+        """Record the next version of model ``name``: run ``run``'s artifacts under ``path`` (a file or
+        directory; "" for all), with ``aliases`` moved to it."""
+        with self._write() as conn:
+            return models_sql.register(conn, name, run, path, description, registered_by, aliases, self.clock)
+
+    def set_model_alias(self, name: str, alias: str, version: int) -> ModelVersion:
+        """Point ``alias`` at ``version`` of model ``name``, moving it from the version it named."""
+        with self._write() as conn:
+            return models_sql.set_alias(conn, name, alias, version, self.clock)
+
+    def remove_model_alias(self, name: str, alias: str) -> int:
+        """Remove an alias; the version it named."""
+        with self._write() as conn:
+            return models_sql.remove_alias(conn, name, alias)
+
+    def model_version(self, name: str, selector: str | None = None) -> ModelVersion:
+        """The version of ``name`` that ``selector`` names: None or "latest", a number, or an alias."""
+        with self._read() as conn:
+            return models_sql.get_version(conn, name, selector)
+
+    def model_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of model ``name``, newest first."""
+        with self._read() as conn:
+            return models_sql.list_versions(conn, name)
+
+    def list_models(self) -> list[Model]:
+        with self._read() as conn:
+            return models_sql.list_models(conn)
+
+    def registered_runs(self, numbers: Sequence[int]) -> dict[int, list[str]]:
+        """Of ``numbers``, the runs model versions point at: run -> ["NAME@VERSION", ...]."""
+        with self._read() as conn:
+            return models_sql.registered(conn, numbers)
 
     # -- the queue --------------------------------------------------------------------------------
 

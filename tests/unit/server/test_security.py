@@ -507,7 +507,7 @@ def _routes(api: Served) -> list[tuple[str, str, str | None]]:
 
 def _concrete(template: str, number: int) -> str:
     values = {"ref": "1" if template.startswith("/api/v1/tokens") else str(number), "key": "loss", "path": "a.txt",
-              "sha256": "0" * 64, "rule_id": "1"}
+              "sha256": "0" * 64, "rule_id": "1", "name": "digits", "selector": "latest", "alias": "production"}
     return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], template)
 
 

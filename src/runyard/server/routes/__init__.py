@@ -22,6 +22,7 @@ from runyard.server.routes import (
     ingest,
     lab,
     metrics,
+    models,
     notebooks,
     runs,
     tokens,
@@ -29,7 +30,8 @@ from runyard.server.routes import (
 from runyard.server.state import Server
 
 #: Each noun's routes, in the order they are added.
-MODULES = (health, runs, execution, lab, metrics, alerts, artifacts, notebooks, ingest, events, tokens)
+MODULES = (health, runs, execution, lab, metrics, alerts, artifacts, notebooks, models, ingest, events,
+           tokens)
 
 
 def add_routes(app: FastAPI, server: Server) -> None:
