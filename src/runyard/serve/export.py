@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from runyard.api import Api
     from runyard.store.api import ArtifactEntry, Run
 
-__all__ = ["UID", "dns_label", "export_k8s"]
+__all__ = ["UID", "RunyardInstall", "dns_label", "dockerfile", "export_k8s", "manifests", "python_version", "readme",
+           "requirements", "yaml_documents"]
 
 #: The unprivileged user the image runs as (the manifests say runAsNonRoot with it).
 UID = 10001
@@ -50,7 +51,7 @@ STARTUP_SECONDS = 600
 
 
 @dataclass(frozen=True)
-class _Runyard:
+class RunyardInstall:
     """How the image gets runyard: the pinned requirement, and the wheel built into the context
     from a source tree (None when runyard is installed from an index, where the pin finds it)."""
 
@@ -133,12 +134,12 @@ def export_k8s(api: Api, run: Run, model_path: str, handler: str, name: str, des
     if how.wheel_from is not None:
         _build_wheel(how.wheel_from, dest / "wheels")
     _readable(dest)
-    python = _python_version(run)
+    python = python_version(run)
     (dest / "requirements.txt").write_text(requirements(run))
     (dest / "Dockerfile").write_text(dockerfile(run, python, how, handler, port))
     (dest / ".dockerignore").write_text(DOCKERIGNORE)
     model_bytes = sum(a.size for a, _ in model)
-    (dest / "k8s.yaml").write_text(_yaml_documents(manifests(run, label, port, replicas, model_bytes)))
+    (dest / "k8s.yaml").write_text(yaml_documents(manifests(run, label, port, replicas, model_bytes)))
     (dest / "README.md").write_text(readme(run, label, port, model_path, cls))
     return sorted(dest / entry for entry in WRITTEN if (dest / entry).exists())
 
@@ -206,7 +207,7 @@ def _readable(dest: Path) -> None:
 
 # -- runyard in the image -------------------------------------------------------------------------
 
-def _runyard_install() -> _Runyard:
+def _runyard_install() -> RunyardInstall:
     """A pinned ``runyard[serve]==VERSION`` resolves only if that version is on the index the image
     installs from; a runyard installed from a source tree (editable, a development checkout) is
     usually not there, or not with this code. Then its wheel is built into the context, so the
@@ -229,7 +230,7 @@ def _runyard_install() -> _Runyard:
             candidate = Path(unquote(urlparse(url).path))
             if (candidate / "pyproject.toml").is_file():
                 source = candidate
-    return _Runyard(requirement, source)
+    return RunyardInstall(requirement, source)
 
 
 def _build_wheel(source: Path, wheels: Path) -> None:
@@ -249,7 +250,7 @@ def _build_wheel(source: Path, wheels: Path) -> None:
 
 # -- the files ------------------------------------------------------------------------------------
 
-def _python_version(run: Run) -> str:
+def python_version(run: Run) -> str:
     """The run's Python as major.minor (from its recorded environment), else this interpreter's."""
     recorded = str((run.environment or {}).get("python") or "")
     found = re.match(r"(\d+)\.(\d+)", recorded)
@@ -271,7 +272,11 @@ def requirements(run: Run) -> str:
     packages = [str(p) for p in (run.environment or {}).get("packages") or []]
     if packages:
         head.append("# As the run recorded them (pinned); runyard itself is installed by the Dockerfile.")
-        return "\n".join([*head, *sorted(p for p in packages if kept(p)), ""])
+        local = [p for p in packages if "+" in p.partition("==")[2]]
+        if local:  # torch==2.3.0+cu121 and the like are on their maker's index, not on PyPI
+            head.append(f"# {', '.join(local[:3])} carry a local version: add the index they came from, e.g.")
+            head.append("# --extra-index-url https://download.pytorch.org/whl/cu121")
+        return "\n".join([*head, *sorted((p for p in packages if kept(p)), key=str.lower), ""])
     launch = run.launch or {}
     asked = [str(p) for p in launch.get("pip") or []]
     asked += [ln.split(" #")[0].strip() for ln in str(launch.get("requirements") or "").replace("\\\n", "").splitlines()
@@ -281,7 +286,7 @@ def requirements(run: Run) -> str:
     return "\n".join([*head, *(a for a in asked if kept(a)), ""])
 
 
-def dockerfile(run: Run, python: str, how: _Runyard, handler: str, port: int) -> str:
+def dockerfile(run: Run, python: str, how: RunyardInstall, handler: str, port: int) -> str:
     cmd = ["python", "-m", "runyard.serve.main", "--handler", handler, "--model", MODEL_DIR,
            "--host", "0.0.0.0", "--port", str(port)]  # noqa: S104 - inside the container, by design
     install = (f'RUN pip install --find-links /tmp/wheels "{how.requirement}" && rm -rf /tmp/wheels'
@@ -388,7 +393,7 @@ def manifests(run: Run, label: str, port: int, replicas: int, model_bytes: int) 
     return [deployment, service]
 
 
-def _yaml_documents(documents: Sequence[dict[str, Any]]) -> str:
+def yaml_documents(documents: Sequence[dict[str, Any]]) -> str:
     return "---\n".join(_yaml(doc, 0) for doc in documents)
 
 
