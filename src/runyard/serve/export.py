@@ -72,7 +72,7 @@ def dns_label(name: str) -> str:
     return label
 
 
-def export_k8s(api: Api, run: Run, model_path: str, handler: str, name: str, dest: Path, *,
+def export_k8s(api: Api, run: Run, model_path: str, handler: str, name: str | None, dest: Path, *,
                port: int = 8080, replicas: int = 1, force: bool = False,
                progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Write a Docker build context and Kubernetes manifests serving ``run``'s model into ``dest``.
@@ -82,7 +82,8 @@ def export_k8s(api: Api, run: Run, model_path: str, handler: str, name: str, des
         run: a run launched with ``runyard run`` (it has a code snapshot).
         model_path: the run's artifact (a file) or artifact directory holding the model.
         handler: ``FILE.py:Class``, FILE relative to the run's code.
-        name: the deployment's name; made a DNS label (``dns_label``); the image is ``NAME:RUN-NUMBER``.
+        name: the deployment's name, made a DNS label (``dns_label``); None: the run's name, else its
+            project. The image is ``NAME:RUN-NUMBER``.
         dest: a directory that does not exist or is empty (else ``force``).
         port: the port the server listens on in the container.
         replicas: the Deployment's replicas.
@@ -98,7 +99,7 @@ def export_k8s(api: Api, run: Run, model_path: str, handler: str, name: str, des
         Conflict: ``dest`` is a file, or a non-empty directory without ``force``.
     """
     file, cls = _handler(handler)
-    label = dns_label(name)
+    label = dns_label(name if name is not None else run.name or run.project)
     if not 1 <= port <= 65535:
         raise InvalidArgument(f"port {port}: expected 1-65535")
     if replicas < 0:

@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from runyard.errors import InvalidArgument
+from runyard.errors import InvalidArgument, NotFound
 from runyard.serve.export import (
     RunyardInstall,
     dns_label,
@@ -94,3 +94,25 @@ def test_a_gpu_run_asks_for_its_gpus_and_a_big_model_for_memory() -> None:
     assert container["resources"]["limits"] == {"nvidia.com/gpu": 2}
     assert container["resources"]["requests"]["memory"] == f"{6 << 10}Mi"
     assert deployment["spec"]["replicas"] == 0
+
+
+def test_without_a_name_the_runs_name_or_project_names_the_deployment(tmp_path: Any) -> None:
+    from runyard.serve.export import export_k8s
+
+    class NoArtifacts:
+        """Just enough of the read API to reach the name, and stop at the model."""
+
+        class store:
+            @staticmethod
+            def list_artifacts(number: int) -> list[Any]:
+                return []
+
+        @staticmethod
+        def sync(runs: list[str]) -> None:
+            pass
+
+    # The name is checked before the run's artifacts are read: a bad default fails first.
+    with pytest.raises(InvalidArgument, match="name '___'"):
+        export_k8s(NoArtifacts(), run_with(name="___"), "m", "s.py:M", None, tmp_path / "out")  # type: ignore[arg-type]
+    with pytest.raises(NotFound, match="no artifact m"):
+        export_k8s(NoArtifacts(), run_with(project="gan"), "m", "s.py:M", None, tmp_path / "out")  # type: ignore[arg-type]
