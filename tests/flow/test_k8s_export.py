@@ -149,6 +149,9 @@ def test_the_manifests_validate_against_the_kubernetes_schema_and_probe_ready_an
     assert probed(container["livenessProbe"]) == ("/health", 9000)
     assert container["resources"]["requests"]["memory"] and container["resources"]["requests"]["cpu"]
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert deployment["metadata"]["annotations"] == {"runyard.dev/run": str(exported.run.number),
+                                                     "runyard.dev/run-id": exported.run.id,
+                                                     "runyard.dev/model": "outputs/model"}
     # The Service: ClusterIP, port 80 to the container's port, selecting the Deployment's pods.
     assert service["spec"]["type"] == "ClusterIP"
     (port,) = service["spec"]["ports"]
@@ -238,6 +241,20 @@ def test_refusals_name_the_fault_and_write_nothing(exported: Exported, tmp_path:
         (dest / "Dockerfile").write_text("FROM scratch\n")
         with pytest.raises(Conflict, match="is not empty"):
             export_k8s(api, run, "outputs/model", "serving/handler.py:Digits", "digits", dest)
+        assert (dest / "Dockerfile").read_text() == "FROM scratch\n"
+        # An export that fails half-way (here, building runyard's wheel) leaves the directory as it was.
+        from runyard.serve import export
+
+        def broken(source: Path, wheels: Path) -> None:
+            wheels.mkdir()
+            raise InvalidArgument("building runyard's wheel failed")
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(export, "_build_wheel", broken)
+            with pytest.raises(InvalidArgument, match="wheel"):
+                export_k8s(api, run, "outputs/model", "serving/handler.py:Digits", "digits", dest, force=True)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing staged is left behind
+        assert sorted(p.name for p in dest.iterdir()) == ["Dockerfile", "mine.txt"]
         assert (dest / "Dockerfile").read_text() == "FROM scratch\n"
         with pytest.raises(Conflict, match="is a file"):
             export_k8s(api, run, "outputs/model", "serving/handler.py:Digits", "digits", dest / "mine.txt")

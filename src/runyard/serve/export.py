@@ -120,29 +120,44 @@ def export_k8s(api: Api, run: Run, model_path: str, handler: str, name: str | No
                        f"(its Python files: {', '.join(scripts) or 'none'})")
     how = _runyard_install()
 
-    if force:
+    # Everything is written beside DIR first and moved in at the end (renames on one file system), so
+    # an export that fails half-way (a download, the wheel's build) leaves DIR as it was.
+    import tempfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.export-"))
+    try:
+        _write(api, run, staging, model, snapshot_id, how, handler, cls, label, model_path, port, replicas, progress)
+        dest.mkdir(exist_ok=True)
         for entry in WRITTEN:
             target = dest / entry
-            if target.is_dir() and not target.is_symlink():
+            if force and target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
-            else:
+            elif force:
                 target.unlink(missing_ok=True)
-    dest.mkdir(parents=True, exist_ok=True)
-    _copy_model(api, run, model, dest / "model", progress)
+            if (staging / entry).exists():
+                (staging / entry).rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sorted(dest / entry for entry in WRITTEN if (dest / entry).exists())
+
+
+def _write(api: Api, run: Run, dest: Path, model: Sequence[tuple[ArtifactEntry, str]], snapshot_id: str,
+           how: RunyardInstall, handler: str, cls: str, label: str, model_path: str, port: int, replicas: int,
+           progress: Callable[[int, int], None] | None) -> None:
     from runyard.exec.snapshot import materialise
 
-    materialise(snapshot_id, content, dest / "code")
+    _copy_model(api, run, model, dest / "model", progress)
+    materialise(snapshot_id, api.content, dest / "code")
     if how.wheel_from is not None:
         _build_wheel(how.wheel_from, dest / "wheels")
     _readable(dest)
-    python = python_version(run)
     (dest / "requirements.txt").write_text(requirements(run))
-    (dest / "Dockerfile").write_text(dockerfile(run, python, how, handler, port))
+    (dest / "Dockerfile").write_text(dockerfile(run, python_version(run), how, handler, port))
     (dest / ".dockerignore").write_text(DOCKERIGNORE)
     model_bytes = sum(a.size for a, _ in model)
-    (dest / "k8s.yaml").write_text(yaml_documents(manifests(run, label, port, replicas, model_bytes)))
+    (dest / "k8s.yaml").write_text(yaml_documents(manifests(run, label, port, replicas, model_bytes, model_path)))
     (dest / "README.md").write_text(readme(run, label, port, model_path, cls))
-    return sorted(dest / entry for entry in WRITTEN if (dest / entry).exists())
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -299,7 +314,8 @@ def dockerfile(run: Run, python: str, how: RunyardInstall, handler: str, port: i
         "# and never re-pushes the model's files.",
         f"FROM python:{python}-slim",
         "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
-        f"RUN useradd --uid {UID} --user-group --no-create-home --shell /usr/sbin/nologin serve",
+        # A home of its own: libraries cache downloads under ~/.cache (the code and model are read-only).
+        f"RUN useradd --uid {UID} --user-group --create-home --shell /usr/sbin/nologin serve",
         "",
         "# The run's packages, pinned as it recorded them.",
         "COPY requirements.txt /tmp/requirements.txt",
@@ -338,11 +354,15 @@ README.md
 """
 
 
-def manifests(run: Run, label: str, port: int, replicas: int, model_bytes: int) -> list[dict[str, Any]]:
+def manifests(run: Run, label: str, port: int, replicas: int, model_bytes: int,
+              model_path: str = "") -> list[dict[str, Any]]:
     """The Deployment and the Service, as the dicts k8s.yaml holds."""
     labels = {"app.kubernetes.io/name": label, "app.kubernetes.io/managed-by": "runyard"}
     selector = {"app.kubernetes.io/name": label}
+    # Where the model came from, for whoever finds the pods: `runyard show RUN`, `runyard cp RUN:PATH`.
     annotations = {"runyard.dev/run": str(run.number), "runyard.dev/run-id": run.id}
+    if model_path:
+        annotations["runyard.dev/model"] = model_path
     # The model is in memory once loaded, and often once more while it loads.
     memory_mib = max(512, -(-2 * model_bytes // (1 << 20)))
     resources: dict[str, Any] = {"requests": {"cpu": "500m", "memory": f"{memory_mib}Mi"}}
