@@ -230,6 +230,8 @@ def test_refusals_name_the_fault_and_write_nothing(exported: Exported, tmp_path:
             export_k8s(api, run, "outputs/nothing", "serving/handler.py:Digits", "digits", dest)
         with pytest.raises(NotFound, match=r"has no serve\.py .*serving/handler\.py"):
             export_k8s(api, run, "outputs/model", "serve.py:Digits", "digits", dest)
+        with pytest.raises(NotFound, match=r"defines no Digit \(its classes: Digits\)"):
+            export_k8s(api, run, "outputs/model", "serving/handler.py:Digit", "digits", dest)
         with pytest.raises(InvalidArgument, match=r"expected FILE\.py:Class"):
             export_k8s(api, run, "outputs/model", "serving/handler.py", "digits", dest)
         with pytest.raises(InvalidArgument, match="name '---'"):

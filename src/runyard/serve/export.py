@@ -52,8 +52,8 @@ STARTUP_SECONDS = 600
 
 @dataclass(frozen=True)
 class RunyardInstall:
-    """How the image gets runyard: the pinned requirement, and the wheel built into the context
-    from a source tree (None when runyard is installed from an index, where the pin finds it)."""
+    """How the image gets runyard: the pinned requirement, and the source tree to build a wheel of
+    (or the wheel file) for the context; None when runyard came from an index, where the pin finds it."""
 
     requirement: str
     wheel_from: Path | None
@@ -95,7 +95,8 @@ def export_k8s(api: Api, run: Run, model_path: str, handler: str, name: str | No
 
     Raises:
         InvalidArgument: a malformed handler, name, port or replicas.
-        NotFound: the run has no artifact at ``model_path``, no code snapshot, or no handler file.
+        NotFound: the run has no artifact at ``model_path``, no code snapshot, no handler file, or
+            the file defines no such class.
         Conflict: ``dest`` is a file, or a non-empty directory without ``force``.
     """
     file, cls = _handler(handler)
@@ -118,6 +119,7 @@ def export_k8s(api: Api, run: Run, model_path: str, handler: str, name: str | No
         scripts = sorted(p for p in code_files if p.endswith(".py"))[:10]
         raise NotFound(f"handler {handler!r}: run {run.number}'s code has no {file} "
                        f"(its Python files: {', '.join(scripts) or 'none'})")
+    _check_defines(content.read_bytes(f"sha256:{code_files[file][0]}"), file, cls, run.number)
     how = _runyard_install()
 
     # Everything is written beside DIR first and moved in at the end (renames on one file system), so
@@ -170,6 +172,31 @@ def _handler(handler: str) -> tuple[str, str]:
 
     validate_relpath(file)
     return file, cls
+
+
+def _check_defines(source: bytes, file: str, cls: str, number: int) -> None:
+    """Refuse a handler class that ``file`` does not define (a class, an assignment or an import of
+    that name): a typo found now, not after building and pushing an image."""
+    import ast
+
+    try:
+        tree = ast.parse(source, file)
+    except (SyntaxError, ValueError) as e:
+        raise InvalidArgument(f"{file} in run {number}'s code does not parse: {e}") from None
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update(a.asname or a.name.split(".")[0] for a in node.names)
+    if cls not in names:
+        classes = sorted(n.name for n in tree.body if isinstance(n, ast.ClassDef))
+        raise NotFound(f"handler {file}:{cls}: {file} in run {number}'s code defines no {cls} "
+                       f"(its classes: {', '.join(classes) or 'none'})")
 
 
 def _check_dest(dest: Path, force: bool) -> None:
@@ -244,8 +271,8 @@ def _runyard_install() -> RunyardInstall:
             from urllib.parse import unquote, urlparse
 
             candidate = Path(unquote(urlparse(url).path))
-            if (candidate / "pyproject.toml").is_file():
-                source = candidate
+            if (candidate / "pyproject.toml").is_file() or (candidate.suffix == ".whl" and candidate.is_file()):
+                source = candidate  # a source tree, or a wheel installed from a file: copied as it is
     return RunyardInstall(requirement, source)
 
 
@@ -254,6 +281,9 @@ def _build_wheel(source: Path, wheels: Path) -> None:
     from importlib.util import find_spec
 
     wheels.mkdir()
+    if source.suffix == ".whl":
+        shutil.copyfile(source, wheels / source.name)
+        return
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check",
                "--wheel-dir", str(wheels), str(source)]
     if find_spec("hatchling") is not None:  # present: build with it, offline and faster than an isolated build

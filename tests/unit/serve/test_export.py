@@ -116,3 +116,32 @@ def test_without_a_name_the_runs_name_or_project_names_the_deployment(tmp_path: 
         export_k8s(NoArtifacts(), run_with(name="___"), "m", "s.py:M", None, tmp_path / "out")  # type: ignore[arg-type]
     with pytest.raises(NotFound, match="no artifact m"):
         export_k8s(NoArtifacts(), run_with(project="gan"), "m", "s.py:M", None, tmp_path / "out")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("source", [
+    "class Model:\n    pass\n", "from .impl import Impl as Model\n", "import Model\n", "Model = make()\n",
+    "Model: type = object\n",
+])
+def test_a_handler_class_may_be_defined_assigned_or_imported(source: str) -> None:
+    from runyard.serve.export import _check_defines
+
+    _check_defines(source.encode(), "serve.py", "Model", 1)
+
+
+def test_a_handler_file_without_the_class_or_that_does_not_parse_is_refused() -> None:
+    from runyard.serve.export import _check_defines
+
+    with pytest.raises(NotFound, match=r"serve.py in run 1's code defines no Model \(its classes: Other\)"):
+        _check_defines(b"class Other:\n    pass\ndef Model(): pass\n", "serve.py", "Model", 1)
+    with pytest.raises(InvalidArgument, match="does not parse"):
+        _check_defines(b"class (:\n", "serve.py", "Model", 1)
+
+
+def test_a_runyard_installed_from_a_wheel_file_is_copied_into_the_context(tmp_path: Any) -> None:
+    from runyard.serve.export import _build_wheel
+
+    wheel = tmp_path / "runyard-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK not really")
+    (tmp_path / "ctx").mkdir()
+    _build_wheel(wheel, tmp_path / "ctx" / "wheels")
+    assert (tmp_path / "ctx" / "wheels" / wheel.name).read_bytes() == b"PK not really"
