@@ -145,6 +145,19 @@ class Api:
                               "server's machine, without RUNYARD_SERVER")
         return self._opened.artifacts
 
+    @property
+    def content(self) -> ArtifactStore:
+        """Where content is read by its SHA-256 (a run's code snapshot, its artifacts): the home's
+        artifact store, or with a server its blob routes (``client.ServerBlobs``: the reading part of
+        ``ArtifactStore``, which ``exec.snapshot.materialise`` uses)."""
+        if self._client is not None:
+            from typing import cast
+
+            from runyard.client import ServerBlobs
+
+            return cast("ArtifactStore", ServerBlobs(self._client))
+        return self.artifacts
+
     def close(self) -> None:
         self._store.close()
 
