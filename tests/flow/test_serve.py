@@ -292,3 +292,30 @@ def test_the_demo_page_takes_an_upload_or_an_example_and_shows_the_scores(
     finally:
         cli(env, project, "stop", str(served["number"]))
     assert not errors, errors
+
+
+def test_a_registered_model_is_served_by_its_alias_and_exported_for_kubernetes(
+        trained: tuple[dict[str, str], Path, int], tmp_path: Path) -> None:
+    env, project, number = trained
+    cli(env, project, "model", "register", f"{number}:model", "--name", "digits", "--alias", "production")
+    served = serve(env, project, "model:digits@production", "--handler", HANDLER, "--name", "registered")
+    try:
+        with httpx.Client(base_url=served["url"], timeout=30, trust_env=False) as client:
+            example = client.get("openapi.json").json()["x-runyard-examples"][1]
+            assert top(client.post("predict", json=example).json()["output"]) == "1"
+    finally:
+        cli(env, project, "stop", str(served["number"]))
+    unknown = cli(env, project, "serve", "model:digits@staging", "--handler", HANDLER, check=False)
+    assert unknown.returncode == 2 and "production" in unknown.stderr  # what exists is said
+
+    deploy = tmp_path / "deploy"
+    out = cli(env, project, "serve", "model:digits@production", "--handler", HANDLER, "--name", "digits",
+              "--export", "k8s", str(deploy), "--json")
+    assert json.loads(out.stdout)["number"] == number
+    assert (deploy / "model" / "model.pkl").exists() and (deploy / "code" / "examples" / "digits" / "serve.py").exists()
+    assert "--handler examples/digits/serve.py:Digits" in " ".join(
+        (deploy / "Dockerfile").read_text().replace('"', "").replace(",", " ").split())
+    again = cli(env, project, "serve", f"{number}:model", "--handler", HANDLER, "--export", "k8s", str(deploy),
+                check=False)
+    assert again.returncode != 0 and "not empty" in again.stderr
+    wait_status(env, project, served["number"], TERMINAL, timeout=60)

@@ -534,6 +534,8 @@ def notebook(**options: Any) -> None:
               help="Replicas of a Ray Serve application (--on ray).")
 @click.option("--export", nargs=2, metavar="k8s DIR", default=None,
               help="Write a Docker build context and Kubernetes manifests to DIR instead of serving.")
+@click.option("--force", is_flag=True, help="With --export: write into a DIR that is not empty (replacing what "
+              "an earlier export wrote).")
 @click.option("--wait", type=float, default=120.0, show_default=True, metavar="SECONDS",
               help="How long to wait for the model to be loaded before returning.")
 @click.option("--url", "url_of", metavar="RUN", help="Print the address of serve run RUN, and start nothing.")
@@ -545,6 +547,7 @@ def serve_command(source: str | None, **options: Any) -> None:
     runyard serve 12:outputs/model --handler serve.py:Digits --name digits
     runyard serve model:digits@production              a registered model (runyard model)
     runyard serve --url 14                             the address of serve run 14 again
+    runyard serve 12:outputs/model --handler serve.py:Digits --export k8s deploy/
     curl -d '{"image": [[0, 255, ...], ...]}' http://127.0.0.1:PORT/predict
 
     The handler is a class in the training run's code, as it was when run 12 was submitted:
@@ -559,6 +562,10 @@ def serve_command(source: str | None, **options: Any) -> None:
     request counts, latency (p50/p99) and error rate are its metrics (serve/...), for charts and
     alerts. It listens on loopback; teammates reach it through a runyard server at /serve/NAME/
     with their tokens (RUNYARD_SERVER set: it then runs on the server's machine).
+
+    --export k8s DIR serves nothing: it writes a Docker build context (the code, the model, the
+    run's pinned packages) and a Kubernetes Deployment and Service with probes on /ready and
+    /health, for whoever deploys it (docs/serving.md).
     """
     from runyard.cli import serve as impl
 

@@ -20,15 +20,15 @@ def serve(source: str, o: dict[str, Any]) -> int:
     from runyard.serve.handler import parse_ref
 
     parse_ref(handler)
-    if o["replicas"] != 1 and o["on"] != "ray":
-        raise InvalidArgument("--replicas is for --on ray (a Ray Serve application); on this machine a model "
-                              "server is one process")
-    if o["on"] == "ray":
-        raise InvalidArgument("--on ray is not available yet in this runyard: serve on this machine (--on local), "
-                              "or export it for a cluster with --export k8s DIR")
     ref, path = _source(settings, source)
     if o["export"] is not None:
         return _export(settings, ref, path, handler, o)
+    if o["replicas"] != 1 and o["on"] != "ray":
+        raise InvalidArgument("--replicas is for --on ray (a Ray Serve application) and --export k8s; on this "
+                              "machine a model server is one process")
+    if o["on"] == "ray":
+        raise InvalidArgument("--on ray is not available yet in this runyard: serve on this machine (--on local), "
+                              "or export it for a cluster with --export k8s DIR")
     if settings.server:
         return _on_server(settings, ref, path, handler, o)
     from runyard.api import Api
@@ -82,29 +82,45 @@ def _source(settings: Any, text: str) -> tuple[str, str]:
 
 
 def _registered(settings: Any, text: str) -> tuple[str, str]:
-    try:
-        from runyard.models import resolve_model  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        raise InvalidArgument("this runyard has no model registry yet: serve RUN:PATH") from None
+    """A registered model's run and path; refused when its files are no longer what was registered."""
     from runyard.api import Api
+    from runyard.errors import Conflict
+    from runyard.models import resolve_model, verify_digest
 
     api = Api(settings)
     try:
         version = resolve_model(api, text)
+        if not verify_digest(version, api.store.list_artifacts(version.run_number)):
+            raise Conflict(f"{text}: the files of run {version.run_number} under {version.path or '/'} are no "
+                           f"longer those registered as {version.name} version {version.version}")
     finally:
         api.close()
-    return str(version.run_number), str(version.path)
+    return str(version.run_number), version.path
 
 
 def _export(settings: Any, ref: str, path: str, handler: str, o: dict[str, Any]) -> int:
+    """``--export k8s DIR``: a Docker build context and Kubernetes manifests, nothing served."""
     kind, dest = o["export"]
     if kind != "k8s":
         raise InvalidArgument(f"--export {kind}: the one export is k8s (--export k8s DIR)")
+    from runyard.api import Api
+    from runyard.cli.transfer import transfer_bar
+    from runyard.serve.export import export_k8s
+
+    api = Api(settings)
     try:
-        from runyard.cli.serve_export import export  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        raise InvalidArgument("this runyard cannot export to Kubernetes yet") from None
-    return int(export(settings, ref, path, handler, Path(dest), o))
+        run = api.store.get_run(ref)
+        with transfer_bar("exporting") as progress:
+            written = export_k8s(api, run, path, handler, o["name"], Path(dest), port=o["port"] or 8080,
+                                 replicas=o["replicas"], force=o["force"], progress=progress)
+    finally:
+        api.close()
+    if o["as_json"]:
+        print(json.dumps({"number": run.number, "directory": str(dest), "written": [str(p) for p in written]}))
+    else:
+        print(f"wrote {dest}: Dockerfile, k8s.yaml and their build context for run {run.number}'s model; "
+              f"see {Path(dest) / 'README.md'}", file=sys.stderr)
+    return 0
 
 
 def _on_server(settings: Any, ref: str, path: str, handler: str, o: dict[str, Any]) -> int:
