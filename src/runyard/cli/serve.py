@@ -140,7 +140,7 @@ def _on_server(settings: Any, ref: str, path: str, handler: str, o: dict[str, An
         while time.monotonic() < deadline:
             state = client.get(f"/serve/{name}")
             if state.get("ready"):
-                return _say(number, name, state["url"], o["as_json"])
+                return _say_served(client, number, name, state, o["as_json"])
             if state.get("status") not in ("queued", "starting", "running"):
                 print(f"runyard: error: the serve run {number} ended ({state.get('status')}) before its model "
                       f"was ready; see runyard logs {number}", file=sys.stderr)
@@ -203,11 +203,11 @@ def print_url(ref: str, as_json: bool) -> int:
             if run.get("kind") != "serve":
                 raise NotFound(f"run {run['number']} is not a serve run (runyard serve)")
             state = client.get(f"/serve/{run['name']}")
+            if not state.get("ready"):
+                raise NotFound(f"run {run['number']}'s model server is not ready ({state.get('status')})")
+            return _say_served(client, int(run["number"]), str(run["name"]), state, as_json)
         finally:
             client.close()
-        if not state.get("ready"):
-            raise NotFound(f"run {run['number']}'s model server is not ready ({state.get('status')})")
-        return _say(int(run["number"]), str(run["name"]), state["url"], as_json)
     api = Api(settings)
     try:
         run = api.store.get_run(ref)
@@ -217,6 +217,22 @@ def print_url(ref: str, as_json: bool) -> int:
     if run.kind.value != "serve" or found is None or run.status.value not in ("starting", "running"):
         raise NotFound(f"run {run.number} has no model server answering on this machine ({run.status.value})")
     return _say(run.number, run.name or "", str(found["url"]), as_json)
+
+
+def _say_served(client: Any, number: int, name: str, state: dict[str, Any], as_json: bool) -> int:
+    """A model served through a server: its address on the lab origin, for scripts with a token, and
+    a one-time link for a browser (on stderr: it is a secret, and works once)."""
+    if state.get("url") is None:
+        print("runyard: error: the server serves no lab origin (--lab-port 0), where models are reached; ask its "
+              "admin to start it with --lab-port PORT", file=sys.stderr)
+        return 1
+    link = client.request("POST", f"/serve/{name}/link").json()["url"]
+    if as_json:
+        print(json.dumps({"number": number, "name": name, "url": state["url"], "link": link}))
+    else:
+        print(state["url"])
+        print(f"open in a browser (works once, for 2 minutes): {link}", file=sys.stderr)
+    return 0
 
 
 def _say(number: int, name: str, url: str, as_json: bool) -> int:

@@ -13,6 +13,9 @@ the run's ``lab.json`` names on loopback, with ``Authorization: token <its token
 runyard cookie removed. JupyterLab runs under the same base path (``notebook.lab.base_url``).
 Token-authenticated requests are exempt from Jupyter's XSRF and Origin checks; this app does the
 Origin check itself (a browser's Origin must be the lab origin) and sends none upstream.
+
+Model servers (``runyard serve``) are served on this origin too, under ``/serve/NAME/``, for the
+same reason: their pages are the run's code (``server/served.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ LAB_COOKIE = "runyard_lab"
 UPSTREAM_COOKIES = frozenset({"_xsrf"})
 #: A lab path: the run id (a ULID), then JupyterLab's own path.
 LAB_PATH = re.compile(r"/lab/([0-9A-HJKMNP-TV-Z]{26})(/.*)?")
+#: A served model's path: its name (``exec.serving.SERVE_NAME``), then the model server's own path.
+SERVE_PATH = re.compile(r"/serve/([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(/.*)?")
 #: Headers not passed on either way: those of one connection (RFC 9110 7.6.1), and those this proxy sets
 #: itself (credentials, Host, Origin, the websocket handshake, the length).
 NOT_PASSED_ON = frozenset({
@@ -101,6 +106,10 @@ class LabProxy:
         #: session -> (checked at, upstream): sessions checked a moment ago.
         self._checked: dict[str, tuple[float, Upstream]] = {}
         self._client: httpx.AsyncClient | None = None
+        from runyard.server.served import ServedProxy
+
+        #: ``/serve/NAME/``: model servers (server/served.py).
+        self.served = ServedProxy(self)
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -124,6 +133,8 @@ class LabProxy:
         except Refused as e:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008, "reason": str(e)[:120]})
+            elif SERVE_PATH.fullmatch(scope["path"]):  # a model's callers are mostly scripts: JSON, as its own
+                await _json_error(send, e.status, str(e))
             else:
                 await _page(send, e.status, str(e))
 
@@ -146,10 +157,14 @@ class LabProxy:
         scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
         if origin is not None and origin != f"{scheme}://{headers.get('host')}":
             raise Refused(403, "cross-origin requests are refused")
+        served = SERVE_PATH.fullmatch(scope["path"])
+        if served is not None:
+            await self.served.handle(scope, receive, send, served.group(1), served.group(2) or "")
+            return
         matched = LAB_PATH.fullmatch(scope["path"])
         if matched is None:
-            raise Refused(404, "nothing here: a JupyterLab is under /lab/<run id>/; open it from the runyard "
-                          "dashboard or with `runyard notebook --url RUN`")
+            raise Refused(404, "nothing here: a JupyterLab is under /lab/<run id>/ (open it from the runyard "
+                          "dashboard or with `runyard notebook --url RUN`), a model under /serve/NAME/")
         run_id, rest = matched.group(1), matched.group(2) or ""
         if any(part in (".", "..") for part in rest.split("/")):
             raise Refused(400, "a path with . or .. segments is refused")
@@ -189,8 +204,10 @@ class LabProxy:
                   + ("; Secure" if scope.get("scheme") == "https" else ""))
         await _redirect(send, f"/lab/{run_id}/lab", [(b"set-cookie", session_cookie.encode())])
 
-    async def _check(self, session: str, run_id: str) -> Upstream:
-        """The session's JupyterLab, once its token is active and its run running (else Refused)."""
+    async def _check(self, session: str, run_id: str,
+                     find: Callable[[Server, str], Upstream] | None = None) -> Upstream:
+        """The session's JupyterLab (or what ``find`` finds for its run: a model server), once its
+        token is active and its run running (else Refused)."""
         now = time.monotonic()
         known = self._checked.get(session)
         if known is not None and now - known[0] < CHECK_EVERY:
@@ -199,7 +216,7 @@ class LabProxy:
         if grant is None:
             raise Refused(401, "this JupyterLab session has ended: open it from the runyard dashboard again")
         try:
-            upstream = await anyio.to_thread.run_sync(self._look_up, grant)
+            upstream = await anyio.to_thread.run_sync(self._look_up, grant, find or upstream_of)
         except Refused as e:
             self._checked.pop(session, None)
             if e.status in (401, 410):  # for good: its token revoked, or its run ended
@@ -210,7 +227,7 @@ class LabProxy:
         self._checked[session] = (now, upstream)
         return upstream
 
-    def _look_up(self, grant: Grant) -> Upstream:
+    def _look_up(self, grant: Grant, find: Callable[[Server, str], Upstream]) -> Upstream:
         from runyard.errors import NotFound
 
         try:
@@ -224,14 +241,17 @@ class LabProxy:
                     active = False
                 if not active:
                     raise Refused(401, "the token this JupyterLab was opened with is revoked")
-            return upstream_of(self.server, grant.run_id)
+            return find(self.server, grant.run_id)
         except Refused:
             raise
         except Exception as e:  # noqa: BLE001 - the database away: said as such, the session kept
             raise Refused(503, f"runyard cannot check this session now ({type(e).__name__}): try again in a "
                           "moment") from None
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send, upstream: Upstream) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send, upstream: Upstream,
+                    target: str | None = None) -> None:
+        """Pass the request on to ``upstream`` (at ``target``: by default the same path there) and
+        its answer back, streamed both ways."""
         import httpx
 
         headers = _forwarded(scope, upstream)
@@ -242,14 +262,15 @@ class LabProxy:
         has_body = length not in (None, "0") or "transfer-encoding" in Headers(scope=scope)
         if length is not None:
             headers.append(("content-length", length))
-        request = self.client.build_request(scope["method"], _target(scope, upstream), headers=headers,
+        request = self.client.build_request(scope["method"], target or _target(scope, upstream), headers=headers,
                                             content=_body(receive, limit) if has_body else None)
         try:
             response = await self.client.send(request, stream=True)
         except _TooLarge:
             raise Refused(413, f"the body is larger than {limit >> 20} MiB") from None
         except httpx.HTTPError as e:
-            raise Refused(502, f"the run's JupyterLab does not answer ({type(e).__name__}): it may be stopping; "
+            what = "model server" if target else "JupyterLab"
+            raise Refused(502, f"the run's {what} does not answer ({type(e).__name__}): it may be stopping; "
                           "see runyard logs RUN") from None
         try:
             out = []
@@ -258,7 +279,7 @@ class LabProxy:
                 if name in NOT_PASSED_ON:
                     continue
                 if name == "set-cookie":
-                    kept = _upstream_cookie(v, scope["path"])
+                    kept = _upstream_cookie(v, scope["path"]) if target is None else None  # a model server sets none
                     if kept is not None:
                         out.append((name, kept))
                     continue
@@ -401,7 +422,8 @@ def _forwarded(scope: Scope, upstream: Upstream) -> list[tuple[str, str]]:
     kept = "; ".join(c for c in cookies if c.partition("=")[0] in UPSTREAM_COOKIES)
     if kept:
         out.append(("cookie", kept))
-    out.append(("authorization", f"token {upstream.token}"))
+    if upstream.token:  # a model server takes no credential: the lab origin checked the caller's
+        out.append(("authorization", f"token {upstream.token}"))
     return out
 
 
@@ -439,6 +461,18 @@ async def _redirect(send: Send, location: str, extra: list[tuple[bytes, bytes]] 
         (b"location", location.encode("latin-1")), (b"cache-control", b"no-store"), (b"content-length", b"0"),
         (b"referrer-policy", b"no-referrer"), *(extra or [])]})
     await send({"type": "http.response.body", "body": b""})
+
+
+async def _json_error(send: Send, status: int, message: str) -> None:
+    import orjson
+
+    body = orjson.dumps({"error": message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status if status < 1000 else 502, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _page(send: Send, status: int, message: str) -> None:

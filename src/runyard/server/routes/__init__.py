@@ -25,13 +25,14 @@ from runyard.server.routes import (
     models,
     notebooks,
     runs,
+    serving,
     tokens,
 )
 from runyard.server.state import Server
 
 #: Each noun's routes, in the order they are added.
-MODULES = (health, runs, execution, lab, metrics, alerts, artifacts, notebooks, models, ingest, events,
-           tokens)
+MODULES = (health, runs, execution, lab, serving, metrics, alerts, artifacts, notebooks, models, ingest,
+           events, tokens)
 
 
 def add_routes(app: FastAPI, server: Server) -> None:
