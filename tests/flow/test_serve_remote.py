@@ -115,17 +115,29 @@ def test_a_browser_link_works_once_and_its_cookie_is_kept_to_the_models_path(ser
 
 
 @needs_chromium
-def test_the_demo_page_works_through_the_server_in_a_browser(served: Served) -> None:
+def test_a_teammate_opens_the_demo_page_from_the_dashboard_and_gets_a_prediction(served: Served) -> None:
+    """In a real browser: a reader logged in to the dashboard opens the serve run's page (badge
+    serve), clicks Open demo page, and the new tab is the model's demo page on the lab origin."""
     from playwright.sync_api import expect
 
-    link = json.loads(cli(served.reader, served.project, "serve", "--url", str(served.number), "--json").stdout)
+    reader = {"authorization": f"Bearer {served.secrets['reader']}"}
+    code = httpx.post(f"{served.server.url}/api/v1/login-codes", json={}, headers=reader, timeout=10).json()
     with chromium() as browser:
         page = browser.new_page()
-        page.goto(link["link"])
-        assert page.url == served.url
-        page.wait_for_selector("#status.ready", timeout=20_000)
-        page.click("#example-buttons .example >> nth=3")
-        expect(page.locator("#answer")).to_have_text("3", timeout=20_000)
+        page.goto(f"{served.server.url}{code['path']}&next=/runs/{served.number}")
+        page.locator("[data-testid=open-demo]").wait_for(timeout=30_000)
+        assert page.locator("[data-testid=run-kind]").inner_text() == "serve"
+        with page.context.expect_page() as opened:
+            page.locator("[data-testid=open-demo]").click()
+        tab = opened.value
+        tab.wait_for_url(served.url, timeout=30_000)
+        tab.wait_for_selector("#status.ready", timeout=20_000)
+        tab.click("#example-buttons .example >> nth=3")
+        expect(tab.locator("#answer")).to_have_text("3", timeout=20_000)
+        assert page.locator("[data-testid=lab-error]").count() == 0
+    # The CLI gives a browser link too (on stderr; in --json as "link").
+    again = json.loads(cli(served.reader, served.project, "serve", "--url", str(served.number), "--json").stdout)
+    assert again["url"] == served.url and again["link"].startswith(served.url + "?ticket=")
 
 
 def test_stopping_the_serve_run_takes_the_model_off_the_server(served: Served) -> None:

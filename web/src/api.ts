@@ -9,7 +9,7 @@ export const ACTIVE: ReadonlySet<Status> = new Set(["queued", "starting", "runni
 export const BAD: ReadonlySet<Status> = new Set(["failed", "timeout", "lost"]);
 
 /** What a run executes (runyard.types.RunKind): a command, a notebook run headless, or a JupyterLab served. */
-export type Kind = "script" | "notebook" | "jupyterlab";
+export type Kind = "script" | "notebook" | "jupyterlab" | "serve";
 
 export interface Run {
   number: number;
@@ -184,6 +184,9 @@ export const api = {
    * when the run is no JupyterLab or its lab is not answering, 409 once it ended, 503 when the server
    * serves no labs. */
   lab: (ref: number) => call<{ url: string; expires_in: number }>("POST", `${V1}/runs/${ref}/lab`, {}),
+  /** A one-time address of the demo page of the model served as ``name`` (runyard serve), on the lab origin. */
+  serveLink: (name: string) =>
+    call<{ url: string; expires_in: number }>("POST", `${V1}/serve/${encodeURIComponent(name)}/link`, {}),
   alerts: (unseen: boolean, run?: number, signal?: AbortSignal) =>
     call<Alert[]>("GET", `${V1}/alerts?unseen=${unseen}${run !== undefined ? `&run=${run}` : ""}`, undefined, signal),
   alertsSeen: (ids: number[]) => call<{ marked: number }>("POST", `${V1}/alerts/seen`, { ids }),

@@ -1,8 +1,10 @@
-// "Open JupyterLab" for a running JupyterLab run: the server hands out a one-time address of the lab.
+// "Open JupyterLab" for a running JupyterLab run, "Open demo page" for a running model server: the
+// server hands out a one-time address of it on its lab origin.
 import { useState } from "react";
 import { api, Run } from "../api";
 
 export function LabButton({ run }: { run: Run }) {
+  const serve = run.kind === "serve";
   const [opening, setOpening] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const open = () => {
@@ -15,7 +17,7 @@ export function LabButton({ run }: { run: Run }) {
     }
     tab.opener = null; // the lab gets no handle on the dashboard
     setOpening(true);
-    api.lab(run.number)
+    (serve ? api.serveLink(run.name ?? "") : api.lab(run.number))
       .then((r) => {
         // Only a web address goes into the tab: it is this page's origin until it navigates.
         const url = new URL(r.url, window.location.href);
@@ -27,8 +29,9 @@ export function LabButton({ run }: { run: Run }) {
   };
   return (
     <span className="lab">
-      <button data-testid="open-lab" disabled={opening} onClick={open}
-        title="open this run's JupyterLab in a new tab">{opening ? "Opening…" : "Open JupyterLab"}</button>
+      <button data-testid={serve ? "open-demo" : "open-lab"} disabled={opening} onClick={open}
+        title={serve ? "open this model's demo page in a new tab" : "open this run's JupyterLab in a new tab"}>
+        {opening ? "Opening…" : serve ? "Open demo page" : "Open JupyterLab"}</button>
       {error && <span className="error" data-testid="lab-error" role="alert">{error}</span>}
     </span>
   );

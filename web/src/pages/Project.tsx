@@ -12,7 +12,7 @@ import { Link, runHref } from "../components/Link";
 import { navigate, useLocation, withQuery } from "../router";
 
 const STATUSES = ["queued", "starting", "running", "finished", "failed", "stopped", "timeout", "lost"];
-const KINDS = ["script", "notebook", "jupyterlab"];
+const KINDS = ["script", "notebook", "jupyterlab", "serve"];
 
 interface Filter {
   status: string[];

@@ -143,7 +143,8 @@ export function RunPage({ ref_ }: { ref_: string }) {
           <KindBadge kind={run.kind} />
         </h1>
         <span className="spacer" />
-        {run.kind === "jupyterlab" && (run.status === "starting" || run.status === "running") && <LabButton run={run} />}
+        {(run.kind === "jupyterlab" || run.kind === "serve") && (run.status === "starting" || run.status === "running")
+          && <LabButton run={run} />}
         <button data-testid="stop" disabled={!active} onClick={() => act(api.stop(run.number).then((r) => setRun(r.run)), "Stop requested.")}>Stop</button>
         <button data-testid="rerun" onClick={() => act(api.rerun(run.number).then((r) => navigate(runHref(r.number))), "Queued again.")}
           disabled={!run.snapshot_id} title={run.snapshot_id ? "queue the same code again" : "only runs launched with `runyard run` can be rerun"}>Rerun</button>
