@@ -2,11 +2,13 @@
 
 Launches examples/train.py with `runyard run -f` (snapshot, queue, supervisor, logging SDK), then
 draws its loss curve in the terminal from the store's exact min/max envelope, and starts the local
-server (`runyard ui`) so the run can be opened in the dashboard.
+server (`runyard ui`) so the run can be opened in the dashboard. Last, it trains the digits model
+(examples/digits/) and serves it with `runyard serve`: a URL with a demo page.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -79,6 +81,39 @@ def main() -> int:
               "link)")
     else:
         print(f"the local server did not start: {ui.stderr.strip()}", file=sys.stderr)
+    return serve_digits(runyard_cli)
+
+
+def serve_digits(runyard_cli: str) -> int:
+    """Train the digits classifier and serve it: the model behind an endpoint with a demo page."""
+    cli = [sys.executable, "-m", "runyard.cli.main"]
+    print(f"\n$ {runyard_cli} run --project digits -f -- {typed('python')} examples/digits/train.py", flush=True)
+    code = subprocess.call([*cli, "run", "--project", "digits", "-f", "--", sys.executable,
+                            "examples/digits/train.py"], cwd=ROOT)
+    if code != 0:
+        print(f"the digits run failed (exit code {code})", file=sys.stderr)
+        return code
+    api = runyard.Api()
+    number = api.runs(project="digits", limit=1)[0].number
+    active = [r for r in api.runs(status=["queued", "starting", "running"]) if r.kind.value == "serve"
+              and r.name == "digits"]
+    api.close()
+    handler = "examples/digits/serve.py:Digits"
+    print(f"$ {runyard_cli} serve {number}:model --handler {handler} --name digits", flush=True)
+    if active:  # a demo before this one serves it still
+        served = subprocess.run([*cli, "serve", "--url", str(active[0].number)], cwd=ROOT, capture_output=True,
+                                text=True)
+        number_served = active[0].number
+    else:
+        served = subprocess.run([*cli, "serve", f"{number}:model", "--handler", handler, "--name", "digits",
+                                 "--json"], cwd=ROOT, capture_output=True, text=True)
+        number_served = int(json.loads(served.stdout)["number"]) if served.returncode == 0 else 0
+    if served.returncode != 0:
+        print(f"the model server did not start: {served.stderr.strip()}", file=sys.stderr)
+        return served.returncode
+    url = served.stdout.strip() if active else json.loads(served.stdout)["url"]
+    print(f"The digits model, served by run {number_served}: {url} (a demo page: upload a digit or pick an "
+          f"example; POST {url}predict for scripts; `{runyard_cli} stop {number_served}` stops it)")
     return 0
 
 

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+
+from runyard.agent import stop_agents
 
 ROOT = Path(__file__).parents[2]
 
@@ -33,8 +36,13 @@ def test_the_demo_launches_a_run_and_reads_it_back_in_a_fresh_home(tmp_path: Pat
         # `make demo` runs it from the repository's root, where the newcomer typed `make demo`.
         out = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=300, check=True).stdout
+        served = next(line for line in out.splitlines() if line.startswith("The digits model, served by run "))
+        url = served.split(": ", 1)[1].split(" ", 1)[0]
+        ready = httpx.get(url + "ready", timeout=10, trust_env=False)
+        assert ready.status_code == 200, served  # the model server answers where the demo says
     finally:
         _stop_servers_of(tmp_path / "home")
+        stop_agents(tmp_path / "home")  # and the model server it left serving
     assert "step 0: loss" in out and "done: spike at step 13337" in out  # followed live
     assert len(out.splitlines()) <= 60, out  # a newcomer reads all of it
     assert "is kept: max 9.0" in out and "run 1: finished" in out
