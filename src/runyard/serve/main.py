@@ -125,6 +125,9 @@ def _attach() -> Any:
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
+    """Outside a run (a container): a JSON line per window that saw requests, for its log collector."""
+    if not metrics.get("serve/requests_per_s"):
+        return
     print(json.dumps({"serve": {k.removeprefix("serve/"): round(v, 3) for k, v in metrics.items()}}), flush=True)
 
 

@@ -238,7 +238,7 @@ def _value(f: Field, value: Any) -> Any:
             raise InputError(f.name, f"expected a list of numbers, got {_shown(value)}")
         if f.spec.max_length is not None and len(value) > f.spec.max_length:
             raise InputError(f.name, f"at most {f.spec.max_length} numbers, got {len(value)}")
-        checked = [_number(replace(f, name=f"{f.name}[{i}]"), v, False) for i, v in enumerate(value)]
+        checked = [_number(replace(f, name=f"{f.name}[{i}]", type="number"), v, False) for i, v in enumerate(value)]
     elif f.type == "image":
         from runyard.serve.values import image_input
 
