@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -21,10 +21,10 @@ from runyard.serve.values import OutputError, output_value
 class Everything:
     """Takes one of each."""
 
-    examples = [{"x": 1.5, "word": "b", "rows": {"columns": ["a", "b"], "rows": [[1, 2]]}}]
+    examples: ClassVar = [{"x": 1.5, "word": "b", "rows": {"columns": ["a", "b"], "rows": [[1, 2]]}}]
 
-    def predict(self, x: float = Input(ge=0, le=10, description="a number"),  # noqa: B008
-                n: int = 3, word: str = Input("a", choices=["a", "b"]),  # noqa: B008
+    def predict(self, x: float = Input(ge=0, le=10, description="a number"),
+                n: int = 3, word: str = Input("a", choices=["a", "b"]),
                 flag: bool = False, values: list[float] | None = None,
                 picture: Image | None = Input(None, width=4, height=2, mode="RGB"),  # noqa: B008
                 rows: Table = Input(columns=["a", "b"]), extra: dict | None = None) -> Scores:  # noqa: B008
@@ -36,7 +36,8 @@ def test_a_signature_is_read_from_annotations_in_order_with_its_bounds_and_defau
     assert [(f.name, f.type, f.required) for f in signature.inputs] == [
         ("x", "number", True), ("n", "integer", False), ("word", "text", False), ("flag", "boolean", False),
         ("values", "numbers", False), ("picture", "image", False), ("rows", "table", True), ("extra", "json", False)]
-    assert signature.output == "scores" and signature.title == "Everything" and signature.description == "Takes one of each."
+    assert (signature.output, signature.title) == ("scores", "Everything")
+    assert signature.description == "Takes one of each."
     schema = openapi(signature, "1")["components"]["schemas"]["Inputs"]
     assert schema["x-order"][:3] == ["x", "n", "word"] and schema["required"] == ["x", "rows"]
     assert schema["properties"]["x"]["minimum"] == 0 and schema["properties"]["x"]["maximum"] == 10
@@ -176,5 +177,5 @@ def test_handler_references_are_files_inside_the_served_code(tmp_path: Path) -> 
     for wrong in ("serve.py", "serve:Model", "/etc/x.py:Model", "../x.py:Model", "serve.py:1Model"):
         with pytest.raises(InvalidArgument):
             parse_ref(wrong)
-    with pytest.raises(InvalidArgument, match="no file missing.py"):
+    with pytest.raises(InvalidArgument, match=r"no file missing\.py"):
         make_handler(tmp_path, "missing.py:Model")
