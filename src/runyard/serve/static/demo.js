@@ -40,6 +40,13 @@ async function start() {
     const buttons = document.getElementById("example-buttons");
     state.examples.forEach((example, i) => {
       const button = el("button", { type: "button", class: "secondary example", text: exampleName(example, i) });
+      const picture = state.inputs.find((input) => input.schema["x-runyard-type"] === "image"
+                                                   && Array.isArray(example[input.name]));
+      if (picture) { // a thumbnail says more than "Example 3"
+        const thumb = el("canvas", { class: "thumb", "aria-hidden": "true" });
+        drawPixels(thumb, example[picture.name], 32);
+        button.prepend(thumb);
+      }
       button.addEventListener("click", () => { fill(example); predict(); });
       buttons.append(button);
     });
@@ -156,7 +163,7 @@ function scalePreview(canvas) {
   canvas.style.height = `${canvas.height * scale}px`;
 }
 
-function drawPixels(canvas, rows) {
+function drawPixels(canvas, rows, size) {
   const height = rows.length, width = rows[0].length;
   canvas.width = width;
   canvas.height = height;
@@ -170,7 +177,11 @@ function drawPixels(canvas, rows) {
     }
   }
   context.putImageData(image, 0, 0);
-  scalePreview(canvas);
+  if (size) { // a thumbnail: drawn at a fixed size, never shown as the input's preview
+    const scale = size / Math.max(width, height);
+    canvas.style.width = `${width * scale}px`;
+    canvas.style.height = `${height * scale}px`;
+  } else scalePreview(canvas);
 }
 
 function tableEditor(name, columns) {
