@@ -74,6 +74,8 @@ class ServedProxy:
         self.proxy = proxy
         #: sha256 of a bearer secret -> (checked at, role, project): a script sends thousands.
         self._bearers: dict[str, tuple[float, str, str | None]] = {}
+        #: name -> (checked at, run, upstream): which run serves a name, and where.
+        self._names: dict[str, tuple[float, Any, Upstream]] = {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, name: str, rest: str) -> None:
         if scope["type"] != "http":
@@ -82,13 +84,12 @@ class ServedProxy:
             query = scope.get("query_string", b"").decode("latin-1")
             await _redirect(send, f"/serve/{name}/" + (f"?{query}" if query else ""))
             return
-        server = self.proxy.server
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if rest == "/" and "ticket" in query:
             await self._redeem(scope, send, name, query["ticket"][0])
             return
         who = await self._caller(scope)  # before the name is looked up: strangers learn nothing of it
-        run, upstream = await anyio.to_thread.run_sync(serving, server, name)
+        run, upstream = await self._serving(name)
         await self._permit(who, run)
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")[len(f"/serve/{name}"):]
         raw_query = scope.get("query_string", b"").decode("latin-1")
@@ -96,6 +97,23 @@ class ServedProxy:
 
         target = f"http://{url_host(upstream.host)}:{upstream.port}{path}" + (f"?{raw_query}" if raw_query else "")
         await self.proxy._http(scope, receive, send, upstream, target)
+
+    async def _serving(self, name: str) -> tuple[Any, Upstream]:
+        """``serving(name)``, trusted for CHECK_EVERY seconds: a script sends thousands of requests,
+        and each would otherwise ask the database and read the run's serve.json."""
+        now = time.monotonic()
+        known = self._names.get(name)
+        if known is not None and now - known[0] < CHECK_EVERY:
+            return known[1], known[2]
+        try:
+            run, upstream = await anyio.to_thread.run_sync(serving, self.proxy.server, name)
+        except Refused:
+            self._names.pop(name, None)
+            raise
+        if len(self._names) > 10_000:
+            self._names.clear()
+        self._names[name] = (now, run, upstream)
+        return run, upstream
 
     async def _redeem(self, scope: Scope, send: Send, name: str, ticket: str) -> None:
         run, _ = await anyio.to_thread.run_sync(serving, self.proxy.server, name)
