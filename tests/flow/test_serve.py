@@ -319,3 +319,28 @@ def test_a_registered_model_is_served_by_its_alias_and_exported_for_kubernetes(
                 check=False)
     assert again.returncode != 0 and "not empty" in again.stderr
     wait_status(env, project, served["number"], TERMINAL, timeout=60)
+
+
+def test_a_model_server_killed_hard_ends_its_run_and_frees_its_name(trained: tuple[dict[str, str], Path, int]) -> None:
+    import signal
+
+    env, project, number = trained
+    served = serve(env, project, f"{number}:model", "--handler", HANDLER, "--name", "killed")
+    api = api_of(env, project)
+    try:
+        run_id = api.run(served["number"]).id
+    finally:
+        api.close()
+    from runyard.config import resolve
+    from runyard.serve.connection import read_serve_file
+
+    pid = int(read_serve_file(resolve(environ=env, cwd=project).home, run_id)["pid"])
+    os.kill(pid, signal.SIGKILL)  # the OOM killer, say
+    assert wait_status(env, project, served["number"], TERMINAL, timeout=60) == "failed"
+    assert "url" not in next((r for r in json.loads(cli(env, project, "ps", "--json").stdout)
+                              if r["number"] == served["number"]), {})
+    again = serve(env, project, f"{number}:model", "--handler", HANDLER, "--name", "killed")
+    assert again["number"] != served["number"]
+    assert httpx.get(again["url"] + "ready", timeout=10, trust_env=False).status_code == 200
+    cli(env, project, "stop", str(again["number"]))
+    wait_status(env, project, again["number"], TERMINAL, timeout=60)
