@@ -86,9 +86,11 @@ class Upstream:
 class Refused(Exception):
     """A request the lab origin answers itself: its status and message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, close_code: int = 1008) -> None:
         super().__init__(message)
         self.status = status
+        #: The same said to a websocket (RFC 6455 7.4.1): 1008 a refusal, 1011 the far end failed.
+        self.close_code = close_code
 
 
 def ended_message(number: int, status: str) -> str:
@@ -132,7 +134,7 @@ class LabProxy:
             await self._handle(scope, receive, send)
         except Refused as e:
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": str(e)[:120]})
+                await send({"type": "websocket.close", "code": e.close_code, "reason": str(e)[:120]})
             elif SERVE_PATH.fullmatch(scope["path"]):  # a model's callers are mostly scripts: JSON, as its own
                 await _json_error(send, e.status, str(e))
             else:
@@ -312,9 +314,9 @@ class LabProxy:
                                    max_size=MAX_MESSAGE, open_timeout=CONNECT_TIMEOUT, compression=None,
                                    user_agent_header=None, proxy=None)
         except InvalidStatus as e:
-            raise Refused(1008, f"JupyterLab refused the websocket ({e.response.status_code})") from None
+            raise Refused(403, f"JupyterLab refused the websocket ({e.response.status_code})") from None
         except (OSError, InvalidHandshake, TimeoutError) as e:
-            raise Refused(1011, f"the run's JupyterLab does not answer ({type(e).__name__})") from None
+            raise Refused(502, f"the run's JupyterLab does not answer ({type(e).__name__})", 1011) from None
         await send({"type": "websocket.accept", "subprotocol": remote.subprotocol})
 
         async def to_remote() -> None:
@@ -471,14 +473,12 @@ async def _json_error(send: Send, status: int, message: str) -> None:
                (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status if status < 1000 else 502, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _page(send: Send, status: int, message: str) -> None:
     """An error page a browser shows (this origin serves people, not the API's clients)."""
-    if status >= 1000:  # a websocket's close code used over HTTP
-        status = 502 if status == 1011 else 403
     body = (f"<!doctype html><meta charset=utf-8><title>runyard: JupyterLab</title>"
             f"<p>{html.escape(message)}</p>").encode()
     await send({"type": "http.response.start", "status": status, "headers": [

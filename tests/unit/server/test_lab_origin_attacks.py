@@ -255,3 +255,31 @@ def test_the_dashboard_refuses_a_second_session_cookie_planted_beside_its_own(ap
     assert ok.status_code == 200
     planted = api.client.get("/api/v1/runs", headers={"cookie": f"runyard_session=theirs; runyard_session={mine}"})
     assert planted.status_code == 400 and "several runyard_session cookies" in planted.json()["error"]
+
+
+def test_a_websocket_to_a_jupyterlab_that_does_not_answer_closes_as_a_failure_not_a_refusal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """1011 (the far end failed: try again) rather than 1008 (refused: do not), and over HTTP the same
+    case is a 502: one Refused carries both, each in its own terms."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        closed = s.getsockname()[1]  # nobody listens here once the socket is gone
+    app, access = proxy(closed, monkeypatch)
+    cookie = session_for(access)
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "websocket", "path": f"/lab/{RUN}/api/kernels/k/channels", "raw_path": b"", "query_string": b"",
+             "scheme": "ws", "headers": [(b"host", b"127.0.0.1:8766"), (b"cookie", f"runyard_lab={cookie}".encode())]}
+    messages = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "websocket.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[-1]["type"] == "websocket.close" and sent[-1]["code"] == 1011, sent
+    over_http = call(app, f"/lab/{RUN}/api/status", headers=[(b"cookie", f"runyard_lab={cookie}".encode())])
+    assert over_http[0]["status"] == 502
