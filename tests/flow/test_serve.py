@@ -171,6 +171,12 @@ def test_a_handler_that_raises_answers_500_with_its_message_and_the_server_lives
         assert client.post("predict", json={"x": "two"}).json()["field"] == "x"
         assert client.post("predict", json={}).json() == {"error": "x: required (a number)", "field": "x"}
         assert client.post("predict", json={"x": 1}).json()["output"] == 2.0  # alive after all that
+        # `curl -d '{"x": 3}' URL/predict`, which says form-urlencoded: JSON all the same.
+        curl_style = client.post("predict", content=b'{"x": 3}',
+                                 headers={"content-type": "application/x-www-form-urlencoded"})
+        assert curl_style.json()["output"] == 6.0
+        odd = client.post("predict", content=b"x", headers={"content-type": "image/png"})
+        assert odd.status_code == 422 and "send JSON" in odd.json()["error"]
     api = api_of(env, project)
     try:
         wait_for(lambda: api.run(served["number"]).summary.get("serve/errors", 0) >= 1, 30, "the error counted")

@@ -205,7 +205,8 @@ async def _payload(server: ModelServer, request: Request) -> Any:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         return await _form(server, request)
-    if kind not in ("application/json", ""):
+    # curl -d sends JSON as application/x-www-form-urlencoded unless told otherwise: taken as JSON.
+    if kind not in ("application/json", "", "application/x-www-form-urlencoded", "text/plain"):
         raise InputError("body", f"send JSON (application/json) or a form (multipart/form-data), not {kind}")
     raw = bytearray()
     async for chunk in request.stream():

@@ -228,7 +228,7 @@ def test_ls_lists_runs_of_the_kinds_asked_for(env: dict[str, str], tmp_path: Pat
     assert [r["number"] for r in listed] == [made["notebook"]]
     listed = json.loads(invoke(["ls", "--kind", "script", "--sort", "name", "--json"], env).output)
     assert [r["number"] for r in listed] == [made["script"]]
-    wrong = CliRunner().invoke(cli, ["ls", "--kind", "serve"], env=env)
+    wrong = CliRunner().invoke(cli, ["ls", "--kind", "training"], env=env)
     assert wrong.exit_code == 2 and "jupyterlab" in wrong.output
 
 
