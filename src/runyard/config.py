@@ -37,7 +37,7 @@ ENV_CAPTURED = "RUNYARD_CAPTURED"
 ENV_STRICT = "RUNYARD_STRICT"
 
 #: Top-level tables of a configuration file that belong to other features, not to settings.
-SECTIONS = frozenset({"alerts", "notify", "machines", "environments"})
+SECTIONS = frozenset({"alerts", "notify", "machines", "environments", "serve"})
 #: Where launched runs can execute (``runyard run --on NAME``; see runyard.exec.executors).
 EXECUTORS = ("local", "ray")
 

@@ -350,3 +350,32 @@ def test_a_model_server_killed_hard_ends_its_run_and_frees_its_name(trained: tup
     assert httpx.get(again["url"] + "ready", timeout=10, trust_env=False).status_code == 200
     cli(env, project, "stop", str(again["number"]))
     wait_status(env, project, again["number"], TERMINAL, timeout=60)
+
+
+def test_a_projects_runyard_toml_names_the_handler_and_declares_its_inputs(tmp_path: Path) -> None:
+    """[serve] in runyard.toml: `runyard serve RUN` needs no --handler, and a handler that annotates
+    nothing gets its inputs checked as declared there."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "runyard.toml").write_text(
+        '[serve]\nhandler = "plain.py:Plain"\noutput = "number"\n'
+        '[serve.inputs.x]\ntype = "number"\nle = 10\n')
+    (project / "plain.py").write_text("class Plain:\n    def predict(self, x):\n        return x + 1\n")
+    (project / "train.py").write_text("import os\nos.makedirs('model', exist_ok=True)\n"
+                                      "open('model/weights.txt', 'w').write('1')\n")
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    env = {**keep, "RUNYARD_HOME": str(tmp_path / "home"), "RUNYARD_SYSTEM_INTERVAL": "0"}
+    number = launch(env, project, "--", sys.executable, "train.py")
+    assert wait_status(env, project, number, TERMINAL, timeout=60) == "finished"
+    served = serve(env, project, f"{number}:model")
+    try:
+        with httpx.Client(base_url=served["url"], timeout=30, trust_env=False) as client:
+            assert client.post("predict", json={"x": 2}).json()["output"] == 3
+            refused = client.post("predict", json={"x": 11})
+            assert refused.status_code == 422 and "at most 10" in refused.json()["error"]
+    finally:
+        cli(env, project, "stop", str(served["number"]))
+    assert wait_status(env, project, served["number"], TERMINAL, timeout=60) == "stopped"
+    (project / "runyard.toml").write_text("")
+    nameless = cli(env, project, "serve", f"{number}:model", check=False)
+    assert nameless.returncode == 2 and "give --handler FILE.py:Class" in nameless.stderr
