@@ -42,6 +42,11 @@ def serving(server: Server, name: str) -> tuple[Any, Upstream]:
         raise Refused(404, f"nothing is served as {name!r}: `runyard serve RUN --name {name}` serves a model "
                       "under that name")
     found = read_serve_file(server.settings.home, run.id)
+    import socket
+
+    if found is None and run.host and run.host != socket.gethostname():
+        raise Refused(503, f"run {run.number} serves {name!r} on {run.host}: reach it through the runyard server "
+                      "of that machine")
     if found is None or run.status.value != "running":
         raise Refused(503, f"run {run.number} serving {name!r} is {run.status.value}, its model not loaded yet: "
                       "try again in a moment")
