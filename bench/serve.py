@@ -22,9 +22,10 @@ and project); the request is its first example, 8x8 rows of pixels as JSON. Cont
 The load comes from a separate process (no GIL shared with a server) speaking HTTP/1.1 with
 keep-alive over plain sockets (its own cost per request is tens of microseconds): a sequential phase
 (latency p50/p99) and a concurrent one (8 connections, requests/s), each after a discarded warm-up.
-Rounds interleave the contenders (A B C A B C ...) so that the machine's noise hits all alike; the
-added p50 is the median over rounds of (runyard's p50 - bare FastAPI's p50) in the same round.
-Target: runyard serve adds <= 1 ms at p50.
+Rounds interleave the contenders (A B C A B C ...) so that the machine's noise hits all alike; a
+contender's figures are medians over its rounds, and the added p50 is the median over rounds of
+(runyard's p50 - bare FastAPI's p50) in the same round. Target: runyard serve adds <= 1 ms at p50.
+Setting up takes ~15 s (the training run, both servers), ~40 s more with mlflow; a full run ~2.5 min.
 """
 
 from __future__ import annotations
