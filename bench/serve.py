@@ -25,7 +25,11 @@ keep-alive over plain sockets (its own cost per request is tens of microseconds)
 Rounds interleave the contenders (A B C A B C ...) so that the machine's noise hits all alike; a
 contender's figures are medians over its rounds, and the added p50 is the median over rounds of
 (runyard's p50 - bare FastAPI's p50) in the same round. Target: runyard serve adds <= 1 ms at p50.
-Setting up takes ~15 s (the training run, both servers), ~40 s more with mlflow; a full run ~2.5 min.
+The CPU column is the CPU time (user + system) per request of the concurrent phase, from /proc: the
+server process, and for runyard serve also its supervisor (which keeps the server's log line per
+request) and the home's agent (which ingests those lines and the metrics), off the request's path
+but on the same machine. Setting up takes ~15 s (the training run, both servers), ~40 s more with
+mlflow; a full run ~2.5 min.
 """
 
 from __future__ import annotations
@@ -68,8 +72,10 @@ class Contender:
     url: str
     path: str
     body: bytes
-    #: Per round: {"p50_ms", "p99_ms", "req_per_s", "latencies_ms", "errors"}.
+    #: Per round: {"p50_ms", "p99_ms", "requests", "req_per_s", "errors", "cpu_us_per_request"}.
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    #: The processes whose CPU time a request costs ({what: psutil.Process}); empty: not measured.
+    processes: dict[str, Any] = field(default_factory=dict)
 
 
 # --- the load generator (its own process: `bench/serve.py _load`) -------------------------------------
@@ -139,6 +145,7 @@ def load(url: str, path: str, body: bytes, mode: str, seconds: float, warmup: fl
         return {"count": len(latencies), "errors": errors, "p50_ms": _q(latencies, 0.5) * 1000,
                 "p99_ms": _q(latencies, 0.99) * 1000}
     counts = [0] * CONNECTIONS
+    sent = [0] * CONNECTIONS
     failed = [0] * CONNECTIONS
     start = time.perf_counter() + warmup
     end = start + seconds
@@ -150,6 +157,7 @@ def load(url: str, path: str, body: bytes, mode: str, seconds: float, warmup: fl
             if now >= end:
                 break
             status = conn.post()
+            sent[i] += 1
             if time.perf_counter() >= start and now >= start:
                 counts[i] += 1
                 failed[i] += status != 200
@@ -160,7 +168,7 @@ def load(url: str, path: str, body: bytes, mode: str, seconds: float, warmup: fl
         t.start()
     for t in threads:
         t.join()
-    return {"count": sum(counts), "errors": sum(failed), "req_per_s": sum(counts) / seconds}
+    return {"count": sum(counts), "sent": sum(sent), "errors": sum(failed), "req_per_s": sum(counts) / seconds}
 
 
 def _q(ordered: list[float], q: float) -> float:
@@ -357,6 +365,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         image = json.dumps({"image": rows.tolist()}).encode()
         contenders = [Contender("runyard serve", served["url"], "/predict", image),
                       Contender("bare FastAPI (same handler, uvicorn)", bare_url, "/predict", image)]
+        contenders[0].processes = _runyard_processes(served["url"], d / "home")
+        contenders[1].processes = {"server": _process(bare.pid)}
         mlflow_url, why = (None, "skipped (--no-mlflow)") if args.no_mlflow else start_mlflow(stack, d)
         if mlflow_url:
             contenders.append(Contender("mlflow models serve (--env-manager local)", mlflow_url, "/invocations",
@@ -371,9 +381,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(rounds):
             for c in contenders:
                 seq = run_load(c, "seq", seconds, warmup)
+                cpu = _cpu(c.processes)
                 conc = run_load(c, "conc", seconds, warmup)
+                spent = {k: (v - cpu[k]) / conc["sent"] * 1e6 for k, v in _cpu(c.processes).items()}
                 c.rounds.append({"p50_ms": seq["p50_ms"], "p99_ms": seq["p99_ms"], "requests": seq["count"],
-                                 "req_per_s": conc["req_per_s"], "errors": seq["errors"] + conc["errors"]})
+                                 "req_per_s": conc["req_per_s"], "errors": seq["errors"] + conc["errors"],
+                                 "cpu_us_per_request": spent})
     figures: dict[str, Any] = {
         "rounds": rounds, "seconds_per_phase": seconds, "connections": CONNECTIONS,
         "target_added_p50_ms": TARGET_ADDED_P50_MS,
@@ -381,7 +394,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": statistics.median(r["p50_ms"] for r in c.rounds),
             "p99_ms": statistics.median(r["p99_ms"] for r in c.rounds),
             "req_per_s": statistics.median(r["req_per_s"] for r in c.rounds),
-            "errors": sum(r["errors"] for r in c.rounds), "rounds": c.rounds} for c in contenders},
+            "errors": sum(r["errors"] for r in c.rounds),
+            "cpu_us_per_request": {k: statistics.median(r["cpu_us_per_request"][k] for r in c.rounds)
+                                   for k in c.processes},
+            "rounds": c.rounds} for c in contenders},
         "mlflow": "measured" if mlflow_url else f"not measured: {why}",
         "loop_http": _loop_http(),
     }
@@ -391,6 +407,37 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                                     for a, b in zip(ours, base, strict=True))
     figures["pass"] = figures["added_p50_ms"] <= TARGET_ADDED_P50_MS
     return figures
+
+
+def _process(pid: int) -> Any:
+    import psutil
+
+    return psutil.Process(pid)
+
+
+def _runyard_processes(url: str, home: Path) -> dict[str, Any]:
+    """The serve run's server process, its supervisor (which keeps the server's log line per request)
+    and the home's agent (which ingests them and the metrics): each costs CPU per request."""
+    import psutil
+
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    server = next((psutil.Process(c.pid) for c in psutil.net_connections("tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid), None)
+    if server is None:
+        return {}
+    found = {"server": server, "supervisor": server.parent()}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "runyard.agent" in (p.info["cmdline"] or []) and p.environ().get("RUNYARD_HOME") == str(home):
+                found["agent"] = p
+        except psutil.Error:
+            continue
+    return found
+
+
+def _cpu(processes: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds (user + system) each process has used so far."""
+    return {k: sum(p.cpu_times()[:2]) for k, p in processes.items()}
 
 
 def _one(c: Contender) -> dict[str, Any]:
@@ -414,17 +461,20 @@ def _loop_http() -> str:
 
 
 def print_table(figures: dict[str, Any]) -> None:
-    rows = [("contender", f"req/s ({figures['connections']} conns)", "p50 ms", "p99 ms")]
+    rows = [("contender", f"req/s ({figures['connections']} conns)", "p50 ms", "p99 ms", "CPU us/req")]
     for name, f in figures["contenders"].items():
-        rows.append((name, f"{f['req_per_s']:.0f}", f"{f['p50_ms']:.2f}", f"{f['p99_ms']:.2f}"))
+        cpu = f["cpu_us_per_request"]
+        shown = " + ".join(f"{v:.0f} {k}" for k, v in cpu.items()) if len(cpu) > 1 else \
+            (f"{next(iter(cpu.values())):.0f}" if cpu else "-")
+        rows.append((name, f"{f['req_per_s']:.0f}", f"{f['p50_ms']:.2f}", f"{f['p99_ms']:.2f}", shown))
     if figures["mlflow"] != "measured":
-        rows.append(("mlflow models serve", figures["mlflow"], "", ""))
-    widths = [max(len(r[i]) for r in rows if i == 0 or len(r[1]) < 40) for i in range(4)]
+        rows.append(("mlflow models serve", figures["mlflow"], "", "", ""))
+    widths = [max(len(r[i]) for r in rows if i == 0 or len(r[1]) < 40) for i in range(5)]
     for r in rows:
         if len(r[1]) >= 40:
             print(f"{r[0]:<{widths[0]}}  {r[1]}")
         else:
-            print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}")
+            print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}")
     added = figures["added_p50_ms"]
     print(f"\nrunyard serve's added p50 over bare FastAPI (median of {figures['rounds']} interleaved rounds): "
           f"{added:.3f} ms, target <= {TARGET_ADDED_P50_MS:g} ms: {'PASS' if figures['pass'] else 'FAIL'}")
