@@ -55,8 +55,9 @@ bench: install
 	$(BIN)/python bench/abuse.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/notebook.py
+	$(BIN)/python bench/serve.py
 
-# Side virtual environments with MLflow, wandb, Aim and tensorboardX, for bench/logging.py.
+# Side virtual environments with MLflow, wandb, Aim and tensorboardX, for bench/logging.py (and MLflow for bench/serve.py).
 bench-peers:
 	PYTHON=$(PYTHON) bench/peers/install.sh
 

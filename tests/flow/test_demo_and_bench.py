@@ -149,3 +149,14 @@ def test_the_logging_benchmark_runs_and_a_killed_process_keeps_what_log_returned
     kill = figures["runyard"]["kill"]["alone"]
     assert kill["logged"] > 0 and kill["recovered_logged"] == kill["logged"]
     assert figures["end_to_end"]["runyard"]["points"] > 0 and "error" not in figures["end_to_end"]["runyard"]
+
+
+def test_the_serve_benchmark_measures_runyard_serve_against_a_bare_fastapi_app() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "serve.py"), "--quick", "--no-mlflow", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "added p50 over bare FastAPI" in result.stdout
+    figures = json.loads(result.stdout[result.stdout.index("{\n"):])
+    contenders = figures["contenders"]
+    assert len(contenders) == 2 and all(c["req_per_s"] > 0 and c["errors"] == 0 for c in contenders.values())
+    assert figures["mlflow"].startswith("not measured")
