@@ -34,6 +34,9 @@ def image_input(f: Field, value: Any) -> np.ndarray:
                              f"{pixels.shape}")
         if pixels.size > MAX_PIXELS or not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
             raise InputError(f.name, "pixels must be numbers from 0 to 255")
+        if (pixels.ndim == 2 and f.spec.mode in (None, "L") and f.spec.width in (None, pixels.shape[1])
+                and f.spec.height in (None, pixels.shape[0])):
+            return pixels.astype(np.uint8)  # already what the handler gets: no round trip through Pillow
         picture = _pillow_from_array(pixels.astype(np.uint8))
     elif isinstance(value, str | bytes):
         picture = _pillow_from_bytes(f, _raw(f, value))
