@@ -27,8 +27,7 @@ def serve(source: str, o: dict[str, Any]) -> int:
         raise InvalidArgument("--replicas is for --on ray (a Ray Serve application) and --export k8s; on this "
                               "machine a model server is one process")
     if o["on"] == "ray":
-        raise InvalidArgument("--on ray is not available yet in this runyard: serve on this machine (--on local), "
-                              "or export it for a cluster with --export k8s DIR")
+        _check_ray(settings)
     if settings.server:
         return _on_server(settings, ref, path, handler, o)
     from runyard.api import Api
@@ -46,7 +45,7 @@ def serve(source: str, o: dict[str, Any]) -> int:
                                   f"first (runyard stop {already.number}), or choose another --name")
         request = ServeRequest(handler=handler, name=name, path=path, port=o["port"], host=o["host"],
                                pip=tuple(o["pip"]), gpus=o["gpus"], log_inputs=o["log_inputs"],
-                               labels=tuple(o["labels"]))
+                               labels=tuple(o["labels"]), on=o["on"], replicas=o["replicas"])
         sub = submission(settings, api.store, parent, path, request, Path.cwd())
     finally:
         api.close()
@@ -68,6 +67,21 @@ def _loopback(host: str) -> bool:
         return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _check_ray(settings: Any) -> None:
+    """``--on ray``: Ray Serve installed here (this machine runs the application's driver) and a
+    cluster the driver can reach, said before anything is queued."""
+    import importlib.util
+
+    if settings.server:
+        raise InvalidArgument("--on ray through a runyard server is not available yet: serve on Ray from the "
+                              "machine whose home knows the cluster (unset RUNYARD_SERVER), or serve --on local")
+    if importlib.util.find_spec("ray") is None:
+        raise InvalidArgument("--on ray needs Ray Serve on this machine: pip install 'runyard[ray]'")
+    from runyard.serve.ray_app import driver_address
+
+    driver_address(settings.ray)
 
 
 def _project_handler(settings: Any) -> str:

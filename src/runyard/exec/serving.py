@@ -76,6 +76,8 @@ def command(request: ServeRequest, model: str, python: str = "python") -> list[s
         out.append("--log-inputs")
     if request.on == "ray":
         out += ["--ray-replicas", str(request.replicas)]
+        if request.gpus:  # each replica's, from the cluster: the driver on this machine takes none
+            out += ["--ray-gpus", str(request.gpus)]
     return out
 
 
@@ -114,7 +116,7 @@ def submission(settings: Any, store: Any, parent: Any, path: str, request: Serve
               "timeout": None, "mounts": [_as_dict(mount)]}
     launch.pop("alerts", None)  # the training run's alerts are about training; a server's are its own
     resources = {k: v for k, v in parent.resources.items() if k not in ("assigned_gpus", "gpus")}
-    resources["gpus"] = request.gpus or 0
+    resources["gpus"] = (request.gpus or 0) if request.on != "ray" else 0
     return Submission(command=argv, shell=False, cwd=cwd, project=parent.project, name=request.name,
                       labels=["serve", *request.labels], pip=request.pip, parent=parent.number, launch=launch,
                       resources=resources, executor="local", kind=RunKind.SERVE,

@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="", help="the name it is served under")
     parser.add_argument("--log-inputs", action="store_true", help="write each request's inputs to the log")
     parser.add_argument("--max-body", type=int, default=None, help="largest request body in bytes")
+    parser.add_argument("--ray-replicas", type=int, default=None,
+                        help="deploy to the configured Ray cluster as a Ray Serve application of N replicas")
+    parser.add_argument("--ray-gpus", type=float, default=0, help="GPUs of each Ray Serve replica")
     return parser
 
 
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     if not model.exists():
         print(f"runyard: error: --model {args.model}: no such file or directory", file=sys.stderr)
         return 2
+    if args.ray_replicas is not None:  # a Ray Serve application, this process its driver (serve/ray_app.py)
+        from runyard.serve.ray_app import run_driver
+
+        return run_driver(args, handler, model)
     from runyard._version import __version__
 
     server = ModelServer(handler, str(model.resolve()), version=__version__, log_inputs=args.log_inputs,
