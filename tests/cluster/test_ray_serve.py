@@ -64,7 +64,7 @@ def test_a_model_served_on_ray_by_two_replicas_predicts_counts_and_is_deleted_on
     port = free_port()
     started = time.monotonic()
     answer = serve(env, project, f"{number}:model", "--handler", HANDLER, "--name", "digits", "--replicas", "2",
-                   "--port", str(port), "--wait", "240")
+                   "--port", str(port), "--wait", "100")
     ready_in = time.monotonic() - started
     url, run = answer["url"], answer["number"]
     assert url == f"http://127.0.0.1:{port}/digits/", answer
@@ -120,7 +120,7 @@ def test_a_handler_that_raises_on_ray_answers_500_with_its_message(
         served: tuple[dict[str, str], Path, int], ray_head: RayHead) -> None:
     env, project, number = served
     answer = serve(env, project, f"{number}:model", "--handler", "careful.py:Careful", "--name", "careful",
-                   "--port", str(free_port()), "--wait", "240")
+                   "--port", str(free_port()), "--wait", "100")
     try:
         with httpx.Client(base_url=answer["url"], timeout=30, trust_env=False) as client:
             assert client.post("predict", json={"x": 2.5}).json()["output"] == 5.0

@@ -26,8 +26,7 @@ def serve(source: str, o: dict[str, Any]) -> int:
     if o["replicas"] != 1 and o["on"] != "ray":
         raise InvalidArgument("--replicas is for --on ray (a Ray Serve application) and --export k8s; on this "
                               "machine a model server is one process")
-    if o["on"] == "ray":
-        _check_ray(settings)
+    ray_address = _check_ray(settings) if o["on"] == "ray" else ""
     if settings.server:
         return _on_server(settings, ref, path, handler, o)
     from runyard.api import Api
@@ -45,7 +44,8 @@ def serve(source: str, o: dict[str, Any]) -> int:
                                   f"first (runyard stop {already.number}), or choose another --name")
         request = ServeRequest(handler=handler, name=name, path=path, port=o["port"], host=o["host"],
                                pip=tuple(o["pip"]), gpus=o["gpus"], log_inputs=o["log_inputs"],
-                               labels=tuple(o["labels"]), on=o["on"], replicas=o["replicas"])
+                               labels=tuple(o["labels"]), on=o["on"], replicas=o["replicas"],
+                               ray_address=ray_address)
         sub = submission(settings, api.store, parent, path, request, Path.cwd())
     finally:
         api.close()
@@ -69,9 +69,9 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _check_ray(settings: Any) -> None:
+def _check_ray(settings: Any) -> str:
     """``--on ray``: Ray Serve installed here (this machine runs the application's driver) and a
-    cluster the driver can reach, said before anything is queued."""
+    cluster the driver can reach, said before anything is queued; where the driver connects."""
     import importlib.util
 
     if settings.server:
@@ -81,7 +81,7 @@ def _check_ray(settings: Any) -> None:
         raise InvalidArgument("--on ray needs Ray Serve on this machine: pip install 'runyard[ray]'")
     from runyard.serve.ray_app import driver_address
 
-    driver_address(settings.ray)
+    return driver_address(settings.ray)
 
 
 def _project_handler(settings: Any) -> str:

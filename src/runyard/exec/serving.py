@@ -41,6 +41,8 @@ class ServeRequest:
     #: "local", or "ray" (a Ray Serve application, ``serve/ray_app.py``) with ``replicas``.
     on: str = "local"
     replicas: int = 1
+    #: Where the driver of a Ray Serve application connects (``ray.init``), resolved by the CLI.
+    ray_address: str = ""
     labels: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -76,6 +78,8 @@ def command(request: ServeRequest, model: str, python: str = "python") -> list[s
         out.append("--log-inputs")
     if request.on == "ray":
         out += ["--ray-replicas", str(request.replicas)]
+        if request.ray_address:
+            out += ["--ray-address", request.ray_address]
         if request.gpus:  # each replica's, from the cluster: the driver on this machine takes none
             out += ["--ray-gpus", str(request.gpus)]
     return out

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body", type=int, default=None, help="largest request body in bytes")
     parser.add_argument("--ray-replicas", type=int, default=None,
                         help="deploy to the configured Ray cluster as a Ray Serve application of N replicas")
+    parser.add_argument("--ray-address", default=None,
+                        help="the cluster's address for ray.init (default: RAY_ADDRESS, else the ray setting)")
     parser.add_argument("--ray-gpus", type=float, default=0, help="GPUs of each Ray Serve replica")
     return parser
 

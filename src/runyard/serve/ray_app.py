@@ -195,13 +195,21 @@ def replica_builder(handler_ref: str, model: str, name: str, version: str, log_i
 
 def run_driver(args: argparse.Namespace, handler: Handler, model: Path, say: Any = print) -> int:
     """Deploy, wait for the loads, publish the URL, count, and delete the application on SIGTERM."""
-    from runyard.config import resolve
-
     try:
-        address = driver_address(resolve().ray)
+        if args.ray_address:
+            address = args.ray_address
+        else:
+            from runyard.config import resolve
+
+            address = driver_address(resolve().ray)
     except ConfigError as e:
         print(f"runyard: error: {e}", file=sys.stderr)
         return 2
+    if address.rpartition(":")[0] in ("127.0.0.1", "localhost", "[::1]"):
+        # A head on loopback (ray start --node-ip-address 127.0.0.1) answers there only, but Ray rewrites
+        # a loopback address to this machine's IP unless told it is a single-machine cluster; read by
+        # Ray at import, in this process, which is the driver and nothing else.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
         from ray import serve
@@ -219,7 +227,10 @@ def run_driver(args: argparse.Namespace, handler: Handler, model: Path, say: Any
     replicas = int(args.ray_replicas)
     every = float(os.environ.get("RUNYARD_SERVE_WINDOW") or WINDOW)
     stop = threading.Event()
-    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+    # The job's working_dir is uploaded by ray.init, and Serve gives it to the replicas (a local path in
+    # a deployment's own runtime_env is not uploaded).
+    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False,
+             runtime_env={"working_dir": str(Path.cwd()), "excludes": ["outputs/", ".git/", "__pycache__/"]})
     # After ray.init, which sets its own SIGTERM handler (an exit): runyard stop deletes the app first.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -234,8 +245,7 @@ def run_driver(args: argparse.Namespace, handler: Handler, model: Path, say: Any
             ray.kill(old)
         sink = ray.remote(StatsSink).options(name=sink_name(name), namespace=NAMESPACE, num_cpus=0).remote()
         serve.start(http_options={"host": args.host, "port": args.port or DEFAULT_PORT})
-        options: dict[str, Any] = {"runtime_env": {"working_dir": str(Path.cwd()),
-                                                   "excludes": ["outputs/", ".git/", "__pycache__/"]}}
+        options: dict[str, Any] = {}
         if args.ray_gpus:
             options["num_gpus"] = args.ray_gpus
         build = replica_builder(args.handler, str(model), name, __version__, args.log_inputs,
@@ -244,8 +254,13 @@ def run_driver(args: argparse.Namespace, handler: Handler, model: Path, say: Any
                                       ray_actor_options=options)(serve.ingress(build)())
         started = time.monotonic()
         say(f"deploying {handler.signature.title} to Ray Serve as {name!r}: {replicas} replica(s) at {address}")
-        serve.run(deployment.bind(), name=name, route_prefix=f"/{name}", blocking=False)
         deployed = True
+        try:
+            serve.run(deployment.bind(), name=name, route_prefix=f"/{name}", blocking=False)
+        except RuntimeError as e:  # the replicas failed to start: Ray Serve's reason, which names theirs
+            print(f"runyard: Ray Serve could not deploy {name!r}: {e}\n{_why(serve, name)}", file=sys.stderr,
+                  flush=True)
+            return 1
         failed = _wait_for_loads(ray, sink, replicas, stop)
         if failed:
             print(f"runyard: the handler's load() raised in a replica: {failed}: the application is deleted",
@@ -292,6 +307,14 @@ def run_driver(args: argparse.Namespace, handler: Handler, model: Path, say: Any
             with contextlib.suppress(Exception):  # it ends with the driver anyway
                 ray.kill(sink)
         ray.shutdown()
+
+
+def _why(serve: Any, name: str) -> str:
+    try:
+        app = serve.status().applications[name]
+    except Exception:  # noqa: BLE001 - only for the message
+        return ""
+    return "\n".join([app.message, *(d.message for d in app.deployments.values())]).strip()
 
 
 def _existing_sink(ray: Any, name: str) -> Any:
