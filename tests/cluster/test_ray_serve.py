@@ -144,3 +144,13 @@ def test_serving_on_ray_needs_a_cluster(served: tuple[dict[str, str], Path, int]
     alone = {k: v for k, v in env.items() if k != "RUNYARD_RAY"}
     refused = cli(alone, project, "serve", f"{number}:model", "--handler", HANDLER, "--on", "ray", check=False)
     assert refused.returncode != 0 and "RUNYARD_RAY" in refused.stderr, refused.stderr
+
+
+def test_a_load_that_raises_in_a_replica_fails_the_run_and_deletes_the_application(
+        served: tuple[dict[str, str], Path, int], ray_head: RayHead) -> None:
+    env, project, number = served
+    failed = cli(env, project, "serve", f"{number}:model", "--handler", "careful.py:Broken", "--name", "broken",
+                 "--on", "ray", "--port", str(free_port()), "--wait", "100", check=False)
+    assert failed.returncode == 1 and "ended (failed) before its model was ready" in failed.stderr, failed.stderr
+    assert "RuntimeError: the weights are corrupt" in failed.stderr
+    wait_for(lambda: "broken" not in applications(ray_head), 30, "the application deleted")
