@@ -229,8 +229,11 @@ def run_driver(args: argparse.Namespace, handler: Handler, model: Path, say: Any
     stop = threading.Event()
     # The job's working_dir is uploaded by ray.init, and Serve gives it to the replicas (a local path in
     # a deployment's own runtime_env is not uploaded).
+    connecting = time.monotonic()
     ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False,
              runtime_env={"working_dir": str(Path.cwd()), "excludes": ["outputs/", ".git/", "__pycache__/"]})
+    say(f"connected to the Ray cluster at {address} in {time.monotonic() - connecting:.1f} s "
+        "(the code and the model uploaded as the replicas' working_dir)")
     # After ray.init, which sets its own SIGTERM handler (an exit): runyard stop deletes the app first.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -244,7 +247,9 @@ def run_driver(args: argparse.Namespace, handler: Handler, model: Path, say: Any
         if old is not None:  # a driver of the same name that died hard: its sink is stale
             ray.kill(old)
         sink = ray.remote(StatsSink).options(name=sink_name(name), namespace=NAMESPACE, num_cpus=0).remote()
+        starting = time.monotonic()
         serve.start(http_options={"host": args.host, "port": args.port or DEFAULT_PORT})
+        say(f"Ray Serve answers in {time.monotonic() - starting:.1f} s")
         options: dict[str, Any] = {}
         if args.ray_gpus:
             options["num_gpus"] = args.ray_gpus
