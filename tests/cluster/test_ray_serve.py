@@ -119,9 +119,12 @@ def test_a_model_served_on_ray_by_two_replicas_predicts_counts_and_is_deleted_on
 def test_a_handler_that_raises_on_ray_answers_500_with_its_message(
         served: tuple[dict[str, str], Path, int], ray_head: RayHead) -> None:
     env, project, number = served
+    # A GPU for each replica, from the cluster's two (this machine has none: the driver takes none of its own).
     answer = serve(env, project, f"{number}:model", "--handler", "careful.py:Careful", "--name", "careful",
-                   "--port", str(free_port()), "--wait", "100")
+                   "--gpus", "1", "--port", str(free_port()), "--wait", "100")
     try:
+        deployment = applications(ray_head)["careful"]["deployments"]["model"]
+        assert deployment["deployment_config"]["ray_actor_options"]["num_gpus"] == 1, deployment
         with httpx.Client(base_url=answer["url"], timeout=30, trust_env=False) as client:
             assert client.post("predict", json={"x": 2.5}).json()["output"] == 5.0
             failed = client.post("predict", json={"x": -1, "label": "left"})
