@@ -81,6 +81,8 @@ class Upstream:
     token: str
     #: Loopback for a run on the server's machine; a Ray node's address for one announced from there.
     host: str = "127.0.0.1"
+    #: A path it serves under (a Ray Serve application's route, ``/NAME``); "" at its root.
+    prefix: str = ""
 
 
 class Refused(Exception):

@@ -50,9 +50,13 @@ def serving(server: Server, name: str) -> tuple[Any, Upstream]:
     if found is None or run.status.value != "running":
         raise Refused(503, f"run {run.number} serving {name!r} is {run.status.value}, its model not loaded yet: "
                       "try again in a moment")
+    from urllib.parse import urlsplit
+
     host = str(found.get("host") or "127.0.0.1")
     every = host in ("0.0.0.0", "::")  # noqa: S104 - a server listening everywhere answers on loopback too
-    return run, Upstream(int(found["port"]), "", "127.0.0.1" if every else host)
+    # Its URL's path: "/" for a model server of its own, "/NAME/" for a Ray Serve application's route.
+    prefix = urlsplit(str(found.get("url") or "")).path.rstrip("/")
+    return run, Upstream(int(found["port"]), "", "127.0.0.1" if every else host, prefix)
 
 
 def upstream_of_run(server: Server, run_id: str) -> Upstream:
@@ -100,7 +104,8 @@ class ServedProxy:
         raw_query = scope.get("query_string", b"").decode("latin-1")
         from runyard.wire import url_host
 
-        target = f"http://{url_host(upstream.host)}:{upstream.port}{path}" + (f"?{raw_query}" if raw_query else "")
+        target = (f"http://{url_host(upstream.host)}:{upstream.port}{upstream.prefix}{path}"
+                  + (f"?{raw_query}" if raw_query else ""))
         await self.proxy._http(scope, receive, send, upstream, target)
 
     async def _serving(self, name: str) -> tuple[Any, Upstream]:
