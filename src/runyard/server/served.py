@@ -106,7 +106,16 @@ class ServedProxy:
 
         target = (f"http://{url_host(upstream.host)}:{upstream.port}{upstream.prefix}{path}"
                   + (f"?{raw_query}" if raw_query else ""))
-        await self.proxy._http(scope, receive, send, upstream, target)
+        try:
+            await self.proxy._http(scope, receive, send, upstream, target)
+        except Refused as e:
+            if e.status != 502:
+                raise
+            # Not answering: stopped a moment ago (what was trusted for CHECK_EVERY is stale), or
+            # restarting. Asked again, the answer says which: gone (404), loading (503), or 502.
+            self._names.pop(name, None)
+            await self._serving(name)
+            raise
 
     async def _serving(self, name: str) -> tuple[Any, Upstream]:
         """``serving(name)``, trusted for CHECK_EVERY seconds: a script sends thousands of requests,

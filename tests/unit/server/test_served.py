@@ -111,3 +111,24 @@ def test_names_that_are_not_served_names_are_not_model_paths(monkeypatch: pytest
     for path in ("/serve/Digits/", "/serve/-x/", "/serve/a_b/", "/serve/"):
         assert call(proxy, path)[0]["status"] == 404
     assert call(proxy, "/serve/digits")[0]["status"] == 303  # its path is /serve/digits/
+
+
+def test_a_model_stopped_a_moment_ago_is_said_to_be_gone_not_to_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which run serves a name is trusted for a moment: a request in that moment after a stop finds
+    nobody on the port, and the name is asked after again, so the answer is 404, not 502."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        closed = s.getsockname()[1]
+    run = SimpleNamespace(id="R", number=3, project="default")
+    answers: list[Any] = [(run, Upstream(closed, "", "127.0.0.2"))]
+
+    def serving(_server: Any, _name: str) -> Any:
+        if answers:
+            return answers.pop()
+        raise Refused(404, "nothing is served as 'digits'")
+
+    proxy = app(monkeypatch, serving, auth=False)
+    sent = call(proxy, "/serve/digits/ready")
+    assert sent[0]["status"] == 404 and "nothing is served" in json.loads(sent[1]["body"])["error"]
