@@ -105,11 +105,16 @@ def build_app(server: ModelServer) -> Starlette:
         started = time.perf_counter()
         status, body, shown = await _predict(server, request)
         elapsed = time.perf_counter() - started
-        server.stats.record(elapsed, status)
         if "output" in body or "outputs" in body:
             body["ms"] = round(elapsed * 1000, 3)
+        try:
+            response = _json(body, status, {"retry-after": "2"} if status == 503 else None)
+        except (TypeError, ValueError) as e:  # an output JSON cannot hold (an int past 64 bits, a set)
+            status = 500
+            response = _json({"error": f"predict's output cannot be sent as JSON: {e}", "type": "OutputError"}, 500)
+        server.stats.record(elapsed, status)
         server.say(f"POST /predict {status} {elapsed * 1000:.1f} ms" + (f" {shown}" if shown else ""))
-        return _json(body, status, {"retry-after": "2"} if status == 503 else None)
+        return response
 
     async def health(_: Request) -> Response:
         return _json({"status": "alive"}, 200)
@@ -169,31 +174,42 @@ async def _predict(server: ModelServer, request: Request) -> tuple[int, dict[str
     shown = _shown(payload) if server.log_inputs else ""
     signature = server.handler.signature
     try:
-        if isinstance(payload, list):
-            if not 1 <= len(payload) <= MAX_BATCH:
-                raise InputError("body", f"a batch holds 1 to {MAX_BATCH} inputs, got {len(payload)}")
-            batch = []
-            for i, one in enumerate(payload):
-                try:
-                    batch.append(decode(signature, one))
-                except InputError as e:
-                    raise InputError(f"[{i}].{e.field}", e.message) from None
-        else:
-            single = decode(signature, payload)
+        # Off the event loop: a body of millions of numbers, or big images, takes a while to check,
+        # and /health and every other request must not wait for it.
+        decoded = await anyio.to_thread.run_sync(_decode_request, signature, payload)
     except InputError as e:
         return 422, {"error": str(e), "field": e.field}, shown
     from runyard.serve.values import output_value
 
     try:
-        if isinstance(payload, list):
-            outputs = await anyio.to_thread.run_sync(server.handler.predict_batch, batch, limiter=server.limiter)
+        if isinstance(decoded, list):
+            outputs = await anyio.to_thread.run_sync(server.handler.predict_batch, decoded, limiter=server.limiter)
             return 200, {"outputs": [output_value(signature.output, o) for o in outputs]}, shown
-        output = await anyio.to_thread.run_sync(server.handler.predict, single, limiter=server.limiter)
+        output = await anyio.to_thread.run_sync(server.handler.predict, decoded, limiter=server.limiter)
         return 200, {"output": output_value(signature.output, output)}, shown
     except Exception as e:  # noqa: BLE001 - the handler's failure is the request's, never the server's
         print(f"predict raised {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         traceback.print_exc()
         return 500, {"error": f"{type(e).__name__}: {e}", "type": type(e).__name__}, shown
+
+
+def _decode_request(signature: Any, payload: Any) -> dict[str, Any] | list[dict[str, Any]]:
+    """The handler's arguments for one request (a dict), or a batch's (a list); the images of the
+    whole request share one pixel budget (``values.pixel_budget``)."""
+    from runyard.serve.values import pixel_budget
+
+    with pixel_budget():
+        if not isinstance(payload, list):
+            return decode(signature, payload)
+        if not 1 <= len(payload) <= MAX_BATCH:
+            raise InputError("body", f"a batch holds 1 to {MAX_BATCH} inputs, got {len(payload)}")
+        batch = []
+        for i, one in enumerate(payload):
+            try:
+                batch.append(decode(signature, one))
+            except InputError as e:
+                raise InputError(f"[{i}].{e.field}", e.message) from None
+        return batch
 
 
 async def _payload(server: ModelServer, request: Request) -> Any:
@@ -203,16 +219,18 @@ async def _payload(server: ModelServer, request: Request) -> Any:
     if length is not None and length.isdigit() and int(length) > server.max_body:
         raise InputError("body", f"larger than {server.max_body >> 20} MiB")
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "multipart/form-data":
-        return await _form(server, request)
     # curl -d sends JSON as application/x-www-form-urlencoded unless told otherwise: taken as JSON.
-    if kind not in ("application/json", "", "application/x-www-form-urlencoded", "text/plain"):
+    if kind not in ("application/json", "", "application/x-www-form-urlencoded", "text/plain",
+                    "multipart/form-data"):
         raise InputError("body", f"send JSON (application/json) or a form (multipart/form-data), not {kind}")
-    raw = bytearray()
+    raw = bytearray()  # read whole, held to the limit: a body without a Content-Length is no exception
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > server.max_body:
             raise InputError("body", f"larger than {server.max_body >> 20} MiB")
+    if kind == "multipart/form-data":
+        request._body = bytes(raw)  # what request.form() parses, instead of the stream read above
+        return await _form(server, request)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -224,10 +242,19 @@ async def _form(server: ModelServer, request: Request) -> dict[str, Any]:
     are (numbers, lists), else kept as text."""
     import orjson
     from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException
 
     types = {f.name: f.type for f in server.handler.signature.inputs}
     out: dict[str, Any] = {}
-    async with request.form(max_files=16, max_fields=256, max_part_size=server.max_body) as form:
+    from starlette.exceptions import HTTPException
+
+    try:
+        form = await request.form(max_files=16, max_fields=256, max_part_size=server.max_body)
+    except MultiPartException as e:
+        raise InputError("body", f"not a form this server can read: {e.message}") from None
+    except HTTPException as e:  # Starlette's own words for the same, inside an app
+        raise InputError("body", f"not a form this server can read: {e.detail}") from None
+    try:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 out[key] = await value.read()
@@ -238,6 +265,8 @@ async def _form(server: ModelServer, request: Request) -> dict[str, Any]:
                     out[key] = orjson.loads(value)
                 except orjson.JSONDecodeError:
                     out[key] = value
+    finally:
+        await form.close()
     return out
 
 

@@ -8,11 +8,39 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import io
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from runyard.serve.signature import MAX_PIXELS, Field, InputError
+
+#: Pixels the images of the request being decoded may still hold (``pixel_budget``): one limit for
+#: a whole batch, not one per image (a thousand small PNGs of 40 M pixels each fill any memory).
+_BUDGET: contextvars.ContextVar[list[int]] = contextvars.ContextVar("runyard_serve_pixel_budget")
+#: The image formats read: the common ones, not every decoder Pillow has (EPS runs Ghostscript).
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+
+
+@contextlib.contextmanager
+def pixel_budget(pixels: int = MAX_PIXELS) -> Iterator[None]:
+    """Within: the images decoded hold at most ``pixels`` in all."""
+    token = _BUDGET.set([pixels])
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def _spend(f: Field, pixels: int) -> None:
+    budget = _BUDGET.get(None)
+    if budget is None:
+        return
+    budget[0] -= pixels
+    if budget[0] < 0:
+        raise InputError(f.name, f"the images of one request hold at most {MAX_PIXELS} pixels in all")
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,6 +62,7 @@ def image_input(f: Field, value: Any) -> np.ndarray:
                              f"{pixels.shape}")
         if pixels.size > MAX_PIXELS or not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
             raise InputError(f.name, "pixels must be numbers from 0 to 255")
+        _spend(f, pixels.size)
         if (pixels.ndim == 2 and f.spec.mode in (None, "L") and f.spec.width in (None, pixels.shape[1])
                 and f.spec.height in (None, pixels.shape[0])):
             return pixels.astype(np.uint8)  # already what the handler gets: no round trip through Pillow
@@ -72,14 +101,17 @@ def _pillow_from_bytes(f: Field, raw: bytes) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        picture = Image.open(io.BytesIO(raw))
+        picture = Image.open(io.BytesIO(raw), formats=list(FORMATS))
         if picture.width * picture.height > MAX_PIXELS:
             raise InputError(f.name, f"the image is {picture.width}x{picture.height}: at most {MAX_PIXELS} pixels")
+        _spend(f, picture.width * picture.height)
         picture.load()
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+    except (UnidentifiedImageError, Image.DecompressionBombError):
         raise InputError(f.name, "not an image this server can read (PNG, JPEG, GIF, BMP or WebP)") from None
+    except Exception as e:  # noqa: BLE001 - a decoder's own failure on a crafted file is a bad input
+        raise InputError(f.name, f"a broken image ({type(e).__name__})") from None
     return picture
 
 

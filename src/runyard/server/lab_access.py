@@ -92,6 +92,13 @@ class LabAccess:
             return None
         return grant
 
+    def known(self, secret: str, *, ticket: bool = False) -> bool:
+        """Whether ``secret`` is a live session (a ticket, with ``ticket``) of any run: checked before
+        a caller's name for a model is looked up, so that strangers learn nothing of what is served."""
+        with self._lock:
+            grant = (self._tickets if ticket else self._sessions).get(secret)
+        return grant is not None and grant.expires > self.clock()
+
     def end(self, secret: str) -> None:
         """Forget a session (its run ended, or its token was revoked)."""
         with self._lock:

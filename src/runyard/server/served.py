@@ -98,9 +98,16 @@ class ServedProxy:
             await self._redeem(scope, send, name, query["ticket"][0])
             return
         who = await self._caller(scope)  # before the name is looked up: strangers learn nothing of it
+        # The path goes on as it came (raw): it must be this name's, with no segment that leads out
+        # of it. /serve/a/../b/ would reach model b (a Ray Serve proxy serves every application) on
+        # a check made for a; /serve/a%62/ is name ab once decoded but not as passed on.
+        raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        if any(part in (".", "..") for part in rest.split("/")) or not raw.startswith(f"/serve/{name}/"):
+            raise Refused(400, f"a model's path is /serve/{name}/..., written as is: no . or .. segment, no "
+                          "escaped letter in its name")
         run, upstream = await self._serving(name)
         await self._permit(who, run)
-        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")[len(f"/serve/{name}"):]
+        path = raw[len(f"/serve/{name}"):]
         raw_query = scope.get("query_string", b"").decode("latin-1")
         from runyard.wire import url_host
 
@@ -135,6 +142,9 @@ class ServedProxy:
         return run, upstream
 
     async def _redeem(self, scope: Scope, send: Send, name: str, ticket: str) -> None:
+        if not self.proxy.access.known(ticket, ticket=True):  # before the name is looked up
+            raise Refused(401, "this link is used up or has expired: open the model from the runyard dashboard "
+                          "again, or get a new link with `runyard serve --url RUN`")
         run, _ = await anyio.to_thread.run_sync(serving, self.proxy.server, name)
         redeemed = self.proxy.access.redeem(ticket, run.id)
         if redeemed is None:
@@ -157,7 +167,7 @@ class ServedProxy:
             session = cookie(headers, LAB_COOKIE)
         except SeveralCookies as e:
             raise Refused(400, str(e)) from None
-        if session is not None:
+        if session is not None and self.proxy.access.known(session):
             return "session", session, None
         if not await anyio.to_thread.run_sync(self.proxy.policy.auth_required):
             return "open", None, None  # --insecure-local while no token exists: as the API

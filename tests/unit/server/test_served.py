@@ -132,3 +132,36 @@ def test_a_model_stopped_a_moment_ago_is_said_to_be_gone_not_to_fail(monkeypatch
     proxy = app(monkeypatch, serving, auth=False)
     sent = call(proxy, "/serve/digits/ready")
     assert sent[0]["status"] == 404 and "nothing is served" in json.loads(sent[1]["body"])["error"]
+
+
+@pytest.mark.parametrize("raw", [b"/serve/a/../b/predict", b"/serve/a/./predict", b"/serve/a%62/predict",
+                                 b"/serve/a/%2e%2e/b/predict"])
+def test_a_path_that_leads_out_of_its_models_name_is_refused_before_it_is_passed_on(
+        raw: bytes, model: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray Serve proxy serves every application: /serve/a/../b/ checked for a must never reach b."""
+    from urllib.parse import unquote
+
+    run = SimpleNamespace(id="R", number=3, project="default")
+    proxy = app(monkeypatch, lambda _server, _name: (run, Upstream(model, "", "127.0.0.2", "/a")), auth=False)
+    before = len(PATHS)
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "method": "GET", "path": unquote(raw.decode()), "raw_path": raw, "query_string": b"",
+             "scheme": "http", "headers": [(b"host", b"127.0.0.1:8766")]}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(proxy(scope, receive, send))
+    assert sent[0]["status"] in (400, 404) and len(PATHS) == before  # nothing reached any model
+
+
+def test_a_made_up_cookie_or_ticket_learns_nothing_of_what_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    def looked_up(_server: Any, _name: str) -> Any:
+        raise AssertionError("a stranger's request must not reach the lookup")
+
+    proxy = app(monkeypatch, looked_up, auth=True)
+    assert call(proxy, "/serve/digits/", headers=[(b"cookie", b"runyard_lab=made-up")])[0]["status"] == 401
+    assert call(proxy, "/serve/digits/", query=b"ticket=made-up")[0]["status"] == 401

@@ -41,7 +41,7 @@ async function start() {
     state.examples.forEach((example, i) => {
       const button = el("button", { type: "button", class: "secondary example", text: exampleName(example, i) });
       const picture = state.inputs.find((input) => input.schema["x-runyard-type"] === "image"
-                                                   && Array.isArray(example[input.name]));
+                                                   && isPixels(example[input.name]));
       if (picture) { // a thumbnail says more than "Example 3"
         const thumb = el("canvas", { class: "thumb", "aria-hidden": "true" });
         drawPixels(thumb, example[picture.name], 32);
@@ -163,6 +163,10 @@ function scalePreview(canvas) {
   canvas.style.height = `${canvas.height * scale}px`;
 }
 
+function isPixels(value) {
+  return Array.isArray(value) && value.length > 0 && Array.isArray(value[0]) && value[0].length > 0;
+}
+
 function drawPixels(canvas, rows, size) {
   const height = rows.length, width = rows[0].length;
   canvas.width = width;
@@ -217,8 +221,8 @@ function fill(example) {
     if (type === "image") {
       state.values[input.name] = value;
       const canvas = document.getElementById(`preview-${input.name}`);
-      if (Array.isArray(value)) drawPixels(canvas, value);
-      else {
+      if (isPixels(value)) drawPixels(canvas, value);
+      else if (typeof value === "string") {
         const picture = new Image();
         picture.onload = () => { canvas.width = picture.naturalWidth; canvas.height = picture.naturalHeight;
           canvas.getContext("2d").drawImage(picture, 0, 0); scalePreview(canvas); };
@@ -294,15 +298,17 @@ function show(output) {
   const type = state.output;
   let node;
   if (type === "scores") {
-    const entries = Object.entries(output).sort((a, b) => b[1] - a[1]);
+    // A score the server could not send as a number (NaN) arrives as null: shown as such, last.
+    const entries = Object.entries(output).map(([k, v]) => [k, typeof v === "number" ? v : null])
+      .sort((a, b) => (b[1] ?? -Infinity) - (a[1] ?? -Infinity));
     const top = entries.length ? entries[0][1] : 0;
-    const most = Math.max(...entries.map((e) => Math.abs(e[1])), 1e-12);
+    const most = Math.max(...entries.map((e) => Math.abs(e[1] ?? 0)), 1e-12);
     node = el("div", { class: "bars", id: "scores" });
     entries.forEach(([label, score], i) => {
       const bar = el("div", { class: `bar${i === 0 ? " top" : ""}` });
-      bar.style.width = `${(100 * Math.abs(score)) / most}%`;
-      node.append(el("span", { class: `label${score === top ? " top" : ""}`, text: label }), bar,
-                  el("span", { class: "score", text: score.toFixed(3) }));
+      bar.style.width = `${(100 * Math.abs(score ?? 0)) / most}%`;
+      node.append(el("span", { class: `label${i === 0 && score === top ? " top" : ""}`, text: label }), bar,
+                  el("span", { class: "score", text: score === null ? "NaN" : score.toFixed(3) }));
     });
     if (entries.length) place.replaceChildren(el("p", { class: "answer", id: "answer", text: entries[0][0] }), node);
     else place.replaceChildren(node);
@@ -312,7 +318,10 @@ function show(output) {
   else if (type === "table") {
     node = el("table", { class: "result" });
     node.append(el("tr", {}, ...output.columns.map((c) => el("th", { text: String(c) }))));
-    for (const row of output.rows) node.append(el("tr", {}, ...row.map((v) => el("td", { text: String(v) }))));
+    for (const row of output.rows) {
+      const cells = Array.isArray(row) ? row : [row];
+      node.append(el("tr", {}, ...cells.map((v) => el("td", { text: String(v) }))));
+    }
   } else if (type === "json" || type === "numbers") node = el("pre", { id: "answer", text: JSON.stringify(output, null, 1) });
   else node = el("p", { class: "answer", id: "answer", text: String(output) });
   place.replaceChildren(node);
