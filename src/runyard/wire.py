@@ -242,3 +242,16 @@ def points_in(data: dict[str, Any]) -> Points:
 def url_host(host: str) -> str:
     """A host as a URL writes it: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, an IPv6 one bracketed or not) is this machine's
+    loopback: what the server binds to by default, and what a model server should stay on."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

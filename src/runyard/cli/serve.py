@@ -49,7 +49,9 @@ def serve(source: str, o: dict[str, Any]) -> int:
         sub = submission(settings, api.store, parent, path, request, Path.cwd())
     finally:
         api.close()
-    if not _loopback(o["host"]):
+    from runyard.wire import is_loopback
+
+    if not is_loopback(o["host"]):
         print(f"runyard: warning: --host {o['host']}: anyone who reaches this machine can use the model, without a "
               "token; teammates can reach it through a runyard server instead (RUNYARD_SERVER)", file=sys.stderr)
     with transfer_bar("queueing") as progress:
@@ -58,15 +60,6 @@ def serve(source: str, o: dict[str, Any]) -> int:
         print(f"run {done.number} queued: serving {name!r}, the model of run {parent.number}"
               f"{':' + path if path else ''} with {handler}", file=sys.stderr)
     return _wait_and_print(settings, done.number, done.run_id, name, float(o["wait"]), o["as_json"])
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_ray(settings: Any) -> str:

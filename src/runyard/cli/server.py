@@ -109,9 +109,10 @@ def serve(host: str, port: int, db: str | None, artifacts: str | None, allowed_h
     from runyard.server.app import create_app
     from runyard.server.capacity import Limits
     from runyard.server.connections import uvicorn_config
-    from runyard.server.security import binds_all, is_loopback
+    from runyard.server.security import binds_all
     from runyard.store.home import open_store
     from runyard.store.tokens import Tokens
+    from runyard.wire import is_loopback
 
     if insecure_local and not is_loopback(host):
         raise ConfigError(f"--insecure-local serves without a token, so only on loopback, not on {host}: drop "

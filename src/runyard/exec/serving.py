@@ -10,7 +10,7 @@ the server's ``POST /runs/{ref}/serve`` alike.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def submission(settings: Any, store: Any, parent: Any, path: str, request: Serve
     mount = Mount("artifact", target, path, parent.number, files)
     argv = command(request, MODEL_DIRECTORY, python_of(parent.launch) if not request.pip else "python")
     launch = {**parent.launch, "argv": argv, "template": argv, "shell": False, "params": {},
-              "timeout": None, "mounts": [_as_dict(mount)]}
+              "timeout": None, "mounts": [asdict(mount)]}
     launch.pop("alerts", None)  # the training run's alerts are about training; a server's are its own
     resources = {k: v for k, v in parent.resources.items() if k not in ("assigned_gpus", "gpus")}
     resources["gpus"] = (request.gpus or 0) if request.on != "ray" else 0
@@ -127,17 +127,17 @@ def submission(settings: Any, store: Any, parent: Any, path: str, request: Serve
                       snapshot=(parent.snapshot_id, parent.git_commit, parent.git_branch, parent.git_diff_ref))
 
 
-def _as_dict(mount: Any) -> dict[str, Any]:
-    from dataclasses import asdict
+def newest_named(store: Any, name: str, active_only: bool = True) -> Any:
+    """The newest serve run named ``name`` (with ``active_only``: queued, starting or running; what
+    answers as that name), or None."""
+    from runyard.store.api import RunQuery
+    from runyard.types import RunStatus
 
-    return asdict(mount)
+    active = [RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING] if active_only else []
+    page = store.list_runs(RunQuery(kinds=[RunKind.SERVE], limit=1000, status=active))
+    return next((run for run in page.items if run.name == name), None)
 
 
 def serving_now(store: Any, name: str) -> Any:
     """The serve run answering as ``name`` (the newest that is not over), or None."""
-    from runyard.store.api import RunQuery
-    from runyard.types import RunStatus
-
-    page = store.list_runs(RunQuery(kinds=[RunKind.SERVE], limit=1000,
-                                    status=[RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING]))
-    return next((run for run in page.items if run.name == name), None)
+    return newest_named(store, name)

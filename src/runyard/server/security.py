@@ -31,6 +31,7 @@ from starlette.routing import Match
 from runyard.errors import Busy
 from runyard.names import is_number
 from runyard.server.ratelimit import RateLimit, retry_after
+from runyard.wire import is_loopback
 
 if TYPE_CHECKING:
     from anyio import CapacityLimiter
@@ -175,15 +176,6 @@ def route_role(route: BaseRoute) -> str | None:
     if role is None:
         role = getattr(getattr(route, "endpoint", None), ROLE_ATTRIBUTE, None)
     return role
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def binds_all(host: str) -> bool:

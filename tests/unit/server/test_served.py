@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tests.unit.server.test_lab_origin_attacks import call
 
 from runyard.server import served as served_module
 from runyard.server.lab import LabProxy, Refused, Upstream
@@ -49,22 +50,6 @@ def app(monkeypatch: pytest.MonkeyPatch, found: Any, auth: bool) -> LabProxy:
     server = SimpleNamespace(limits=SimpleNamespace(max_upload=1 << 20))
     monkeypatch.setattr(served_module, "serving", found)
     return LabProxy(server, policy, LabAccess(), 8766)  # type: ignore[arg-type]
-
-
-def call(proxy: LabProxy, path: str, query: bytes = b"",
-         headers: list[tuple[bytes, bytes]] | None = None) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": query,
-             "scheme": "http", "headers": [(b"host", b"127.0.0.1:8766"), *(headers or [])]}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(proxy(scope, receive, send))
-    return sent
 
 
 def test_a_request_reaches_the_model_under_its_route_and_no_cookie_of_it_comes_back(

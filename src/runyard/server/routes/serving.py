@@ -92,14 +92,11 @@ def add_routes(app: FastAPI, server: Server) -> None:
 
 
 def _newest(server: Server, name: str) -> Any:
-    from runyard.exec.serving import SERVE_NAME
-    from runyard.store.api import RunQuery
-    from runyard.types import RunKind
+    from runyard.exec.serving import SERVE_NAME, newest_named
 
     if not SERVE_NAME.fullmatch(name):
         raise InvalidArgument(f"{name!r} is not a served name (lower-case letters, digits and dashes)")
-    page = server.store.list_runs(RunQuery(kinds=[RunKind.SERVE], limit=1000))
-    found = next((run for run in page.items if run.name == name), None)
+    found = newest_named(server.store, name, active_only=False)
     if found is None:
         raise NotFound(f"nothing was served as {name!r}")
     return found
