@@ -29,6 +29,15 @@ def _stop_servers_of(home: Path) -> None:
             os.kill(int(proc.name), signal.SIGTERM)
 
 
+def _stop_serve_runs(env: dict[str, str]) -> None:
+    listed = subprocess.run([sys.executable, "-m", "runyard.cli.main", "ps", "--json"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    numbers = [str(r["number"]) for r in json.loads(listed.stdout or "[]") if r["kind"] == "serve"]
+    if numbers:
+        subprocess.run([sys.executable, "-m", "runyard.cli.main", "stop", *numbers], env=env, cwd=ROOT,
+                       capture_output=True, timeout=60)
+
+
 def test_the_demo_launches_a_run_and_reads_it_back_in_a_fresh_home(tmp_path: Path) -> None:
     # A fresh shell: no virtual environment active, so `runyard` is not on its PATH.
     env = {"RUNYARD_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "RUNYARD_SYSTEM_INTERVAL": "1"}
@@ -42,7 +51,8 @@ def test_the_demo_launches_a_run_and_reads_it_back_in_a_fresh_home(tmp_path: Pat
         assert ready.status_code == 200, served  # the model server answers where the demo says
     finally:
         _stop_servers_of(tmp_path / "home")
-        stop_agents(tmp_path / "home")  # and the model server it left serving
+        _stop_serve_runs(env)  # the model server the demo left: a run, whose supervisor outlives the agent
+        stop_agents(tmp_path / "home")
     assert "step 0: loss" in out and "done: spike at step 13337" in out  # followed live
     assert len(out.splitlines()) <= 60, out  # a newcomer reads all of it
     assert "is kept: max 9.0" in out and "run 1: finished" in out
