@@ -173,24 +173,35 @@ async def _predict(server: ModelServer, request: Request) -> tuple[int, dict[str
         return (413 if e.field == "body" and "larger" in e.message else 422), {"error": str(e), "field": e.field}, ""
     shown = _shown(payload) if server.log_inputs else ""
     signature = server.handler.signature
-    try:
-        # Off the event loop: a body of millions of numbers, or big images, takes a while to check,
-        # and /health and every other request must not wait for it.
-        decoded = await anyio.to_thread.run_sync(_decode_request, signature, payload)
-    except InputError as e:
-        return 422, {"error": str(e), "field": e.field}, shown
     from runyard.serve.values import output_value
 
     try:
-        if isinstance(decoded, list):
-            outputs = await anyio.to_thread.run_sync(server.handler.predict_batch, decoded, limiter=server.limiter)
-            return 200, {"outputs": [output_value(signature.output, o) for o in outputs]}, shown
-        output = await anyio.to_thread.run_sync(server.handler.predict, decoded, limiter=server.limiter)
-        return 200, {"output": output_value(signature.output, output)}, shown
+        # Checking the inputs and predicting, in one trip to a worker thread: off the event loop (a
+        # body of millions of numbers takes a while to check, and /health must not wait for it),
+        # and one hop per request, not two.
+        batch, output = await anyio.to_thread.run_sync(_decode_and_predict, server.handler, payload,
+                                                       limiter=server.limiter)
+    except InputError as e:
+        return 422, {"error": str(e), "field": e.field}, shown
     except Exception as e:  # noqa: BLE001 - the handler's failure is the request's, never the server's
         print(f"predict raised {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         traceback.print_exc()
         return 500, {"error": f"{type(e).__name__}: {e}", "type": type(e).__name__}, shown
+    try:
+        if batch:
+            return 200, {"outputs": [output_value(signature.output, o) for o in output]}, shown
+        return 200, {"output": output_value(signature.output, output)}, shown
+    except Exception as e:  # noqa: BLE001 - an output that does not match its declared type
+        print(f"predict's output: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 500, {"error": f"{type(e).__name__}: {e}", "type": type(e).__name__}, shown
+
+
+def _decode_and_predict(handler: Handler, payload: Any) -> tuple[bool, Any]:
+    """(whether it was a batch, the handler's output): InputError before the handler is called."""
+    decoded = _decode_request(handler.signature, payload)
+    if isinstance(decoded, list):
+        return True, handler.predict_batch(decoded)
+    return False, handler.predict(decoded)
 
 
 def _decode_request(signature: Any, payload: Any) -> dict[str, Any] | list[dict[str, Any]]:
